@@ -1,0 +1,328 @@
+"""URL and host canonicalization: WHATWG parsing, then Safe Browsing normalization.
+
+Every URL is parsed by ada (the WHATWG URL parser Node.js uses), so jectguard
+sees the host a browser would connect to: userinfo dropped, IPv4 in any numeric
+form turned into a dotted quad, IPv6 compressed, IDN turned into punycode
+(UTS-46), default ports removed, ``.``/``..`` resolved. On top of that we apply
+Google Safe Browsing's canonicalization for matching: leading/trailing dots
+stripped and repeated dots collapsed in the host, repeated percent-unescaping of
+path and query followed by one canonical escape, repeated slashes collapsed,
+fragment dropped, and no port (Safe Browsing expressions are host + path).
+
+A URL that the WHATWG parser refuses is a :class:`CanonError`: no browser can
+request it, so there is nothing to block.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ada_url._ada_wrapper import ffi, lib  # the binding's own cffi handle: one call, no dict
+
+from .errors import CanonError
+
+# Longest URL we canonicalize; browsers cap around 2 MB, real attack URLs are short.
+MAX_URL_LENGTH: Final = 64 * 1024
+# DNS names are at most 253 characters.
+MAX_HOST_LENGTH: Final = 253
+# Safe Browsing: at most 4 path prefixes from the root, plus the exact paths.
+MAX_PATH_PREFIXES: Final = 4
+# Safe Browsing: exact host plus up to 4 suffixes from the last 5 labels.
+MAX_URL_HOST_SUFFIXES: Final = 5
+# Percent-unescaping repeats until stable, bounded so hostile input cannot spin.
+MAX_UNESCAPE_ROUNDS: Final = 32
+
+HostKind = Literal["domain", "ipv4", "ipv6"]
+
+_ABSENT: Final = 0xFFFFFFFF  # ada's "component not present" offset
+_SCHEME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_KNOWN_SCHEMES: Final = frozenset(
+    {"http", "https", "ws", "wss", "ftp", "file", "data", "javascript", "blob", "about", "mailto"}
+)
+_HOSTED_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp"})
+_PLAIN_HOST_RE: Final = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_DOTS_RE: Final = re.compile(r"\.{2,}")
+_ESCAPE_RE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+_SLASHES_RE: Final = re.compile(rb"/{2,}")
+# Bytes Safe Browsing escapes: <= 0x20, >= 0x7f, '#', '%'.
+_MUST_ESCAPE: Final = frozenset(range(0x21)) | frozenset(range(0x7F, 0x100)) | {0x23, 0x25}
+_ESCAPE_TABLE: Final = [f"%{b:02X}" if b in _MUST_ESCAPE else chr(b) for b in range(256)]
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalURL:
+    """A URL in the canonical form used for matching and display."""
+
+    scheme: str  # "http", "https", "ws", "wss", "ftp"
+    host: str  # canonical host; IPv6 without brackets
+    host_kind: HostKind
+    port: int | None  # explicit non-default port, or None
+    path: str  # canonical, escaped, always starts with "/"
+    query: str | None  # canonical query without "?", or None when absent
+
+    @property
+    def url(self) -> str:
+        """The canonical URL string (Safe Browsing form: no port, no fragment)."""
+        host = f"[{self.host}]" if self.host_kind == "ipv6" else self.host
+        q = "" if self.query is None else "?" + self.query
+        return f"{self.scheme}://{host}{self.path}{q}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _unescape_fully(data: bytes) -> bytes:
+    for _ in range(MAX_UNESCAPE_ROUNDS):
+        if b"%" not in data:
+            return data
+        new = _ESCAPE_RE.sub(lambda m: bytes((int(m.group(1), 16),)), data)
+        if new == data:
+            return data
+        data = new
+    return data
+
+
+def _escape(data: bytes) -> str:
+    table = _ESCAPE_TABLE
+    return "".join([table[b] for b in data])
+
+
+def _resolve_path(path: bytes) -> bytes:
+    """Collapse repeated slashes and resolve dot segments (after unescaping)."""
+    path = _SLASHES_RE.sub(b"/", path)
+    if b"." not in path:
+        return path
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == b".":
+            if last:
+                out.append(b"")
+        elif seg == b"..":
+            if out:
+                out.pop()
+            if last:
+                out.append(b"")
+        else:
+            out.append(seg)
+    return b"/" + b"/".join(out)
+
+
+def _canonical_path(raw: str) -> str:
+    if raw.isascii() and "%" not in raw and "//" not in raw and "/." not in raw:
+        # Fast path: ada already resolved dots; nothing to unescape or escape
+        # except what the escape table flags, which ada has encoded already.
+        return raw or "/"
+    data = _resolve_path(_unescape_fully(raw.encode("utf-8", "surrogatepass")))
+    return _escape(data) or "/"
+
+
+def _canonical_query(raw: str) -> str:
+    if raw.isascii() and "%" not in raw and "#" not in raw and " " not in raw:
+        return raw
+    return _escape(_unescape_fully(raw.encode("utf-8", "surrogatepass")))
+
+
+def _host_kind(host: str) -> HostKind:
+    if ":" in host:
+        return "ipv6"
+    last = host.rpartition(".")[2]
+    if last.isdigit():
+        return "ipv4"
+    return "domain"
+
+
+def _tidy_dots(host: str) -> str:
+    if ".." in host:
+        host = _DOTS_RE.sub(".", host)
+    return host.strip(".")
+
+
+def _parse(text: str) -> tuple[str, int, int, int, int, int, int, int, int]:
+    """Run ada on ``text``; return href and the component offsets."""
+    data = text.encode("utf-8", "surrogatepass")
+    url = lib.ada_parse(data, len(data))
+    try:
+        if not lib.ada_is_valid(url):
+            raise CanonError(f"not a valid URL: {text[:200]!r}")
+        h = lib.ada_get_href(url)
+        href = ffi.unpack(h.data, h.length).decode("utf-8")
+        c = lib.ada_get_components(url)
+        return (
+            href,
+            c.protocol_end,
+            c.username_end,
+            c.host_start,
+            c.host_end,
+            c.port,
+            c.pathname_start,
+            c.search_start,
+            c.hash_start,
+        )
+    finally:
+        lib.ada_free(url)
+
+
+def canonicalize_url(text: str) -> CanonicalURL:
+    """Parse ``text`` as a browser would and return its canonical form.
+
+    A string without a scheme (``www.example.com/x``) is read as ``http://``,
+    as Safe Browsing does. Raises :class:`CanonError` for anything that is not
+    a URL with a host.
+    """
+    if not isinstance(text, str):
+        raise CanonError("URL must be a string")
+    if len(text) > MAX_URL_LENGTH:
+        raise CanonError(f"URL longer than {MAX_URL_LENGTH} characters")
+    stripped = text.strip(" \t\r\n\x00\x0b\x0c")
+    if not stripped:
+        raise CanonError("empty URL")
+    m = _SCHEME_RE.match(stripped)
+    if m is None or (
+        m.group(0)[:-1].lower() not in _KNOWN_SCHEMES and not stripped[m.end() :].startswith("//")
+    ):
+        stripped = "http://" + stripped
+    href, proto_end, _user_end, host_start, host_end, port, path_start, search_start, hash_start = (
+        _parse(stripped)
+    )
+    scheme = href[: proto_end - 1]
+    if scheme not in _HOSTED_SCHEMES:
+        raise CanonError(f"scheme {scheme!r} has no host to check")
+    if href[host_start : host_start + 1] == "@":
+        host_start += 1
+    host = _tidy_dots(href[host_start:host_end])
+    if not host:
+        raise CanonError("URL has no host")
+    end = len(href)
+    path_end = (
+        search_start if search_start != _ABSENT else hash_start if hash_start != _ABSENT else end
+    )
+    path = _canonical_path(href[path_start:path_end])
+    if search_start != _ABSENT:
+        query: str | None = _canonical_query(
+            href[search_start + 1 : hash_start if hash_start != _ABSENT else end]
+        )
+    else:
+        query = None
+    if host[0] == "[":
+        host = host[1:-1]
+        kind: HostKind = "ipv6"
+    else:
+        kind = _host_kind(host)
+        if kind == "ipv4" and host.count(".") != 3:
+            # dots collapsed by Safe Browsing rules: let the WHATWG IPv4 parser read it again
+            host = canonical_host(host)
+    return CanonicalURL(
+        scheme=scheme,
+        host=host,
+        host_kind=kind,
+        port=None if port == _ABSENT else port,
+        path=path,
+        query=query,
+    )
+
+
+def canonical_host(text: str) -> str:
+    """Canonicalize a bare host (a list entry, a CONNECT target, an SNI name).
+
+    Accepts hostnames in any case, with trailing dots, IDN in Unicode,
+    IPv4 in any numeric form and IPv6 with or without brackets. Returns
+    lowercase ASCII (punycode), IPv4 as a dotted quad and IPv6 compressed
+    without brackets. Raises :class:`CanonError`.
+    """
+    host = text.strip()
+    if not host:
+        raise CanonError("empty host")
+    if len(host) > MAX_HOST_LENGTH + 2 and not host.startswith("["):
+        raise CanonError(f"host longer than {MAX_HOST_LENGTH} characters")
+    low = _tidy_dots(host.lower())
+    if _PLAIN_HOST_RE.fullmatch(low) and "xn--" not in low and not low[-1].isdigit():
+        # Fast path for the common list entry: a plain ASCII name, nothing to map.
+        return low
+    if ":" in host and not host.startswith("["):
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            raise CanonError(f"not a valid host: {text[:200]!r}") from None
+    if any(c in host for c in "/?#@\\"):
+        raise CanonError(f"not a valid host: {text[:200]!r}")
+    try:
+        cu = canonicalize_url("http://" + host + "/")
+    except CanonError:
+        raise CanonError(f"not a valid host: {text[:200]!r}") from None
+    if cu.port is not None or len(cu.host) > MAX_HOST_LENGTH:
+        raise CanonError(f"not a valid host: {text[:200]!r}")
+    return cu.host
+
+
+def host_kind(host: str) -> HostKind:
+    """Whether a canonical host is a domain name, an IPv4 or an IPv6 address."""
+    return _host_kind(host)
+
+
+def canonical_network(text: str) -> tuple[str, int, int]:
+    """Canonicalize a CIDR network: returns (network address, prefix length, IP version).
+
+    Host bits set below the prefix are cleared (``192.0.2.7/24`` is ``192.0.2.0/24``).
+    """
+    addr, sep, plen = text.strip().partition("/")
+    try:
+        if not sep:
+            ip = ipaddress.ip_address(canonical_host(addr) if "." in addr else addr)
+            return ip.compressed, ip.max_prefixlen, ip.version
+        net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+    except (ValueError, CanonError):
+        raise CanonError(f"not a valid network: {text[:200]!r}") from None
+    return net.network_address.compressed, net.prefixlen, net.version
+
+
+def host_suffixes(host: str) -> list[str]:
+    """The host and each parent domain, most specific first: a.b.c -> [a.b.c, b.c, c]."""
+    out = [host]
+    i = host.find(".")
+    while i != -1:
+        host = host[i + 1 :]
+        out.append(host)
+        i = host.find(".")
+    return out
+
+
+def url_host_expressions(cu: CanonicalURL) -> list[str]:
+    """Safe Browsing host expressions: the exact host plus up to 4 from the last 5 labels."""
+    if cu.host_kind != "domain":
+        return [cu.host]
+    labels = cu.host.split(".")
+    out = [cu.host]
+    start = max(1, len(labels) - 5)
+    for i in range(start, len(labels) - 1):
+        out.append(".".join(labels[i:]))
+    return out[:MAX_URL_HOST_SUFFIXES]
+
+
+def url_path_expressions(cu: CanonicalURL) -> list[str]:
+    """Safe Browsing path expressions: exact path with and without query, then prefixes."""
+    out: list[str] = []
+    if cu.query is not None:
+        out.append(f"{cu.path}?{cu.query}")
+    out.append(cu.path)
+    if cu.path != "/":
+        out.append("/")
+        parts = cu.path.split("/")[1:-1]
+        prefix = "/"
+        for part in parts[: MAX_PATH_PREFIXES - 1]:
+            prefix += part + "/"
+            if prefix != cu.path:
+                out.append(prefix)
+    return out
+
+
+def url_rule_key(text: str) -> tuple[str, str]:
+    """Canonicalize a URL rule; returns (host, "host/path[?query]" expression key)."""
+    cu = canonicalize_url(text)
+    host = cu.host
+    q = "" if cu.query is None else "?" + cu.query
+    return host, f"{host}{cu.path}{q}"

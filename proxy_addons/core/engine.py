@@ -1,0 +1,168 @@
+"""The engine: a big block index plus a small allow index, answering with verdicts.
+
+The block index is compiled from the (possibly huge) feeds; the allow index
+from allowlists and ``@@`` exception rules. They are separate so that editing
+the small allowlist never rebuilds the big index. An :class:`Engine` is
+immutable: a refresh builds a new one and its users swap one reference.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from .canon import CanonicalURL, canonical_host, canonicalize_url, host_kind
+from .errors import CanonError
+from .guard import PoisonGuard
+from .index import CompiledIndex, CompileStats, compile_index
+from .model import ListSpec, Match, Mode, ParsedList
+
+EMPTY_SPEC: Final = ListSpec(name="empty", allow=True)
+
+
+class Action(enum.StrEnum):
+    BLOCK = "block"  # an enforce rule matched
+    MONITOR = "monitor"  # only monitor-mode rules matched: log, let it pass
+    ALLOW = "allow"  # an allowlist entry matched (and wins over any block rule)
+    PASS = "pass"  # nothing matched
+    ERROR = "error"  # the input could not be canonicalized
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer for one URL or host, with provenance."""
+
+    action: Action
+    input: str
+    canonical: CanonicalURL | None = None
+    host: str | None = None
+    match: Match | None = None  # the deciding rule (block, monitor or allow)
+    overridden: Match | None = None  # the block rule an allow entry overrode
+    error: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.action is Action.BLOCK
+
+    def as_dict(self) -> dict[str, object]:
+        m = self.match
+        return {
+            "url": self.input,
+            "canonical_url": self.canonical.url if self.canonical else None,
+            "host": self.host,
+            "verdict": self.action.value,
+            "list": m.list if m else None,
+            "rule": m.rule if m else None,
+            "line": m.line if m else None,
+            "kind": m.kind.label if m else None,
+            "category": m.category if m else None,
+            "mode": m.mode.value if m else None,
+            "overridden": self.overridden.as_dict() if self.overridden else None,
+            "error": self.error,
+        }
+
+
+def split_exceptions(
+    lists: Sequence[tuple[ListSpec, ParsedList]],
+) -> tuple[list[tuple[ListSpec, ParsedList]], list[tuple[ListSpec, ParsedList]]]:
+    """Split configured lists into block lists and allow lists.
+
+    ``@@`` exception rules inside a block list become allow rules of their own list.
+    """
+    block: list[tuple[ListSpec, ParsedList]] = []
+    allow: list[tuple[ListSpec, ParsedList]] = []
+    for spec, parsed in lists:
+        if spec.allow:
+            allow.append((spec, parsed))
+            continue
+        exc = [r for r in parsed.rules if r.exception]
+        if exc:
+            rules = [r for r in parsed.rules if not r.exception]
+            block.append((spec, ParsedList(parsed.format, rules)))
+            allow.append((replace(spec, allow=True), ParsedList(parsed.format, exc)))
+        else:
+            block.append((spec, parsed))
+    return block, allow
+
+
+class Engine:
+    """Answers "is this blocked, and why?" for URLs, hosts and IP addresses."""
+
+    __slots__ = ("block", "allow")
+
+    def __init__(self, block: CompiledIndex, allow: CompiledIndex) -> None:
+        self.block = block
+        self.allow = allow
+
+    @classmethod
+    def from_lists(
+        cls,
+        lists: Sequence[tuple[ListSpec, ParsedList]],
+        *,
+        guard: PoisonGuard | None = None,
+    ) -> tuple[Engine, CompileStats, CompileStats]:
+        """Compile everything in memory (small lists, tests, ``check --blocklist``)."""
+        block_lists, allow_lists = split_exceptions(lists)
+        block_img, bstats = compile_index(block_lists, guard=guard)
+        allow_img, astats = compile_index(allow_lists, guard=guard)
+        return cls(CompiledIndex(block_img), CompiledIndex(allow_img)), bstats, astats
+
+    @staticmethod
+    def empty_allow() -> CompiledIndex:
+        img, _ = compile_index([])
+        return CompiledIndex(img)
+
+    # -- checks -------------------------------------------------------------
+
+    def check_url(self, url: str) -> Verdict:
+        """Verdict for a URL as a browser would request it."""
+        try:
+            cu = canonicalize_url(url)
+        except CanonError as exc:
+            return Verdict(Action.ERROR, url, error=str(exc))
+        return self.check_canonical(cu, url)
+
+    def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:
+        blocked = self.block.match_url(cu)
+        allowed = self.allow.match_url(cu)
+        return self._decide(
+            original if original is not None else cu.url, cu, cu.host, blocked, allowed
+        )
+
+    def check_host(self, host: str) -> Verdict:
+        """Verdict for a bare host (CONNECT target, SNI, resolved IP): whole-host rules only."""
+        try:
+            canon = canonical_host(host)
+        except CanonError as exc:
+            return Verdict(Action.ERROR, host, error=str(exc))
+        blocked = self.block.match_host(canon)
+        allowed = self.allow.match_host(canon)
+        return self._decide(host, None, canon, blocked, allowed)
+
+    @staticmethod
+    def _decide(
+        original: str,
+        cu: CanonicalURL | None,
+        host: str,
+        blocked: Match | None,
+        allowed: Match | None,
+    ) -> Verdict:
+        if allowed is not None:
+            return Verdict(Action.ALLOW, original, cu, host, allowed, overridden=blocked)
+        if blocked is None:
+            return Verdict(Action.PASS, original, cu, host)
+        action = Action.BLOCK if blocked.mode is Mode.ENFORCE else Action.MONITOR
+        return Verdict(action, original, cu, host, blocked)
+
+    def with_allow(self, allow: CompiledIndex) -> Engine:
+        """A new engine sharing this block index, with another allow index."""
+        return Engine(self.block, allow)
+
+    def close(self) -> None:
+        self.block.close()
+        self.allow.close()
+
+
+__all__ = ["Action", "Engine", "Verdict", "host_kind", "split_exceptions"]
