@@ -1,0 +1,24 @@
+"""The one reference to the current engine that every addon reads."""
+
+from __future__ import annotations
+
+from proxy_addons.core.engine import Engine
+
+
+class EngineHolder:
+    """Holds the engine in force; a refresh swaps in a new one atomically.
+
+    Addons read ``holder.engine`` once per decision, so a decision never mixes
+    two engines. Assigning one attribute is atomic in CPython, and the proxy
+    reads it only from the event loop.
+    """
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def swap(self, new: Engine) -> Engine:
+        """Put ``new`` in force and return the engine it replaced (close it when done)."""
+        old, self.engine = self.engine, new
+        return old
