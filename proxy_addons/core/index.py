@@ -2,17 +2,18 @@
 
 Compiling turns parsed lists into one immutable, memory-mappable byte image:
 
-    header | hash table | records | string blob | metadata (JSON)
+    header | directory | hash table | kinds | list ids | lines | key offsets | text offsets
+           | keys | texts | metadata (JSON)
 
-* The **hash table** is open addressing with linear probing over 64-bit slots.
-  A slot holds ``fingerprint << rid_bits | (record id + 1)``; 0 is empty. The
-  slot index is the low bits of an xxh3-64 hash of the key (seeded by the key's
-  namespace), the fingerprint its high bits. Several records may share a key
-  (a domain in two lists; a domain rule and a URL-host marker): they sit in the
-  same probe chain.
-* A **record** (16 bytes) says which rule: kind, flags, list id, line number,
-  and offsets of the canonical key and the rule text in the blob. A fingerprint
-  hit is confirmed by comparing the stored key, so there are no false positives.
+* The **hash table** is a sorted array of 64-bit slots plus a directory. A
+  slot is an xxh3-64 hash of the key (seeded by the key's namespace) whose low
+  bits are replaced by the record id; the directory maps the top bits of a
+  hash to the run of slots sharing them (about one). Several records may share
+  a key (a domain in two lists; a domain rule and a URL-host marker).
+* **Records** are columns (kind, list id, line, key and text offsets), so
+  building is a few C-speed array operations and a lookup reads only what it
+  needs. A fingerprint hit is confirmed by comparing the stored key, so there
+  are no false positives.
 * The **metadata** names the lists (name, category, mode) and the CIDR prefix
   lengths present, and carries compile statistics.
 
@@ -24,6 +25,7 @@ and a lookup touches only the few pages it probes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import json
 import mmap
@@ -33,10 +35,14 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Buffer, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import and_, itemgetter, or_, rshift
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import xxhash
 
@@ -48,29 +54,55 @@ from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 if sys.byteorder != "little":  # the table is mapped as native 64-bit integers
     raise ImportError("jectguard snapshots need a little-endian machine")
 
-MAGIC: Final = b"JGSNAP\x00\x01"
-FORMAT_VERSION: Final = 1
-# Fraction of table slots in use; lower means shorter probe chains, more memory.
-MAX_LOAD_FACTOR: Final = 0.6
+MAGIC: Final = b"JGSNAP\x00\x03"
+FORMAT_VERSION: Final = 3
+# At most 2**28 directory buckets (1 GiB of directory); a bucket per rule below that.
+MAX_DIR_BITS: Final = 28
+_MASK64: Final = (1 << 64) - 1
+# Indexes up to this many records are also held as a dict (built at load, < 10 ms).
+SMALL_INDEX_RECORDS: Final = 5000
 # Read the file in chunks of this size to verify its checksum without mapping it all.
 CHECKSUM_CHUNK: Final = 8 * 1024 * 1024
 # Largest snapshot we agree to load (guards against a bogus header).
 MAX_SNAPSHOT_BYTES: Final = 8 * 1024**3
+# Rule texts longer than this are cut (provenance only; keys are never cut).
+MAX_TEXT_BYTES: Final = 1024
 
 # Key namespaces: the hash seed keeps equal strings of different meaning apart.
 NS_HOST: Final = 1  # domain / exact-host / IP rules and URL-host markers, keyed by host
 NS_URL: Final = 2  # URL rules, keyed by "host/path[?query]"
 NS_NET: Final = 3  # CIDR rules, keyed by "network/len"
 
+_NONE: Final[list[int]] = []  # shared empty result; never mutated
+_NAMESPACE: Final = {
+    RuleKind.DOMAIN: NS_HOST,
+    RuleKind.EXACT: NS_HOST,
+    RuleKind.IP: NS_HOST,
+    RuleKind.URL: NS_URL,
+    RuleKind.CIDR: NS_NET,
+}
 # A record kind that is not a rule: "some URL rule has this host".
 URLHOST: Final = 0
-_NO_TEXT: Final = 0xFFFFFFFF  # the rule text equals its key
-_FLAG_EXCEPTION: Final = 1
+_MARKER_LIST: Final = 0xFFFF
 
-_HEADER: Final = struct.Struct("<8sIIQQQIIQQQQQQQ")  # see _pack_header
-_RECORD: Final = struct.Struct("<BBHIII")
-_STRLEN: Final = struct.Struct("<H")
-HEADER_SIZE: Final = 128
+# Sections, in file order. Each is (offset, length) in the header.
+SECTIONS: Final = (
+    "dir",
+    "table",
+    "kinds",
+    "lists",
+    "lines",
+    "key_offs",
+    "text_offs",
+    "keys",
+    "texts",
+    "meta",
+)
+_HEAD: Final = struct.Struct("<8sIIQQQII")  # magic, version, header size, body len, body xxh3,
+#                                            dir_bits, rid_bits, records
+_SECTION: Final = struct.Struct("<QQ")
+HEADER_SIZE: Final = 256
+_HEADER_XXH_AT: Final = HEADER_SIZE - 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,83 +125,129 @@ class CompileStats:
     seconds: float = 0.0
 
 
-def _hash(seed: int, key: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(key, seed)
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic GC while building millions of acyclic objects.
+
+    Each generation-2 pass walks every live object; with a million rules alive
+    that turns a linear build into a quadratic one. Nothing built here has cycles.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
-class _Builder:
-    """Accumulates records and builds the byte image."""
+_KEY: Final = itemgetter(1)
+_TEXT: Final = itemgetter(2)
+_LINE: Final = itemgetter(3)
+_EXCEPTION: Final = itemgetter(4)
 
-    def __init__(self) -> None:
-        self.hashes: list[int] = []
-        self.records = bytearray()
-        self.blob = bytearray(b"\x00")  # offset 0 is never a string
-        self._strings: dict[bytes, int] = {}
 
-    def _string(self, data: bytes) -> int:
-        off = self._strings.get(data)
-        if off is None:
-            data = data[:0xFFFF]
-            off = len(self.blob)
-            self.blob += _STRLEN.pack(len(data))
-            self.blob += data
-            if len(self._strings) < 4096:  # dedupe only the hot few (list names, short texts)
-                self._strings[data] = off
-        return off
+def _by_kind(rules: list[Rule]) -> dict[RuleKind, list[Rule]]:
+    kinds = set(map(itemgetter(0), rules))
+    if len(kinds) <= 1:  # the usual case: one list, one kind of rule
+        return {k: rules for k in kinds}
+    out: dict[RuleKind, list[Rule]] = {k: [] for k in kinds}
+    for rule in rules:
+        out[rule.kind].append(rule)
+    return out
 
-    def add(
-        self, ns: int, kind: int, key: str, text: str, list_id: int, line: int, flags: int
-    ) -> None:
-        kb = key.encode()
-        key_off = len(self.blob)
-        self.blob += _STRLEN.pack(len(kb))
-        self.blob += kb
-        text_off = _NO_TEXT if text == key else self._string(text.encode("utf-8", "replace"))
-        self.records += _RECORD.pack(kind, flags, list_id, line, key_off, text_off)
-        self.hashes.append(_hash(ns, kb))
 
-    def image(self, meta: dict[str, object]) -> bytes:
-        n = len(self.hashes)
-        if len(self.blob) >= _NO_TEXT:
-            raise SnapshotError("string blob over 4 GiB")
-        slots = 16
-        while slots * MAX_LOAD_FACTOR < n:
-            slots *= 2
-        mask = slots - 1
-        rid_bits = (n + 1).bit_length()
-        table = [0] * slots
-        for rid, h in enumerate(self.hashes):
-            i = h & mask
-            while table[i]:
-                i = (i + 1) & mask
-            table[i] = ((h >> rid_bits) << rid_bits) | (rid + 1)
-        table_bytes = array("Q", table).tobytes()
-        meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
-        table_off = HEADER_SIZE
-        records_off = table_off + len(table_bytes)
-        blob_off = records_off + len(self.records)
-        meta_off = blob_off + len(self.blob)
-        body = b"".join((table_bytes, bytes(self.records), bytes(self.blob), meta_bytes))
-        fields = (
-            MAGIC,
-            FORMAT_VERSION,
-            HEADER_SIZE,
-            len(body),
-            xxhash.xxh3_64_intdigest(body),
-            slots,
-            rid_bits,
-            n,
-            table_off,
-            records_off,
-            blob_off,
-            len(self.blob),
-            meta_off,
-            len(meta_bytes),
-            0,
-        )
-        header = _HEADER.pack(*fields)
-        header = header[:-8] + struct.pack("<Q", xxhash.xxh3_64_intdigest(header[:-8]))
-        return header.ljust(HEADER_SIZE, b"\x00") + body
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _build_image(
+    ns: list[int],
+    kinds: array[int],
+    list_ids: array[int],
+    lines: array[int],
+    keys: list[bytes],
+    texts: list[bytes],
+    meta: dict[str, object],
+) -> SnapshotImage:
+    n = len(keys)
+    rid_bits = max(1, n.bit_length())
+    dir_bits = max(4, min(MAX_DIR_BITS, n.bit_length()))
+    shift = 64 - dir_bits
+    # Slot value: the hash with its low rid_bits replaced by the record id. Sorting
+    # the values sorts by hash; the directory maps the top dir_bits of a hash to
+    # the run of slots that share them (about one each). All of it runs in C.
+    keep = _MASK64 ^ ((1 << rid_bits) - 1)
+    table = list(
+        map(or_, map(and_, map(xxhash.xxh3_64_intdigest, keys, ns), repeat(keep)), range(n))
+    )
+    table.sort()
+    counts = Counter(map(rshift, table, repeat(shift)))
+    directory = array("I", [0])
+    directory.extend(accumulate(map(counts.__getitem__, range(1 << dir_bits))))
+    key_offs = array("Q", [0])
+    key_offs.extend(accumulate(map(len, keys)))
+    text_offs = array("Q", [0])
+    text_offs.extend(accumulate(map(len, texts)))
+    # Arrays are written through the buffer protocol: no copies of big sections.
+    parts: dict[str, Buffer] = {
+        "dir": directory,
+        "table": array("Q", table),
+        "kinds": kinds,
+        "lists": list_ids,
+        "lines": lines,
+        "key_offs": key_offs,
+        "text_offs": text_offs,
+        "keys": b"".join(keys),
+        "texts": b"".join(texts),
+        "meta": json.dumps(meta, separators=(",", ":")).encode(),
+    }
+    chunks: list[Buffer] = []
+    sections: list[tuple[int, int]] = []
+    pos = HEADER_SIZE
+    digest = xxhash.xxh3_64()
+    for name in SECTIONS:
+        data = memoryview(parts[name]).cast("B")
+        sections.append((pos, len(data)))
+        pad = b"\x00" * (_align8(len(data)) - len(data))
+        chunks += (data, pad)
+        digest.update(data)
+        digest.update(pad)
+        pos += len(data) + len(pad)
+    head = _HEAD.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        HEADER_SIZE,
+        pos - HEADER_SIZE,
+        digest.intdigest(),
+        dir_bits,
+        rid_bits,
+        n,
+    )
+    head += b"".join(_SECTION.pack(*s) for s in sections)
+    head = head.ljust(_HEADER_XXH_AT, b"\x00")
+    head += struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
+    return SnapshotImage([head, *chunks], pos)
+
+
+class SnapshotImage:
+    """A compiled snapshot held as its sections, to write out or load in memory."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, chunks: list[Buffer], size: int) -> None:
+        self.chunks = chunks
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: temp file in the same folder, fsync, rename."""
+        return write_snapshot(path, self.chunks)
 
 
 def compile_index(
@@ -177,16 +255,30 @@ def compile_index(
     *,
     guard: PoisonGuard | None = None,
     built_at: float | None = None,
-) -> tuple[bytes, CompileStats]:
+) -> tuple[SnapshotImage, CompileStats]:
     """Compile parsed lists into a snapshot image; rules the guard refuses are counted."""
+    with paused_gc():
+        return _compile(lists, guard or PoisonGuard.default(), built_at)
+
+
+def _compile(
+    lists: Sequence[tuple[ListSpec, ParsedList]], guard: PoisonGuard, built_at: float | None
+) -> tuple[SnapshotImage, CompileStats]:
     t0 = time.perf_counter()
-    guard = guard or PoisonGuard.default()
     stats = CompileStats()
-    b = _Builder()
+    ns: list[int] = []
+    kinds = array("B")
+    list_ids = array("H")
+    lines = array("I")
+    keys: list[bytes] = []
+    texts: list[bytes] = []
     url_hosts: set[str] = set()
     v4: set[int] = set()
     v6: set[int] = set()
     infos = []
+    by_kind = [0] * 6
+    if len(lists) >= _MARKER_LIST:
+        raise ValueError(f"at most {_MARKER_LIST - 1} lists")
     for list_id, (spec, parsed) in enumerate(lists):
         infos.append(
             {
@@ -196,24 +288,64 @@ def compile_index(
                 "allow": spec.allow,
             }
         )
-        for rule in parsed.rules:
-            reason = guard.check(rule)
-            if reason is not None:
-                stats.refused_count += 1
-                if len(stats.refused) < 20:
-                    stats.refused.append(
-                        {"list": spec.name, "line": rule.line, "rule": rule.text, "reason": reason}
-                    )
-                continue
-            flags = _FLAG_EXCEPTION if rule.exception else 0
-            stats.exceptions += rule.exception
-            _add_rule(b, rule, list_id, flags, url_hosts, v4, v6)
-            stats.rules += 1
-            k = rule.kind.label
-            stats.by_kind[k] = stats.by_kind.get(k, 0) + 1
+        buckets = _by_kind(parsed.rules)
+        hosts = buckets.get(RuleKind.DOMAIN, []) + buckets.get(RuleKind.EXACT, [])
+        # Hosts are most of any feed: guard them in bulk; the rest one by one.
+        refused_hosts = guard.refused_hosts(list(map(_KEY, hosts))) if hosts else {}
+        for kind, rules in buckets.items():
+            if kind is RuleKind.DOMAIN or kind is RuleKind.EXACT:
+                reasons = [refused_hosts.get(r.key) for r in rules] if refused_hosts else None
+            else:
+                reasons = [guard.check(r) for r in rules]
+            if reasons is not None and any(reasons):
+                kept = []
+                for rule, reason in zip(rules, reasons, strict=True):
+                    if reason is None:
+                        kept.append(rule)
+                        continue
+                    stats.refused_count += 1
+                    if len(stats.refused) < 20:
+                        stats.refused.append(
+                            {
+                                "list": spec.name,
+                                "line": rule.line,
+                                "rule": rule.text,
+                                "reason": reason,
+                            }
+                        )
+                rules = kept
+            rule_keys = list(map(_KEY, rules))
+            if kind is RuleKind.URL:
+                url_hosts.update(k.partition("/")[0] for k in rule_keys)
+            elif kind is RuleKind.CIDR:
+                for k in rule_keys:
+                    addr, _, plen = k.partition("/")
+                    (v6 if ":" in addr else v4).add(int(plen))
+            n = len(rules)
+            by_kind[kind] += n
+            ns.extend(repeat(_NAMESPACE[kind], n))
+            kinds.extend(repeat(kind, n))
+            list_ids.extend(repeat(list_id, n))
+            lines.extend(map(_LINE, rules))
+            keys.extend(map(str.encode, rule_keys))
+            texts.extend(
+                [
+                    b"" if t == k else t.encode("utf-8", "replace")[:MAX_TEXT_BYTES]
+                    for k, t in zip(rule_keys, map(_TEXT, rules), strict=True)
+                ]
+            )
+            stats.exceptions += sum(map(_EXCEPTION, rules))
     for host in sorted(url_hosts):
-        b.add(NS_HOST, URLHOST, host, host, 0xFFFF, 0, 0)
+        ns.append(NS_HOST)
+        kinds.append(URLHOST)
+        list_ids.append(_MARKER_LIST)
+        lines.append(0)
+        keys.append(host.encode())
+        texts.append(b"")
+    stats.rules = sum(by_kind)
+    stats.by_kind = {RuleKind(k).label: n for k, n in enumerate(by_kind) if n}
     meta = {
+        "format": FORMAT_VERSION,
         "lists": infos,
         "v4_prefixes": sorted(v4, reverse=True),
         "v6_prefixes": sorted(v6, reverse=True),
@@ -223,46 +355,33 @@ def compile_index(
         "refused_count": stats.refused_count,
         "refused": stats.refused,
     }
-    image = b.image(meta)
+    image = _build_image(ns, kinds, list_ids, lines, keys, texts, meta)
     stats.seconds = time.perf_counter() - t0
     return image, stats
 
 
-def _add_rule(
-    b: _Builder,
-    rule: Rule,
-    list_id: int,
-    flags: int,
-    url_hosts: set[str],
-    v4: set[int],
-    v6: set[int],
-) -> None:
-    kind = rule.kind
-    if kind is RuleKind.DOMAIN or kind is RuleKind.EXACT or kind is RuleKind.IP:
-        b.add(NS_HOST, kind, rule.key, rule.text, list_id, rule.line, flags)
-    elif kind is RuleKind.URL:
-        host = rule.key.partition("/")[0]
-        url_hosts.add(host)
-        b.add(NS_URL, kind, rule.key, rule.text, list_id, rule.line, flags)
-    elif kind is RuleKind.CIDR:
-        addr, _, plen = rule.key.partition("/")
-        (v6 if ":" in addr else v4).add(int(plen))
-        b.add(NS_NET, kind, rule.key, rule.text, list_id, rule.line, flags)
-
-
 class CompiledIndex:
-    """An immutable, memory-mapped rule index. Lookups never allocate much."""
+    """An immutable, memory-mapped rule index."""
 
     __slots__ = (
         "_buf",
         "_mm",
+        "_dir",
+        "_shift",
         "_table",
-        "_mask",
         "_rid_bits",
         "_rid_mask",
-        "_records_off",
-        "_blob_off",
+        "_kinds",
+        "_list_ids",
+        "_lines",
+        "_key_offs",
+        "_text_offs",
+        "_keys",
+        "_texts",
         "_lists",
+        "_v4",
+        "_v6",
+        "_small",
         "meta",
         "size_bytes",
         "path",
@@ -270,142 +389,184 @@ class CompiledIndex:
     )
 
     def __init__(
-        self, buf: bytes | mmap.mmap, *, path: Path | None = None, verify: bool = True
+        self,
+        buf: bytes | mmap.mmap | SnapshotImage,
+        *,
+        path: Path | None = None,
+        verify: bool = True,
     ) -> None:
+        if isinstance(buf, SnapshotImage):
+            buf = buf.to_bytes()
         self._mm = buf if isinstance(buf, mmap.mmap) else None
         self.path = path
         self.size_bytes = len(buf)
         h = _read_header(buf)
-        if verify and not isinstance(buf, mmap.mmap):
+        if verify:
             _check_body(buf, h)
-        slots, rid_bits, n = h["slots"], h["rid_bits"], h["n"]
-        self._buf = memoryview(buf)
-        self._table = self._buf[h["table_off"] : h["table_off"] + slots * 8].cast("Q")
-        self._mask = slots - 1
-        self._rid_bits = rid_bits
-        self._rid_mask = (1 << rid_bits) - 1
-        self._records_off = h["records_off"]
-        self._blob_off = h["blob_off"]
+        n = h["n"]
+        self._buf = mv = memoryview(buf)
+        sec = h["sections"]
+
+        def view(name: str, fmt: str, count: int) -> memoryview:
+            off, length = sec[name]
+            if length != count * struct.calcsize(fmt):
+                raise SnapshotError(f"snapshot section {name!r} has the wrong size")
+            return mv[off : off + length].cast(fmt)
+
+        self._dir = view("dir", "I", (1 << h["dir_bits"]) + 1)
+        self._shift = 64 - h["dir_bits"]
+        self._table = view("table", "Q", n)
+        self._rid_bits = h["rid_bits"]
+        self._rid_mask = (1 << h["rid_bits"]) - 1
+        self._kinds = view("kinds", "B", n)
+        self._list_ids = view("lists", "H", n)
+        self._lines = view("lines", "I", n)
+        self._key_offs = view("key_offs", "Q", n + 1)
+        self._text_offs = view("text_offs", "Q", n + 1)
+        self._keys = mv[sec["keys"][0] : sec["keys"][0] + sec["keys"][1]]
+        self._texts = mv[sec["texts"][0] : sec["texts"][0] + sec["texts"][1]]
+        if self._key_offs[n] != len(self._keys) or self._text_offs[n] != len(self._texts):
+            raise SnapshotError("snapshot string sections inconsistent")
         try:
-            meta = json.loads(bytes(self._buf[h["meta_off"] : h["meta_off"] + h["meta_len"]]))
-            self._lists = [
+            off, length = sec["meta"]
+            meta = json.loads(bytes(mv[off : off + length]))
+            self._lists = tuple(
                 ListInfo(d["name"], d["category"], Mode(d["mode"]), bool(d["allow"]))
                 for d in meta["lists"]
-            ]
+            )
+            self._v4 = tuple(int(p) for p in meta["v4_prefixes"])
+            self._v6 = tuple(int(p) for p in meta["v6_prefixes"])
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"snapshot metadata unreadable: {exc}") from None
-        self.meta: dict[str, object] = meta
-        if len(self._lists) > 0xFFFF or n > self._rid_mask:
-            raise SnapshotError("snapshot header inconsistent")
+        self.meta: dict[str, Any] = meta
+        # Small indexes (allowlists) get a dict: one lookup instead of a probe.
+        self._small: dict[tuple[int, bytes], list[int]] | None = None
+        if n <= SMALL_INDEX_RECORDS:
+            self._small = {}
+            ns_of = {URLHOST: NS_HOST, **{int(k): v for k, v in _NAMESPACE.items()}}
+            for rid in range(n):
+                key = bytes(self._keys[self._key_offs[rid] : self._key_offs[rid + 1]])
+                self._small.setdefault((ns_of[self._kinds[rid]], key), []).append(rid)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CompiledIndex:
-        """Map a snapshot file after verifying its version and checksum; SnapshotError if bad."""
+        """Map a snapshot file after checking version, size and checksum; SnapshotError if bad."""
         path = Path(path)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size < HEADER_SIZE:
-                    raise SnapshotError(f"{path}: truncated snapshot ({size} bytes)")
                 head = f.read(HEADER_SIZE)
                 h = _read_header(head)
                 if HEADER_SIZE + h["body_len"] != size:
                     raise SnapshotError(
-                        f"{path}: truncated or padded snapshot ({size} bytes, header says "
+                        f"truncated or padded snapshot ({size} bytes, header says "
                         f"{HEADER_SIZE + h['body_len']})"
                     )
+                # Verify by reading (not mapping) so the check does not pull the
+                # whole file into this process's resident set.
                 digest = xxhash.xxh3_64()
                 chunk = bytearray(CHECKSUM_CHUNK)
                 view = memoryview(chunk)
                 while n := f.readinto(chunk):
                     digest.update(view[:n])
                 if digest.intdigest() != h["body_xxh"]:
-                    raise SnapshotError(f"{path}: checksum mismatch (corrupt snapshot)")
+                    raise SnapshotError("checksum mismatch (corrupt snapshot)")
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as exc:
-            raise SnapshotError(f"{path}: cannot read snapshot: {exc.strerror or exc}") from None
+        except SnapshotError as exc:
+            raise SnapshotError(f"{path}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{path}: cannot read snapshot: {exc}") from None
         return cls(mm, path=path, verify=False)
 
     # -- introspection ----------------------------------------------------
 
     @property
-    def lists(self) -> list[ListInfo]:
-        return list(self._lists)
+    def lists(self) -> tuple[ListInfo, ...]:
+        return self._lists
 
     @property
     def rule_count(self) -> int:
-        return int(self.meta.get("rules", 0))  # type: ignore[call-overload]
+        return int(self.meta.get("rules", 0))
 
     def close(self) -> None:
         """Release the mapping (only when no lookup can still be running)."""
-        self._table.release()
-        self._buf.release()
+        for v in (
+            self._dir,
+            self._table,
+            self._kinds,
+            self._list_ids,
+            self._lines,
+            self._key_offs,
+            self._text_offs,
+            self._keys,
+            self._texts,
+            self._buf,
+        ):
+            v.release()
         if self._mm is not None:
             self._mm.close()
 
     # -- lookups ----------------------------------------------------------
 
-    def _find(self, ns: int, key: bytes) -> list[tuple[int, int, int, int, int, int]]:
-        """All records whose key equals ``key`` in namespace ``ns``."""
+    def _find(self, ns: int, key: bytes) -> list[int]:
+        """Record ids whose key equals ``key`` in namespace ``ns``."""
+        if self._small is not None:
+            return self._small.get((ns, key), _NONE)
         h = xxhash.xxh3_64_intdigest(key, ns)
-        table = self._table
-        mask = self._mask
+        b = h >> self._shift
+        lo = self._dir[b]
+        hi = self._dir[b + 1]
+        if lo == hi:
+            return _NONE
         rb = self._rid_bits
         fp = h >> rb
-        i = h & mask
-        out: list[tuple[int, int, int, int, int, int]] = []
-        while True:
+        table = self._table
+        out = _NONE
+        for i in range(lo, hi):
             v = table[i]
-            if not v:
-                return out
             if v >> rb == fp:
-                rec = _RECORD.unpack_from(
-                    self._buf, self._records_off + ((v & self._rid_mask) - 1) * 16
-                )
-                if self._string(rec[4]) == key:
-                    out.append(rec)
-            i = (i + 1) & mask
+                rid = v & self._rid_mask
+                offs = self._key_offs
+                if self._keys[offs[rid] : offs[rid + 1]] == key:
+                    if out is _NONE:
+                        out = []
+                    out.append(rid)
+        return out
 
-    def _string(self, off: int) -> bytes:
-        off += self._blob_off
-        (n,) = _STRLEN.unpack_from(self._buf, off)
-        return bytes(self._buf[off + 2 : off + 2 + n])
-
-    def _match(self, rec: tuple[int, int, int, int, int, int]) -> Match:
-        kind, _flags, list_id, line, key_off, text_off = rec
-        info = self._lists[list_id]
-        key = self._string(key_off).decode()
-        text = key if text_off == _NO_TEXT else self._string(text_off).decode("utf-8", "replace")
+    def _match(self, rid: int) -> Match:
+        info = self._lists[self._list_ids[rid]]
+        key = bytes(self._keys[self._key_offs[rid] : self._key_offs[rid + 1]]).decode()
+        t0, t1 = self._text_offs[rid], self._text_offs[rid + 1]
+        text = bytes(self._texts[t0:t1]).decode("utf-8", "replace") if t1 > t0 else key
         return Match(
             list=info.name,
             rule=text,
-            line=line,
-            kind=RuleKind(kind),
+            line=self._lines[rid],
+            kind=RuleKind(self._kinds[rid]),
             category=info.category,
             mode=info.mode,
             key=key,
         )
 
-    def _pick(
-        self, found: Iterable[tuple[int, int, int, int, int, int]], best: Match | None
-    ) -> tuple[Match | None, bool]:
+    def _pick(self, found: Iterable[int], best: Match | None) -> tuple[Match | None, bool]:
         """Keep the first enforce match (or the first monitor one); True when final."""
-        for rec in found:
-            if self._lists[rec[2]].mode is Mode.ENFORCE:
-                return self._match(rec), True
+        for rid in found:
+            if self._lists[self._list_ids[rid]].mode is Mode.ENFORCE:
+                return self._match(rid), True
             if best is None:
-                best = self._match(rec)
+                best = self._match(rid)
         return best, False
 
     def match_url(self, cu: CanonicalURL) -> Match | None:
         """The rule that matches this canonical URL, enforce rules first, or None."""
-        best, final = self._match_host(cu.host, cu.host_kind)
+        best, final, url_hosts = self._match_host(cu.host, cu.host_kind, url_expressions=True)
         if final:
             return best
-        hosts = self._url_hosts(cu)
-        if hosts:
+        if url_hosts:
             paths = url_path_expressions(cu)
-            for host in hosts:
+            for host in url_host_expressions(cu):
+                if host not in url_hosts:
+                    continue
                 for path in paths:
                     found = self._find(NS_URL, (host + path).encode())
                     if found:
@@ -417,51 +578,67 @@ class CompiledIndex:
     def match_host(self, host: str) -> Match | None:
         """Rules that match every URL on ``host`` (a CONNECT target, an SNI name, an IP)."""
         kind = host_kind(host)
-        best, final = self._match_host(host, kind)
+        best, final, url_hosts = self._match_host(host, kind, url_expressions=True)
         if final:
             return best
-        for h in url_host_expressions_for(host, kind):
-            if any(r[0] == URLHOST for r in self._find(NS_HOST, h.encode())):
-                found = self._find(NS_URL, (h + "/").encode())
-                if found:
-                    best, final = self._pick(found, best)
-                    if final:
-                        return best
+        for h in url_hosts:
+            # A URL rule for the root path ("evil.example/") covers the whole host.
+            found = self._find(NS_URL, (h + "/").encode())
+            if found:
+                best, final = self._pick(found, best)
+                if final:
+                    return best
         return best
 
-    def _match_host(self, host: str, kind: str) -> tuple[Match | None, bool]:
+    def _match_host(
+        self, host: str, kind: str, *, url_expressions: bool
+    ) -> tuple[Match | None, bool, set[str]]:
+        """Host, IP and CIDR rules; also which host expressions carry URL rules."""
         best: Match | None = None
+        url_hosts: set[str] = set()
+        kinds = self._kinds
         if kind == "domain":
             hb = host.encode()
             first = True
+            labels_left = hb.count(b".") + 1
             while True:
-                found = self._find(NS_HOST, hb)
-                for rec in found:
-                    k = rec[0]
-                    if k == RuleKind.DOMAIN or (k == RuleKind.EXACT and first):
-                        best, final = self._pick((rec,), best)
+                for rid in self._find(NS_HOST, hb):
+                    k = kinds[rid]
+                    if k == URLHOST:
+                        # Safe Browsing host expressions: the exact host and the last 5 labels
+                        if first or labels_left <= 5:
+                            url_hosts.add(hb.decode())
+                    elif k == RuleKind.DOMAIN or (k == RuleKind.EXACT and first):
+                        best, final = self._pick((rid,), best)
                         if final:
-                            return best, True
+                            return best, True, url_hosts
                 i = hb.find(b".")
                 if i < 0:
-                    return best, False
+                    return best, False, url_hosts
                 hb = hb[i + 1 :]
                 first = False
-        found = [r for r in self._find(NS_HOST, host.encode()) if r[0] != URLHOST]
+                labels_left -= 1
+        found = []
+        for rid in self._find(NS_HOST, host.encode()):
+            if kinds[rid] == URLHOST:
+                url_hosts.add(host)
+            else:
+                found.append(rid)
         best, final = self._pick(found, best)
         if final:
-            return best, True
-        return self._match_cidr(host, kind, best)
+            return best, True, url_hosts
+        best, final = self._match_cidr(host, kind, best)
+        return best, final, url_hosts
 
     def _match_cidr(self, host: str, kind: str, best: Match | None) -> tuple[Match | None, bool]:
-        prefixes = self.meta["v4_prefixes" if kind == "ipv4" else "v6_prefixes"]
+        prefixes = self._v4 if kind == "ipv4" else self._v6
         if not prefixes:
             return best, False
         ip = ipaddress.ip_address(host)
         n = int(ip)
         bits = ip.max_prefixlen
         cls = ipaddress.IPv4Address if kind == "ipv4" else ipaddress.IPv6Address
-        for plen in prefixes:  # type: ignore[attr-defined]
+        for plen in prefixes:
             net = n >> (bits - plen) << (bits - plen)
             found = self._find(NS_NET, f"{cls(net).compressed}/{plen}".encode())
             if found:
@@ -470,94 +647,67 @@ class CompiledIndex:
                     return best, True
         return best, False
 
-    def _url_hosts(self, cu: CanonicalURL) -> list[str]:
-        """Host expressions of this URL that carry URL rules (usually none)."""
-        out = []
-        for h in url_host_expressions(cu):
-            for rec in self._find(NS_HOST, h.encode()):
-                if rec[0] == URLHOST:
-                    out.append(h)
-                    break
-        return out
 
-
-def url_host_expressions_for(host: str, kind: str) -> list[str]:
-    """Safe Browsing host expressions for a bare host."""
-    cu = CanonicalURL("http", host, kind, None, "/", None)  # type: ignore[arg-type]
-    return url_host_expressions(cu)
-
-
-def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, int]:
+def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, Any]:
     if len(buf) < HEADER_SIZE:
         raise SnapshotError(f"truncated snapshot ({len(buf)} bytes)")
-    raw = bytes(buf[: _HEADER.size])
-    fields = _HEADER.unpack(raw)
-    if fields[0] != MAGIC:
+    raw = bytes(buf[:HEADER_SIZE])
+    magic, version, hsize, body_len, body_xxh, dir_bits, rid_bits, n = _HEAD.unpack_from(raw)
+    if magic[:6] != MAGIC[:6]:
         raise SnapshotError("not a jectguard snapshot (bad magic)")
-    if fields[1] != FORMAT_VERSION:
+    if version != FORMAT_VERSION or magic != MAGIC:
         raise SnapshotError(
-            f"snapshot format version {fields[1]}, this jectguard reads {FORMAT_VERSION}"
+            f"snapshot format version {version}; this jectguard reads {FORMAT_VERSION}"
         )
-    if xxhash.xxh3_64_intdigest(raw[:-8]) != fields[-1]:
-        raise SnapshotError("snapshot header checksum mismatch (corrupt snapshot)")
-    (
-        _,
-        _,
-        hsize,
-        body_len,
-        body_xxh,
-        slots,
-        rid_bits,
-        n,
-        table_off,
-        records_off,
-        blob_off,
-        blob_len,
-        meta_off,
-        meta_len,
-        _,
-    ) = fields
+    if (
+        xxhash.xxh3_64_intdigest(raw[:_HEADER_XXH_AT])
+        != struct.unpack_from("<Q", raw, _HEADER_XXH_AT)[0]
+    ):
+        raise SnapshotError("header checksum mismatch (corrupt snapshot)")
+    sections = {}
+    pos = HEADER_SIZE
+    for i, name in enumerate(SECTIONS):
+        off, length = _SECTION.unpack_from(raw, _HEAD.size + i * _SECTION.size)
+        if off != pos:
+            raise SnapshotError("snapshot section table inconsistent (corrupt snapshot)")
+        sections[name] = (off, length)
+        pos = off + _align8(length)
     if (
         hsize != HEADER_SIZE
         or body_len > MAX_SNAPSHOT_BYTES
-        or slots & (slots - 1)
+        or pos != HEADER_SIZE + body_len
+        or not 4 <= dir_bits <= MAX_DIR_BITS
         or not 0 < rid_bits < 40
-        or table_off != HEADER_SIZE
-        or records_off != table_off + slots * 8
-        or blob_off != records_off + n * _RECORD.size
-        or meta_off != blob_off + blob_len
-        or meta_off + meta_len != HEADER_SIZE + body_len
+        or n >= (1 << rid_bits)
     ):
         raise SnapshotError("snapshot header inconsistent (corrupt snapshot)")
     return {
         "body_len": body_len,
         "body_xxh": body_xxh,
-        "slots": slots,
+        "dir_bits": dir_bits,
         "rid_bits": rid_bits,
         "n": n,
-        "table_off": table_off,
-        "records_off": records_off,
-        "blob_off": blob_off,
-        "meta_off": meta_off,
-        "meta_len": meta_len,
+        "sections": sections,
     }
 
 
-def _check_body(buf: bytes | bytearray, h: dict[str, int]) -> None:
+def _check_body(buf: bytes | mmap.mmap, h: dict[str, Any]) -> None:
     if len(buf) != HEADER_SIZE + h["body_len"]:
         raise SnapshotError("truncated or padded snapshot")
     if xxhash.xxh3_64_intdigest(memoryview(buf)[HEADER_SIZE:]) != h["body_xxh"]:
         raise SnapshotError("checksum mismatch (corrupt snapshot)")
 
 
-def write_snapshot(path: str | os.PathLike[str], image: bytes) -> Path:
+def write_snapshot(path: str | os.PathLike[str], image: Buffer | Sequence[Buffer]) -> Path:
     """Write a snapshot atomically: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = [image] if isinstance(image, bytes | bytearray | memoryview) else image
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(image)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

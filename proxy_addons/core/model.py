@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class RuleKind(enum.IntEnum):
@@ -25,13 +26,14 @@ class Mode(enum.StrEnum):
     MONITOR = "monitor"  # a match is logged; the request passes
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule as parsed from one line of one list.
 
     ``key`` is canonical (what the index stores); ``text`` is the rule as
     written in the list (for provenance); ``line`` is 1-based.
     ``exception`` marks an allow rule inside a block list (AdBlock ``@@``).
+    A NamedTuple rather than a dataclass: feeds have millions of rules, and
+    a tuple is built several times faster and takes less memory.
     """
 
     kind: RuleKind

@@ -1,0 +1,142 @@
+"""The sources file (``blocklists/sources.toml``): which lists, from where, how treated."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .core.errors import SourceConfigError
+from .core.model import ListSpec, Mode
+
+PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
+SHIPPED_LISTS: Final = PACKAGE_ROOT / "blocklists"
+DEFAULT_SOURCES: Final = SHIPPED_LISTS / "sources.toml"
+FORMAT_NAMES: Final = (
+    "auto",
+    "hosts",
+    "domains",
+    "adblock",
+    "urls",
+    "urlhaus-csv",
+    "ips",
+    "cidr",
+    "dnsmasq",
+)
+_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DURATION_RE: Final = re.compile(r"(\d+)\s*([smhd])")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Feed operators rate-limit; nobody needs fresher than every 5 minutes.
+MIN_REFRESH_SECONDS: Final = 300
+
+
+def parse_duration(value: object, what: str) -> int:
+    """``"90s"``, ``"15m"``, ``"6h"``, ``"1d"`` (or a number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise SourceConfigError(f"{what}: expected a duration, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m:
+            return int(m.group(1)) * _UNITS[m.group(2)]
+    raise SourceConfigError(f"{what}: expected a duration like '15m', '6h' or '1d', got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    """Everything the sources file says."""
+
+    path: Path | None
+    sources: tuple[ListSpec, ...]
+    never_block: tuple[str, ...] = ()
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    def enabled(self) -> list[ListSpec]:
+        return [s for s in self.sources if s.enabled]
+
+
+def load_sources(path: str | Path | None = None) -> SourcesConfig:
+    """Read and validate a sources file; SourceConfigError names the entry and field."""
+    path = Path(path) if path is not None else DEFAULT_SOURCES
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SourceConfigError(f"{path}: cannot read sources file: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SourceConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_sources(data, base=path.parent, origin=str(path), path=path)
+
+
+def parse_sources(
+    data: dict[str, Any], *, base: Path, origin: str = "sources", path: Path | None = None
+) -> SourcesConfig:
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise SourceConfigError(f"{origin}: [defaults] must be a table")
+    entries = data.get("source", [])
+    if not isinstance(entries, list):
+        raise SourceConfigError(f"{origin}: [[source]] entries must be an array of tables")
+    specs: list[ListSpec] = []
+    descriptions: dict[str, str] = {}
+    seen: set[str] = set()
+    for i, entry in enumerate(entries, 1):
+        where = f"{origin}: source #{i}"
+        if not isinstance(entry, dict):
+            raise SourceConfigError(f"{where}: must be a table")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise SourceConfigError(f"{where}: name must match [a-z0-9][a-z0-9_-]*, got {name!r}")
+        where = f"{origin}: source {name!r}"
+        if name in seen:
+            raise SourceConfigError(f"{where}: duplicate name")
+        seen.add(name)
+        url, file = entry.get("url"), entry.get("path")
+        if (url is None) == (file is None):
+            raise SourceConfigError(f"{where}: give exactly one of 'url' or 'path'")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+            raise SourceConfigError(f"{where}: url must be an http(s) URL, got {url!r}")
+        if file is not None:
+            if not isinstance(file, str) or not file:
+                raise SourceConfigError(f"{where}: path must be a string")
+            file = str((base / file).resolve()) if not Path(file).is_absolute() else file
+        fmt = entry.get("format", "auto")
+        if fmt not in FORMAT_NAMES:
+            raise SourceConfigError(f"{where}: format must be one of {', '.join(FORMAT_NAMES)}")
+        mode = entry.get("mode", defaults.get("mode", "enforce"))
+        if mode not in ("enforce", "monitor"):
+            raise SourceConfigError(f"{where}: mode must be 'enforce' or 'monitor', got {mode!r}")
+        kind = entry.get("kind", "block")
+        if kind not in ("block", "allow"):
+            raise SourceConfigError(f"{where}: kind must be 'block' or 'allow', got {kind!r}")
+        category = entry.get("category", "allow" if kind == "allow" else "malware")
+        if not isinstance(category, str) or not category:
+            raise SourceConfigError(f"{where}: category must be a non-empty string")
+        enabled = entry.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise SourceConfigError(f"{where}: enabled must be true or false")
+        refresh = parse_duration(entry.get("refresh", defaults.get("refresh", "1d")), f"{where}: refresh")
+        if url is not None and refresh < MIN_REFRESH_SECONDS:
+            raise SourceConfigError(f"{where}: refresh under {MIN_REFRESH_SECONDS}s is abusive to feeds")
+        specs.append(
+            ListSpec(
+                name=name,
+                path=file,
+                url=url,
+                format=fmt,
+                category=category,
+                mode=Mode(mode),
+                allow=kind == "allow",
+                enabled=enabled,
+                refresh=refresh,
+            )
+        )
+        if isinstance(entry.get("description"), str):
+            descriptions[name] = entry["description"]
+    canaries = data.get("canaries", {})
+    never = canaries.get("never_block", []) if isinstance(canaries, dict) else None
+    if not isinstance(never, list) or not all(isinstance(h, str) for h in never):
+        raise SourceConfigError(f"{origin}: [canaries] never_block must be a list of hosts")
+    return SourcesConfig(path, tuple(specs), tuple(never), descriptions)
