@@ -1,0 +1,231 @@
+"""The compiled index and its snapshot file: round trips, lookups, corruption."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy_addons.core.canon import canonical_host, canonicalize_url, url_rule_key
+from proxy_addons.core.errors import SnapshotError
+from proxy_addons.core.index import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    SECTIONS,
+    SMALL_INDEX_RECORDS,
+    CompiledIndex,
+    compile_index,
+    write_snapshot,
+)
+from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
+
+
+def _rules() -> list[Rule]:
+    return [
+        Rule(RuleKind.DOMAIN, "evil.example", "EVIL.example.", 3),
+        Rule(RuleKind.EXACT, "only.example", "=only.example", 4),
+        Rule(RuleKind.IP, "217.107.218.147", "217.107.218.147", 5),
+        Rule(RuleKind.CIDR, "198.51.100.0/24", "198.51.100.0/24 ; SBL1", 6),
+        Rule(RuleKind.CIDR, "2001:db8:100::/48", "2001:db8:100::/48", 7),
+        Rule(RuleKind.URL, url_rule_key("http://bad.example/mal/")[1], "http://bad.example/mal/", 8),
+    ]
+
+
+def _compile(rules: list[Rule], *, mode: Mode = Mode.ENFORCE, pad: int = 0) -> CompiledIndex:
+    # pad: extra filler rules so the index is big enough to use the on-disk table, not the dict
+    filler = [Rule(RuleKind.DOMAIN, f"f{i}.filler.example", f"f{i}.filler.example", 100 + i) for i in range(pad)]
+    image, _ = compile_index([(ListSpec("feed", category="malware", mode=mode), ParsedList("domains", rules + filler))])
+    return CompiledIndex(image)
+
+
+@pytest.fixture(params=[0, SMALL_INDEX_RECORDS + 1], ids=["dict", "table"])
+def index(request: pytest.FixtureRequest) -> CompiledIndex:
+    return _compile(_rules(), pad=request.param)
+
+
+def _m(idx: CompiledIndex, url: str) -> tuple[str, int, str] | None:
+    m = idx.match_url(canonicalize_url(url))
+    return None if m is None else (m.rule, m.line, m.kind.label)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://evil.example/", ("EVIL.example.", 3, "domain")),
+        ("http://a.b.evil.example/x", ("EVIL.example.", 3, "domain")),
+        ("http://notevil.example/", None),
+        ("http://only.example/", ("=only.example", 4, "exact")),
+        ("http://sub.only.example/", None),
+        ("http://217.107.218.147/dot.php", ("217.107.218.147", 5, "ip")),
+        ("http://198.51.100.200/", ("198.51.100.0/24 ; SBL1", 6, "cidr")),
+        ("http://198.51.101.1/", None),
+        ("http://[2001:db8:100:ffff::1]/", ("2001:db8:100::/48", 7, "cidr")),
+        ("http://[2001:db8:101::1]/", None),
+        ("http://bad.example/mal/x.exe?a=1", ("http://bad.example/mal/", 8, "url")),
+        ("http://www.bad.example/mal/", ("http://bad.example/mal/", 8, "url")),
+        ("http://bad.example/other", None),
+        ("http://bad.example/", None),
+    ],
+)
+def test_lookup(index: CompiledIndex, url: str, expected: tuple[str, int, str] | None) -> None:
+    assert _m(index, url) == expected
+
+
+def test_match_host_uses_host_wide_rules_only(index: CompiledIndex) -> None:
+    assert index.match_host("x.evil.example") is not None
+    assert index.match_host("198.51.100.9") is not None
+    # a URL rule below the root does not make the whole host blocked
+    assert index.match_host("bad.example") is None
+
+
+def test_url_rule_for_root_covers_the_host() -> None:
+    idx = _compile([Rule(RuleKind.URL, url_rule_key("http://whole.example/")[1], "http://whole.example/", 1)])
+    assert idx.match_host("whole.example") is not None
+    assert _m(idx, "http://whole.example/any/thing?x") is not None
+
+
+def test_enforce_wins_over_monitor() -> None:
+    rule = Rule(RuleKind.DOMAIN, "both.example", "both.example", 1)
+    image, _ = compile_index(
+        [
+            (ListSpec("watch", mode=Mode.MONITOR), ParsedList("domains", [rule])),
+            (ListSpec("block", mode=Mode.ENFORCE), ParsedList("domains", [rule._replace(line=9)])),
+        ]
+    )
+    m = CompiledIndex(image).match_url(canonicalize_url("http://both.example/"))
+    assert m is not None and (m.list, m.line, m.mode) == ("block", 9, Mode.ENFORCE)
+
+
+def test_poison_guard_refuses_and_counts() -> None:
+    rules = [
+        Rule(RuleKind.DOMAIN, "com", "com", 1),
+        Rule(RuleKind.DOMAIN, "github.io", "github.io", 2),
+        Rule(RuleKind.CIDR, "0.0.0.0/0", "0.0.0.0/0", 3),
+        Rule(RuleKind.CIDR, "10.0.0.0/7", "10.0.0.0/7", 4),
+        Rule(RuleKind.IP, "127.0.0.1", "127.0.0.1", 5),
+        Rule(RuleKind.DOMAIN, "ok.github.io", "ok.github.io", 6),
+    ]
+    image, stats = compile_index([(ListSpec("bad"), ParsedList("domains", rules))])
+    assert stats.refused_count == 5
+    assert {r["reason"] for r in stats.refused} >= {"public suffix", "network wider than /8"}
+    idx = CompiledIndex(image)
+    assert _m(idx, "http://anything.com/") is None
+    assert _m(idx, "http://other.github.io/") is None
+    assert _m(idx, "http://10.1.2.3/") is None
+    assert _m(idx, "http://ok.github.io/") is not None
+
+
+# -- snapshot files ----------------------------------------------------------
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    image, _ = compile_index([(ListSpec("feed"), ParsedList("domains", _rules()))])
+    return image.write(tmp_path / "block.jgs")
+
+
+def test_snapshot_round_trip(snapshot: Path) -> None:
+    idx = CompiledIndex.load(snapshot)
+    assert idx.rule_count == len(_rules())
+    assert _m(idx, "http://x.evil.example/") == ("EVIL.example.", 3, "domain")
+    assert [li.name for li in idx.lists] == ["feed"]
+    idx.close()
+
+
+def _sections(data: bytes) -> dict[str, tuple[int, int]]:
+    out = {}
+    for i, name in enumerate(SECTIONS):
+        out[name] = struct.unpack_from("<QQ", data, struct.calcsize("<8sIIQQQII") + i * 16)
+    return out
+
+
+def test_every_flipped_byte_is_detected(snapshot: Path, tmp_path: Path) -> None:
+    data = snapshot.read_bytes()
+    offsets = {0, 8, 12, 20, HEADER_SIZE - 1, len(data) - 1}
+    for off, length in _sections(data).values():
+        if length:
+            offsets |= {off, off + length // 2, off + length - 1}
+    for off in sorted(offsets):
+        bad = bytearray(data)
+        bad[off] ^= 0x41
+        path = write_snapshot(tmp_path / f"flip{off}.jgs", bytes(bad))
+        with pytest.raises(SnapshotError):
+            CompiledIndex.load(path)
+        with pytest.raises(SnapshotError):
+            CompiledIndex(bytes(bad))
+
+
+@pytest.mark.parametrize("keep", [0, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 100, -1])
+def test_truncated_snapshot_is_refused(snapshot: Path, tmp_path: Path, keep: int) -> None:
+    data = snapshot.read_bytes()
+    path = tmp_path / "cut.jgs"
+    path.write_bytes(data[:keep])
+    with pytest.raises(SnapshotError, match="truncated|not a jectguard|corrupt"):
+        CompiledIndex.load(path)
+
+
+def test_padded_snapshot_is_refused(snapshot: Path) -> None:
+    with open(snapshot, "ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(SnapshotError, match="truncated or padded"):
+        CompiledIndex.load(snapshot)
+
+
+def test_wrong_version_is_refused_with_a_clear_message(snapshot: Path) -> None:
+    import xxhash
+
+    data = bytearray(snapshot.read_bytes())
+    struct.pack_into("<I", data, 8, FORMAT_VERSION + 1)
+    data[6:8] = b"\x00\x09"
+    # re-seal the header so only the version is wrong
+    struct.pack_into("<Q", data, HEADER_SIZE - 8, xxhash.xxh3_64_intdigest(bytes(data[: HEADER_SIZE - 8])))
+    snapshot.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError, match="version"):
+        CompiledIndex.load(snapshot)
+
+
+def test_not_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("evil.example\n" * 100)
+    with pytest.raises(SnapshotError, match="bad magic"):
+        CompiledIndex.load(path)
+    with pytest.raises(SnapshotError, match="cannot read"):
+        CompiledIndex.load(tmp_path / "missing.jgs")
+
+
+def test_a_bad_snapshot_leaves_the_loaded_one_working(snapshot: Path, tmp_path: Path) -> None:
+    good = CompiledIndex.load(snapshot)
+    bad = tmp_path / "bad.jgs"
+    bad.write_bytes(snapshot.read_bytes()[:-3])
+    with pytest.raises(SnapshotError):
+        CompiledIndex.load(bad)
+    assert _m(good, "http://evil.example/") is not None
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(snapshot: Path) -> None:
+    assert sorted(p.name for p in snapshot.parent.iterdir()) == ["block.jgs"]
+
+
+# -- property: what goes in comes out ----------------------------------------
+
+_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12).filter(
+    lambda s: not s.isdigit()
+)
+_domain = st.lists(_label, min_size=2, max_size=4).map(lambda ls: ".".join(ls) + ".example")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_domain, min_size=1, max_size=60, unique=True), _label)
+def test_every_listed_domain_and_its_subdomains_match(domains: list[str], sub: str) -> None:
+    rules = [Rule(RuleKind.DOMAIN, canonical_host(d), d, i + 1) for i, d in enumerate(domains)]
+    idx = _compile(rules)
+    for i, d in enumerate(domains):
+        m = idx.match_url(canonicalize_url(f"http://{sub}.{d.upper()}./p"))
+        assert m is not None and m.key == canonical_host(d)
+    listed = set(domains)
+    probe = f"zz{sub}.unlisted.example"
+    if not any(probe == d or probe.endswith("." + d) for d in listed):
+        assert idx.match_url(canonicalize_url(f"http://{probe}/")) is None
