@@ -1,0 +1,1238 @@
+"""Find and strip injected active content in an HTML body, seeing what a browser sees.
+
+The scanner finds the ``script``, ``iframe``, ``frame``, ``object``, ``embed``,
+``meta refresh`` and SVG ``script`` elements an HTML5 parser would build, and
+reports those that load a blocked URL, whose inline text references a blocked
+host or URL, that match an injection signature, or (``after_html`` policy) that
+sit after the document's ``</html>`` end tag, where server-side footers such as
+Download.Ject's land.
+
+How it sees the document:
+
+* A purpose-built tokenizer follows the WHATWG tokenizer states that decide
+  where markup is (data, tags and their attributes, comments and bogus
+  comments, RAWTEXT/RCDATA/PLAINTEXT elements, script data with its escaped
+  and double-escaped states, CDATA in foreign content) and just enough of tree
+  construction to know the namespace (SVG/MathML foreign content, breakout
+  tags, integration points).
+* Where browsers legitimately differ, both readings are scanned and the
+  findings unioned: ``<noscript>`` is raw text with scripting on and markup
+  with it off; an end tag that may close SVG/MathML depends on the open HTML
+  elements outside it, which the scanner does not track, so it follows its best
+  guess and rescans the other reading until the two agree again.
+* Clean pages are the common case, so ``scan`` first runs a cheap
+  over-approximation: every ``<script``/``<iframe``/... occurrence is judged as
+  if it were a real element (and every ``<svg``/``<math`` is followed precisely),
+  which can only add candidates, never lose one. Only when that finds something
+  does the precise tokenizer run over the whole body.
+
+Offsets are byte offsets into the original body. ASCII-compatible encodings
+(UTF-8, windows-125x, Shift_JIS, GBK, EUC-*, Big5, ...) are tokenized as bytes:
+none of them uses bytes below 0x40 inside a multi-byte character, and every
+byte that steers the tokenizer (``<>/="'!?-`` and whitespace) is below 0x40.
+UTF-16 (BOM or Content-Type) is tokenized through a projection that maps each
+code unit to one byte, so offsets map back exactly. Stateful encodings such as
+ISO-2022-JP are not supported (they are treated as ASCII-compatible).
+
+Limits: bodies larger than ``max_bytes`` raise ``BodyTooLarge`` (the caller
+streams them unscanned); at most ``MAX_ALT_SCANS`` alternative readings are
+scanned per document.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from html.entities import html5 as _HTML5_ENTITIES
+from typing import Protocol
+
+import ada_url
+
+from proxy_addons.core.charset import Charset, detect_charset, is_html
+from proxy_addons.core.errors import JectguardError
+from proxy_addons.core.signatures import Signature, match_signature
+
+# Bigger bodies are streamed through unscanned: scanning buffers the whole body.
+MAX_SCAN_BYTES = 10 * 1024 * 1024
+# Alternative readings (noscript with scripting off, ambiguous foreign end tags)
+# rescanned per document; each usually stops at the next interesting tag.
+MAX_ALT_SCANS = 256
+# Work allowed to the fast path's local SVG/MathML walks, as a multiple of the
+# body size, before it gives up and lets the precise scan decide.
+_FAST_FOREIGN_BUDGET = 4
+# How far back the "is this HTML element open?" guess looks (bounds its cost).
+_OPEN_GUESS_WINDOW = 65536
+# Longest rule text kept in the replacement comment.
+_COMMENT_RULE_CHARS = 80
+
+AFTER_HTML_POLICIES = ("off", "log", "strip")
+REASONS = ("blocked-url", "inline-reference", "signature", "after-html")
+
+
+class BodyTooLarge(JectguardError, ValueError):
+    """The body exceeds the scanner's ``max_bytes``; it was not scanned."""
+
+
+class MatchLike(Protocol):
+    """What ``is_blocked`` returns for a blocked URL (``proxy_addons.core.model.Match``)."""
+
+    @property
+    def list(self) -> str: ...
+
+    @property
+    def rule(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One active element the scanner reports.
+
+    ``start``/``end`` are byte offsets into the original body (``end`` is past the
+    end tag, or the end of the body if the element is never closed; for
+    ``object`` without an end tag, past the start tag only, so its fallback
+    content survives). ``removed`` says whether ``strip()`` removes it: false
+    for ``after_html="log"`` findings and for matches from a list in monitor
+    mode (``match.mode == "monitor"``).
+    """
+
+    start: int
+    end: int
+    element: str
+    url: str | None
+    reason: str
+    rule: str
+    list: str
+    removed: bool = True
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "element": self.element,
+            "url": self.url,
+            "reason": self.reason,
+            "rule": self.rule,
+            "list": self.list,
+            "start": self.start,
+            "end": self.end,
+            "removed": self.removed,
+        }
+
+
+@dataclass(slots=True)
+class Element:
+    """An element as the tokenizer saw it; offsets are in the scanned buffer."""
+
+    name: str  # "script", "svg:script", "iframe", "frame", "object", "embed", "meta", "base"
+    start: int
+    end: int
+    attrs: dict[str, str]
+    text: str | None = None  # script text (inline scripts only)
+    after_html: bool = False
+    alternative: bool = False  # found only in an alternative reading (e.g. noscript off)
+
+
+# --------------------------------------------------------------------------
+# Document: the bytes to tokenize and the mapping back to the original body.
+
+_HIGH_BYTES = bytes(range(128)) + b"\x80" * 128
+
+
+class _Doc:
+    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "utf16")
+
+    def __init__(self, raw: bytes, charset: Charset) -> None:
+        self.raw = raw
+        self.charset = charset
+        self.utf16 = charset.is_utf16
+        self.bom = charset.bom
+        self.encoding = charset.encoding
+        if self.utf16:
+            self.buf = _project_utf16(raw[self.bom :], big_endian=charset.encoding == "utf-16be")
+        else:
+            self.buf = raw
+
+    def text(self, start: int, end: int) -> str:
+        """Decoded text of buffer positions [start, end)."""
+        if self.utf16:
+            chunk = self.raw[self.bom + 2 * start : self.bom + 2 * end]
+            return chunk.decode(self.encoding, "replace")
+        return self.raw[start:end].decode(self.encoding, "replace")
+
+    def offset(self, pos: int) -> int:
+        """Byte offset in the original body of buffer position ``pos``."""
+        return self.bom + 2 * pos if self.utf16 else pos
+
+
+def _project_utf16(body: bytes, *, big_endian: bool) -> bytes:
+    """One byte per UTF-16 code unit: the unit itself if ASCII, else 0x80."""
+    body = body[: len(body) & ~1]
+    lo, hi = (body[1::2], body[0::2]) if big_endian else (body[0::2], body[1::2])
+    out = bytearray(lo.translate(_HIGH_BYTES))
+    for m in re.finditer(rb"[^\x00]+", hi):
+        out[m.start() : m.end()] = b"\x80" * (m.end() - m.start())
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Tokenizer pieces. All quantifiers are possessive: the tokenizer never
+# backtracks, and a regex that could would disagree with it on malformed input.
+
+_WS = rb"\t\n\f\r "
+_VALUE = rb"""(?:"[^"]*+"?+|'[^']*+'?+|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>))"""
+_ATTRS = (
+    rb"(?:[\t\n\f\r ]++|/(?!>)|[^\t\n\f\r />][^\t\n\f\r />=]*+"
+    rb"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+" + _VALUE + rb")?+)*+"
+)
+_TAG_BODY = rb"[A-Za-z][^\t\n\f\r />]*+" + _ATTRS + rb"/?>"
+# A whole start or end tag from its "<"; no match means EOF inside the tag.
+_TAG = re.compile(rb"<(/?)([A-Za-z][^\t\n\f\r />]*+)(" + _ATTRS + rb")(/?)>")
+_ATTR = re.compile(
+    rb"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r />=]*+)"
+    rb"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+"""
+)
+_COMMENT_BODY = rb"!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+(?:--!?>)?+)"
+_COMMENT = re.compile(rb"<" + _COMMENT_BODY)
+_CDATA_END = re.compile(rb"\]\]>")
+
+# Start tags that matter in HTML content: they are active, set the base URL,
+# switch the tokenizer, or enter foreign content.
+_PLAIN_INTERESTING = (
+    b"script|iframe|frame|object|embed|meta|base|noscript|style|xmp|textarea|title|"
+    b"noembed|noframes|plaintext|svg|math"
+)
+# End tags that matter in HTML content.
+_PLAIN_END_STOPS = b"html|object"
+_SKIP = re.compile(
+    rb"(?:[^<]++|<(?:"
+    + _COMMENT_BODY
+    + rb"|!(?!--)[^>]*+>?+|\?[^>]*+>?+|/(?![A-Za-z])[^>]*+>?+"
+    + rb"|/(?!(?i:"
+    + _PLAIN_END_STOPS
+    + rb")[\t\n\f\r />])"
+    + _TAG_BODY
+    + rb"|(?!(?i:"
+    + _PLAIN_INTERESTING
+    + rb")[\t\n\f\r />])"
+    + _TAG_BODY
+    + rb"|(?![A-Za-z!/?])))*+"
+)
+
+_SCRIPT_DATA = re.compile(rb"<!--|</(?i:script)[\t\n\f\r />]")
+_SCRIPT_ESCAPED = re.compile(rb"-->|</(?i:script)[\t\n\f\r />]|<(?i:script)[\t\n\f\r />]")
+_SCRIPT_DOUBLE = re.compile(rb"-->|</(?i:script)[\t\n\f\r />]")
+_RAW_END: dict[bytes, re.Pattern[bytes]] = {
+    name: re.compile(rb"</(?i:" + name + rb")[\t\n\f\r />]")
+    for name in (
+        b"iframe",
+        b"noembed",
+        b"noframes",
+        b"noscript",
+        b"style",
+        b"xmp",
+        b"textarea",
+        b"title",
+    )
+}
+
+def _names(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_VOID = _names(
+    "area base basefont bgsound br col embed frame hr image img input keygen link meta "
+    "param source track wbr"
+)
+_HTML_SPECIAL = _names(
+    "address applet area article aside base basefont bgsound blockquote body br button "
+    "caption center col colgroup dd details dir div dl dt embed fieldset figcaption figure "
+    "footer form frame frameset h1 h2 h3 h4 h5 h6 head header hgroup hr html iframe img "
+    "input keygen li link listing main marquee menu meta nav noembed noframes noscript "
+    "object ol p param plaintext pre script search section select source style summary "
+    "table tbody td template textarea tfoot th thead title tr track ul wbr xmp"
+)
+# Start tags that leave foreign content ("breakout" tags).
+_BREAKOUT = _names(
+    "b big blockquote body br center code dd div dl dt em embed h1 h2 h3 h4 h5 h6 head hr "
+    "i img li listing menu meta nobr ol p pre ruby s small span strong strike sub sup "
+    "table tt u ul var"
+)
+_MATH_TEXT_IP = frozenset({"mi", "mo", "mn", "ms", "mtext"})
+_SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
+_ACTIVE = frozenset({"script", "svg:script", "iframe", "frame", "object", "embed", "meta"})
+
+HTML_NS, SVG_NS, MATH_NS = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Node:
+    """An open element inside foreign content (or HTML inside an integration point)."""
+
+    ns: int
+    name: str  # lower-cased
+    html_ip: bool = False  # an HTML integration point
+    text_ip: bool = False  # a MathML text integration point
+    special: bool = False
+    script: int = -1  # index of its Element when it is an SVG script
+    texts: list[str] = field(default_factory=list)
+
+
+def _norm(text: str) -> str:
+    """The input-stream preprocessing browsers apply: CRLF/CR -> LF, NUL -> U+FFFD."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text
+
+
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]{0,31};?)")
+
+
+def _attr_ref(m: re.Match[str]) -> str:
+    run = m.group(1)
+    if run[0] == "#":
+        return html.unescape("&" + run)
+    for size in range(len(run), 1, -1):
+        name = run[:size]
+        if name in _HTML5_ENTITIES:
+            if name.endswith(";"):
+                return _HTML5_ENTITIES[name] + run[size:]
+            # A legacy reference without ';' stays literal in an attribute when
+            # followed by '=' or an alphanumeric ("&copy=1" in a query string).
+            nxt = run[size : size + 1] or m.string[m.end() : m.end() + 1]
+            if nxt == "=" or nxt.isalnum():
+                return m.group(0)
+            return _HTML5_ENTITIES[name] + run[size:]
+    return m.group(0)
+
+
+def unescape_attr(value: str) -> str:
+    """Decode character references as the tokenizer does inside an attribute value."""
+    if "&" not in value:
+        return value
+    return _CHARREF.sub(_attr_ref, value)
+
+
+def _script_end(buf: bytes, pos: int) -> tuple[int, int]:
+    """(end of the script text, end of the element) for script data starting at ``pos``."""
+    n = len(buf)
+    state = 0  # 0 script data, 1 escaped, 2 double escaped
+    while True:
+        pattern = _SCRIPT_DATA if state == 0 else _SCRIPT_ESCAPED if state == 1 else _SCRIPT_DOUBLE
+        m = pattern.search(buf, pos)
+        if m is None:
+            return n, n
+        tok = m.group()
+        if tok == b"<!--":
+            state, pos = 1, m.start() + 2  # its "--" counts towards "-->"
+        elif tok == b"-->":
+            state, pos = 0, m.end()
+        elif tok[1:2] == b"/":
+            if state == 2:
+                state, pos = 1, m.end()
+                continue
+            tag = _TAG.match(buf, m.start())
+            return m.start(), (tag.end() if tag else n)
+        else:  # "<script" + terminator in the escaped state
+            state, pos = 2, m.end()
+
+
+def _raw_end(buf: bytes, pos: int, name: bytes) -> tuple[int, int]:
+    """(end of the text, end of the element) for RAWTEXT/RCDATA content from ``pos``."""
+    m = _RAW_END[name].search(buf, pos)
+    if m is None:
+        return len(buf), len(buf)
+    tag = _TAG.match(buf, m.start())
+    return m.start(), (tag.end() if tag else len(buf))
+
+
+# --------------------------------------------------------------------------
+# The precise walker.
+
+
+class _Walk:
+    """One reading of the document, from ``pos`` in a given state, emitting elements."""
+
+    def __init__(
+        self,
+        shared: _Shared,
+        pos: int,
+        *,
+        fstack: list[_Node] | None = None,
+        scripting: bool = True,
+        alternative: bool = False,
+        clamp: int = -1,
+        after_html: bool = False,
+        local: bool = False,
+    ) -> None:
+        self.s = shared
+        self.buf = shared.doc.buf
+        self.n = len(self.buf)
+        self.pos = pos
+        self.origin = pos
+        self.fstack: list[_Node] = fstack if fstack is not None else []
+        self.scripting = scripting
+        self.alternative = alternative
+        self.clamp = clamp
+        self.after_html = after_html
+        self.local = local  # fast path: follow one foreign subtree, then stop
+        self.objects: list[int] = []
+        self.work = 0
+
+    # ---- output
+
+    def _emit(self, name: str, start: int, end: int, attrs: dict[str, str], text: str | None) -> int:
+        if self.clamp >= 0 and end > self.clamp:
+            end = max(self.clamp, start)
+        el = Element(name, start, end, attrs, text, self.after_html, self.alternative)
+        self.s.elements.append(el)
+        return len(self.s.elements) - 1
+
+    def _attrs(self, tag: re.Match[bytes]) -> dict[str, str]:
+        attrs: dict[str, str] = {}
+        start, end = tag.span(3)
+        doc = self.s.doc
+        pos = start
+        while pos < end:
+            m = _ATTR.match(self.buf, pos, end)
+            if m is None or m.end() == pos:
+                break
+            pos = m.end()
+            if doc.utf16:
+                name = _norm(doc.text(*m.span(1))).lower()
+            else:
+                name = _norm(m.group(1).lower().decode(doc.encoding, "replace"))
+            if name in attrs:
+                continue  # the first of duplicate attributes wins
+            for g in (2, 3, 4):
+                if m.start(g) >= 0:
+                    attrs[name] = unescape_attr(_norm(doc.text(*m.span(g))))
+                    break
+            else:
+                attrs[name] = ""
+        return attrs
+
+    # ---- driving
+
+    def run(self) -> None:
+        buf, n = self.buf, self.n
+        while self.pos < n:
+            if self.fstack:
+                self._foreign_token()
+                if self.local and not self.fstack:
+                    return
+                continue
+            if self.local and self.pos > self.origin:
+                return
+            skipped = _SKIP.match(buf, self.pos)
+            p = skipped.end() if skipped else self.pos  # (it always matches)
+            if p >= n:
+                self.pos = n
+                break
+            if self.alternative and p > self.origin and p in self.s.sync:
+                return  # back in step with the main reading
+            if not self.alternative and not self.local:
+                self.s.sync.add(p)
+            self._plain_tag(p)
+        self._finish()
+
+    def _finish(self) -> None:
+        for node in self.fstack:
+            if node.script >= 0:
+                self._close_script(node, self.n)
+        self.fstack.clear()
+
+    def _plain_tag(self, p: int) -> None:
+        tag = _TAG.match(self.buf, p)
+        if tag is None:
+            self.pos = self.n  # EOF inside a tag: the rest of the body is that tag
+            return
+        self.pos = tag.end()
+        name = tag.group(2).lower()
+        if tag.group(1):
+            if name == b"html":
+                self.after_html = True
+            elif name == b"object" and self.objects:
+                self.s.elements[self.objects.pop()].end = tag.end()
+            return
+        self._html_start(p, tag, name)
+
+    def _html_start(self, p: int, tag: re.Match[bytes], name: bytes) -> None:
+        """A start tag processed by HTML rules (in body, or inside an integration point)."""
+        buf = self.buf
+        end = tag.end()
+        self.pos = end
+        if name == b"script":
+            text_end, el_end = _script_end(buf, end)
+            text = _norm(self.s.doc.text(end, text_end))
+            self._emit("script", p, el_end, self._attrs(tag), text)
+            self.pos = el_end
+        elif name in (b"iframe", b"noembed", b"noframes", b"style", b"xmp", b"textarea", b"title"):
+            _, el_end = _raw_end(buf, end, name)
+            if name == b"iframe":
+                self._emit("iframe", p, el_end, self._attrs(tag), None)
+            self.pos = el_end
+        elif name == b"noscript":
+            if not self.scripting:
+                self._push_html("noscript")
+                return
+            text_end, el_end = _raw_end(buf, end, name)
+            # Scripting off reads the same bytes as markup: scan that reading too.
+            self.s.queue_alt(
+                _Walk(
+                    self.s,
+                    end,
+                    fstack=[_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack],
+                    scripting=False,
+                    alternative=True,
+                    clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
+                    after_html=self.after_html,
+                )
+            )
+            self.pos = el_end
+        elif name == b"plaintext":
+            self.pos = self.n
+        elif name in (b"svg", b"math"):
+            if not tag.group(4):
+                ns = SVG_NS if name == b"svg" else MATH_NS
+                self.fstack.append(_Node(ns, name.decode()))
+        elif name == b"object":
+            idx = self._emit("object", p, end, self._attrs(tag), None)
+            if not self.fstack:
+                self.objects.append(idx)
+        elif name in (b"embed", b"frame", b"meta", b"base"):
+            self._emit(name.decode(), p, end, self._attrs(tag), None)
+        elif self.fstack:
+            self._push_html(name.decode("latin-1"))
+
+    def _push_html(self, name: str) -> None:
+        if self.fstack and name not in _VOID:
+            self.fstack.append(_Node(HTML_NS, name, special=name in _HTML_SPECIAL))
+
+    # ---- foreign content
+
+    def _foreign_token(self) -> None:
+        buf, n = self.buf, self.n
+        pos = self.pos
+        lt = buf.find(b"<", pos)
+        top = self.fstack[-1]
+        if lt < 0:
+            lt = n
+        if lt > pos:
+            if top.script >= 0:
+                top.texts.append(html.unescape(self.s.doc.text(pos, lt)))
+            self.work += lt - pos
+            self.pos = lt
+            if lt >= n:
+                self._finish()
+            return
+        c = buf[lt + 1 : lt + 2]
+        self.work += 16
+        if c == b"!":
+            if buf.startswith(b"<!--", lt):
+                m = _COMMENT.match(buf, lt)
+                self.pos = m.end() if m else n
+            elif buf.startswith(b"<![CDATA[", lt) and top.ns != HTML_NS:
+                m = _CDATA_END.search(buf, lt + 9)
+                stop = m.start() if m else n
+                if top.script >= 0:
+                    top.texts.append(self.s.doc.text(lt + 9, stop))
+                self.pos = m.end() if m else n
+            else:
+                gt = buf.find(b">", lt)
+                self.pos = gt + 1 if gt >= 0 else n
+        elif c == b"?":
+            gt = buf.find(b">", lt)
+            self.pos = gt + 1 if gt >= 0 else n
+        elif c == b"/":
+            if buf[lt + 2 : lt + 3].isalpha():
+                tag = _TAG.match(buf, lt)
+                if tag is None:
+                    self.pos = n
+                    self._finish()
+                    return
+                self.pos = tag.end()
+                self._foreign_end(lt, tag, tag.group(2).lower().decode("latin-1"))
+            elif buf.startswith(b"</>", lt):
+                self.pos = lt + 3
+            elif lt + 2 >= n:
+                self._text_lt(top, lt, n)
+            else:
+                gt = buf.find(b">", lt)
+                self.pos = gt + 1 if gt >= 0 else n
+        elif c.isalpha():
+            tag = _TAG.match(buf, lt)
+            if tag is None:
+                self.pos = n
+                self._finish()
+                return
+            self.pos = tag.end()
+            self._foreign_start(lt, tag, tag.group(2).lower())
+        else:
+            self._text_lt(top, lt, lt + 1)
+
+    def _text_lt(self, top: _Node, lt: int, end: int) -> None:
+        if top.script >= 0:
+            top.texts.append(self.s.doc.text(lt, end))
+        self.pos = end
+
+    def _uses_html_rules(self, top: _Node, name: bytes | None) -> bool:
+        """The tree-construction dispatcher, for a start tag ``name`` (None: end tag)."""
+        if top.ns == HTML_NS:
+            return True
+        if name is None:
+            return False
+        if top.html_ip:
+            return True
+        if top.text_ip and name not in (b"mglyph", b"malignmark"):
+            return True
+        return top.ns == MATH_NS and top.name == "annotation-xml" and name == b"svg"
+
+    def _foreign_start(self, p: int, tag: re.Match[bytes], name: bytes) -> None:
+        while self.fstack:
+            top = self.fstack[-1]
+            if self._uses_html_rules(top, name):
+                self._html_start(p, tag, name)
+                return
+            sname = name.decode("latin-1")
+            breakout = sname in _BREAKOUT
+            if sname == "font":
+                attrs = self._attrs(tag)
+                breakout = any(k in attrs for k in ("color", "face", "size"))
+            if breakout:
+                self._pop_to_html_or_ip(p)
+                continue
+            attrs = self._attrs(tag)
+            node = _Node(top.ns, sname)
+            if top.ns == SVG_NS:
+                node.html_ip = sname in _SVG_HTML_IP
+                node.special = node.html_ip
+                if sname == "script":
+                    node.script = self._emit("svg:script", p, tag.end(), attrs, "")
+            else:
+                node.text_ip = sname in _MATH_TEXT_IP
+                node.special = node.text_ip or sname == "annotation-xml"
+                if sname == "annotation-xml":
+                    enc = attrs.get("encoding", "").lower()
+                    node.html_ip = enc in ("text/html", "application/xhtml+xml")
+            if tag.group(4):  # self-closing: acknowledged, popped at once
+                if node.script >= 0:
+                    self._close_script(node, tag.end())
+                return
+            self.fstack.append(node)
+            return
+        self._html_start(p, tag, name)
+
+    def _pop_to_html_or_ip(self, at: int) -> None:
+        while self.fstack:
+            top = self.fstack[-1]
+            if top.ns == HTML_NS or top.html_ip or top.text_ip:
+                return
+            self._pop(at)
+
+    def _pop(self, at: int) -> None:
+        node = self.fstack.pop()
+        if node.script >= 0:
+            self._close_script(node, at)
+
+    def _close_script(self, node: _Node, end: int) -> None:
+        el = self.s.elements[node.script]
+        el.end = end if self.clamp < 0 else min(end, max(self.clamp, el.start))
+        el.text = _norm("".join(node.texts))
+        node.script = -1
+
+    def _foreign_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
+        stack = self.fstack
+        top = stack[-1]
+        if top.ns == HTML_NS:
+            self._html_end(p, name)
+            return
+        if name in ("br", "p"):
+            self._pop_to_html_or_ip(p)
+            return
+        if name == "script" and top.script >= 0:
+            self._close_script(stack.pop(), tag.end())
+            return
+        i = len(stack) - 1
+        while True:
+            if stack[i].name == name:
+                while len(stack) > i:
+                    self._pop(p)
+                return
+            i -= 1
+            if i < 0:
+                self._escaping_end(p, tag, name)
+                return
+            if stack[i].ns == HTML_NS:
+                self._html_end(p, name)
+                return
+
+    def _html_end(self, p: int, name: str) -> None:
+        """In-body "any other end tag" over the tracked part of the stack."""
+        stack = self.fstack
+        for i in range(len(stack) - 1, -1, -1):
+            node = stack[i]
+            if node.ns == HTML_NS and node.name == name:
+                while len(stack) > i:
+                    self._pop(p)
+                return
+            if node.special:
+                return
+
+    def _escaping_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
+        """An end tag that no open foreign element matches: it goes to the HTML stack outside.
+
+        Whether it closes the foreign content depends on the HTML elements open
+        outside it, which are not tracked: guess from the tags before it, and
+        scan the other reading as an alternative.
+        """
+        if any(node.special for node in self.fstack):
+            return  # an integration point on the way stops the walk: ignored
+        if name == "html":
+            self.after_html = True
+            return
+        if name == "body" or self.local:
+            # (The fast path covers "it closes" by judging every candidate as HTML.)
+            return
+        closes = _probably_open(self.buf, p, name)
+        kept = [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack]
+        if closes:
+            alt_stack = kept
+            for node in self.fstack:
+                if node.script >= 0:
+                    self._close_script(node, p)
+            self.fstack.clear()
+        else:
+            alt_stack = []
+        for node in alt_stack:
+            node.script = -1  # the alternative does not re-emit open scripts
+        self.s.queue_alt(
+            _Walk(
+                self.s,
+                tag.end(),
+                fstack=alt_stack,
+                scripting=self.scripting,
+                alternative=True,
+                clamp=self.clamp,
+                after_html=self.after_html,
+            )
+        )
+
+
+def _probably_open(buf: bytes, end: int, name: str) -> bool:
+    """Whether an HTML element ``name`` is probably open before ``end`` (a heuristic)."""
+    try:
+        bname = re.escape(name.encode("ascii"))
+    except UnicodeEncodeError:
+        return False
+    window = buf[max(0, end - _OPEN_GUESS_WINDOW) : end]
+    opens = len(re.findall(rb"<(?i:" + bname + rb")[\t\n\f\r />]", window))
+    closes = len(re.findall(rb"</(?i:" + bname + rb")[\t\n\f\r />]", window))
+    return opens > closes
+
+
+class _Shared:
+    """State shared by the main reading and its alternatives."""
+
+    def __init__(self, doc: _Doc) -> None:
+        self.doc = doc
+        self.elements: list[Element] = []
+        self.sync: set[int] = set()
+        self.alts: list[_Walk] = []
+        self.alt_count = 0
+
+    def queue_alt(self, walk: _Walk) -> None:
+        if self.alt_count < MAX_ALT_SCANS:
+            self.alt_count += 1
+            self.alts.append(walk)
+
+
+def _walk_document(doc: _Doc) -> list[Element]:
+    shared = _Shared(doc)
+    _Walk(shared, 0).run()
+    while shared.alts:
+        shared.alts.pop(0).run()
+    seen: set[tuple[int, str]] = set()
+    result: list[Element] = []
+    for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative)):
+        key = (el.start, el.name)
+        if key not in seen:
+            seen.add(key)
+            result.append(el)
+    return result
+
+
+def parse_elements(body: bytes, content_type: str | None = None) -> list[Element]:
+    """Every element of interest (active ones and ``base``) in document order.
+
+    Offsets are in the scanned buffer: byte offsets for ASCII-compatible
+    encodings, UTF-16 code units (after the BOM) for UTF-16.
+    """
+    return _walk_document(_Doc(body, detect_charset(body, content_type)))
+
+
+# --------------------------------------------------------------------------
+# Judging elements: URLs, inline references, signatures.
+
+_JS_ESCAPE = re.compile(
+    r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}|([0-7]{1,3})|(.))", re.S
+)
+_PERCENT = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
+_FROM_CHAR_CODE = re.compile(r"fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")
+_CONCAT = re.compile(r"""(["'`])\s*\+\s*(["'`])""")
+_SIMPLE_ESC = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\x00"}
+
+
+def _js_escape(m: re.Match[str]) -> str:
+    hx, u4, ub, octal, other = m.groups()
+    code = hx or u4 or ub
+    if code is not None:
+        value = int(code, 16)
+        return chr(value) if value <= 0x10FFFF else "\ufffd"
+    if octal is not None:
+        return chr(int(octal, 8))
+    assert other is not None
+    return _SIMPLE_ESC.get(other, other)
+
+
+def _percent(m: re.Match[str]) -> str:
+    u4, b2 = m.groups()
+    return chr(int(u4 or b2, 16))
+
+
+def _char_codes(m: re.Match[str]) -> str:
+    out = []
+    for part in m.group(1).split(","):
+        part = part.strip()
+        try:
+            value = int(part, 0) if part.lower().startswith("0x") else int(part)
+        except ValueError:
+            return m.group(0)
+        out.append(chr(value) if 0 <= value <= 0x10FFFF else "\ufffd")
+    return '"' + "".join(out) + '"'
+
+
+def decode_script_text(text: str) -> str:
+    """Undo the common JS obfuscations: escapes, unescape("%.."), fromCharCode, "a" + "b"."""
+    out = text
+    if "\\" in out:
+        out = _JS_ESCAPE.sub(_js_escape, out)
+    if "%" in out:
+        out = _PERCENT.sub(_percent, out)
+        if "\\" in out:
+            out = _JS_ESCAPE.sub(_js_escape, out)
+    if "fromCharCode" in out:
+        out = _FROM_CHAR_CODE.sub(_char_codes, out)
+    if "+" in out:
+        out = _CONCAT.sub("", out)
+    return out
+
+
+# Candidate references in script text, one pass: absolute or protocol-relative
+# URLs, host-like string literals, bare IPv4 addresses, and HTML tags being written.
+_REFS = re.compile(
+    r"(?P<url>(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%-]+(?:\.[A-Za-z0-9_~%-]+)*\.?)(?::\d{1,5})?"
+    r"""[^\s"'<>\\`(){}|^]*)"""
+    r"""|(?P<q>["'`])(?P<lit>[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9-]{1,63})+)\.?(?P=q)"""
+    r"|(?P<ip>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]))"
+    r"|(?P<tag><(?i:script|iframe|frame|object|embed|meta|base)[\s/>])"
+)
+_TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
+
+
+def _resolve(base: str, ref: str) -> str | None:
+    ref = ref.strip("\t\n\f\r ")
+    if not ref:
+        return None
+    try:
+        return ada_url.join_url(base, ref)
+    except ValueError:
+        return None
+
+
+def _meta_refresh_url(content: str) -> str | None:
+    """The URL of a ``<meta http-equiv=refresh content="0; url=...">`` (WHATWG steps, simplified)."""
+    m = re.match(r"[\t\n\f\r ]*([0-9]*)([0-9.]*)[\t\n\f\r ]*[;,]?[\t\n\f\r ]*", content)
+    if m is None or not (m.group(1) or m.group(2).startswith(".")):
+        return None
+    rest = content[m.end() :]
+    u = re.match(r"(?i:url)[\t\n\f\r ]*=[\t\n\f\r ]*", rest)
+    if u:
+        rest = rest[u.end() :]
+    if rest[:1] in ("'", '"'):
+        quote = rest[0]
+        rest = rest[1:]
+        end = rest.find(quote)
+        if end >= 0:
+            rest = rest[:end]
+    return rest.strip() or None
+
+
+def _data_url_text(url: str) -> str | None:
+    """The payload of a ``data:`` URL as text (percent- or base64-decoded)."""
+    head, sep, payload = url[5:].partition(",")
+    if not sep:
+        return None
+    raw = urllib.parse.unquote_to_bytes(payload)
+    if head.lower().endswith(";base64"):
+        try:
+            raw = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", raw) + b"===")
+        except (ValueError, TypeError):
+            return None
+    return raw.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    url: str | None
+    reason: str
+    rule: str
+    list: str
+    removed: bool
+
+
+class _Judge:
+    """Judges elements for one scan; caches URL verdicts."""
+
+    def __init__(self, scanner: Scanner, page_url: str) -> None:
+        self.scanner = scanner
+        self.page_url = page_url
+        self.cache: dict[str, MatchLike | None] = {}
+
+    def check(self, url: str) -> MatchLike | None:
+        if url in self.cache:
+            return self.cache[url]
+        result = self.scanner.is_blocked(url)
+        self.cache[url] = result
+        return result
+
+    def _url_verdict(self, url: str, reason: str) -> _Verdict | None:
+        match = self.check(url)
+        if match is not None:
+            monitor = str(getattr(match, "mode", "")) == "monitor"
+            return _Verdict(url, reason, match.rule, match.list, not monitor)
+        sig = match_signature(self.scanner.signatures, url, "url")
+        if sig is not None:
+            return _Verdict(url, "signature", sig.name, "signatures", True)
+        return None
+
+    def element_urls(self, el: Element) -> list[str]:
+        """The attribute URLs (unresolved) by which an element loads something."""
+        a = el.attrs
+        if el.name in ("script", "svg:script"):
+            keys: tuple[str, ...] = ("src", "href", "xlink:href")
+        elif el.name == "object":
+            keys = ("data",)
+        elif el.name == "meta":
+            if a.get("http-equiv", "").strip().lower() != "refresh":
+                return []
+            url = _meta_refresh_url(a.get("content", ""))
+            return [url] if url else []
+        elif el.name in ("iframe", "frame", "embed"):
+            keys = ("src",)
+        else:
+            return []
+        return [a[k] for k in keys if k in a]
+
+    def judge(self, el: Element, bases: Iterable[str]) -> _Verdict | None:
+        for ref in self.element_urls(el):
+            for base in bases:
+                url = _resolve(base, ref)
+                if url is None:
+                    continue
+                verdict = self._url_verdict(url, "blocked-url")
+                if verdict is not None:
+                    return verdict
+                inline = self._embedded(url, bases)
+                if inline is not None:
+                    return inline
+        if el.name == "iframe" and "srcdoc" in el.attrs:
+            verdict = self.inline(el.attrs["srcdoc"], bases)
+            if verdict is not None:
+                return verdict
+        if el.text and el.name in ("script", "svg:script"):
+            return self.inline(el.text, bases)
+        return None
+
+    def _embedded(self, url: str, bases: Iterable[str]) -> _Verdict | None:
+        """Code carried inside the URL itself (``javascript:``, ``data:``)."""
+        low = url[:11].lower()
+        if low.startswith("javascript:"):
+            return self.inline(urllib.parse.unquote(url[11:]), bases)
+        if low.startswith("data:"):
+            text = _data_url_text(url)
+            if text:
+                return self.inline(text, bases)
+        return None
+
+    def inline(self, text: str, bases: Iterable[str]) -> _Verdict | None:
+        """Judge script (or written HTML) text: referenced URLs and hosts, then signatures."""
+        decoded = decode_script_text(text)
+        variants = (text,) if decoded == text else (text, decoded)
+        for variant in variants:
+            verdict = self._references(variant, bases)
+            if verdict is not None:
+                return verdict
+        for variant in variants:
+            sig = match_signature(self.scanner.signatures, variant, "script")
+            if sig is not None:
+                return _Verdict(None, "signature", sig.name, "signatures", True)
+        return None
+
+    def _references(self, text: str, bases: Iterable[str]) -> _Verdict | None:
+        for m in _REFS.finditer(text):
+            if m.group("url") is not None:
+                host = m.group("host") or ""
+                if "." not in host and not host.startswith("["):
+                    continue
+                ref = m.group("url")
+                if ref.startswith("//"):
+                    ref = "http:" + ref
+                urls = [_resolve(self.page_url, ref)]
+            elif m.group("lit") is not None:
+                lit = m.group("lit")
+                if not (_TLD.search(lit) or re.fullmatch(r"(?:\d{1,3}\.){3}\d{1,3}", lit)):
+                    continue
+                urls = [_resolve(self.page_url, "http://" + lit + "/")]
+            elif m.group("ip") is not None:
+                urls = [_resolve(self.page_url, "http://" + m.group("ip") + "/")]
+            else:
+                urls = self._written_tag(text, m.start(), bases)
+            for url in urls:
+                if url is None:
+                    continue
+                match = self.check(url)
+                if match is not None:
+                    monitor = str(getattr(match, "mode", "")) == "monitor"
+                    return _Verdict(url, "inline-reference", match.rule, match.list, not monitor)
+        return None
+
+    def _written_tag(self, text: str, start: int, bases: Iterable[str]) -> list[str | None]:
+        """URLs of an HTML tag inside script text (``document.write('<script src=..>')``)."""
+        chunk = text[start : start + 4096].encode("utf-8", "replace")
+        tag = _TAG.match(chunk)
+        if tag is None:
+            return []
+        attrs: dict[str, str] = {}
+        pos, end = tag.span(3)
+        while pos < end:
+            m = _ATTR.match(chunk, pos, end)
+            if m is None or m.end() == pos:
+                break
+            pos = m.end()
+            name = m.group(1).lower().decode("utf-8", "replace")
+            value = next((m.group(g) for g in (2, 3, 4) if m.group(g) is not None), b"")
+            attrs.setdefault(name, unescape_attr(value.decode("utf-8", "replace")))
+        urls: list[str | None] = []
+        for key in ("src", "data", "href", "xlink:href"):
+            if key in attrs:
+                urls.extend(_resolve(base, attrs[key]) for base in bases)
+        if "content" in attrs:
+            refresh = _meta_refresh_url(attrs["content"])
+            if refresh:
+                urls.extend(_resolve(base, refresh) for base in bases)
+        return urls
+
+
+# --------------------------------------------------------------------------
+# The fast path: an over-approximation that can only add candidates.
+
+_CANDIDATE = re.compile(rb"<(?:script|iframe|frame|object|embed|meta|svg|math)[\t\n\f\r />]")
+_BASE_CANDIDATE = re.compile(rb"<base[\t\n\f\r />]")
+_HTML_END_CANDIDATE = re.compile(rb"</html[\t\n\f\r />]")
+
+
+def _fast_elements(doc: _Doc) -> tuple[list[Element], list[str], int] | None:
+    """Every element any reading could build, or None if the precise scan should decide.
+
+    Returns (elements, base hrefs, position of the first ``</html`` or -1).
+    """
+    buf = doc.buf
+    low = buf.lower()
+    n = len(buf)
+    shared = _Shared(doc)
+    walker = _Walk(shared, 0, local=True)
+    bases: list[str] = []
+    for m in _BASE_CANDIDATE.finditer(low):
+        tag = _TAG.match(buf, m.start())
+        if tag is not None:
+            href = walker._attrs(tag).get("href")
+            if href is not None:
+                bases.append(href)
+    html_end = _HTML_END_CANDIDATE.search(low)
+    budget = _FAST_FOREIGN_BUDGET * n + 65536
+    work = 0
+    for m in _CANDIDATE.finditer(low):
+        p = m.start()
+        name = m.group()[1:-1]
+        tag = _TAG.match(buf, p)
+        if tag is None:
+            break  # EOF inside this tag: no later element exists in any reading
+        if name in (b"svg", b"math"):
+            local = _Walk(shared, p, local=True)
+            local.run()
+            work += local.work + (local.pos - p)
+            if work > budget:
+                return None
+            continue
+        walker.pos = p
+        walker._html_start(p, tag, name)
+    return shared.elements, bases, (html_end.start() if html_end else -1)
+
+
+# --------------------------------------------------------------------------
+# The scanner.
+
+
+def _comment(element: str, rule: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9 ._:/@#=?&,+()|*^$~%']", "_", rule)[:_COMMENT_RULE_CHARS]
+    return f"<!-- jectguard: removed {element} ({clean}) -->"
+
+
+class Scanner:
+    """Finds (``scan``) and removes (``strip``) injected active content in HTML bodies.
+
+    ``is_blocked(absolute_url)`` returns a match (with ``.list`` and ``.rule``) or
+    None. ``after_html`` is "off", "log" (report, keep) or "strip" (report,
+    remove) for active content after ``</html>``.
+    """
+
+    def __init__(
+        self,
+        is_blocked: Callable[[str], MatchLike | None],
+        signatures: Sequence[Signature] = (),
+        *,
+        after_html: str = "off",
+        max_bytes: int = MAX_SCAN_BYTES,
+    ) -> None:
+        if after_html not in AFTER_HTML_POLICIES:
+            raise ValueError(f"after_html must be one of {AFTER_HTML_POLICIES}, not {after_html!r}")
+        self.is_blocked = is_blocked
+        self.signatures = tuple(signatures)
+        self.after_html = after_html
+        self.max_bytes = max_bytes
+
+    def _prepare(self, body: bytes, content_type: str | None) -> _Doc | None:
+        if len(body) > self.max_bytes:
+            raise BodyTooLarge(f"body of {len(body)} bytes exceeds the scan limit of {self.max_bytes}")
+        if not body or not is_html(body, content_type):
+            return None
+        return _Doc(body, detect_charset(body, content_type))
+
+    def scan(self, body: bytes, page_url: str, content_type: str | None = None) -> list[Finding]:
+        """Every finding in ``body``, in document order; raises BodyTooLarge over ``max_bytes``.
+
+        ``content_type`` None means unknown: the body is scanned if it sniffs as HTML.
+        """
+        doc = self._prepare(body, content_type)
+        if doc is None:
+            return []
+        return self._scan_doc(doc, page_url)
+
+    def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
+        judge = _Judge(self, page_url)
+        fast = _fast_elements(doc)
+        if fast is not None and not self._fast_suspects(judge, fast):
+            return []
+        return self._precise(doc, judge)
+
+    def _fast_suspects(self, judge: _Judge, fast: tuple[list[Element], list[str], int]) -> bool:
+        elements, base_hrefs, html_end = fast
+        bases = [judge.page_url]
+        for href in base_hrefs:
+            resolved = _resolve(judge.page_url, href)
+            if resolved is not None and resolved not in bases:
+                bases.append(resolved)
+        for el in elements:
+            if self.after_html != "off" and 0 <= html_end < el.start and self._is_active(el):
+                return True
+            if judge.judge(el, bases) is not None:
+                return True
+        return False
+
+    @staticmethod
+    def _is_active(el: Element) -> bool:
+        if el.name == "meta":
+            return el.attrs.get("http-equiv", "").strip().lower() == "refresh"
+        return el.name in _ACTIVE
+
+    def _precise(self, doc: _Doc, judge: _Judge) -> list[Finding]:
+        elements = _walk_document(doc)
+        base = judge.page_url
+        for el in elements:
+            if el.name == "base" and "href" in el.attrs and not el.alternative:
+                resolved = _resolve(judge.page_url, el.attrs["href"])
+                if resolved is not None:
+                    base = resolved
+                break
+        findings: list[Finding] = []
+        for el in elements:
+            if el.name == "base":
+                continue
+            verdict = judge.judge(el, (base,))
+            after = el.after_html and self.after_html != "off" and self._is_active(el)
+            if verdict is None and not after:
+                continue
+            if verdict is None:
+                verdict = _Verdict(
+                    None, "after-html", "active content after </html>", "jectguard", False
+                )
+            removed = verdict.removed or (after and self.after_html == "strip")
+            findings.append(
+                Finding(
+                    start=doc.offset(el.start),
+                    end=doc.offset(el.end),
+                    element=el.name,
+                    url=verdict.url,
+                    reason=verdict.reason,
+                    rule=verdict.rule,
+                    list=verdict.list,
+                    removed=removed,
+                )
+            )
+        return findings
+
+    def strip(
+        self, body: bytes, page_url: str, content_type: str | None = None, *, comment: bool = True
+    ) -> tuple[bytes, list[Finding]]:
+        """Remove the findings marked ``removed``; return the new body and all findings.
+
+        Returns body unchanged (the SAME bytes object) when nothing is removed.
+        Everything outside the removed elements is byte-identical; each removed
+        span is replaced by a short comment (encoded in the document's encoding)
+        when ``comment`` is true.
+        """
+        doc = self._prepare(body, content_type)
+        if doc is None:
+            return body, []
+        findings = self._scan_doc(doc, page_url)
+        spans = sorted((f.start, f.end, f) for f in findings if f.removed)
+        if not spans:
+            return body, findings
+        out: list[bytes] = []
+        pos = 0
+        for start, end, finding in spans:
+            if start < pos:
+                pos = max(pos, end)  # inside (or overlapping) a span already removed
+                continue
+            out.append(body[pos:start])
+            if comment:
+                out.append(self._encode(doc, _comment(finding.element, finding.rule)))
+            pos = end
+        out.append(body[pos:])
+        return b"".join(out), findings
+
+    @staticmethod
+    def _encode(doc: _Doc, text: str) -> bytes:
+        return text.encode(doc.encoding if doc.utf16 else "ascii", "replace")
+
+
+def iter_findings(findings: Iterable[Finding], *, removed: bool | None = None) -> Iterator[Finding]:
+    """Filter findings by whether ``strip`` removes them."""
+    for f in findings:
+        if removed is None or f.removed is removed:
+            yield f
