@@ -2,20 +2,21 @@
 
 Compiling turns parsed lists into one immutable, memory-mappable byte image:
 
-    header | directory | hash table | kinds | list ids | lines | key offsets | text offsets
-           | keys | texts | metadata (JSON)
+    header | directory | hash table | kinds | list ids | lines | text offsets
+           | texts | metadata (JSON)
 
-* The **hash table** is a sorted array of 64-bit slots plus a directory. A
-  slot is an xxh3-64 hash of the key (seeded by the key's namespace) whose low
-  bits are replaced by the record id; the directory maps the top bits of a
-  hash to the run of slots sharing them (about one). Several records may share
-  a key (a domain in two lists; a domain rule and a URL-host marker).
-* **Records** are columns (kind, list id, line, key and text offsets), so
-  building is a few C-speed array operations and a lookup reads only what it
-  needs. A fingerprint hit is confirmed by comparing the stored key, so there
-  are no false positives.
-* The **metadata** names the lists (name, category, mode) and the CIDR prefix
-  lengths present, and carries compile statistics.
+* Every rule has a **key** (a canonical host, a Safe Browsing URL expression,
+  a packed network) hashed with xxh3-64, seeded by the key's namespace.
+* The **hash table** holds those 64-bit hashes sorted, and the record columns
+  (kind, list, line, text) are stored in the same order, so a table position
+  *is* the record id. The **directory** maps the top bits of a hash to the run
+  of positions sharing them (about one). A lookup hashes the probe key, reads
+  two directory entries and compares one or two 64-bit values: nothing else is
+  touched unless it matches, and the key itself need not be stored (the caller
+  has it). With 64-bit hashes a false match needs a collision, about one in
+  10^19 per probe for a million rules.
+* The **metadata** names the lists (name, category, mode), the CIDR prefix
+  lengths present and the compile statistics.
 
 The file is versioned and checksummed (xxh3-64 over header and body). Loading
 maps it read-only, so several proxy processes share one copy in the page cache,
@@ -54,24 +55,22 @@ from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 if sys.byteorder != "little":  # the table is mapped as native 64-bit integers
     raise ImportError("jectguard snapshots need a little-endian machine")
 
-MAGIC: Final = b"JGSNAP\x00\x03"
-FORMAT_VERSION: Final = 3
-# At most 2**28 directory buckets (1 GiB of directory); a bucket per rule below that.
+MAGIC: Final = b"JGSNAP\x00\x04"
+FORMAT_VERSION: Final = 4
+# At most 2**28 directory buckets (1 GiB of directory); about one per rule below that.
 MAX_DIR_BITS: Final = 28
-_MASK64: Final = (1 << 64) - 1
-# Indexes up to this many records are also held as a dict (built at load, < 10 ms).
-SMALL_INDEX_RECORDS: Final = 5000
 # Read the file in chunks of this size to verify its checksum without mapping it all.
-CHECKSUM_CHUNK: Final = 8 * 1024 * 1024
+CHECKSUM_CHUNK: Final = 1024 * 1024
 # Largest snapshot we agree to load (guards against a bogus header).
 MAX_SNAPSHOT_BYTES: Final = 8 * 1024**3
-# Rule texts longer than this are cut (provenance only; keys are never cut).
+# Rule texts longer than this are cut (provenance only; matching never uses them).
 MAX_TEXT_BYTES: Final = 1024
+_MASK64: Final = (1 << 64) - 1
 
 # Key namespaces: the hash seed keeps equal strings of different meaning apart.
 NS_HOST: Final = 1  # domain / exact-host / IP rules and URL-host markers, keyed by host
 NS_URL: Final = 2  # URL rules, keyed by "host/path[?query]"
-NS_NET: Final = 3  # CIDR rules, keyed by "network/len"
+NS_NET: Final = 3  # CIDR rules, keyed by packed (network, prefix length)
 
 _NONE: Final[list[int]] = []  # shared empty result; never mutated
 _NAMESPACE: Final = {
@@ -86,23 +85,19 @@ URLHOST: Final = 0
 _MARKER_LIST: Final = 0xFFFF
 
 # Sections, in file order. Each is (offset, length) in the header.
-SECTIONS: Final = (
-    "dir",
-    "table",
-    "kinds",
-    "lists",
-    "lines",
-    "key_offs",
-    "text_offs",
-    "keys",
-    "texts",
-    "meta",
-)
-_HEAD: Final = struct.Struct("<8sIIQQQII")  # magic, version, header size, body len, body xxh3,
-#                                            dir_bits, rid_bits, records
+SECTIONS: Final = ("dir", "table", "kinds", "lists", "lines", "text_offs", "texts", "meta")
+_HEAD: Final = struct.Struct("<8sIIQQII")  # magic, version, header size, body length,
+#                                          body xxh3-64, dir_bits, records
 _SECTION: Final = struct.Struct("<QQ")
 HEADER_SIZE: Final = 256
 _HEADER_XXH_AT: Final = HEADER_SIZE - 8
+_V4_MASKS: Final = tuple((0xFFFFFFFF << (32 - p)) & 0xFFFFFFFF for p in range(33))
+_V6_MASKS: Final = tuple(((1 << 128) - 1) ^ ((1 << (128 - p)) - 1) for p in range(129))
+
+
+def net_key(addr: int, plen: int, version: int) -> bytes:
+    """The packed key of a network: address and prefix length, big-endian."""
+    return ((addr << 8) | plen).to_bytes(5 if version == 4 else 17, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,37 +166,36 @@ def _build_image(
     meta: dict[str, object],
 ) -> SnapshotImage:
     n = len(keys)
-    rid_bits = max(1, n.bit_length())
     dir_bits = max(4, min(MAX_DIR_BITS, n.bit_length()))
     shift = 64 - dir_bits
-    # Slot value: the hash with its low rid_bits replaced by the record id. Sorting
-    # the values sorts by hash; the directory maps the top dir_bits of a hash to
-    # the run of slots that share them (about one each). All of it runs in C.
-    keep = _MASK64 ^ ((1 << rid_bits) - 1)
-    table = list(
-        map(or_, map(and_, map(xxhash.xxh3_64_intdigest, keys, ns), repeat(keep)), range(n))
-    )
-    table.sort()
+    # Sort record ids by hash, all in C: pack the hash's high bits with the id,
+    # sort the ints, take the ids back out. Then lay out every column in that order.
+    rid_bits = max(1, n.bit_length())
+    rid_mask = (1 << rid_bits) - 1
+    hashes = list(map(xxhash.xxh3_64_intdigest, keys, ns))
+    packed = list(map(or_, map(and_, hashes, repeat(_MASK64 ^ rid_mask)), range(n)))
+    packed.sort()
+    order = list(map(and_, packed, repeat(rid_mask)))
+    del packed
+    table = array("Q", map(hashes.__getitem__, order))
+    del hashes
     counts = Counter(map(rshift, table, repeat(shift)))
     directory = array("I", [0])
     directory.extend(accumulate(map(counts.__getitem__, range(1 << dir_bits))))
-    key_offs = array("Q", [0])
-    key_offs.extend(accumulate(map(len, keys)))
-    text_offs = array("Q", [0])
-    text_offs.extend(accumulate(map(len, texts)))
-    # Arrays are written through the buffer protocol: no copies of big sections.
+    ordered_texts = list(map(texts.__getitem__, order))
+    text_offs = array("I", [0])
+    text_offs.extend(accumulate(map(len, ordered_texts)))
     parts: dict[str, Buffer] = {
         "dir": directory,
-        "table": array("Q", table),
-        "kinds": kinds,
-        "lists": list_ids,
-        "lines": lines,
-        "key_offs": key_offs,
+        "table": table,
+        "kinds": array("B", map(kinds.__getitem__, order)),
+        "lists": array("H", map(list_ids.__getitem__, order)),
+        "lines": array("I", map(lines.__getitem__, order)),
         "text_offs": text_offs,
-        "keys": b"".join(keys),
-        "texts": b"".join(texts),
+        "texts": b"".join(ordered_texts),
         "meta": json.dumps(meta, separators=(",", ":")).encode(),
     }
+    # Arrays are written through the buffer protocol: no copies of big sections.
     chunks: list[Buffer] = []
     sections: list[tuple[int, int]] = []
     pos = HEADER_SIZE
@@ -215,14 +209,7 @@ def _build_image(
         digest.update(pad)
         pos += len(data) + len(pad)
     head = _HEAD.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        HEADER_SIZE,
-        pos - HEADER_SIZE,
-        digest.intdigest(),
-        dir_bits,
-        rid_bits,
-        n,
+        MAGIC, FORMAT_VERSION, HEADER_SIZE, pos - HEADER_SIZE, digest.intdigest(), dir_bits, n
     )
     head += b"".join(_SECTION.pack(*s) for s in sections)
     head = head.ljust(_HEADER_XXH_AT, b"\x00")
@@ -315,19 +302,21 @@ def _compile(
                         )
                 rules = kept
             rule_keys = list(map(_KEY, rules))
-            if kind is RuleKind.URL:
-                url_hosts.update(k.partition("/")[0] for k in rule_keys)
-            elif kind is RuleKind.CIDR:
+            if kind is RuleKind.CIDR:
                 for k in rule_keys:
-                    addr, _, plen = k.partition("/")
-                    (v6 if ":" in addr else v4).add(int(plen))
+                    net = ipaddress.ip_network(k, strict=False)
+                    (v6 if net.version == 6 else v4).add(net.prefixlen)
+                    keys.append(net_key(int(net.network_address), net.prefixlen, net.version))
+            else:
+                if kind is RuleKind.URL:
+                    url_hosts.update(k.partition("/")[0] for k in rule_keys)
+                keys.extend(map(str.encode, rule_keys))
             n = len(rules)
             by_kind[kind] += n
             ns.extend(repeat(_NAMESPACE[kind], n))
             kinds.extend(repeat(kind, n))
             list_ids.extend(repeat(list_id, n))
             lines.extend(map(_LINE, rules))
-            keys.extend(map(str.encode, rule_keys))
             texts.extend(
                 [
                     b"" if t == k else t.encode("utf-8", "replace")[:MAX_TEXT_BYTES]
@@ -369,19 +358,14 @@ class CompiledIndex:
         "_dir",
         "_shift",
         "_table",
-        "_rid_bits",
-        "_rid_mask",
         "_kinds",
         "_list_ids",
         "_lines",
-        "_key_offs",
         "_text_offs",
-        "_keys",
         "_texts",
         "_lists",
         "_v4",
         "_v6",
-        "_small",
         "meta",
         "size_bytes",
         "path",
@@ -407,46 +391,33 @@ class CompiledIndex:
         self._buf = mv = memoryview(buf)
         sec = h["sections"]
 
-        def view(name: str, fmt: str, count: int) -> memoryview:
+        def view(name: str, fmt: str, count: int | None) -> memoryview:
             off, length = sec[name]
-            if length != count * struct.calcsize(fmt):
+            if count is not None and length != count * struct.calcsize(fmt):
                 raise SnapshotError(f"snapshot section {name!r} has the wrong size")
             return mv[off : off + length].cast(fmt)
 
         self._dir = view("dir", "I", (1 << h["dir_bits"]) + 1)
         self._shift = 64 - h["dir_bits"]
         self._table = view("table", "Q", n)
-        self._rid_bits = h["rid_bits"]
-        self._rid_mask = (1 << h["rid_bits"]) - 1
         self._kinds = view("kinds", "B", n)
         self._list_ids = view("lists", "H", n)
         self._lines = view("lines", "I", n)
-        self._key_offs = view("key_offs", "Q", n + 1)
-        self._text_offs = view("text_offs", "Q", n + 1)
-        self._keys = mv[sec["keys"][0] : sec["keys"][0] + sec["keys"][1]]
-        self._texts = mv[sec["texts"][0] : sec["texts"][0] + sec["texts"][1]]
-        if self._key_offs[n] != len(self._keys) or self._text_offs[n] != len(self._texts):
-            raise SnapshotError("snapshot string sections inconsistent")
+        self._text_offs = view("text_offs", "I", n + 1)
+        self._texts = view("texts", "B", None)
+        if self._dir[-1] != n or self._text_offs[n] != len(self._texts):
+            raise SnapshotError("snapshot sections inconsistent (corrupt snapshot)")
         try:
-            off, length = sec["meta"]
-            meta = json.loads(bytes(mv[off : off + length]))
+            meta = json.loads(bytes(view("meta", "B", None)))
             self._lists = tuple(
                 ListInfo(d["name"], d["category"], Mode(d["mode"]), bool(d["allow"]))
                 for d in meta["lists"]
             )
-            self._v4 = tuple(int(p) for p in meta["v4_prefixes"])
-            self._v6 = tuple(int(p) for p in meta["v6_prefixes"])
+            self._v4 = tuple(int(p) for p in meta["v4_prefixes"] if 0 <= int(p) <= 32)
+            self._v6 = tuple(int(p) for p in meta["v6_prefixes"] if 0 <= int(p) <= 128)
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"snapshot metadata unreadable: {exc}") from None
         self.meta: dict[str, Any] = meta
-        # Small indexes (allowlists) get a dict: one lookup instead of a probe.
-        self._small: dict[tuple[int, bytes], list[int]] | None = None
-        if n <= SMALL_INDEX_RECORDS:
-            self._small = {}
-            ns_of = {URLHOST: NS_HOST, **{int(k): v for k, v in _NAMESPACE.items()}}
-            for rid in range(n):
-                key = bytes(self._keys[self._key_offs[rid] : self._key_offs[rid + 1]])
-                self._small.setdefault((ns_of[self._kinds[rid]], key), []).append(rid)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CompiledIndex:
@@ -455,8 +426,7 @@ class CompiledIndex:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                head = f.read(HEADER_SIZE)
-                h = _read_header(head)
+                h = _read_header(f.read(HEADER_SIZE))
                 if HEADER_SIZE + h["body_len"] != size:
                     raise SnapshotError(
                         f"truncated or padded snapshot ({size} bytes, header says "
@@ -496,9 +466,7 @@ class CompiledIndex:
             self._kinds,
             self._list_ids,
             self._lines,
-            self._key_offs,
             self._text_offs,
-            self._keys,
             self._texts,
             self._buf,
         ):
@@ -509,140 +477,135 @@ class CompiledIndex:
     # -- lookups ----------------------------------------------------------
 
     def _find(self, ns: int, key: bytes) -> list[int]:
-        """Record ids whose key equals ``key`` in namespace ``ns``."""
-        if self._small is not None:
-            return self._small.get((ns, key), _NONE)
+        """Positions of the records whose key is ``key`` in namespace ``ns``."""
         h = xxhash.xxh3_64_intdigest(key, ns)
         b = h >> self._shift
         lo = self._dir[b]
         hi = self._dir[b + 1]
         if lo == hi:
             return _NONE
-        rb = self._rid_bits
-        fp = h >> rb
         table = self._table
-        out = _NONE
-        for i in range(lo, hi):
-            v = table[i]
-            if v >> rb == fp:
-                rid = v & self._rid_mask
-                offs = self._key_offs
-                if self._keys[offs[rid] : offs[rid + 1]] == key:
-                    if out is _NONE:
-                        out = []
-                    out.append(rid)
-        return out
+        if hi - lo == 1:
+            return [lo] if table[lo] == h else _NONE
+        return [i for i in range(lo, hi) if table[i] == h]
 
-    def _match(self, rid: int) -> Match:
-        info = self._lists[self._list_ids[rid]]
-        key = bytes(self._keys[self._key_offs[rid] : self._key_offs[rid + 1]]).decode()
-        t0, t1 = self._text_offs[rid], self._text_offs[rid + 1]
+    def _match(self, pos: int, key: str) -> Match:
+        info = self._lists[self._list_ids[pos]]
+        t0 = self._text_offs[pos]
+        t1 = self._text_offs[pos + 1]
         text = bytes(self._texts[t0:t1]).decode("utf-8", "replace") if t1 > t0 else key
         return Match(
             list=info.name,
             rule=text,
-            line=self._lines[rid],
-            kind=RuleKind(self._kinds[rid]),
+            line=self._lines[pos],
+            kind=RuleKind(self._kinds[pos]),
             category=info.category,
             mode=info.mode,
             key=key,
         )
 
-    def _pick(self, found: Iterable[int], best: Match | None) -> tuple[Match | None, bool]:
+    def _pick(
+        self, found: Iterable[int], key: str, best: Match | None
+    ) -> tuple[Match | None, bool]:
         """Keep the first enforce match (or the first monitor one); True when final."""
-        for rid in found:
-            if self._lists[self._list_ids[rid]].mode is Mode.ENFORCE:
-                return self._match(rid), True
+        for pos in found:
+            if self._lists[self._list_ids[pos]].mode is Mode.ENFORCE:
+                return self._match(pos, key), True
             if best is None:
-                best = self._match(rid)
+                best = self._match(pos, key)
         return best, False
 
     def match_url(self, cu: CanonicalURL) -> Match | None:
         """The rule that matches this canonical URL, enforce rules first, or None."""
-        best, final, url_hosts = self._match_host(cu.host, cu.host_kind, url_expressions=True)
-        if final:
+        best, final, url_hosts = self._match_host(cu.host, cu.host_kind)
+        if final or not url_hosts:
             return best
-        if url_hosts:
-            paths = url_path_expressions(cu)
-            for host in url_host_expressions(cu):
-                if host not in url_hosts:
-                    continue
-                for path in paths:
-                    found = self._find(NS_URL, (host + path).encode())
-                    if found:
-                        best, final = self._pick(found, best)
-                        if final:
-                            return best
+        paths = url_path_expressions(cu)
+        for host in url_host_expressions(cu):
+            if host not in url_hosts:
+                continue
+            for path in paths:
+                expr = host + path
+                found = self._find(NS_URL, expr.encode())
+                if found:
+                    best, final = self._pick(found, expr, best)
+                    if final:
+                        return best
         return best
 
     def match_host(self, host: str) -> Match | None:
         """Rules that match every URL on ``host`` (a CONNECT target, an SNI name, an IP)."""
-        kind = host_kind(host)
-        best, final, url_hosts = self._match_host(host, kind, url_expressions=True)
+        best, final, url_hosts = self._match_host(host, host_kind(host))
         if final:
             return best
         for h in url_hosts:
             # A URL rule for the root path ("evil.example/") covers the whole host.
-            found = self._find(NS_URL, (h + "/").encode())
+            expr = h + "/"
+            found = self._find(NS_URL, expr.encode())
             if found:
-                best, final = self._pick(found, best)
+                best, final = self._pick(found, expr, best)
                 if final:
                     return best
         return best
 
-    def _match_host(
-        self, host: str, kind: str, *, url_expressions: bool
-    ) -> tuple[Match | None, bool, set[str]]:
+    def _match_host(self, host: str, kind: str) -> tuple[Match | None, bool, list[str]]:
         """Host, IP and CIDR rules; also which host expressions carry URL rules."""
         best: Match | None = None
-        url_hosts: set[str] = set()
+        url_hosts: list[str] = []
         kinds = self._kinds
         if kind == "domain":
-            hb = host.encode()
-            first = True
-            labels_left = hb.count(b".") + 1
+            # Walk the host and each parent: a.b.example, b.example, example.
+            h = host
+            exact = True
+            labels_left = host.count(".") + 1
             while True:
-                for rid in self._find(NS_HOST, hb):
-                    k = kinds[rid]
+                found = self._find(NS_HOST, h.encode())
+                for pos in found:
+                    k = kinds[pos]
                     if k == URLHOST:
                         # Safe Browsing host expressions: the exact host and the last 5 labels
-                        if first or labels_left <= 5:
-                            url_hosts.add(hb.decode())
-                    elif k == RuleKind.DOMAIN or (k == RuleKind.EXACT and first):
-                        best, final = self._pick((rid,), best)
+                        if exact or labels_left <= 5:
+                            url_hosts.append(h)
+                    elif k == RuleKind.DOMAIN or (k == RuleKind.EXACT and exact):
+                        best, final = self._pick((pos,), h, best)
                         if final:
                             return best, True, url_hosts
-                i = hb.find(b".")
+                i = h.find(".")
                 if i < 0:
                     return best, False, url_hosts
-                hb = hb[i + 1 :]
-                first = False
+                h = h[i + 1 :]
+                exact = False
                 labels_left -= 1
         found = []
-        for rid in self._find(NS_HOST, host.encode()):
-            if kinds[rid] == URLHOST:
-                url_hosts.add(host)
+        for pos in self._find(NS_HOST, host.encode()):
+            if kinds[pos] == URLHOST:
+                url_hosts.append(host)
             else:
-                found.append(rid)
-        best, final = self._pick(found, best)
+                found.append(pos)
+        best, final = self._pick(found, host, best)
         if final:
             return best, True, url_hosts
         best, final = self._match_cidr(host, kind, best)
         return best, final, url_hosts
 
     def _match_cidr(self, host: str, kind: str, best: Match | None) -> tuple[Match | None, bool]:
-        prefixes = self._v4 if kind == "ipv4" else self._v6
-        if not prefixes:
-            return best, False
-        ip = ipaddress.ip_address(host)
-        n = int(ip)
-        bits = ip.max_prefixlen
-        cls = ipaddress.IPv4Address if kind == "ipv4" else ipaddress.IPv6Address
+        if kind == "ipv4":
+            prefixes, masks, version = self._v4, _V4_MASKS, 4
+            if not prefixes:
+                return best, False
+            a, b, c, d = host.split(".")
+            n = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+        else:
+            prefixes, masks, version = self._v6, _V6_MASKS, 6
+            if not prefixes:
+                return best, False
+            n = int(ipaddress.IPv6Address(host))
         for plen in prefixes:
-            net = n >> (bits - plen) << (bits - plen)
-            found = self._find(NS_NET, f"{cls(net).compressed}/{plen}".encode())
+            net = n & masks[plen]
+            found = self._find(NS_NET, net_key(net, plen, version))
             if found:
-                best, final = self._pick(found, best)
+                key = f"{ipaddress.ip_address(net) if version == 4 else ipaddress.IPv6Address(net)}/{plen}"
+                best, final = self._pick(found, key, best)
                 if final:
                     return best, True
         return best, False
@@ -652,7 +615,7 @@ def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, Any]:
     if len(buf) < HEADER_SIZE:
         raise SnapshotError(f"truncated snapshot ({len(buf)} bytes)")
     raw = bytes(buf[:HEADER_SIZE])
-    magic, version, hsize, body_len, body_xxh, dir_bits, rid_bits, n = _HEAD.unpack_from(raw)
+    magic, version, hsize, body_len, body_xxh, dir_bits, n = _HEAD.unpack_from(raw)
     if magic[:6] != MAGIC[:6]:
         raise SnapshotError("not a jectguard snapshot (bad magic)")
     if version != FORMAT_VERSION or magic != MAGIC:
@@ -677,15 +640,12 @@ def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, Any]:
         or body_len > MAX_SNAPSHOT_BYTES
         or pos != HEADER_SIZE + body_len
         or not 4 <= dir_bits <= MAX_DIR_BITS
-        or not 0 < rid_bits < 40
-        or n >= (1 << rid_bits)
     ):
         raise SnapshotError("snapshot header inconsistent (corrupt snapshot)")
     return {
         "body_len": body_len,
         "body_xxh": body_xxh,
         "dir_bits": dir_bits,
-        "rid_bits": rid_bits,
         "n": n,
         "sections": sections,
     }

@@ -15,7 +15,6 @@ from proxy_addons.core.index import (
     FORMAT_VERSION,
     HEADER_SIZE,
     SECTIONS,
-    SMALL_INDEX_RECORDS,
     CompiledIndex,
     compile_index,
     write_snapshot,
@@ -35,13 +34,13 @@ def _rules() -> list[Rule]:
 
 
 def _compile(rules: list[Rule], *, mode: Mode = Mode.ENFORCE, pad: int = 0) -> CompiledIndex:
-    # pad: extra filler rules so the index is big enough to use the on-disk table, not the dict
+    # pad: filler rules, so that directory buckets are shared and lookups must tell them apart
     filler = [Rule(RuleKind.DOMAIN, f"f{i}.filler.example", f"f{i}.filler.example", 100 + i) for i in range(pad)]
     image, _ = compile_index([(ListSpec("feed", category="malware", mode=mode), ParsedList("domains", rules + filler))])
     return CompiledIndex(image)
 
 
-@pytest.fixture(params=[0, SMALL_INDEX_RECORDS + 1], ids=["dict", "table"])
+@pytest.fixture(params=[0, 20_000], ids=["small", "large"])
 def index(request: pytest.FixtureRequest) -> CompiledIndex:
     return _compile(_rules(), pad=request.param)
 
@@ -138,7 +137,7 @@ def test_snapshot_round_trip(snapshot: Path) -> None:
 def _sections(data: bytes) -> dict[str, tuple[int, int]]:
     out = {}
     for i, name in enumerate(SECTIONS):
-        out[name] = struct.unpack_from("<QQ", data, struct.calcsize("<8sIIQQQII") + i * 16)
+        out[name] = struct.unpack_from("<QQ", data, struct.calcsize("<8sIIQQII") + i * 16)
     return out
 
 
