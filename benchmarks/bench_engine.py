@@ -157,7 +157,7 @@ def worker_lookup(args: argparse.Namespace) -> dict[str, float]:
     t = time.perf_counter()
     engine = Engine(CompiledIndex.load(args.snapshot), Engine.empty_allow())
     load_ms = (time.perf_counter() - t) * 1000
-    r1, u1 = rss_kb(), uss_kb()
+    r1 = rss_kb()
     median, p99, hits = time_lookups(
         lambda q: engine.check_url(q).action is Action.BLOCK, queries, samples
     )
