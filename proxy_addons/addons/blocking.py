@@ -61,6 +61,14 @@ def _client_ip(client: connection.Client) -> str:
     return str(peer[0]) if peer else ""
 
 
+def _host_of(authority: str) -> str:
+    """The host part of ``host[:port]`` (IPv6 in brackets)."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] or authority
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else authority
+
+
 def _rank(v: Verdict) -> int:
     return 2 if v.action is Action.BLOCK else 1 if v.action is Action.MONITOR else 0
 
@@ -284,6 +292,9 @@ class Blocking:
         engine = self.holder.engine
         url = req.url
         v = engine.check_url(url)
+        if v.action is Action.ERROR:
+            # An unparseable URL (too long, odd path) still has a host: check that.
+            v = engine.check_host(req.host)
         stage = "request"
         if v.action is not Action.BLOCK:
             host = req.host
@@ -291,6 +302,8 @@ class Blocking:
             if hh and hh != host and hh != f"{host}:{req.port}":
                 other = f"{req.scheme}://{hh}{req.path if req.path.startswith('/') else '/'}"
                 v2 = engine.check_url(other)
+                if v2.action is Action.ERROR:
+                    v2 = engine.check_host(_host_of(hh))
                 if _rank(v2) > _rank(v):
                     v, stage, url = v2, "host-header", other
             sni = flow.client_conn.sni
@@ -466,7 +479,7 @@ class Blocking:
             if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
                 continue
             rid = new_request_id()
-            what = f"{host} ({addr})" if addr != host else host
+            what = f"{host} at" if addr != host else "address"
             if self._granted(client, v) or self._granted_name(client, host):
                 self._log(v, f"allowed by proceed-anyway grant: {what}", "address", client, rid)
                 continue

@@ -1,0 +1,205 @@
+"""``jectguard run``: mitmproxy with jectguard's addons, ready for a browser.
+
+mitmproxy is imported inside :func:`main` only, so ``jectguard check`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core.engine import Engine
+    from .loading import LoadReport
+
+EXIT_OK = 0
+EXIT_INPUT = 2
+
+
+def default_confdir() -> Path:
+    """jectguard's own mitmproxy confdir (its CA lives here), not the user's ~/.mitmproxy."""
+    env = os.environ.get("JECTGUARD_CONFDIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("jectguard", appauthor=False)) / "mitmproxy"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen-host", default="127.0.0.1", metavar="HOST",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--listen-port", type=int, default=8080, metavar="PORT",
+                   help="port to listen on (default 8080)")
+    p.add_argument("--confdir", default=None, metavar="DIR",
+                   help="mitmproxy's directory for its CA and config.yaml "
+                        "(default: a per-user jectguard directory)")
+    p.add_argument("--no-intercept", action="store_true",
+                   help="do not decrypt TLS: block HTTPS at the CONNECT/SNI level only, "
+                        "pass allowed TLS through untouched (no CA to install)")
+    p.add_argument("--mode", choices=("enforce", "monitor"), default="enforce",
+                   help="enforce: block matches (default); monitor: only log them")
+    p.add_argument("--admin-contact", default="", metavar="CONTACT",
+                   help="email or URL shown on block pages for questions and false positives")
+    p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
+                   help="only these client networks may use the proxy (repeatable); "
+                        "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--set", action="append", default=[], dest="setoptions",
+                   metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(listen_host: str, proxyauth: str, allow_clients: list[str]) -> str | None:
+    """Why listening here would make an open proxy, or None when it is fine."""
+    if is_loopback_host(listen_host) or proxyauth or allow_clients:
+        return None
+    where = listen_host or "all interfaces"
+    return (
+        f"refusing to listen on {where}: anyone who can reach that port could use this "
+        "proxy. Require a login with --set proxyauth=USER:PASS (or another mitmproxy "
+        "proxyauth method), or name the client networks allowed with --allow-clients CIDR "
+        "(repeatable), or listen on 127.0.0.1."
+    )
+
+
+def _set_value(setoptions: list[str], name: str) -> str:
+    value = ""
+    for spec in setoptions:
+        key, _, val = spec.partition("=")
+        if key.strip() == name:
+            value = val.strip()
+    return value
+
+
+def _fail(message: str) -> int:
+    print(f"jectguard: {message}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+def main(args: argparse.Namespace) -> int:
+    if not 0 < args.listen_port < 65536:
+        return _fail(f"--listen-port must be between 1 and 65535, got {args.listen_port}")
+    for spec in args.allow_clients:
+        try:
+            ipaddress.ip_network(spec, strict=False)
+        except ValueError:
+            return _fail(f"--allow-clients: not an IP network: {spec!r}")
+    # Fail fast on the obvious case, before building a large engine; re-checked on the
+    # final options (a config.yaml may set proxyauth or listen_host).
+    problem = exposure_problem(
+        _set_value(args.setoptions, "listen_host") or args.listen_host,
+        _set_value(args.setoptions, "proxyauth"),
+        args.allow_clients,
+    )
+    if problem:
+        return _fail(problem)
+
+    from .cli import engine_from_args
+
+    engine, report = engine_from_args(args)  # before the event loop starts: may take seconds
+    try:
+        return asyncio.run(_serve(args, engine, report))
+    finally:
+        engine.close()
+
+
+def _startup_message(opts: Any, args: argparse.Namespace, report: LoadReport) -> str:
+    confdir = Path(os.path.expanduser(opts.confdir))
+    host = opts.listen_host or "0.0.0.0"
+    lines = [
+        f"jectguard: proxy on {host}:{opts.listen_port} "
+        f"({'enforce' if opts.jg_mode == 'enforce' else 'MONITOR ONLY: nothing is blocked'})",
+    ]
+    if opts.jg_intercept:
+        lines += [
+            "  TLS interception ON: HTTPS URLs are checked in full and blocked pages explained.",
+            "  Clients must trust jectguard's CA: browse to http://mitm.it through the proxy,",
+            f"  or install {confdir / 'mitmproxy-ca-cert.pem'}",
+        ]
+    else:
+        lines += [
+            "  TLS interception OFF (--no-intercept): HTTPS is blocked by host (CONNECT/SNI)",
+            "  only and passed through untouched; browsers show their own error when blocked.",
+        ]
+    if opts.jg_allow_clients:
+        lines.append(f"  clients allowed from: {', '.join(opts.jg_allow_clients)} (and loopback)")
+    if opts.proxyauth:
+        lines.append("  proxy authentication required (proxyauth)")
+    lines.append("  lists:")
+    for st in report.lists:
+        if st.loaded:
+            lines.append(f"    {st.name:<24} {st.rules:>9} rules  ({st.source})")
+        else:
+            lines.append(f"    {st.name:<24} not loaded: {st.error}")
+    bs = report.block_stats
+    if bs is not None:
+        refused = getattr(bs, "refused_count", 0)
+        lines.append(
+            f"  {bs.rules} block rules in force"
+            + (f", {refused} refused by the poison guard" if refused else "")
+        )
+    return "\n".join(lines)
+
+
+async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -> int:
+    import logging
+
+    from mitmproxy import exceptions, optmanager
+    from mitmproxy.options import Options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from .addons import EngineHolder, make_addons
+
+    # As mitmproxy's own entry point does: the termlog addon filters by verbosity.
+    logging.getLogger().setLevel(logging.DEBUG)
+    for name in ("asyncio", "hpack", "quic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    confdir = Path(args.confdir) if args.confdir else default_confdir()
+    opts = Options()
+    master = DumpMaster(opts)
+    master.addons.add(*make_addons(EngineHolder(engine)))
+    try:
+        opts.update(
+            listen_host=args.listen_host,
+            listen_port=args.listen_port,
+            confdir=str(confdir),
+            jg_mode=args.mode,
+            jg_intercept=not args.no_intercept,
+            jg_admin_contact=args.admin_contact,
+            jg_allow_clients=list(args.allow_clients),
+        )
+        optmanager.load_paths(opts, str(confdir / "config.yaml"), str(confdir / "config.yml"))
+        opts.set(*args.setoptions)
+    except exceptions.OptionsError as exc:
+        return _fail(str(exc))
+    problem = exposure_problem(opts.listen_host, opts.proxyauth or "", list(opts.jg_allow_clients))
+    if problem:
+        return _fail(problem)
+
+    print(_startup_message(opts, args, report), flush=True)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, master.shutdown)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(master.shutdown))
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await master.run()
+    return EXIT_OK
