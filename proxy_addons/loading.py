@@ -14,7 +14,7 @@ from .config import SHIPPED_LISTS
 from .core.engine import Engine
 from .core.errors import JectguardError, ListFormatError
 from .core.formats import parse_list
-from .core.index import CompileStats
+from .core.index import CompileStats, paused_gc
 from .core.model import ListSpec, ParsedList
 
 # A list file bigger than this is refused before reading (real feeds are < 200 MB).
@@ -119,7 +119,8 @@ def build_engine(
         if not spec.enabled:
             continue
         try:
-            result, status = parse_spec(spec, cache_dir)
+            with paused_gc():
+                result, status = parse_spec(spec, cache_dir)
         except (ListFileError, ListFormatError) as exc:
             if strict:
                 raise
