@@ -16,7 +16,7 @@ from typing import Final, NamedTuple
 from .canon import CanonicalURL, canonical_host, canonicalize_url, host_kind
 from .errors import CanonError
 from .guard import PoisonGuard
-from .index import CompiledIndex, CompileStats, compile_index
+from .index import CompiledIndex, CompileStats, compile_index, host_probes
 from .model import ListSpec, Match, Mode, ParsedList
 
 EMPTY_SPEC: Final = ListSpec(name="empty", allow=True)
@@ -127,8 +127,9 @@ class Engine:
         return self.check_canonical(cu, url)
 
     def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:
-        blocked = self.block.match_url(cu)
-        allowed = self.allow.match_url(cu)
+        probes = host_probes(cu.host, cu.host_kind)  # hashed once, asked of both indexes
+        blocked = self.block.match_url(cu, probes)
+        allowed = None if self.allow.empty else self.allow.match_url(cu, probes)
         return self._decide(
             original if original is not None else cu.url, cu, cu.host, blocked, allowed
         )
@@ -139,8 +140,9 @@ class Engine:
             canon = canonical_host(host)
         except CanonError as exc:
             return Verdict(Action.ERROR, host, error=str(exc))
-        blocked = self.block.match_host(canon)
-        allowed = self.allow.match_host(canon)
+        probes = host_probes(canon, host_kind(canon))
+        blocked = self.block.match_host(canon, probes)
+        allowed = None if self.allow.empty else self.allow.match_host(canon, probes)
         return self._decide(host, None, canon, blocked, allowed)
 
     @staticmethod

@@ -95,6 +95,23 @@ _V4_MASKS: Final = tuple((0xFFFFFFFF << (32 - p)) & 0xFFFFFFFF for p in range(33
 _V6_MASKS: Final = tuple(((1 << 128) - 1) ^ ((1 << (128 - p)) - 1) for p in range(129))
 
 
+Probes = list[tuple[str, int]]
+
+
+def host_probes(host: str, kind: str) -> Probes:
+    """The host (and for names, each parent domain) with its NS_HOST key hash, most specific first."""
+    h64 = xxhash.xxh3_64_intdigest
+    if kind != "domain":
+        return [(host, h64(host.encode(), NS_HOST))]
+    out = []
+    while True:
+        out.append((host, h64(host.encode(), NS_HOST)))
+        i = host.find(".")
+        if i < 0:
+            return out
+        host = host[i + 1 :]
+
+
 def net_key(addr: int, plen: int, version: int) -> bytes:
     """The packed key of a network: address and prefix length, big-endian."""
     return ((addr << 8) | plen).to_bytes(5 if version == 4 else 17, "big")
@@ -478,7 +495,9 @@ class CompiledIndex:
 
     def _find(self, ns: int, key: bytes) -> list[int]:
         """Positions of the records whose key is ``key`` in namespace ``ns``."""
-        h = xxhash.xxh3_64_intdigest(key, ns)
+        return self._find_hash(xxhash.xxh3_64_intdigest(key, ns))
+
+    def _find_hash(self, h: int) -> list[int]:
         b = h >> self._shift
         lo = self._dir[b]
         hi = self._dir[b + 1]
@@ -488,6 +507,10 @@ class CompiledIndex:
         if hi - lo == 1:
             return [lo] if table[lo] == h else _NONE
         return [i for i in range(lo, hi) if table[i] == h]
+
+    @property
+    def empty(self) -> bool:
+        return len(self._table) == 0
 
     def _match(self, pos: int, key: str) -> Match:
         info = self._lists[self._list_ids[pos]]
@@ -515,9 +538,15 @@ class CompiledIndex:
                 best = self._match(pos, key)
         return best, False
 
-    def match_url(self, cu: CanonicalURL) -> Match | None:
-        """The rule that matches this canonical URL, enforce rules first, or None."""
-        best, final, url_hosts = self._match_host(cu.host, cu.host_kind)
+    def match_url(self, cu: CanonicalURL, probes: Probes | None = None) -> Match | None:
+        """The rule that matches this canonical URL, enforce rules first, or None.
+
+        ``probes`` are the host's hashed lookup keys (``host_probes``), passed in
+        when several indexes are asked about the same URL.
+        """
+        if probes is None:
+            probes = host_probes(cu.host, cu.host_kind)
+        best, final, url_hosts = self._match_host(cu.host, cu.host_kind, probes)
         if final or not url_hosts:
             return best
         paths = url_path_expressions(cu)
@@ -533,9 +562,12 @@ class CompiledIndex:
                         return best
         return best
 
-    def match_host(self, host: str) -> Match | None:
+    def match_host(self, host: str, probes: Probes | None = None) -> Match | None:
         """Rules that match every URL on ``host`` (a CONNECT target, an SNI name, an IP)."""
-        best, final, url_hosts = self._match_host(host, host_kind(host))
+        kind = host_kind(host)
+        if probes is None:
+            probes = host_probes(host, kind)
+        best, final, url_hosts = self._match_host(host, kind, probes)
         if final:
             return best
         for h in url_hosts:
@@ -548,36 +580,32 @@ class CompiledIndex:
                     return best
         return best
 
-    def _match_host(self, host: str, kind: str) -> tuple[Match | None, bool, list[str]]:
+    def _match_host(
+        self, host: str, kind: str, probes: Probes
+    ) -> tuple[Match | None, bool, list[str]]:
         """Host, IP and CIDR rules; also which host expressions carry URL rules."""
         best: Match | None = None
         url_hosts: list[str] = []
         kinds = self._kinds
         if kind == "domain":
-            # Walk the host and each parent: a.b.example, b.example, example.
-            h = host
-            exact = True
-            labels_left = host.count(".") + 1
-            while True:
-                found = self._find(NS_HOST, h.encode())
+            last = len(probes) - 1
+            for i, (h, hv) in enumerate(probes):
+                found = self._find_hash(hv)
+                if not found:
+                    continue
                 for pos in found:
                     k = kinds[pos]
                     if k == URLHOST:
                         # Safe Browsing host expressions: the exact host and the last 5 labels
-                        if exact or labels_left <= 5:
+                        if i == 0 or last - i < 5:
                             url_hosts.append(h)
-                    elif k == RuleKind.DOMAIN or (k == RuleKind.EXACT and exact):
+                    elif k == RuleKind.DOMAIN or (k == RuleKind.EXACT and i == 0):
                         best, final = self._pick((pos,), h, best)
                         if final:
                             return best, True, url_hosts
-                i = h.find(".")
-                if i < 0:
-                    return best, False, url_hosts
-                h = h[i + 1 :]
-                exact = False
-                labels_left -= 1
+            return best, False, url_hosts
         found = []
-        for pos in self._find(NS_HOST, host.encode()):
+        for pos in self._find_hash(probes[0][1]):
             if kinds[pos] == URLHOST:
                 url_hosts.append(host)
             else:

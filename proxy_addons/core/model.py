@@ -85,9 +85,8 @@ class ListSpec:
     refresh: int = 86400  # seconds between refreshes of a URL source
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """Provenance of a matching rule."""
+class Match(NamedTuple):
+    """Provenance of a matching rule (a NamedTuple: built on every hit)."""
 
     list: str
     rule: str
