@@ -1,0 +1,381 @@
+"""The snapshot store: compiled block snapshots on disk, and which one is current.
+
+The compiled block snapshot is the contract between the refresher and every
+proxy process. Layout under ``<cache>/snapshots/``::
+
+    block-20250101T120000123456Z-1a2b3c4d.jgs         the compiled block index
+    block-20250101T120000123456Z-1a2b3c4d.allow.json  ``@@`` exceptions found in block feeds
+    current                                           JSON pointer to the snapshot in force
+
+Every file is written atomically (temp file, fsync, rename), the pointer last,
+so a reader sees the old snapshot or the new one, never half of one. The
+previous few snapshots are kept for ``jectguard rollback``.
+
+Allow lists are small: they are never part of the snapshot but compiled in
+memory when an engine is assembled (:func:`load_engine`), so editing the
+allowlist never rebuilds the big index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import xxhash
+
+from .core.engine import Engine, split_exceptions
+from .core.errors import JectguardError, ListFormatError, SnapshotError
+from .core.index import CompiledIndex, SnapshotImage, compile_index
+from .core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
+from .loading import ListFileError, feed_body_path, parse_spec
+
+SNAPSHOT_DIR: Final = "snapshots"
+POINTER: Final = "current"
+LOCK: Final = ".lock"
+# Snapshots kept besides the current one: enough to roll back a bad day, few
+# enough that a 36 MB index does not fill the disk.
+KEEP_PREVIOUS: Final = 3
+# A temp file older than this is a leftover of a crash, not a write in progress.
+STALE_TEMP_SECONDS: Final = 3600
+POINTER_VERSION: Final = 1
+
+
+class NoSnapshot(SnapshotError):
+    """Nothing has been published yet (or the pointer names a missing file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One snapshot file in the store."""
+
+    path: Path
+    published_at: str  # the UTC timestamp in its name
+    checksum: str
+    size: int
+    current: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a small file atomically: temp file in the same folder, fsync, rename, fsync dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def sources_fingerprint(specs: Sequence[ListSpec]) -> str:
+    """What the enabled block sources are, so a config change is noticed."""
+    doc = sorted(
+        (s.name, s.url or s.path or "", s.format, s.category, s.mode.value)
+        for s in specs
+        if s.enabled and not s.allow
+    )
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+
+
+def list_inputs(specs: Sequence[ListSpec], cache_dir: Path) -> dict[str, list[int] | None]:
+    """(mtime_ns, size) of the file each enabled block source is read from (None: missing)."""
+    out: dict[str, list[int] | None] = {}
+    for s in specs:
+        if not s.enabled or s.allow:
+            continue
+        p = Path(s.path) if s.path is not None else feed_body_path(cache_dir, s.name)
+        try:
+            st = p.stat()
+        except OSError:
+            out[s.name] = None
+        else:
+            out[s.name] = [st.st_mtime_ns, st.st_size]
+    return out
+
+
+class SnapshotStore:
+    """The snapshots folder of one cache directory."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], *, keep: int = KEEP_PREVIOUS) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.dir = self.cache_dir / SNAPSHOT_DIR
+        self.keep = keep
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.dir / POINTER
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise writers (a refresher and a `jectguard update` may overlap)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / LOCK, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # -- writing ------------------------------------------------------------
+
+    def publish(
+        self,
+        image: SnapshotImage,
+        *,
+        exceptions: Sequence[tuple[ListSpec, ParsedList]] = (),
+        info: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write a snapshot and make it current; returns its path.
+
+        ``info`` (JSON-able) is kept in the pointer: the refresher records the
+        sources fingerprint and inputs there.
+        """
+        digest = xxhash.xxh3_64()
+        for chunk in image.chunks:
+            digest.update(chunk)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        base = f"block-{stamp}-{digest.hexdigest()[:8]}"
+        path = self.dir / f"{base}.jgs"
+        with self.locked():
+            image.write(path)
+            if exceptions:
+                atomic_write(self.dir / f"{base}.allow.json", _dump_lists(exceptions))
+            self._point_to(path, info or {})
+            self._prune()
+        return path
+
+    def _point_to(self, path: Path, info: dict[str, Any]) -> None:
+        doc = {
+            "version": POINTER_VERSION,
+            "snapshot": path.name,
+            "pointed_at": time.time(),
+            **{k: v for k, v in info.items() if k not in ("version", "snapshot", "pointed_at")},
+        }
+        atomic_write(self.pointer_path, json.dumps(doc, indent=1).encode())
+
+    def _prune(self) -> None:
+        snaps = self.list_snapshots()
+        current = next((s for s in snaps if s.current), None)
+        keep = {s.path for s in snaps[: self.keep + 1]}
+        if current is not None:
+            keep.add(current.path)
+        for s in snaps:
+            if s.path not in keep:
+                # A proxy that still maps it keeps its pages (unlink, not truncate).
+                with contextlib.suppress(FileNotFoundError):
+                    s.path.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    _allow_path(s.path).unlink()
+        now = time.time()
+        for tmp in self.dir.glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    tmp.unlink()
+
+    def rollback(self, steps: int = 1) -> Path:
+        """Point ``current`` at the snapshot ``steps`` older than the current one.
+
+        The target is verified first; SnapshotError if there is none or it is corrupt.
+        """
+        if steps < 1:
+            raise SnapshotError("rollback: steps must be at least 1")
+        with self.locked():
+            snaps = self.list_snapshots()
+            pos = next((i for i, s in enumerate(snaps) if s.current), None)
+            if pos is None:
+                raise NoSnapshot(f"{self.dir}: no current snapshot to roll back from")
+            if pos + steps >= len(snaps):
+                raise SnapshotError(
+                    f"rollback: only {len(snaps) - 1 - pos} older snapshot(s) kept, "
+                    f"cannot go back {steps}"
+                )
+            target = snaps[pos + steps].path
+            CompiledIndex.load(target).close()  # refuse a corrupt target before pointing at it
+            pointer = self.read_pointer() or {}
+            pointer.pop("fingerprint", None)  # the sources it was built from are unknown now
+            pointer["rolled_back_from"] = snaps[pos].name
+            self._point_to(target, pointer)
+        return target
+
+    # -- reading ------------------------------------------------------------
+
+    def read_pointer(self) -> dict[str, Any] | None:
+        """The pointer document, or None when nothing was published (or it is unreadable)."""
+        try:
+            doc = json.loads(self.pointer_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("snapshot"), str):
+            return None
+        return doc
+
+    def pointer_stamp(self) -> tuple[int, int, int] | None:
+        """Cheap change detector for watchers: (inode, mtime_ns, size) of the pointer."""
+        try:
+            st = self.pointer_path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def current_path(self) -> Path | None:
+        doc = self.read_pointer()
+        if doc is None:
+            return None
+        name = Path(doc["snapshot"]).name  # never follow a path out of the store
+        return self.dir / name
+
+    def load_current(self) -> CompiledIndex:
+        """Map the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign."""
+        path = self.current_path()
+        if path is None:
+            raise NoSnapshot(f"{self.dir}: no snapshot published yet")
+        if not path.exists():
+            raise NoSnapshot(f"{path}: current snapshot is missing")
+        return CompiledIndex.load(path)
+
+    def load_exceptions(self, snapshot: Path) -> list[tuple[ListSpec, ParsedList]]:
+        """The ``@@`` exception rules published with ``snapshot`` (usually none)."""
+        p = _allow_path(snapshot)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SnapshotError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        return _load_lists(data, p)
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        """Snapshots in the store, newest first."""
+        current = self.current_path()
+        out = []
+        for p in self.dir.glob("block-*.jgs"):
+            parts = p.stem.split("-")
+            if len(parts) != 3:
+                continue
+            with contextlib.suppress(OSError):
+                out.append(SnapshotInfo(p, parts[1], parts[2], p.stat().st_size, p == current))
+        out.sort(key=lambda s: s.name, reverse=True)
+        return out
+
+
+def _allow_path(snapshot: Path) -> Path:
+    return snapshot.with_name(snapshot.stem + ".allow.json")
+
+
+def _dump_lists(lists: Sequence[tuple[ListSpec, ParsedList]]) -> bytes:
+    doc = [
+        {
+            "name": spec.name,
+            "category": spec.category,
+            "mode": spec.mode.value,
+            "format": parsed.format,
+            "rules": [[int(r.kind), r.key, r.text, r.line] for r in parsed.rules],
+        }
+        for spec, parsed in lists
+    ]
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _load_lists(data: bytes, where: Path) -> list[tuple[ListSpec, ParsedList]]:
+    try:
+        out = []
+        for d in json.loads(data):
+            spec = ListSpec(
+                name=d["name"], category=d["category"], mode=Mode(d["mode"]), allow=True
+            )
+            rules = [Rule(RuleKind(k), key, text, line, True) for k, key, text, line in d["rules"]]
+            out.append((spec, ParsedList(d["format"], rules)))
+        return out
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"{where}: unreadable exception rules: {exc}") from None
+
+
+# -- engines from the store ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class AllowResult:
+    lists: list[tuple[ListSpec, ParsedList]]
+    errors: dict[str, str]
+
+
+def parse_allow_lists(specs: Sequence[ListSpec], cache_dir: Path) -> AllowResult:
+    """Parse the enabled allow lists (small); a broken one is reported and skipped."""
+    result = AllowResult([], {})
+    for spec in specs:
+        if not spec.enabled or not spec.allow:
+            continue
+        try:
+            parsed, status = parse_spec(spec, cache_dir)
+        except (ListFileError, ListFormatError) as exc:
+            result.errors[spec.name] = str(exc)
+            continue
+        if parsed is None:
+            result.errors[spec.name] = status.error or "not loaded"
+        else:
+            result.lists.append((spec, parsed))
+    return result
+
+
+def compile_allow(
+    specs: Sequence[ListSpec],
+    cache_dir: Path,
+    exceptions: Sequence[tuple[ListSpec, ParsedList]] = (),
+) -> tuple[CompiledIndex, AllowResult]:
+    """The allow index, compiled in memory from the allow lists plus feed exceptions."""
+    allow = parse_allow_lists(specs, cache_dir)
+    _, from_allow = split_exceptions(allow.lists)
+    img, _ = compile_index([*from_allow, *exceptions])
+    return CompiledIndex(img), allow
+
+
+def load_engine(
+    specs: Sequence[ListSpec], cache_dir: Path, *, require_fingerprint: bool = False
+) -> tuple[Engine, dict[str, Any]]:
+    """Engine from the current snapshot plus allow lists compiled now (fast: no big compile).
+
+    Raises SnapshotError (NoSnapshot) when there is no usable snapshot; with
+    ``require_fingerprint`` also when it was built from other sources than ``specs``.
+    Returns the engine and the pointer document.
+    """
+    store = SnapshotStore(cache_dir)
+    pointer = store.read_pointer()
+    if pointer is None:
+        raise NoSnapshot(f"{store.dir}: no snapshot published yet")
+    if require_fingerprint and pointer.get("fingerprint") != sources_fingerprint(specs):
+        raise SnapshotError("current snapshot was built from other sources")
+    block = store.load_current()
+    try:
+        exceptions = store.load_exceptions(block.path) if block.path else []
+        allow, _ = compile_allow(specs, cache_dir, exceptions)
+    except JectguardError:
+        block.close()
+        raise
+    return Engine(block, allow), pointer
