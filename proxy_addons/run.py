@@ -183,6 +183,9 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
         )
+        if args.no_intercept:
+            # mitmproxy's own passthrough; our next_layer hook still checks each SNI.
+            opts.update(ignore_hosts=[".*"])
         optmanager.load_paths(opts, str(confdir / "config.yaml"), str(confdir / "config.yml"))
         opts.set(*args.setoptions)
     except exceptions.OptionsError as exc:

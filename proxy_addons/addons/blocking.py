@@ -22,7 +22,9 @@ import urllib.parse
 from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http, tls
-from mitmproxy.proxy import mode_specs, server_hooks
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
+from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from proxy_addons.blockpage import (
     HEADER_NAME,
@@ -71,6 +73,14 @@ def _host_of(authority: str) -> str:
 
 def _rank(v: Verdict) -> int:
     return 2 if v.action is Action.BLOCK else 1 if v.action is Action.MONITOR else 0
+
+
+class RefuseLayer(layer.Layer):
+    """Closes the client connection at once; nothing is forwarded anywhere."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
 
 
 class Blocking:
@@ -447,6 +457,42 @@ class Blocking:
             return
         if not self.intercept:
             data.ignore_connection = True
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Connections passed through untouched (ignore_hosts, --no-intercept): check the SNI.
+
+        mitmproxy's own next_layer addon runs first and picks a raw TCP layer for
+        ignored hosts; the ClientHello is in the buffered client data, not yet sent.
+        """
+        if not isinstance(nextlayer.layer, layers.TCPLayer):
+            return
+        client = nextlayer.context.client
+        refusal = self.refused.get(client.id)
+        if refusal is None:
+            data = nextlayer.data_client()
+            if not starts_like_tls_record(data):
+                return
+            try:
+                hello = parse_client_hello(data)
+            except ValueError:
+                return
+            if hello is None or not hello.sni:
+                return
+            v = self.holder.engine.check_host(hello.sni)
+            if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
+                return
+            rid = new_request_id()
+            if self._granted(client, v):
+                self._log(v, "allowed by proceed-anyway grant", "sni", client, rid)
+                return
+            if v.action is Action.MONITOR or not self.enforce:
+                self._log(v, "monitor: would block", "sni", client, rid)
+                return
+            self._log(v, "blocked (connection closed)", "sni", client, rid)
+            self.refused[client.id] = (v, "sni", f"https://{hello.sni}/")
+        elif not self.enforce:
+            return
+        nextlayer.layer = RefuseLayer(nextlayer.context)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         if data.context.client.id in self.fail_tls:
