@@ -37,6 +37,8 @@ MAX_UNESCAPE_ROUNDS: Final = 32
 HostKind = Literal["domain", "ipv4", "ipv6"]
 
 _ABSENT: Final = 0xFFFFFFFF  # ada's "component not present" offset
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+_C0_AND_SPACE: Final = "".join(map(chr, range(0x21)))
 _SCHEME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _KNOWN_SCHEMES: Final = frozenset(
     {"http", "https", "ws", "wss", "ftp", "file", "data", "javascript", "blob", "about", "mailto"}
@@ -46,8 +48,9 @@ _PLAIN_HOST_RE: Final = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _DOTS_RE: Final = re.compile(r"\.{2,}")
 _ESCAPE_RE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SLASHES_RE: Final = re.compile(rb"/{2,}")
-# Bytes Safe Browsing escapes: <= 0x20, >= 0x7f, '#', '%'.
-_MUST_ESCAPE: Final = frozenset(range(0x21)) | frozenset(range(0x7F, 0x100)) | {0x23, 0x25}
+# Bytes Safe Browsing escapes: <= 0x20, >= 0x7f, '#', '%'; and '\\', which a browser
+# would read back as '/', so that a canonical URL canonicalizes to itself.
+_MUST_ESCAPE: Final = frozenset(range(0x21)) | frozenset(range(0x7F, 0x100)) | {0x23, 0x25, 0x5C}
 _ESCAPE_TABLE: Final = [f"%{b:02X}" if b in _MUST_ESCAPE else chr(b) for b in range(256)]
 
 
@@ -138,6 +141,18 @@ def _host_kind(host: str) -> HostKind:
     return "domain"
 
 
+def _unmap_v6(host: str) -> tuple[str, HostKind]:
+    """IPv6 compressed; an IPv4-mapped (::ffff:a.b.c.d) or NAT64 (64:ff9b::a.b.c.d)
+    address is the IPv4 address it carries, as Safe Browsing's reference maps them."""
+    ip = ipaddress.IPv6Address(host)
+    v4 = ip.ipv4_mapped
+    if v4 is None and ip in _NAT64:
+        v4 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if v4 is not None:
+        return str(v4), "ipv4"
+    return ip.compressed, "ipv6"
+
+
 def _tidy_dots(host: str) -> str:
     if ".." in host:
         host = _DOTS_RE.sub(".", host)
@@ -180,7 +195,10 @@ def canonicalize_url(text: str) -> CanonicalURL:
         raise CanonError("URL must be a string")
     if len(text) > MAX_URL_LENGTH:
         raise CanonError(f"URL longer than {MAX_URL_LENGTH} characters")
-    stripped = text.strip(" \t\r\n\x00\x0b\x0c")
+    # WHATWG: strip leading/trailing C0 controls and spaces, remove tabs and newlines anywhere
+    stripped = text.strip(_C0_AND_SPACE)
+    if "\t" in stripped or "\n" in stripped or "\r" in stripped:
+        stripped = stripped.replace("\t", "").replace("\n", "").replace("\r", "")
     if not stripped:
         raise CanonError("empty URL")
     m = _SCHEME_RE.match(stripped)
@@ -210,9 +228,9 @@ def canonicalize_url(text: str) -> CanonicalURL:
         )
     else:
         query = None
+    kind: HostKind
     if host[0] == "[":
-        host = host[1:-1]
-        kind: HostKind = "ipv6"
+        host, kind = _unmap_v6(host[1:-1])
     else:
         kind = _host_kind(host)
         if kind == "ipv4" and host.count(".") != 3:
@@ -239,15 +257,22 @@ def canonical_host(text: str) -> str:
     host = text.strip()
     if not host:
         raise CanonError("empty host")
-    if len(host) > MAX_HOST_LENGTH + 2 and not host.startswith("["):
-        raise CanonError(f"host longer than {MAX_HOST_LENGTH} characters")
     low = _tidy_dots(host.lower())
-    if _PLAIN_HOST_RE.fullmatch(low) and "xn--" not in low and not low[-1].isdigit():
+    if len(low) > MAX_HOST_LENGTH and not host.startswith("["):
+        raise CanonError(f"host longer than {MAX_HOST_LENGTH} characters")
+    last = low[low.rfind(".") + 1 :]
+    if (
+        _PLAIN_HOST_RE.fullmatch(low)
+        and "xn--" not in low
+        and not last.isdigit()
+        and not last.startswith("0x")
+    ):
         # Fast path for the common list entry: a plain ASCII name, nothing to map.
+        # (A last label that is a decimal or 0x number makes the host an IPv4 address.)
         return low
     if ":" in host and not host.startswith("["):
         try:
-            return ipaddress.IPv6Address(host).compressed
+            return _unmap_v6(host)[0]
         except ValueError:
             raise CanonError(f"not a valid host: {text[:200]!r}") from None
     if any(c in host for c in "/?#@\\"):

@@ -23,6 +23,15 @@ MIN_PREFIX_V4: Final = 8
 MIN_PREFIX_V6: Final = 32
 
 
+# Blocking these would cut the proxy and its host off from themselves.
+_NEVER_NETS: Final = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("0.0.0.0/32"),
+    ipaddress.ip_network("::1/128"),
+    ipaddress.ip_network("::/128"),
+)
+
+
 @cache
 def _psl() -> tuple[PublicSuffixList, frozenset[str], frozenset[str]]:
     psl = PublicSuffixList()
@@ -59,7 +68,11 @@ class PoisonGuard:
             floor = self.min_prefix_v4 if net.version == 4 else self.min_prefix_v6
             if net.prefixlen < floor:
                 return f"network wider than /{floor}"
-            return self._check_ip(str(net.network_address)) if net.num_addresses == 1 else None
+            if net.num_addresses == 1:
+                return self._check_ip(str(net.network_address))
+            if any(net.overlaps(n) for n in _NEVER_NETS if n.version == net.version):
+                return "covers loopback or unspecified addresses"
+            return None
         return None
 
     @staticmethod

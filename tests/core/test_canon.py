@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from proxy_addons.core.canon import (
-    MAX_HOST_LENGTH,
     CanonicalURL,
     canonical_host,
     canonical_network,
@@ -91,12 +90,7 @@ def test_canonical_host_is_a_fixed_point(row: dict[str, Any]) -> None:
     assert host_kind(cu.host) == cu.host_kind
 
 
-_NOT_IDEMPOTENT = {
-    "jg-path-backslash-escaped": (
-        "canonical path keeps a literal backslash (from %5C); re-parsing the canonical URL "
-        "turns it into a slash: http://evil.example/a\\b -> http://evil.example/a/b"
-    ),
-}
+_NOT_IDEMPOTENT: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -206,11 +200,6 @@ def test_url_property_builds_the_safe_browsing_form() -> None:
 
 # -- canonical_host -------------------------------------------------------
 
-_HEX_TAIL_BUG = (
-    "canonical_host's plain-name fast path returns {got!r}: it only sends hosts ending in a "
-    "decimal digit to the WHATWG IPv4 parser, but a last label like 0x7f is a number too "
-    "(canonicalize_url('http://{host}/').host is {want!r})"
-)
 
 HOST_CASES = [
     # (input, expected or None for CanonError, bug)
@@ -234,7 +223,7 @@ HOST_CASES = [
     ("4294967295", "255.255.255.255", None),
     ("[2001:DB8::1]", "2001:db8::1", None),
     ("2001:DB8:0:0:0:0:0:1", "2001:db8::1", None),
-    ("::ffff:1.2.3.4", "::ffff:102:304", None),
+    ("::ffff:1.2.3.4", "1.2.3.4", None),
     ("[::127.0.0.1]", "::7f00:1", None),
     ("0x7f.0.0.0x7g", "0x7f.0.0.0x7g", None),
     ("", None, None),
@@ -252,30 +241,11 @@ HOST_CASES = [
     ("4294967296", None, None),
     ("host%23.com", None, None),
     ("a" * 300, None, None),
-    ("0x7f", "0.0.0.127", _HEX_TAIL_BUG.format(got="0x7f", host="0x7f", want="0.0.0.127")),
-    (
-        "1.2.3.0xff",
-        "1.2.3.255",
-        _HEX_TAIL_BUG.format(got="1.2.3.0xff", host="1.2.3.0xff", want="1.2.3.255"),
-    ),
-    (
-        "0xffffffff",
-        "255.255.255.255",
-        _HEX_TAIL_BUG.format(got="0xffffffff", host="0xffffffff", want="255.255.255.255"),
-    ),
-    (
-        "0XD9.0X6B.0XDA.0XA",
-        "217.107.218.10",
-        _HEX_TAIL_BUG.format(
-            got="0xd9.0x6b.0xda.0xa", host="0XD9.0X6B.0XDA.0XA", want="217.107.218.10"
-        ),
-    ),
-    (
-        "a" * 254,
-        None,
-        f"canonical_host accepts a 254-character name on its fast path (MAX_HOST_LENGTH is "
-        f"{MAX_HOST_LENGTH}; the length check allows +2 for dots that are never there)",
-    ),
+    ("0x7f", "0.0.0.127", None),
+    ("1.2.3.0xff", "1.2.3.255", None),
+    ("0xffffffff", "255.255.255.255", None),
+    ("0XD9.0X6B.0XDA.0XA", "217.107.218.10", None),
+    ("a" * 254, None, None),
 ]
 
 

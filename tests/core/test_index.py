@@ -221,7 +221,7 @@ _domain = st.lists(_label, min_size=2, max_size=4).map(lambda ls: ".".join(ls) +
 def test_every_listed_domain_and_its_subdomains_match(domains: list[str], sub: str) -> None:
     rules = [Rule(RuleKind.DOMAIN, canonical_host(d), d, i + 1) for i, d in enumerate(domains)]
     idx = _compile(rules)
-    for i, d in enumerate(domains):
+    for _i, d in enumerate(domains):
         m = idx.match_url(canonicalize_url(f"http://{sub}.{d.upper()}./p"))
         assert m is not None and m.key == canonical_host(d)
     listed = set(domains)
