@@ -1,0 +1,170 @@
+"""Prometheus metrics in a registry of their own (never the process-global one).
+
+The addons call the ``record_*``/``observe_*`` methods; ``/metrics`` renders
+:meth:`Metrics.render`. Labels are list names, categories, sources and rule
+kinds: all bounded by the configuration, never by traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+# A verdict takes microseconds; the top buckets catch a stalled loop.
+LATENCY_BUCKETS: Final = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1,
+)
+REFRESH_RESULTS: Final = ("success", "failure", "held_back")
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+NO_LABEL: Final = "-"
+
+# What the snapshot collector reads: the block index's metadata (``by_kind``, ``built_at``).
+MetaProvider = Callable[[], Mapping[str, Any] | None]
+
+
+def _verdict_fields(verdict: Any) -> tuple[str, str, str]:
+    """(action, list, category) of an engine Verdict or of its ``as_dict()``."""
+    if isinstance(verdict, Mapping):
+        return (
+            str(verdict.get("verdict") or NO_LABEL),
+            str(verdict.get("list") or NO_LABEL),
+            str(verdict.get("category") or NO_LABEL),
+        )
+    m = verdict.match
+    return (
+        str(getattr(verdict.action, "value", verdict.action)),
+        m.list if m else NO_LABEL,
+        m.category if m else NO_LABEL,
+    )
+
+
+class _SnapshotCollector(Collector):
+    """Rules by kind and snapshot age, read from the engine in force at scrape time."""
+
+    def __init__(self, provider: MetaProvider, clock: Callable[[], float]) -> None:
+        self.provider = provider
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        meta = self.provider() or {}
+        rules = GaugeMetricFamily(
+            "jectguard_rules", "Block rules in force, by kind.", labels=["kind"]
+        )
+        by_kind = meta.get("by_kind")
+        if isinstance(by_kind, Mapping):
+            for kind, n in sorted(by_kind.items()):
+                rules.add_metric([str(kind)], float(n))
+        yield rules
+        built_at = meta.get("built_at")
+        if isinstance(built_at, int | float):
+            yield GaugeMetricFamily(
+                "jectguard_snapshot_age_seconds",
+                "Seconds since the block index in force was compiled.",
+                value=max(0.0, self.clock() - float(built_at)),
+            )
+
+
+class Metrics:
+    """jectguard's metrics; one instance per process, shared by the addons and the admin API."""
+
+    def __init__(
+        self, meta_provider: MetaProvider | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.checked = Counter(
+            "jectguard_requests_checked", "Requests and tunnels checked, by verdict.",
+            ["verdict"], registry=r,
+        )
+        self.blocked = Counter(
+            "jectguard_requests_blocked", "Requests and tunnels blocked, by list and category.",
+            ["list", "category"], registry=r,
+        )
+        self.monitor_hits = Counter(
+            "jectguard_monitor_hits",
+            "Matches that would have blocked (monitor mode), by list and category.",
+            ["list", "category"], registry=r,
+        )
+        self.overrides = Counter(
+            "jectguard_allow_overrides",
+            "Blocks overridden by an allowlist entry or a proceed-anyway grant, by list.",
+            ["list", "reason"], registry=r,
+        )
+        self.stripped = Counter(
+            "jectguard_elements_stripped",
+            "Active elements removed from HTML responses, by list and category.",
+            ["list", "category"], registry=r,
+        )
+        self.refreshes = Counter(
+            "jectguard_refreshes", "Source refreshes by source and result "
+            "(success, failure, held_back).",
+            ["source", "result"], registry=r,
+        )
+        self.errors = Counter(
+            "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
+        )
+        self.latency = Histogram(
+            "jectguard_verdict_seconds", "Time to reach a verdict for one request.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._snapshot = _SnapshotCollector(meta_provider or (lambda: None), clock)
+        r.register(self._snapshot)
+
+    def set_meta_provider(self, provider: MetaProvider) -> None:
+        """Read rules and snapshot age from ``provider`` (the engine in force) from now on."""
+        self._snapshot.provider = provider
+
+    # -- what the addons call -----------------------------------------------
+
+    def observe_verdict(self, verdict: Any, seconds: float | None = None) -> None:
+        """Count one checked request (a Verdict or its ``as_dict()``) and its latency."""
+        action, lst, category = _verdict_fields(verdict)
+        self.checked.labels(action).inc()
+        if action == "block":
+            self.blocked.labels(lst, category).inc()
+        elif action == "monitor":
+            self.monitor_hits.labels(lst, category).inc()
+        if seconds is not None and seconds >= 0:
+            self.latency.observe(seconds)
+
+    def record_checked(self, action: str) -> None:
+        """Count a checked request that passed (no verdict record to hand)."""
+        self.checked.labels(action).inc()
+
+    def record_block(self, list_name: str | None, category: str | None) -> None:
+        self.blocked.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
+
+    def record_monitor(self, list_name: str | None, category: str | None) -> None:
+        self.monitor_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
+
+    def record_override(self, list_name: str | None, reason: str) -> None:
+        self.overrides.labels(list_name or NO_LABEL, reason).inc()
+
+    def record_strip(self, list_name: str | None, category: str | None, count: int = 1) -> None:
+        """Count ``count`` elements removed from a page because of ``list_name``."""
+        if count > 0:
+            self.stripped.labels(list_name or NO_LABEL, category or NO_LABEL).inc(count)
+
+    def record_refresh(self, source: str, result: str) -> None:
+        """Count one refresh of ``source``: ``success``, ``failure`` or ``held_back``."""
+        if result not in REFRESH_RESULTS:
+            raise ValueError(f"refresh result must be one of {REFRESH_RESULTS}, got {result!r}")
+        self.refreshes.labels(source, result).inc()
+
+    def record_error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    # -- exposition ---------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "REFRESH_RESULTS", "Metrics"]
