@@ -24,8 +24,10 @@ Formats (``fmt``):
     Options that only change *when* a host is blocked (``$third-party``,
     ``$important``, ``$document``...) are dropped; options that narrow a rule
     to resource types or sites (``$script``, ``$domain=``...) cannot be
-    widened to a host rule and reject the line. Cosmetic rules, comments and
-    ``[Adblock Plus 2.0]`` headers are skipped.
+    widened to a host rule and reject the line; on ``@@`` exceptions the party
+    and popup options narrow too (widening an allow rule allows more). Cosmetic
+    rules, ``!`` comments and ``[Adblock Plus 2.0]`` headers are skipped; regex
+    and generic (unanchored) rules are rejected.
 ``urls``
     One URL a line: URL rules keyed ``host/path[?query]`` (Safe Browsing).
 ``urlhaus-csv``
@@ -46,10 +48,19 @@ not UTF-8 become U+FFFD, so a stray byte spoils only its own line, which is
 rejected as "invalid encoding"; we never guess latin-1, which would silently
 turn a damaged UTF-8 list into valid but wrong IDN hosts.
 
+Hosts: every host goes through ``canonical_host`` (IDN to punycode, case,
+trailing dots). What the WHATWG parser would read as an IPv4 address but is
+not written as a plain dotted quad (``106``, ``1.2.3``, ``010.1.1.1``,
+``0x7f.1``) is rejected as "not a plausible host": no list means 0.0.0.106.
+A single label such as ``com`` passes: refusing it is the engine's poison
+guard's job.
+
 Counting: ``skipped`` counts blank and comment lines and entries that are not
-rules; a line with several hosts counts each host as one entry.
-``Rule.text`` is the entry as written (the host token for hosts files, the
-line without its comment otherwise).
+rules; a line with several hosts counts each host as one entry, and so does
+the refusal test (more than MAX_REJECTED_RATIO of the entries rejected).
+``Rule.text`` is the entry as written, without its comment: the host token in
+hosts files, the ``url`` field of a CSV row, the ``cidr`` of a JSON DROP line,
+the line otherwise.
 """
 
 from __future__ import annotations
@@ -265,15 +276,23 @@ def _url_key(text: str) -> str:
 # --- per-format line loops ------------------------------------------------------
 # Each takes the lines and an accumulator. The big formats (hosts, domains,
 # adblock, dnsmasq) run a million lines: their loops try a fast path for the
-# common line whose host is already canonical (one canonical_host call, a few
-# `in` tests, one Rule) and hand every other line to a careful function.
+# common line whose host is already canonical and hand every other line to a
+# careful function. The fast path's test, after one canonical_host call:
+#   key == token           written in canonical form (so no blanks, no '#', no case)
+#   "." in key             not a single label (localhost, ip6-*, bare TLDs)
+#   key[-1] not in digits  not an IPv4 address (nor an IPv6 one: a canonical IPv6
+#                          with a dot is IPv4-mapped and ends in a digit)
+#   "*" not in key         not a wildcard (canonical_host keeps '*')
+#   key != local_domain    the one dotted name in _NOT_RULES
+# Rule._make skips the NamedTuple's Python-level __new__: ~0.1 s per million.
 
 _DIGITS: Final = "0123456789"
 
 
 def _parse_hosts(lines: Sequence[str], acc: _Acc) -> None:
     append = acc.rules.append
-    canon, not_rules, domain, digits = canonical_host, _NOT_RULES, _DOMAIN, _DIGITS
+    canon, new_rule, domain, digits = canonical_host, Rule._make, _DOMAIN, _DIGITS
+    local_domain = "localhost.localdomain"
     addresses: set[str] = set()  # first tokens seen to be IP literals ("0.0.0.0")
     for n, raw in enumerate(lines, 1):
         # canonical_host refuses blanks and '#', so key == tok proves a clean token.
@@ -288,12 +307,11 @@ def _parse_hosts(lines: Sequence[str], acc: _Acc) -> None:
             if (
                 key == tok
                 and "." in key
-                and key not in not_rules
-                and ":" not in key
-                and "*" not in key
                 and key[-1] not in digits
+                and "*" not in key
+                and key != local_domain
             ):
-                append(Rule(domain, tok, tok, n))
+                append(new_rule((domain, tok, tok, n, False)))
                 continue
         _hosts_line(raw, n, acc, addresses)
 
@@ -353,22 +371,29 @@ def _is_local_name(token: str) -> bool:
 
 def _parse_domains(lines: Sequence[str], acc: _Acc) -> None:
     append = acc.rules.append
-    canon, not_rules, domain, digits = canonical_host, _NOT_RULES, _DOMAIN, _DIGITS
+    canon, new_rule, domain, digits = canonical_host, Rule._make, _DOMAIN, _DIGITS
+    local_domain = "localhost.localdomain"
     for n, raw in enumerate(lines, 1):
-        if raw and raw[0] not in "!=":  # canonical_host takes "!" and "=" as host characters
+        c = raw[:1]
+        if c == "*":  # HaGeZi's "wildcard asterisk" lists: "*.example.com"
+            tok = raw[2:] if raw[1:2] == "." else ""
+        elif c == "=" or c == "!" or not c:  # canonical_host would take these as host characters
+            tok = ""
+        else:
+            tok = raw
+        if tok:
             try:
-                key = canon(raw)
+                key = canon(tok)
             except ValueError:
                 key = ""
             if (
-                key == raw
+                key == tok
                 and "." in key
-                and key not in not_rules
-                and ":" not in key
-                and "*" not in key
                 and key[-1] not in digits
+                and "*" not in key
+                and key != local_domain
             ):
-                append(Rule(domain, raw, raw, n))
+                append(new_rule((domain, tok, raw, n, False)))
                 continue
         _domains_line(raw, n, acc)
 
@@ -518,7 +543,8 @@ _DNSMASQ_DIRECTIVES: Final = frozenset({"address", "server", "local"})
 
 def _parse_dnsmasq(lines: Sequence[str], acc: _Acc) -> None:
     append = acc.rules.append
-    canon, not_rules, domain, digits = canonical_host, _NOT_RULES, _DOMAIN, _DIGITS
+    canon, new_rule, domain, digits = canonical_host, Rule._make, _DOMAIN, _DIGITS
+    local_domain = "localhost.localdomain"
     directives = _DNSMASQ_DIRECTIVES
     for n, raw in enumerate(lines, 1):
         directive, sep, value = raw.partition("=/")
@@ -532,12 +558,11 @@ def _parse_dnsmasq(lines: Sequence[str], acc: _Acc) -> None:
                 if (
                     key == name
                     and "." in key
-                    and key not in not_rules
-                    and ":" not in key
-                    and "*" not in key
                     and key[-1] not in digits
+                    and "*" not in key
+                    and key != local_domain
                 ):
-                    append(Rule(domain, name, raw, n))
+                    append(new_rule((domain, name, raw, n, False)))
                     continue
         _dnsmasq_line(raw, n, acc)
 
@@ -586,7 +611,8 @@ def _dnsmasq_line(raw: str, n: int, acc: _Acc) -> None:
 
 def _parse_adblock(lines: Sequence[str], acc: _Acc) -> None:
     append = acc.rules.append
-    canon, not_rules, domain, digits = canonical_host, _NOT_RULES, _DOMAIN, _DIGITS
+    canon, new_rule, domain, digits = canonical_host, Rule._make, _DOMAIN, _DIGITS
+    local_domain = "localhost.localdomain"
     for n, raw in enumerate(lines, 1):
         if raw and raw[0] == "|" and raw[-1] == "^" and raw[1] == "|":  # "||host^"
             host = raw[2:-1]
@@ -597,13 +623,12 @@ def _parse_adblock(lines: Sequence[str], acc: _Acc) -> None:
             if (
                 key == host
                 and "." in key
-                and key not in not_rules
-                and ":" not in key
+                and key[-1] not in digits
                 and "*" not in key
                 and "$" not in key
-                and key[-1] not in digits
+                and key != local_domain
             ):
-                append(Rule(domain, key, raw, n))
+                append(new_rule((domain, key, raw, n, False)))
                 continue
         _adblock_line(raw, n, acc)
 
@@ -653,7 +678,7 @@ def _adblock_rule(line: str) -> tuple[RuleKind, str, bool]:
     if pattern.startswith("||"):
         kind, key = _anchored_host_rule(pattern[2:])
     elif pattern.startswith("|") and "://" in pattern:
-        kind, key = _anchored_url_rule(pattern[1:])
+        kind, key = _URL, _url_key_from_pattern(pattern[1:])  # "|https://host/path|"
     else:
         raise _Reject(GENERIC_RULE)
     return kind, key, exception
@@ -695,12 +720,8 @@ def _anchored_host_rule(rest: str) -> tuple[RuleKind, str]:
     return _URL, _url_key_from_pattern("http://" + host + path)
 
 
-def _anchored_url_rule(rest: str) -> tuple[RuleKind, str]:
-    """The part after a single ``|``: a full URL, maybe ending in ``|`` or ``^``."""
-    return _URL, _url_key_from_pattern(rest)
-
-
 def _url_key_from_pattern(url: str) -> str:
+    """A URL pattern without wildcards, maybe ending in an anchor ``|`` or separator ``^``."""
     if url.endswith("|") or url.endswith("^"):
         url = url[:-1]
     if "*" in url or "^" in url or "|" in url:
@@ -805,7 +826,7 @@ def detect_format(text: str) -> str:
 
     Raises :class:`ListFormatError` when no line looks like any known format.
     """
-    sample = text[:DETECT_SAMPLE_CHARS]
+    sample = text[:DETECT_SAMPLE_CHARS].removeprefix("\ufeff")
     lines = sample.split("\n")
     if len(text) > DETECT_SAMPLE_CHARS and len(lines) > 1:
         lines.pop()  # cut mid-line

@@ -743,6 +743,10 @@ def test_detection_reads_a_bounded_sample() -> None:
     assert detect_format(head + "\n" + "0.0.0.0 x.example\n" * 1000) == "domains"
 
 
+def test_detect_format_ignores_a_bom() -> None:
+    assert detect_format("\ufeff[Adblock Plus]\n! x\n") == "adblock"
+
+
 def test_detect_format_refuses_nothing_to_go_on() -> None:
     with pytest.raises(ListFormatError):
         detect_format("# just a comment\n")
