@@ -33,7 +33,22 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("launch_proxy.py")
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-ATTACKER_IP = "127.0.0.2"  # listed via the CIDR rule 127.0.0.2/31 (127.0.0.1 is not)
+
+
+def non_loopback_ip() -> str | None:
+    """This machine's own non-loopback IPv4 address, if it has one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 9))  # no packet is sent: this only picks a route
+            ip = str(s.getsockname()[0])
+    except OSError:
+        return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+# The "attacker" origin listens on this machine's own non-loopback address, which is put
+# on an IP list: the poison guard (rightly) refuses rules for loopback addresses.
+ATTACKER_IP = non_loopback_ip()
 
 HOSTS = {
     "good.test": "127.0.0.1",
@@ -43,13 +58,14 @@ HOSTS = {
     "watch.test": "127.0.0.1",
     "cdn.test": "127.0.0.1",
     "xn--bcher-kva.test": "127.0.0.1",
-    "attacker.test": ATTACKER_IP,
 }
+if ATTACKER_IP:
+    HOSTS["attacker.test"] = ATTACKER_IP
 
 LISTS = {
     "domains.txt": "evil.test\nxn--bcher-kva.test\n",
     "urls.txt": "http://good.test/bad/\n",
-    "cidrs.txt": "198.51.100.7\n203.0.113.0/24\n127.0.0.2/31\n",
+    "cidrs.txt": "198.51.100.7\n203.0.113.0/24\n" + (f"{ATTACKER_IP}\n" if ATTACKER_IP else ""),
     "watch.txt": "watch.test\n",
     "allow.txt": "ok.evil.test\n",
 }
@@ -356,6 +372,8 @@ class ByteCounter:
 
 @pytest.fixture
 def attacker() -> Iterator[ByteCounter]:
+    if ATTACKER_IP is None:
+        pytest.skip("needs a non-loopback IPv4 address for the listed 'attacker' origin")
     c = ByteCounter(ATTACKER_IP)
     try:
         yield c

@@ -1,6 +1,6 @@
 """Run the ``jectguard`` CLI with a test-only host table, like an /etc/hosts entry.
 
-``JG_TEST_HOSTS="good.test=127.0.0.1,attacker.test=127.0.0.2"`` makes those names
+``JG_TEST_HOSTS="good.test=127.0.0.1,attacker.test=192.0.2.2"`` makes those names
 resolve to loopback origins inside the proxy process; any other ``*.test`` name
 fails at once (no slow lookups of names that cannot exist). Everything else about
 the process is the real ``jectguard`` command.
