@@ -366,7 +366,7 @@ def _is_local_name(token: str) -> bool:
         key = canonical_host(token)
     except ValueError:
         return False
-    return key in _NOT_RULES or key.startswith("ip6-")
+    return key in _NOT_RULES or (key.startswith("ip6-") and "." not in key)
 
 
 def _parse_domains(lines: Sequence[str], acc: _Acc) -> None:
