@@ -17,9 +17,11 @@ How it sees the document:
   tags, integration points).
 * Where browsers legitimately differ, both readings are scanned and the
   findings unioned: ``<noscript>`` is raw text with scripting on and markup
-  with it off; an end tag that may close SVG/MathML depends on the open HTML
-  elements outside it, which the scanner does not track, so it follows its best
-  guess and rescans the other reading until the two agree again.
+  with it off; inside ``<select>``, parsers with 2025's "customizable select"
+  (and Lexbor) create ``<iframe>``/``<style>``/... and read raw text, older ones
+  ignore the tag and read markup; an end tag that may close SVG/MathML depends
+  on the open HTML elements outside it, which the scanner does not track, so it
+  follows a guess and rescans the other reading until the two agree again.
 * Clean pages are the common case, so ``scan`` first runs a cheap
   over-approximation: every ``<script``/``<iframe``/... occurrence is judged as
   if it were a real element (and every ``<svg``/``<math`` is followed precisely),
@@ -37,6 +39,15 @@ ISO-2022-JP are not supported (they are treated as ASCII-compatible).
 Limits: bodies larger than ``max_bytes`` raise ``BodyTooLarge`` (the caller
 streams them unscanned); at most ``MAX_ALT_SCANS`` alternative readings are
 scanned per document.
+
+Known differences from a conforming tree builder (all err towards reporting):
+``<frameset>`` documents are not modelled (a browser ignores ``<script>``
+there and ``<frame>`` outside one; the scanner reports both); HTML content
+inside an integration point is processed "in body" even when the SVG sits in a
+table (where the table insertion mode can close it); implied end tags are not
+generated for HTML elements inside integration points; ``<template>`` contents
+are scanned like the rest of the document; query strings are resolved as
+UTF-8 whatever the document encoding.
 """
 
 from __future__ import annotations
@@ -71,6 +82,8 @@ _INLINE_CACHE_MAX_CHARS = 16384
 # Entries per verdict cache (URL -> match, (base, ref) -> URL, text -> verdict);
 # a full cache is simply emptied.
 DEFAULT_CACHE_ENTRIES = 20000
+# Cache entries used within one scan when cross-scan caching is off.
+_PER_SCAN_ENTRIES = 4096
 # Longest rule text kept in the replacement comment.
 _COMMENT_RULE_CHARS = 80
 
@@ -137,7 +150,8 @@ class Element:
     text: str | None = None  # script text (inline scripts only)
     after_html: bool = False
     # "" in the main reading (scripting on); "noscript" in the scripting-off
-    # reading of a <noscript>; "foreign-end" in the other reading of an end tag
+    # reading of a <noscript>; "select" in the pre-2025 reading of a raw-text
+    # element inside <select>; "foreign-end" in the other reading of an end tag
     # that may or may not close SVG/MathML content.
     alternative: str = ""
 
@@ -168,6 +182,10 @@ class _Doc:
             chunk = self.raw[self.bom + 2 * start : self.bom + 2 * end]
             return chunk.decode(self.encoding, "replace")
         return self.raw[start:end].decode(self.encoding, "replace")
+
+    def raw_slice(self, start: int, end: int) -> bytes:
+        """The original bytes of buffer positions [start, end)."""
+        return self.raw[self.offset(start) : self.offset(end)]
 
     def offset(self, pos: int) -> int:
         """Byte offset in the original body of buffer position ``pos``."""
@@ -214,10 +232,10 @@ _CDATA_END = re.compile(rb"\]\]>")
 # switch the tokenizer, or enter foreign content.
 _PLAIN_INTERESTING = (
     b"script|iframe|frame|object|embed|meta|base|noscript|style|xmp|textarea|title|"
-    b"noembed|noframes|plaintext|svg|math"
+    b"noembed|noframes|plaintext|svg|math|select"
 )
 # End tags that matter in HTML content.
-_PLAIN_END_STOPS = b"html|object"
+_PLAIN_END_STOPS = b"html|object|select"
 _SKIP = re.compile(
     rb"(?:[^<]++|<(?:"
     + _COMMENT_BODY
@@ -236,6 +254,10 @@ _SKIP = re.compile(
 _SCRIPT_DATA = re.compile(rb"<!--|</(?i:script)[\t\n\f\r />]")
 _SCRIPT_ESCAPED = re.compile(rb"-->|</(?i:script)[\t\n\f\r />]|<(?i:script)[\t\n\f\r />]")
 _SCRIPT_DOUBLE = re.compile(rb"-->|</(?i:script)[\t\n\f\r />]")
+# RAWTEXT/RCDATA start tags that the pre-2025 "in select" insertion mode ignores.
+_IGNORED_IN_OLD_SELECT = frozenset(
+    {b"iframe", b"noembed", b"noframes", b"noscript", b"style", b"xmp", b"title", b"plaintext"}
+)
 _RAW_END: dict[bytes, re.Pattern[bytes]] = {
     name: re.compile(rb"</(?i:" + name + rb")[\t\n\f\r />]")
     for name in (
@@ -416,6 +438,7 @@ class _Walk:
         self.after_html = after_html
         self.local = local  # fast path: follow one foreign subtree, then stop
         self.objects: list[int] = []
+        self.select_open = False
         self.work = 0
 
     # ---- output
@@ -477,8 +500,35 @@ class _Walk:
                 self.after_html = True
             elif name == b"object" and self.objects:
                 self.s.elements[self.objects.pop()].end = tag.end()
+            elif name == b"select":
+                self.select_open = False
             return
+        if name == b"select":
+            self.select_open = True
+            return
+        if self.select_open and name in _IGNORED_IN_OLD_SELECT:
+            self._queue_old_select(tag, name)
         self._html_start(p, tag, name)
+
+    def _queue_old_select(self, tag: re.Match[bytes], name: bytes) -> None:
+        """Inside <select>, browsers without "customizable select" ignore this tag.
+
+        Modern parsers (and Lexbor) create the element and read its content as
+        raw text; older ones (the "in select" insertion mode) drop the tag and
+        read on as markup. Scan that reading too.
+        """
+        end = tag.end()
+        text_end = len(self.buf) if name == b"plaintext" else _raw_end(self.buf, end, name)[0]
+        walk = _Walk(
+            self.s,
+            end,
+            scripting=self.scripting,
+            alternative=self.alternative or "select",
+            clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
+            after_html=self.after_html,
+        )
+        walk.select_open = True
+        self.s.queue_alt(walk)
 
     def _html_start(self, p: int, tag: re.Match[bytes], name: bytes) -> None:
         """A start tag processed by HTML rules (in body, or inside an integration point)."""
@@ -926,7 +976,8 @@ class _Judge:
     def __init__(self, scanner: Scanner, page_url: str) -> None:
         self.scanner = scanner
         self.page_url = page_url
-        self.caches = scanner._caches
+        # Without cross-scan caches, still judge each URL or text once per scan.
+        self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -950,7 +1001,7 @@ class _Judge:
         if match is not None:
             monitor = str(getattr(match, "mode", "")) == "monitor"
             return _Verdict(url, reason, match.rule, match.list, not monitor)
-        sig = match_signature(self.scanner.signatures, url, "url")
+        sig = self.scanner._signature(url, "url")
         if sig is not None:
             return _Verdict(url, "signature", sig.name, "signatures", True)
         return None
@@ -1024,7 +1075,7 @@ class _Judge:
             if verdict is not None:
                 return verdict
         for variant in variants:
-            sig = match_signature(self.scanner.signatures, variant, "script")
+            sig = self.scanner._signature(variant, "script")
             if sig is not None:
                 return _Verdict(None, "signature", sig.name, "signatures", True)
         return None
@@ -1089,61 +1140,6 @@ _HTML_END_CANDIDATE = re.compile(rb"</html[\t\n\f\r />]")
 _REFRESH = re.compile(rb"refresh")
 
 
-def _fast_elements(doc: _Doc) -> tuple[list[Element], list[str], int] | None:
-    """Every element any reading could build, or None if the precise scan should decide.
-
-    Every ``<script``, ``<iframe``, ... occurrence is taken for a real element
-    (its tag, attributes and script text do not depend on what precedes it);
-    every ``<svg``/``<math`` is followed precisely through its foreign content.
-    Returns (elements, base hrefs, position of the first ``</html`` or -1).
-    """
-    buf = doc.buf
-    low = buf.translate(_LOWER)
-    n = len(buf)
-    shared = _Shared(doc)
-    walker = _Walk(shared, 0, local=True)
-    bases: list[str] = []
-    if b"<base" in low:
-        for m in _BASE_CANDIDATE.finditer(low):
-            tag = _TAG.match(buf, m.start())
-            if tag is not None:
-                href = walker._attrs(tag).get("href")
-                if href is not None:
-                    bases.append(href)
-    html_end = _HTML_END_CANDIDATE.search(low)
-    budget = _FAST_FOREIGN_BUDGET * n + 65536
-    work = 0
-    emit = shared.elements.append
-    for m in _CANDIDATE.finditer(low):
-        p = m.start()
-        name = m.group(1)
-        tag = _TAG.match(buf, p)
-        if tag is None:
-            break  # EOF inside this tag: no later element exists in any reading
-        end = tag.end()
-        if name == b"script":
-            text_end, el_end = _script_end(buf, end)
-            text = _norm(doc.text(end, text_end))
-            # Only src/href/xlink:href matter here: skip parsing when neither is present.
-            if low.find(b"src", p, end) >= 0 or low.find(b"href", p, end) >= 0:
-                attrs = walker._attrs(tag)
-            else:
-                attrs = {}
-            emit(Element("script", p, el_end, attrs, text))
-        elif name == b"meta":
-            if _REFRESH.search(low, p, end):
-                emit(Element("meta", p, end, walker._attrs(tag)))
-        elif name in (b"svg", b"math"):
-            local = _Walk(shared, p, local=True)
-            local.run()
-            work += local.work + (local.pos - p)
-            if work > budget:
-                return None
-        else:
-            emit(Element(name.decode(), p, end, walker._attrs(tag)))
-    return shared.elements, bases, (html_end.start() if html_end else -1)
-
-
 # --------------------------------------------------------------------------
 # The scanner.
 
@@ -1163,6 +1159,7 @@ class _Caches:
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
         self.inline: dict[tuple[str, str, tuple[str, ...]], _Verdict | None] = {}
+        self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
 
     def put(self, cache: dict[_K, _V], key: _K, value: _V) -> None:
         if self.entries <= 0:
@@ -1200,6 +1197,23 @@ class Scanner:
         self.max_bytes = max_bytes
         self._caches = _Caches(cache_entries)
         self.fast_path = fast_path
+        # One combined search per text rules out every signature at once.
+        self._sig_prefilter: dict[str, re.Pattern[str] | None] = {}
+        for target in ("script", "url"):
+            patterns = [f"(?:{s.regex.pattern})" for s in self.signatures if target in s.targets]
+            try:
+                union = (
+                    re.compile("|".join(patterns), re.IGNORECASE | re.DOTALL) if patterns else None
+                )
+            except re.error:  # e.g. duplicate group names across signatures
+                union = None
+            self._sig_prefilter[target] = union
+
+    def _signature(self, text: str, target: str) -> Signature | None:
+        prefilter = self._sig_prefilter.get(target)
+        if prefilter is not None and prefilter.search(text) is None:
+            return None
+        return match_signature(self.signatures, text, target)
 
     def _prepare(self, body: bytes, content_type: str | None) -> _Doc | None:
         if len(body) > self.max_bytes:
@@ -1222,25 +1236,93 @@ class Scanner:
 
     def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
         judge = _Judge(self, page_url)
-        if self.fast_path:
-            fast = _fast_elements(doc)
-            if fast is not None and not self._fast_suspects(judge, fast):
-                return []
+        if self.fast_path and self._fast_clean(doc, judge):
+            return []
         return self._precise(doc, judge)
 
-    def _fast_suspects(self, judge: _Judge, fast: tuple[list[Element], list[str], int]) -> bool:
-        elements, base_hrefs, html_end = fast
+    def _fast_clean(self, doc: _Doc, judge: _Judge) -> bool | None:
+        """True if no reading of the document can hold a finding; None: let the precise scan decide.
+
+        Every ``<script``, ``<iframe``, ... occurrence is judged as if it were a
+        real element (its tag, attributes and script text do not depend on what
+        precedes it, when it is one); every ``<svg``/``<math`` is followed
+        precisely through its foreign content; every ``<base href`` is tried as
+        the base URL. This can only add candidates, never lose one.
+        """
+        buf = doc.buf
+        low = buf.translate(_LOWER)
         bases = [judge.page_url]
-        for href in base_hrefs:
-            resolved = _resolve(judge.page_url, href)
-            if resolved is not None and resolved not in bases:
-                bases.append(resolved)
-        for el in elements:
-            if self.after_html != "off" and 0 <= html_end < el.start and self._is_active(el):
-                return True
-            if judge.judge(el, bases) is not None:
-                return True
-        return False
+        if b"<base" in low:
+            for m in _BASE_CANDIDATE.finditer(low):
+                tag = _TAG.match(buf, m.start())
+                href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
+                resolved = judge.resolve(judge.page_url, href) if href is not None else None
+                if resolved is not None and resolved not in bases:
+                    bases.append(resolved)
+        key_bases = tuple(bases)
+        html_end_match = _HTML_END_CANDIDATE.search(low) if self.after_html != "off" else None
+        html_end = html_end_match.start() if html_end_match else len(buf)
+        cache = self._caches.elements
+        budget = _FAST_FOREIGN_BUDGET * len(buf) + 65536
+        work = 0
+        shared = _Shared(doc)
+        for m in _CANDIDATE.finditer(low):
+            p = m.start()
+            name = m.group(1)
+            tag = _TAG.match(buf, p)
+            if tag is None:
+                return True  # EOF inside this tag: no later element exists in any reading
+            end = tag.end()
+            if name in (b"svg", b"math"):
+                # The walk depends only on the bytes it reads: an icon repeated
+                # on every page is walked once. Key: the bytes up to the first
+                # matching end tag, cached only if the walk stopped within them.
+                close = low.find(b"</" + name, end)
+                guess = low.find(b">", close) + 1 if close >= 0 else 0
+                svg_key = (doc.raw_slice(p, guess), key_bases) if guess > 0 else None
+                if svg_key is not None and svg_key in cache:
+                    if cache[svg_key]:
+                        return False
+                    continue
+                local = _Walk(shared, p, local=True)
+                local.run()
+                work += local.work + (local.pos - p)
+                if work > budget:
+                    return None
+                suspect = any(judge.judge(el, bases) is not None for el in shared.elements)
+                shared.elements.clear()
+                if svg_key is not None and local.pos <= guess:
+                    self._caches.put(cache, svg_key, suspect)
+                if suspect:
+                    return False
+                continue
+            if name == b"meta" and not _REFRESH.search(low, p, end):
+                continue
+            if p > html_end:
+                return False  # active content after </html> (policy log or strip)
+            if name == b"script":
+                text_end, el_end = _script_end(buf, end)
+            else:
+                text_end = el_end = end
+            # Templated sites repeat the same elements on every page: cache by bytes.
+            key = (doc.raw_slice(p, el_end), key_bases)
+            if key in cache:
+                if cache[key]:
+                    return False
+                continue
+            if name == b"script":
+                text: str | None = _norm(doc.text(end, text_end))
+                if low.find(b"src", p, end) >= 0 or low.find(b"href", p, end) >= 0:
+                    attrs = parse_attrs(doc.text(*tag.span(3)))
+                else:
+                    attrs = {}
+            else:
+                text, attrs = None, parse_attrs(doc.text(*tag.span(3)))
+            suspect = judge.judge(Element(name.decode(), p, el_end, attrs, text), bases) is not None
+            self._caches.put(cache, key, suspect)
+            if suspect:
+                return False
+        return True
 
     @staticmethod
     def _is_active(el: Element) -> bool:

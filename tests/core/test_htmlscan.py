@@ -189,6 +189,15 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         "<noscript><iframe src=http://evil.test/></iframe></noscript>",
         [("iframe", "blocked-url", "evil.test")],
     ),
+    # select: modern parsers read <iframe> inside it as raw text, older ones ignore the tag
+    (
+        "<select><iframe></select><script src=http://evil.test/></script>",
+        [("script", "blocked-url", "evil.test")],
+    ),
+    (
+        "<select><style><!--</style><script src=http://evil.test/></script>-->",
+        [("script", "blocked-url", "evil.test")],
+    ),
     # script data escapes
     (
         "<script><!--<script></script>--></script><script src=http://evil.test/></script>",

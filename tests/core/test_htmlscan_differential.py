@@ -10,6 +10,12 @@ noscript: the scanner reads ``<noscript>`` both ways (raw text with scripting
 on, markup with scripting off) and reports the union, so the reference is the
 union of Lexbor run with ``scripting=True`` and ``scripting=False``.
 
+select: Lexbor implements the 2025 "customizable select" parsing (a raw-text
+element inside ``<select>`` is created and read as raw text); browsers without
+it ignore the tag and read on as markup. The scanner scans both readings
+("select" alternative); the extra elements are checked like foreign end tags
+below.
+
 Foreign end tags: an end tag that no open SVG/MathML element matches closes
 the foreign content only if the HTML element it names is open outside it,
 which the scanner does not track. It guesses, and scans the other reading as
@@ -40,10 +46,10 @@ DATA = Path(__file__).parent.parent / "data" / "html"
 def _agree(doc: str) -> None:
     elements = parse_elements(doc.encode("utf-8"), "text/html; charset=utf-8")
     ref = reference(doc)
-    ambiguous = any(el.alternative == "foreign-end" for el in elements)
+    ambiguous = any(el.alternative in ("foreign-end", "select") for el in elements)
     mine = scanner_keys(elements)
     if ambiguous:
-        everything = scanner_keys(elements, include=("", "noscript", "foreign-end"))
+        everything = scanner_keys(elements, include=("", "noscript", "foreign-end", "select"))
         missed = ref - everything
         assert not missed, f"missed {dict(missed)} in {doc!r}"
     else:
