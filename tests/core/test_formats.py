@@ -253,7 +253,7 @@ def test_hosts_ip6_prefix_only_for_single_labels() -> None:
         ("a.example", "invalid hosts line"),
         ("0.0.0.0", "invalid hosts line"),
         ("example.org a.example", "invalid hosts line"),
-        ("fe80::1%lo0 ip6-tunnel.example", "invalid hosts line"),
+        ("not-an-ip ip6-tunnel.example", "invalid hosts line"),
     ],
 )
 def test_hosts_rejections(line: str, reason: str) -> None:
