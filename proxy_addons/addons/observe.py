@@ -1,0 +1,244 @@
+"""The observe addon: turns the decisions other addons record on a flow into events and metrics.
+
+It reads, never decides:
+
+- ``flow.metadata["jectguard"]`` (the blocking addon): ``action``, ``stage``,
+  ``request_id``, ``verdict`` (``Verdict.as_dict()``), optionally ``seconds``
+  (time the verdict took).
+- ``flow.metadata["jectguard_strip"]`` (the stripping addon): ``{"findings":
+  [Finding.as_dict(), ...], "skipped": reason or None}``.
+- a flow error starting ``jectguard:`` naming a refused resolved address.
+
+Load it after the addons it observes. Each decision (one request id) is
+recorded once, however many hooks see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from mitmproxy import ctx, exceptions, http
+
+from proxy_addons.events import EventLog, open_sink
+from proxy_addons.metrics import Metrics
+
+from .blocking import METADATA_KEY
+from .holder import EngineHolder
+
+logger = logging.getLogger(__name__)
+
+STRIP_KEY: Final = "jectguard_strip"
+# Decisions already turned into events, so later hooks do not repeat them (a list: metadata
+# must stay serializable for flow files).
+SEEN_KEY: Final = "jectguard_observed"
+# The blocking addon's message for a connection refused at the resolved-address stage.
+_ADDRESS_REFUSAL_RE: Final = re.compile(
+    r"^jectguard: (?P<host>.+?) resolves to (?P<addr>\S+), which is blocked "
+    r"\(list (?P<list>.*?), rule (?P<rule>.*?), id (?P<rid>[0-9a-f]+)\)"
+)
+
+
+def _client(flow: http.HTTPFlow) -> str | None:
+    peer = flow.client_conn.peername
+    return str(peer[0]) if peer else None
+
+
+def _seen(flow: http.HTTPFlow, key: str) -> bool:
+    """Whether ``key`` was recorded for this flow already (marks it as recorded)."""
+    seen = flow.metadata.setdefault(SEEN_KEY, [])
+    if key in seen:
+        return True
+    seen.append(key)
+    return False
+
+
+class Observe:
+    """Writes the event stream and moves the metrics for every recorded decision."""
+
+    name = "jectguard_observe"
+
+    def __init__(
+        self, events: EventLog, metrics: Metrics, holder: EngineHolder | None = None
+    ) -> None:
+        self.events = events
+        self.metrics = metrics
+        self.holder = holder
+        self._sink_spec: str | None = None
+        self._categories: tuple[object, dict[str, str]] = (None, {})
+
+    # -- options ------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "jg_events_file", str, "-",
+            "jectguard: where the JSON event stream goes: a file (appended), '-' for "
+            "stdout, '' for nowhere (recent events stay visible in the admin API).",
+        )
+        loader.add_option(
+            "jg_events_drop_query", bool, False,
+            "jectguard: drop query strings and fragments from URLs in events (privacy).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        self.events.drop_query = ctx.options.jg_events_drop_query
+        spec = ctx.options.jg_events_file
+        if spec != self._sink_spec:
+            try:
+                sink, owned = open_sink(spec)
+            except OSError as exc:
+                raise exceptions.OptionsError(
+                    f"jg_events_file: cannot open {spec!r} for appending: {exc.strerror or exc}"
+                ) from None
+            self.events.set_sink(sink, owned=owned)
+            self._sink_spec = spec
+
+    def done(self) -> None:
+        self.events.close()
+        self._sink_spec = None
+
+    # -- hooks --------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._decision(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._decision(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._decision(flow)  # a redirect toward a blocked URL
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._decision(flow)
+        self._strips(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._decision(flow)
+        self._address_refusal(flow)
+
+    # -- decisions ----------------------------------------------------------
+
+    def _category_of(self, list_name: str | None) -> str | None:
+        if self.holder is None or not list_name:
+            return None
+        engine = self.holder.engine
+        cached_for, table = self._categories
+        if cached_for is not engine:
+            table = {info.name: info.category for info in engine.block.lists}
+            self._categories = (engine, table)
+        return table.get(list_name)
+
+    def _decision(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(METADATA_KEY)
+        if not isinstance(meta, Mapping):
+            return
+        action = meta.get("action")
+        if not isinstance(action, str) or action == "proceed-form":
+            return
+        rid = meta.get("request_id")
+        if _seen(flow, f"{action}:{rid or ''}"):
+            return
+        seconds = meta.get("seconds")
+        if isinstance(seconds, int | float):
+            self.metrics.latency.observe(seconds)
+        if action == "proceed-granted":
+            self.events.emit(
+                "allow-override", client=_client(flow), method=flow.request.method,
+                url=flow.request.pretty_url, reason="proceed-anyway-granted",
+                host=meta.get("host"),
+            )
+            return
+        self.metrics.record_checked(action)
+        if action == "pass":
+            return
+        v = meta.get("verdict")
+        v = v if isinstance(v, Mapping) else {}
+        fields: dict[str, Any] = {
+            "client": _client(flow),
+            "method": flow.request.method,
+            "url": v.get("canonical_url") or v.get("url"),
+            "verdict": v.get("verdict"),
+            "list": v.get("list"),
+            "rule": v.get("rule"),
+            "category": v.get("category"),
+            "request_id": rid,
+            "stage": meta.get("stage"),
+            "host": v.get("host"),
+            "kind": v.get("kind"),
+            "mode": v.get("mode"),
+            "line": v.get("line"),
+        }
+        if action == "block":
+            self.metrics.record_block(v.get("list"), v.get("category"))
+            self.events.emit("block", **fields)
+        elif action == "monitor":
+            self.metrics.record_monitor(v.get("list"), v.get("category"))
+            self.events.emit("monitor", **fields)
+        elif action == "proceed":
+            self.metrics.record_override(v.get("list"), "proceed-anyway")
+            self.events.emit("allow-override", reason="proceed-anyway", **fields)
+        elif action == "allow":
+            over = v.get("overridden")
+            if isinstance(over, Mapping):
+                self.metrics.record_override(over.get("list"), "allowlist")
+                self.events.emit(
+                    "allow-override", reason="allowlist", overridden=dict(over), **fields
+                )
+        elif action == "error":
+            self.metrics.record_error("canonicalize")
+            self.events.emit("error", reason=v.get("error"), **fields)
+
+    def _address_refusal(self, flow: http.HTTPFlow) -> None:
+        err = flow.error
+        if err is None or not err.msg.startswith("jectguard:"):
+            return
+        m = _ADDRESS_REFUSAL_RE.match(err.msg)
+        if m is None or _seen(flow, f"block:{m['rid']}"):
+            return
+        list_name = m["list"] if m["list"] != "-" else None
+        category = self._category_of(list_name)
+        self.metrics.record_checked("block")
+        self.metrics.record_block(list_name, category)
+        self.events.emit(
+            "block", client=_client(flow), method=flow.request.method,
+            url=flow.request.pretty_url, verdict="block", list=list_name,
+            rule=m["rule"] if m["rule"] != "-" else None, category=category,
+            request_id=m["rid"], stage="address", host=m["host"], address=m["addr"],
+        )
+
+    # -- strips -------------------------------------------------------------
+
+    def _strips(self, flow: http.HTTPFlow) -> None:
+        record = flow.metadata.get(STRIP_KEY)
+        if record is None or _seen(flow, "strip"):
+            return
+        if isinstance(record, Mapping):
+            findings = record.get("findings") or []
+            skipped = record.get("skipped")
+        else:
+            findings, skipped = record, None
+        base = {
+            "client": _client(flow),
+            "method": flow.request.method,
+            "url": flow.request.pretty_url,
+        }
+        if skipped:
+            self.events.emit("strip", removed=False, skipped=str(skipped), **base)
+        for f in findings if isinstance(findings, list) else []:
+            if not isinstance(f, Mapping):
+                continue
+            list_name = f.get("list")
+            category = f.get("category") or self._category_of(list_name)
+            removed = bool(f.get("removed", True))
+            if removed:
+                self.metrics.record_strip(list_name, category)
+            self.events.emit(
+                "strip", **base, verdict="strip" if removed else "monitor", list=list_name,
+                rule=f.get("rule"), category=category, element=f.get("element"),
+                element_url=f.get("url"), reason=f.get("reason"), removed=removed,
+            )
+
+
+__all__ = ["SEEN_KEY", "STRIP_KEY", "Observe"]
