@@ -82,7 +82,13 @@ class FeedServer:
         if feed.hang:
             await asyncio.sleep(feed.hang)
         headers = {"Content-Type": feed.content_type}
-        if feed.etag:
+        if feed.status != 200:
+            hit.status = feed.status
+            return web.Response(status=feed.status, text=f"error {feed.status}")
+        # A faulty answer is never a 304: the fault must reach the client.
+        faulty = feed.close_mid_body or feed.bad_gzip or feed.stream_forever
+        faulty = faulty or "html" in feed.content_type
+        if feed.etag and not faulty:
             headers["ETag"] = feed.tag()
             if request.headers.get("If-None-Match") == feed.tag():
                 hit.status = 304

@@ -1,0 +1,623 @@
+"""Refresh orchestration: fetch -> validate -> keep body -> compile -> publish -> swap.
+
+Pure asyncio + aiohttp (no mitmproxy), used by the refresh addon and by
+``jectguard update``.
+
+* :class:`Refresher` fetches every enabled URL source on its own schedule (its
+  interval from the sources file plus jitter, so sources do not all fire at
+  once). New bodies are validated (:mod:`.validate`), committed, and every
+  block list is parsed and compiled into a snapshot **in a worker process**
+  (``python -m proxy_addons.refresher``: a million-rule compile holds a CPU
+  for seconds and, in a thread, would hold the GIL against the proxy's event
+  loop). The snapshot is published (:mod:`.store`) and the new engine loaded
+  off the loop and handed to the engine slot.
+* :class:`Follower` / :func:`watch_snapshot`: a proxy process that does not
+  refresh polls the store's ``current`` pointer and swaps to each new
+  snapshot; no per-process feed downloads. Both roles recompile the small
+  allow index in memory when an allowlist file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from .config import SourcesConfig
+from .core.engine import Engine, split_exceptions
+from .core.errors import JectguardError, ListFormatError
+from .core.index import compile_index
+from .core.model import ListSpec, Mode, ParsedList
+from .feeds import (
+    DEFAULT_POLICY,
+    FetchPolicy,
+    FetchResult,
+    Progress,
+    SourceState,
+    clean_partials,
+    commit_body,
+    discard,
+    fetch,
+    load_state,
+    make_session,
+    save_state,
+)
+from .loading import ListFileError, feed_body_path, parse_spec
+from .store import (
+    SnapshotStore,
+    compile_allow,
+    list_inputs,
+    load_engine,
+    sources_fingerprint,
+)
+from .validate import DEFAULT_CANARIES, Canaries, Validation, validate_body
+
+log = logging.getLogger(__name__)
+
+# Local list files, the snapshot pointer and allowlists are checked this often.
+POLL_SECONDS: Final = 5.0
+WATCH_POLL_SECONDS: Final = 2.0
+# A failed or held-back source is tried again after min(this, its interval).
+FAILURE_RETRY_SECONDS: Final = 600
+# Up to this share of an interval (at most MAX_SCHEDULE_JITTER s) is added to it.
+SCHEDULE_JITTER: Final = 0.1
+MAX_SCHEDULE_JITTER: Final = 900
+# After a start, sources whose turn has come are spread over this many seconds.
+STARTUP_SPREAD: Final = 30.0
+MAX_CONCURRENT_FETCHES: Final = 4
+# Names the proxy answers itself (mitmproxy's certificate page).
+OWN_NAMES: Final = ("mitm.it",)
+# The worker gets a lower CPU priority than the proxy it serves.
+WORKER_NICE: Final = 5
+
+
+class RefreshError(JectguardError):
+    """The rebuild worker failed; the snapshot in force is unchanged."""
+
+    hint = "state"
+
+
+class EngineSlot(Protocol):
+    """Where the engine in force lives (the proxy's EngineHolder)."""
+
+    engine: Engine
+
+    def swap(self, new: Engine) -> Engine: ...
+
+
+@dataclass(slots=True)
+class SourceOutcome:
+    name: str
+    status: str  # "updated" | "unchanged" | "held_back" | "failed"
+    detail: str | None = None
+    entries: int | None = None
+
+
+@dataclass(slots=True)
+class RefreshReport:
+    outcomes: dict[str, SourceOutcome] = field(default_factory=dict)
+    snapshot: str | None = None  # the snapshot published by this refresh
+    rules: int | None = None
+    refused: int = 0
+    compile_seconds: float | None = None
+    load_errors: dict[str, str] = field(default_factory=dict)
+    not_published: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.not_published is None and all(
+            o.status in ("updated", "unchanged") for o in self.outcomes.values()
+        )
+
+
+# -- the rebuild job (in the worker) ---------------------------------------------
+
+
+def spec_to_dict(spec: ListSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(spec)
+    d["mode"] = spec.mode.value
+    return d
+
+
+def spec_from_dict(d: dict[str, Any]) -> ListSpec:
+    return ListSpec(**{**d, "mode": Mode(d["mode"])})
+
+
+def canary_names(cfg: SourcesConfig, own_names: Sequence[str] = OWN_NAMES) -> list[str]:
+    from urllib.parse import urlsplit
+
+    feed_hosts = [urlsplit(s.url).hostname or "" for s in cfg.sources if s.url]
+    return [*DEFAULT_CANARIES, *cfg.never_block, *feed_hosts, *own_names]
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Validate candidate bodies, commit the accepted ones, compile every block list, publish.
+
+    ``job`` and the result are JSON documents, so this runs the same in a
+    thread or in the worker process.
+    """
+    cache = Path(job["cache_dir"])
+    specs = [spec_from_dict(d) for d in job["specs"]]
+    by_name = {s.name: s for s in specs}
+    canaries = Canaries(job["canaries"])
+    out: dict[str, Any] = {"validations": {}, "snapshot": None, "load_errors": {}}
+    accepted: dict[str, ParsedList] = {}
+    for c in job["candidates"]:
+        name, tmp = c["name"], Path(c["tmp"])
+        try:
+            data = tmp.read_bytes()
+        except OSError as exc:
+            v = Validation(False, f"downloaded body unreadable: {exc.strerror or exc}")
+        else:
+            v = validate_body(
+                data,
+                fmt=by_name[name].format,
+                name=name,
+                content_type=c.get("content_type"),
+                previous_total=c.get("previous_total"),
+                canaries=canaries,
+                force=job.get("force", False),
+            )
+            del data
+        if v.accepted:
+            commit_body(cache, name, tmp)
+            assert v.parsed is not None
+            accepted[name] = v.parsed
+        else:
+            discard(tmp)
+        out["validations"][name] = {
+            "accepted": v.accepted,
+            "reason": v.reason,
+            "entries": v.entries,
+            "rejected": v.rejected,
+            "refused": v.refused,
+            "forced": v.forced,
+        }
+    if not accepted and not job.get("rebuild"):
+        return out
+    store = SnapshotStore(cache)
+    previous = store.read_pointer() or {}
+    lists: list[tuple[ListSpec, ParsedList]] = []
+    counts: dict[str, int] = {}
+    for spec in specs:
+        if not spec.enabled or spec.allow:
+            continue
+        parsed = accepted.get(spec.name)
+        if parsed is None:
+            try:
+                parsed, status = parse_spec(spec, cache)
+            except (ListFileError, ListFormatError) as exc:
+                out["load_errors"][spec.name] = str(exc)
+                continue
+            if parsed is None:
+                if spec.url is None or feed_body_path(cache, spec.name).exists():
+                    out["load_errors"][spec.name] = status.error or "not loaded"
+                continue
+        lists.append((spec, parsed))
+        counts[spec.name] = len(parsed.rules)
+    lost = sorted(n for n in out["load_errors"] if n in previous.get("lists", {}))
+    if lost and not job.get("force"):
+        out["not_published"] = (
+            f"not published: {', '.join(lost)} could not be loaded and the snapshot in force "
+            "has it (a new snapshot would protect less)"
+        )
+        return out
+    block, exceptions = split_exceptions(lists)
+    image, stats = compile_index(block)
+    info = {
+        "fingerprint": sources_fingerprint(specs),
+        "inputs": list_inputs(specs, cache),
+        "lists": counts,
+        "rules": stats.rules,
+        "by_kind": stats.by_kind,
+        "refused_count": stats.refused_count,
+        "compile_seconds": round(stats.seconds, 3),
+        "published_at": time.time(),
+    }
+    out["snapshot"] = str(store.publish(image, exceptions=exceptions, info=info))
+    out.update(rules=stats.rules, refused=stats.refused_count, seconds=stats.seconds)
+    return out
+
+
+async def run_rebuild(job: dict[str, Any], *, isolate: bool = True) -> dict[str, Any]:
+    """Run a rebuild job in a worker process (``isolate``) or a thread."""
+    if not isolate:
+        return await asyncio.to_thread(run_job, job)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy_addons.refresher",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await proc.communicate(json.dumps(job).encode())
+    except BaseException:  # cancelled: the worker must not outlive its owner
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        raise
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise RefreshError(f"rebuild worker exited with {proc.returncode}: {' '.join(tail)}")
+    try:
+        result: dict[str, Any] = json.loads(stdout)
+    except ValueError as exc:
+        raise RefreshError(f"rebuild worker answered garbage: {exc}") from None
+    return result
+
+
+def _worker_main() -> int:
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    job = json.loads(sys.stdin.buffer.read())
+    result = run_job(job)
+    sys.stdout.write(json.dumps(result))
+    return 0
+
+
+# -- following the store -----------------------------------------------------------
+
+
+def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class Follower:
+    """Keeps an engine slot on the store's current snapshot and the current allowlists."""
+
+    def __init__(self, cache_dir: Path, specs: Sequence[ListSpec], slot: EngineSlot | None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.specs = list(specs)
+        self.slot = slot
+        self.store = SnapshotStore(self.cache_dir)
+        self.pointer_stamp: tuple[int, int, int] | None = None
+        self.allow_stamp: tuple[tuple[int, int] | None, ...] = ()
+        self._allow_files = [
+            Path(s.path) if s.path else feed_body_path(self.cache_dir, s.name)
+            for s in self.specs
+            if s.enabled and s.allow
+        ]
+
+    async def start(self) -> None:
+        """Adopt the current snapshot unless the slot already serves it."""
+        self.allow_stamp = await asyncio.to_thread(_file_stamps, self._allow_files)
+        current = await asyncio.to_thread(self.store.current_path)
+        if self.slot is not None and current is not None and self.slot.engine.block.path == current:
+            self.pointer_stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            return
+        await self.sync(force=True)
+
+    async def sync(self, *, force: bool = False) -> bool:
+        """Swap to a newly published snapshot, or recompile changed allowlists; True if swapped."""
+        stamp = await asyncio.to_thread(self.store.pointer_stamp)
+        allow = await asyncio.to_thread(_file_stamps, self._allow_files)
+        if stamp is not None and (force or stamp != self.pointer_stamp):
+            self.pointer_stamp, self.allow_stamp = stamp, allow
+            try:
+                engine, pointer = await asyncio.to_thread(
+                    load_engine, self.specs, self.cache_dir, require_fingerprint=True
+                )
+            except JectguardError as exc:
+                log.warning("jectguard: not switching to the new snapshot, keeping the one in force: %s", exc)
+                return False
+            self._swap(engine)
+            log.info(
+                "jectguard: now serving snapshot %s (%s block rules)",
+                pointer.get("snapshot"),
+                pointer.get("rules", engine.block.rule_count),
+            )
+            return True
+        if allow != self.allow_stamp and self.slot is not None:
+            self.allow_stamp = allow
+            await self._recompile_allow()
+            return True
+        return False
+
+    async def _recompile_allow(self) -> None:
+        assert self.slot is not None
+        current = self.slot.engine
+        try:
+            exceptions = (
+                self.store.load_exceptions(current.block.path) if current.block.path else []
+            )
+            new_allow, result = await asyncio.to_thread(
+                compile_allow, self.specs, self.cache_dir, exceptions
+            )
+        except JectguardError as exc:
+            log.warning("jectguard: allowlist not reloaded: %s", exc)
+            return
+        for name, err in result.errors.items():
+            log.warning("jectguard: allowlist %s not loaded: %s", name, err)
+        self._swap(current.with_allow(new_allow))
+        log.info("jectguard: allowlists reloaded (%d rules)", new_allow.rule_count)
+
+    def _swap(self, engine: Engine) -> None:
+        if self.slot is not None:
+            # The old engine is not closed: a flow may still hold it between two
+            # awaits; it is unmapped when the last reference goes.
+            self.slot.swap(engine)
+
+
+async def watch_snapshot(
+    cache_dir: Path,
+    specs: Sequence[ListSpec],
+    slot: EngineSlot,
+    *,
+    interval: float = WATCH_POLL_SECONDS,
+) -> None:
+    """Follow the snapshots another process publishes, forever (cancel to stop)."""
+    follower = Follower(cache_dir, specs, slot)
+    await follower.start()
+    while True:
+        await asyncio.sleep(interval)
+        await follower.sync()
+
+
+# -- the refresher -------------------------------------------------------------
+
+
+def next_run(spec: ListSpec, state: SourceState, now: float, *, ok: bool) -> float:
+    """When to fetch a source again: its interval (shorter after a failure) plus jitter."""
+    base = float(spec.refresh if ok else min(spec.refresh, FAILURE_RETRY_SECONDS))
+    jitter = random.uniform(0, min(base * SCHEDULE_JITTER, MAX_SCHEDULE_JITTER))
+    when = now + base + jitter
+    if state.not_before is not None:
+        when = max(when, state.not_before)
+    return when
+
+
+class Refresher:
+    """Fetches feeds on their schedule and publishes snapshots; optionally feeds an engine slot."""
+
+    def __init__(
+        self,
+        cfg: SourcesConfig,
+        cache_dir: Path,
+        *,
+        slot: EngineSlot | None = None,
+        policy: FetchPolicy = DEFAULT_POLICY,
+        isolate: bool = True,
+        startup_spread: float = STARTUP_SPREAD,
+        poll: float = POLL_SECONDS,
+        own_names: Sequence[str] = OWN_NAMES,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[RefreshReport], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.cache_dir = Path(cache_dir)
+        self.specs = list(cfg.sources)
+        self.url_specs = [s for s in self.specs if s.enabled and s.url]
+        self.policy = policy
+        self.isolate = isolate
+        self.startup_spread = startup_spread
+        self.poll = poll
+        self.canaries = canary_names(cfg, own_names)
+        self.clock = clock
+        self.on_report = on_report
+        self.follower = Follower(self.cache_dir, self.specs, slot)
+        self.store = self.follower.store
+        self.schedule: dict[str, float] = {}
+        self.last_report: RefreshReport | None = None
+        self._lock = asyncio.Lock()
+        self._rebuild_not_before = 0.0
+
+    # -- one refresh ---------------------------------------------------------
+
+    async def refresh(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        force: bool = False,
+        rebuild: bool = False,
+        progress: Progress | None = None,
+    ) -> RefreshReport:
+        """Fetch the given URL sources (default: all) now, validate, and publish if anything changed."""
+        async with self._lock:
+            return await self._refresh(names, force=force, rebuild=rebuild, progress=progress)
+
+    async def _refresh(
+        self,
+        names: Sequence[str] | None,
+        *,
+        force: bool,
+        rebuild: bool,
+        progress: Progress | None,
+    ) -> RefreshReport:
+        specs = [s for s in self.url_specs if names is None or s.name in names]
+        states = await asyncio.to_thread(lambda: {s.name: load_state(self.cache_dir, s) for s in specs})
+        now = self.clock()
+        results: dict[str, FetchResult] = {}
+        if specs:
+            sem = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+            async with make_session(self.policy) as session:
+
+                async def one(spec: ListSpec) -> None:
+                    async with sem:
+                        if progress:
+                            progress(spec.name, "start", {"url": spec.url})
+                        try:
+                            res = await fetch(
+                                session, spec, states[spec.name], self.cache_dir, self.policy,
+                                progress=progress,
+                            )
+                        except Exception as exc:  # a bad URL, a bug: this source fails alone
+                            res = FetchResult("failed", error=f"{type(exc).__name__}: {exc}")
+                        results[spec.name] = res
+                        if progress:
+                            progress(spec.name, "fetched", {"status": res.status, "error": res.error})
+
+                await asyncio.gather(*(one(s) for s in specs))
+        candidates = [
+            {
+                "name": n,
+                "tmp": str(r.tmp),
+                "content_type": r.content_type,
+                "previous_total": states[n].entries_total
+                if feed_body_path(self.cache_dir, n).exists()
+                else None,
+            }
+            for n, r in results.items()
+            if r.status == "new"
+        ]
+        report = RefreshReport()
+        worker: dict[str, Any] = {"validations": {}}
+        if candidates or rebuild:
+            job = {
+                "cache_dir": str(self.cache_dir),
+                "specs": [spec_to_dict(s) for s in self.specs],
+                "candidates": candidates,
+                "canaries": self.canaries,
+                "force": force,
+                "rebuild": rebuild,
+            }
+            try:
+                worker = await run_rebuild(job, isolate=self.isolate)
+            except RefreshError as exc:
+                report.not_published = str(exc)
+                log.warning("jectguard: %s; keeping the snapshot in force", exc)
+            finally:
+                for c in candidates:
+                    discard(Path(c["tmp"]))
+        now = self.clock()
+        for spec in specs:
+            report.outcomes[spec.name] = self._record(
+                spec, states[spec.name], results[spec.name], worker["validations"].get(spec.name), now
+            )
+        await asyncio.to_thread(lambda: [save_state(self.cache_dir, st) for st in states.values()])
+        report.snapshot = worker.get("snapshot")
+        report.rules = worker.get("rules")
+        report.refused = worker.get("refused", 0)
+        report.compile_seconds = worker.get("seconds")
+        report.load_errors = worker.get("load_errors", {})
+        report.not_published = report.not_published or worker.get("not_published")
+        for name, err in report.load_errors.items():
+            log.warning("jectguard: list %s not loaded: %s", name, err)
+        if report.not_published:
+            log.warning("jectguard: %s", report.not_published)
+        if report.snapshot:
+            await self.follower.sync()
+        self.last_report = report
+        if self.on_report:
+            self.on_report(report)
+        return report
+
+    def _record(
+        self,
+        spec: ListSpec,
+        st: SourceState,
+        res: FetchResult,
+        v: dict[str, Any] | None,
+        now: float,
+    ) -> SourceOutcome:
+        """Update a source's state from one fetch and its validation; the outcome to report."""
+        st.last_attempt = now
+        ok = False
+        if res.status == "not_modified":
+            st.last_success, st.last_error, st.held_back, st.failures = now, None, None, 0
+            st.etag, st.last_modified = res.etag, res.last_modified
+            out = SourceOutcome(spec.name, "unchanged", "304 Not Modified", st.entries_total)
+            ok = True
+        elif res.status == "failed" or v is None:
+            st.last_error = res.error or "validation did not run (rebuild worker failed)"
+            st.failures += 1
+            if res.retry_after is not None:
+                st.not_before = now + res.retry_after
+            out = SourceOutcome(spec.name, "failed", st.last_error, st.entries_total)
+            log.warning("jectguard: feed %s failed, serving its last good data: %s", spec.name, st.last_error)
+        elif v["accepted"]:
+            st.last_success = st.last_change = now
+            st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
+            st.entries, st.entries_total = v["entries"], sum(v["entries"].values())
+            st.rejected, st.refused = v["rejected"], v["refused"]
+            st.held_back, st.last_error, st.failures = None, None, 0
+            detail = f"{st.entries_total} entries" + (" (shrink guard overridden)" if v["forced"] else "")
+            out = SourceOutcome(spec.name, "updated", detail, st.entries_total)
+            ok = True
+        else:
+            st.held_back, st.last_error = v["reason"], None
+            out = SourceOutcome(spec.name, "held_back", v["reason"], st.entries_total)
+            log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v["reason"])
+        if res.retry_after is None and ok:
+            st.not_before = None
+        st.next_run = next_run(spec, st, now, ok=ok)
+        self.schedule[spec.name] = st.next_run
+        return out
+
+    # -- forever -------------------------------------------------------------
+
+    def snapshot_stale(self) -> bool:
+        """True when the current snapshot was not built from the configured lists as they are."""
+        pointer = self.store.read_pointer()
+        if pointer is None:
+            return True
+        if pointer.get("fingerprint") != sources_fingerprint(self.specs):
+            return True
+        if pointer.get("rolled_back_from"):
+            return False  # an operator chose this one; the next feed change replaces it
+        inputs = pointer.get("inputs", {})
+        return bool(inputs != list_inputs(self.specs, self.cache_dir))
+
+    async def run(self) -> None:
+        """Refresh every URL source on its schedule, forever (cancel to stop)."""
+        await asyncio.to_thread(clean_partials, self.cache_dir)
+        states = await asyncio.to_thread(
+            lambda: {s.name: load_state(self.cache_dir, s) for s in self.url_specs}
+        )
+        now = self.clock()
+        for spec in self.url_specs:
+            st = states[spec.name]
+            when = st.next_run if st.next_run is not None and st.next_run > now else None
+            if when is None:
+                when = now + random.uniform(0, self.startup_spread)
+            if st.not_before is not None:
+                when = max(when, st.not_before)
+            self.schedule[spec.name] = when
+        await self.follower.start()
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not end refreshing for the process lifetime
+                log.warning("jectguard: refresh cycle failed: %s: %s", type(exc).__name__, exc)
+            wake = min(self.schedule.values(), default=self.clock() + self.poll)
+            await asyncio.sleep(max(0.05, min(wake - self.clock(), self.poll)))
+
+    async def _tick(self) -> None:
+        now = self.clock()
+        due = [n for n, t in self.schedule.items() if t <= now]
+        if due:
+            await self.refresh(due)
+            return
+        if now >= self._rebuild_not_before and await asyncio.to_thread(self.snapshot_stale):
+            async with self._lock:
+                report = await self._refresh([], force=False, rebuild=True, progress=None)
+            if not report.snapshot:
+                # Do not rebuild every poll while a list stays broken.
+                self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
+            return
+        await self.follower.sync()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
