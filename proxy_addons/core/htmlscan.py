@@ -295,6 +295,11 @@ _BREAKOUT = _names(
     "i img li listing menu meta nobr ol p pre ruby s small span strong strike sub sup "
     "table tt u ul var"
 )
+# HTML elements that cannot be open around foreign content: void elements and
+# those whose content is text (their end tag is found by the tokenizer).
+_NEVER_OPEN = _VOID | _names(
+    "script style xmp iframe noembed noframes noscript textarea title plaintext"
+)
 _MATH_TEXT_IP = frozenset({"mi", "mo", "mn", "ms", "mtext"})
 _SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
 _ACTIVE = frozenset({"script", "svg:script", "iframe", "frame", "object", "embed", "meta"})
@@ -439,6 +444,7 @@ class _Walk:
         self.local = local  # fast path: follow one foreign subtree, then stop
         self.objects: list[int] = []
         self.select_open = False
+        self.foreign_root = pos
         self.work = 0
 
     # ---- output
@@ -570,6 +576,8 @@ class _Walk:
         elif name in (b"svg", b"math"):
             if not tag.group(4):
                 ns = SVG_NS if name == b"svg" else MATH_NS
+                if not self.fstack:
+                    self.foreign_root = p
                 self.fstack.append(_Node(ns, name.decode()))
         elif name == b"object":
             idx = self._emit("object", p, end, self._attrs(tag), None)
@@ -769,7 +777,8 @@ class _Walk:
         if name == "body" or self.local:
             # (The fast path covers "it closes" by judging every candidate as HTML.)
             return
-        closes = _probably_open(self.buf, p, name)
+        never_open = name in _NEVER_OPEN and (name != "noscript" or self.scripting)
+        closes = not never_open and _probably_open(self.buf, self.foreign_root, name)
         kept = [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack]
         if closes:
             alt_stack = kept
@@ -1271,7 +1280,7 @@ class Scanner:
             name = m.group(1)
             tag = _TAG.match(buf, p)
             if tag is None:
-                return True  # EOF inside this tag: no later element exists in any reading
+                continue  # EOF inside this tag if it is real; it may be fake (in a comment)
             end = tag.end()
             if name in (b"svg", b"math"):
                 # The walk depends only on the bytes it reads: an icon repeated

@@ -177,6 +177,11 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
     ),
     ("<script src=http://lizamoon.com/ur.php></script>", [("script", "signature", "lizamoon")]),
     ("<script>var a='gumblar.cn';</script>", [("script", "signature", "gumblar")]),
+    # a candidate whose tag never ends (unclosed quote) does not hide later ones
+    (
+        '<!-- <script a=" --><script src=http://evil.test/></script>',
+        [("script", "blocked-url", "evil.test")],
+    ),
     # not active: inside comments, attributes, RCDATA/RAWTEXT, foreign iframes
     ("<!-- <script src=http://evil.test/></script> -->", []),
     ('<div title="<script src=http://evil.test/>"></div>', []),
@@ -428,7 +433,7 @@ _PIECES = [
     "</noscript>", "<textarea>", "</textarea>", "<script>", "</script>", "<![CDATA[", "]]>",
     "<div title=\"", "\">", "<base href=http://{h}/>", "<script src=rel.js></script>", "<!-- x -->",
     "</html>", "<meta http-equiv=refresh content='0;url=//{h}/'>", "<svg><desc><script src=//{h}/>",
-    "<object data=//{h}/>", "</object>", "<p>text</p>", "<foreignObject>", "<style>", "</style>",
+    "<object data=//{h}/>", '<script a="', "<svg a='", "<select>", "<iframe>", "</select>", "</object>", "<p>text</p>", "<foreignObject>", "<style>", "</style>",
 ]  # fmt: skip
 
 

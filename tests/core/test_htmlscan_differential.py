@@ -160,6 +160,8 @@ _documents = st.lists(st.one_of(_tag(), st.sampled_from(_ATOMS)), max_size=40).m
 @given(_documents)
 @example("<svg><p><script>x</script>")
 @example("<script><!--<script></script>-->x</script>")
+@example("<math><script/></script><script>")
+@example("<noscript><svg></noscript><script>x</script>")
 def test_generated_documents_agree_with_lexbor(doc: str) -> None:
     _agree(doc)
 
