@@ -12,6 +12,7 @@ dashboard's static shell (which holds no data) needs ``Authorization: Bearer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import importlib.resources
 import inspect
@@ -327,6 +328,42 @@ def lists_info(engine: Engine | None, extra: list[dict[str, Any]] | None) -> lis
     return list(out.values())
 
 
+def lists_from_report(
+    report: Any, cache_dir: Path | None = None, clock: Callable[[], float] = time.time
+) -> Callable[[], list[dict[str, Any]]]:
+    """A ``lists`` provider from a :class:`~proxy_addons.loading.LoadReport` (start-up load).
+
+    Ages are the modification times of the list files (or cached feed bodies), read
+    when asked: one ``stat`` per list.
+    """
+    from .loading import feed_body_path
+
+    def provider() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        now = clock()
+        for st in report.lists:
+            item: dict[str, Any] = {
+                "name": st.name,
+                "source": st.source,
+                "loaded": st.loaded,
+                "rules": st.rules,
+                "rejected": st.rejected,
+                "format": st.format,
+                "error": st.error,
+            }
+            is_url = st.source.startswith(("http://", "https://"))
+            path = feed_body_path(cache_dir, st.name) if is_url and cache_dir else (
+                None if is_url else Path(st.source)
+            )
+            with contextlib.suppress(OSError):
+                if path is not None:
+                    item["age_seconds"] = round(now - path.stat().st_mtime, 1)
+            out.append(item)
+        return out
+
+    return provider
+
+
 async def status(request: web.Request) -> web.Response:
     st = request.app[STATE]
     now = st.clock()
@@ -516,5 +553,6 @@ __all__ = [
     "create_app",
     "load_or_create_token",
     "pac_file",
+    "lists_from_report",
     "token_matches",
 ]

@@ -501,3 +501,32 @@ async def test_served_on_a_real_socket(state: AdminState) -> None:
 async def test_request_line_over_aiohttp_limit_is_400_not_500(client: Any) -> None:
     r = await client.get("/api/check?url=" + "a" * 9000, headers=AUTH)
     assert r.status == 400
+
+
+def test_lists_from_report(tmp_path: Path) -> None:
+    from proxy_addons.admin import lists_from_report
+    from proxy_addons.loading import ListStatus, LoadReport, feed_body_path
+
+    local = tmp_path / "local.txt"
+    local.write_text("evil.test\n")
+    os.utime(local, (1000.0, 1000.0))
+    body = feed_body_path(tmp_path, "urlhaus")
+    body.parent.mkdir(parents=True)
+    body.write_text("x")
+    os.utime(body, (1500.0, 1500.0))
+    report = LoadReport(lists=[
+        ListStatus("local", str(local), True, rules=1, format="domains"),
+        ListStatus("urlhaus", "https://urlhaus.example/hosts.txt", True, rules=5),
+        ListStatus("gone", "https://feed.example/x", False, error="not fetched yet"),
+    ])
+    items = {i["name"]: i for i in lists_from_report(report, tmp_path, clock=lambda: 2000.0)()}
+    assert items["local"]["age_seconds"] == 1000.0 and items["local"]["rules"] == 1
+    assert items["urlhaus"]["age_seconds"] == 500.0
+    assert items["gone"]["loaded"] is False and "age_seconds" not in items["gone"]
+
+
+def test_admin_app_does_not_import_mitmproxy() -> None:
+    import sys
+
+    code = "import sys, proxy_addons.admin; assert 'mitmproxy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
