@@ -420,6 +420,7 @@ class Refresher:
         self.last_report: RefreshReport | None = None
         self._lock = asyncio.Lock()
         self._rebuild_not_before = 0.0
+        self._wake = asyncio.Event()
 
     # -- one refresh ---------------------------------------------------------
 
@@ -588,7 +589,11 @@ class Refresher:
             st = states[spec.name]
             when = st.next_run if st.next_run is not None and st.next_run > now else None
             if when is None:
-                when = now + random.uniform(0, self.startup_spread)
+                # Never fetched: soon. Overdue with a cached body: spread out, so a
+                # restart does not hit every feed operator in the same second.
+                cached = feed_body_path(self.cache_dir, spec.name).exists()
+                spread = self.startup_spread if cached else min(self.startup_spread, 2.0)
+                when = now + random.uniform(0, spread)
             if st.not_before is not None:
                 when = max(when, st.not_before)
             self.schedule[spec.name] = when
@@ -601,7 +606,17 @@ class Refresher:
             except Exception as exc:  # a bug must not end refreshing for the process lifetime
                 log.warning("jectguard: refresh cycle failed: %s: %s", type(exc).__name__, exc)
             wake = min(self.schedule.values(), default=self.clock() + self.poll)
-            await asyncio.sleep(max(0.05, min(wake - self.clock(), self.poll)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), max(0.05, min(wake - self.clock(), self.poll))
+                )
+            self._wake.clear()
+
+    def refresh_soon(self, *names: str) -> None:
+        """Make these sources (default: all) due now and wake the loop."""
+        for name in names or list(self.schedule):
+            self.schedule[name] = 0.0
+        self._wake.set()
 
     async def _tick(self) -> None:
         now = self.clock()

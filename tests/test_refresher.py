@@ -269,7 +269,7 @@ async def test_background_loop_and_follower(server: FeedServer, setup) -> None:
         # Scheduled next run in the future (interval 5 min + jitter): nothing more fetched.
         assert refresher.schedule[name] >= time.time() + 300
         server.feeds[name].body = domains(100) + b"late.example\n"
-        refresher.schedule[name] = 0  # its turn comes
+        refresher.refresh_soon(name)  # its turn comes
         await wait_for(proxy_slot, lambda: blocked(proxy_slot.engine, "late.example"))
         # Editing the allowlist swaps the allow index only; no new snapshot.
         n_snaps = len(SnapshotStore(cache).list_snapshots())
