@@ -72,8 +72,9 @@ _PAC_HOST_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]
 
 # A refresh trigger only starts a refresh (the refresher runs it); it answers at once.
 REFRESH_TRIGGER_TIMEOUT: Final = 5.0
-# What a refresh trigger answers: True when a refresh started, False when one is running.
-RefreshTrigger = Callable[[], bool | Awaitable[bool]]
+# What a refresh trigger answers: True when a refresh started, False when one is already
+# running, None when this process has no refresher (yet).
+RefreshTrigger = Callable[[], bool | None | Awaitable[bool | None]]
 
 
 class TokenError(Exception):
@@ -401,14 +402,14 @@ async def check(request: web.Request) -> web.Response:
 
 async def refresh(request: web.Request) -> web.Response:
     trigger = request.app[STATE].refresh_trigger
-    if trigger is None:
-        return _json({"error": "no refresher in this process"}, status=501)
-    started = trigger()
+    started = trigger() if trigger is not None else None
     if inspect.isawaitable(started):
         try:
             started = await asyncio.wait_for(started, REFRESH_TRIGGER_TIMEOUT)
         except TimeoutError:
             return _json({"error": "the refresher did not answer in time"}, status=504)
+    if started is None:
+        return _json({"error": "no refresher in this process"}, status=501)
     if not started:
         return _json({"status": "running", "error": "a refresh is already running"}, status=409)
     return _json({"status": "started"}, status=202)

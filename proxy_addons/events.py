@@ -304,8 +304,33 @@ def report_refresh(
     events.emit(kind, list=source, source=source, reason=reason, result=result, **fields)
 
 
+# A refresher's per-source outcome -> the metrics' refresh result.
+_OUTCOME_RESULTS: Final = {
+    "updated": "success",
+    "unchanged": "success",
+    "held_back": "held_back",
+    "failed": "failure",
+}
+
+
+def report_refresh_outcomes(
+    events: EventLog | None, metrics: RefreshCounter | None, report: Any
+) -> None:
+    """Events and counts for a ``proxy_addons.refresher.RefreshReport`` (its ``on_report``)."""
+    for outcome in getattr(report, "outcomes", {}).values():
+        result = _OUTCOME_RESULTS.get(outcome.status)
+        if result is not None:
+            report_refresh(
+                events, metrics, outcome.name, result, outcome.detail, entries=outcome.entries
+            )
+    not_published = getattr(report, "not_published", None)
+    if not_published and events is not None:
+        events.emit("error", reason=f"snapshot not published: {not_published}")
+
+
 __all__ = [
     "report_refresh",
+    "report_refresh_outcomes",
     "CORE_FIELDS",
     "DEFAULT_CAPACITY",
     "EVENT_KINDS",

@@ -294,9 +294,14 @@ async def test_refresh_calls_the_provider(aiohttp_client: Any, state: AdminState
 
 
 async def test_refresh_sync_provider(aiohttp_client: Any, state: AdminState) -> None:
-    state.refresh_trigger = lambda: True
+    answer: list[bool | None] = [True]
+    state.refresh_trigger = lambda: answer[0]
     c = await aiohttp_client(create_app(state))
     assert (await c.post("/api/refresh", headers=AUTH)).status == 202
+    answer[0] = False
+    assert (await c.post("/api/refresh", headers=AUTH)).status == 409
+    answer[0] = None  # the refresher is not (yet) there
+    assert (await c.post("/api/refresh", headers=AUTH)).status == 501
 
 
 async def test_events_listed_newest_first_with_limit(client: Any, state: AdminState) -> None:

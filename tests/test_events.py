@@ -211,3 +211,41 @@ def test_events_module_is_pure() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ})
+
+
+def test_report_refresh_outcomes_from_a_refresher_report() -> None:
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Outcome:
+        name: str
+        status: str
+        detail: str | None = None
+        entries: int | None = None
+
+    @dataclass
+    class Report:
+        outcomes: dict[str, Outcome] = field(default_factory=dict)
+        not_published: str | None = None
+
+    calls: list[tuple[str, str]] = []
+
+    class M:
+        def record_refresh(self, source: str, result: str) -> None:
+            calls.append((source, result))
+
+    log = EventLog()
+    report = Report({
+        "a": Outcome("a", "updated", "10 entries", 10),
+        "b": Outcome("b", "unchanged"),
+        "c": Outcome("c", "held_back", "shrank", 3),
+        "d": Outcome("d", "failed", "HTTP 500"),
+    }, not_published="compile failed")
+    from proxy_addons.events import report_refresh_outcomes
+
+    report_refresh_outcomes(log, M(), report)
+    assert calls == [("a", "success"), ("b", "success"), ("c", "held_back"), ("d", "failure")]
+    assert [(r["event"], r.get("source")) for r in log.recent()] == [
+        ("error", None), ("error", "d"), ("refresh-held", "c")
+    ]
+    assert log.recent()[2]["entries"] == 3
