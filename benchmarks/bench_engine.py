@@ -120,7 +120,8 @@ def time_lookups(fn, queries: list[str], samples: array) -> tuple[float, float, 
 
 def worker_compile(args: argparse.Namespace) -> dict[str, float]:
     from proxy_addons.core.formats import parse_list
-    from proxy_addons.core.index import compile_index, paused_gc
+    from proxy_addons.core.gcpause import paused_gc
+    from proxy_addons.core.index import compile_index
     from proxy_addons.core.model import ListSpec
 
     t0 = time.perf_counter()

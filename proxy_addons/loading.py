@@ -14,7 +14,8 @@ from .config import SHIPPED_LISTS
 from .core.engine import Engine
 from .core.errors import JectguardError, ListFormatError
 from .core.formats import parse_list
-from .core.index import CompileStats, paused_gc
+from .core.gcpause import paused_gc
+from .core.index import CompileStats
 from .core.model import ListSpec, ParsedList
 
 # A list file bigger than this is refused before reading (real feeds are < 200 MB).

@@ -271,6 +271,8 @@ def canonical_host(text: str) -> str:
         # (A last label that is a decimal or 0x number makes the host an IPv4 address.)
         return low
     if ":" in host and not host.startswith("["):
+        if "%" in host:
+            raise CanonError(f"zoned IPv6 address is not a host: {text[:200]!r}")
         try:
             return _unmap_v6(host)[0]
         except ValueError:

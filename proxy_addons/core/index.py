@@ -26,7 +26,6 @@ and a lookup touches only the few pages it probes.
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import json
 import mmap
@@ -37,8 +36,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Buffer, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Buffer, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import and_, itemgetter, or_, rshift
@@ -49,6 +47,7 @@ import xxhash
 
 from .canon import CanonicalURL, host_kind, url_host_expressions, url_path_expressions
 from .errors import SnapshotError
+from .gcpause import paused_gc
 from .guard import PoisonGuard
 from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 
@@ -135,22 +134,6 @@ class CompileStats:
     refused_count: int = 0
     exceptions: int = 0
     seconds: float = 0.0
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic GC while building millions of acyclic objects.
-
-    Each generation-2 pass walks every live object; with a million rules alive
-    that turns a linear build into a quadratic one. Nothing built here has cycles.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 _KEY: Final = itemgetter(1)
