@@ -63,6 +63,9 @@ class FetchPolicy:
     retry_after_max: float = 120.0
 
 
+DEFAULT_POLICY: Final = FetchPolicy()
+
+
 @dataclass(slots=True)
 class SourceState:
     """What is known about one URL source; kept as JSON beside its body."""
@@ -209,7 +212,7 @@ async def fetch(
     spec: ListSpec,
     state: SourceState,
     cache_dir: Path,
-    policy: FetchPolicy = FetchPolicy(),
+    policy: FetchPolicy = DEFAULT_POLICY,
     *,
     progress: Progress | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
