@@ -126,7 +126,9 @@ class AdminServer:
             if data_dir is None:
                 from proxy_addons.loading import default_cache_dir
 
-                data_dir = default_cache_dir()
+                # the refresh addon's jg_cache_dir, when loaded and set
+                cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""
+                data_dir = Path(cache).expanduser() if cache else default_cache_dir()
             try:
                 self.token = load_or_create_token(o.jg_admin_token_file or None, data_dir)
             except TokenError as exc:

@@ -390,3 +390,21 @@ async def test_latency_from_metadata(pair: tuple[Blocking, Observe], metrics: Me
         f.metadata[METADATA_KEY] = {"action": "pass", "seconds": 3e-6}
         observe.requestheaders(f)
         assert metric(metrics, "jectguard_verdict_seconds_count") == 1
+
+
+async def test_token_stored_in_jg_cache_dir_when_that_option_exists(
+    holder: EngineHolder, events: EventLog, metrics: Metrics, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from proxy_addons.addons.refresh import Refresh
+
+    monkeypatch.delenv("JECTGUARD_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("JECTGUARD_CACHE_DIR", str(tmp_path / "env-cache"))
+    a = AdminServer(holder, events, metrics)  # no data_dir: from the options
+    with taddons.context(Refresh(holder), a) as tctx:
+        tctx.configure(a, jg_cache_dir=str(tmp_path / "cache"))
+        assert a.token is not None and a.token.path == tmp_path / "cache" / "admin-token"
+    b = AdminServer(holder, events, metrics)
+    with taddons.context(b) as tctx:
+        tctx.configure(b)
+        assert b.token is not None and b.token.path == tmp_path / "env-cache" / "admin-token"
