@@ -44,6 +44,8 @@ _KNOWN_SCHEMES: Final = frozenset(
     {"http", "https", "ws", "wss", "ftp", "file", "data", "javascript", "blob", "about", "mailto"}
 )
 _HOSTED_SCHEMES: Final = frozenset({"http", "https", "ws", "wss", "ftp"})
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _PLAIN_HOST_RE: Final = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _DOTS_RE: Final = re.compile(r"\.{2,}")
 _ESCAPE_RE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -257,6 +259,8 @@ def canonical_host(text: str) -> str:
     host = text.strip()
     if not host:
         raise CanonError("empty host")
+    if _DOTTED_QUAD_RE.fullmatch(host):
+        return host  # already canonical: four decimal octets, no leading zeros
     low = _tidy_dots(host.lower())
     if len(low) > MAX_HOST_LENGTH and not host.startswith("["):
         raise CanonError(f"host longer than {MAX_HOST_LENGTH} characters")

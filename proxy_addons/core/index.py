@@ -611,9 +611,11 @@ class CompiledIndex:
             if not prefixes:
                 return best, False
             n = int(ipaddress.IPv6Address(host))
+        h64 = xxhash.xxh3_64_intdigest
+        size = 5 if version == 4 else 17
         for plen in prefixes:
             net = n & masks[plen]
-            found = self._find(NS_NET, net_key(net, plen, version))
+            found = self._find_hash(h64(((net << 8) | plen).to_bytes(size, "big"), NS_NET))
             if found:
                 key = f"{ipaddress.ip_address(net) if version == 4 else ipaddress.IPv6Address(net)}/{plen}"
                 best, final = self._pick(found, key, best)
