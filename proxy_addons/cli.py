@@ -188,6 +188,9 @@ def _add_optional_commands(sub: Any) -> None:
     for name, module, helptext in (
         ("run", "proxy_addons.run", "run the proxy (default 127.0.0.1:8080)"),
         ("strip", "proxy_addons.strip_cmd", "strip injected scripts from an HTML file"),
+        ("update", "proxy_addons.update_cmd", "refresh the feeds now and publish a snapshot"),
+        ("lists", "proxy_addons.lists_cmd", "show every source: state, entries, errors, next run"),
+        ("rollback", "proxy_addons.rollback_cmd", "put the previous snapshot back in force"),
     ):
         try:
             mod = importlib.import_module(module)

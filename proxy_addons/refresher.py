@@ -612,6 +612,17 @@ class Refresher:
                 )
             self._wake.clear()
 
+    def trigger(self) -> bool:
+        """Start a refresh of every source now (the admin API); False if one is running."""
+        if self._lock.locked():
+            return False
+        self.refresh_soon()
+        return True
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per-source status, JSON-ready (reads small state files)."""
+        return source_status(self.cfg, self.cache_dir)
+
     def refresh_soon(self, *names: str) -> None:
         """Make these sources (default: all) due now and wake the loop."""
         for name in names or list(self.schedule):
@@ -632,6 +643,33 @@ class Refresher:
                 self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
             return
         await self.follower.sync()
+
+
+def source_status(cfg: SourcesConfig, cache_dir: Path) -> list[dict[str, Any]]:
+    """What `jectguard lists` shows: per source, its config, its state and its rules in force."""
+    pointer = SnapshotStore(cache_dir).read_pointer() or {}
+    in_snapshot = pointer.get("lists", {})
+    out = []
+    for spec in cfg.sources:
+        doc: dict[str, Any] = {
+            "name": spec.name,
+            "kind": "allow" if spec.allow else "block",
+            "enabled": spec.enabled,
+            "source": spec.url or spec.path,
+            "format": spec.format,
+            "category": spec.category,
+            "mode": spec.mode.value,
+            "refresh_seconds": spec.refresh if spec.url else None,
+            "rules_in_snapshot": in_snapshot.get(spec.name),
+        }
+        if spec.url:
+            st = dataclasses.asdict(load_state(cache_dir, spec))
+            st.pop("name", None)
+            st.pop("url", None)
+            doc.update(st)
+            doc["cached"] = feed_body_path(cache_dir, spec.name).exists()
+        out.append(doc)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""``jectguard lists``: every configured source, its state and its rules in force."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import load_sources
+from .loading import default_cache_dir
+
+EXIT_OK = 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON document (times as Unix seconds)")
+
+
+def ago(t: float | None, now: float) -> str:
+    if t is None:
+        return "never"
+    d = now - t
+    future = d < 0
+    d = abs(d)
+    if d < 90:
+        text = f"{d:.0f}s"
+    elif d < 5400:
+        text = f"{d / 60:.0f}m"
+    elif d < 172800:
+        text = f"{d / 3600:.1f}h"
+    else:
+        text = f"{d / 86400:.0f}d"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _status(doc: dict[str, Any]) -> str:
+    if not doc["enabled"]:
+        return "disabled"
+    if doc["source"] and not str(doc["source"]).startswith(("http://", "https://")):
+        return "local"
+    if doc.get("held_back"):
+        return "HELD BACK"
+    if doc.get("last_error"):
+        return "FAILED" if doc.get("cached") else "FAILED, no data"
+    if not doc.get("cached"):
+        return "not fetched"
+    return "ok"
+
+
+def _entries(doc: dict[str, Any]) -> str:
+    by_kind = doc.get("entries") or {}
+    if by_kind:
+        return ", ".join(f"{k} {n}" for k, n in by_kind.items())
+    n = doc.get("rules_in_snapshot")
+    return f"{n} rules" if n is not None else "-"
+
+
+def _iso(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def main(args: argparse.Namespace) -> int:
+    from .refresher import source_status
+    from .store import SnapshotStore
+
+    cfg = load_sources(args.sources)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    docs = source_status(cfg, cache)
+    store = SnapshotStore(cache)
+    pointer = store.read_pointer()
+    snaps = store.list_snapshots()
+    if args.json:
+        print(json.dumps({
+            "cache_dir": str(cache),
+            "sources": docs,
+            "snapshot": pointer,
+            "snapshots": [
+                {"name": s.name, "size": s.size, "current": s.current} for s in snaps
+            ],
+        }, indent=1))
+        return EXIT_OK
+    now = time.time()
+    rows = [("SOURCE", "KIND", "STATUS", "ENTRIES", "LAST ATTEMPT", "LAST SUCCESS", "NEXT RUN")]
+    for d in docs:
+        rows.append((
+            d["name"], d["kind"], _status(d), _entries(d),
+            ago(d.get("last_attempt"), now) if "last_attempt" in d else "-",
+            ago(d.get("last_success"), now) if "last_success" in d else "-",
+            ago(d.get("next_run"), now) if d.get("next_run") else "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    details = []
+    for d in docs:
+        lines = []
+        if d.get("held_back"):
+            lines.append(f"held back: {d['held_back']}")
+        if d.get("last_error"):
+            lines.append(f"last error: {d['last_error']}")
+        if d.get("etag") or d.get("last_modified"):
+            lines.append(f"ETag {d.get('etag') or '-'}  Last-Modified {d.get('last_modified') or '-'}")
+        if d.get("source"):
+            lines.append(f"from {d['source']}")
+        if lines:
+            details.append(f"{d['name']}:\n" + "\n".join("  " + x for x in lines))
+    if details:
+        print()
+        print("\n".join(details))
+    print()
+    if pointer:
+        rolled = f" (rolled back from {pointer['rolled_back_from']})" if pointer.get("rolled_back_from") else ""
+        print(f"snapshot in force: {pointer['snapshot']}{rolled}, "
+              f"{pointer.get('rules', '?')} block rules, published {_iso(pointer.get('published_at'))}")
+        print(f"kept for rollback: {max(0, len(snaps) - 1)}   cache: {cache}")
+    else:
+        print(f"no snapshot published yet (run `jectguard update`)   cache: {cache}")
+    return EXIT_OK
