@@ -50,6 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
                    help="only these client networks may use the proxy (repeatable); "
                         "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
+                   help="address of the admin API and dashboard (default 127.0.0.1)")
+    p.add_argument("--admin-port", type=int, default=8090, metavar="PORT",
+                   help="port of the admin API and dashboard (default 8090; 0 turns it off)")
+    p.add_argument("--admin-token-file", default="", metavar="FILE",
+                   help="file holding the admin bearer token (default: $JECTGUARD_ADMIN_TOKEN, "
+                        "else one generated on first start in the data directory)")
+    p.add_argument("--events-file", default="-", metavar="FILE",
+                   help="JSON event stream (one line per block, strip, refresh problem): "
+                        "a file to append to, '-' for stdout (default), '' for none")
+    p.add_argument("--events-drop-query", action="store_true",
+                   help="leave query strings out of logged URLs (privacy)")
     p.add_argument("--set", action="append", default=[], dest="setoptions",
                    metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
 
@@ -117,7 +129,9 @@ def main(args: argparse.Namespace) -> int:
         engine.close()
 
 
-def _startup_message(opts: Any, args: argparse.Namespace, report: LoadReport) -> str:
+def _startup_message(
+    opts: Any, args: argparse.Namespace, report: LoadReport, addons: list[Any]
+) -> str:
     confdir = Path(os.path.expanduser(opts.confdir))
     host = opts.listen_host or "0.0.0.0"
     lines = [
@@ -139,6 +153,14 @@ def _startup_message(opts: Any, args: argparse.Namespace, report: LoadReport) ->
         lines.append(f"  clients allowed from: {', '.join(opts.jg_allow_clients)} (and loopback)")
     if opts.proxyauth:
         lines.append("  proxy authentication required (proxyauth)")
+    admin = next((a for a in addons if getattr(a, "name", "") == "jectguard_admin"), None)
+    if admin is not None and opts.jg_admin_port:
+        base = f"http://{opts.jg_admin_host}:{opts.jg_admin_port}/"
+        lines.append(f"  dashboard: {base}  (admin API, /metrics)")
+        lines.append(f"  PAC file:  {base}proxy.pac")
+        token = getattr(admin, "token", None)
+        if token is not None and getattr(token, "path", None):
+            lines.append(f"  admin token in: {token.path}")
     lines.append("  lists:")
     for st in report.lists:
         if st.loaded:
@@ -159,10 +181,12 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     import logging
 
     from mitmproxy import exceptions, optmanager
+    from mitmproxy.addons.termlog import TermLog
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
     from .addons import EngineHolder, make_addons
+    from .loading import default_cache_dir
 
     # As mitmproxy's own entry point does: the termlog addon filters by verbosity.
     logging.getLogger().setLevel(logging.DEBUG)
@@ -170,9 +194,13 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
         logging.getLogger(name).setLevel(logging.WARNING)
 
     confdir = Path(args.confdir) if args.confdir else default_confdir()
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     opts = Options()
-    master = DumpMaster(opts)
-    master.addons.add(*make_addons(EngineHolder(engine)))
+    # stdout carries only the JSON event stream (for a SIEM); people read stderr.
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.addons.add(TermLog(out=sys.stderr))
+    addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
+    master.addons.add(*addons)
     try:
         opts.update(
             listen_host=args.listen_host,
@@ -182,6 +210,11 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_intercept=not args.no_intercept,
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
+            jg_admin_host=args.admin_host,
+            jg_admin_port=args.admin_port,
+            jg_admin_token_file=args.admin_token_file,
+            jg_events_file=args.events_file,
+            jg_events_drop_query=args.events_drop_query,
         )
         if args.no_intercept:
             # mitmproxy's own passthrough; our next_layer hook still checks each SNI.
@@ -194,7 +227,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     if problem:
         return _fail(problem)
 
-    print(_startup_message(opts, args, report), flush=True)
+    print(_startup_message(opts, args, report, addons), file=sys.stderr, flush=True)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from ..events import EventLog
+from ..metrics import Metrics
+from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
 from .holder import EngineHolder
+from .observe import Observe
 
 
-def make_addons(holder: EngineHolder) -> list[object]:
-    """The addons ``jectguard run`` loads, client checks first."""
-    return [ClientAllowList(), Blocking(holder)]
+def make_addons(
+    holder: EngineHolder, *, report: Any = None, cache_dir: Path | None = None
+) -> list[object]:
+    """The addons ``jectguard run`` loads: client checks first, observers after deciders."""
+    from ..admin import lists_from_report
+
+    events, metrics = EventLog(), Metrics()
+    return [
+        ClientAllowList(),
+        Blocking(holder),
+        Observe(events, metrics, holder),
+        AdminServer(
+            holder,
+            events,
+            metrics,
+            data_dir=cache_dir,
+            lists=lists_from_report(report, cache_dir) if report is not None else None,
+        ),
+    ]
 
 
-__all__ = ["Blocking", "ClientAllowList", "EngineHolder", "make_addons"]
+__all__ = ["AdminServer", "Blocking", "ClientAllowList", "EngineHolder", "Observe", "make_addons"]

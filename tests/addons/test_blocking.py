@@ -90,7 +90,8 @@ async def test_loads_next_to_mitmproxy_default_addons() -> None:
         ours = make_addons(EngineHolder(make_engine()))
         tctx.master.addons.add(*ours)  # raises on a duplicate addon name
         names = [a.name for a in ours]  # type: ignore[attr-defined]
-        assert names == ["jectguard_clients", "jectguard_block"]
+        assert names[:2] == ["jectguard_clients", "jectguard_block"]  # clients checked first
+        assert all(n.startswith("jectguard_") for n in names) and len(set(names)) == len(names)
         assert tctx.master.addons.get("blocklist") is not None  # mitmproxy's own, untouched
         assert tctx.master.addons.get("block") is not None
         keys = tctx.options.keys()

@@ -167,6 +167,7 @@ def start_proxy(
     cmd = [
         *proxy_command(entry), "run",
         "--listen-host", listen_host, "--listen-port", str(port), "--confdir", str(confdir),
+        "--admin-port", str(free_port()), "--cache-dir", str(tmp / "cache"),
         *args,
     ]
     env = {**os.environ, "JG_TEST_HOSTS": ",".join(f"{k}={v}" for k, v in HOSTS.items())}
