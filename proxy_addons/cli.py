@@ -132,6 +132,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         doc["rejected_count"] = parsed.rejected_count
         doc["rejected_by_reason"] = parsed.rejected_by_reason
         doc["skipped"] = parsed.skipped
+        doc["skipped_by_reason"] = parsed.skipped_by_reason
         print(json.dumps(doc, ensure_ascii=False))
         return EXIT_OK
     print(f"{args.file}: format {parsed.format}")
@@ -139,6 +140,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {key:<12} {parsed.count(kind)}")
     print(f"  {'exceptions':<12} {sum(1 for r in parsed.rules if r.exception)}")
     print(f"  {'skipped':<12} {parsed.skipped}")
+    for reason, n in sorted(parsed.skipped_by_reason.items(), key=lambda kv: -kv[1]):
+        print(f"    {n:>8}  {reason}")
     print(f"  {'rejected':<12} {parsed.rejected_count}")
     for reason, n in sorted(parsed.rejected_by_reason.items(), key=lambda kv: -kv[1]):
         print(f"    {n:>8}  {reason}")

@@ -191,11 +191,15 @@ class _Reject(Exception):
 class _Skip(Exception):
     """An entry is not a rule and not an error (a comment, ``localhost``...)."""
 
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 class _Acc:
     """Accumulates one parse: rules, rejections and skips."""
 
-    __slots__ = ("rules", "rejected_count", "by_reason", "samples", "skipped")
+    __slots__ = ("rules", "rejected_count", "by_reason", "samples", "skipped", "skipped_by")
 
     def __init__(self) -> None:
         self.rules: list[Rule] = []
@@ -203,6 +207,12 @@ class _Acc:
         self.by_reason: dict[str, int] = {}
         self.samples: list[Rejected] = []
         self.skipped = 0
+        self.skipped_by: dict[str, int] = {}  # only skips worth naming (cosmetic, header)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        if reason:
+            self.skipped_by[reason] = self.skipped_by.get(reason, 0) + 1
 
     def reject(self, line: int, text: str, reason: str) -> None:
         self.rejected_count += 1
@@ -641,8 +651,8 @@ def _adblock_line(raw: str, n: int, acc: _Acc) -> None:
         if len(line) > MAX_LINE_LENGTH:
             raise _Reject(LINE_TOO_LONG)
         kind, key, exception = _adblock_rule(line)
-    except _Skip:
-        acc.skipped += 1
+    except _Skip as skip:
+        acc.skip(skip.reason)
         return
     except _Reject as r:
         acc.reject(n, line, r.reason)
@@ -656,9 +666,9 @@ def _adblock_rule(line: str) -> tuple[RuleKind, str, bool]:
     if c == "!":
         raise _Skip
     if c == "[" and line[-1] == "]":
-        raise _Skip  # [Adblock Plus 2.0] and friends
+        raise _Skip("header")  # [Adblock Plus 2.0] and friends
     if ("#" in line or "$" in line) and _COSMETIC_RE.search(line):
-        raise _Skip  # element hiding, scriptlets, HTML filtering: not network rules
+        raise _Skip("cosmetic")  # element hiding, scriptlets, HTML filtering: not network rules
     if c == "#":
         raise _Skip  # a hosts-style comment
     exception = line.startswith("@@")
@@ -934,6 +944,7 @@ def parse_list(data: bytes | str, fmt: str = "auto", *, name: str = "list") -> P
         rejected_by_reason=acc.by_reason,
         rejected_samples=acc.samples,
         skipped=acc.skipped,
+        skipped_by_reason=acc.skipped_by,
     )
 
 

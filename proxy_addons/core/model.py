@@ -65,6 +65,8 @@ class ParsedList:
     rejected_samples: list[Rejected] = field(default_factory=list)
     # lines that are neither rules nor errors (blank, comments, localhost...)
     skipped: int = 0
+    # the skips worth naming, by reason ("cosmetic", "header")
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: RuleKind, *, exception: bool = False) -> int:
         return sum(1 for r in self.rules if r.kind is kind and r.exception is exception)

@@ -766,3 +766,10 @@ def test_formats_tuple_is_the_api() -> None:
     )
     for fmt in FORMATS:
         assert parse_list("", fmt).format == fmt
+
+
+def test_adblock_skips_are_counted_by_reason() -> None:
+    p = parse_list("[Adblock Plus 2.0]\n! c\n||evil.example^\nexample.com##.ad\n##.banner\n", "adblock")
+    assert [r.key for r in p.rules] == ["evil.example"]
+    assert p.skipped == 4
+    assert p.skipped_by_reason == {"cosmetic": 2, "header": 1}
