@@ -155,6 +155,7 @@ class Proxy:
             "--set", f"jg_refresh_role={role}",
             "--set", f"jg_sources={src}", "--set", f"jg_cache_dir={cache}",
             "--set", "termlog_verbosity=info",
+            "--set", "jg_admin_port=0",  # several proxies on one host: no admin port clash
         ]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
