@@ -59,3 +59,26 @@ MSG
     fi
     export PATH="$JG_VENV/bin:$PATH"
 }
+
+# System programs the test suite drives for real: a browser (Chromium) for the
+# end-to-end browser tests, HAProxy for the scale-out test, curl as a client.
+# Installed from Debian's packages when missing and we are root (as in CI).
+JG_TEST_PROGRAMS=("chromium:chromium" "haproxy:haproxy" "curl:curl")
+
+jg_system_packages() {
+    local missing=() item prog pkg
+    for item in "${JG_TEST_PROGRAMS[@]}"; do
+        prog="${item%%:*}"; pkg="${item#*:}"
+        command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "jectguard: missing ${missing[*]} (Debian packages); the tests that need them will be skipped." >&2
+        echo "jectguard: install them with: sudo apt-get install ${missing[*]}" >&2
+        return 0
+    fi
+    echo "jectguard: installing ${missing[*]} from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
