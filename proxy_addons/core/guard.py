@@ -23,6 +23,7 @@ MIN_PREFIX_V4: Final = 8
 MIN_PREFIX_V6: Final = 32
 
 
+_LOOPBACK: Final = "unspecified or loopback address"
 # Blocking these would cut the proxy and its host off from themselves.
 _NEVER_NETS: Final = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -92,6 +93,21 @@ class PoisonGuard:
         out.update((h, "public suffix") for h in candidates if h not in out and psl.is_public(h))
         return out
 
+    def refused_url_hosts(self, hosts: set[str]) -> dict[str, str]:
+        """The hosts of URL rules that must be refused (public suffixes, loopback IPs)."""
+        names = [h for h in hosts if ":" not in h and not h[-1:].isdigit()]
+        out = self.refused_hosts(names) if names else {}
+        for h in hosts:
+            if ":" in h:
+                reason = self._check_ip(h)
+            elif h[-1:].isdigit():  # a canonical dotted quad: no need to parse it
+                reason = _LOOPBACK if h.startswith("127.") or h == "0.0.0.0" else None
+            else:
+                continue
+            if reason is not None:
+                out[h] = reason
+        return out
+
     @staticmethod
     def host_reason(host: str) -> str | None:
         if not host or host in ("*", "."):
@@ -107,7 +123,7 @@ class PoisonGuard:
         except ValueError:
             return None
         if ip.is_unspecified or ip.is_loopback:
-            return "unspecified or loopback address"
+            return _LOOPBACK
         return None
 
 

@@ -2,7 +2,7 @@
 
 Compiling turns parsed lists into one immutable, memory-mappable byte image:
 
-    header | directory | hash table | kinds | list ids | lines | text offsets
+    header | directory | hash table | kinds | list ids | lines | text spans
            | texts | metadata (JSON)
 
 * Every rule has a **key** (a canonical host, a Safe Browsing URL expression,
@@ -35,11 +35,10 @@ import sys
 import tempfile
 import time
 from array import array
-from collections import Counter
 from collections.abc import Buffer, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
-from operator import and_, itemgetter, or_, rshift
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,8 +53,8 @@ from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 if sys.byteorder != "little":  # the table is mapped as native 64-bit integers
     raise ImportError("jectguard snapshots need a little-endian machine")
 
-MAGIC: Final = b"JGSNAP\x00\x04"
-FORMAT_VERSION: Final = 4
+MAGIC: Final = b"JGSNAP\x00\x05"
+FORMAT_VERSION: Final = 5
 # At most 2**28 directory buckets (1 GiB of directory); about one per rule below that.
 MAX_DIR_BITS: Final = 28
 # Read the file in chunks of this size to verify its checksum without mapping it all.
@@ -84,7 +83,17 @@ URLHOST: Final = 0
 _MARKER_LIST: Final = 0xFFFF
 
 # Sections, in file order. Each is (offset, length) in the header.
-SECTIONS: Final = ("dir", "table", "kinds", "lists", "lines", "text_offs", "texts", "meta")
+SECTIONS: Final = (
+    "dir",
+    "table",
+    "kinds",
+    "lists",
+    "lines",
+    "text_starts",
+    "text_ends",
+    "texts",
+    "meta",
+)
 _HEAD: Final = struct.Struct("<8sIIQQII")  # magic, version, header size, body length,
 #                                          body xxh3-64, dir_bits, records
 _SECTION: Final = struct.Struct("<QQ")
@@ -165,34 +174,38 @@ def _build_image(
     texts: list[bytes],
     meta: dict[str, object],
 ) -> SnapshotImage:
+    import numpy as np  # build-time only: lookups read the arrays through memoryview
+
     n = len(keys)
     dir_bits = max(4, min(MAX_DIR_BITS, n.bit_length()))
-    shift = 64 - dir_bits
-    # Sort record ids by hash, all in C: pack the hash's high bits with the id,
-    # sort the ints, take the ids back out. Then lay out every column in that order.
-    rid_bits = max(1, n.bit_length())
-    rid_mask = (1 << rid_bits) - 1
-    hashes = list(map(xxhash.xxh3_64_intdigest, keys, ns))
-    packed = list(map(or_, map(and_, hashes, repeat(_MASK64 ^ rid_mask)), range(n)))
-    packed.sort()
-    order = list(map(and_, packed, repeat(rid_mask)))
-    del packed
-    table = array("Q", map(hashes.__getitem__, order))
+    # Hash every key, sort record ids by hash, lay every column out in that order,
+    # and count how many hashes share each top-dir_bits prefix for the directory.
+    hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, keys, ns), dtype=np.uint64, count=n)
+    order = np.argsort(hashes, kind="stable")
+    table = hashes[order]
     del hashes
-    counts = Counter(map(rshift, table, repeat(shift)))
-    directory = array("I", [0])
-    directory.extend(accumulate(map(counts.__getitem__, range(1 << dir_bits))))
-    ordered_texts = list(map(texts.__getitem__, order))
-    text_offs = array("I", [0])
-    text_offs.extend(accumulate(map(len, ordered_texts)))
+    counts = np.bincount(
+        (table >> np.uint64(64 - dir_bits)).astype(np.intp), minlength=1 << dir_bits
+    )
+    directory = np.zeros((1 << dir_bits) + 1, dtype=np.uint32)
+    np.cumsum(counts, out=directory[1:])
+    # Texts stay in input order in their blob; each record points at its own span.
+    text_ends = np.fromiter(accumulate(map(len, texts)), dtype=np.uint64, count=n)
+    if n and int(text_ends[-1]) > 0xFFFFFFFF:
+        raise SnapshotError("rule texts over 4 GiB")
+    text_ends = text_ends.astype(np.uint32)
+    text_starts = np.empty_like(text_ends)
+    text_starts[:1] = 0
+    text_starts[1:] = text_ends[:-1]
     parts: dict[str, Buffer] = {
         "dir": directory,
         "table": table,
-        "kinds": array("B", map(kinds.__getitem__, order)),
-        "lists": array("H", map(list_ids.__getitem__, order)),
-        "lines": array("I", map(lines.__getitem__, order)),
-        "text_offs": text_offs,
-        "texts": b"".join(ordered_texts),
+        "kinds": np.frombuffer(kinds, dtype=np.uint8)[order],
+        "lists": np.frombuffer(list_ids, dtype=np.uint16)[order],
+        "lines": np.frombuffer(lines, dtype=np.uint32)[order],
+        "text_starts": text_starts[order],
+        "text_ends": text_ends[order],
+        "texts": b"".join(texts),
         "meta": json.dumps(meta, separators=(",", ":")).encode(),
     }
     # Arrays are written through the buffer protocol: no copies of big sections.
@@ -201,7 +214,7 @@ def _build_image(
     pos = HEADER_SIZE
     digest = xxhash.xxh3_64()
     for name in SECTIONS:
-        data = memoryview(parts[name]).cast("B")
+        data = memoryview(parts[name]).cast("B")  # type: ignore[arg-type]
         sections.append((pos, len(data)))
         pad = b"\x00" * (_align8(len(data)) - len(data))
         chunks += (data, pad)
@@ -282,6 +295,11 @@ def _compile(
         for kind, rules in buckets.items():
             if kind is RuleKind.DOMAIN or kind is RuleKind.EXACT:
                 reasons = [refused_hosts.get(r.key) for r in rules] if refused_hosts else None
+            elif kind is RuleKind.URL:
+                # URL feeds repeat hosts (URLhaus: many files per host): guard each host once.
+                url_hosts_of = [k.partition("/")[0] for k in map(_KEY, rules)]
+                bad = guard.refused_url_hosts(set(url_hosts_of))
+                reasons = [bad.get(h) for h in url_hosts_of] if bad else None
             else:
                 reasons = [guard.check(r) for r in rules]
             if reasons is not None and any(reasons):
@@ -324,13 +342,13 @@ def _compile(
                 ]
             )
             stats.exceptions += sum(map(_EXCEPTION, rules))
-    for host in sorted(url_hosts):
-        ns.append(NS_HOST)
-        kinds.append(URLHOST)
-        list_ids.append(_MARKER_LIST)
-        lines.append(0)
-        keys.append(host.encode())
-        texts.append(b"")
+    m = len(url_hosts)
+    ns.extend(repeat(NS_HOST, m))
+    kinds.extend(repeat(URLHOST, m))
+    list_ids.extend(repeat(_MARKER_LIST, m))
+    lines.extend(repeat(0, m))
+    keys.extend(map(str.encode, sorted(url_hosts)))
+    texts.extend(repeat(b"", m))
     stats.rules = sum(by_kind)
     stats.by_kind = {RuleKind(k).label: n for k, n in enumerate(by_kind) if n}
     meta = {
@@ -361,7 +379,8 @@ class CompiledIndex:
         "_kinds",
         "_list_ids",
         "_lines",
-        "_text_offs",
+        "_text_starts",
+        "_text_ends",
         "_texts",
         "_lists",
         "_v4",
@@ -403,9 +422,10 @@ class CompiledIndex:
         self._kinds = view("kinds", "B", n)
         self._list_ids = view("lists", "H", n)
         self._lines = view("lines", "I", n)
-        self._text_offs = view("text_offs", "I", n + 1)
+        self._text_starts = view("text_starts", "I", n)
+        self._text_ends = view("text_ends", "I", n)
         self._texts = view("texts", "B", None)
-        if self._dir[-1] != n or self._text_offs[n] != len(self._texts):
+        if self._dir[-1] != n:
             raise SnapshotError("snapshot sections inconsistent (corrupt snapshot)")
         try:
             meta = json.loads(bytes(view("meta", "B", None)))
@@ -466,7 +486,8 @@ class CompiledIndex:
             self._kinds,
             self._list_ids,
             self._lines,
-            self._text_offs,
+            self._text_starts,
+            self._text_ends,
             self._texts,
             self._buf,
         ):
@@ -497,8 +518,8 @@ class CompiledIndex:
 
     def _match(self, pos: int, key: str) -> Match:
         info = self._lists[self._list_ids[pos]]
-        t0 = self._text_offs[pos]
-        t1 = self._text_offs[pos + 1]
+        t0 = self._text_starts[pos]
+        t1 = self._text_ends[pos]
         text = bytes(self._texts[t0:t1]).decode("utf-8", "replace") if t1 > t0 else key
         return Match(
             list=info.name,
