@@ -12,6 +12,7 @@ from .blocking import Blocking
 from .clients import ClientAllowList
 from .holder import EngineHolder
 from .observe import Observe
+from .strip import Strip
 
 
 def make_addons(
@@ -24,6 +25,7 @@ def make_addons(
     return [
         ClientAllowList(),
         Blocking(holder),
+        Strip(holder),
         Observe(events, metrics, holder),
         AdminServer(
             holder,
@@ -35,4 +37,4 @@ def make_addons(
     ]
 
 
-__all__ = ["AdminServer", "Blocking", "ClientAllowList", "EngineHolder", "Observe", "make_addons"]
+__all__ = ["AdminServer", "Blocking", "ClientAllowList", "EngineHolder", "Observe", "Strip", "make_addons"]

@@ -1,0 +1,445 @@
+"""The stripping addon: removes injected active content from HTML responses before the browser sees it.
+
+- ``responseheaders``: decides whether the body may be HTML (``text/html``,
+  ``application/xhtml+xml``, or an unlabelled/``octet-stream``/``text/plain``
+  body to sniff) and whether it fits the scan cap. A known Content-Length over
+  the cap streams the body through untouched (an event says so). A body of
+  unknown length is buffered by mitmproxy up to ``stream_large_bodies``, which
+  this addon sets to the cap when the user has not set it: past that, mitmproxy
+  switches to streaming, so memory never grows with the body size.
+- ``response``: decodes the body (Content-Encoding, bounded by the cap), runs
+  the scanner (inline for small bodies, in one worker thread for large ones),
+  and, only when something was removed, replaces the body (re-encoded with the
+  original Content-Encoding), fixes Content-Length, weakens the ETag and drops
+  digests. A clean page is not touched at all: same bytes, same headers.
+
+Findings are recorded in ``flow.metadata["jectguard_strip"]`` as ``{"findings":
+[Finding.as_dict(), ...], "skipped": reason or None}``; the observe addon turns
+them into events and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sys
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import brotli
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding as mitm_encoding
+
+from proxy_addons.config import SHIPPED_LISTS
+from proxy_addons.core.charset import mime_essence
+from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.errors import JectguardError
+from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
+from proxy_addons.core.model import Match
+from proxy_addons.core.signatures import Signature, parse_signatures
+
+from .holder import EngineHolder
+from .observe import STRIP_KEY
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # pragma: no cover - depends on the interpreter
+    from backports import zstd
+
+logger = logging.getLogger(__name__)
+
+# Bodies bigger than this (decoded) are streamed through unscanned: scanning buffers them whole.
+DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
+# A cap above this would let one response hold a gigabyte of memory.
+MAX_MAX_BYTES: Final = 1024 * 1024 * 1024
+# Bodies up to this size (decoded, estimated) are scanned on the event loop (well under a
+# millisecond for a typical page); bigger ones in the worker thread.
+INLINE_SCAN_BYTES: Final = 256 * 1024
+# How much bigger than its compressed size a body is assumed to be when choosing inline vs worker.
+COMPRESSION_RATIO_GUESS: Final = 8
+DEFAULT_SIGNATURES: Final = SHIPPED_LISTS / "signatures.toml"
+# A signatures file is small and hand-written.
+MAX_SIGNATURES_FILE_BYTES: Final = 1024 * 1024
+# Where the response-headers decision waits for the response hook (a str: flows stay serializable).
+PLAN_KEY: Final = "jectguard_strip_plan"
+
+HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
+# Types a browser sniffs (or, in the Download.Ject era, sniffed) as HTML when the body looks like it.
+SNIFF_TYPES: Final = frozenset(
+    {"", "unknown/unknown", "application/unknown", "*/*", "application/octet-stream", "text/plain"}
+)
+# Statuses that carry no body of their own to strip (206: a range of the resource, not the page).
+NO_STRIP_STATUSES: Final = frozenset({101, 204, 205, 206, 304})
+# Headers that describe the exact original bytes and would be false after a removal.
+DIGEST_HEADERS: Final = ("content-md5", "digest", "content-digest", "repr-digest")
+DECODABLE: Final = frozenset({"", "identity", "none", "gzip", "x-gzip", "deflate", "br", "zstd"})
+
+
+class UndecodableBody(JectguardError, ValueError):
+    """The Content-Encoding is unknown or the compressed body is corrupt."""
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"decoded body exceeds the scan limit of {limit} bytes")
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The decoded body, never decompressing more than ``limit`` + 1 bytes (no zip bombs).
+
+    A truncated stream yields what it holds (browsers render that much too). Raises BodyTooLarge over ``limit`` and UndecodableBody for an unknown coding
+    or a corrupt body. Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
+    """
+    ce = content_encoding.strip().lower()
+    if ce not in DECODABLE:
+        raise UndecodableBody(f"unsupported Content-Encoding {content_encoding[:40]!r}")
+    if ce in ("", "identity", "none") or not raw:
+        out = raw
+    else:
+        try:
+            if ce in ("gzip", "x-gzip"):
+                d = zlib.decompressobj(47)  # gzip or zlib header, as mitmproxy decodes it
+                out = d.decompress(raw, limit + 1)
+                if len(out) <= limit:
+                    out += d.flush()  # what a truncated stream still holds
+            elif ce == "deflate":
+                try:
+                    d = zlib.decompressobj()
+                    out = d.decompress(raw, limit + 1)
+                except zlib.error:
+                    d = zlib.decompressobj(-15)  # raw deflate, as some servers send it
+                    out = d.decompress(raw, limit + 1)
+            elif ce == "br":
+                b = brotli.Decompressor()
+                out = b.process(raw, output_buffer_limit=limit + 1)
+            else:
+                z = zstd.ZstdDecompressor()
+                out = z.decompress(raw, max_length=limit + 1)
+        except (zlib.error, brotli.error, zstd.ZstdError) as exc:
+            raise UndecodableBody(f"corrupt {ce} body: {exc}") from None
+    if len(out) > limit:
+        raise _too_large(limit)
+    return out
+
+
+def encode_body(body: bytes, content_encoding: str) -> bytes:
+    """Encode with mitmproxy's own codecs (the pure functions, not the cached wrapper)."""
+    ce = content_encoding.strip().lower()
+    if ce == "x-gzip":
+        ce = "gzip"
+    if ce in ("", "identity", "none"):
+        return body
+    return bytes(mitm_encoding.custom_encode[ce](body))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a scan decided: the new raw (encoded) body, or None to leave the response alone."""
+
+    raw: bytes | None
+    findings: list[Finding]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanJob:
+    """Everything one scan needs, so it can run on any thread."""
+
+    raw: bytes
+    content_encoding: str
+    content_type: str | None
+    page_url: str
+    comment: bool
+    remove: bool  # false in monitor mode: report, keep everything
+    limit: int
+
+    def run(self, scanner: Scanner) -> Outcome:
+        body = decode_body(self.raw, self.content_encoding, self.limit)
+        if not self.remove:
+            found = scanner.scan(body, self.page_url, self.content_type)
+            return Outcome(None, [replace(f, removed=False) for f in found])
+        new, findings = scanner.strip(body, self.page_url, self.content_type, comment=self.comment)
+        if new is body:
+            return Outcome(None, findings)
+        return Outcome(encode_body(new, self.content_encoding), findings)
+
+
+def blocked_by(engine: Engine) -> Any:
+    """The scanner's ``is_blocked`` for one engine: the block or monitor match, else None."""
+
+    def is_blocked(url: str) -> Match | None:
+        v = engine.check_url(url)
+        if v.action is Action.BLOCK or v.action is Action.MONITOR:
+            return v.match
+        return None
+
+    return is_blocked
+
+
+def load_signatures(path: str) -> list[Signature]:
+    """Read and parse a signatures file; raise ValueError with a readable reason."""
+    p = Path(path).expanduser()
+    try:
+        if p.stat().st_size > MAX_SIGNATURES_FILE_BYTES:
+            raise ValueError(f"{p}: larger than {MAX_SIGNATURES_FILE_BYTES} bytes")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not UTF-8 text") from None
+    try:
+        return parse_signatures(text, source=str(p))
+    except JectguardError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def html_plan(headers: http.Headers) -> str | None:
+    """"html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
+    essence = mime_essence(headers.get("content-type"))
+    if essence in HTML_TYPES:
+        return "html"
+    if essence in SNIFF_TYPES:
+        # With nosniff a browser never decides "HTML" for an unlabelled or generic body.
+        nosniff = "nosniff" in headers.get("x-content-type-options", "").lower()
+        return None if nosniff else "sniff"
+    return None
+
+
+def scan_content_type(content_type: str | None) -> str | None:
+    """The Content-Type the scanner is given: XHTML is read as HTML (an approximation)."""
+    if content_type is None:
+        return None
+    essence, sep, params = content_type.partition(";")
+    if essence.strip().lower() == "application/xhtml+xml":
+        return "text/html" + sep + params
+    return content_type
+
+
+class Strip:
+    """Strips script/iframe/... elements that load blocked URLs or match injection signatures."""
+
+    name = "jectguard_strip"
+
+    def __init__(self, holder: EngineHolder) -> None:
+        self.holder = holder
+        self.enabled = True
+        self.max_bytes = DEFAULT_MAX_BYTES
+        self.after_html = "log"
+        self.comment = True
+        self.signatures: list[Signature] = []
+        self._signatures_path: str | None = None
+        self._stream_limit_set: str | None = None  # the stream_large_bodies value we set
+        # One scanner for the event loop and one for the worker thread: a scanner's caches
+        # are not shared between threads. Both are rebuilt when the engine is swapped.
+        self._loop_scanner: tuple[Engine, Scanner] | None = None
+        self._worker_scanner: tuple[Engine, Scanner] | None = None
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- options ------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "jg_strip", bool, True,
+            "jectguard: remove injected scripts, frames and objects that load blocked URLs "
+            "or match injection signatures from HTML responses.",
+        )
+        loader.add_option(
+            "jg_strip_max_bytes", int, DEFAULT_MAX_BYTES,
+            "jectguard: largest HTML body scanned (decoded bytes); bigger bodies stream "
+            "through unscanned. Also sets stream_large_bodies when that is unset.",
+        )
+        loader.add_option(
+            "jg_strip_after_html", str, "log",
+            "jectguard: active content after </html> (a server-side footer): 'off' ignores it, "
+            "'log' reports it, 'strip' removes it.",
+            choices=AFTER_HTML_POLICIES,
+        )
+        loader.add_option(
+            "jg_strip_comment", bool, True,
+            "jectguard: replace each removed element with a short HTML comment naming the rule.",
+        )
+        loader.add_option(
+            "jg_signatures", str, str(DEFAULT_SIGNATURES),
+            "jectguard: injection signatures file (TOML); default: the shipped set.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if not 1 <= o.jg_strip_max_bytes <= MAX_MAX_BYTES:
+            raise exceptions.OptionsError(
+                f"jg_strip_max_bytes: must be between 1 and {MAX_MAX_BYTES}, "
+                f"got {o.jg_strip_max_bytes}"
+            )
+        if o.jg_strip_after_html not in AFTER_HTML_POLICIES:
+            raise exceptions.OptionsError(
+                f"jg_strip_after_html: must be one of {', '.join(AFTER_HTML_POLICIES)}, "
+                f"got {o.jg_strip_after_html!r}"
+            )
+        if o.jg_signatures != self._signatures_path:
+            try:
+                signatures = load_signatures(o.jg_signatures) if o.jg_signatures else []
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"jg_signatures: {exc}") from None
+            self.signatures = signatures
+            self._signatures_path = o.jg_signatures
+        self.enabled = o.jg_strip
+        self.max_bytes = o.jg_strip_max_bytes
+        self.after_html = o.jg_strip_after_html
+        self.comment = o.jg_strip_comment
+        self._loop_scanner = self._worker_scanner = None  # rebuilt with the new settings
+        self._sync_stream_limit()
+
+    def _sync_stream_limit(self) -> None:
+        """Let mitmproxy buffer bodies of unknown length only up to the cap, then stream them."""
+        o = ctx.options
+        if "stream_large_bodies" not in o:
+            return  # mitmproxy's proxyserver addon is not loaded (unit tests)
+        current = o.stream_large_bodies
+        if current is not None and current != self._stream_limit_set:
+            return  # the user's own setting wins
+        want = str(self.max_bytes) if self.enabled else None
+        if current != want:
+            self._stream_limit_set = want
+            o.update(stream_large_bodies=want)
+
+    def done(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
+            self._worker = None
+
+    # -- scanners -----------------------------------------------------------
+
+    def _new_scanner(self, engine: Engine) -> Scanner:
+        return Scanner(
+            blocked_by(engine), self.signatures, after_html=self.after_html,
+            max_bytes=self.max_bytes,
+        )
+
+    def _scanner(self, engine: Engine, *, worker: bool) -> Scanner:
+        held = self._worker_scanner if worker else self._loop_scanner
+        if held is not None and held[0] is engine:
+            return held[1]
+        scanner = self._new_scanner(engine)
+        if worker:
+            self._worker_scanner = (engine, scanner)
+        else:
+            self._loop_scanner = (engine, scanner)
+        return scanner
+
+    @property
+    def monitor_only(self) -> bool:
+        return getattr(ctx.options, "jg_mode", "enforce") == "monitor"
+
+    # -- hooks --------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if not self.enabled or resp is None or flow.error or not flow.live:
+            return
+        if flow.request.method == "HEAD" or resp.status_code in NO_STRIP_STATUSES:
+            return
+        if "content-range" in resp.headers:
+            return
+        plan = html_plan(resp.headers)
+        if plan is None:
+            return
+        if resp.stream:
+            # mitmproxy's stream_large_bodies saw a Content-Length over its limit.
+            self._skip(flow, plan, "too large to scan: streamed (Content-Length over the limit)")
+            return
+        length = resp.headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
+            resp.stream = True
+            self._skip(flow, plan, f"too large to scan: Content-Length {int(length)} "
+                                   f"> {self.max_bytes}; streamed unscanned")
+            return
+        flow.metadata[PLAN_KEY] = plan
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        plan = flow.metadata.pop(PLAN_KEY, None)
+        resp = flow.response
+        if plan is None or resp is None or flow.error:
+            return
+        if resp.stream:
+            limit = getattr(ctx.options, "stream_large_bodies", None) or self.max_bytes
+            self._skip(flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned")
+            return
+        raw = resp.raw_content
+        if not raw:
+            return
+        ce = resp.headers.get("content-encoding", "")
+        job = ScanJob(
+            raw=raw,
+            content_encoding=ce,
+            content_type=scan_content_type(resp.headers.get("content-type")),
+            page_url=flow.request.pretty_url,
+            comment=self.comment,
+            remove=not self.monitor_only,
+            limit=self.max_bytes,
+        )
+        engine = self.holder.engine
+        compressed = ce.strip().lower() not in ("", "identity", "none")
+        estimate = len(raw) * (COMPRESSION_RATIO_GUESS if compressed else 1)
+        try:
+            if estimate <= INLINE_SCAN_BYTES:
+                outcome = job.run(self._scanner(engine, worker=False))
+            else:
+                scanner = self._scanner(engine, worker=True)
+                if self._worker is None:
+                    self._worker = concurrent.futures.ThreadPoolExecutor(1, "jg-strip")
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self._worker, job.run, scanner)
+        except BodyTooLarge as exc:
+            self._skip(flow, plan, f"too large to scan: {exc}; passed unscanned")
+            return
+        except UndecodableBody as exc:
+            self._skip(flow, plan, f"not scanned: {exc}")
+            return
+        except Exception:  # a scanner bug must not take the page down with it
+            logger.warning("jectguard: strip failed on %s; passed unscanned",
+                           flow.request.pretty_url[:300], exc_info=True)
+            self._skip(flow, plan, "not scanned: scanner error")
+            return
+        if outcome.findings:
+            flow.metadata[STRIP_KEY] = {
+                "findings": [f.as_dict() for f in outcome.findings],
+                "skipped": None,
+            }
+        if outcome.raw is None:
+            return  # clean (or monitor only): not a byte of the response changes
+        if flow.response is not resp or resp.raw_content is not raw:
+            return  # another addon replaced the response meanwhile: leave theirs alone
+        self._replace_body(resp, outcome.raw)
+        removed = [f for f in outcome.findings if f.removed]
+        logger.info(
+            "jectguard: stripped %d element(s) from %s (%s)",
+            len(removed), flow.request.pretty_url[:300],
+            ", ".join(f"{f.element} {f.reason} {f.list}:{f.rule[:80]}" for f in removed[:5]),
+        )
+
+    @staticmethod
+    def _replace_body(resp: http.Response, raw: bytes) -> None:
+        """Put a new (already encoded) body in place, as ``Message.set_content`` would."""
+        resp.raw_content = raw
+        if "transfer-encoding" not in resp.headers:
+            resp.headers["content-length"] = str(len(raw))
+        etag = resp.headers.get("etag")
+        if etag is not None and not etag.lstrip().startswith("W/"):
+            # Still a fine validator for a cache (the page means the same), but no longer
+            # a promise of these exact bytes (byte ranges, digests).
+            resp.headers["etag"] = "W/" + etag.strip()
+        for name in DIGEST_HEADERS:
+            if name in resp.headers:
+                del resp.headers[name]
+
+    def _skip(self, flow: http.HTTPFlow, plan: str, reason: str) -> None:
+        """Record that an HTML body was not scanned (only for declared HTML: not every download)."""
+        if plan != "html":
+            logger.debug("jectguard: %s (%s)", reason, flow.request.pretty_url[:300])
+            return
+        flow.metadata[STRIP_KEY] = {"findings": [], "skipped": reason}
+        logger.info("jectguard: %s: %s", flow.request.pretty_url[:300], reason)
+
+
+__all__ = ["Strip", "decode_body", "encode_body", "html_plan"]
