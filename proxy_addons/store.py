@@ -56,6 +56,8 @@ KEEP_PREVIOUS: Final = 3
 # A temp file older than this is a leftover of a crash, not a write in progress.
 STALE_TEMP_SECONDS: Final = 3600
 POINTER_VERSION: Final = 1
+# Snapshots and pointer are readable by proxy processes running as other users.
+FILE_MODE: Final = 0o644
 
 
 class NoSnapshot(SnapshotError):
@@ -83,6 +85,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600; proxies may run as another user
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -173,6 +176,7 @@ class SnapshotStore:
         path = self.dir / f"{base}.jgs"
         with self.locked():
             image.write(path)
+            path.chmod(FILE_MODE)
             if exceptions:
                 atomic_write(self.dir / f"{base}.allow.json", _dump_lists(exceptions))
             atomic_write(_info_path(path), json.dumps(info or {}).encode())

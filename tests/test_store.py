@@ -37,6 +37,7 @@ def test_publish_then_load_current(tmp_path: Path) -> None:
     assert path.name.startswith("block-") and path.suffix == ".jgs"
     assert store.current_path() == path
     assert store.read_pointer()["fingerprint"] == "x"
+    assert path.stat().st_mode & 0o777 == 0o644 and store.pointer_path.stat().st_mode & 0o777 == 0o644
     idx = store.load_current()
     assert idx.rule_count == 1
     idx.close()
