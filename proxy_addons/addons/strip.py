@@ -25,6 +25,7 @@ import concurrent.futures
 import logging
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -165,7 +166,7 @@ class ScanJob:
         return Outcome(encode_body(new, self.content_encoding), findings)
 
 
-def blocked_by(engine: Engine) -> Any:
+def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
     """The scanner's ``is_blocked`` for one engine: the block or monitor match, else None."""
 
     def is_blocked(url: str) -> Match | None:
