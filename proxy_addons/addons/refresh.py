@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
@@ -91,12 +92,14 @@ class Refresh:
         if self._settings is None:
             return
         role, cfg, cache = self._settings
-        work: Coroutine[Any, Any, None]
+        # A factory, not a coroutine: a task cancelled before its first step must not
+        # leave a never-awaited coroutine behind.
+        work: Callable[[], Coroutine[Any, Any, None]]
         if role == "refresh":
-            self.refresher = Refresher(cfg, cache, slot=self.holder)
-            work = self.refresher.run()
+            refresher = self.refresher = Refresher(cfg, cache, slot=self.holder)
+            work = refresher.run
         elif role == "watch":
-            work = watch_snapshot(cache, cfg.sources, self.holder)
+            work = functools.partial(watch_snapshot, cache, cfg.sources, self.holder)
         else:
             return
         log.info("jectguard: %s role, cache %s", role, cache)
@@ -105,9 +108,9 @@ class Refresh:
         )
 
     @staticmethod
-    async def _guarded(work: Coroutine[Any, Any, None], role: str) -> None:
+    async def _guarded(work: Callable[[], Coroutine[Any, Any, None]], role: str) -> None:
         try:
-            await work
+            await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never ERROR: mitmproxy exits on it during start-up
