@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 from .config import SourcesConfig
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError
-from .core.index import compile_index
+from .core.index import MAGIC, compile_index
 from .core.model import ListSpec, Mode, ParsedList
 from .feeds import (
     DEFAULT_POLICY,
@@ -572,6 +572,13 @@ class Refresher:
         if pointer is None:
             return True
         if pointer.get("fingerprint") != sources_fingerprint(self.specs):
+            return True
+        current = self.store.current_path()
+        try:
+            with open(current, "rb") as f:  # type: ignore[arg-type]
+                if f.read(len(MAGIC)) != MAGIC:
+                    return True  # written by another jectguard version: this one cannot load it
+        except OSError:
             return True
         if pointer.get("rolled_back_from"):
             return False  # an operator chose this one; the next feed change replaces it

@@ -401,3 +401,17 @@ def test_cache_survives_sigkill_mid_write(server: FeedServer, tmp_path: Path) ->
     json.loads((cache / "snapshots" / "current").read_text())
     CompiledIndex.load(SnapshotStore(cache).current_path()).close()
     load_engine(load_sources(src).sources, cache)
+
+
+async def test_snapshot_of_another_format_version_is_rebuilt(server: FeedServer, setup) -> None:
+    name, src, cache = setup
+    r = make(src, cache)
+    await r.refresh()
+    assert not r.snapshot_stale()
+    path = SnapshotStore(cache).current_path()
+    data = bytearray(path.read_bytes())
+    data[7] ^= 0x0F  # the format version byte of the magic
+    path.write_bytes(bytes(data))
+    assert r.snapshot_stale()  # an upgrade: the loop rebuilds from the cached bodies
+    report = await r.refresh([], rebuild=True)
+    assert report.snapshot and SnapshotStore(cache).load_current().rule_count == 100
