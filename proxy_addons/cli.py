@@ -70,8 +70,10 @@ def engine_from_args(args: argparse.Namespace) -> tuple[Engine, LoadReport]:
     if args.blocklist or args.allowlist:
         specs = specs_from_files(args.blocklist, args.allowlist)
         return build_engine(specs, cache_dir=cache, strict=True)
+    from .store import startup_engine  # the published snapshot, when it matches the sources
+
     cfg = load_sources(args.sources)
-    return build_engine(cfg.enabled(), cache_dir=cache)
+    return startup_engine(cfg.enabled(), cache)
 
 
 def _print_verdict(v: Verdict, out: Any) -> None:

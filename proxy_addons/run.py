@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a file to append to, '-' for stdout (default), '' for none")
     p.add_argument("--events-drop-query", action="store_true",
                    help="leave query strings out of logged URLs (privacy)")
+    p.add_argument("--refresh-role", choices=("refresh", "watch", "off"), default=None,
+                   help="refresh: fetch feeds and publish snapshots (default with configured "
+                        "sources); watch: follow snapshots another process publishes "
+                        "(scale-out replicas); off: keep the lists as started (default with "
+                        "--blocklist/--allowlist files)")
     p.add_argument("--set", action="append", default=[], dest="setoptions",
                    metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
 
@@ -95,6 +100,13 @@ def _set_value(setoptions: list[str], name: str) -> str:
         if key.strip() == name:
             value = val.strip()
     return value
+
+
+def refresh_role(args: argparse.Namespace) -> str:
+    """Files named on the command line are the lists: nothing to refresh."""
+    if args.refresh_role:
+        return str(args.refresh_role)
+    return "off" if args.blocklist or args.allowlist else "refresh"
 
 
 def _fail(message: str) -> int:
@@ -215,6 +227,9 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_admin_token_file=args.admin_token_file,
             jg_events_file=args.events_file,
             jg_events_drop_query=args.events_drop_query,
+            jg_refresh_role=refresh_role(args),
+            jg_sources=str(args.sources or ""),
+            jg_cache_dir=str(cache_dir),
         )
         if args.no_intercept:
             # mitmproxy's own passthrough; our next_layer hook still checks each SNI.

@@ -71,7 +71,7 @@ async def test_loads_next_to_mitmproxy_and_our_addons() -> None:
     with taddons.context(loadcore=False) as tctx:
         tctx.master.addons.add(*mitm_addons.default_addons())
         holder = EngineHolder(Engine.from_lists([])[0])
-        tctx.master.addons.add(*make_addons(holder), Refresh(holder))
+        tctx.master.addons.add(*make_addons(holder))  # make_addons includes Refresh
         assert tctx.master.addons.get("jectguard_refresh") is not None
         assert tctx.options.jg_refresh_role == "off"
 

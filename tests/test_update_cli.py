@@ -21,7 +21,6 @@ from proxy_addons.blockpage import HEADER_NAME
 from tests.feedserver import FeedServer, feed_server, sources_toml
 
 JECTGUARD = Path(sys.executable).with_name("jectguard")
-MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
 
 def domains(n: int, prefix: str = "bad") -> bytes:
@@ -118,20 +117,6 @@ def test_bad_input(env) -> None:
 
 # -- the real proxy ------------------------------------------------------------------
 
-PROXY_SCRIPT = """
-import os
-from pathlib import Path
-from proxy_addons.addons import EngineHolder, make_addons
-from proxy_addons.addons.refresh import Refresh
-from proxy_addons.config import load_sources
-from proxy_addons.store import startup_engine
-
-# What `jectguard run` does at start: serve the cache (or built-in list) at once.
-_cfg = load_sources(os.environ["JG_TEST_SOURCES"])
-_engine, _ = startup_engine(_cfg.enabled(), Path(os.environ["JG_TEST_CACHE"]))
-_holder = EngineHolder(_engine)
-addons = [*make_addons(_holder), Refresh(_holder)]
-"""
 
 
 def _free_port() -> int:
@@ -143,19 +128,16 @@ def _free_port() -> int:
 class Proxy:
     def __init__(self, tmp: Path, src: Path, cache: Path, role: str = "refresh") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        script = tmp / "jg_script.py"
-        script.write_text(PROXY_SCRIPT)
         self.port = _free_port()
         self.log = tmp / f"proxy-{self.port}.log"
-        env = {**os.environ, "JG_TEST_SOURCES": str(src), "JG_TEST_CACHE": str(cache)}
+        env = dict(os.environ)
+        # the real command, as an operator runs a refresher and its replicas
         cmd = [
-            str(MITMDUMP), "-q", "-s", str(script),
+            str(JECTGUARD), "run",
             "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            "--set", f"confdir={tmp / 'confdir'}",
-            "--set", f"jg_refresh_role={role}",
-            "--set", f"jg_sources={src}", "--set", f"jg_cache_dir={cache}",
-            "--set", "termlog_verbosity=info",
-            "--set", "jg_admin_port=0",  # several proxies on one host: no admin port clash
+            "--confdir", str(tmp / "confdir"),
+            "--refresh-role", role, "--sources", str(src), "--cache-dir", str(cache),
+            "--admin-port", "0",  # several proxies on one host: no admin port clash
         ]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -12,6 +12,7 @@ from .blocking import Blocking
 from .clients import ClientAllowList
 from .holder import EngineHolder
 from .observe import Observe
+from .refresh import Refresh
 from .strip import Strip
 
 
@@ -20,12 +21,15 @@ def make_addons(
 ) -> list[object]:
     """The addons ``jectguard run`` loads: client checks first, observers after deciders."""
     from ..admin import lists_from_report
+    from ..events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
+    refresh = Refresh(holder, on_report=lambda rep: report_refresh_outcomes(events, metrics, rep))
     return [
         ClientAllowList(),
         Blocking(holder),
         Strip(holder),
+        refresh,
         Observe(events, metrics, holder),
         AdminServer(
             holder,
@@ -33,8 +37,19 @@ def make_addons(
             metrics,
             data_dir=cache_dir,
             lists=lists_from_report(report, cache_dir) if report is not None else None,
+            refresh_status=refresh.status,
+            refresh_trigger=refresh.trigger,
         ),
     ]
 
 
-__all__ = ["AdminServer", "Blocking", "ClientAllowList", "EngineHolder", "Observe", "Strip", "make_addons"]
+__all__ = [
+    "AdminServer",
+    "Blocking",
+    "ClientAllowList",
+    "EngineHolder",
+    "Observe",
+    "Refresh",
+    "Strip",
+    "make_addons",
+]

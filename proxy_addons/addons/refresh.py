@@ -27,7 +27,7 @@ from mitmproxy import ctx, exceptions
 from proxy_addons.config import SourcesConfig, load_sources
 from proxy_addons.core.errors import SourceConfigError
 from proxy_addons.loading import default_cache_dir
-from proxy_addons.refresher import Refresher, watch_snapshot
+from proxy_addons.refresher import Refresher, RefreshReport, watch_snapshot
 
 from .holder import EngineHolder
 
@@ -41,8 +41,13 @@ STOP_TIMEOUT: Final = 5.0
 class Refresh:
     name = "jectguard_refresh"
 
-    def __init__(self, holder: EngineHolder) -> None:
+    def __init__(
+        self,
+        holder: EngineHolder,
+        on_report: Callable[[RefreshReport], None] | None = None,
+    ) -> None:
         self.holder = holder
+        self.on_report = on_report
         self.task: asyncio.Task[None] | None = None
         self.refresher: Refresher | None = None
         self._settings: tuple[str, SourcesConfig, Path] | None = None
@@ -96,7 +101,9 @@ class Refresh:
         # leave a never-awaited coroutine behind.
         work: Callable[[], Coroutine[Any, Any, None]]
         if role == "refresh":
-            refresher = self.refresher = Refresher(cfg, cache, slot=self.holder)
+            refresher = self.refresher = Refresher(
+                cfg, cache, slot=self.holder, on_report=self.on_report
+            )
             work = refresher.run
         elif role == "watch":
             work = functools.partial(watch_snapshot, cache, cfg.sources, self.holder)
@@ -124,6 +131,13 @@ class Refresh:
         if task is not None:
             task.cancel()
         return task
+
+    def trigger(self) -> bool | None:
+        """For the admin API: None when this process does not refresh, False if busy."""
+        return None if self.refresher is None else self.refresher.trigger()
+
+    def status(self) -> list[dict[str, Any]] | None:
+        return None if self.refresher is None else self.refresher.status()
 
     async def done(self) -> None:
         self._running = False
