@@ -13,13 +13,19 @@ nothing (not even a request the blocking addon would have refused: the proxy saw
 no request for it at all); the DOM holds no trace of the injected elements. A
 control run with stripping off shows the same page does inject them.
 
-Skipped only when Chromium or playwright is missing; with ``CI`` or
+Beside the browser, the same proxy is checked byte for byte with a plain client: a
+clean gzip page passes identical, a chunked gzip page (as nginx sends it) is stripped
+and re-encoded, and a page over the scan cap streams through untouched with an event.
+
+The browser tests are skipped only when Chromium or playwright is missing; with ``CI`` or
 ``JG_REQUIRE_BROWSER`` set, missing them is a failure instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.client
 import json
 import os
 import ssl
@@ -38,6 +44,7 @@ from .conftest import ATTACKER_IP, ROOT, ByteCounter, Proxy, make_cert, start_pr
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 NAV_TIMEOUT_MS = 15_000
+HUGE_BYTES = 11 * 1024 * 1024  # over the default 10 MB scan cap
 # After "load": time for any late request toward the attacker (an iframe, a retried script).
 SETTLE_SECONDS = 0.5
 CHROMIUM_ARGS = [
@@ -110,9 +117,40 @@ def _shop_app(shop: Shop) -> web.Application:
         shop.requests.append(request.path)
         return web.Response(text=APP_JS, content_type="application/javascript")
 
+    async def gzip_clean(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(PAGE.encode()), headers={
+            "Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip",
+            "ETag": '"clean-v1"', "Vary": "Accept-Encoding"})
+
+    async def gzip_chunked(request: web.Request) -> web.StreamResponse:
+        """An infected page as nginx's on-the-fly gzip sends it: chunked, no length."""
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip",
+            "ETag": '"news-v2"'})
+        await resp.prepare(request)
+        data = gzip.compress(shop.page())
+        for i in range(0, len(data), 1000):
+            await resp.write(data[i : i + 1000])
+        await resp.write_eof()
+        return resp
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        """Over the 10 MB cap, of unknown length: streamed through unscanned."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+        await resp.prepare(request)
+        filler = b"<p>" + b"x" * 1020 + b"</p>"
+        for _ in range(HUGE_BYTES // len(filler)):
+            await resp.write(filler)
+        await resp.write(shop.page())
+        await resp.write_eof()
+        return resp
+
     app = web.Application()
     app.router.add_get("/news", page)
     app.router.add_get("/app.js", app_js)
+    app.router.add_get("/clean.gz", gzip_clean)
+    app.router.add_get("/news.gz", gzip_chunked)
+    app.router.add_get("/huge", huge)
     return app
 
 
@@ -292,3 +330,57 @@ def test_control_without_stripping_the_footer_injects(
         time.sleep(0.1)
     assert _attempts(proxy_nostrip, infected.attacker_url), "the browser requested the attacker"
     assert attacker.connections == 0  # refused by the blocking addon, not stripped
+
+
+# -- the same proxy, byte for byte (no browser) ---------------------------------------------
+
+
+def fetch(port: int, url: str) -> tuple[list[tuple[str, str]], bytes]:
+    """GET ``url`` through the HTTP proxy on ``port`` (or directly, for port 0); raw body."""
+    host, _, rest = url.partition("//")[2].partition("/")
+    if port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        target = url
+    else:
+        h, _, p = host.partition(":")
+        conn = http.client.HTTPConnection("127.0.0.1", int(p), timeout=30)
+        target = "/" + rest
+    try:
+        conn.request("GET", target, headers={"Host": host, "Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        return resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
+def test_clean_gzip_page_passes_byte_identical(proxy: Proxy, shop: Shop) -> None:
+    url = f"http://good.test:{shop.port}/clean.gz"
+    direct_headers, direct = fetch(0, url)
+    headers, body = fetch(proxy.port, url)
+    assert body == direct  # the same gzip bytes, not re-encoded
+    assert [h for h in headers if h[0].lower() != "date"] == [
+        h for h in direct_headers if h[0].lower() != "date"
+    ]
+
+
+def test_chunked_gzip_page_stripped_and_reencoded(
+    proxy: Proxy, infected: Shop, attacker: ByteCounter
+) -> None:
+    headers, body = fetch(proxy.port, f"http://good.test:{infected.port}/news.gz")
+    h = {k.lower(): v for k, v in headers}
+    assert h["content-encoding"] == "gzip" and h["etag"] == 'W/"news-v2"'
+    page = gzip.decompress(body)
+    assert b"dot.php" not in page and page.startswith(PAGE.encode())
+    assert attacker.connections == 0
+
+
+def test_page_over_the_cap_streams_through_unscanned(proxy: Proxy, infected: Shop) -> None:
+    headers, body = fetch(proxy.port, f"http://good.test:{infected.port}/huge")
+    assert len(body) > HUGE_BYTES and body.endswith(infected.page())  # untouched
+    deadline = time.monotonic() + 5
+    skipped: list[dict[str, Any]] = []
+    while not skipped and time.monotonic() < deadline:
+        skipped = [e for e in events(proxy) if e.get("event") == "strip" and e.get("skipped")
+                   and str(e.get("url", "")).endswith(f":{infected.port}/huge")]
+        time.sleep(0.05)
+    assert skipped and "too large" in skipped[0]["skipped"]
