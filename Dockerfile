@@ -43,7 +43,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["jectguard"]
 # Listens on all of the container's interfaces, but only private networks may
 # use the proxy (never an open proxy by accident; loopback is always allowed).
-# This one process also refreshes the feeds (jg_refresh_role=refresh).
+# This one process also refreshes the feeds (--refresh-role refresh).
 CMD ["run", \
      "--listen-host", "0.0.0.0", "--listen-port", "8080", \
      "--allow-clients", "10.0.0.0/8", "--allow-clients", "172.16.0.0/12", \
@@ -51,6 +51,4 @@ CMD ["run", \
      "--admin-host", "0.0.0.0", "--admin-port", "8090", \
      "--confdir", "/data/mitmproxy", "--cache-dir", "/data/cache", \
      "--sources", "/app/blocklists/sources.toml", \
-     "--set", "jg_sources=/app/blocklists/sources.toml", \
-     "--set", "jg_cache_dir=/data/cache", \
-     "--set", "jg_refresh_role=refresh"]
+     "--refresh-role", "refresh"]
