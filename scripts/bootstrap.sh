@@ -63,13 +63,18 @@ MSG
 # System programs the test suite drives for real: a browser (Chromium) for the
 # end-to-end browser tests, HAProxy for the scale-out test, curl as a client.
 # Installed from Debian's packages when missing and we are root (as in CI).
-JG_TEST_PROGRAMS=("chromium:chromium" "haproxy:haproxy" "curl:curl")
+# An entry is PROGRAM:PACKAGE, or just PACKAGE for one that installs no program.
+JG_TEST_PROGRAMS=("chromium:chromium" "fonts-liberation" "haproxy:haproxy" "curl:curl")
 
 jg_system_packages() {
     local missing=() item prog pkg
     for item in "${JG_TEST_PROGRAMS[@]}"; do
         prog="${item%%:*}"; pkg="${item#*:}"
-        command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg")
+        if [ "$prog" = "$item" ]; then
+            dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        else
+            command -v "$prog" >/dev/null 2>&1 || missing+=("$pkg")
+        fi
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
