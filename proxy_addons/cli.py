@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="A malicious-URL blocklist proxy: block attack origins, strip injected scripts.",
     )
     parser.add_argument("--version", action="version", version=f"jectguard {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (TOML; default $JECTGUARD_CONFIG, else "
+        "~/.config/jectguard/config.toml if present); command-line flags win",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="is this URL blocked, and why?")
@@ -209,8 +216,93 @@ def _add_optional_commands(sub: Any) -> None:
         p.set_defaults(func=_lazy(module, "main"))
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def config_path(argv: Sequence[str]) -> Path | None:
+    """The settings file: --config, else $JECTGUARD_CONFIG, else the per-user one if present."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(list(argv))
+    if known.config:
+        return Path(known.config)
+    if os.environ.get("JECTGUARD_CONFIG"):
+        return Path(os.environ["JECTGUARD_CONFIG"])
+    import platformdirs
+
+    default = Path(platformdirs.user_config_dir("jectguard", appauthor=False)) / "config.toml"
+    return default if default.is_file() else None
+
+
+def apply_config(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Make the settings file's values the commands' defaults.
+
+    Top-level keys apply to every command that has that setting (``sources``,
+    ``cache_dir``); a ``[run]`` (``[check]``, ...) table to that command; its
+    ``set`` table becomes ``--set NAME=VALUE`` options, before those on the
+    command line. Keys are the long flags with ``_`` for ``-``.
+    """
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    commands = _commands(parser)
+    shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for name in data:
+        if isinstance(data[name], dict) and name not in commands:
+            raise ConfigError(f"{path}: [{name}] is not a jectguard command")
+    for name, sub in commands.items():
+        dests = {a.dest: a for a in sub._actions if a.dest != "help"}
+        section = dict(data.get(name, {}))
+        values: dict[str, object] = {k: v for k, v in shared.items() if k in dests}
+        sets = section.pop("set", {})
+        if not isinstance(sets, dict):
+            raise ConfigError(f"{path}: [{name}.set] must be a table of option = value")
+        for key, value in section.items():
+            if key not in dests or key in ("func", "command"):
+                known = ", ".join(sorted(d for d in dests if d not in ("func", "setoptions")))
+                raise ConfigError(f"{path}: [{name}] has no setting {key!r} (known: {known})")
+            values[key] = value
+        if sets:
+            if "setoptions" not in dests:
+                raise ConfigError(f"{path}: [{name}] takes no mitmproxy options")
+            values["setoptions"] = [f"{k}={_option_text(v)}" for k, v in sets.items()]
+        sub.set_defaults(**values)
+    unknown = set(shared) - {d for sub in commands.values() for a in sub._actions for d in [a.dest]}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level setting(s): {', '.join(sorted(unknown))}")
+
+
+def _option_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class ConfigError(JectguardError):
+    """The settings file is unreadable or names settings that do not exist."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        path = config_path(argv)
+        if path is not None:
+            apply_config(parser, path)
+    except JectguardError as exc:
+        print(f"jectguard: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -153,3 +153,66 @@ def test_help_lists_the_commands() -> None:
     assert res.returncode == 0
     for cmd in ("check", "inspect"):
         assert cmd in res.stdout
+
+
+# -- the settings file ---------------------------------------------------------
+
+
+def test_settings_file_gives_defaults_and_flags_win(tmp_path: Path, lists: tuple[Path, Path]) -> None:
+    block, _ = lists
+    cfg = tmp_path / "jectguard.toml"
+    cfg.write_text(f'cache_dir = "{tmp_path / "cache"}"\n[check]\njson = true\nblocklist = ["{block}"]\n')
+    res = run("--config", str(cfg), "check", "http://evil.example/")
+    row = json.loads(res.stdout)  # json came from the file
+    assert row["verdict"] == "block" and row["list"] == "block.txt"
+    other = tmp_path / "other.txt"
+    other.write_text("other.example\n")
+    res = run("--config", str(cfg), "check", "--blocklist", str(other), "http://evil.example/")
+    # an append flag on the command line adds to the file's list
+    assert json.loads(res.stdout)["verdict"] == "block"
+
+
+def test_settings_file_from_the_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[check]\njson = true\n")
+    env_run = subprocess.run(
+        [str(JECTGUARD), "check", "http://www.example.org/"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "JECTGUARD_CONFIG": str(cfg), "JECTGUARD_CACHE_DIR": str(tmp_path)},
+    )
+    assert json.loads(env_run.stdout)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[run]\nlisten_prot = 1\n", "has no setting 'listen_prot'"),
+        ("[runn]\n", "is not a jectguard command"),
+        ("colour = 1\n", "unknown top-level setting"),
+        ("[run\n", "not valid TOML"),
+        ("[run]\nset = 3\n", "must be a table"),
+    ],
+)
+def test_bad_settings_file_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = run("--config", str(cfg), "check", "http://x.example/")
+    assert res.returncode == 2
+    assert message in res.stderr and "bad.toml" in res.stderr
+
+
+def test_settings_file_run_section_parses_into_run_options(tmp_path: Path) -> None:
+    from proxy_addons.cli import apply_config, build_parser
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        '[run]\nlisten_host = "0.0.0.0"\nallow_clients = ["10.0.0.0/8"]\nadmin_port = 0\n'
+        '[run.set]\nproxyauth = "@/etc/htpasswd"\nssl_insecure = true\n'
+    )
+    parser = build_parser()
+    apply_config(parser, cfg)
+    args = parser.parse_args(["run", "--listen-port", "3128", "--set", "ssl_insecure=false"])
+    assert (args.listen_host, args.listen_port, args.admin_port) == ("0.0.0.0", 3128, 0)
+    assert args.allow_clients == ["10.0.0.0/8"]
+    # file options first, command-line ones after (the last one wins in mitmproxy)
+    assert args.setoptions == ["proxyauth=@/etc/htpasswd", "ssl_insecure=true", "ssl_insecure=false"]
