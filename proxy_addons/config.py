@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,17 @@ from .core.errors import SourceConfigError
 from .core.model import ListSpec, Mode
 
 PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
-SHIPPED_LISTS: Final = PACKAGE_ROOT / "blocklists"
+
+
+def _shipped_lists() -> Path:
+    """blocklists/ beside the package (a checkout), else where a wheel installs it."""
+    beside = PACKAGE_ROOT / "blocklists"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "jectguard" / "blocklists"
+
+
+SHIPPED_LISTS: Final = _shipped_lists()
 DEFAULT_SOURCES: Final = SHIPPED_LISTS / "sources.toml"
 FORMAT_NAMES: Final = (
     "auto",

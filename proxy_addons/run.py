@@ -146,10 +146,11 @@ def _startup_message(
 ) -> str:
     confdir = Path(os.path.expanduser(opts.confdir))
     host = opts.listen_host or "0.0.0.0"
-    lines = [
-        f"jectguard: proxy on {host}:{opts.listen_port} "
-        f"({'enforce' if opts.jg_mode == 'enforce' else 'MONITOR ONLY: nothing is blocked'})",
-    ]
+    mode = "enforce" if opts.jg_mode == "enforce" else "MONITOR ONLY: nothing is blocked"
+    if opts.server:
+        lines = [f"jectguard: proxy on {host}:{opts.listen_port} ({mode})"]
+    else:
+        lines = [f"jectguard: no proxy listener (server=false); refresh role {opts.jg_refresh_role}"]
     if opts.jg_intercept:
         lines += [
             "  TLS interception ON: HTTPS URLs are checked in full and blocked pages explained.",

@@ -61,10 +61,13 @@ MSG
 }
 
 # System programs the test suite drives for real: a browser (Chromium) for the
-# end-to-end browser tests, HAProxy for the scale-out test, curl as a client.
+# end-to-end browser tests, HAProxy for the scale-out test, curl as a client,
+# docker-compose to validate the compose file.
 # Installed from Debian's packages when missing and we are root (as in CI).
 # An entry is PROGRAM:PACKAGE, or just PACKAGE for one that installs no program.
-JG_TEST_PROGRAMS=("chromium:chromium" "fonts-liberation" "haproxy:haproxy" "curl:curl")
+# docker-compose (v1, from Debian) validates docker-compose.yml; there is no Docker engine.
+JG_TEST_PROGRAMS=("chromium:chromium" "fonts-liberation" "haproxy:haproxy" "curl:curl"
+                  "docker-compose:docker-compose")
 
 jg_system_packages() {
     local missing=() item prog pkg
