@@ -2,7 +2,7 @@
 
 Compiling turns parsed lists into one immutable, memory-mappable byte image:
 
-    header | directory | hash table | kinds | list ids | lines | text spans
+    header | directory | hash table | kinds | list ids | lines | text offsets
            | texts | metadata (JSON)
 
 * Every rule has a **key** (a canonical host, a Safe Browsing URL expression,
@@ -37,7 +37,7 @@ import time
 from array import array
 from collections.abc import Buffer, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
@@ -53,8 +53,8 @@ from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 if sys.byteorder != "little":  # the table is mapped as native 64-bit integers
     raise ImportError("jectguard snapshots need a little-endian machine")
 
-MAGIC: Final = b"JGSNAP\x00\x05"
-FORMAT_VERSION: Final = 5
+MAGIC: Final = b"JGSNAP\x00\x06"
+FORMAT_VERSION: Final = 6
 # At most 2**28 directory buckets (1 GiB of directory); about one per rule below that.
 MAX_DIR_BITS: Final = 28
 # Read the file in chunks of this size to verify its checksum without mapping it all.
@@ -89,8 +89,7 @@ SECTIONS: Final = (
     "kinds",
     "lists",
     "lines",
-    "text_starts",
-    "text_ends",
+    "text_offs",
     "texts",
     "meta",
 )
@@ -177,7 +176,8 @@ def _build_image(
     import numpy as np  # build-time only: lookups read the arrays through memoryview
 
     n = len(keys)
-    dir_bits = max(4, min(MAX_DIR_BITS, n.bit_length()))
+    # about two records a bucket: a short scan, and half the directory of one a bucket
+    dir_bits = max(4, min(MAX_DIR_BITS, n.bit_length() - 1))
     # Hash every key, sort record ids by hash, lay every column out in that order,
     # and count how many hashes share each top-dir_bits prefix for the directory.
     hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, keys, ns), dtype=np.uint64, count=n)
@@ -189,23 +189,20 @@ def _build_image(
     )
     directory = np.zeros((1 << dir_bits) + 1, dtype=np.uint32)
     np.cumsum(counts, out=directory[1:])
-    # Texts stay in input order in their blob; each record points at its own span.
-    text_ends = np.fromiter(accumulate(map(len, texts)), dtype=np.uint64, count=n)
-    if n and int(text_ends[-1]) > 0xFFFFFFFF:
+    # Texts in record order too: one offset per record (the next one ends it).
+    ordered_texts = list(map(texts.__getitem__, order.tolist()))
+    text_offs = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(np.fromiter(map(len, ordered_texts), dtype=np.uint64, count=n), out=text_offs[1:])
+    if int(text_offs[-1]) > 0xFFFFFFFF:
         raise SnapshotError("rule texts over 4 GiB")
-    text_ends = text_ends.astype(np.uint32)
-    text_starts = np.empty_like(text_ends)
-    text_starts[:1] = 0
-    text_starts[1:] = text_ends[:-1]
     parts: dict[str, Buffer] = {
         "dir": directory,
         "table": table,
         "kinds": np.frombuffer(kinds, dtype=np.uint8)[order],
         "lists": np.frombuffer(list_ids, dtype=np.uint16)[order],
         "lines": np.frombuffer(lines, dtype=np.uint32)[order],
-        "text_starts": text_starts[order],
-        "text_ends": text_ends[order],
-        "texts": b"".join(texts),
+        "text_offs": text_offs.astype(np.uint32),
+        "texts": b"".join(ordered_texts),
         "meta": json.dumps(meta, separators=(",", ":")).encode(),
     }
     # Arrays are written through the buffer protocol: no copies of big sections.
@@ -379,8 +376,7 @@ class CompiledIndex:
         "_kinds",
         "_list_ids",
         "_lines",
-        "_text_starts",
-        "_text_ends",
+        "_text_offs",
         "_texts",
         "_lists",
         "_v4",
@@ -422,10 +418,9 @@ class CompiledIndex:
         self._kinds = view("kinds", "B", n)
         self._list_ids = view("lists", "H", n)
         self._lines = view("lines", "I", n)
-        self._text_starts = view("text_starts", "I", n)
-        self._text_ends = view("text_ends", "I", n)
+        self._text_offs = view("text_offs", "I", n + 1)
         self._texts = view("texts", "B", None)
-        if self._dir[-1] != n:
+        if self._dir[-1] != n or self._text_offs[n] != len(self._texts):
             raise SnapshotError("snapshot sections inconsistent (corrupt snapshot)")
         try:
             meta = json.loads(bytes(view("meta", "B", None)))
@@ -486,8 +481,7 @@ class CompiledIndex:
             self._kinds,
             self._list_ids,
             self._lines,
-            self._text_starts,
-            self._text_ends,
+            self._text_offs,
             self._texts,
             self._buf,
         ):
@@ -518,8 +512,8 @@ class CompiledIndex:
 
     def _match(self, pos: int, key: str) -> Match:
         info = self._lists[self._list_ids[pos]]
-        t0 = self._text_starts[pos]
-        t1 = self._text_ends[pos]
+        t0 = self._text_offs[pos]
+        t1 = self._text_offs[pos + 1]
         text = bytes(self._texts[t0:t1]).decode("utf-8", "replace") if t1 > t0 else key
         return Match(
             list=info.name,
