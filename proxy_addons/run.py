@@ -194,6 +194,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     import logging
 
     from mitmproxy import exceptions, optmanager
+    from mitmproxy.addons.dumper import Dumper
     from mitmproxy.addons.termlog import TermLog
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
@@ -209,9 +210,11 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     confdir = Path(args.confdir) if args.confdir else default_confdir()
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     opts = Options()
-    # stdout carries only the JSON event stream (for a SIEM); people read stderr.
+    # stdout carries only the JSON event stream (for a SIEM); people read stderr,
+    # where mitmproxy's flow lines go too (off unless --set flow_detail=1 or more).
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    master.addons.add(TermLog(out=sys.stderr))
+    master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
+    opts.update(flow_detail=0)
     addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
     master.addons.add(*addons)
     try:
