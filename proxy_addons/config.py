@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .core.errors import SourceConfigError
+from .core.formats import FORMATS
 from .core.model import ListSpec, Mode
 
 PACKAGE_ROOT: Final = Path(__file__).resolve().parent.parent
@@ -25,17 +26,7 @@ def _shipped_lists() -> Path:
 
 SHIPPED_LISTS: Final = _shipped_lists()
 DEFAULT_SOURCES: Final = SHIPPED_LISTS / "sources.toml"
-FORMAT_NAMES: Final = (
-    "auto",
-    "hosts",
-    "domains",
-    "adblock",
-    "urls",
-    "urlhaus-csv",
-    "ips",
-    "cidr",
-    "dnsmasq",
-)
+FORMAT_NAMES: Final = ("auto", *FORMATS)
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DURATION_RE: Final = re.compile(r"(\d+)\s*([smhd])")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
