@@ -79,6 +79,8 @@ _FAST_FOREIGN_BUDGET = 4
 _OPEN_GUESS_WINDOW = 65536
 # Inline texts longer than this are judged every time rather than cached.
 _INLINE_CACHE_MAX_CHARS = 16384
+# Elements longer than this are not remembered by the fast path (memory).
+_ELEMENT_CACHE_MAX_BYTES = 16384
 # Entries per verdict cache (URL -> match, (base, ref) -> URL, text -> verdict);
 # a full cache is simply emptied.
 DEFAULT_CACHE_ENTRIES = 20000
@@ -1143,10 +1145,102 @@ class _Judge:
 # The fast path: an over-approximation that can only add candidates.
 
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
-_CANDIDATE = re.compile(rb"<(script|iframe|frame|object|embed|meta|svg|math)[\t\n\f\r />]")
-_BASE_CANDIDATE = re.compile(rb"<base[\t\n\f\r />]")
-_HTML_END_CANDIDATE = re.compile(rb"</html[\t\n\f\r />]")
-_REFRESH = re.compile(rb"refresh")
+# What the fast path looks at: active elements, foreign content, <base> and </html>.
+_CANDIDATE_NAMES = (
+    b"script", b"iframe", b"frame", b"object", b"embed", b"meta", b"svg", b"math", b"base", b"/html"
+)  # fmt: skip
+_CANDIDATE_LOW = re.compile(rb"<(" + b"|".join(_CANDIDATE_NAMES) + rb")[\t\n\f\r />]")
+_HTML_END_AT = re.compile(rb"</(?i:html)[\t\n\f\r />]")
+# The fast path's whole script element, when its text has no "<!--" (escaped
+# states) and its end tag is complete; otherwise _script_end decides.
+_FAST_SCRIPT = re.compile(
+    rb"<(?i:script)(?=[\t\n\f\r />])(?P<attrs>" + _ATTRS + rb")/?>"
+    rb"(?P<text>(?:[^<]++|<(?!!--|/(?i:script)[\t\n\f\r />]))*+)"
+    rb"(?P<close></(?i:script)(?=[\t\n\f\r />])" + _ATTRS + rb"/?>)?+"
+)
+_SRC_OR_HREF = re.compile(rb"(?i:src|href)")
+_REFRESH = re.compile(rb"(?i:refresh)")
+_FOREIGN_END: dict[bytes, re.Pattern[bytes]] = {
+    b"svg": re.compile(rb"</(?i:svg)"),
+    b"math": re.compile(rb"</(?i:math)"),
+}
+# A foreign subtree's start tag up to the first ">" after the first "</svg"
+# (or "</math"): the fast path's cache key for it.
+_FAST_FOREIGN: dict[bytes, re.Pattern[bytes]] = {
+    name: re.compile(
+        rb"<(?i:" + name + rb")(?=[\t\n\f\r />])" + _ATTRS + rb"/?>"
+        rb"(?:[^<]++|<(?!/(?i:" + name + rb")))*+</(?i:" + name + rb")[^>]*+>"
+    )
+    for name in (b"svg", b"math")
+}
+# From this size on numpy finds candidates faster than a regex over a lowercased copy.
+_VECTOR_MIN_BYTES = 8192
+
+
+class _Prefilter:
+    """numpy: the ``<`` whose next four bytes may start a candidate name.
+
+    The four bytes are read as one little-endian word and OR-ed with 0x20 in
+    every byte, which lowercases ASCII letters (and maps a few other bytes onto
+    each other: a superset, confirmed by the caller).
+    """
+
+    FOLD = 0x20202020
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.np = np
+        names: dict[int, bytes] = {}
+        for name in _CANDIDATE_NAMES:
+            heads = [name[:4]] if len(name) >= 4 else [name + bytes([t]) for t in b"\t\n\f\r />"]
+            names.update((int.from_bytes(h, "little") | self.FOLD, name) for h in heads)
+        self.keys = np.array(sorted(names), dtype=np.uint32)
+        self.names = [names[k] for k in sorted(names)]
+
+    def find(self, buf: bytes) -> list[tuple[int, bytes]]:
+        np = self.np
+        n = len(buf)
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        # Positions past n - 5 cannot start a candidate: "<svg>" is the shortest.
+        lt = np.flatnonzero(arr[: n - 4] == 0x3C)
+        # words[i] = bytes i..i+3 as one word (overlapping, unaligned reads).
+        words = np.ndarray((n - 3,), dtype="<u4", buffer=buf, strides=(1,))
+        got = words[lt + 1] | np.uint32(self.FOLD)
+        at = np.searchsorted(self.keys, got)
+        np.minimum(at, len(self.keys) - 1, out=at)
+        hit = self.keys[at] == got
+        names = self.names
+        return [(p, names[i]) for p, i in zip(lt[hit].tolist(), at[hit].tolist(), strict=True)]
+
+
+_PREFILTER: _Prefilter | None = None
+
+
+def _candidates(buf: bytes, *, vector: bool | None = None) -> list[tuple[int, bytes]]:
+    """(position, lowercased name) of every ``<script``, ``<iframe``, ... ``</html`` in ``buf``, in order.
+
+    Large bodies (or ``vector=True``) are searched with numpy: find every ``<``
+    and keep those whose next four bytes (lowercased) start a candidate name.
+    That may also yield ``<scribble``, ``<metadata``, ``</htmlx``...: callers
+    confirm each one (the tag must parse, with the right name).
+    """
+    n = len(buf)
+    if not (n >= _VECTOR_MIN_BYTES if vector is None else vector) or n < 8:
+        low = buf.translate(_LOWER)
+        return [(m.start(), m.group(1)) for m in _CANDIDATE_LOW.finditer(low)]
+    global _PREFILTER
+    if _PREFILTER is None:
+        _PREFILTER = _Prefilter()
+    return _PREFILTER.find(buf)
+
+
+def _start_tag(buf: bytes, p: int, name: bytes) -> re.Match[bytes] | None:
+    """The start tag ``name`` at ``p``, or None (not that element, or EOF inside the tag)."""
+    tag = _TAG.match(buf, p)
+    if tag is None or tag.group(1) or tag.group(2).lower() != name:
+        return None
+    return tag
 
 
 # --------------------------------------------------------------------------
@@ -1169,6 +1263,8 @@ class _Caches:
         self.joins: dict[tuple[str, str], str | None] = {}
         self.inline: dict[tuple[str, str, tuple[str, ...]], _Verdict | None] = {}
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
+        # Script elements that ended with a complete end tag and no "<!--" in their text.
+        self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
 
     def put(self, cache: dict[_K, _V], key: _K, value: _V) -> None:
         if self.entries <= 0:
@@ -1259,40 +1355,98 @@ class Scanner:
         the base URL. This can only add candidates, never lose one.
         """
         buf = doc.buf
-        low = buf.translate(_LOWER)
+        candidates = _candidates(buf)
         bases = [judge.page_url]
-        if b"<base" in low:
-            for m in _BASE_CANDIDATE.finditer(low):
-                tag = _TAG.match(buf, m.start())
+        html_end = len(buf)
+        for p, name in candidates:
+            if name == b"base":
+                tag = _start_tag(buf, p, name)
                 href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
                 resolved = judge.resolve(judge.page_url, href) if href is not None else None
                 if resolved is not None and resolved not in bases:
                     bases.append(resolved)
+            elif (
+                name == b"/html"
+                and html_end == len(buf)
+                and self.after_html != "off"
+                and _HTML_END_AT.match(buf, p)
+            ):
+                html_end = p
         key_bases = tuple(bases)
-        html_end_match = _HTML_END_CANDIDATE.search(low) if self.after_html != "off" else None
-        html_end = html_end_match.start() if html_end_match else len(buf)
         cache = self._caches.elements
         budget = _FAST_FOREIGN_BUDGET * len(buf) + 65536
         work = 0
         shared = _Shared(doc)
-        for m in _CANDIDATE.finditer(low):
-            p = m.start()
-            name = m.group(1)
-            tag = _TAG.match(buf, p)
-            if tag is None:
-                continue  # EOF inside this tag if it is real; it may be fake (in a comment)
-            end = tag.end()
-            if name in (b"svg", b"math"):
+        utf16 = doc.utf16
+        complete = self._caches.complete
+        for p, name in candidates:
+            if name == b"script":
+                if not utf16 and p <= html_end:
+                    # Bytes identical to a whole script element seen before are
+                    # that element again (it ends within its own bytes).
+                    close = buf.find(b"</script", p)
+                    gt = buf.find(b">", close) if close >= 0 else -1
+                    if 0 <= gt < p + _ELEMENT_CACHE_MAX_BYTES:
+                        seen = complete.get((buf[p : gt + 1], key_bases))
+                        if seen is not None:
+                            if seen:
+                                return False
+                            continue
+                fast = _FAST_SCRIPT.match(buf, p)
+                if fast is None:
+                    continue  # EOF inside this tag if it is real; it may be fake (in a comment)
+                end, text_end = fast.span("text")
+                whole = fast.start("close") >= 0
+                if whole:
+                    el_end = fast.end()
+                else:
+                    tag = _TAG.match(buf, p)
+                    if tag is None:
+                        continue
+                    end = tag.end()
+                    text_end, el_end = _script_end(buf, end)
+                if p > html_end:
+                    return False  # active content after </html> (policy log or strip)
+                # Templated sites repeat the same elements on every page: cache by bytes.
+                key = (doc.raw_slice(p, el_end) if utf16 else buf[p:el_end], key_bases)
+                cached = cache.get(key)
+                if cached is not None:
+                    if cached:
+                        return False
+                    continue
+                text = _norm(doc.text(end, text_end))
+                if _SRC_OR_HREF.search(buf, p, end) is not None:
+                    attrs = parse_attrs(doc.text(*fast.span("attrs")))
+                else:
+                    attrs = {}
+                suspect = judge.judge(Element("script", p, el_end, attrs, text), bases) is not None
+                if el_end - p <= _ELEMENT_CACHE_MAX_BYTES:
+                    self._caches.put(cache, key, suspect)
+                    if whole and not utf16:
+                        self._caches.put(complete, key, suspect)
+                if suspect:
+                    return False
+                continue
+            elif name in (b"svg", b"math"):
                 # The walk depends only on the bytes it reads: an icon repeated
                 # on every page is walked once. Key: the bytes up to the first
                 # matching end tag, cached only if the walk stopped within them.
-                close = low.find(b"</" + name, end)
-                guess = low.find(b">", close) + 1 if close >= 0 else 0
+                subtree = _FAST_FOREIGN[name].match(buf, p)
+                if subtree is not None:
+                    guess = subtree.end()
+                else:
+                    tag = _start_tag(buf, p, name)
+                    if tag is None:
+                        continue
+                    close = _FOREIGN_END[name].search(buf, tag.end())
+                    guess = buf.find(b">", close.end()) + 1 if close is not None else 0
                 svg_key = (doc.raw_slice(p, guess), key_bases) if guess > 0 else None
-                if svg_key is not None and svg_key in cache:
-                    if cache[svg_key]:
-                        return False
-                    continue
+                if svg_key is not None:
+                    cached = cache.get(svg_key)
+                    if cached is not None:
+                        if cached:
+                            return False
+                        continue
                 local = _Walk(shared, p, local=True)
                 local.run()
                 work += local.work + (local.pos - p)
@@ -1305,32 +1459,29 @@ class Scanner:
                 if suspect:
                     return False
                 continue
-            if name == b"meta" and not _REFRESH.search(low, p, end):
+            elif name in (b"base", b"/html"):
                 continue
-            if p > html_end:
-                return False  # active content after </html> (policy log or strip)
-            if name == b"script":
-                text_end, el_end = _script_end(buf, end)
             else:
-                text_end = el_end = end
-            # Templated sites repeat the same elements on every page: cache by bytes.
-            key = (doc.raw_slice(p, el_end), key_bases)
-            if key in cache:
-                if cache[key]:
+                tag = _start_tag(buf, p, name)
+                if tag is None:
+                    continue
+                end = el_end = tag.end()
+                if name == b"meta" and _REFRESH.search(buf, p, end) is None:
+                    continue
+                if p > html_end:
                     return False
-                continue
-            if name == b"script":
-                text: str | None = _norm(doc.text(end, text_end))
-                if low.find(b"src", p, end) >= 0 or low.find(b"href", p, end) >= 0:
-                    attrs = parse_attrs(doc.text(*tag.span(3)))
-                else:
-                    attrs = {}
-            else:
-                text, attrs = None, parse_attrs(doc.text(*tag.span(3)))
-            suspect = judge.judge(Element(name.decode(), p, el_end, attrs, text), bases) is not None
-            self._caches.put(cache, key, suspect)
-            if suspect:
-                return False
+                key = (doc.raw_slice(p, el_end), key_bases)
+                cached = cache.get(key)
+                if cached is not None:
+                    if cached:
+                        return False
+                    continue
+                attrs = parse_attrs(doc.text(*tag.span(3)))
+                suspect = judge.judge(Element(name.decode(), p, el_end, attrs, None), bases) is not None
+                if el_end - p <= _ELEMENT_CACHE_MAX_BYTES:
+                    self._caches.put(cache, key, suspect)
+                if suspect:
+                    return False
         return True
 
     @staticmethod

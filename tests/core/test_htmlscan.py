@@ -13,9 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy_addons.core.htmlscan import (
+    _CANDIDATE_LOW,
+    _VECTOR_MIN_BYTES,
     BodyTooLarge,
     Finding,
     Scanner,
+    _candidates,
     decode_script_text,
     parse_elements,
     unescape_attr,
@@ -434,7 +437,11 @@ _PIECES = [
     "<div title=\"", "\">", "<base href=http://{h}/>", "<script src=rel.js></script>", "<!-- x -->",
     "</html>", "<meta http-equiv=refresh content='0;url=//{h}/'>", "<svg><desc><script src=//{h}/>",
     "<object data=//{h}/>", '<script a="', "<svg a='", "<select>", "<iframe>", "</select>", "</object>", "<p>text</p>", "<foreignObject>", "<style>", "</style>",
+    "<SCRIPT SRC=//{h}/x.js></SCRIPT >", "<Script>x()</sCRIPT>", "</HTML>", "<SVG>", "</Svg>", "<BASE HREF=//{h}/>",
+    "<META HTTP-EQUIV=Refresh CONTENT='0;url=//{h}/'>", "<IFRAME SRC=//{h}/>", "<script><!--", "<script src=//{h}/x.js",
 ]  # fmt: skip
+# Bodies from this size on take the vectorized candidate search.
+_LARGE_FILLER = "<p class=filler>some ordinary text</p>\n" * 240
 
 
 @st.composite
@@ -446,9 +453,59 @@ def _doc(draw: st.DrawFn) -> str:
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_doc(), st.sets(st.sampled_from(_HOSTS)), st.sampled_from(["off", "log", "strip"]))
-def test_fast_path_agrees_with_precise_scan(doc: str, hosts: set[str], policy: str) -> None:
+@given(
+    _doc(),
+    st.sets(st.sampled_from(_HOSTS)),
+    st.sampled_from(["off", "log", "strip"]),
+    st.sampled_from(["", "front", "back"]),
+)
+def test_fast_path_agrees_with_precise_scan(doc: str, hosts: set[str], policy: str, pad: str) -> None:
+    if pad == "front":
+        doc = _LARGE_FILLER + doc
+    elif pad == "back":
+        doc = doc + _LARGE_FILLER
     body = doc.encode()
     fast = Scanner(blocker(hosts), SIGNATURES, after_html=policy, cache_entries=0)  # type: ignore[arg-type]
     slow = Scanner(blocker(hosts), SIGNATURES, after_html=policy, fast_path=False)  # type: ignore[arg-type]
     assert fast.scan(body, PAGE, "text/html") == slow.scan(body, PAGE, "text/html")
+
+
+@settings(max_examples=400, deadline=None)
+@given(_doc(), st.binary(max_size=12))
+def test_vectorized_candidate_search_finds_what_the_regex_finds(doc: str, tail: bytes) -> None:
+    # The vectorized search may add positions (e.g. "<scribble"), which callers
+    # confirm; confirmed, it must give exactly the regex's answer.
+    def confirmed(body: bytes) -> list[tuple[int, bytes]]:
+        low = body.lower()
+        return [(p, n) for p, n in _candidates(body, vector=True) if low.startswith(n, p + 1)
+                and _CANDIDATE_LOW.match(low, p)]  # fmt: skip
+
+    body = doc.encode() + tail
+    assert confirmed(body) == _candidates(body, vector=False)
+    large = _LARGE_FILLER.encode() + body
+    assert len(large) >= _VECTOR_MIN_BYTES
+    assert confirmed(large) == _candidates(large, vector=False)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_doc(), min_size=2, max_size=4), st.sets(st.sampled_from(_HOSTS)), st.booleans())
+def test_warm_caches_agree_with_precise_scan(docs: list[str], hosts: set[str], large: bool) -> None:
+    # One scanner sees several pages built from the same pieces, twice over:
+    # what it remembers from one page must not change what it finds on another.
+    warm = Scanner(blocker(hosts), SIGNATURES, after_html="strip")  # type: ignore[arg-type]
+    slow = Scanner(blocker(hosts), SIGNATURES, after_html="strip", fast_path=False)  # type: ignore[arg-type]
+    bodies = [((_LARGE_FILLER if large else "") + doc).encode() for doc in docs]
+    for body in bodies + bodies[::-1]:
+        assert warm.scan(body, PAGE, "text/html") == slow.scan(body, PAGE, "text/html")
+
+
+def test_a_remembered_script_prefix_is_not_taken_for_a_longer_element() -> None:
+    warm = Scanner(blocker({"evil.test"}), SIGNATURES)  # type: ignore[arg-type]
+    # Escaped script data: this element runs to the end of the body, and its
+    # bytes end with ">", like a whole element.
+    first = b"<p>x</p><script><!--<script></script>"
+    assert warm.scan(first, PAGE, "text/html") == []
+    # Same bytes, then more of the same (double-escaped) element.
+    second = first + b"load('//evil.test/x.js')--></script>"
+    found = warm.scan(second, PAGE, "text/html")
+    assert [(f.element, f.url) for f in found] == [("script", "http://evil.test/x.js")]
