@@ -421,6 +421,9 @@ class Blocking:
             # Open the tunnel to ourselves only: the block page is served inside it,
             # and server_connect refuses any connection for this client.
             self._log(v, "blocked (tunnel kept local for the block page)", "connect", client, rid)
+            # One visit, one event: the block page's request, or this CONNECT if
+            # the client sends none (e.g. it does not trust the CA).
+            flow.metadata[METADATA_KEY]["deferred"] = True
             now = time.time()
             flow.response = http.Response(
                 req.data.http_version, 200, b"Connection established",

@@ -10,7 +10,9 @@ It reads, never decides:
 - a flow error starting ``jectguard:`` naming a refused resolved address.
 
 Load it after the addons it observes. Each decision (one request id) is
-recorded once, however many hooks see it.
+recorded once, however many hooks see it. A blocked CONNECT whose tunnel the
+proxy keeps local to serve the block page inside it (``deferred``) is recorded
+only if no request in that tunnel is: one blocked visit, one event.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 
 from proxy_addons.events import EventLog, open_sink
 from proxy_addons.metrics import Metrics
@@ -68,6 +70,9 @@ class Observe:
         self.holder = holder
         self._sink_spec: str | None = None
         self._categories: tuple[object, dict[str, str]] = (None, {})
+        # client connection id -> the blocked CONNECT's event, held until the
+        # tunnel shows a blocked request (dropped) or closes (emitted).
+        self._deferred: dict[str, tuple[Mapping[str, Any], dict[str, Any]]] = {}
 
     # -- options ------------------------------------------------------------
 
@@ -95,10 +100,6 @@ class Observe:
             self.events.set_sink(sink, owned=owned)
             self._sink_spec = spec
 
-    def done(self) -> None:
-        self.events.close()
-        self._sink_spec = None
-
     # -- hooks --------------------------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -117,6 +118,18 @@ class Observe:
     def error(self, flow: http.HTTPFlow) -> None:
         self._decision(flow)
         self._address_refusal(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        held = self._deferred.pop(client.id, None)
+        if held is not None:
+            self._emit_block(*held)
+
+    def done(self) -> None:
+        for held in list(self._deferred.values()):
+            self._emit_block(*held)
+        self._deferred.clear()
+        self.events.close()
+        self._sink_spec = None
 
     # -- decisions ----------------------------------------------------------
 
@@ -171,8 +184,12 @@ class Observe:
             "line": v.get("line"),
         }
         if action == "block":
-            self.metrics.record_block(v.get("list"), v.get("category"))
-            self.events.emit("block", **fields)
+            client_id = flow.client_conn.id
+            if meta.get("deferred"):
+                self._deferred[client_id] = (v, fields)
+                return
+            self._deferred.pop(client_id, None)
+            self._emit_block(v, fields)
         elif action == "monitor":
             self.metrics.record_monitor(v.get("list"), v.get("category"))
             self.events.emit("monitor", **fields)
@@ -189,6 +206,10 @@ class Observe:
         elif action == "error":
             self.metrics.record_error("canonicalize")
             self.events.emit("error", reason=v.get("error"), **fields)
+
+    def _emit_block(self, v: Mapping[str, Any], fields: dict[str, Any]) -> None:
+        self.metrics.record_block(v.get("list"), v.get("category"))
+        self.events.emit("block", **fields)
 
     def _address_refusal(self, flow: http.HTTPFlow) -> None:
         err = flow.error

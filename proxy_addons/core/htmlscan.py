@@ -26,7 +26,10 @@ How it sees the document:
   over-approximation: every ``<script``/``<iframe``/... occurrence is judged as
   if it were a real element (and every ``<svg``/``<math`` is followed precisely),
   which can only add candidates, never lose one. Only when that finds something
-  does the precise tokenizer run over the whole body.
+  does the precise tokenizer run over the whole body. Candidates are found with
+  numpy on large bodies, and elements are remembered by their bytes (a script
+  element's bytes decide where it ends, so the same bytes elsewhere are the
+  same element), which makes rescanning a templated site's pages cheap.
 
 Offsets are byte offsets into the original body. ASCII-compatible encodings
 (UTF-8, windows-125x, Shift_JIS, GBK, EUC-*, Big5, ...) are tokenized as bytes:

@@ -337,8 +337,35 @@ async def test_connect_block(pair: tuple[Blocking, Observe], events: EventLog) -
         f.request.host, f.request.port = "evil.test", 443
         blocking.http_connect(f)
         observe.http_connect(f)
+        # The tunnel is kept local for the block page: the event waits for it.
+        assert events.recent() == []
+        observe.client_disconnected(f.client_conn)  # no request came (CA not trusted)
         (ev,) = events.recent()
         assert ev["event"] == "block" and ev["stage"] == "connect" and ev["method"] == "CONNECT"
+        observe.client_disconnected(f.client_conn)
+        assert len(events.recent()) == 1
+
+
+async def test_blocked_visit_through_a_local_tunnel_is_one_event(
+    pair: tuple[Blocking, Observe], events: EventLog, metrics: Metrics
+) -> None:
+    blocking, observe = pair
+    with taddons.context(blocking, observe) as tctx:
+        tctx.configure(observe, jg_events_file="")
+        c = tflow.tflow(req=http.Request.make("CONNECT", "http://evil.test:443/", b"", {}))
+        c.request.authority = "evil.test:443"
+        c.request.host, c.request.port = "evil.test", 443
+        blocking.http_connect(c)
+        observe.http_connect(c)
+        f = req("https://evil.test/page")
+        f.client_conn = c.client_conn
+        blocking.requestheaders(f)
+        observe.requestheaders(f)
+        observe.client_disconnected(c.client_conn)
+        (ev,) = events.recent()
+        assert ev["stage"] == "request" and ev["url"] == "https://evil.test/page"
+        assert ev["request_id"] == f.metadata["jectguard"]["request_id"]
+        assert metric(metrics, "jectguard_requests_blocked_total", list="malware", category="malware") == 1
 
 
 async def test_address_refusal_error_becomes_a_block_event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -318,6 +319,43 @@ def test_blocked_connect_with_interception_never_reaches_origin(
     assert status_of(resp) == 403
     time.sleep(0.2)
     assert listener.connections == 0 and listener.received == b""
+
+
+def _block_events_after(proxy: Proxy, mark: int, host: str, *, wait: float = 5.0) -> list[dict]:
+    """Block events for ``host`` the proxy wrote after output offset ``mark`` (waits for one)."""
+    deadline = time.monotonic() + wait
+    while True:
+        events = []
+        for line in proxy.output()[mark:].splitlines():
+            if line.startswith("{"):
+                ev = json.loads(line)
+                if ev.get("event") == "block" and ev.get("host") == host:
+                    events.append(ev)
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
+async def test_blocked_https_visit_is_one_event_with_the_pages_request_id(proxy: Proxy) -> None:
+    mark = len(proxy.output())
+    async with aiohttp.ClientSession() as s:
+        r = await s.get("https://evil.test/one-visit", proxy=proxy.url, ssl=client_ssl(proxy.ca),
+                        headers=NAV)
+        assert r.status == 403
+        rid = r.headers["X-Jectguard-Block"].rsplit("id=", 1)[1]
+    await asyncio.sleep(0.5)  # the tunnel is closed: anything held back is out by now
+    (ev,) = _block_events_after(proxy, mark, "evil.test")
+    assert ev["request_id"] == rid and ev["url"] == "https://evil.test/one-visit"
+
+
+def test_blocked_connect_without_a_request_is_still_one_event(proxy: Proxy) -> None:
+    # A client that does not trust the CA never sends the request inside.
+    mark = len(proxy.output())
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    (ev,) = _block_events_after(proxy, mark, "evil.test")
+    assert ev["stage"] == "connect" and ev["method"] == "CONNECT"
 
 
 @pytest.mark.skipif(CURL is None, reason="curl not installed")
