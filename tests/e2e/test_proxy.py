@@ -338,11 +338,14 @@ def _block_events_after(proxy: Proxy, mark: int, host: str, *, wait: float = 5.0
 
 async def test_blocked_https_visit_is_one_event_with_the_pages_request_id(proxy: Proxy) -> None:
     mark = len(proxy.output())
-    async with aiohttp.ClientSession() as s:
-        r = await s.get("https://evil.test/one-visit", proxy=proxy.url, ssl=client_ssl(proxy.ca),
-                        headers=NAV)
+    ctx = client_ssl(proxy.ca)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get("https://evil.test/one-visit", proxy=proxy.url, ssl=ctx, headers=NAV) as r,
+    ):
         assert r.status == 403
         rid = r.headers["X-Jectguard-Block"].rsplit("id=", 1)[1]
+        assert rid in await r.text()
     await asyncio.sleep(0.5)  # the tunnel is closed: anything held back is out by now
     (ev,) = _block_events_after(proxy, mark, "evil.test")
     assert ev["request_id"] == rid and ev["url"] == "https://evil.test/one-visit"
