@@ -5,13 +5,17 @@
   waits for the port, and always kills the process.
 - ``origin`` is an aiohttp server on 127.0.0.1 (HTTP and HTTPS with a self-signed
   certificate) that records every request it gets.
+- ``serve_app`` serves any aiohttp app that way (the origin, the browser tests' sites).
 - ``ByteCounter`` is a raw TCP listener that records connections and bytes: the
   "attacker" whose silence proves nothing was sent to it.
+- ``browser`` is headless Debian Chromium through playwright; missing, it skips the
+  test, or fails it where it is required (``CI``, ``JG_REQUIRE_BROWSER``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -25,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -297,15 +302,23 @@ def _origin_app(origin: Origin) -> web.Application:
     return app
 
 
-@pytest.fixture(scope="session")
-def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
-    o = Origin()
-    o.cert, key = make_cert(tmp_path_factory.mktemp("origin"))
+@dataclass
+class Served:
+    port: int
+    tls_port: int
+    cert: Path
+
+
+@contextlib.contextmanager
+def serve_app(app: web.Application, cert_dir: Path, name: str) -> Iterator[Served]:
+    """Serve ``app`` on 127.0.0.1 over HTTP and HTTPS (self-signed) from a thread of its own."""
+    cert, key = make_cert(cert_dir)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(o.cert, key)
+    ctx.load_cert_chain(cert, key)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    runner = web.AppRunner(_origin_app(o), access_log=None)
+    runner = web.AppRunner(app, access_log=None)
+    ports: list[int] = []
 
     async def start() -> None:
         await runner.setup()
@@ -313,8 +326,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
         secure = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
         await plain.start()
         await secure.start()
-        o.port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        o.tls_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        for site in (plain, secure):
+            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -324,14 +337,22 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
-    t = threading.Thread(target=run, name="origin", daemon=True)
+    t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
-    assert ready.wait(10), "origin did not start"
+    assert ready.wait(10), f"{name} did not start"
     try:
-        yield o
+        yield Served(ports[0], ports[1], cert)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
+    o = Origin()
+    with serve_app(_origin_app(o), tmp_path_factory.mktemp("origin"), "origin") as served:
+        o.port, o.tls_port, o.cert = served.port, served.tls_port, served.cert
+        yield o
 
 
 class ByteCounter:
@@ -436,3 +457,48 @@ def header_of(resp: bytes, name: str) -> str | None:
 def client_ssl(ca: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca))
     return ctx
+
+
+# -- a real browser -----------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+NAV_TIMEOUT_MS = 15_000
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    # Chromium sends loopback requests around the proxy unless told otherwise.
+    "--proxy-bypass-list=<-loopback>",
+]
+
+
+def require(reason: str) -> None:
+    """Skip for a missing tool, or fail where it must be there (CI, JG_REQUIRE_BROWSER)."""
+    if os.environ.get("CI") or os.environ.get("JG_REQUIRE_BROWSER"):
+        pytest.fail(f"{reason} (required in CI: scripts/bootstrap.sh installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by playwright (never a downloaded browser)."""
+    if not CHROMIUM.exists():
+        require("Debian's chromium is not installed (/usr/bin/chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require("the playwright package is not installed")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield b
+        finally:
+            b.close()

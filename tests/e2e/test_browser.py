@@ -23,13 +23,9 @@ The browser tests are skipped only when Chromium or playwright is missing; with 
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import http.client
 import json
-import os
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,27 +35,19 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import ATTACKER_IP, ROOT, ByteCounter, Proxy, make_cert, start_proxy
+from .conftest import (
+    ARTIFACTS,
+    ATTACKER_IP,
+    NAV_TIMEOUT_MS,
+    ByteCounter,
+    Proxy,
+    serve_app,
+    start_proxy,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-NAV_TIMEOUT_MS = 15_000
 HUGE_BYTES = 11 * 1024 * 1024  # over the default 10 MB scan cap
 # After "load": time for any late request toward the attacker (an iframe, a retried script).
 SETTLE_SECONDS = 0.5
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    # Chromium sends loopback requests around the proxy unless told otherwise.
-    "--proxy-bypass-list=<-loopback>",
-]
-
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Shop news</title>
 <script src="/app.js"></script>
@@ -83,12 +71,6 @@ if (document.cookie.indexOf("jg_seen=") < 0) {{
 
 APP_JS = 'window.addEventListener("DOMContentLoaded", () => {' \
     ' document.getElementById("ext").textContent = "external script ran"; });'
-
-
-def _require(reason: str) -> None:
-    if os.environ.get("CI") or os.environ.get("JG_REQUIRE_BROWSER"):
-        pytest.fail(f"{reason} (required in CI: scripts/bootstrap.sh installs it)")
-    pytest.skip(reason)
 
 
 # -- the shop origin ----------------------------------------------------------------
@@ -157,59 +139,12 @@ def _shop_app(shop: Shop) -> web.Application:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     s = Shop()
-    cert, key = make_cert(tmp_path_factory.mktemp("shop"))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runner = web.AppRunner(_shop_app(s), access_log=None)
-
-    async def start() -> None:
-        await runner.setup()
-        plain = web.TCPSite(runner, "127.0.0.1", 0)
-        secure = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-        await plain.start()
-        await secure.start()
-        s.port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        s.tls_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    t = threading.Thread(target=run, name="shop", daemon=True)
-    t.start()
-    assert ready.wait(10), "shop origin did not start"
-    try:
+    with serve_app(_shop_app(s), tmp_path_factory.mktemp("shop"), "shop") as served:
+        s.port, s.tls_port = served.port, served.tls_port
         yield s
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
 
 
 # -- the browser --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _require("Debian's chromium is not installed (/usr/bin/chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require("the playwright package is not installed")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")

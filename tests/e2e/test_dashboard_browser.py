@@ -17,10 +17,7 @@ missing; with ``CI`` or ``JG_REQUIRE_BROWSER`` set, that is a failure instead.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import Proxy, free_port, make_cert, start_proxy
-from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, NAV_TIMEOUT_MS, _require
+from .conftest import ARTIFACTS, NAV_TIMEOUT_MS, Proxy, free_port, serve_app, start_proxy
 
 # How long a dashboard element may take to appear (it fetches the API after sign-in).
 UI_TIMEOUT_MS = 10_000
@@ -77,38 +73,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     app.router.add_get("/page", page)
     app.router.add_get("/app.js", app_js)
     s = Site()
-    cert, key = make_cert(tmp_path_factory.mktemp("jg_dash_site"))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    runner = web.AppRunner(app, access_log=None)
-
-    async def start() -> None:
-        await runner.setup()
-        plain = web.TCPSite(runner, "127.0.0.1", 0)
-        secure = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-        await plain.start()
-        await secure.start()
-        s.port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        s.tls_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    t = threading.Thread(target=run, name="jg-dash-site", daemon=True)
-    t.start()
-    assert ready.wait(10), "clean origin did not start"
-    try:
+    with serve_app(app, tmp_path_factory.mktemp("jg_dash_site"), "jg-dash-site") as served:
+        s.port, s.tls_port = served.port, served.tls_port
         yield s
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
 
 
 # -- the proxy and its admin port ----------------------------------------------------
@@ -147,24 +114,6 @@ def admin(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator
 
 
 # -- the browser ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _require("Debian's chromium is not installed (/usr/bin/chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require("the playwright package is not installed")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
