@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -239,11 +240,25 @@ def run(args: argparse.Namespace) -> int:
         helper.kill()
 
 
+async def loop_lag(stop: asyncio.Event, lags: list[tuple[float, float]]) -> None:
+    """(time, ms late) of a 5 ms timer in this process: the generator's own stalls."""
+    while not stop.is_set():
+        due = time.perf_counter() + 0.005
+        await asyncio.sleep(0.005)
+        lags.append((due, (time.perf_counter() - due) * 1000))
+
+
 async def measure(
     args: argparse.Namespace, base: str, pport: int, proxy: subprocess.Popen[bytes], log: Path
 ) -> int:
     samples: list[tuple[float, float]] = []
     stop = asyncio.Event()
+    # The load generator's own pauses must not count as the proxy's: no cyclic GC
+    # here while measuring, and its event-loop lag is printed beside the latencies.
+    gc.freeze()
+    gc.disable()
+    lags: list[tuple[float, float]] = []
+    monitor = asyncio.get_running_loop().create_task(loop_lag(stop, lags))
     load = asyncio.get_running_loop().create_task(
         drive(f"http://127.0.0.1:{pport}", base, args.rate, stop, samples)
     )
@@ -267,6 +282,8 @@ async def measure(
     during_end = time.perf_counter()
     stop.set()
     await asyncio.wait_for(load, 30)
+    await monitor
+    gc.enable()
     before = [lat for due, lat in samples if before_start <= due < before_end]
     during = [lat for due, lat in samples if trigger <= due < during_end]
     print(f"refresh (download 1.11M rules, validate, compile in a {'thread' if args.in_thread else 'worker process'}, "
@@ -282,6 +299,13 @@ async def measure(
             worst[sec] = max(worst.get(sec, 0.0), lat)
     print("worst ms per second (0 = refresh signal): "
           + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(worst.items())))
+    own: dict[int, float] = {}
+    for due, lag in lags:
+        if before_start <= due < during_end:
+            sec = int(due - trigger + 1000) - 1000
+            own[sec] = max(own.get(sec, 0.0), lag)
+    print("load generator's own worst loop lag, ms:  "
+          + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(own.items())))
     if before and during:
         qb = statistics.quantiles(before, n=100, method="inclusive")[98]
         qd = statistics.quantiles(during, n=100, method="inclusive")[98]

@@ -10,6 +10,7 @@ from ..metrics import Metrics
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
+from .heap import FreezeStartupHeap
 from .holder import EngineHolder
 from .observe import Observe
 from .refresh import Refresh
@@ -40,6 +41,7 @@ def make_addons(
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
         ),
+        FreezeStartupHeap(),
     ]
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "Blocking",
     "ClientAllowList",
     "EngineHolder",
+    "FreezeStartupHeap",
     "Observe",
     "Refresh",
     "Strip",
