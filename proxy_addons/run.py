@@ -200,7 +200,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
-    from .addons import EngineHolder, make_addons
+    from .addons import EngineHolder, Jectguard, make_addons
     from .loading import default_cache_dir
 
     # As mitmproxy's own entry point does: the termlog addon filters by verbosity.
@@ -217,7 +217,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
     opts.update(flow_detail=0)
     addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
-    master.addons.add(*addons)
+    master.addons.add(Jectguard(addons))
     try:
         opts.update(
             listen_host=args.listen_host,

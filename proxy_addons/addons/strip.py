@@ -25,7 +25,7 @@ import concurrent.futures
 import logging
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -357,18 +357,23 @@ class Strip:
             return
         flow.metadata[PLAN_KEY] = plan
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Scan and strip; small bodies right here, large ones in a worker thread.
+
+        A plain method that returns a coroutine only for the worker case: most
+        responses are small or not HTML, and mitmproxy awaits only what it is given.
+        """
         plan = flow.metadata.pop(PLAN_KEY, None)
         resp = flow.response
         if plan is None or resp is None or flow.error:
-            return
+            return None
         if resp.stream:
             limit = getattr(ctx.options, "stream_large_bodies", None) or self.max_bytes
             self._skip(flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned")
-            return
+            return None
         raw = resp.raw_content
         if not raw:
-            return
+            return None
         ce = resp.headers.get("content-encoding", "")
         job = ScanJob(
             raw=raw,
@@ -382,26 +387,42 @@ class Strip:
         engine = self.holder.engine
         compressed = ce.strip().lower() not in ("", "identity", "none")
         estimate = len(raw) * (COMPRESSION_RATIO_GUESS if compressed else 1)
+        if estimate > INLINE_SCAN_BYTES:
+            return self._scan_in_worker(flow, plan, resp, raw, job, engine)
         try:
-            if estimate <= INLINE_SCAN_BYTES:
-                outcome = job.run(self._scanner(engine, worker=False))
-            else:
-                scanner = self._scanner(engine, worker=True)
-                if self._worker is None:
-                    self._worker = concurrent.futures.ThreadPoolExecutor(1, "jg-strip")
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self._worker, job.run, scanner)
-        except BodyTooLarge as exc:
+            outcome = job.run(self._scanner(engine, worker=False))
+        except Exception as exc:
+            self._failed(flow, plan, exc)
+            return None
+        self._apply(flow, resp, raw, outcome)
+        return None
+
+    async def _scan_in_worker(
+        self, flow: http.HTTPFlow, plan: str, resp: http.Response, raw: bytes, job: ScanJob,
+        engine: Engine,
+    ) -> None:
+        scanner = self._scanner(engine, worker=True)
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, "jg-strip")
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._worker, job.run, scanner)
+        except Exception as exc:
+            self._failed(flow, plan, exc)
+            return
+        self._apply(flow, resp, raw, outcome)
+
+    def _failed(self, flow: http.HTTPFlow, plan: str, exc: Exception) -> None:
+        if isinstance(exc, BodyTooLarge):
             self._skip(flow, plan, f"too large to scan: {exc}; passed unscanned")
-            return
-        except UndecodableBody as exc:
+        elif isinstance(exc, UndecodableBody):
             self._skip(flow, plan, f"not scanned: {exc}")
-            return
-        except Exception:  # a scanner bug must not take the page down with it
+        else:  # a scanner bug must not take the page down with it
             logger.warning("jectguard: strip failed on %s; passed unscanned",
-                           flow.request.pretty_url[:300], exc_info=True)
+                           flow.request.pretty_url[:300], exc_info=exc)
             self._skip(flow, plan, "not scanned: scanner error")
-            return
+
+    def _apply(self, flow: http.HTTPFlow, resp: http.Response, raw: bytes, outcome: Outcome) -> None:
         if outcome.findings:
             flow.metadata[STRIP_KEY] = {
                 "findings": [f.as_dict() for f in outcome.findings],

@@ -20,7 +20,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from proxy_addons.addons import ClientAllowList, EngineHolder, make_addons
+from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
 from proxy_addons.addons.proceed import PROCEED_PATH
 from proxy_addons.blockpage import HEADER_NAME
@@ -88,9 +88,10 @@ async def test_loads_next_to_mitmproxy_default_addons() -> None:
     with taddons.context(loadcore=False) as tctx:
         tctx.master.addons.add(*mitm_addons.default_addons())
         ours = make_addons(EngineHolder(make_engine()))
-        tctx.master.addons.add(*ours)  # raises on a duplicate addon name
+        tctx.master.addons.add(Jectguard(ours))  # as `jectguard run` does; raises on a duplicate name
         names = [a.name for a in ours]  # type: ignore[attr-defined]
         assert names[:2] == ["jectguard_clients", "jectguard_block"]  # clients checked first
+        assert tctx.master.addons.get("jectguard_block") is ours[1]  # children are found by name
         assert all(n.startswith("jectguard_") for n in names) and len(set(names)) == len(names)
         assert tctx.master.addons.get("blocklist") is not None  # mitmproxy's own, untouched
         assert tctx.master.addons.get("block") is not None
