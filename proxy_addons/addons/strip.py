@@ -195,14 +195,32 @@ def load_signatures(path: str) -> list[Signature]:
         raise ValueError(str(exc)) from None
 
 
-def html_plan(headers: http.Headers) -> str | None:
+_PLAN_HEADERS: Final = (b"content-type", b"x-content-type-options", b"content-range", b"content-length")
+
+
+def _pick_headers(headers: http.Headers) -> dict[bytes, str]:
+    """The headers the plan needs, read in one pass over the raw fields.
+
+    As ``Headers.get`` does: names compared case-insensitively, repeated fields
+    joined with ", ". (``Headers.get`` costs ~1.5 us a call, on every response.)
+    """
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers.fields:
+        name = name.lower()
+        if name in _PLAN_HEADERS:
+            found.setdefault(name, []).append(value)
+    return {k: b", ".join(v).decode("utf-8", "surrogateescape") for k, v in found.items()}
+
+
+def html_plan(headers: http.Headers | dict[bytes, str]) -> str | None:
     """"html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
-    essence = mime_essence(headers.get("content-type"))
+    picked = headers if isinstance(headers, dict) else _pick_headers(headers)
+    essence = mime_essence(picked.get(b"content-type"))
     if essence in HTML_TYPES:
         return "html"
     if essence in SNIFF_TYPES:
         # With nosniff a browser never decides "HTML" for an unlabelled or generic body.
-        nosniff = "nosniff" in headers.get("x-content-type-options", "").lower()
+        nosniff = "nosniff" in picked.get(b"x-content-type-options", "").lower()
         return None if nosniff else "sniff"
     return None
 
@@ -338,18 +356,19 @@ class Strip:
         resp = flow.response
         if not self.enabled or resp is None or flow.error or not flow.live:
             return
+        picked = _pick_headers(resp.headers)
+        plan = html_plan(picked)  # first: most responses are not HTML
+        if plan is None:
+            return
         if flow.request.method == "HEAD" or resp.status_code in NO_STRIP_STATUSES:
             return
-        if "content-range" in resp.headers:
-            return
-        plan = html_plan(resp.headers)
-        if plan is None:
+        if b"content-range" in picked:
             return
         if resp.stream:
             # mitmproxy's stream_large_bodies saw a Content-Length over its limit.
             self._skip(flow, plan, "too large to scan: streamed (Content-Length over the limit)")
             return
-        length = resp.headers.get("content-length")
+        length = picked.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
             resp.stream = True
             self._skip(flow, plan, f"too large to scan: Content-Length {int(length)} "

@@ -117,18 +117,17 @@ def bom_charset(body: bytes) -> Charset | None:
     return None
 
 
-_CT_CHARSET = re.compile(r"""charset\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s;]+))""", re.I)
 
 
 def content_type_charset(content_type: str | None) -> str | None:
-    """The codec named by a Content-Type ``charset`` parameter, if any and known."""
+    """The codec named by a Content-Type ``charset`` parameter, if any and known.
+
+    Of several comma-separated values (repeated fields), the one Fetch picks.
+    """
     if not content_type:
         return None
-    _, _, params = content_type.partition(";")
-    m = _CT_CHARSET.search(params)
-    if not m:
-        return None
-    return normalize_label(m.group(1) or m.group(2) or m.group(3) or "")
+    label = extract_mime_type(content_type)[1]
+    return normalize_label(label) if label else None
 
 
 # "The algorithm for extracting a character encoding from a meta element".
@@ -240,11 +239,93 @@ _HTML_SNIFF = re.compile(
 )
 
 
+_HTTP_WS = " \t\n\r"
+_MIME_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_MIME_PARAM = re.compile(
+    r"""[ \t\n\r]*+([^;=]*+)(?:=(?:"((?:[^"\\]|\\.?)*+)"?[^;]*+|([^;]*+)))?;?""", re.S
+)
+
+
+def _split_values(value: str) -> list[str]:
+    """Fetch "get, decode, and split": commas outside double-quoted strings separate values."""
+    if "," not in value:
+        return [value.strip(" \t")]
+    out: list[str] = []
+    start = 0
+    quoted = False
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == ",":
+            out.append(value[start:i].strip(" \t"))
+            start = i + 1
+        i += 1
+    out.append(value[start:].strip(" \t"))
+    return out
+
+
+def _parse_mime(text: str) -> tuple[str, str | None] | None:
+    """MIME Sniffing "parse a MIME type": (essence, charset parameter) or None on failure."""
+    text = text.strip(_HTTP_WS)
+    kind, slash, rest = text.partition("/")
+    subtype, _, params = rest.partition(";")
+    subtype = subtype.rstrip(_HTTP_WS)
+    if not slash or not _MIME_TOKEN.fullmatch(kind) or not _MIME_TOKEN.fullmatch(subtype):
+        return None
+    charset: str | None = None
+    if "charset" in params.lower():
+        for m in _MIME_PARAM.finditer(params):
+            name, quoted, bare = m.groups()
+            if name.lower() == "charset" and (quoted is not None or bare is not None):
+                if quoted is not None:
+                    value = re.sub(r"\\(.)", r"\1", quoted, flags=re.S)
+                else:
+                    value = (bare or "").rstrip(_HTTP_WS)
+                if value:
+                    charset = value
+                    break  # the first charset parameter wins
+    return f"{kind}/{subtype}".lower(), charset
+
+
+def extract_mime_type(content_type: str) -> tuple[str, str | None]:
+    """Fetch "extract a MIME type": the (essence, charset) a browser uses; ("", None) if none.
+
+    Several values (``image/png, text/html``, or repeated Content-Type fields
+    joined with commas) are not an error: the last one that parses, other than
+    ``*/*``, wins, and a charset carries over from an earlier value of the same
+    essence.
+    """
+    essence = ""
+    charset: str | None = None
+    for value in _split_values(content_type):
+        parsed = _parse_mime(value)
+        if parsed is None or parsed[0] == "*/*":
+            continue
+        if parsed[0] != essence:
+            essence, charset = parsed
+        elif parsed[1] is not None:
+            charset = parsed[1]
+    return essence, charset
+
+
 def mime_essence(content_type: str | None) -> str:
-    """The lower-cased ``type/subtype`` of a Content-Type value ("" when missing)."""
+    """The lower-cased ``type/subtype`` a browser takes from a Content-Type ("" when none)."""
     if not content_type:
         return ""
-    return content_type.partition(";")[0].strip().lower()
+    if "," not in content_type:  # the common case, without the general algorithm
+        essence = content_type.partition(";")[0].strip(_HTTP_WS).lower()
+        kind, slash, subtype = essence.partition("/")
+        if slash and _MIME_TOKEN.fullmatch(kind) and _MIME_TOKEN.fullmatch(subtype):
+            return "" if essence == "*/*" else essence
+        return ""
+    return extract_mime_type(content_type)[0]
 
 
 def sniffs_as_html(body: bytes) -> bool:

@@ -32,6 +32,7 @@ from proxy_addons.addons.strip import (
     UndecodableBody,
     decode_body,
     encode_body,
+    html_plan,
 )
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -360,6 +361,25 @@ async def test_nosniff_or_non_html_body_untouched(addon: Strip, content_type: st
     with strip_context(addon):
         await through(addon, binary)
     assert snapshot(binary) == before
+
+
+def test_html_plan_reads_headers_as_a_browser_does() -> None:
+    """Names in any case; repeated fields are joined, and the MIME type is Fetch's pick."""
+
+    def plan(*fields: tuple[bytes, bytes]) -> str | None:
+        return html_plan(http.Headers(fields))
+
+    assert plan((b"CONTENT-TYPE", b"Text/HTML; charset=utf-8")) == "html"
+    assert plan((b"content-type", b"application/xhtml+xml")) == "html"
+    assert plan((b"Content-Type", b"text/plain")) == "sniff"
+    assert plan() == "sniff"
+    assert plan((b"Content-Type", b"image/png")) is None
+    # nosniff in the second of two X-Content-Type-Options fields still counts.
+    assert plan((b"X-Content-Type-Options", b"foo"), (b"x-content-type-options", b"NoSniff")) is None
+    # Two Content-Type fields: a browser renders the last one that parses (Fetch), so a
+    # server cannot hide a page behind an image type placed first.
+    assert plan((b"Content-Type", b"image/png"), (b"Content-Type", b"text/html")) == "html"
+    assert plan((b"Content-Type", b"text/html"), (b"Content-Type", b"image/png")) is None
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from proxy_addons.core.charset import (
     Charset,
     content_type_charset,
     detect_charset,
+    extract_mime_type,
     is_html,
     normalize_label,
     prescan_meta,
@@ -104,3 +105,37 @@ def test_is_html_by_content_type() -> None:
     assert not is_html(b"hello", None)
     assert not is_html(b"<html>", "application/json")
     assert not is_html(b"<html>", "image/svg+xml")
+
+
+# Fetch, "extract a MIME type", the examples of the spec (repeated fields arrive
+# joined with ", ", as HTTP allows and mitmproxy's Headers.get does).
+@pytest.mark.parametrize(
+    ("value", "essence", "charset"),
+    [
+        ("text/plain;charset=gbk, text/html", "text/html", None),
+        ("text/html;charset=gbk;a=b, text/html;x=y", "text/html", "gbk"),
+        ("text/html;charset=gbk, x/x, text/html;x=y", "text/html", None),
+        ("text/html, cannot-parse", "text/html", None),
+        ("text/html, */*", "text/html", None),
+        ("text/html, ", "text/html", None),
+        # and the single-value cases around them
+        ("Text/HTML ; Charset=\"Shift_JIS\"", "text/html", "Shift_JIS"),
+        ('text/html;charset="a,b", image/png', "image/png", None),
+        ('text/html;x="1,2";charset=koi8-r', "text/html", "koi8-r"),
+        ("text/html;charset=", "text/html", None),
+        ("text / html", "", None),
+        ("*/*", "", None),
+        ("nonsense", "", None),
+        ("", "", None),
+    ],
+)
+def test_extract_mime_type(value: str, essence: str, charset: str | None) -> None:
+    assert extract_mime_type(value) == (essence, charset)
+
+
+def test_is_html_takes_the_type_a_browser_takes() -> None:
+    assert is_html(b"hello", "image/png, text/html")
+    assert not is_html(b"<html>", "text/html, image/png")
+    assert is_html(b"<html>", "text/html foo")  # unparseable: sniffed, as a browser does
+    assert content_type_charset("text/html;charset=gbk, text/html") == "gbk"
+    assert content_type_charset("text/html;charset=gbk, image/png") is None

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .conftest import (
     ARTIFACTS,
@@ -95,6 +96,13 @@ def _shop_app(shop: Shop) -> web.Application:
         return web.Response(body=shop.page(), content_type="text/html", charset="utf-8",
                             headers={"ETag": '"shop-v1"', "Cache-Control": "no-store"})
 
+    async def mixed_type(request: web.Request) -> web.Response:
+        """Two Content-Type fields: the browser renders the last (Fetch), an image type first."""
+        headers = CIMultiDict([("Content-Type", "image/png"),
+                               ("Content-Type", "text/html; charset=utf-8"),
+                               ("Cache-Control", "no-store")])
+        return web.Response(body=shop.page(), headers=headers)
+
     async def app_js(request: web.Request) -> web.Response:
         shop.requests.append(request.path)
         return web.Response(text=APP_JS, content_type="application/javascript")
@@ -129,6 +137,7 @@ def _shop_app(shop: Shop) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/news", page)
+    app.router.add_get("/news-mixed-type", mixed_type)
     app.router.add_get("/app.js", app_js)
     app.router.add_get("/clean.gz", gzip_clean)
     app.router.add_get("/news.gz", gzip_chunked)
@@ -265,6 +274,20 @@ def test_control_without_stripping_the_footer_injects(
         time.sleep(0.1)
     assert _attempts(proxy_nostrip, infected.attacker_url), "the browser requested the attacker"
     assert attacker.connections == 0  # refused by the blocking addon, not stripped
+
+
+def test_page_behind_an_image_content_type_is_still_stripped(
+    browser: Any, proxy: Proxy, proxy_nostrip: Proxy, infected: Shop, attacker: ByteCounter
+) -> None:
+    """``Content-Type: image/png`` then ``text/html``: Chromium renders HTML, so jectguard scans."""
+    url = f"http://good.test:{infected.port}/news-mixed-type"
+    control = visit(browser, proxy_nostrip, url, infected.attacker_url, "mixed-type-control.png")
+    assert control.own == "own script ran" and control.attacker_scripts == 1  # it is a page
+    v = visit(browser, proxy, url, infected.attacker_url, "mixed-type-stripped.png")
+    assert v.own == "own script ran"
+    assert v.iframes == 0 and v.attacker_scripts == 0
+    assert "dot.php" not in v.html
+    assert attacker.connections == 0 and attacker.received == b""
 
 
 # -- the same proxy, byte for byte (no browser) ---------------------------------------------
