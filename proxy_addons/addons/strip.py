@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import sys
 import zlib
@@ -76,63 +77,175 @@ SNIFF_TYPES: Final = frozenset(
 NO_STRIP_STATUSES: Final = frozenset({101, 204, 205, 206, 304})
 # Headers that describe the exact original bytes and would be false after a removal.
 DIGEST_HEADERS: Final = ("content-md5", "digest", "content-digest", "repr-digest")
-DECODABLE: Final = frozenset({"", "identity", "none", "gzip", "x-gzip", "deflate", "br", "zstd"})
+# Content codings a browser undoes; any other token (identity, unknown) makes it render
+# the raw bytes, as Chromium does (SetUpSourceStream: "pass through raw response body").
+COMPRESSIONS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+# Compressed input is fed this much at a time, so a corrupt stream still yields what
+# precedes the damage (a browser has rendered, and run, that much).
+_DECODE_CHUNK = 64 * 1024
+_SALVAGE_CHUNK = 64
 
 
 class UndecodableBody(JectguardError, ValueError):
-    """The Content-Encoding is unknown or the compressed body is corrupt."""
+    """The compressed body yields nothing a browser would render."""
 
 
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"decoded body exceeds the scan limit of {limit} bytes")
 
 
-def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
-    """The decoded body, never decompressing more than ``limit`` + 1 bytes (no zip bombs).
+def content_codings(content_encoding: str) -> tuple[str, ...]:
+    """The codings to undo, in the order they were applied; () when the raw bytes are the page.
 
-    A truncated stream yields what it holds (browsers render that much too). Raises BodyTooLarge over ``limit`` and UndecodableBody for an unknown coding
-    or a corrupt body. Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
+    ``gzip, br`` was gzipped, then brotli-compressed: undone br first. A browser
+    that meets a token it does not decode (``identity``, ``x-unknown``) renders
+    the bytes as they are, so that is what gets scanned.
     """
-    ce = content_encoding.strip().lower()
-    if ce not in DECODABLE:
-        raise UndecodableBody(f"unsupported Content-Encoding {content_encoding[:40]!r}")
-    if ce in ("", "identity", "none") or not raw:
-        out = raw
-    else:
+    tokens = [t.strip().lower() for t in content_encoding.split(",")]
+    tokens = [t for t in tokens if t]
+    if not tokens or any(t not in COMPRESSIONS for t in tokens):
+        return ()
+    return tuple("gzip" if t == "x-gzip" else t for t in tokens)
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """zlib in chunks; on damage keep every byte decoded before it (also a bad checksum:
+    browsers do not check the gzip CRC, and render the page)."""
+    d = zlib.decompressobj(wbits)
+    try:  # a sound stream in one call (chunks cost ~2x on big bodies)
+        body = d.decompress(raw, limit + 1)
+        if len(body) <= limit and not d.eof:
+            body += d.flush()  # what a truncated stream still holds
+        return body
+    except zlib.error:
+        d = zlib.decompressobj(wbits)
+    out: list[bytes] = []
+    size = 0
+    damaged = False
+    for i in range(0, len(raw), _DECODE_CHUNK):
+        chunk = raw[i : i + _DECODE_CHUNK]
+        saved = d.copy()
         try:
-            if ce in ("gzip", "x-gzip"):
-                d = zlib.decompressobj(47)  # gzip or zlib header, as mitmproxy decodes it
-                out = d.decompress(raw, limit + 1)
-                if len(out) <= limit:
-                    out += d.flush()  # what a truncated stream still holds
-            elif ce == "deflate":
-                try:
-                    d = zlib.decompressobj()
-                    out = d.decompress(raw, limit + 1)
-                except zlib.error:
-                    d = zlib.decompressobj(-15)  # raw deflate, as some servers send it
-                    out = d.decompress(raw, limit + 1)
-            elif ce == "br":
-                b = brotli.Decompressor()
-                out = b.process(raw, output_buffer_limit=limit + 1)
-            else:
-                z = zstd.ZstdDecompressor()
-                out = z.decompress(raw, max_length=limit + 1)
-        except (zlib.error, brotli.error, zstd.ZstdError) as exc:
-            raise UndecodableBody(f"corrupt {ce} body: {exc}") from None
+            piece = d.decompress(chunk, limit + 1 - size)
+        except zlib.error:
+            damaged = True
+            out.append(_salvage(saved, chunk, limit + 1 - size))
+            break
+        out.append(piece)
+        size += len(piece)
+        if size > limit or d.eof or d.unconsumed_tail:
+            break
+    else:
+        with contextlib.suppress(zlib.error):  # the damage is in what flush would finish
+            out.append(d.flush())
+    body = b"".join(out)
+    if damaged and not body:
+        raise UndecodableBody("corrupt compressed body: nothing decodes")
+    return body
+
+
+def _salvage(d: Any, chunk: bytes, room: int) -> bytes:
+    """What ``chunk`` decodes to before the byte that breaks it."""
+    out: list[bytes] = []
+    for j in range(0, len(chunk), _SALVAGE_CHUNK):
+        try:
+            piece = d.decompress(chunk[j : j + _SALVAGE_CHUNK], room)
+        except zlib.error:
+            break
+        out.append(piece)
+        room -= len(piece)
+        if room <= 0 or d.eof:
+            break
+    return b"".join(out)
+
+
+def _deflate_offset(raw: bytes) -> int | None:
+    """Where the deflate data starts after a gzip or zlib header; None if there is neither.
+
+    The checksums after the data (gzip CRC-32, zlib Adler-32) are never read:
+    browsers render a page whose checksum is wrong.
+    """
+    if raw[:3] == b"\x1f\x8b\x08" and len(raw) >= 10:
+        flags, pos = raw[3], 10
+        if flags & 4:  # FEXTRA
+            pos += 2 + int.from_bytes(raw[pos : pos + 2], "little")
+        for bit in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+            if flags & bit:
+                end = raw.find(b"\0", pos)
+                if end < 0:
+                    return None
+                pos = end + 1
+        if flags & 2:  # FHCRC
+            pos += 2
+        return pos if pos <= len(raw) else None
+    if len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0 and not raw[1] & 0x20:
+        return 2
+    return None
+
+
+def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
+    if coding in ("gzip", "deflate"):
+        # gzip accepts a zlib header too, as mitmproxy does; deflate may be raw, as some
+        # servers send it.
+        offset = _deflate_offset(raw)
+        if offset is None:
+            if coding == "gzip":
+                raise UndecodableBody("corrupt gzip body: no gzip header")
+            offset = 0
+        return _inflate(raw[offset:], -15, limit)
+    out: list[bytes] = []
+    size = 0
+    try:
+        if coding == "br":
+            b = brotli.Decompressor()
+            for i in range(0, len(raw), _DECODE_CHUNK):
+                piece = b.process(raw[i : i + _DECODE_CHUNK], output_buffer_limit=limit + 1 - size)
+                out.append(piece)
+                size += len(piece)
+                if size > limit:
+                    break
+        else:
+            z = zstd.ZstdDecompressor()
+            for i in range(0, len(raw), _DECODE_CHUNK):
+                if z.eof:
+                    break
+                piece = z.decompress(raw[i : i + _DECODE_CHUNK], max_length=limit + 1 - size)
+                out.append(piece)
+                size += len(piece)
+                if size > limit:
+                    break
+    except (brotli.error, zstd.ZstdError) as exc:
+        if not out:
+            raise UndecodableBody(f"corrupt {coding} body: {exc}") from None
+    return b"".join(out)
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The bytes a browser renders, never decompressing more than ``limit`` + 1 bytes (no zip bombs).
+
+    Stacked codings (``gzip, gzip``) are undone in turn; an unknown or identity
+    token means the raw bytes (see ``content_codings``). A truncated or damaged
+    stream yields what precedes the damage (a browser renders that much).
+    Raises BodyTooLarge over ``limit``, UndecodableBody when nothing decodes.
+    Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
+    """
+    out = raw
+    for coding in reversed(content_codings(content_encoding)):
+        if not out:
+            break
+        out = _decode_one(out, coding, limit)
+        if len(out) > limit:
+            raise _too_large(limit)
     if len(out) > limit:
         raise _too_large(limit)
     return out
 
 
 def encode_body(body: bytes, content_encoding: str) -> bytes:
-    """Encode with mitmproxy's own codecs (the pure functions, not the cached wrapper)."""
-    ce = content_encoding.strip().lower()
-    if ce == "x-gzip":
-        ce = "gzip"
-    if ce in ("", "identity", "none"):
-        return body
-    return bytes(mitm_encoding.custom_encode[ce](body))
+    """Apply the codings again, with mitmproxy's own codecs (the pure functions)."""
+    for coding in content_codings(content_encoding):
+        body = bytes(mitm_encoding.custom_encode[coding](body))
+    return body
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import sys
 import warnings
 import zlib
@@ -531,13 +532,41 @@ def test_decode_body_is_bounded() -> None:
         decode_body(b"x" * 11, "identity", 10)
     with pytest.raises(UndecodableBody):
         decode_body(b"not gzip", "gzip", 100)
-    with pytest.raises(UndecodableBody):
-        decode_body(b"abc", "compress", 100)
+    # A coding a browser does not know: it renders the raw bytes, and so they are scanned.
+    assert decode_body(b"abc", "compress", 100) == b"abc"
     assert decode_body(zlib.compress(b"hello"), "deflate", 100) == b"hello"
     assert decode_body(zlib.compress(b"hello")[2:-4], "deflate", 100) == b"hello"  # raw deflate
     data = b"".join(b"line %d\n" % i for i in range(5000))
     partial = decode_body(gzip.compress(data)[:-100], "gzip", 100_000)
     assert data.startswith(partial) and len(partial) > 10_000
+
+
+def test_decode_body_reads_what_a_browser_renders() -> None:
+    """Each case checked against Chromium (tests/e2e/test_browser.py renders the same bodies)."""
+    page = b"".join(b"<p>line %d</p>\n" % i for i in range(5000))
+    # Stacked codings are undone last-applied first, and applied again in order.
+    for coding, raw in [
+        ("gzip, gzip", gzip.compress(gzip.compress(page))),
+        ("gzip, br", brotli.compress(gzip.compress(page))),
+        ("deflate,zstd", zstd.compress(zlib.compress(page))),
+        ("X-GZIP", gzip.compress(page)),
+    ]:
+        assert decode_body(raw, coding, 10_000_000) == page, coding
+        assert decode_body(encode_body(page, coding), coding, 10_000_000) == page, coding
+    # Any token a browser does not decode (identity too): the raw bytes are the page.
+    for coding in ("identity, gzip", "gzip, x-unknown", "none", ""):
+        assert decode_body(b"<p>raw</p>", coding, 100) == b"<p>raw</p>", coding
+        assert encode_body(b"<p>new</p>", coding) == b"<p>new</p>", coding
+    # A wrong gzip CRC: browsers do not check it, and render the whole page.
+    bad_crc = gzip.compress(page)[:-8] + bytes(8)
+    assert decode_body(bad_crc, "gzip", 10_000_000) == page
+    # Damage part-way: everything before it still comes out (a browser has rendered that
+    # much), then whatever the damaged data decodes to, up to an error if there is one.
+    raw = gzip.compress(page)
+    damaged = raw[: len(raw) // 2] + b"\xff" * 64 + raw[len(raw) // 2 + 64 :]
+    out = decode_body(damaged, "gzip", 10_000_000)
+    assert len(os.path.commonprefix([out, page])) > len(page) // 4
+    assert decode_body(gzip.compress(b""), "gzip", 100) == b""
 
 
 async def test_undecodable_body_passes_untouched(addon: Strip) -> None:

@@ -103,6 +103,19 @@ def _shop_app(shop: Shop) -> web.Application:
                                ("Cache-Control", "no-store")])
         return web.Response(body=shop.page(), headers=headers)
 
+    async def odd_coding(request: web.Request) -> web.Response:
+        """The page under codings a browser renders: stacked, unknown (sent raw), bad CRC."""
+        coding = request.query["ce"]
+        body = shop.page()
+        for c in (x.strip() for x in coding.split(",")):
+            if c == "gzip":
+                body = gzip.compress(body)
+        if request.query.get("crc") == "bad":
+            body = body[:-8] + bytes(8)
+        return web.Response(body=body, headers={"Content-Type": "text/html; charset=utf-8",
+                                                "Content-Encoding": coding,
+                                                "Cache-Control": "no-store"})
+
     async def app_js(request: web.Request) -> web.Response:
         shop.requests.append(request.path)
         return web.Response(text=APP_JS, content_type="application/javascript")
@@ -138,6 +151,7 @@ def _shop_app(shop: Shop) -> web.Application:
     app = web.Application()
     app.router.add_get("/news", page)
     app.router.add_get("/news-mixed-type", mixed_type)
+    app.router.add_get("/news-coded", odd_coding)
     app.router.add_get("/app.js", app_js)
     app.router.add_get("/clean.gz", gzip_clean)
     app.router.add_get("/news.gz", gzip_chunked)
@@ -287,6 +301,24 @@ def test_page_behind_an_image_content_type_is_still_stripped(
     assert v.own == "own script ran"
     assert v.iframes == 0 and v.attacker_scripts == 0
     assert "dot.php" not in v.html
+    assert attacker.connections == 0 and attacker.received == b""
+
+
+@pytest.mark.parametrize(
+    "query", ["ce=gzip,%20gzip", "ce=x-unknown", "ce=gzip&crc=bad"],
+    ids=["stacked-gzip", "unknown-coding-sent-raw", "gzip-with-wrong-crc"],
+)
+def test_footer_stripped_under_codings_chromium_renders(
+    browser: Any, proxy: Proxy, proxy_nostrip: Proxy, infected: Shop, attacker: ByteCounter,
+    query: str,
+) -> None:
+    """Chromium renders these bodies (the control runs the footer); jectguard must scan them."""
+    url = f"http://good.test:{infected.port}/news-coded?{query}"
+    control = visit(browser, proxy_nostrip, url, infected.attacker_url, "coding-control.png")
+    assert control.own == "own script ran" and control.attacker_scripts == 1
+    v = visit(browser, proxy, url, infected.attacker_url, "coding-stripped.png")
+    assert v.own == "own script ran"
+    assert v.iframes == 0 and v.attacker_scripts == 0 and "dot.php" not in v.html
     assert attacker.connections == 0 and attacker.received == b""
 
 
