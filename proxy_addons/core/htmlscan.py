@@ -44,8 +44,11 @@ streams them unscanned); at most ``MAX_ALT_SCANS`` alternative readings are
 scanned per document.
 
 Known differences from a conforming tree builder (all err towards reporting):
-``<frameset>`` documents are not modelled (a browser ignores ``<script>``
-there and ``<frame>`` outside one; the scanner reports both); HTML content
+``<frameset>`` documents and templates whose content starts with ``<col>`` are
+not modelled (a browser ignores ``<script>``, ``<xmp>``, ... there, and reads
+what follows as markup; the scanner scans both readings and reports both); an
+end tag such as ``</template>`` or ``</td>`` that may close SVG/MathML content
+past an integration point is followed both ways too; HTML content
 inside an integration point is processed "in body" even when the SVG sits in a
 table (where the table insertion mode can close it); implied end tags are not
 generated for HTML elements inside integration points; ``<template>`` contents
@@ -305,6 +308,19 @@ _BREAKOUT = _names(
 _NEVER_OPEN = _VOID | _names(
     "script style xmp iframe noembed noframes noscript textarea title plaintext"
 )
+# End tags whose insertion-mode rules look past MathML/SVG integration points: "in
+# head" closes a template anywhere on the stack; the table modes use table scope,
+# whose only boundaries are html, table and template.
+_SCOPE_FREE_ENDS = _names("template table caption colgroup tbody tfoot thead tr td th")
+# Start tags that switch the tokenizer (script data, RAWTEXT, RCDATA, PLAINTEXT)
+# when the tree builder acts on them; where it ignores them, the tokenizer stays put.
+_TOKENIZER_SWITCHES = frozenset(
+    {b"script", b"style", b"xmp", b"iframe", b"noembed", b"noframes", b"noscript",
+     b"textarea", b"title", b"plaintext"}
+)  # fmt: skip
+_FRAMESET_AT = re.compile(rb"<(?i:frameset)[\t\n\f\r />]")
+_TEMPLATE_AT = re.compile(rb"<(?i:template)[\t\n\f\r />]")
+_COL_AT = re.compile(rb"<(?i:col)[\t\n\f\r />]")
 _MATH_TEXT_IP = frozenset({"mi", "mo", "mn", "ms", "mtext"})
 _SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
 _ACTIVE = frozenset({"script", "svg:script", "iframe", "frame", "object", "embed", "meta"})
@@ -519,7 +535,30 @@ class _Walk:
             return
         if self.select_open and name in _IGNORED_IN_OLD_SELECT:
             self._queue_old_select(tag, name)
+        elif name in _TOKENIZER_SWITCHES and self.s.may_ignore(p):
+            self._queue_ignored(tag, name)
         self._html_start(p, tag, name)
+
+    def _queue_ignored(self, tag: re.Match[bytes], name: bytes) -> None:
+        """A tree builder in "in frameset" or in a template's "in column group" mode ignores
+        this tag, and then its content is markup, not text. Scan that reading too."""
+        end = tag.end()
+        if name == b"plaintext":
+            text_end = len(self.buf)
+        elif name == b"script":
+            text_end = _script_end(self.buf, end)[0]
+        else:
+            text_end = _raw_end(self.buf, end, name)[0]
+        self.s.queue_alt(
+            _Walk(
+                self.s,
+                end,
+                scripting=self.scripting,
+                alternative=self.alternative or "ignored",
+                clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
+                after_html=self.after_html,
+            )
+        )
 
     def _queue_old_select(self, tag: re.Match[bytes], name: bytes) -> None:
         """Inside <select>, browsers without "customizable select" ignore this tag.
@@ -733,7 +772,7 @@ class _Walk:
         stack = self.fstack
         top = stack[-1]
         if top.ns == HTML_NS:
-            self._html_end(p, name)
+            self._html_end(p, tag, name)
             return
         if name in ("br", "p"):
             self._pop_to_html_or_ip(p)
@@ -752,10 +791,10 @@ class _Walk:
                 self._escaping_end(p, tag, name)
                 return
             if stack[i].ns == HTML_NS:
-                self._html_end(p, name)
+                self._html_end(p, tag, name)
                 return
 
-    def _html_end(self, p: int, name: str) -> None:
+    def _html_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
         """In-body "any other end tag" over the tracked part of the stack."""
         stack = self.fstack
         for i in range(len(stack) - 1, -1, -1):
@@ -765,6 +804,8 @@ class _Walk:
                     self._pop(p)
                 return
             if node.special:
+                if name in _SCOPE_FREE_ENDS:
+                    self._escaping_end(p, tag, name)  # it may reach past the boundary
                 return
 
     def _escaping_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
@@ -774,7 +815,7 @@ class _Walk:
         outside it, which are not tracked: guess from the tags before it, and
         scan the other reading as an alternative.
         """
-        if any(node.special for node in self.fstack):
+        if name not in _SCOPE_FREE_ENDS and any(node.special for node in self.fstack):
             return  # an integration point on the way stops the walk: ignored
         if name == "html":
             self.after_html = True
@@ -829,6 +870,24 @@ class _Shared:
         self.sync: set[int] = set()
         self.alts: list[_Walk] = []
         self.alt_count = 0
+        self._ignoring_from: int | None = None
+
+    def may_ignore(self, p: int) -> bool:
+        """Whether a tree builder may ignore a start tag at ``p`` (an over-approximation):
+        after a ``<frameset>``, or after ``<template>`` then ``<col>``."""
+        if self._ignoring_from is None:
+            buf = self.doc.buf
+            starts = []
+            m = _FRAMESET_AT.search(buf)
+            if m:
+                starts.append(m.start())
+            m = _TEMPLATE_AT.search(buf)
+            if m:
+                m = _COL_AT.search(buf, m.end())
+                if m:
+                    starts.append(m.start())
+            self._ignoring_from = min(starts) if starts else len(buf) + 1
+        return p > self._ignoring_from
 
     def queue_alt(self, walk: _Walk) -> None:
         if self.alt_count < MAX_ALT_SCANS:

@@ -215,6 +215,23 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         "<script>'</script>'<script src=http://evil.test/></script>",
         [("script", "blocked-url", "evil.test")],
     ),
+    # a tree builder in "in frameset" ignores <script>: what follows is markup (Lexbor and
+    # html5lib build the frame; the differential test does not compare frames)
+    (  # (the script reading, whose text names the host, is reported too)
+        "<frameset><script><frame src=http://evil.test/></frameset>",
+        [("script", "inline-reference", "evil.test"), ("frame", "blocked-url", "evil.test")],
+    ),
+    ("<frameset><xmp><frame src=http://evil.test/>", [("frame", "blocked-url", "evil.test")]),
+    # and "in column group" in a template ignores it too
+    (
+        "<template><col><script></template><script src=http://evil.test/></script>",
+        [("script", "inline-reference", "evil.test"), ("script", "blocked-url", "evil.test")],
+    ),
+    # </template> closes MathML content past an integration point (in-head rules)
+    (
+        "<template><math><mi><mglyph></template><script src=http://evil.test/></script>",
+        [("script", "blocked-url", "evil.test")],
+    ),
 ]
 
 
