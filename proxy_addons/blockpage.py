@@ -135,7 +135,16 @@ class Rendered:
 
 
 def _shorten(url: str) -> str:
+    url = scalar_text(url)
     return url if len(url) <= MAX_SHOWN_URL else url[:MAX_SHOWN_URL] + "…"
+
+
+def scalar_text(text: str) -> str:
+    """Lone surrogates (bytes a client sent that were not UTF-8) as U+FFFD, so that every
+    page, JSON body and log line can encode the text."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def printable(text: str) -> str:

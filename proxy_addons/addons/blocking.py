@@ -35,6 +35,7 @@ from proxy_addons.blockpage import (
     new_request_id,
     printable,
     render,
+    scalar_text,
 )
 from proxy_addons.core.canon import canonical_host
 from proxy_addons.core.engine import Action, Engine, Verdict
@@ -233,7 +234,10 @@ class Blocking:
             origin = self._origin_of(url, scheme, v.host)
             proceed = ProceedForm(
                 action=origin + PROCEED_PATH,
-                fields={**self.signer.issue(_client_ip(client), v.host), "return": url},
+                fields={
+                    **self.signer.issue(_client_ip(client), v.host),
+                    "return": scalar_text(url),
+                },
                 minutes=self.signer.minutes,
                 host=v.host,
             )

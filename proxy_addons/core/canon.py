@@ -15,6 +15,7 @@ request it, so there is nothing to block.
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import re
 from typing import Final, Literal, NamedTuple
@@ -81,6 +82,23 @@ class CanonicalURL(NamedTuple):
         return self.url
 
 
+def _wire_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encoding errors in URL text: a lone surrogate U+DC80..U+DCFF is the raw byte it
+    escapes (mitmproxy decodes request lines with "surrogateescape", so a non-UTF-8
+    byte a client sent arrives that way: ``%FF`` and a raw 0xFF must canonicalize
+    alike); any other lone surrogate is U+FFFD, as the WHATWG parser makes it."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start : exc.end]:
+        cp = ord(ch)
+        out += bytes((cp - 0xDC00,)) if 0xDC80 <= cp <= 0xDCFF else b"\xef\xbf\xbd"
+    return bytes(out), exc.end
+
+
+codecs.register_error("jectguard-url", _wire_bytes)
+
+
 def _unescape_fully(data: bytes) -> bytes:
     for _ in range(MAX_UNESCAPE_ROUNDS):
         if b"%" not in data:
@@ -124,14 +142,14 @@ def _canonical_path(raw: str) -> str:
         # Fast path: ada already resolved dots; nothing to unescape or escape
         # except what the escape table flags, which ada has encoded already.
         return raw or "/"
-    data = _resolve_path(_unescape_fully(raw.encode("utf-8", "surrogatepass")))
+    data = _resolve_path(_unescape_fully(raw.encode("utf-8", "jectguard-url")))
     return _escape(data) or "/"
 
 
 def _canonical_query(raw: str) -> str:
     if raw.isascii() and "%" not in raw and "#" not in raw and " " not in raw:
         return raw
-    return _escape(_unescape_fully(raw.encode("utf-8", "surrogatepass")))
+    return _escape(_unescape_fully(raw.encode("utf-8", "jectguard-url")))
 
 
 def _host_kind(host: str) -> HostKind:
@@ -163,7 +181,7 @@ def _tidy_dots(host: str) -> str:
 
 def _parse(text: str) -> tuple[str, int, int, int, int, int, int, int, int]:
     """Run ada on ``text``; return href and the component offsets."""
-    data = text.encode("utf-8", "surrogatepass")
+    data = text.encode("utf-8", "jectguard-url")
     url = lib.ada_parse(data, len(data))
     try:
         if not lib.ada_is_valid(url):
@@ -239,7 +257,11 @@ def canonicalize_url(text: str) -> CanonicalURL:
         kind = _host_kind(host)
         if kind == "ipv4" and host.count(".") != 3:
             # dots collapsed by Safe Browsing rules: let the WHATWG IPv4 parser read it again
-            host = canonical_host(host)
+            # ("foo.09.." is a valid name whose tidy form "foo.09" is no IPv4 address: a name)
+            try:
+                host = canonical_host(host)
+            except CanonError:
+                kind = "domain"
     # positional: a NamedTuple builds faster without keywords (once per request)
     return CanonicalURL(scheme, host, kind, None if port == _ABSENT else port, path, query)
 
@@ -290,7 +312,9 @@ def canonical_host(text: str) -> str:
 
 def host_kind(host: str) -> HostKind:
     """Whether a canonical host is a domain name, an IPv4 or an IPv6 address."""
-    return _host_kind(host)
+    if ":" in host:
+        return "ipv6"
+    return "ipv4" if _DOTTED_QUAD_RE.fullmatch(host) else "domain"
 
 
 def canonical_network(text: str) -> tuple[str, int, int]:

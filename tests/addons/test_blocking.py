@@ -49,6 +49,7 @@ def make_engine() -> Engine:
                 _rules(
                     (RuleKind.DOMAIN, "evil.test"),
                     (RuleKind.URL, "good.test/bad/"),
+                    (RuleKind.URL, "good.test/%FF/"),
                     (RuleKind.IP, "198.51.100.7"),
                     (RuleKind.CIDR, "203.0.113.0/24"),
                     (RuleKind.CIDR, "127.0.0.0/31"),
@@ -305,6 +306,20 @@ async def test_redirect_to_blocked_url_replaced(addon: Blocking, location: str) 
         assert f.response.status_code == 403
         assert metadata(f)["stage"] == "redirect"
         assert b"suspected malicious" in f.response.content
+
+
+async def test_redirect_with_a_raw_byte_matches_the_percent_rule(addon: Blocking) -> None:
+    """Header bytes that are not UTF-8 reach the addon as lone surrogates (mitmproxy's
+    "surrogateescape"); the engine must read them as the bytes they were."""
+    with taddons.context(addon):
+        f = req("http://good.test/start", NAV)
+        addon.requestheaders(f)
+        f.response = http.Response.make(302, b"moved")
+        f.response.headers = http.Headers([(b"location", b"http://good.test/\xff/x.js")])
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.response.status_code == 403
+        assert metadata(f)["verdict"]["rule"] == "good.test/%FF/"  # type: ignore[index]
 
 
 async def test_redirect_to_allowed_url_kept(addon: Blocking) -> None:

@@ -396,3 +396,31 @@ def test_expressions_full_product_matches_the_v4_example() -> None:
 )
 def test_url_rule_key(rule: str, expected: tuple[str, str]) -> None:
     assert url_rule_key(rule) == expected
+
+
+# Found by running the WHATWG URL tests (urltestdata.json) through the canonicalizer.
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # a valid name whose tidy form ends in a number that is no IPv4 address: still a name
+        ("http://foo.09..", "http://foo.09/"),
+        ("http://example.123../a", "http://example.123/a"),
+        ("http://1.2.3.4../", "http://1.2.3.4/"),  # while real numeric forms stay addresses
+        ("http://3639551379../", "http://216.239.37.147/"),
+        # a raw byte that is not UTF-8 reaches us as a lone surrogate (mitmproxy decodes with
+        # surrogateescape): it is that byte, as its %XX form is
+        ("http://example.com/evil\udcff", "http://example.com/evil%FF"),
+        ("http://example.com/a?q=\udcfe", "http://example.com/a?q=%FE"),
+        # any other lone surrogate is U+FFFD, as the WHATWG parser makes it
+        ("http://example.com/\ud800x?\ud800", "http://example.com/%EF%BF%BDx?%EF%BF%BD"),
+    ],
+)
+def test_whatwg_edge_cases(url: str, expected: str) -> None:
+    assert canonicalize_url(url).url == expected
+
+
+def test_host_kind_of_canonical_hosts() -> None:
+    assert host_kind("foo.09") == "domain"
+    assert host_kind("1.2.3.4") == "ipv4"
+    assert host_kind("2001:db8::1") == "ipv6"
+    assert canonical_host("foo.09..") == "foo.09"

@@ -69,7 +69,7 @@ if ATTACKER_IP:
 
 LISTS = {
     "domains.txt": "evil.test\nxn--bcher-kva.test\n",
-    "urls.txt": "http://good.test/bad/\n",
+    "urls.txt": "http://good.test/bad/\nhttp://good.test/%FF/\n",
     "cidrs.txt": "198.51.100.7\n203.0.113.0/24\n" + (f"{ATTACKER_IP}\n" if ATTACKER_IP else ""),
     "watch.txt": "watch.test\n",
     "allow.txt": "ok.evil.test\n",

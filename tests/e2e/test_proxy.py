@@ -208,6 +208,17 @@ def test_evasions_in_request_line(proxy: Proxy, name: str, url: str, line: int) 
         assert header_of(resp, "X-Jectguard-Block"), resp[:300]
 
 
+@pytest.mark.parametrize(
+    ("raw", "line"), [(b"/%ff/x.js", 403), (b"/%FF/x.js", 403), (b"/%25FF/x.js", 403),
+                      (b"/\xff/x.js", 400)],  # a raw byte: mitmproxy refuses the line
+)
+def test_percent_forms_of_a_byte_match_its_rule(proxy: Proxy, raw: bytes, line: int) -> None:
+    """The rule http://good.test/%FF/ catches every way a client can write that byte."""
+    data = b"GET http://good.test" + raw + b" HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n"
+    resp = raw_exchange(proxy.port, data)
+    assert status_of(resp) == line, resp[:300]
+
+
 @pytest.mark.parametrize(("name", "url", "line"), EVASIONS[:-1], ids=[e[0] for e in EVASIONS[:-1]])
 def test_evasions_in_redirect_location(
     proxy: Proxy, origin: Origin, name: str, url: str, line: int
