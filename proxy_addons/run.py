@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -191,9 +192,23 @@ def _startup_message(
     return "\n".join(lines)
 
 
-async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -> int:
-    import logging
+def drop_legacy_log_events() -> None:
+    """Remove mitmproxy's handler that turns every log record into an ``add_log`` event.
 
+    That event is deprecated since mitmproxy 9 and no addon here (nor mitmproxy's
+    own) uses it, but each record still costs a synchronous dispatch to every
+    addon: ~0.1 ms of CPU per blocked request, whose log line is one record.
+    Log output itself (termlog, errorcheck) uses handlers of its own.
+    """
+    from mitmproxy.log import LegacyLogEvents
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, LegacyLogEvents):
+            root.removeHandler(handler)
+
+
+async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -> int:
     from mitmproxy import exceptions, optmanager
     from mitmproxy.addons.dumper import Dumper
     from mitmproxy.addons.termlog import TermLog
@@ -214,6 +229,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     # stdout carries only the JSON event stream (for a SIEM); people read stderr,
     # where mitmproxy's flow lines go too (off unless --set flow_detail=1 or more).
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    drop_legacy_log_events()
     master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
     opts.update(flow_detail=0)
     addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
