@@ -20,22 +20,26 @@ Formats (``fmt``):
     jectguard's exact-host syntax), an IP literal an IP rule, ``a/len`` a CIDR.
 ``adblock``
     Host-level AdBlock/AdGuard rules: ``||host^`` is DOMAIN, ``@@||host^`` an
-    exception; ``||host/path`` and ``|https://host/path|`` are URL rules.
+    exception, AdGuard's ``|host^`` an EXACT rule (that host only);
+    ``||host/path`` and ``|https://host/path|`` are URL rules.
     Options that only change *when* a host is blocked (``$third-party``,
     ``$important``, ``$document``...) are dropped; options that narrow a rule
     to resource types or sites (``$script``, ``$domain=``...) cannot be
-    widened to a host rule and reject the line; on ``@@`` exceptions the party
-    and popup options narrow too (widening an allow rule allows more). Cosmetic
-    rules, ``!`` comments and ``[Adblock Plus 2.0]`` headers are skipped; regex
-    and generic (unanchored) rules are rejected.
+    widened to a host rule; on ``@@`` exceptions the party and popup options
+    narrow too (widening an allow rule allows more). Such rules, regex,
+    wildcard and generic (unanchored) rules, cosmetic rules, ``!`` comments
+    and ``[Adblock Plus 2.0]`` headers are skipped and counted by reason: they
+    are sound rules of kinds a proxy of hosts and URLs does not enforce, so
+    they never count towards refusing the list (EasyList is mostly these).
 ``urls``
     One URL a line: URL rules keyed ``host/path[?query]`` (Safe Browsing).
 ``urlhaus-csv``
     URLhaus CSV export: ``#`` comments, the ``url`` column found by the
     ``# id,dateadded,url,...`` header (else the third column).
 ``ips`` / ``cidr``
-    One address or network a line, ``#`` and ``;`` comments (Spamhaus DROP)
-    and Spamhaus' JSON-lines DROP (``{"cidr": ...}``). A full-length network
+    One address or network a line, ``#`` and ``;`` comments (Spamhaus DROP),
+    an address followed by a number (IPsum's count of lists), and Spamhaus'
+    JSON-lines DROP (``{"cidr": ...}``). A full-length network
     (``/32``, ``/128``) is an IP rule. The two share one parser; detection
     names the list ``cidr`` when it holds networks.
 ``dnsmasq``
@@ -51,7 +55,12 @@ turn a damaged UTF-8 list into valid but wrong IDN hosts.
 Hosts: every host goes through ``canonical_host`` (IDN to punycode, case,
 trailing dots). What the WHATWG parser would read as an IPv4 address but is
 not written as a plain dotted quad (``106``, ``1.2.3``, ``010.1.1.1``,
-``0x7f.1``) is rejected as "not a plausible host": no list means 0.0.0.106.
+``0x7f.1``) is rejected as "not a plausible host": no list means 0.0.0.106;
+so is a name with characters no DNS name has (``,``, ``(``...), which the
+WHATWG parser lets through: a table read as a list is full of them. A URL
+entry needs a plausible host too (a CSV header or row is no URL). A table of
+address ranges (DShield's ``start end prefix ...``) is not taken for a hosts
+file: detection finds no format and the list is refused.
 A single label such as ``com`` passes: refusing it is the engine's poison
 guard's job.
 
@@ -174,6 +183,12 @@ _ADBLOCK_HEADER_RE: Final = re.compile(r"\[\s*(?:adblock|adguard|ublock)", re.IG
 _DNSMASQ_BLOCK_TARGETS: Final = frozenset({"", "0.0.0.0", "::", "127.0.0.1", "::1", "#"})
 _URLHAUS_DEFAULT_URL_COLUMN: Final = 2
 
+# Adblock rules in good order that do not reduce to a host or URL rule: skipped
+# and counted by reason, not held against the list (EasyList is mostly these).
+_ADBLOCK_NOT_HOST_LEVEL: Final = frozenset(
+    {GENERIC_RULE, REGEX_RULE, NARROWING_MODIFIER, UNSUPPORTED_MODIFIER, UNSUPPORTED_PATTERN}
+)
+
 _DOMAIN: Final = RuleKind.DOMAIN
 _EXACT: Final = RuleKind.EXACT
 _URL: Final = RuleKind.URL
@@ -216,12 +231,29 @@ class _Acc:
 
     def reject(self, line: int, text: str, reason: str) -> None:
         self.rejected_count += 1
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        seen = self.by_reason.get(reason, 0)
+        self.by_reason[reason] = seen + 1
+        # A few samples, and one of every reason (there are a dozen reasons at most).
+        sample = Rejected(line, text[:200], reason)
         if len(self.samples) < MAX_REJECTED_SAMPLES:
-            self.samples.append(Rejected(line, text[:200], reason))
+            self.samples.append(sample)
+        elif not seen:  # make room: a reason with several samples gives one up
+            counts: dict[str, int] = {}
+            for s in self.samples:
+                counts[s.reason] = counts.get(s.reason, 0) + 1
+            for i in range(len(self.samples) - 1, -1, -1):
+                if counts[self.samples[i].reason] > 1:
+                    self.samples[i] = sample
+                    break
 
 
 # --- entries ------------------------------------------------------------------
+
+
+# What a DNS name in a list is made of (after IDN to punycode); the WHATWG parser
+# also lets through ",", "(", ")", "!", ... which no real host has, and which a
+# table mistaken for a hosts file is full of ("No.31,Jin-rong").
+_PLAUSIBLE_NAME: Final = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def _host_rule(token: str) -> tuple[RuleKind, str]:
@@ -236,6 +268,8 @@ def _host_rule(token: str) -> tuple[RuleKind, str]:
         raise _Reject(UNSUPPORTED_PATTERN)
     else:
         kind = _DOMAIN
+    if kind is _DOMAIN and not _PLAUSIBLE_NAME.fullmatch(key):
+        raise _Reject(NOT_PLAUSIBLE)
     if key in _NOT_RULES or (key.startswith("ip6-") and "." not in key):
         raise _Skip
     return kind, key
@@ -277,9 +311,12 @@ def _network_rule(token: str) -> tuple[RuleKind, str]:
 
 def _url_key(text: str) -> str:
     try:
-        return url_rule_key(text)[1]
+        host, key = url_rule_key(text)
     except ValueError:
         raise _Reject(INVALID_ENCODING if "\ufffd" in text else INVALID_URL) from None
+    if ":" not in host and not _PLAUSIBLE_NAME.fullmatch(host):
+        raise _Reject(INVALID_URL)  # "phish_id,url,..." (a CSV header) is no URL
+    return key
 
 
 # --- per-format line loops ------------------------------------------------------
@@ -463,7 +500,10 @@ def _parse_networks(lines: Sequence[str], acc: _Acc) -> None:
             else:
                 tok = line.split("#", 1)[0].split(";", 1)[0].strip()
                 if " " in tok or "\t" in tok:
-                    raise _Reject(INVALID_NETWORK)
+                    fields = tok.split()
+                    if len(fields) != 2 or not fields[1].isdigit():
+                        raise _Reject(INVALID_NETWORK)
+                    tok = fields[0]  # "80.94.95.112<TAB>10": an address and its score (IPsum)
             kind, key = _network_rule(tok)
         except _Skip:
             acc.skipped += 1
@@ -655,7 +695,10 @@ def _adblock_line(raw: str, n: int, acc: _Acc) -> None:
         acc.skip(skip.reason)
         return
     except _Reject as r:
-        acc.reject(n, line, r.reason)
+        if r.reason in _ADBLOCK_NOT_HOST_LEVEL:
+            acc.skip(r.reason)  # a sound rule of a kind we do not enforce: counted, no fault
+        else:
+            acc.reject(n, line, r.reason)
         return
     acc.rules.append(Rule(kind, key, line, n, exception))
 
@@ -688,6 +731,14 @@ def _adblock_rule(line: str) -> tuple[RuleKind, str, bool]:
         kind, key = _anchored_host_rule(pattern[2:])
     elif pattern.startswith("|") and "://" in pattern:
         kind, key = _URL, _url_key_from_pattern(pattern[1:])  # "|https://host/path|"
+    elif pattern.startswith("|") and pattern.endswith(("^", "^|")):
+        # AdGuard DNS syntax: "|host^" is that host exactly, not its subdomains.
+        host = pattern[1:].removesuffix("|").removesuffix("^")
+        if not host or any(c in host for c in "*^|/"):
+            raise _Reject(UNSUPPORTED_PATTERN)
+        kind, key = _host_rule(host)
+        if kind is _DOMAIN:
+            kind = _EXACT
     else:
         raise _Reject(GENERIC_RULE)
     return kind, key, exception
@@ -778,7 +829,11 @@ def _vote(line: str) -> str | None:
     if not tokens:
         return None
     tok = tokens[0]
+    if len(tokens) == 2 and tokens[1].isdigit():
+        return "ips" if _is_ip_literal(tok) else None  # an address and a count or score
     if len(tokens) > 1:
+        if _is_ip_literal(tokens[1]) and len(tokens) > 2:
+            return None  # "start end prefix ...": a table of ranges (DShield), no hosts line
         return "hosts" if _is_ip_literal(tok) else None
     if "/" in tok:
         try:

@@ -406,7 +406,68 @@ def test_adblock_text_is_the_whole_rule() -> None:
     ],
 )
 def test_adblock_rejections(line: str, reason: str) -> None:
-    assert rejected(line + "\n", "adblock") == reason
+    if reason in ("not a plausible host", "invalid host"):
+        assert rejected(line + "\n", "adblock") == reason  # a fault of the list
+        return
+    # A sound rule that is not host-level: skipped and counted by reason, no fault
+    # (EasyList is mostly these, and must not be refused for it).
+    p = parse_list(line + "\n", "adblock")
+    assert not p.rules and p.rejected_count == 0
+    assert p.skipped_by_reason == {reason: 1}
+
+
+def test_mostly_generic_adblock_list_is_not_refused() -> None:
+    text = "".join(f"/banner{i}/$script\n-ad-{i}-\n" for i in range(50)) + "||ads.example^\n"
+    p = parse_list(text, "adblock")
+    assert [r.key for r in p.rules] == ["ads.example"]
+    assert p.skipped_by_reason == {"regex rule": 50, "generic rule": 50}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # AdGuard DNS syntax: "|host^" is that host exactly (AdGuard DNS filter's own lines)
+        ("|ezodn.com^", (RuleKind.EXACT, "ezodn.com", False)),
+        ("@@|ezodn.com^|", (RuleKind.EXACT, "ezodn.com", True)),
+        ("@@|core.crazyegg.com^|", (RuleKind.EXACT, "core.crazyegg.com", True)),
+        ("|198.51.100.7^", (RuleKind.IP, "198.51.100.7", False)),
+    ],
+)
+def test_adguard_exact_host_rules(line: str, expected: tuple[RuleKind, str, bool]) -> None:
+    assert rule(line + "\n", "adblock") == expected
+
+
+def test_table_words_are_not_hosts() -> None:
+    """A table mistaken for a list: commas and parentheses are in no host name."""
+    assert rejected("0.0.0.0 no.31,jin-rong\n", "hosts") == "not a plausible host"
+    assert rejected("(abuse_gdnoc)bad\n", "domains") == "not a plausible host"
+    # PhishTank's CSV is not a URL list: its header and rows have no plausible host
+    assert rejected("phish_id,url,phish_detail_url,submission_time\n", "urls") == "invalid url"
+    assert rejected("8504226,https://a.example/,http://b.example/x\n", "urls") == "invalid url"
+
+
+def test_ranges_table_is_not_detected_as_hosts() -> None:
+    """DShield's block.txt: start, end, prefix, ... per line: no format fits, refused."""
+    text = "".join(
+        f"192.0.{i}.0\t192.0.{i}.255\t24\t100\tSOME-NET Street\tCN\tabuse@example.net\n"
+        for i in range(20)
+    )
+    with pytest.raises(ListFormatError, match="cannot detect"):
+        parse_list(text)
+
+
+def test_addresses_with_a_score_column() -> None:
+    """IPsum: "address<TAB>number of lists"."""
+    text = "# IP\tnumber of (black)lists\n" + "".join(f"198.51.100.{i}\t{i % 9 + 1}\n" for i in range(20))
+    p = parse_list(text)
+    assert p.format == "ips" and len(p.rules) == 20 and p.rejected_count == 0
+    assert rejected("198.51.100.1\tmany\n", "ips") == "invalid network"
+
+
+def test_a_sample_for_every_reason() -> None:
+    text = "".join(f"{i}\n" for i in range(1, 30)) + "a.example\n" * 40 + "1.2.3.4/99\n"
+    p = parse_list(text, "domains")
+    assert {s.reason for s in p.rejected_samples} == set(p.rejected_by_reason)
 
 
 @pytest.mark.parametrize(
