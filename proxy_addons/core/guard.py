@@ -33,6 +33,21 @@ _NEVER_NETS: Final = (
 )
 
 
+# Private, link-local, shared (CGNAT) and reserved space: a network rule this wide
+# in it cuts a company or home network off from itself through the resolved-address
+# check (FireHOL level1 lists 10.0.0.0/8 and friends, for inbound firewalls).
+# A narrower rule (one compromised internal subnet or host) still applies.
+_LOCAL_NETS: Final = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+        "224.0.0.0/4", "240.0.0.0/4", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)  # fmt: skip
+MIN_PREFIX_LOCAL_V4: Final = 17  # /16 is a whole home range (192.168.0.0/16)
+MIN_PREFIX_LOCAL_V6: Final = 48
+
+
 @cache
 def _psl() -> tuple[PublicSuffixList, frozenset[str], frozenset[str]]:
     psl = PublicSuffixList()
@@ -73,6 +88,11 @@ class PoisonGuard:
                 return self._check_ip(str(net.network_address))
             if any(net.overlaps(n) for n in _NEVER_NETS if n.version == net.version):
                 return "covers loopback or unspecified addresses"
+            local_floor = MIN_PREFIX_LOCAL_V4 if net.version == 4 else MIN_PREFIX_LOCAL_V6
+            if net.prefixlen < local_floor and any(
+                net.overlaps(n) for n in _LOCAL_NETS if n.version == net.version
+            ):
+                return f"private or reserved network wider than /{local_floor}"
             return None
         return None
 

@@ -117,6 +117,25 @@ def test_poison_guard_refuses_and_counts() -> None:
     assert _m(idx, "http://ok.github.io/") is not None
 
 
+def test_private_networks_wide_rules_refused_narrow_ones_kept() -> None:
+    """FireHOL level1 lists 10.0.0.0/8 (for inbound firewalls): blocking it at the egress
+    would cut the network off from itself through the resolved-address check."""
+    wide = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "224.0.0.0/3",
+            "fc00::/7", "fe80::/10"]  # fmt: skip
+    narrow = ["10.1.2.0/24", "192.168.7.0/24", "fd00:1:2:3::/64", "198.51.100.0/24"]
+    rules = [Rule(RuleKind.CIDR, n, n, i + 1) for i, n in enumerate(wide + narrow)]
+    rules.append(Rule(RuleKind.IP, "10.9.9.9", "10.9.9.9", 99))  # one compromised host
+    image, stats = compile_index([(ListSpec("nets"), ParsedList("cidr", rules))])
+    refused = {r["rule"]: r["reason"] for r in stats.refused}
+    assert set(refused) == set(wide)
+    assert refused["10.0.0.0/8"] == "private or reserved network wider than /17"
+    idx = CompiledIndex(image)
+    assert _m(idx, "http://10.200.0.1/") is None
+    assert _m(idx, "http://10.1.2.3/") is not None
+    assert _m(idx, "http://10.9.9.9/") is not None
+    assert _m(idx, "http://192.168.7.20/") is not None
+
+
 # -- snapshot files ----------------------------------------------------------
 
 
