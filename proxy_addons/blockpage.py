@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.engine import Verdict
 
 Kind = Literal["html", "json", "text", "empty"]
@@ -137,14 +138,6 @@ class Rendered:
 def _shorten(url: str) -> str:
     url = scalar_text(url)
     return url if len(url) <= MAX_SHOWN_URL else url[:MAX_SHOWN_URL] + "…"
-
-
-def scalar_text(text: str) -> str:
-    """Lone surrogates (bytes a client sent that were not UTF-8) as U+FFFD, so that every
-    page, JSON body and log line can encode the text."""
-    if text.isascii():
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def printable(text: str) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TextIO
 
+from proxy_addons.core.canon import scalar_text
+
 logger = logging.getLogger(__name__)
 
 EVENT_KINDS: Final = ("block", "monitor", "allow-override", "strip", "refresh-held", "error")
@@ -75,6 +77,7 @@ def _is_secret_key(key: str) -> bool:
 
 
 def _cut(s: str) -> str:
+    s = scalar_text(s)  # a byte a client sent that was not UTF-8 would stop the line
     return s if len(s) <= MAX_FIELD_CHARS else s[:MAX_FIELD_CHARS] + "…"
 
 

@@ -58,6 +58,20 @@ def test_block_event_is_one_json_line_with_the_core_fields() -> None:
     assert rec["stage"] == "request"
 
 
+def test_bytes_a_client_sent_that_were_not_utf8_do_not_stop_the_line() -> None:
+    """mitmproxy hands such bytes over as lone surrogates; a UTF-8 stream cannot take them."""
+    raw = io.BytesIO()
+    sink = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    log = EventLog(clock=Clock())
+    log.set_sink(sink)
+    log.emit("block", method="G\udcffT", url="http://good.test/\udcff/x.js", verdict="block",
+             list="l", rule="good.test/%FF/", page_url="http://good.test/\udcfe")
+    (rec,) = [json.loads(line) for line in raw.getvalue().decode("utf-8").splitlines()]
+    assert rec["url"] == "http://good.test/\ufffd/x.js" and rec["method"] == "G\ufffdT"
+    assert rec["page_url"] == "http://good.test/\ufffd"
+    assert json.dumps(log.recent(), ensure_ascii=False).encode("utf-8")  # the admin API's view
+
+
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         EventLog().emit("blocked")

@@ -35,9 +35,8 @@ from proxy_addons.blockpage import (
     new_request_id,
     printable,
     render,
-    scalar_text,
 )
-from proxy_addons.core.canon import canonical_host
+from proxy_addons.core.canon import canonical_host, scalar_text
 from proxy_addons.core.engine import Action, Engine, Verdict
 from proxy_addons.core.errors import CanonError
 

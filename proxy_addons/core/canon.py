@@ -99,6 +99,14 @@ def _wire_bytes(exc: UnicodeError) -> tuple[bytes, int]:
 codecs.register_error("jectguard-url", _wire_bytes)
 
 
+def scalar_text(text: str) -> str:
+    """Lone surrogates (bytes a client sent that were not UTF-8) as U+FFFD, so that
+    every page, JSON body and log line can encode the text."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _unescape_fully(data: bytes) -> bytes:
     for _ in range(MAX_UNESCAPE_ROUNDS):
         if b"%" not in data:
