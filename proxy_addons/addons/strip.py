@@ -36,6 +36,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding as mitm_encoding
 
 from proxy_addons.config import SHIPPED_LISTS
+from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.charset import mime_essence
 from proxy_addons.core.engine import Action, Engine
 from proxy_addons.core.errors import JectguardError
@@ -511,7 +512,7 @@ class Strip:
             raw=raw,
             content_encoding=ce,
             content_type=scan_content_type(resp.headers.get("content-type")),
-            page_url=flow.request.pretty_url,
+            page_url=scalar_text(flow.request.pretty_url),  # lone surrogates would stop URL joins
             comment=self.comment,
             remove=not self.monitor_only,
             limit=self.max_bytes,
