@@ -84,7 +84,11 @@ COMPRESSIONS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
 # Compressed input is fed this much at a time, so a corrupt stream still yields what
 # precedes the damage (a browser has rendered, and run, that much).
 _DECODE_CHUNK = 64 * 1024
+_SMALL_CHUNK = 4096
 _SALVAGE_CHUNK = 64
+# Codings a response may stack; Firefox stops at 16. Each layer is decoded (and, after
+# a removal, encoded) in full, so a long chain is refused rather than paid for.
+MAX_CODINGS = 16
 
 
 class UndecodableBody(JectguardError, ValueError):
@@ -106,6 +110,8 @@ def content_codings(content_encoding: str) -> tuple[str, ...]:
     tokens = [t for t in tokens if t]
     if not tokens or any(t not in COMPRESSIONS for t in tokens):
         return ()
+    if len(tokens) > MAX_CODINGS:
+        raise UndecodableBody(f"{len(tokens)} stacked content codings (at most {MAX_CODINGS})")
     return tuple("gzip" if t == "x-gzip" else t for t in tokens)
 
 
@@ -149,9 +155,21 @@ def _salvage(d: Any, chunk: bytes, room: int) -> bytes:
     """What ``chunk`` decodes to before the byte that breaks it."""
     out: list[bytes] = []
     for j in range(0, len(chunk), _SALVAGE_CHUNK):
+        piece_in = chunk[j : j + _SALVAGE_CHUNK]
+        saved = d.copy()
         try:
-            piece = d.decompress(chunk[j : j + _SALVAGE_CHUNK], room)
+            piece = d.decompress(piece_in, room)
         except zlib.error:
+            d = saved
+            for k in range(len(piece_in)):  # the last slice, a byte at a time
+                try:
+                    piece = d.decompress(piece_in[k : k + 1], room)
+                except zlib.error:
+                    break
+                out.append(piece)
+                room -= len(piece)
+                if room <= 0:
+                    break
             break
         out.append(piece)
         room -= len(piece)
@@ -194,23 +212,29 @@ def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
                 raise UndecodableBody("corrupt gzip body: no gzip header")
             offset = 0
         return _inflate(raw[offset:], -15, limit)
+    # Small input slices: damage loses at most one slice's output.
     out: list[bytes] = []
     size = 0
     try:
         if coding == "br":
             b = brotli.Decompressor()
-            for i in range(0, len(raw), _DECODE_CHUNK):
-                piece = b.process(raw[i : i + _DECODE_CHUNK], output_buffer_limit=limit + 1 - size)
-                out.append(piece)
-                size += len(piece)
-                if size > limit:
+            for i in range(0, len(raw), _SMALL_CHUNK):
+                piece = b.process(raw[i : i + _SMALL_CHUNK], output_buffer_limit=limit + 1 - size)
+                while piece:
+                    out.append(piece)
+                    size += len(piece)
+                    if size > limit:
+                        break
+                    # brotli hands out ~32 KB a call; the rest waits for empty calls
+                    piece = b.process(b"", output_buffer_limit=limit + 1 - size)
+                if size > limit or b.is_finished():
                     break
         else:
             z = zstd.ZstdDecompressor()
-            for i in range(0, len(raw), _DECODE_CHUNK):
+            for i in range(0, len(raw), _SMALL_CHUNK):
                 if z.eof:
                     break
-                piece = z.decompress(raw[i : i + _DECODE_CHUNK], max_length=limit + 1 - size)
+                piece = z.decompress(raw[i : i + _SMALL_CHUNK], max_length=limit + 1 - size)
                 out.append(piece)
                 size += len(piece)
                 if size > limit:
@@ -226,8 +250,10 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
 
     Stacked codings (``gzip, gzip``) are undone in turn; an unknown or identity
     token means the raw bytes (see ``content_codings``). A truncated or damaged
-    stream yields what precedes the damage (a browser renders that much).
-    Raises BodyTooLarge over ``limit``, UndecodableBody when nothing decodes.
+    stream yields what precedes the damage (a browser renders that much; zstd
+    checks whole blocks, so its grain is a block). More than MAX_CODINGS
+    codings, or a body of which nothing decodes, raise UndecodableBody;
+    BodyTooLarge over ``limit``.
     Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
     """
     out = raw

@@ -44,6 +44,7 @@ _LOCAL_NETS: Final = tuple(
         "224.0.0.0/4", "240.0.0.0/4", "fc00::/7", "fe80::/10", "ff00::/8",
     )
 )  # fmt: skip
+_PRIVATE_WIDE: Final = "private or reserved network wider than"
 MIN_PREFIX_LOCAL_V4: Final = 17  # /16 is a whole home range (192.168.0.0/16)
 MIN_PREFIX_LOCAL_V6: Final = 48
 
@@ -92,9 +93,18 @@ class PoisonGuard:
             if net.prefixlen < local_floor and any(
                 net.overlaps(n) for n in _LOCAL_NETS if n.version == net.version
             ):
-                return f"private or reserved network wider than /{local_floor}"
+                return f"{_PRIVATE_WIDE} /{local_floor}"
             return None
         return None
+
+    def check_allow(self, rule: Rule) -> str | None:
+        """``check`` for an allow rule (an allow list, an ``@@`` exception): allowing a
+        whole private network is what an operator does to keep internal servers
+        reachable, so the private-network floor does not apply."""
+        reason = self.check(rule)
+        if reason is not None and reason.startswith(_PRIVATE_WIDE):
+            return None
+        return reason
 
     @staticmethod
     def refused_hosts(hosts: list[str]) -> dict[str, str]:

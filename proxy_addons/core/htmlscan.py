@@ -542,6 +542,12 @@ class _Walk:
     def _queue_ignored(self, tag: re.Match[bytes], name: bytes) -> None:
         """A tree builder in "in frameset" or in a template's "in column group" mode ignores
         this tag, and then its content is markup, not text. Scan that reading too."""
+        if (
+            self.s.alt_count >= MAX_ALT_SCANS
+            or (name == b"noscript" and not self.scripting)  # no raw text to begin with
+            or self.alternative == "ignored"  # one level: nested ones multiply the work
+        ):
+            return
         end = tag.end()
         if name == b"plaintext":
             text_end = len(self.buf)
@@ -567,6 +573,8 @@ class _Walk:
         raw text; older ones (the "in select" insertion mode) drop the tag and
         read on as markup. Scan that reading too.
         """
+        if self.s.alt_count >= MAX_ALT_SCANS:
+            return
         end = tag.end()
         text_end = len(self.buf) if name == b"plaintext" else _raw_end(self.buf, end, name)[0]
         walk = _Walk(
@@ -808,6 +816,14 @@ class _Walk:
                     self._escaping_end(p, tag, name)  # it may reach past the boundary
                 return
 
+    def _probably_open(self, name: str) -> bool:
+        """``_probably_open_uncached`` for this foreign subtree, computed once per name."""
+        key = (self.foreign_root, name)
+        cache = self.s.open_guesses
+        if key not in cache:
+            cache[key] = _probably_open_uncached(self.buf, self.foreign_root, name)
+        return cache[key]
+
     def _escaping_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
         """An end tag that no open foreign element matches: it goes to the HTML stack outside.
 
@@ -824,18 +840,20 @@ class _Walk:
             # (The fast path covers "it closes" by judging every candidate as HTML.)
             return
         never_open = name in _NEVER_OPEN and (name != "noscript" or self.scripting)
-        closes = not never_open and _probably_open(self.buf, self.foreign_root, name)
-        kept = [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack]
+        closes = not never_open and self._probably_open(name)
+        # Copies and alternatives only while there is room for them: thousands of
+        # such end tags must not cost thousands of stack copies (quadratic).
+        room = self.s.alt_count < MAX_ALT_SCANS
+        alt_stack: list[_Node] = []
         if closes:
-            alt_stack = kept
+            if room:
+                alt_stack = [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack]
             for node in self.fstack:
                 if node.script >= 0:
                     self._close_script(node, p)
             self.fstack.clear()
-        else:
-            alt_stack = []
-        for node in alt_stack:
-            node.script = -1  # the alternative does not re-emit open scripts
+        if not room:
+            return
         self.s.queue_alt(
             _Walk(
                 self.s,
@@ -849,7 +867,7 @@ class _Walk:
         )
 
 
-def _probably_open(buf: bytes, end: int, name: str) -> bool:
+def _probably_open_uncached(buf: bytes, end: int, name: str) -> bool:
     """Whether an HTML element ``name`` is probably open before ``end`` (a heuristic)."""
     try:
         bname = re.escape(name.encode("ascii"))
@@ -871,6 +889,7 @@ class _Shared:
         self.alts: list[_Walk] = []
         self.alt_count = 0
         self._ignoring_from: int | None = None
+        self.open_guesses: dict[tuple[int, str], bool] = {}
 
     def may_ignore(self, p: int) -> bool:
         """Whether a tree builder may ignore a start tag at ``p`` (an over-approximation):

@@ -569,6 +569,47 @@ def test_decode_body_reads_what_a_browser_renders() -> None:
     assert decode_body(gzip.compress(b""), "gzip", 100) == b""
 
 
+def test_truncated_or_damaged_streams_yield_their_prefix() -> None:
+    page = b"".join(b"<p>line %d with some text</p>\n" % i for i in range(3000))  # ~90 KB
+    # brotli hands out ~32 KB per call until the stream ends; a cut stream must still
+    # give everything before the cut, not the first 32 KB
+    cut = brotli.compress(page)[:-20]
+    out = decode_body(cut, "br", 10_000_000)
+    assert page.startswith(out) and len(out) > len(page) - 4096
+    # zstd damaged near the end: the blocks before the damage come out (zstd checks
+    # whole blocks of up to 128 KB, so that is the grain)
+    big = b"".join(b"<p>%d %x</p>\n" % (i, i * 7919) for i in range(60_000))  # ~1 MB
+    raw = zstd.compress(big)
+    damaged = raw[: len(raw) * 9 // 10] + b"\xff" * 32 + raw[len(raw) * 9 // 10 + 32 :]
+    out = decode_body(damaged, "zstd", 10_000_000)
+    assert len(os.path.commonprefix([out, big])) > len(big) // 2
+    # deflate damaged near the start: what decodes before the damage, to the byte
+    small = b"<p>hello</p><script src=http://evil.test/x.js></script>" * 3
+    deflated = zlib.compress(small * 20, 9)[2:-4]
+    broken = deflated[:40] + b"\xff" + deflated[41:]
+    try:
+        prefix = decode_body(b"\x78\x9c" + broken, "deflate", 10_000)
+    except UndecodableBody:
+        prefix = b""
+    byte_by_byte = b""
+    d = zlib.decompressobj(-15)
+    for k in range(len(broken)):
+        try:
+            byte_by_byte += d.decompress(broken[k : k + 1])
+        except zlib.error:
+            break
+    assert prefix == byte_by_byte
+
+
+def test_a_long_chain_of_codings_is_refused_not_paid_for() -> None:
+    with pytest.raises(UndecodableBody, match="stacked content codings"):
+        decode_body(b"x", ", ".join(["gzip"] * 17), 1000)
+    body = b"<p>x</p>"
+    for _ in range(16):
+        body = gzip.compress(body)
+    assert decode_body(body, ", ".join(["gzip"] * 16), 1000) == b"<p>x</p>"
+
+
 async def test_undecodable_body_passes_untouched(addon: Strip) -> None:
     f = response_flow(b"\x1f\x8b garbage", [("Content-Encoding", "gzip")])
     before = snapshot(f)

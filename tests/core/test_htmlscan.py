@@ -526,3 +526,22 @@ def test_a_remembered_script_prefix_is_not_taken_for_a_longer_element() -> None:
     second = first + b"load('//evil.test/x.js')--></script>"
     found = warm.scan(second, PAGE, "text/html")
     assert [(f.element, f.url) for f in found] == [("script", "http://evil.test/x.js")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # every </td> used to copy the whole foreign stack and rescan 64 KB for "<td"
+        b"<svg><foreignObject>" + b"<div>" * 4000 + b"</td>" * 20000,
+        # every ignored <noscript> used to look for its end to the end of the document
+        b"<frameset>" + b"<noscript>" * 8000,
+        b"<template><col>" + b"<noscript>" * 8000,
+    ],
+    ids=["escaping-end-tags", "frameset-noscript", "template-col-noscript"],
+)
+@pytest.mark.timeout(30)
+def test_hostile_repetition_does_not_hang(body: bytes) -> None:
+    """Shapes that made the new readings quadratic (found in review; 40-120 s each, now
+    well under a second): a hang guard, not a speed target."""
+    elements = parse_elements(body, "text/html")
+    assert all(el.name != "script" for el in elements)

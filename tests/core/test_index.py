@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy_addons.core.canon import canonical_host, canonicalize_url, url_rule_key
+from proxy_addons.core.engine import Action, Engine
 from proxy_addons.core.errors import SnapshotError
 from proxy_addons.core.index import (
     FORMAT_VERSION,
@@ -134,6 +135,17 @@ def test_private_networks_wide_rules_refused_narrow_ones_kept() -> None:
     assert _m(idx, "http://10.1.2.3/") is not None
     assert _m(idx, "http://10.9.9.9/") is not None
     assert _m(idx, "http://192.168.7.20/") is not None
+
+
+def test_allowing_a_whole_private_network_is_kept() -> None:
+    """The natural "never block internal servers" allow list must not be refused."""
+    block = ParsedList("cidr", [Rule(RuleKind.CIDR, "10.1.2.0/24", "10.1.2.0/24", 1)])
+    allow = ParsedList("cidr", [Rule(RuleKind.CIDR, "10.0.0.0/8", "10.0.0.0/8", 1)])
+    engine, block_stats, allow_stats = Engine.from_lists(
+        [(ListSpec("feed"), block), (ListSpec("intranet", allow=True), allow)]
+    )
+    assert block_stats.refused_count == 0 and allow_stats.refused_count == 0
+    assert engine.check_host("10.1.2.3").action is Action.ALLOW
 
 
 # -- snapshot files ----------------------------------------------------------
