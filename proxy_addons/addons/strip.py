@@ -37,7 +37,7 @@ from mitmproxy.net import encoding as mitm_encoding
 
 from proxy_addons.config import SHIPPED_LISTS
 from proxy_addons.core.canon import scalar_text
-from proxy_addons.core.charset import mime_essence
+from proxy_addons.core.charset import extract_mime_type, mime_essence
 from proxy_addons.core.engine import Action, Engine
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
@@ -369,9 +369,9 @@ def scan_content_type(content_type: str | None) -> str | None:
     """The Content-Type the scanner is given: XHTML is read as HTML (an approximation)."""
     if content_type is None:
         return None
-    essence, sep, params = content_type.partition(";")
-    if essence.strip().lower() == "application/xhtml+xml":
-        return "text/html" + sep + params
+    essence, charset = extract_mime_type(content_type)  # the type a browser takes
+    if essence == "application/xhtml+xml":
+        return "text/html" + (f"; charset={charset}" if charset else "")
     return content_type
 
 

@@ -263,7 +263,7 @@ def canonicalize_url(text: str) -> CanonicalURL:
         host, kind = _unmap_v6(host[1:-1])
     else:
         kind = _host_kind(host)
-        if kind == "ipv4" and host.count(".") != 3:
+        if kind == "ipv4" and not _DOTTED_QUAD_RE.fullmatch(host):
             # dots collapsed by Safe Browsing rules: let the WHATWG IPv4 parser read it again
             # ("foo.09.." is a valid name whose tidy form "foo.09" is no IPv4 address: a name)
             try:

@@ -299,20 +299,20 @@ def extract_mime_type(content_type: str) -> tuple[str, str | None]:
 
     Several values (``image/png, text/html``, or repeated Content-Type fields
     joined with commas) are not an error: the last one that parses, other than
-    ``*/*``, wins, and a charset carries over from an earlier value of the same
-    essence.
+    ``*/*``, wins; if it names no charset, the charset of the value that
+    started its run of the same essence applies (Fetch's steps, to the letter).
     """
     essence = ""
-    charset: str | None = None
+    charset: str | None = None  # Fetch's "charset": set only when the essence changes
+    last: str | None = None  # the charset of the MIME type finally taken
     for value in _split_values(content_type):
         parsed = _parse_mime(value)
         if parsed is None or parsed[0] == "*/*":
             continue
+        last = parsed[1]
         if parsed[0] != essence:
             essence, charset = parsed
-        elif parsed[1] is not None:
-            charset = parsed[1]
-    return essence, charset
+    return essence, last if last is not None else charset
 
 
 def mime_essence(content_type: str | None) -> str:

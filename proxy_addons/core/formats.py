@@ -57,7 +57,9 @@ trailing dots). What the WHATWG parser would read as an IPv4 address but is
 not written as a plain dotted quad (``106``, ``1.2.3``, ``010.1.1.1``,
 ``0x7f.1``) is rejected as "not a plausible host": no list means 0.0.0.106;
 so is a name with characters no DNS name has (``,``, ``(``...), which the
-WHATWG parser lets through: a table read as a list is full of them. A URL
+WHATWG parser lets through: a table read as a list is full of them. (Entries
+already written in canonical form take a fast path that does not look: on a
+million-line list the check would cost 0.4 s, and such a name matches nothing.) A URL
 entry needs a plausible host too (a CSV header or row is no URL). A table of
 address ranges (DShield's ``start end prefix ...``) is not taken for a hosts
 file: detection finds no format and the list is refused.
@@ -984,6 +986,14 @@ def parse_list(data: bytes | str, fmt: str = "auto", *, name: str = "list") -> P
     acc = _Acc()
     with paused_gc():
         _PARSERS[fmt](lines, acc)
+    generic = acc.skipped_by.get(GENERIC_RULE, 0)
+    if not acc.rules and generic >= MIN_ENTRIES_FOR_RATIO:
+        # Skipping generic adblock rules is no fault, but a list of nothing else holds no
+        # rule at all: most likely another format declared as adblock (plain domains).
+        raise ListFormatError(
+            f"list {name!r} (format {fmt!r}): no host-level rule in it, {generic} generic "
+            "(unanchored) rules; is it really in this format?"
+        )
     entries = len(acc.rules) + acc.rejected_count
     if entries >= MIN_ENTRIES_FOR_RATIO and acc.rejected_count > MAX_REJECTED_RATIO * entries:
         top = sorted(acc.by_reason.items(), key=lambda kv: -kv[1])[:3]

@@ -34,6 +34,7 @@ from proxy_addons.addons.strip import (
     decode_body,
     encode_body,
     html_plan,
+    scan_content_type,
 )
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -381,6 +382,15 @@ def test_html_plan_reads_headers_as_a_browser_does() -> None:
     # server cannot hide a page behind an image type placed first.
     assert plan((b"Content-Type", b"image/png"), (b"Content-Type", b"text/html")) == "html"
     assert plan((b"Content-Type", b"text/html"), (b"Content-Type", b"image/png")) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["application/xhtml+xml, application/xhtml+xml", "text/plain, application/xhtml+xml;charset=utf-8"],
+)
+def test_xhtml_with_repeated_types_is_scanned(value: str) -> None:
+    assert scan_content_type(value) in ("text/html", "text/html; charset=utf-8")
+    assert scan_content_type("text/html; charset=koi8-r") == "text/html; charset=koi8-r"
 
 
 @pytest.mark.parametrize(

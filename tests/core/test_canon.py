@@ -407,6 +407,7 @@ def test_url_rule_key(rule: str, expected: tuple[str, str]) -> None:
         ("http://example.123../a", "http://example.123/a"),
         ("http://1.2.3.4../", "http://1.2.3.4/"),  # while real numeric forms stay addresses
         ("http://3639551379../", "http://216.239.37.147/"),
+        ("http://x.1.2.3../", "http://x.1.2.3/"),  # three dots, still a name (review)
         # a raw byte that is not UTF-8 reaches us as a lone surrogate (mitmproxy decodes with
         # surrogateescape): it is that byte, as its %XX form is
         ("http://example.com/evil\udcff", "http://example.com/evil%FF"),
@@ -424,3 +425,4 @@ def test_host_kind_of_canonical_hosts() -> None:
     assert host_kind("1.2.3.4") == "ipv4"
     assert host_kind("2001:db8::1") == "ipv6"
     assert canonical_host("foo.09..") == "foo.09"
+    assert canonicalize_url("http://x.1.2.3../").host_kind == "domain"

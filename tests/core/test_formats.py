@@ -416,6 +416,12 @@ def test_adblock_rejections(line: str, reason: str) -> None:
     assert p.skipped_by_reason == {reason: 1}
 
 
+def test_plain_domains_declared_as_adblock_are_refused() -> None:
+    text = "".join(f"host{i}.example\n" for i in range(50))
+    with pytest.raises(ListFormatError, match="no host-level rule"):
+        parse_list(text, "adblock")
+
+
 def test_mostly_generic_adblock_list_is_not_refused() -> None:
     text = "".join(f"/banner{i}/$script\n-ad-{i}-\n" for i in range(50)) + "||ads.example^\n"
     p = parse_list(text, "adblock")
