@@ -115,6 +115,17 @@ def content_codings(content_encoding: str) -> tuple[str, ...]:
     return tuple("gzip" if t == "x-gzip" else t for t in tokens)
 
 
+def lenient_codings(content_encoding: str) -> tuple[str, ...]:
+    """The known codings of a chain that also holds unknown tokens, as Firefox undoes
+    them (it skips what it does not know); () when there is no such second reading."""
+    tokens = [t.strip().lower() for t in content_encoding.split(",")]
+    tokens = [t for t in tokens if t]
+    known = tuple("gzip" if t == "x-gzip" else t for t in tokens if t in COMPRESSIONS)
+    if not known or len(known) == len(tokens) or len(known) > MAX_CODINGS:
+        return ()
+    return known
+
+
 def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
     """zlib in chunks; on damage keep every byte decoded before it (also a bad checksum:
     browsers do not check the gzip CRC, and render the page)."""
@@ -281,6 +292,8 @@ class Outcome:
 
     raw: bytes | None
     findings: list[Finding]
+    # A new Content-Encoding for ``raw`` (None: keep the header as it is).
+    content_encoding: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,14 +309,30 @@ class ScanJob:
     limit: int
 
     def run(self, scanner: Scanner) -> Outcome:
-        body = decode_body(self.raw, self.content_encoding, self.limit)
+        known = lenient_codings(self.content_encoding)
+        if known:
+            # Chromium renders these bytes raw, Firefox undoes the codings it knows and
+            # skips the rest: a page may hide in either reading.
+            try:
+                outcome = self._reading(scanner, ", ".join(known))
+            except UndecodableBody:
+                outcome = None
+            if outcome is not None and outcome.findings:
+                return outcome
+        return self._reading(scanner, self.content_encoding)
+
+    def _reading(self, scanner: Scanner, codings: str) -> Outcome:
+        body = decode_body(self.raw, codings, self.limit)
         if not self.remove:
             found = scanner.scan(body, self.page_url, self.content_type)
             return Outcome(None, [replace(f, removed=False) for f in found])
         new, findings = scanner.strip(body, self.page_url, self.content_type, comment=self.comment)
         if new is body:
             return Outcome(None, findings)
-        return Outcome(encode_body(new, self.content_encoding), findings)
+        # Stripped in the lenient reading: say so in the header, so every browser
+        # reads the cleaned page the same way.
+        header = codings if codings != self.content_encoding else None
+        return Outcome(encode_body(new, codings), findings, header)
 
 
 def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
@@ -592,6 +621,8 @@ class Strip:
         if flow.response is not resp or resp.raw_content is not raw:
             return  # another addon replaced the response meanwhile: leave theirs alone
         self._replace_body(resp, outcome.raw)
+        if outcome.content_encoding is not None:
+            resp.headers["content-encoding"] = outcome.content_encoding
         removed = [f for f in outcome.findings if f.removed]
         logger.info(
             "jectguard: stripped %d element(s) from %s (%s)",

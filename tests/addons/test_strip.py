@@ -620,6 +620,29 @@ def test_a_long_chain_of_codings_is_refused_not_paid_for() -> None:
     assert decode_body(body, ", ".join(["gzip"] * 16), 1000) == b"<p>x</p>"
 
 
+@pytest.mark.parametrize("coding", ["gzip, x-unknown", "identity, gzip", "x-unknown,gzip"])
+async def test_firefox_reading_of_a_chain_with_unknown_codings(addon: Strip, coding: str) -> None:
+    """Firefox skips codings it does not know and undoes the rest (Chromium renders the
+    raw bytes): the page hidden in that reading is stripped, and the header then names
+    only the codings applied, so every browser reads the cleaned page."""
+    f = response_flow(gzip.compress(injected().encode()), [("Content-Encoding", coding)])
+    with strip_context(addon):
+        await through(addon, f)
+    assert f.response is not None
+    assert f.response.headers["content-encoding"] == "gzip"
+    page = gzip.decompress(f.response.raw_content or b"")
+    assert b"dot.php" not in page and b"window.ok = 1" in page
+    assert int(f.response.headers["content-length"]) == len(f.response.raw_content or b"")
+
+
+async def test_unknown_coding_over_a_plain_page_is_stripped_raw(addon: Strip) -> None:
+    f = response_flow(injected().encode(), [("Content-Encoding", "x-unknown")])
+    with strip_context(addon):
+        await through(addon, f)
+    assert f.response is not None and f.response.headers["content-encoding"] == "x-unknown"
+    assert b"dot.php" not in (f.response.raw_content or b"")
+
+
 async def test_undecodable_body_passes_untouched(addon: Strip) -> None:
     f = response_flow(b"\x1f\x8b garbage", [("Content-Encoding", "gzip")])
     before = snapshot(f)
