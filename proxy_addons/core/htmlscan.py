@@ -343,6 +343,66 @@ class _Node:
     texts: list[str] = field(default_factory=list)
 
 
+class _Stack(list[_Node]):
+    """The foreign-content stack, indexed: where each name, the topmost HTML node and
+    the topmost special node are. End tags ask those questions; walking the stack to
+    answer them made thousands of end tags over a deep stack quadratic."""
+
+    __slots__ = ("at_name", "at_html_name", "at_html", "at_special")
+
+    def __init__(self, nodes: Iterable[_Node] = ()) -> None:
+        super().__init__()
+        self.at_name: dict[str, list[int]] = {}
+        self.at_html_name: dict[str, list[int]] = {}
+        self.at_html: list[int] = []
+        self.at_special: list[int] = []
+        for node in nodes:
+            self.append(node)
+
+    def append(self, node: _Node) -> None:
+        i = len(self)
+        super().append(node)
+        self.at_name.setdefault(node.name, []).append(i)
+        if node.ns == HTML_NS:
+            self.at_html.append(i)
+            self.at_html_name.setdefault(node.name, []).append(i)
+        if node.special:
+            self.at_special.append(i)
+
+    def pop(self) -> _Node:  # type: ignore[override]
+        node = super().pop()
+        self.at_name[node.name].pop()
+        if node.ns == HTML_NS:
+            self.at_html.pop()
+            self.at_html_name[node.name].pop()
+        if node.special:
+            self.at_special.pop()
+        return node
+
+    def clear(self) -> None:
+        super().clear()
+        self.at_name.clear()
+        self.at_html_name.clear()
+        self.at_html.clear()
+        self.at_special.clear()
+
+    @staticmethod
+    def _top(where: list[int] | None) -> int:
+        return where[-1] if where else -1
+
+    def top_named(self, name: str) -> int:
+        return self._top(self.at_name.get(name))
+
+    def top_html_named(self, name: str) -> int:
+        return self._top(self.at_html_name.get(name))
+
+    def top_html(self) -> int:
+        return self._top(self.at_html)
+
+    def top_special(self) -> int:
+        return self._top(self.at_special)
+
+
 def _norm(text: str) -> str:
     """The input-stream preprocessing browsers apply: CRLF/CR -> LF, NUL -> U+FFFD."""
     if "\r" in text:
@@ -457,7 +517,7 @@ class _Walk:
         self.n = len(self.buf)
         self.pos = pos
         self.origin = pos
-        self.fstack: list[_Node] = fstack if fstack is not None else []
+        self.fstack = _Stack(fstack or ())
         self.scripting = scripting
         self.alternative = alternative
         self.clamp = clamp
@@ -788,33 +848,29 @@ class _Walk:
         if name == "script" and top.script >= 0:
             self._close_script(stack.pop(), tag.end())
             return
-        i = len(stack) - 1
-        while True:
-            if stack[i].name == name:
-                while len(stack) > i:
-                    self._pop(p)
-                return
-            i -= 1
-            if i < 0:
-                self._escaping_end(p, tag, name)
-                return
-            if stack[i].ns == HTML_NS:
-                self._html_end(p, tag, name)
-                return
+        # From the top down: a node of that name closes, unless an HTML node comes
+        # first (its own name included): then the HTML rules decide; past the bottom,
+        # the tag goes to the HTML stack outside.
+        i, h = stack.top_named(name), stack.top_html()
+        if i > h:
+            while len(stack) > i:
+                self._pop(p)
+        elif h >= 0:
+            self._html_end(p, tag, name)
+        else:
+            self._escaping_end(p, tag, name)
 
     def _html_end(self, p: int, tag: re.Match[bytes], name: str) -> None:
         """In-body "any other end tag" over the tracked part of the stack."""
         stack = self.fstack
-        for i in range(len(stack) - 1, -1, -1):
-            node = stack[i]
-            if node.ns == HTML_NS and node.name == name:
-                while len(stack) > i:
-                    self._pop(p)
-                return
-            if node.special:
-                if name in _SCOPE_FREE_ENDS:
-                    self._escaping_end(p, tag, name)  # it may reach past the boundary
-                return
+        # From the top down: an HTML node of that name closes, a special node (checked
+        # second, at the same node) stops the walk.
+        i, s = stack.top_html_named(name), stack.top_special()
+        if i >= 0 and i >= s:
+            while len(stack) > i:
+                self._pop(p)
+        elif s >= 0 and name in _SCOPE_FREE_ENDS:
+            self._escaping_end(p, tag, name)  # it may reach past the boundary
 
     def _probably_open(self, name: str) -> bool:
         """``_probably_open_uncached`` for this foreign subtree, computed once per name."""
@@ -831,7 +887,7 @@ class _Walk:
         outside it, which are not tracked: guess from the tags before it, and
         scan the other reading as an alternative.
         """
-        if name not in _SCOPE_FREE_ENDS and any(node.special for node in self.fstack):
+        if name not in _SCOPE_FREE_ENDS and self.fstack.top_special() >= 0:
             return  # an integration point on the way stops the walk: ignored
         if name == "html":
             self.after_html = True

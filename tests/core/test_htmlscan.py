@@ -533,11 +533,15 @@ def test_a_remembered_script_prefix_is_not_taken_for_a_longer_element() -> None:
     [
         # every </td> used to copy the whole foreign stack and rescan 64 KB for "<td"
         b"<svg><foreignObject>" + b"<div>" * 4000 + b"</td>" * 20000,
+        # every end tag walked a 4000-deep foreign stack (before this session too)
+        b"<svg>" + b"<g>" * 4000 + b"</td>" * 20000,
+        b"<svg><x><foreignObject><div><svg>" + b"<g>" * 4000 + b"</x>" * 20000,
         # every ignored <noscript> used to look for its end to the end of the document
         b"<frameset>" + b"<noscript>" * 8000,
         b"<template><col>" + b"<noscript>" * 8000,
     ],
-    ids=["escaping-end-tags", "frameset-noscript", "template-col-noscript"],
+    ids=["escaping-end-tags", "deep-svg-stack", "deep-stack-over-html",
+         "frameset-noscript", "template-col-noscript"],
 )
 @pytest.mark.timeout(30)
 def test_hostile_repetition_does_not_hang(body: bytes) -> None:
