@@ -310,16 +310,20 @@ class ScanJob:
 
     def run(self, scanner: Scanner) -> Outcome:
         known = lenient_codings(self.content_encoding)
+        lenient: Outcome | None = None
         if known:
             # Chromium renders these bytes raw, Firefox undoes the codings it knows and
             # skips the rest: a page may hide in either reading.
             try:
-                outcome = self._reading(scanner, ", ".join(known))
-            except UndecodableBody:
-                outcome = None
-            if outcome is not None and outcome.findings:
-                return outcome
-        return self._reading(scanner, self.content_encoding)
+                lenient = self._reading(scanner, ", ".join(known))
+            except (UndecodableBody, BodyTooLarge):
+                lenient = None
+            if lenient is not None and lenient.raw is not None:
+                return lenient  # stripped, and sent under the known codings alone
+        outcome = self._reading(scanner, self.content_encoding)
+        if lenient is not None and lenient.findings:  # reported (monitor), not removed
+            outcome = replace(outcome, findings=lenient.findings + outcome.findings)
+        return outcome
 
     def _reading(self, scanner: Scanner, codings: str) -> Outcome:
         body = decode_body(self.raw, codings, self.limit)
@@ -400,7 +404,10 @@ def scan_content_type(content_type: str | None) -> str | None:
         return None
     essence, charset = extract_mime_type(content_type)  # the type a browser takes
     if essence == "application/xhtml+xml":
-        return "text/html" + (f"; charset={charset}" if charset else "")
+        if not charset:
+            return "text/html"
+        quoted = charset.replace("\\", "\\\\").replace('"', '\\"')
+        return f'text/html; charset="{quoted}"'
     return content_type
 
 

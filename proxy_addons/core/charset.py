@@ -299,20 +299,22 @@ def extract_mime_type(content_type: str) -> tuple[str, str | None]:
 
     Several values (``image/png, text/html``, or repeated Content-Type fields
     joined with commas) are not an error: the last one that parses, other than
-    ``*/*``, wins; if it names no charset, the charset of the value that
-    started its run of the same essence applies (Fetch's steps, to the letter).
+    ``*/*``, wins; its charset is the latest one named by a value of the same
+    essence in the run that ends with it. That is what Chromium does
+    (``HttpUtil::ParseContentType``); Fetch's text keeps the run's first charset
+    instead, and the browser is what renders the page.
     """
     essence = ""
-    charset: str | None = None  # Fetch's "charset": set only when the essence changes
-    last: str | None = None  # the charset of the MIME type finally taken
+    charset: str | None = None
     for value in _split_values(content_type):
         parsed = _parse_mime(value)
         if parsed is None or parsed[0] == "*/*":
             continue
-        last = parsed[1]
         if parsed[0] != essence:
             essence, charset = parsed
-    return essence, last if last is not None else charset
+        elif parsed[1] is not None:
+            charset = parsed[1]
+    return essence, charset
 
 
 def mime_essence(content_type: str | None) -> str:

@@ -321,6 +321,9 @@ _TOKENIZER_SWITCHES = frozenset(
 _FRAMESET_AT = re.compile(rb"<(?i:frameset)[\t\n\f\r />]")
 _TEMPLATE_AT = re.compile(rb"<(?i:template)[\t\n\f\r />]")
 _COL_AT = re.compile(rb"<(?i:col)[\t\n\f\r />]")
+# Start tags "in body" ignores (parse error): inside an integration point, which the
+# scanner reads in body, they open nothing.
+_IGNORED_IN_BODY = _names("caption col colgroup frame head tbody td tfoot th thead tr")
 _MATH_TEXT_IP = frozenset({"mi", "mo", "mn", "ms", "mtext"})
 _SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
 _ACTIVE = frozenset({"script", "svg:script", "iframe", "frame", "object", "embed", "meta"})
@@ -701,7 +704,7 @@ class _Walk:
             self._push_html(name.decode("latin-1"))
 
     def _push_html(self, name: str) -> None:
-        if self.fstack and name not in _VOID:
+        if self.fstack and name not in _VOID and name not in _IGNORED_IN_BODY:
             self.fstack.append(_Node(HTML_NS, name, special=name in _HTML_SPECIAL))
 
     # ---- foreign content
