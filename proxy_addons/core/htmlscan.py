@@ -656,6 +656,25 @@ class _Walk:
         buf = self.buf
         end = tag.end()
         self.pos = end
+        if (
+            self.alternative == "ignored"
+            and name in _TOKENIZER_SWITCHES
+            and not self.fstack
+            and self.s.may_ignore(p)
+        ):
+            # The reading in which the tree builder ignores such tags: markup reads on.
+            # The element is still reported by its attributes (past a </template> it
+            # would be real): a superset.
+            if name == b"script":  # with its text read as a real one would be
+                text, el_end = "", end
+                if self.s.ignored_texts < MAX_ALT_SCANS:  # each may read to the end
+                    self.s.ignored_texts += 1
+                    text_end, el_end = _script_end(buf, end)
+                    text = _norm(self.s.doc.text(end, text_end))
+                self._emit("script", p, el_end, self._attrs(tag), text)
+            elif name == b"iframe":
+                self._emit("iframe", p, end, self._attrs(tag), None)
+            return
         if name == b"script":
             text_end, el_end = _script_end(buf, end)
             text = _norm(self.s.doc.text(end, text_end))
@@ -949,6 +968,7 @@ class _Shared:
         self.alt_count = 0
         self._ignoring_from: int | None = None
         self.open_guesses: dict[tuple[int, str], bool] = {}
+        self.ignored_texts = 0
 
     def may_ignore(self, p: int) -> bool:
         """Whether a tree builder may ignore a start tag at ``p`` (an over-approximation):
