@@ -78,6 +78,8 @@ MAX_SCAN_BYTES = 10 * 1024 * 1024
 # Alternative readings (noscript with scripting off, ambiguous foreign end tags)
 # rescanned per document; each usually stops at the next interesting tag.
 MAX_ALT_SCANS = 256
+# Work allowed to all alternative readings together, as a multiple of the body size.
+_ALT_WORK_FACTOR = 8
 # Work allowed to the fast path's local SVG/MathML walks, as a multiple of the
 # body size, before it gives up and lets the precise scan decide.
 _FAST_FOREIGN_BUDGET = 4
@@ -996,8 +998,20 @@ class _Shared:
 def _walk_document(doc: _Doc) -> list[Element]:
     shared = _Shared(doc)
     _Walk(shared, 0).run()
+    # Alternative readings stop where they meet the main one again; inside foreign
+    # content they may not, and hostile pages can make hundreds of them read to the
+    # end. Past a budget the rest are replaced by the over-approximation: every
+    # active-element candidate in the body, read as HTML (a superset, never a miss).
+    budget = _ALT_WORK_FACTOR * len(doc.buf) + 65536
+    spent = 0
     while shared.alts:
-        shared.alts.pop(0).run()
+        if spent > budget:
+            shared.alts.clear()
+            shared.elements.extend(_candidate_elements(doc))
+            break
+        walk = shared.alts.pop(0)
+        walk.run()
+        spent += max(0, walk.pos - walk.origin) + walk.work
     seen: set[tuple[int, str]] = set()
     result: list[Element] = []
     for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative != "")):
@@ -1006,6 +1020,29 @@ def _walk_document(doc: _Doc) -> list[Element]:
             seen.add(key)
             result.append(el)
     return result
+
+
+def _candidate_elements(doc: _Doc) -> list[Element]:
+    """Every ``<script``/``<iframe``/``<frame``/``<object``/``<embed``/``<meta`` in the
+    body as if it were a real HTML element (the fast path's over-approximation)."""
+    buf = doc.buf
+    out: list[Element] = []
+    for p, name in _candidates(buf):
+        if name == b"script":
+            tag = _TAG.match(buf, p)
+            if tag is None:
+                continue
+            text_end, el_end = _script_end(buf, tag.end())
+            attrs = parse_attrs(doc.text(*tag.span(3)))
+            text = _norm(doc.text(tag.end(), text_end))
+            out.append(Element("script", p, el_end, attrs, text, False, "budget"))
+        elif name in (b"iframe", b"frame", b"object", b"embed", b"meta"):
+            tag = _start_tag(buf, p, name)
+            if tag is None:
+                continue
+            attrs = parse_attrs(doc.text(*tag.span(3)))
+            out.append(Element(name.decode(), p, tag.end(), attrs, None, False, "budget"))
+    return out
 
 
 def parse_elements(body: bytes, content_type: str | None = None) -> list[Element]:

@@ -549,3 +549,17 @@ def test_hostile_repetition_does_not_hang(body: bytes) -> None:
     well under a second): a hang guard, not a speed target."""
     elements = parse_elements(body, "text/html")
     assert all(el.name != "script" for el in elements)
+
+
+@pytest.mark.timeout(30)
+def test_alternative_readings_have_a_budget_and_a_safe_fallback() -> None:
+    """Hundreds of readings that stay in SVG to the end of the page (5.8 s for 34 KB, 119
+    bytes gzipped, in review): past the budget every candidate is judged as HTML."""
+    body = (
+        b"<div><svg></div><svg>" + b"<g></div><svg>" * 7000
+        + b"<script src=http://evil.test/late.js></script>"
+    )
+    found = scanner().scan(body, PAGE, "text/html")
+    assert any(f.url == "http://evil.test/late.js" and f.removed for f in found)
+    stripped, _ = scanner().strip(body, PAGE, "text/html")
+    assert b"evil.test" not in stripped
