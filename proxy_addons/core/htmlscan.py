@@ -1737,7 +1737,7 @@ class Scanner:
         if doc is None:
             return body, []
         findings = self._scan_doc(doc, page_url)
-        spans = sorted((f.start, f.end, f) for f in findings if f.removed)
+        spans = sorted(((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1]))
         if not spans:
             return body, findings
         out: list[bytes] = []
