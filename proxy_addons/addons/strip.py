@@ -86,9 +86,12 @@ COMPRESSIONS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
 _DECODE_CHUNK = 64 * 1024
 _SMALL_CHUNK = 4096
 _SALVAGE_CHUNK = 64
-# Codings a response may stack; Firefox stops at 16. Each layer is decoded (and, after
-# a removal, encoded) in full, so a long chain is refused rather than paid for.
+_MAX_ZSTD_FRAMES = 1024
+# Firefox undoes at most 16 codings (Chromium has no limit). Each layer is decoded
+# (and, after a removal, encoded) in full: all layers together may produce at most
+# CODING_WORK_FACTOR times the body limit, past which the body is not scanned.
 MAX_CODINGS = 16
+CODING_WORK_FACTOR = 4
 
 
 class UndecodableBody(JectguardError, ValueError):
@@ -110,8 +113,6 @@ def content_codings(content_encoding: str) -> tuple[str, ...]:
     tokens = [t for t in tokens if t]
     if not tokens or any(t not in COMPRESSIONS for t in tokens):
         return ()
-    if len(tokens) > MAX_CODINGS:
-        raise UndecodableBody(f"{len(tokens)} stacked content codings (at most {MAX_CODINGS})")
     return tuple("gzip" if t == "x-gzip" else t for t in tokens)
 
 
@@ -241,15 +242,24 @@ def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
                 if size > limit or b.is_finished():
                     break
         else:
+            # Frame after frame, as a browser's decoder goes on (skippable frames
+            # decode to nothing); bytes that start no frame end the body.
             z = zstd.ZstdDecompressor()
-            for i in range(0, len(raw), _SMALL_CHUNK):
-                if z.eof:
+            pending = raw
+            frames = 0
+            while pending and size <= limit and frames < _MAX_ZSTD_FRAMES:
+                for i in range(0, len(pending), _SMALL_CHUNK):
+                    piece = z.decompress(pending[i : i + _SMALL_CHUNK], max_length=limit + 1 - size)
+                    out.append(piece)
+                    size += len(piece)
+                    if size > limit or z.eof:
+                        break
+                if not z.eof:
                     break
-                piece = z.decompress(raw[i : i + _SMALL_CHUNK], max_length=limit + 1 - size)
-                out.append(piece)
-                size += len(piece)
-                if size > limit:
-                    break
+                frames += 1
+                consumed = i + _SMALL_CHUNK
+                pending = z.unused_data + pending[consumed:]
+                z = zstd.ZstdDecompressor()
     except (brotli.error, zstd.ZstdError) as exc:
         if not out:
             raise UndecodableBody(f"corrupt {coding} body: {exc}") from None
@@ -262,18 +272,22 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     Stacked codings (``gzip, gzip``) are undone in turn; an unknown or identity
     token means the raw bytes (see ``content_codings``). A truncated or damaged
     stream yields what precedes the damage (a browser renders that much; zstd
-    checks whole blocks, so its grain is a block). More than MAX_CODINGS
-    codings, or a body of which nothing decodes, raise UndecodableBody;
-    BodyTooLarge over ``limit``.
+    checks whole blocks, so its grain is a block). A chain whose layers decode to
+    more than CODING_WORK_FACTOR x ``limit`` together, or a body of which nothing
+    decodes, raises UndecodableBody; BodyTooLarge over ``limit``.
     Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
     """
     out = raw
+    work = 0
     for coding in reversed(content_codings(content_encoding)):
         if not out:
             break
         out = _decode_one(out, coding, limit)
         if len(out) > limit:
             raise _too_large(limit)
+        work += len(out)
+        if work > CODING_WORK_FACTOR * limit:
+            raise UndecodableBody(f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit")
     if len(out) > limit:
         raise _too_large(limit)
     return out

@@ -615,13 +615,26 @@ def test_truncated_or_damaged_streams_yield_their_prefix() -> None:
     assert prefix == byte_by_byte
 
 
-def test_a_long_chain_of_codings_is_refused_not_paid_for() -> None:
-    with pytest.raises(UndecodableBody, match="stacked content codings"):
-        decode_body(b"x", ", ".join(["gzip"] * 17), 1000)
-    body = b"<p>x</p>"
-    for _ in range(16):
+def test_long_chains_of_codings_are_read_within_a_budget() -> None:
+    """Chromium undoes any number of codings: so does the scanner, while all layers
+    together decode to at most CODING_WORK_FACTOR times the limit."""
+    body = b"<p>x</p><script src=http://evil.test/x.js></script>"
+    for _ in range(40):
         body = gzip.compress(body)
-    assert decode_body(body, ", ".join(["gzip"] * 16), 1000) == b"<p>x</p>"
+    assert decode_body(body, ", ".join(["gzip"] * 40), 100_000).startswith(b"<p>x</p>")
+    big = b"a" * 400
+    for _ in range(12):  # stored blocks: every layer as large as the page
+        big = gzip.compress(big, 0)
+    with pytest.raises(UndecodableBody, match="stacked codings"):
+        decode_body(big, ", ".join(["gzip"] * 12), 1000)
+
+
+def test_zstd_frame_after_frame() -> None:
+    """A browser's zstd decoder goes on into later frames and over skippable ones."""
+    first, attack = b"<p>first</p>" * 1000, b"<script src=http://evil.test/x.js></script>"
+    assert decode_body(zstd.compress(first) + zstd.compress(attack), "zstd", 10**6).endswith(attack)
+    skippable = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"abcd"
+    assert decode_body(skippable + zstd.compress(attack), "zstd", 10**6) == attack
 
 
 @pytest.mark.parametrize("coding", ["gzip, x-unknown", "identity, gzip", "x-unknown,gzip"])
