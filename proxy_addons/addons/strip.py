@@ -229,18 +229,7 @@ def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
     size = 0
     try:
         if coding == "br":
-            b = brotli.Decompressor()
-            for i in range(0, len(raw), _SMALL_CHUNK):
-                piece = b.process(raw[i : i + _SMALL_CHUNK], output_buffer_limit=limit + 1 - size)
-                while piece:
-                    out.append(piece)
-                    size += len(piece)
-                    if size > limit:
-                        break
-                    # brotli hands out ~32 KB a call; the rest waits for empty calls
-                    piece = b.process(b"", output_buffer_limit=limit + 1 - size)
-                if size > limit or b.is_finished():
-                    break
+            return _brotli(raw, limit)
         else:
             # Frame after frame, as a browser's decoder goes on (skippable frames
             # decode to nothing); bytes that start no frame end the body.
@@ -263,6 +252,45 @@ def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
     except (brotli.error, zstd.ZstdError) as exc:
         if not out:
             raise UndecodableBody(f"corrupt {coding} body: {exc}") from None
+    return b"".join(out)
+
+
+def _brotli_feed(b: Any, data: bytes, out: list[bytes], size: int, limit: int) -> int:
+    """Feed ``data``; brotli hands out ~32 KB a call, the rest comes with empty calls."""
+    piece = b.process(data, output_buffer_limit=limit + 1 - size)
+    while piece:
+        out.append(piece)
+        size += len(piece)
+        if size > limit:
+            break
+        piece = b.process(b"", output_buffer_limit=limit + 1 - size)
+    return size
+
+
+def _brotli(raw: bytes, limit: int) -> bytes:
+    """Small slices; when one breaks (damage, or bytes after the end of the stream, which
+    Chromium ignores), decode again up to it and feed that slice a byte at a time."""
+    out: list[bytes] = []
+    size = 0
+    b = brotli.Decompressor()
+    for i in range(0, len(raw), _SMALL_CHUNK):
+        try:
+            size = _brotli_feed(b, raw[i : i + _SMALL_CHUNK], out, size, limit)
+        except brotli.error:
+            out, size, b = [], 0, brotli.Decompressor()
+            try:
+                size = _brotli_feed(b, raw[:i], out, size, limit)
+                for k in range(i, min(i + _SMALL_CHUNK, len(raw))):
+                    if b.is_finished() or size > limit:
+                        break
+                    size = _brotli_feed(b, raw[k : k + 1], out, size, limit)
+            except brotli.error:
+                pass
+            if not out:
+                raise UndecodableBody("corrupt br body: nothing decodes") from None
+            break
+        if size > limit or b.is_finished():
+            break
     return b"".join(out)
 
 

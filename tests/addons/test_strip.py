@@ -629,6 +629,13 @@ def test_long_chains_of_codings_are_read_within_a_budget() -> None:
         decode_body(big, ", ".join(["gzip"] * 12), 1000)
 
 
+def test_brotli_with_bytes_after_the_stream() -> None:
+    """Chromium ignores what follows the end of a brotli stream; so does the scanner."""
+    page = b"".join(b"<p>%d</p>" % i for i in range(4000)) + b"<script src=http://evil.test/x.js></script>"
+    assert decode_body(brotli.compress(page) + b"\x00", "br", 10**6) == page
+    assert decode_body(brotli.compress(page) + b"junk" * 2000, "br", 10**6) == page
+
+
 def test_zstd_frame_after_frame() -> None:
     """A browser's zstd decoder goes on into later frames and over skippable ones."""
     first, attack = b"<p>first</p>" * 1000, b"<script src=http://evil.test/x.js></script>"
