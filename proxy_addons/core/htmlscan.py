@@ -722,10 +722,28 @@ class _Walk:
         elif name in (b"embed", b"frame", b"meta", b"base"):
             self._emit(name.decode(), p, end, self._attrs(tag), None)
         elif self.fstack:
-            self._push_html(name.decode("latin-1"))
+            sname = name.decode("latin-1")
+            if sname in _IGNORED_IN_BODY and self.s.alt_count < MAX_ALT_SCANS:
+                # "In body" ignores it; "in cell" or "in row" (the SVG sits in a table,
+                # which is not tracked) acts on it. Read on both ways.
+                self.s.queue_alt(
+                    _Walk(
+                        self.s,
+                        end,
+                        fstack=[
+                            _Node(x.ns, x.name, x.html_ip, x.text_ip, x.special)
+                            for x in self.fstack
+                        ],
+                        scripting=self.scripting,
+                        alternative=self.alternative or "ignored",
+                        clamp=self.clamp,
+                        after_html=self.after_html,
+                    )
+                )
+            self._push_html(sname)
 
     def _push_html(self, name: str) -> None:
-        if self.fstack and name not in _VOID and name not in _IGNORED_IN_BODY:
+        if self.fstack and name not in _VOID:
             self.fstack.append(_Node(HTML_NS, name, special=name in _HTML_SPECIAL))
 
     # ---- foreign content
