@@ -41,7 +41,10 @@ ISO-2022-JP are not supported (they are treated as ASCII-compatible).
 
 Limits: bodies larger than ``max_bytes`` raise ``BodyTooLarge`` (the caller
 streams them unscanned); at most ``MAX_ALT_SCANS`` alternative readings are
-scanned per document.
+scanned per document, within a shared work budget (``_ALT_WORK_FACTOR`` times
+the body); past it, every active-element candidate in the body is judged as if
+it were a real HTML element (the fast path's over-approximation), so hostile
+nesting costs time linear in the body and still misses nothing.
 
 Known differences from a conforming tree builder (all err towards reporting):
 ``<frameset>`` documents and templates whose content starts with ``<col>`` are
