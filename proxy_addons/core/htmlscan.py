@@ -326,8 +326,9 @@ _TOKENIZER_SWITCHES = frozenset(
 _FRAMESET_AT = re.compile(rb"<(?i:frameset)[\t\n\f\r />]")
 _TEMPLATE_AT = re.compile(rb"<(?i:template)[\t\n\f\r />]")
 _COL_AT = re.compile(rb"<(?i:col)[\t\n\f\r />]")
-# Start tags "in body" ignores (parse error): inside an integration point, which the
-# scanner reads in body, they open nothing.
+# Start tags "in body" ignores (parse error) but the table modes act on: inside an
+# integration point (read in body; a table around the SVG is not tracked) both
+# readings are scanned.
 _IGNORED_IN_BODY = _names("caption col colgroup frame head tbody td tfoot th thead tr")
 _MATH_TEXT_IP = frozenset({"mi", "mo", "mn", "ms", "mtext"})
 _SVG_HTML_IP = frozenset({"foreignobject", "desc", "title"})
