@@ -23,15 +23,24 @@ async def test_log_records_no_longer_dispatch_add_log() -> None:
     master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
     recorder = Recorder()
     master.addons.add(recorder)
+    loop = asyncio.get_running_loop()
+
+    async def drained() -> None:
+        """The handler schedules its dispatch with call_soon_threadsafe: callbacks run in
+        order, so once a marker scheduled after the records has run, so have they."""
+        done = loop.create_future()
+        loop.call_soon_threadsafe(done.set_result, None)
+        await asyncio.wait_for(done, 5)
+
     try:
         logging.getLogger("jg-test").warning("before")
-        await asyncio.sleep(0.01)
+        await drained()
         assert any("before" in e for e in recorder.entries)  # mitmproxy's default: dispatched
 
         drop_legacy_log_events()
         logging.getLogger("jg-test").warning("after")
         logging.getLogger("jg-test").error("an error")
-        await asyncio.sleep(0.01)
+        await drained()
         assert not any("after" in e or "an error" in e for e in recorder.entries)
         # errorcheck (refuse to start after an error at start-up) has a handler of its own
         errorcheck = master.addons.get("errorcheck")

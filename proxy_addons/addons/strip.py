@@ -109,18 +109,20 @@ def content_codings(content_encoding: str) -> tuple[str, ...]:
     that meets a token it does not decode (``identity``, ``x-unknown``) renders
     the bytes as they are, so that is what gets scanned.
     """
-    tokens = [t.strip().lower() for t in content_encoding.split(",")]
-    tokens = [t for t in tokens if t]
+    tokens = _coding_tokens(content_encoding)
     if not tokens or any(t not in COMPRESSIONS for t in tokens):
         return ()
     return tuple("gzip" if t == "x-gzip" else t for t in tokens)
 
 
+def _coding_tokens(content_encoding: str) -> list[str]:
+    return [t for t in (t.strip().lower() for t in content_encoding.split(",")) if t]
+
+
 def lenient_codings(content_encoding: str) -> tuple[str, ...]:
     """The known codings of a chain that also holds unknown tokens, as Firefox undoes
     them (it skips what it does not know); () when there is no such second reading."""
-    tokens = [t.strip().lower() for t in content_encoding.split(",")]
-    tokens = [t for t in tokens if t]
+    tokens = _coding_tokens(content_encoding)
     known = tuple("gzip" if t == "x-gzip" else t for t in tokens if t in COMPRESSIONS)
     if not known or len(known) == len(tokens) or len(known) > MAX_CODINGS:
         return ()

@@ -271,7 +271,7 @@ def _split_values(value: str) -> list[str]:
     return out
 
 
-def _parse_mime(text: str) -> tuple[str, str | None] | None:
+def _parse_mime(text: str, *, charset_too: bool = True) -> tuple[str, str | None] | None:
     """MIME Sniffing "parse a MIME type": (essence, charset parameter) or None on failure."""
     text = text.strip(_HTTP_WS)
     kind, slash, rest = text.partition("/")
@@ -280,7 +280,7 @@ def _parse_mime(text: str) -> tuple[str, str | None] | None:
     if not slash or not _MIME_TOKEN.fullmatch(kind) or not _MIME_TOKEN.fullmatch(subtype):
         return None
     charset: str | None = None
-    if "charset" in params.lower():
+    if charset_too and "charset" in params.lower():
         for m in _MIME_PARAM.finditer(params):
             name, quoted, bare = m.groups()
             if name.lower() == "charset" and (quoted is not None or bare is not None):
@@ -321,12 +321,9 @@ def mime_essence(content_type: str | None) -> str:
     """The lower-cased ``type/subtype`` a browser takes from a Content-Type ("" when none)."""
     if not content_type:
         return ""
-    if "," not in content_type:  # the common case, without the general algorithm
-        essence = content_type.partition(";")[0].strip(_HTTP_WS).lower()
-        kind, slash, subtype = essence.partition("/")
-        if slash and _MIME_TOKEN.fullmatch(kind) and _MIME_TOKEN.fullmatch(subtype):
-            return "" if essence == "*/*" else essence
-        return ""
+    if "," not in content_type:  # one value: no charset to read (every response asks)
+        parsed = _parse_mime(content_type, charset_too=False)
+        return "" if parsed is None or parsed[0] == "*/*" else parsed[0]
     return extract_mime_type(content_type)[0]
 
 

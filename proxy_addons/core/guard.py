@@ -44,7 +44,6 @@ _LOCAL_NETS: Final = tuple(
         "224.0.0.0/4", "240.0.0.0/4", "fc00::/7", "fe80::/10", "ff00::/8",
     )
 )  # fmt: skip
-_PRIVATE_WIDE: Final = "private or reserved network wider than"
 MIN_PREFIX_LOCAL_V4: Final = 17  # /16 is a whole home range (192.168.0.0/16)
 MIN_PREFIX_LOCAL_V6: Final = 48
 
@@ -68,8 +67,13 @@ class PoisonGuard:
     def default(cls) -> PoisonGuard:
         return cls()
 
-    def check(self, rule: Rule) -> str | None:
-        """None when the rule may be applied, else the reason it is refused."""
+    def check(self, rule: Rule, *, allow: bool = False) -> str | None:
+        """None when the rule may be applied, else the reason it is refused.
+
+        ``allow``: the rule allows (an allow list, an ``@@`` exception). Allowing a
+        whole private network is what an operator does to keep internal servers
+        reachable, so the private-network floor does not apply to it.
+        """
         kind = rule.kind
         if kind is RuleKind.DOMAIN or kind is RuleKind.EXACT:
             return self.host_reason(rule.key)
@@ -90,21 +94,12 @@ class PoisonGuard:
             if any(net.overlaps(n) for n in _NEVER_NETS if n.version == net.version):
                 return "covers loopback or unspecified addresses"
             local_floor = MIN_PREFIX_LOCAL_V4 if net.version == 4 else MIN_PREFIX_LOCAL_V6
-            if net.prefixlen < local_floor and any(
+            if not allow and net.prefixlen < local_floor and any(
                 net.overlaps(n) for n in _LOCAL_NETS if n.version == net.version
             ):
-                return f"{_PRIVATE_WIDE} /{local_floor}"
+                return f"private or reserved network wider than /{local_floor}"
             return None
         return None
-
-    def check_allow(self, rule: Rule) -> str | None:
-        """``check`` for an allow rule (an allow list, an ``@@`` exception): allowing a
-        whole private network is what an operator does to keep internal servers
-        reachable, so the private-network floor does not apply."""
-        reason = self.check(rule)
-        if reason is not None and reason.startswith(_PRIVATE_WIDE):
-            return None
-        return reason
 
     @staticmethod
     def refused_hosts(hosts: list[str]) -> dict[str, str]:

@@ -68,7 +68,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.entities import html5 as _HTML5_ENTITIES
-from typing import Protocol, TypeVar
+from typing import Protocol, SupportsIndex, TypeVar
 
 import ada_url
 
@@ -378,7 +378,9 @@ class _Stack(list[_Node]):
         if node.special:
             self.at_special.append(i)
 
-    def pop(self) -> _Node:  # type: ignore[override]
+    def pop(self, index: SupportsIndex = -1) -> _Node:
+        if index != -1:
+            raise ValueError("the foreign stack is popped from the top only")
         node = super().pop()
         self.at_name[node.name].pop()
         if node.ns == HTML_NS:
@@ -394,6 +396,10 @@ class _Stack(list[_Node]):
         self.at_html_name.clear()
         self.at_html.clear()
         self.at_special.clear()
+
+    def fresh(self) -> list[_Node]:
+        """Copies of the open nodes, without open-script state: an alternative's stack."""
+        return [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self]
 
     @staticmethod
     def _top(where: list[int] | None) -> int:
@@ -611,29 +617,9 @@ class _Walk:
     def _queue_ignored(self, tag: re.Match[bytes], name: bytes) -> None:
         """A tree builder in "in frameset" or in a template's "in column group" mode ignores
         this tag, and then its content is markup, not text. Scan that reading too."""
-        if (
-            self.s.alt_count >= MAX_ALT_SCANS
-            or (name == b"noscript" and not self.scripting)  # no raw text to begin with
-            or self.alternative == "ignored"  # one level: nested ones multiply the work
-        ):
-            return
-        end = tag.end()
-        if name == b"plaintext":
-            text_end = len(self.buf)
-        elif name == b"script":
-            text_end = _script_end(self.buf, end)[0]
-        else:
-            text_end = _raw_end(self.buf, end, name)[0]
-        self.s.queue_alt(
-            _Walk(
-                self.s,
-                end,
-                scripting=self.scripting,
-                alternative=self.alternative or "ignored",
-                clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
-                after_html=self.after_html,
-            )
-        )
+        if (name == b"noscript" and not self.scripting) or self.alternative == "ignored":
+            return  # no raw text to begin with; one level (nested ones multiply the work)
+        self._queue_markup_reading(tag, name, "ignored")
 
     def _queue_old_select(self, tag: re.Match[bytes], name: bytes) -> None:
         """Inside <select>, browsers without "customizable select" ignore this tag.
@@ -642,19 +628,28 @@ class _Walk:
         raw text; older ones (the "in select" insertion mode) drop the tag and
         read on as markup. Scan that reading too.
         """
+        self._queue_markup_reading(tag, name, "select")
+
+    def _queue_markup_reading(self, tag: re.Match[bytes], name: bytes, label: str) -> None:
+        """The reading in which this raw-text start tag is dropped and markup reads on."""
         if self.s.alt_count >= MAX_ALT_SCANS:
             return
         end = tag.end()
-        text_end = len(self.buf) if name == b"plaintext" else _raw_end(self.buf, end, name)[0]
+        if name == b"plaintext":
+            text_end = len(self.buf)
+        elif name == b"script":
+            text_end = _script_end(self.buf, end)[0]
+        else:
+            text_end = _raw_end(self.buf, end, name)[0]
         walk = _Walk(
             self.s,
             end,
             scripting=self.scripting,
-            alternative=self.alternative or "select",
+            alternative=self.alternative or label,
             clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
             after_html=self.after_html,
         )
-        walk.select_open = True
+        walk.select_open = label == "select"
         self.s.queue_alt(walk)
 
     def _html_start(self, p: int, tag: re.Match[bytes], name: bytes) -> None:
@@ -701,9 +696,7 @@ class _Walk:
                 _Walk(
                     self.s,
                     end,
-                    fstack=[
-                        _Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack
-                    ],
+                    fstack=self.fstack.fresh(),
                     scripting=False,
                     alternative=self.alternative or "noscript",
                     clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
@@ -734,10 +727,7 @@ class _Walk:
                     _Walk(
                         self.s,
                         end,
-                        fstack=[
-                            _Node(x.ns, x.name, x.html_ip, x.text_ip, x.special)
-                            for x in self.fstack
-                        ],
+                        fstack=self.fstack.fresh(),
                         scripting=self.scripting,
                         alternative=self.alternative or "ignored",
                         clamp=self.clamp,
@@ -949,7 +939,7 @@ class _Walk:
         alt_stack: list[_Node] = []
         if closes:
             if room:
-                alt_stack = [_Node(x.ns, x.name, x.html_ip, x.text_ip, x.special) for x in self.fstack]
+                alt_stack = self.fstack.fresh()
             for node in self.fstack:
                 if node.script >= 0:
                     self._close_script(node, p)

@@ -298,10 +298,7 @@ def _compile(
                 bad = guard.refused_url_hosts(set(url_hosts_of))
                 reasons = [bad.get(h) for h in url_hosts_of] if bad else None
             else:
-                reasons = [
-                    guard.check_allow(r) if spec.allow or r.exception else guard.check(r)
-                    for r in rules
-                ]
+                reasons = [guard.check(r, allow=spec.allow or r.exception) for r in rules]
             if reasons is not None and any(reasons):
                 kept = []
                 for rule, reason in zip(rules, reasons, strict=True):

@@ -66,7 +66,7 @@ CLEAN = (
 
 @dataclass(frozen=True, slots=True)
 class _NoGuard(PoisonGuard):
-    def check(self, rule: Rule) -> str | None:
+    def check(self, rule: Rule, *, allow: bool = False) -> str | None:
         return None
 
 
