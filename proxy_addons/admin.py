@@ -386,9 +386,12 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def check(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    if name is not None:
+        return _check_name(request, name.strip())
     url = request.query.get("url")
     if url is None or not url.strip():
-        return _bad_request("give the URL to check as ?url=")
+        return _bad_request("give the URL to check as ?url= (or a DNS name as ?name=)")
     url = url.strip()
     if len(url) > MAX_CHECK_URL:
         return _bad_request(f"url is longer than {MAX_CHECK_URL} characters")
@@ -398,6 +401,16 @@ async def check(request: web.Request) -> web.Response:
     if engine is None:
         return _json({"error": "no compiled index loaded yet"}, status=503)
     return _json(engine.check_url(url).as_dict())
+
+
+def _check_name(request: web.Request, name: str) -> web.Response:
+    """What DNS mode answers for a bare name: whole-host rules only."""
+    if not name or len(name) > MAX_CHECK_URL or not name.isprintable():
+        return _bad_request("give a host name or address as ?name=")
+    engine = request.app[STATE].engine()
+    if engine is None:
+        return _json({"error": "no compiled index loaded yet"}, status=503)
+    return _json({**engine.check_host(name).as_dict(), "dns": True})
 
 
 async def refresh(request: web.Request) -> web.Response:

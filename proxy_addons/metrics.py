@@ -106,6 +106,12 @@ class Metrics:
             "(success, failure, held_back).",
             ["source", "result"], registry=r,
         )
+        self.dns = Counter(
+            "jectguard_dns_blocked",
+            "DNS queries answered from the lists (block) or that would have been (monitor), "
+            "by list and category.",
+            ["action", "list", "category"], registry=r,
+        )
         self.errors = Counter(
             "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
         )
@@ -156,6 +162,10 @@ class Metrics:
         if result not in REFRESH_RESULTS:
             raise ValueError(f"refresh result must be one of {REFRESH_RESULTS}, got {result!r}")
         self.refreshes.labels(source, result).inc()
+
+    def record_dns(self, action: str, list_name: str | None, category: str | None) -> None:
+        """Count one DNS query blocked (or, in monitor mode, that would have been)."""
+        self.dns.labels(action, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

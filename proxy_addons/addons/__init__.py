@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
+from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
 from .observe import Observe
@@ -37,6 +38,7 @@ def make_addons(
         Blocking(holder),
         Strip(holder),
         refresh,
+        DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
         AdminServer(
             holder,
@@ -70,6 +72,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",
