@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from mitmproxy import ctx, dns, exceptions
-from mitmproxy.net.dns import response_codes, types
+from mitmproxy.net.dns import https_records, response_codes, types
 from mitmproxy.proxy import mode_specs
 
 from proxy_addons.core.dnspolicy import (
@@ -55,10 +55,34 @@ MAX_TCP_MESSAGE: Final = 65_535
 # Answers that name another host or carry an address: what the response check reads.
 _ADDRESS_TYPES: Final = frozenset({types.A, types.AAAA})
 _NAME_TYPES: Final = frozenset({types.CNAME, types.DNAME})
+_SERVICE_TYPES: Final = frozenset({types.HTTPS, types.SVCB})
+_IPV4HINT: Final = https_records.SVCParamKeys.IPV4HINT.value
+_IPV6HINT: Final = https_records.SVCParamKeys.IPV6HINT.value
 
 
 def _type_name(qtype: int) -> str:
     return types.to_str(qtype)
+
+
+def answer_targets(rr: dns.ResourceRecord) -> list[str]:
+    """The names and addresses an answer sends a client to: a CNAME/DNAME target, an
+    A/AAAA address, an HTTPS/SVCB record's target name and address hints."""
+    if rr.type in _NAME_TYPES:
+        return [rr.domain_name]
+    if rr.type in _ADDRESS_TYPES:
+        return [str(ipaddress.ip_address(rr.data))]
+    if rr.type in _SERVICE_TYPES:
+        record = https_records.unpack(rr.data)
+        out = [record.target_name] if record.target_name not in ("", ".") else []
+        for key, size in ((_IPV4HINT, 4), (_IPV6HINT, 16)):
+            hints = record.params.get(key, b"")
+            if len(hints) % size:
+                raise ValueError("address hint of a bad length")
+            out += [
+                str(ipaddress.ip_address(hints[i : i + size])) for i in range(0, len(hints), size)
+            ]
+        return out
+    return []
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -199,6 +223,15 @@ class DnsFilter:
             or not isinstance(flow.client_conn.proxy_mode, mode_specs.DnsMode)
         ):
             return
+        try:
+            await self._answer(flow)
+        except Exception:
+            # A failed hook would let mitmproxy's resolver ask upstream unchecked: fail closed.
+            logger.exception("jectguard: DNS query check failed; answering SERVFAIL")
+            self.metrics.record_error("dns-check-failed")
+            flow.response = flow.request.fail(response_codes.SERVFAIL)
+
+    async def _answer(self, flow: dns.DNSFlow) -> None:
         client = _client(flow)
         now = time.time()
         if not self.limiter.allow(client, now):
@@ -237,29 +270,34 @@ class DnsFilter:
             or not isinstance(flow.client_conn.proxy_mode, mode_specs.DnsMode)
         ):
             return
+        try:
+            self._check_answers(flow)
+        except Exception:
+            # mitmproxy would log a failed hook and send the answer on unchecked: fail closed.
+            logger.exception("jectguard: DNS answer check failed; answering SERVFAIL")
+            self.metrics.record_error("dns-check-failed")
+            flow.response = flow.request.fail(response_codes.SERVFAIL)
+
+    def _check_answers(self, flow: dns.DNSFlow) -> None:
+        assert flow.response is not None
         q = flow.request.question
         if q is None:
             return
         engine = self.holder.engine
         for rr in flow.response.answers:
             try:
-                if rr.type in _NAME_TYPES:
-                    target = rr.domain_name
-                    v = engine.check_host(target.rstrip(".") or ".")
-                    what = f"{q.name} is an alias of {target}"
-                elif rr.type in _ADDRESS_TYPES:
-                    addr = str(ipaddress.ip_address(rr.data))
-                    v = engine.check_host(addr)
-                    what = f"{q.name} answers {addr}"
-                else:
-                    continue
-            except (ValueError, struct.error, UnicodeError):
+                targets = answer_targets(rr)
+            except (ValueError, struct.error, UnicodeError, IndexError):
                 # An answer we cannot read cannot be checked: it is not passed on.
                 flow.response = flow.request.fail(response_codes.SERVFAIL)
                 self.metrics.record_error("dns-bad-answer")
                 return
-            if self._stops(flow, v, "answer", what):
-                return
+            for target in targets:
+                v = engine.check_host(target.rstrip(".") or ".")
+                if self._stops(
+                    flow, v, "answer", f"{q.name} answers {_type_name(rr.type)} {target}"
+                ):
+                    return
 
     # -- decisions ----------------------------------------------------------
 

@@ -49,6 +49,9 @@ ZONE = {
     "flux.good.example": [("A", "192.0.2.20"), ("A", "203.0.113.66")],
     "net.good.example": [("A", "198.51.100.5")],
     "shared.example": [("A", "192.0.2.12")],
+    "svc.good.example": [("HTTPS", '1 . alpn="h2" ipv4hint="192.0.2.30,203.0.113.66"')],
+    "alias.good.example": [("HTTPS", "0 x.cname-target.bad.")],
+    "fine.good.example": [("HTTPS", '1 . alpn="h2" ipv4hint="192.0.2.31"')],
 }
 TIMEOUT = 5.0
 
@@ -186,6 +189,19 @@ def test_answers_on_ip_and_cidr_lists_are_blocked(dnsproxy: tuple[Proxy, int, Pa
     _, port, _ = dnsproxy
     assert answers(ask(port, "flux.good.example")) == [("A", "0.0.0.0")]
     assert answers(ask(port, "net.good.example", tcp=True)) == [("A", "0.0.0.0")]
+
+
+def test_https_records_pointing_at_listed_hosts_are_blocked(
+    dnsproxy: tuple[Proxy, int, Path],
+) -> None:
+    _, port, _ = dnsproxy
+    # An address hint on the IP list, an alias-mode target on the domain list: NODATA.
+    for name in ("svc.good.example", "alias.good.example"):
+        r = ask(port, name, "HTTPS")
+        assert r.rcode() == dns.rcode.NOERROR and answers(r) == [], name
+    assert answers(ask(port, "fine.good.example", "HTTPS")) == [
+        ("HTTPS", '1 . alpn="h2" ipv4hint="192.0.2.31"')
+    ]
 
 
 def test_each_block_is_an_event_with_its_provenance(dnsproxy: tuple[Proxy, int, Path]) -> None:
