@@ -216,6 +216,7 @@ def _add_optional_commands(sub: Any) -> None:
         ("update", "proxy_addons.update_cmd", "refresh the feeds now and publish a snapshot"),
         ("lists", "proxy_addons.lists_cmd", "show every source: state, entries, errors, next run"),
         ("rollback", "proxy_addons.rollback_cmd", "put the previous snapshot back in force"),
+        ("hunt", "proxy_addons.hunt_cmd", "find injection campaigns in recorded page views"),
     ):
         try:
             mod = importlib.import_module(module)
