@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,14 @@ import xxhash
 
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError, SnapshotError
-from .core.index import CompiledIndex, CompileStats, SnapshotImage, compile_index
+from .core.index import (
+    CompiledIndex,
+    CompileStats,
+    SnapshotImage,
+    check_published,
+    compile_index,
+    write_snapshot,
+)
 from .core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 from .loading import (
     ListFileError,
@@ -58,6 +66,8 @@ STALE_TEMP_SECONDS: Final = 3600
 POINTER_VERSION: Final = 1
 # Snapshots and pointer are readable by proxy processes running as other users.
 FILE_MODE: Final = 0o644
+# A private copy not made or used for this long may go (a process that maps it keeps it).
+COPY_PRUNE_SECONDS: Final = 600
 
 
 class NoSnapshot(SnapshotError):
@@ -264,13 +274,40 @@ class SnapshotStore:
         return self.dir / name
 
     def load_current(self) -> CompiledIndex:
-        """Map the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign."""
+        """Load the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign.
+
+        What is served is a verified private copy (:func:`snapshot_copy_dir`),
+        never the shared file itself.
+        """
         path = self.current_path()
         if path is None:
             raise NoSnapshot(f"{self.dir}: no snapshot published yet")
         if not path.exists():
             raise NoSnapshot(f"{path}: current snapshot is missing")
-        return CompiledIndex.load(path)
+        copies = snapshot_copy_dir()
+        index = CompiledIndex.load(path, copy_dir=copies)
+        if copies is not None and index.origin is not None and index.origin.residence:
+            prune_copies(copies, keep=index.origin.residence)
+        return index
+
+    def restore(self, index: CompiledIndex) -> bool:
+        """Write ``index``'s verified bytes back over its published file if that is damaged.
+
+        Only while the pointer still names it; atomic (temp file, rename), never
+        in place. True when the file was rewritten.
+        """
+        origin = index.origin
+        if origin is None or origin.path.parent != self.dir:
+            return False
+        with self.locked():
+            if self.current_path() != origin.path:
+                return False
+            checked = check_published(origin, None, full=True)
+            if checked is None or checked[1] is None:
+                return False
+            write_snapshot(origin.path, [index.image()])
+            origin.path.chmod(FILE_MODE)
+        return True
 
     def load_exceptions(self, snapshot: Path) -> list[tuple[ListSpec, ParsedList]]:
         """The ``@@`` exception rules published with ``snapshot`` (usually none)."""
@@ -303,6 +340,49 @@ class SnapshotStore:
                 out.append(SnapshotInfo(p, parts[1], parts[2], p.stat().st_size, p == current))
         out.sort(key=lambda s: s.name, reverse=True)
         return out
+
+
+def snapshot_copy_dir() -> Path | None:
+    """A local folder only this user writes, for verified private copies of snapshots.
+
+    ``$JECTGUARD_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/jectguard``, else
+    ``<tmp>/jectguard-<uid>``, plus ``/snapshots``. None when it cannot be made
+    or is not ours alone (someone else could change a copy under us): snapshots
+    are then read into process memory instead.
+    """
+    base = os.environ.get("JECTGUARD_RUNTIME_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        base = (
+            os.path.join(xdg, "jectguard")
+            if xdg
+            else os.path.join(tempfile.gettempdir(), f"jectguard-{os.getuid()}")
+        )
+    uid = os.getuid()
+    path = Path(base)
+    for d in (path, path / SNAPSHOT_DIR):
+        try:
+            d.mkdir(mode=0o700, exist_ok=True)
+            st = d.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+            return None
+    return path / SNAPSHOT_DIR
+
+
+def prune_copies(copy_dir: Path, *, keep: Path, older_than: float = COPY_PRUNE_SECONDS) -> None:
+    """Remove private copies (and leftover temp files) other than ``keep`` not touched lately.
+
+    A process still mapping a removed copy keeps its pages (unlink, not truncate).
+    """
+    now = time.time()
+    for p in [*copy_dir.glob("*.jgs"), *copy_dir.glob(".copy-*.tmp")]:
+        if p == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if now - p.lstat().st_mtime > older_than:
+                p.unlink()
 
 
 def _allow_path(snapshot: Path) -> Path:
