@@ -247,7 +247,7 @@ def _build_image(
     pos = HEADER_SIZE
     digest = xxhash.xxh3_64()
     for name in SECTIONS:
-        data = memoryview(parts[name]).cast("B")  # type: ignore[arg-type]
+        data = memoryview(parts[name]).cast("B")
         sections.append((pos, len(data)))
         pad = b"\x00" * (_align8(len(data)) - len(data))
         chunks += (data, pad)
@@ -449,7 +449,7 @@ class CompiledIndex:
             off, length = sec[name]
             if count is not None and length != count * struct.calcsize(fmt):
                 raise SnapshotError(f"snapshot section {name!r} has the wrong size")
-            return mv[off : off + length].cast(fmt)
+            return mv[off : off + length].cast(fmt)  # type: ignore[call-overload,no-any-return]
 
         self._dir = view("dir", "I", (1 << h["dir_bits"]) + 1)
         self._shift = 64 - h["dir_bits"]
@@ -800,22 +800,9 @@ def _private_copy(
     """
     target = copy_dir / copy_name(head)
     size = HEADER_SIZE + h["body_len"]
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(target, flags)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ELOOP):
-            raise
-    else:
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode) and _fd_holds(fd, head, h):
-                # The published file must still be good too: a damaged one is refused
-                # (and reported) even though an intact copy of it exists here.
-                if _body_digest(src.fileno(), size) != h["body_xxh"]:
-                    raise SnapshotError("checksum mismatch (corrupt snapshot)")
-                return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), target
-        finally:
-            os.close(fd)
+    mm = _adopt_copy(src, target, head, h)
+    if mm is not None:
+        return mm, target
     tfd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=copy_dir)
     try:
         with os.fdopen(tfd, "wb") as out:
@@ -828,19 +815,48 @@ def _private_copy(
                 out.write(data)
                 pos += len(data)
         os.chmod(tmp, 0o444)
-        rfd = os.open(tmp, flags)
+        rfd = os.open(tmp, _COPY_OPEN)
         try:
             if not _fd_holds(rfd, head, h):
                 raise SnapshotError("checksum mismatch (corrupt snapshot, or changed while copied)")
-            mm = mmap.mmap(rfd, 0, access=mmap.ACCESS_READ)
+            try:
+                # The first process to finish a copy wins; the others map that one,
+                # so workers started together still share one copy in the page cache.
+                os.link(tmp, target)
+            except FileExistsError:
+                mm = _adopt_copy(src, target, head, h)
+                if mm is not None:
+                    return mm, target
+                os.replace(tmp, target)  # the copy there is bad: ours replaces it
+            return mmap.mmap(rfd, 0, access=mmap.ACCESS_READ), target
         finally:
             os.close(rfd)
-        os.replace(tmp, target)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_COPY_OPEN: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _adopt_copy(src: Any, target: Path, head: bytes, h: dict[str, Any]) -> mmap.mmap | None:
+    """Map ``target`` if it is an intact copy of the snapshot ``head`` names (else None)."""
+    try:
+        fd = os.open(target, _COPY_OPEN)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None
         raise
-    return mm, target
+    try:
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) and _fd_holds(fd, head, h)):
+            return None
+        # The published file must still be good too: a damaged one is refused (and
+        # reported) even though an intact copy of it exists here.
+        if _body_digest(src.fileno(), HEADER_SIZE + h["body_len"]) != h["body_xxh"]:
+            raise SnapshotError("checksum mismatch (corrupt snapshot)")
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
 
 
 def check_published(
@@ -880,7 +896,9 @@ def write_snapshot(path: str | os.PathLike[str], image: Buffer | Sequence[Buffer
     """Write a snapshot atomically: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = [image] if isinstance(image, bytes | bytearray | memoryview) else image
+    chunks: Sequence[Buffer] = (
+        [image] if isinstance(image, bytes | bytearray | memoryview) else image  # type: ignore[assignment]
+    )
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
