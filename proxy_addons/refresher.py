@@ -62,6 +62,7 @@ from .snapshot_health import (
     SnapshotState,
 )
 from .store import (
+    POINTER,
     SnapshotStore,
     compile_allow,
     list_inputs,
@@ -394,9 +395,8 @@ class Follower:
         if now >= self._retry_at:
             return True
         # The file it names arrived or changed: no reason to wait out the backoff.
-        return await asyncio.to_thread(_file_stamps, [self.store.dir / self._pending]) != (
-            self._pending_file
-        )
+        stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / self._pending])
+        return stamp != self._pending_file
 
     async def _load(self, now: float) -> bool:
         try:
@@ -404,7 +404,10 @@ class Follower:
                 load_engine, self.specs, self.cache_dir, require_fingerprint=True
             )
         except JectguardError as exc:
-            self._load_failed(now, str(exc))
+            doc = await asyncio.to_thread(self.store.read_pointer) or {}
+            target = Path(str(doc.get("snapshot", ""))).name or None
+            stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / (target or POINTER)])
+            self._load_failed(now, str(exc), target, stamp)
             return False
         if self._pending is not None:
             log.warning(
@@ -421,9 +424,9 @@ class Follower:
         )
         return True
 
-    def _load_failed(self, now: float, error: str) -> None:
-        doc = self.store.read_pointer() or {}
-        target = Path(str(doc.get("snapshot", ""))).name or None
+    def _load_failed(
+        self, now: float, error: str, target: str | None, stamp: tuple[tuple[int, int] | None, ...]
+    ) -> None:
         if target is not None and target == self._serving():
             # The pointer names what is served (it was rewritten, or the file is
             # damaged): nothing to catch up with; _verify reports any damage.
@@ -437,7 +440,7 @@ class Follower:
         self._pending_error = error
         delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._attempts - 1))
         self._retry_at = now + delay
-        self._pending_file = _file_stamps([self.store.dir / target]) if target else ()
+        self._pending_file = stamp
         log.warning(
             "jectguard: not switching to snapshot %s (try %d, next in %.0f s), "
             "serving the verified one in force: %s",
