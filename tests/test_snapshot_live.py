@@ -127,6 +127,17 @@ def publish(lists: Path, cache: Path) -> Path:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
+    """A watch-role proxy (a scale-out replica) on a published snapshot."""
+    yield from start_live(tmp_path, "watch")
+
+
+@pytest.fixture
+def live_refresher(tmp_path: Path) -> Iterator[Live]:
+    """A refresh-role proxy: the one process that writes the store."""
+    yield from start_live(tmp_path, "refresh")
+
+
+def start_live(tmp_path: Path, role: str) -> Iterator[Live]:
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "sources.toml").write_text(SOURCES)
@@ -158,7 +169,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
         "--sources",
         str(lists / "sources.toml"),
         "--refresh-role",
-        "watch",
+        role,
         "--events-file",
         str(tmp_path / "events.jsonl"),
     ]
@@ -242,6 +253,10 @@ def test_snapshot_changed_under_a_running_proxy_never_crashes_it_nor_disarms_it(
         )
         assert faults >= n, f"{name}: fault not counted"
         assert live.metric_labels("jectguard_snapshot_state").get("damaged") == 1.0
+        status = json.loads(
+            live.get(f"http://127.0.0.1:{live.admin}/api/status", via_proxy=False)[1]
+        )
+        assert status["snapshot_health"]["state"] == "damaged", status
         # A good copy comes back (an operator, the next sync): the proxy is in sync again.
         tmp = current.with_name("restore.tmp")
         shutil.copyfile(saved, tmp)
@@ -276,3 +291,20 @@ def test_pointer_published_before_its_file_is_retried_until_it_loads(live: Live)
     live.wait("caught up", lambda: live.readyz()["status"] == "ready")
     assert live.blocked("late.test")
     assert live.metric("jectguard_snapshot_behind_seconds") == 0
+
+
+def test_the_refresher_writes_a_damaged_current_snapshot_back(live_refresher: Live) -> None:
+    live = live_refresher
+    assert live.blocked("evil.test")
+    current = SnapshotStore(live.cache).current_path()
+    assert current is not None
+    good = current.read_bytes()
+    _truncate(current)
+    assert live.blocked("evil.test")
+    # It notices within a poll or two, rewrites the file from its verified copy
+    # (a new file renamed over, never in place) and is in sync again.
+    live.wait("repaired", lambda: current.read_bytes() == good)
+    live.wait("in sync", lambda: live.readyz()["status"] == "ready")
+    faults = live.metric_labels("jectguard_snapshot_faults_total")
+    assert faults.get("changed") == 1.0 and faults.get("repaired") == 1.0, faults
+    assert live.blocked("evil.test")
