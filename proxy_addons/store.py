@@ -66,7 +66,8 @@ STALE_TEMP_SECONDS: Final = 3600
 POINTER_VERSION: Final = 1
 # Snapshots and pointer are readable by proxy processes running as other users.
 FILE_MODE: Final = 0o644
-# A private copy not made or used for this long may go (a process that maps it keeps it).
+# A private copy made this long ago may go (a process that maps it keeps its pages;
+# one that loads it again makes it again).
 COPY_PRUNE_SECONDS: Final = 600
 
 
