@@ -286,7 +286,7 @@ def _worker_main() -> int:
 
 
 def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
-    out = []
+    out: list[tuple[int, int] | None] = []
     for p in paths:
         try:
             st = p.stat()
@@ -380,6 +380,9 @@ class Follower:
             swapped = await self._load(now)
             if swapped:
                 self.allow_stamp = allow
+        elif stamp is None and self.pointer_stamp is not None:
+            self.pointer_stamp = None  # the pointer vanished: report it, keep serving
+            self._load_failed(now, "the pointer file was removed", None, ())
         if not swapped:
             await self._verify(now)
             if allow != self.allow_stamp and self.slot is not None:
@@ -432,6 +435,7 @@ class Follower:
             # damaged): nothing to catch up with; _verify reports any damage.
             self._pending = None
             return
+        target = target or POINTER  # no readable pointer: wait for one
         if target != self._pending:
             self._pending, self._pending_since, self._attempts = target, now, 0
             self._faults[SnapshotFault.LOAD_FAILED] += 1
@@ -505,15 +509,23 @@ class Follower:
     def _report(self) -> None:
         """Build the health record from the state above and hand it on if it changed."""
         pointer = self._pending or self._serving()
+        since: float | None = None
         if self._pending is not None:
-            state, reason = SnapshotState.STALE, (
-                f"the pointer names {self._pending}, which does not load: {self._pending_error}"
-            )
-            since = min(self._pending_since, self._damage_since) if self._damage else self._pending_since
+            state = SnapshotState.STALE
+            if self._pending == POINTER:
+                pointer = None
+                reason = f"the snapshot pointer is missing or unreadable: {self._pending_error}"
+            else:
+                reason = (
+                    f"the pointer names {self._pending}, which does not load: {self._pending_error}"
+                )
+            since = self._pending_since
+            if self._damage is not None:
+                since = min(since, self._damage_since)
         elif self._damage is not None:
             state, reason, since = SnapshotState.DAMAGED, self._damage, self._damage_since
         else:
-            state, reason, since = SnapshotState.CURRENT, None, None
+            state, reason = SnapshotState.CURRENT, None
         health = SnapshotHealth(
             state=state,
             serving=self._serving(),

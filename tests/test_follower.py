@@ -140,6 +140,30 @@ async def test_a_pointer_published_before_its_file_is_retried_with_backoff(root:
     assert f.health.serving == new.name
 
 
+@pytest.mark.parametrize("damage", ["remove", "garbage"])
+async def test_a_pointer_removed_or_unreadable_is_reported_and_followed_again(
+    root: Path, damage: str
+) -> None:
+    f, slot, clock, events = follower(root)
+    await f.start()
+    pointer = SnapshotStore(root / "cache").pointer_path
+    saved = pointer.read_bytes()
+    if damage == "remove":
+        pointer.unlink()
+    else:
+        pointer.write_bytes(b"{not json")
+    clock.now += 2
+    assert not await f.sync()
+    assert f.health.state is SnapshotState.STALE and "pointer" in (f.health.reason or "")
+    assert blocked(slot, "one.example")
+    assert [e.fault for e in events] == [SnapshotFault.LOAD_FAILED]
+    pointer.write_bytes(saved)
+    clock.now += 2
+    await f.sync()
+    assert f.health.state is SnapshotState.CURRENT, f.health
+    assert blocked(slot, "one.example")
+
+
 async def test_a_damaged_published_file_is_reported_once_and_the_rules_keep_serving(
     root: Path,
 ) -> None:
