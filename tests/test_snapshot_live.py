@@ -274,12 +274,18 @@ def test_snapshot_changed_under_a_running_proxy_never_crashes_it_nor_disarms_it(
 def test_pointer_published_before_its_file_is_retried_until_it_loads(live: Live) -> None:
     assert live.blocked("evil.test")
     assert not live.blocked("late.test")
-    # The next snapshot is published, then its file goes missing before the proxy
-    # reads it, as when a sidecar copies the pointer before the file.
+    # The refresher publishes the next snapshot elsewhere; a sidecar copies the
+    # pointer into the proxy's store before the file it names.
+    staging = live.cache.parent / "staging"
+    shutil.copytree(live.cache, staging)
     (live.lists / "block.txt").write_text("evil.test\nlate.test\n")
-    new = publish(live.lists, live.cache)
-    held = new.with_name("held-back")
-    os.replace(new, held)
+    new = publish(live.lists, staging)
+    store = SnapshotStore(live.cache)
+    for side in sorted(new.parent.glob(new.stem + ".*.json")):
+        shutil.copyfile(side, store.dir / side.name)
+    tmp = store.dir / "pointer.tmp"
+    shutil.copyfile(staging / "snapshots" / "current", tmp)
+    os.replace(tmp, store.pointer_path)
     live.wait("stale reported", lambda: live.readyz()["status"] == "stale")
     doc = live.readyz()
     assert doc["snapshot"]["pointer"] == new.name, doc  # type: ignore[index]
@@ -287,7 +293,9 @@ def test_pointer_published_before_its_file_is_retried_until_it_loads(live: Live)
     assert live.blocked("evil.test") and not live.blocked("late.test")
     # Wait out a few tries, then the file arrives: the proxy catches up by itself.
     live.wait("retried", lambda: live.readyz()["snapshot"]["attempts"] >= 2)  # type: ignore[index]
-    os.replace(held, new)
+    tmp = store.dir / "file.tmp"
+    shutil.copyfile(new, tmp)
+    os.replace(tmp, store.dir / new.name)
     live.wait("caught up", lambda: live.readyz()["status"] == "ready")
     assert live.blocked("late.test")
     assert live.metric("jectguard_snapshot_behind_seconds") == 0
