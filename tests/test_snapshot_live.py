@@ -146,6 +146,12 @@ def start_live(tmp_path: Path, role: str) -> Iterator[Live]:
     )
     cache = tmp_path / "cache"
     publish(lists, cache)
+    yield from launch(tmp_path, lists / "sources.toml", cache, role)
+
+
+def launch(tmp_path: Path, sources: Path, cache: Path, role: str) -> Iterator[Live]:
+    """``jectguard run`` in ``role`` on ``cache``, with its admin API; always stopped."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
@@ -167,7 +173,7 @@ def start_live(tmp_path: Path, role: str) -> Iterator[Live]:
         "--admin-token-file",
         str(token_file),
         "--sources",
-        str(lists / "sources.toml"),
+        str(sources),
         "--refresh-role",
         role,
         "--events-file",
@@ -184,7 +190,7 @@ def start_live(tmp_path: Path, role: str) -> Iterator[Live]:
     try:
         wait_for_port(port, proc, log, 30.0)
         wait_for_port(admin, proc, log, 30.0)
-        yield Live(proxy, admin, cache, lists)
+        yield Live(proxy, admin, cache, sources.parent)
     finally:
         proxy.stop(signal.SIGTERM)
 
