@@ -147,6 +147,7 @@ def kill_loop(
     store = SnapshotStore(cache)
     feed = server.feeds[FEED]
     kills = leftovers = 0
+    seen_temps: set[Path] = set()
     deadline = time.monotonic() + BUDGET
     for version in range(1, ROUNDS + 1):
         if time.monotonic() > deadline:
@@ -165,7 +166,9 @@ def kill_loop(
                 proc.wait(rng.uniform(0.05, full + feed.hang))
             kill_group(proc)
             kills += 1
-        leftovers += bool([*store.dir.glob("*.tmp"), *(cache / "feeds").glob("*.part")])
+        temps = {*store.dir.glob("*.tmp"), *(cache / "feeds").glob("*.part")}
+        leftovers += bool(temps - seen_temps)  # this kill landed mid-write
+        seen_temps |= temps
         new = {p.name for p in store.dir.glob("block-*.jgs")} - before
         for name in new:
             versions[name] = version
@@ -187,5 +190,5 @@ def kill_loop(
     index.close()
     live.wait("the watcher on the last snapshot", lambda: live.blocked("v99-5.test"))
     assert live.readyz()["status"] == "ready"
-    print(f"{kills} kills, {leftovers} left temp files behind, full run {full:.1f}s")
+    print(f"{kills} kills, {leftovers} of them mid-write, full run {full:.1f}s")
     return newest
