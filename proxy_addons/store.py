@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -54,6 +55,8 @@ from .loading import (
     feed_body_path,
     parse_spec,
 )
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR: Final = "snapshots"
 POINTER: Final = "current"
@@ -476,27 +479,90 @@ def load_engine(
         raise NoSnapshot(f"{store.dir}: no snapshot published yet")
     if require_fingerprint and pointer.get("fingerprint") != sources_fingerprint(specs):
         raise SnapshotError("current snapshot was built from other sources")
-    block = store.load_current()
+    return _with_allow(store, store.load_current(), specs, cache_dir), pointer
+
+
+def _with_allow(
+    store: SnapshotStore, block: CompiledIndex, specs: Sequence[ListSpec], cache_dir: Path
+) -> Engine:
+    """The engine of ``block`` and the allow lists (plus its ``@@`` exceptions) compiled now."""
     try:
         exceptions = store.load_exceptions(block.path) if block.path else []
         allow, _ = compile_allow(specs, cache_dir, exceptions)
     except JectguardError:
         block.close()
         raise
-    return Engine(block, allow), pointer
+    return Engine(block, allow)
+
+
+def load_previous_engine(
+    specs: Sequence[ListSpec], cache_dir: Path
+) -> tuple[Engine, dict[str, Any]] | None:
+    """The snapshot published just before the pointer's, if built from ``specs`` and intact.
+
+    Never a newer one (after a rollback, the newer one is what was rolled back
+    from). After a rollback *and* a later publish, the one just before may be
+    the one rolled back from: the store keeps no record of that. Returns the
+    engine and what was recorded when it was published (``snapshot`` set to
+    its name), or None.
+    """
+    store = SnapshotStore(cache_dir)
+    pointer = store.read_pointer()
+    if pointer is None:
+        return None
+    named = Path(pointer["snapshot"]).name
+    older = [s for s in store.list_snapshots() if s.name < named]
+    if not older:
+        return None
+    snap = older[0]
+    info = store.snapshot_info(snap.path)
+    if info.get("fingerprint") != sources_fingerprint(specs):
+        return None
+    try:
+        block = CompiledIndex.load(snap.path, copy_dir=snapshot_copy_dir())
+        engine = _with_allow(store, block, specs, cache_dir)
+    except JectguardError:
+        return None
+    return engine, {**info, "snapshot": snap.path.name}
+
+
+def _all_lists_at_hand(specs: Sequence[ListSpec], cache_dir: Path) -> bool:
+    """Can every enabled block list be compiled here (its file, or its cached feed body)?"""
+    return all(v is not None for v in list_inputs(specs, cache_dir).values())
 
 
 def startup_engine(specs: Sequence[ListSpec], cache_dir: Path) -> tuple[Engine, LoadReport]:
     """The engine a proxy starts with, at once and offline.
 
-    The current snapshot when it was built from these sources (a map and a
+    The current snapshot when it was built from these sources (a copy and a
     checksum: well under a second for a million rules); otherwise the lists
-    compiled in memory from local files and cached feed bodies.
+    compiled in memory from local files and cached feed bodies, or, when some
+    are not at hand here, the previous snapshot of these sources (the follower
+    keeps trying the current one).
     """
     try:
         engine, pointer = load_engine(specs, cache_dir, require_fingerprint=True)
-    except SnapshotError:
-        return build_engine(specs, cache_dir=cache_dir)
+    except SnapshotError as exc:
+        # The pointer's snapshot of these sources does not load (late, damaged,
+        # gone). Compiling the lists is as good when all of them are here; a
+        # replica often has no feed bodies, and the local lists alone would
+        # protect next to nothing: then the previous snapshot serves.
+        doc = SnapshotStore(cache_dir).read_pointer()
+        previous = None
+        if (
+            doc is not None
+            and doc.get("fingerprint") == sources_fingerprint(specs)
+            and not _all_lists_at_hand(specs, cache_dir)
+        ):
+            previous = load_previous_engine(specs, cache_dir)
+        if previous is None:
+            return build_engine(specs, cache_dir=cache_dir)
+        engine, pointer = previous
+        log.warning(
+            "jectguard: the current snapshot does not load (%s); starting on the previous "
+            "verified one, %s, until it does",
+            exc, pointer["snapshot"],
+        )
     report = LoadReport()
     counts = pointer.get("lists", {})
     for spec in specs:

@@ -21,6 +21,7 @@ from proxy_addons.store import (
     prune_copies,
     snapshot_copy_dir,
     sources_fingerprint,
+    startup_engine,
 )
 
 
@@ -225,3 +226,65 @@ def test_restore_rewrites_only_a_damaged_current_file(tmp_path: Path) -> None:
     assert not store.restore(idx)  # no longer current: not ours to rewrite
     assert store.current_path() == newer
     idx.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "missing"])
+def test_a_start_while_the_current_snapshot_does_not_load_uses_the_previous_one(
+    tmp_path: Path, damage: str
+) -> None:
+    """Not the local lists alone: a replica's cache may hold no feed bodies at all."""
+    spec = ListSpec("feed", url="https://feeds.example/feed.txt", format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"feed": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="feed"), info=info)
+    current = store.publish(_image("new.example", name="feed"), info=info)
+    if damage == "truncate":
+        os.truncate(current, HEADER_SIZE)
+    elif damage == "zero":
+        current.write_bytes(bytes(current.stat().st_size))
+    else:
+        current.unlink()
+    engine, report = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://old.example/").blocked
+    assert report.lists[0].loaded and report.lists[0].rules == 1
+    engine.close()
+
+
+def test_a_start_never_falls_forward_to_what_was_rolled_back_from(tmp_path: Path) -> None:
+    spec = ListSpec("feed", url="https://feeds.example/feed.txt", format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"feed": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    first = store.publish(_image("old.example", name="feed"), info=info)
+    store.publish(_image("bad.example", name="feed"), info=info)
+    assert store.rollback() == first
+    os.truncate(first, 0)
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert not engine.check_url("http://bad.example/").blocked
+    engine.close()
+
+
+def test_a_start_with_every_list_at_hand_compiles_them(tmp_path: Path) -> None:
+    local = tmp_path / "local.txt"
+    local.write_text("local.example\n")
+    spec = ListSpec("local", path=str(local), format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"local": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="local"), info=info)
+    current = store.publish(_image("local.example", name="local"), info=info)
+    os.truncate(current, 0)
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://local.example/").blocked
+    assert not engine.check_url("http://old.example/").blocked
+    engine.close()
+
+
+def test_a_start_after_the_sources_changed_compiles_the_lists(tmp_path: Path) -> None:
+    local = tmp_path / "local.txt"
+    local.write_text("local.example\n")
+    spec = ListSpec("local", path=str(local), format="domains")
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="local"), info={"fingerprint": "other sources"})
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://local.example/").blocked
+    assert not engine.check_url("http://old.example/").blocked
+    engine.close()
