@@ -36,6 +36,7 @@ from .core.engine import Engine
 from .events import EVENT_KINDS, EventLog, rfc3339
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .snapshot_health import SnapshotHealth, SnapshotState
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class AdminState:
     # the refresher's per-source status (JSON-ready), and a trigger for "refresh now"
     refresh_status: Callable[[], Any] | None = None
     refresh_trigger: RefreshTrigger | None = None
+    # how the snapshot served relates to the store (stale, damaged), from the follower
+    snapshot_health: Callable[[], SnapshotHealth | None] | None = None
     version: str = __version__
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
@@ -282,10 +285,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[STATE].engine()
+    st = request.app[STATE]
+    engine = st.engine()
     if engine is None:
         return _json({"status": "not ready", "reason": "no compiled index loaded"}, status=503)
-    return _json({"status": "ready", "rules": engine.block.rule_count})
+    health = st.snapshot_health() if st.snapshot_health is not None else None
+    if health is None or health.state is SnapshotState.CURRENT:
+        return _json({"status": "ready", "rules": engine.block.rule_count})
+    # Still 200: verified rules are enforced. A stale or damaged snapshot is usually
+    # shared by every replica, so failing readiness would empty the whole pool.
+    return _json({
+        "status": health.state.value,
+        "reason": health.reason,
+        "rules": engine.block.rule_count,
+        "snapshot": health.as_dict(st.clock()),
+    })
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -371,6 +385,7 @@ async def status(request: web.Request) -> web.Response:
     engine = st.engine()
     addr = st.proxy_address()
     refresh = st.refresh_status() if st.refresh_status is not None else None
+    health = st.snapshot_health() if st.snapshot_health is not None else None
     return _json({
         "version": st.version,
         "started_at": rfc3339(st.started_at),
@@ -378,6 +393,7 @@ async def status(request: web.Request) -> web.Response:
         "ready": engine is not None,
         "proxy": f"{addr[0] or '*'}:{addr[1]}" if addr else None,
         "snapshot": snapshot_info(engine, now) if engine is not None else None,
+        "snapshot_health": health.as_dict(now) if health is not None else None,
         "lists": lists_info(engine, st.lists() if st.lists is not None else None),
         "refresh": refresh,
         "refresh_available": st.refresh_trigger is not None,

@@ -20,6 +20,7 @@ Pure asyncio + aiohttp (no mitmproxy), used by the refresh addon and by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -36,7 +37,7 @@ from typing import Any, Final, Protocol
 from .config import SourcesConfig
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError
-from .core.index import MAGIC, compile_index
+from .core.index import MAGIC, FileIdentity, SnapshotOrigin, check_published, compile_index
 from .core.model import ListSpec, Mode, ParsedList
 from .feeds import (
     DEFAULT_POLICY,
@@ -53,7 +54,15 @@ from .feeds import (
     save_state,
 )
 from .loading import ListFileError, feed_body_path, parse_spec
+from .snapshot_health import (
+    IN_SYNC,
+    SnapshotEvent,
+    SnapshotFault,
+    SnapshotHealth,
+    SnapshotState,
+)
 from .store import (
+    POINTER,
     SnapshotStore,
     compile_allow,
     list_inputs,
@@ -67,6 +76,12 @@ log = logging.getLogger(__name__)
 # Local list files, the snapshot pointer and allowlists are checked this often.
 POLL_SECONDS: Final = 5.0
 WATCH_POLL_SECONDS: Final = 2.0
+# A pointer's snapshot that failed to load is tried again after 2, 4, 8... s, at most this.
+RETRY_FIRST_SECONDS: Final = 2.0
+RETRY_MAX_SECONDS: Final = 60.0
+# The published file served is checksummed again this often even when its stat is
+# unchanged (a write that restored the mtime); ~10 ms and one read of the file.
+FULL_VERIFY_SECONDS: Final = 300.0
 # A failed or held-back source is tried again after min(this, its interval).
 FAILURE_RETRY_SECONDS: Final = 600
 # Up to this share of an interval (at most MAX_SCHEDULE_JITTER s) is added to it.
@@ -271,7 +286,7 @@ def _worker_main() -> int:
 
 
 def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
-    out = []
+    out: list[tuple[int, int] | None] = []
     for p in paths:
         try:
             st = p.stat()
@@ -283,13 +298,37 @@ def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
 
 
 class Follower:
-    """Keeps an engine slot on the store's current snapshot and the current allowlists."""
+    """Keeps an engine slot on the store's current snapshot and the current allowlists.
 
-    def __init__(self, cache_dir: Path, specs: Sequence[ListSpec], slot: EngineSlot | None) -> None:
+    A snapshot the pointer names but that does not load (its file has not
+    arrived yet, or is corrupt) is tried again with backoff, and until then the
+    process is *stale*: it keeps serving the verified snapshot it has. The
+    published file of the snapshot served is re-verified each poll (a ``stat``;
+    the checksum when it changed, and every ``FULL_VERIFY_SECONDS``): a file
+    changed or removed under the process is *damaged*, reported, and, with
+    ``repair`` (the refresher), rewritten from the verified bytes in memory.
+    Serving never depends on that file: what is served is a private copy.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        specs: Sequence[ListSpec],
+        slot: EngineSlot | None,
+        *,
+        repair: bool = False,
+        on_health: Callable[[SnapshotHealth], None] | None = None,
+        on_event: Callable[[SnapshotEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.specs = list(specs)
         self.slot = slot
         self.store = SnapshotStore(self.cache_dir)
+        self.repair = repair
+        self.on_health = on_health
+        self.on_event = on_event
+        self.clock = clock
         self.pointer_stamp: tuple[int, int, int] | None = None
         self.allow_stamp: tuple[tuple[int, int] | None, ...] = ()
         self._allow_files = [
@@ -297,6 +336,21 @@ class Follower:
             for s in self.specs
             if s.enabled and s.allow
         ]
+        self.health = IN_SYNC
+        # the pointer's snapshot that failed to load: its name, since, tries, next try
+        self._pending: str | None = None
+        self._pending_since = 0.0
+        self._pending_error = ""
+        self._pending_file: tuple[tuple[int, int] | None, ...] = ()
+        self._attempts = 0
+        self._retry_at = 0.0
+        # the published file of the snapshot served, as last verified
+        self._origin: SnapshotOrigin | None = None
+        self._identity: FileIdentity | None = None
+        self._full_at = 0.0
+        self._damage: str | None = None
+        self._damage_since = 0.0
+        self._faults: collections.Counter[SnapshotFault] = collections.Counter()
 
     async def start(self) -> None:
         """Adopt the current snapshot unless the slot already serves it."""
@@ -304,34 +358,190 @@ class Follower:
         current = await asyncio.to_thread(self.store.current_path)
         if self.slot is not None and current is not None and self.slot.engine.block.path == current:
             self.pointer_stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            await self._verify(self.clock())
+            self._report()
             return
         await self.sync(force=True)
 
     async def sync(self, *, force: bool = False) -> bool:
-        """Swap to a newly published snapshot, or recompile changed allowlists; True if swapped."""
+        """Swap to a newly published snapshot, or recompile changed allowlists; True if swapped.
+
+        Also retries a pointer's snapshot that failed to load (when its backoff
+        ends or its file changes) and re-verifies the published file served.
+        """
+        now = self.clock()
         stamp = await asyncio.to_thread(self.store.pointer_stamp)
         allow = await asyncio.to_thread(_file_stamps, self._allow_files)
-        if stamp is not None and (force or stamp != self.pointer_stamp):
-            self.pointer_stamp, self.allow_stamp = stamp, allow
-            try:
-                engine, pointer = await asyncio.to_thread(
-                    load_engine, self.specs, self.cache_dir, require_fingerprint=True
-                )
-            except JectguardError as exc:
-                log.warning("jectguard: not switching to the new snapshot, keeping the one in force: %s", exc)
-                return False
-            self._swap(engine)
-            log.info(
-                "jectguard: now serving snapshot %s (%s block rules)",
-                pointer.get("snapshot"),
-                pointer.get("rules", engine.block.rule_count),
+        swapped = False
+        if stamp is not None and (
+            force or stamp != self.pointer_stamp or await self._retry_due(now)
+        ):
+            self.pointer_stamp = stamp
+            swapped = await self._load(now)
+            if swapped:
+                self.allow_stamp = allow
+        elif stamp is None and self.pointer_stamp is not None:
+            self.pointer_stamp = None  # the pointer vanished: report it, keep serving
+            self._load_failed(now, "the pointer file was removed", None, ())
+        if not swapped:
+            await self._verify(now)
+            if allow != self.allow_stamp and self.slot is not None:
+                self.allow_stamp = allow
+                await self._recompile_allow()
+                swapped = True
+        self._report()
+        return swapped
+
+    async def _retry_due(self, now: float) -> bool:
+        if self._pending is None:
+            return False
+        if now >= self._retry_at:
+            return True
+        # The file it names arrived or changed: no reason to wait out the backoff.
+        stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / self._pending])
+        return stamp != self._pending_file
+
+    async def _load(self, now: float) -> bool:
+        try:
+            engine, pointer = await asyncio.to_thread(
+                load_engine, self.specs, self.cache_dir, require_fingerprint=True
             )
-            return True
-        if allow != self.allow_stamp and self.slot is not None:
-            self.allow_stamp = allow
-            await self._recompile_allow()
-            return True
-        return False
+        except JectguardError as exc:
+            doc = await asyncio.to_thread(self.store.read_pointer) or {}
+            target = Path(str(doc.get("snapshot", ""))).name or None
+            stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / (target or POINTER)])
+            self._load_failed(now, str(exc), target, stamp)
+            return False
+        if self._pending is not None:
+            log.warning(
+                "jectguard: snapshot %s loaded after %d failed tries (%.0f s behind the pointer)",
+                self._pending, self._attempts, now - self._pending_since,
+            )
+        self._pending = None
+        self._attempts = 0
+        self._swap(engine)
+        log.info(
+            "jectguard: now serving snapshot %s (%s block rules)",
+            pointer.get("snapshot"),
+            pointer.get("rules", engine.block.rule_count),
+        )
+        return True
+
+    def _load_failed(
+        self, now: float, error: str, target: str | None, stamp: tuple[tuple[int, int] | None, ...]
+    ) -> None:
+        if target is not None and target == self._serving():
+            # The pointer names what is served (it was rewritten, or the file is
+            # damaged): nothing to catch up with; _verify reports any damage.
+            self._pending = None
+            return
+        target = target or POINTER  # no readable pointer: wait for one
+        if target != self._pending:
+            self._pending, self._pending_since, self._attempts = target, now, 0
+            self._faults[SnapshotFault.LOAD_FAILED] += 1
+            self._event(SnapshotFault.LOAD_FAILED, target, error)
+        self._attempts += 1
+        self._pending_error = error
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._attempts - 1))
+        self._retry_at = now + delay
+        self._pending_file = stamp
+        log.warning(
+            "jectguard: not switching to snapshot %s (try %d, next in %.0f s), "
+            "serving the verified one in force: %s",
+            target, self._attempts, delay, error,
+        )
+
+    def _serving(self) -> str | None:
+        if self.slot is None:
+            return None
+        path = self.slot.engine.block.path
+        return path.name if path is not None else None
+
+    async def _verify(self, now: float) -> None:
+        """Re-verify the published file of the snapshot served; report and repair a change."""
+        origin = self.slot.engine.block.origin if self.slot is not None else None
+        if origin is not self._origin:
+            self._origin, self._damage = origin, None
+            self._identity = origin.identity if origin is not None else None
+            self._full_at = now + FULL_VERIFY_SECONDS
+        if origin is None:
+            return
+        full = now >= self._full_at
+        if full:
+            self._full_at = now + FULL_VERIFY_SECONDS
+        checked = await asyncio.to_thread(check_published, origin, self._identity, full=full)
+        if checked is None:
+            return  # not changed since it was last read: what was found then still holds
+        self._identity, problem = checked
+        if problem is None:
+            if self._damage is not None:
+                log.warning("jectguard: snapshot file %s is intact again", origin.path)
+            self._damage = None
+            return
+        if problem == self._damage:
+            return
+        fault = SnapshotFault.MISSING if problem.startswith("missing") else SnapshotFault.CHANGED
+        if self._damage is None:
+            self._damage_since = now
+        self._damage = problem
+        self._faults[fault] += 1
+        self._event(fault, origin.path.name, problem)
+        log.warning(
+            "jectguard: snapshot file %s %s; still serving its verified copy", origin.path, problem
+        )
+        if self.repair and self.slot is not None:
+            block = self.slot.engine.block
+            try:
+                repaired = await asyncio.to_thread(self.store.restore, block)
+            except OSError as exc:
+                log.warning("jectguard: cannot rewrite %s: %s", origin.path, exc.strerror or exc)
+                return
+            if repaired:
+                self._faults[SnapshotFault.REPAIRED] += 1
+                self._event(SnapshotFault.REPAIRED, origin.path.name, "rewritten from the verified copy")
+                log.warning("jectguard: rewrote %s from its verified copy", origin.path)
+                self._identity = None  # read it again next poll
+
+    def _event(self, fault: SnapshotFault, snapshot: str | None, detail: str) -> None:
+        if self.on_event is not None:
+            self.on_event(SnapshotEvent(fault, snapshot, detail))
+
+    def _report(self) -> None:
+        """Build the health record from the state above and hand it on if it changed."""
+        pointer = self._pending or self._serving()
+        since: float | None = None
+        if self._pending is not None:
+            state = SnapshotState.STALE
+            if self._pending == POINTER:
+                pointer = None
+                reason = f"the snapshot pointer is missing or unreadable: {self._pending_error}"
+            else:
+                reason = (
+                    f"the pointer names {self._pending}, which does not load: {self._pending_error}"
+                )
+            since = self._pending_since
+            if self._damage is not None:
+                since = min(since, self._damage_since)
+        elif self._damage is not None:
+            state, reason, since = SnapshotState.DAMAGED, self._damage, self._damage_since
+        else:
+            state, reason = SnapshotState.CURRENT, None
+        health = SnapshotHealth(
+            state=state,
+            serving=self._serving(),
+            pointer=pointer,
+            reason=reason,
+            since=since,
+            behind_since=self._pending_since if self._pending is not None else None,
+            attempts=self._attempts if self._pending is not None else 0,
+            next_retry=self._retry_at if self._pending is not None else None,
+            damage=self._damage,
+            faults=tuple(sorted(self._faults.items())),
+        )
+        if health != self.health:
+            self.health = health
+            if self.on_health is not None:
+                self.on_health(health)
 
     async def _recompile_allow(self) -> None:
         assert self.slot is not None
@@ -364,13 +574,20 @@ async def watch_snapshot(
     slot: EngineSlot,
     *,
     interval: float = WATCH_POLL_SECONDS,
+    on_health: Callable[[SnapshotHealth], None] | None = None,
+    on_event: Callable[[SnapshotEvent], None] | None = None,
 ) -> None:
     """Follow the snapshots another process publishes, forever (cancel to stop)."""
-    follower = Follower(cache_dir, specs, slot)
+    follower = Follower(cache_dir, specs, slot, on_health=on_health, on_event=on_event)
     await follower.start()
     while True:
         await asyncio.sleep(interval)
-        await follower.sync()
+        try:
+            await follower.sync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad poll must not end following for the process lifetime
+            log.warning("jectguard: snapshot poll failed: %s: %s", type(exc).__name__, exc)
 
 
 # -- the refresher -------------------------------------------------------------

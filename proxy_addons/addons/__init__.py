@@ -32,7 +32,12 @@ def make_addons(
     from ..events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
-    refresh = Refresh(holder, on_report=lambda rep: report_refresh_outcomes(events, metrics, rep))
+    refresh = Refresh(
+        holder,
+        on_report=lambda rep: report_refresh_outcomes(events, metrics, rep),
+        on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
+    )
+    metrics.set_health_provider(lambda: holder.health)
     return [
         ClientAllowList(),
         Blocking(holder),
