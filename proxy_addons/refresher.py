@@ -322,10 +322,7 @@ class Follower:
                     load_engine, self.specs, self.cache_dir, require_fingerprint=True
                 )
             except JectguardError as exc:
-                log.warning(
-                    "jectguard: not switching to the new snapshot, keeping the one in force: %s",
-                    exc,
-                )
+                log.warning("jectguard: not switching to the new snapshot, keeping the one in force: %s", exc)
                 return False
             self._swap(engine)
             log.info(
@@ -681,11 +678,7 @@ class Refresher:
             if res.retry_after is not None:
                 st.not_before = now + res.retry_after
             out = SourceOutcome(spec.name, "failed", st.last_error, st.entries_total)
-            log.warning(
-                "jectguard: feed %s failed, serving its last good data: %s",
-                spec.name,
-                st.last_error,
-            )
+            log.warning("jectguard: feed %s failed, serving its last good data: %s", spec.name, st.last_error)
         elif v["accepted"]:
             st.last_success = st.last_change = now
             st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
@@ -693,32 +686,27 @@ class Refresher:
             st.entries, st.entries_total = v["entries"], sum(v["entries"].values())
             st.rejected, st.refused = v["rejected"], v["refused"]
             st.held_back, st.last_error, st.failures = None, None, 0
-            detail = f"{st.entries_total} entries" + (
-                " (shrink guard overridden)" if v["forced"] else ""
-            )
+            detail = f"{st.entries_total} entries" + (" (shrink guard overridden)" if v["forced"] else "")
             out = SourceOutcome(spec.name, "updated", detail, st.entries_total)
             ok = True
         else:
             st.held_back, st.last_error = v["reason"], None
             out = SourceOutcome(spec.name, "held_back", v["reason"], st.entries_total)
-            log.warning(
-                "jectguard: feed %s held back, keeping its last good data: %s",
-                spec.name,
-                v["reason"],
-            )
+            log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v["reason"])
         if res.retry_after is None and ok:
             st.not_before = None
         st.permanent_error = res.status == "failed" and res.permanent
-        st.next_run = next_run(
-            spec,
-            st,
-            now,
-            ok=ok,
-            permanent=st.permanent_error,
-            min_interval=self.cfg.rules(spec.name).min_interval,
-        )
+        st.next_run = self._next_run(spec, st, now, ok=ok)
         self.schedule[spec.name] = st.next_run
         return out
+
+    def _next_run(self, spec: ListSpec, st: SourceState, now: float, *, ok: bool) -> float:
+        """Its next turn: a permanent failure waits the normal interval, and never under
+        the source's minimum interval."""
+        rules = self.cfg.rules(spec.name)
+        return next_run(
+            spec, st, now, ok=ok, permanent=st.permanent_error, min_interval=rules.min_interval
+        )
 
     # -- forever -------------------------------------------------------------
 

@@ -67,6 +67,7 @@ class FeedServer:
         self.feeds: dict[str, Feed] = {}
         self.hits: list[Hit] = []
         self.streamed = 0  # bytes written by stream_forever answers
+        self.active: dict[str, int] = {}  # answers being written now, by feed
         self.port = 0
         self.alt_port = 0  # on 127.0.0.2
         self._loop = asyncio.new_event_loop()
@@ -155,10 +156,14 @@ class FeedServer:
         if feed.drip:
             resp = web.StreamResponse(status=200, headers=headers)
             resp.content_length = len(body)
-            await resp.prepare(request)
-            for i in range(len(body)):
-                await resp.write(body[i : i + 1])
-                await asyncio.sleep(feed.drip)
+            self.active[name] = self.active.get(name, 0) + 1
+            try:
+                await resp.prepare(request)
+                for i in range(len(body)):
+                    await resp.write(body[i : i + 1])
+                    await asyncio.sleep(feed.drip)
+            finally:
+                self.active[name] -= 1
             return resp
         if feed.close_mid_body:
             resp = web.StreamResponse(status=200, headers=headers)
