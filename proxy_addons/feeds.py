@@ -730,3 +730,15 @@ def clean_partials(cache_dir: Path, grace: float = PARTIAL_GRACE_SECONDS) -> int
     if removed:
         log.info("jectguard: removed %d temp feed bodies left by an interrupted run", removed)
     return removed
+
+
+def tidy_feed_dir(cache_dir: Path) -> None:
+    """At every start: remove temp bodies left by killed runs, and give bodies an older
+    version wrote 0600 the mode every cache file has (a proxy running as another user
+    must read them, or it silently drops an allowlist)."""
+    clean_partials(cache_dir)
+    for body in (cache_dir / "feeds").glob("*.body"):
+        with contextlib.suppress(OSError):  # not ours, or gone: leave it
+            st = body.lstat()
+            if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != FILE_MODE:
+                body.chmod(FILE_MODE)

@@ -49,12 +49,12 @@ from .feeds import (
     FetchResult,
     Progress,
     SourceState,
-    clean_partials,
     commit_body,
     discard,
     fetch,
     load_state,
     save_state,
+    tidy_feed_dir,
 )
 from .loading import ListFileError, feed_body_path, parse_spec
 from .store import (
@@ -731,7 +731,7 @@ class Refresher:
 
     async def run(self) -> None:
         """Refresh every URL source on its schedule, forever (cancel to stop)."""
-        await asyncio.to_thread(clean_partials, self.cache_dir)
+        await asyncio.to_thread(tidy_feed_dir, self.cache_dir)
         states = await asyncio.to_thread(
             lambda: {s.name: load_state(self.cache_dir, s) for s in self.url_specs}
         )
@@ -873,8 +873,9 @@ def source_status(cfg: SourcesConfig, cache_dir: Path) -> list[dict[str, Any]]:
             doc["min_interval_seconds"] = rules.min_interval
             doc["internal"] = rules.internal
             allowed, why = fetch_allowed_at(state, rules)
-            doc["next_fetch_allowed"] = allowed or None
-            doc["next_fetch_allowed_why"] = why or None
+            later = allowed > time.time()
+            doc["next_fetch_allowed"] = allowed if later else None  # None: any time
+            doc["next_fetch_allowed_why"] = why if later else None
         out.append(doc)
     return out
 

@@ -104,7 +104,7 @@ def _size(n: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .feeds import clean_partials
+    from .feeds import tidy_feed_dir
     from .refresher import Refresher
 
     if args.blocklist or args.allowlist:
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
               f"(known: {', '.join(names) or 'none'})", file=sys.stderr)
         return EXIT_INPUT
     chosen = args.source or names
-    clean_partials(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock)
+    tidy_feed_dir(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
     report = asyncio.run(
         refresher.refresh(chosen, force=args.force, rebuild=refresher.snapshot_stale(), progress=view)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy_addons.admin import fetch_plan
 from proxy_addons.config import load_sources
 from proxy_addons.core.codings import CodingError, decode_all
 from proxy_addons.core.engine import Engine
@@ -37,6 +38,7 @@ from proxy_addons.feeds import (
     is_public_address,
     load_state,
     parse_retry_after,
+    tidy_feed_dir,
     usable_last_modified,
 )
 from proxy_addons.loading import feed_body_path
@@ -484,11 +486,14 @@ async def test_retry_after_holds_even_when_forced(
         o = (await r.refresh(force=force)).outcomes[name]
         assert o.status == "deferred" and "Retry-After" in (o.detail or ""), o
     assert len(server.hits_for(name)) == hits
-    # The background loop, told to refresh now (the admin API), waits as well.
-    r.refresh_soon(name)
+    # The background loop, told to refresh now (the admin API), waits as well, and the
+    # API's answer says until when and why.
+    assert r.trigger() is True
     await r._tick()
     await asyncio.gather(*r._fetching.values())
     assert len(server.hits_for(name)) == hits and r.schedule[name] >= st.not_before
+    plan = fetch_plan(r.status())[name]
+    assert plan["next_fetch_allowed"] and "Retry-After" in plan["why"] and not plan["fetching"]
 
 
 def test_retry_after_parsing_is_capped() -> None:
@@ -537,6 +542,10 @@ async def test_bodies_are_readable_by_another_user(
     body_mode = stat.S_IMODE(os.stat(feed_body_path(cache, name)).st_mode)
     snap_mode = stat.S_IMODE(os.stat(report.snapshot).st_mode)
     assert body_mode == snap_mode == 0o644
+    # A body an older version left 0600 is given the same mode at the next start.
+    os.chmod(feed_body_path(cache, name), 0o600)
+    tidy_feed_dir(cache)
+    assert stat.S_IMODE(os.stat(feed_body_path(cache, name)).st_mode) == 0o644
 
 
 def _old(path: Path, seconds: float) -> None:
