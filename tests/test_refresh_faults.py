@@ -427,19 +427,37 @@ async def test_a_dripping_feed_delays_no_other(
 
 
 async def test_rebuilds_are_coalesced(
-    server: FeedServer, tmp_path: Path, request: pytest.FixtureRequest
+    server: FeedServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One rebuild at a time; the changes that arrive while it runs are taken by one more."""
+    import proxy_addons.refresher as refresher_mod
+
     names = [unique(request, f"c{i}") for i in range(4)]
     for i, n in enumerate(names):
         server.feed(n, b"feed%d.example\n" % i)
     src = write_sources(tmp_path, server, dict.fromkeys(names, "domains"))
     cache = tmp_path / "cache"
     r = Refresher(load_sources(src), cache, policy=FAST, isolate=False)
+    real = refresher_mod.run_rebuild
+    jobs: list[list[str]] = []
+
+    async def held_first(job: dict, *, isolate: bool = True) -> dict:
+        jobs.append(sorted(c["name"] for c in job["candidates"]))
+        if len(jobs) == 1:  # keep the first rebuild busy until every other change is queued
+            async with asyncio.timeout(10):
+                while len(jobs[0]) + len(r._builds) < 4:  # noqa: ASYNC110 - another task's progress
+                    await asyncio.sleep(0.01)
+        return await real(job, isolate=isolate)
+
+    monkeypatch.setattr(refresher_mod, "run_rebuild", held_first)
     report = await r.refresh()
     assert report.ok and all(o.status == "updated" for o in report.outcomes.values())
-    # At most one rebuild runs at a time; four changes need fewer than four snapshots
-    # when they arrive during a rebuild, and never more than four.
-    assert 1 <= len(SnapshotStore(cache).list_snapshots()) <= 4
+    assert len(jobs) == 2 and jobs[1], jobs  # four changes, two rebuilds
+    assert sorted(jobs[0] + jobs[1]) == sorted(names)
+    assert len(SnapshotStore(cache).list_snapshots()) == 2
     eng, _ = load_engine(load_sources(src).enabled(), cache)
     assert all(blocked(eng, f"feed{i}.example") for i in range(4))
 
