@@ -651,3 +651,39 @@ async def test_a_fetch_holds_its_partial_until_done(
     assert stat.S_IMODE(r.tmp.stat().st_mode) == 0o644
     discard(r.tmp)
     assert not r.tmp.exists()
+
+
+def test_kill_9_mid_fetch_leaves_a_partial_the_next_start_removes(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    """Real processes: a fetch killed with SIGKILL leaves its temp body; a run started
+    while it was alive kept it (it was locked), the next start after its death removes it."""
+    slow, other = "kill9-slow", "kill9-other"
+    server.feed(slow, listing(300), drip=0.05, etag=False)
+    server.feed(other, b"other.example\n")
+    src = write_sources(tmp_path, server, {slow: "domains", other: "domains"})
+    cache = tmp_path / "cache"
+    exe = str(Path(sys.executable).with_name("jectguard"))
+
+    def update(name: str) -> subprocess.CompletedProcess[str]:
+        cmd = [exe, "update", "--source", name, "--sources", str(src), "--cache-dir", str(cache)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    cmd = [exe, "update", "--source", slow, "--sources", str(src), "--cache-dir", str(cache)]
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as a:
+        try:
+            deadline = time.monotonic() + 30
+            while not (parts := list((cache / "feeds").glob(f"{slow}.body.*.part"))):
+                assert a.poll() is None and time.monotonic() < deadline, "no temp body appeared"
+                time.sleep(0.05)
+            _old(parts[0], 2 * 3600)  # looks abandoned by age alone: only its lock says otherwise
+            assert update(other).returncode == 0
+            assert parts[0].exists()  # a live fetch's temp body is never removed
+        finally:
+            a.kill()
+            a.wait(10)
+    assert parts[0].exists()  # SIGKILL: nobody cleaned up
+    server.feeds[slow].drip = 0.0
+    assert update(other).returncode == 0
+    assert not parts[0].exists()
+    assert SnapshotStore(cache).current_path() is not None
