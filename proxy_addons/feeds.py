@@ -465,6 +465,9 @@ async def fetch(
                     result.error, result.retry_after = str(exc), exc.retry_after
                     result.permanent = exc.permanent
                     retry = exc.retry
+                except aiohttp.InvalidURL as exc:  # e.g. a redirect to http://2130706433/
+                    result.error = f"refused: invalid URL {exc}"
+                    result.permanent, retry = True, False
                 except aiohttp.ClientConnectorError as exc:
                     refused = exc.os_error if isinstance(exc.os_error, AddressRefused) else None
                     result.error = f"refused: {refused}" if refused else _describe(exc, policy)

@@ -248,6 +248,8 @@ async def test_validators_only_for_the_body_they_came_with(
         "http://0.0.0.0:{port}/secret",
         "http://10.0.0.1:{port}/secret",
         "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://2130706433:{port}/secret",  # 127.0.0.1 as one number
+        "http://127.1:{port}/secret",
     ],
 )
 async def test_public_feed_never_redirects_inward(
@@ -260,7 +262,7 @@ async def test_public_feed_never_redirects_inward(
     spec = ListSpec(name, url=server.alt_url(name), format="domains")
     r = await fetch(spec, SourceState(name), tmp_path, PUBLIC_ALT)
     assert r.status == "failed" and r.permanent, r.error
-    assert "refused" in (r.error or "") and "public" in (r.error or "")
+    assert "refused" in (r.error or "")
     assert len(server.hits_for("secret")) == before  # not one blind GET went inward
     assert len(server.hits_for(name)) >= 1 and r.attempts == 1  # and it was not retried
 
