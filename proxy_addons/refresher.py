@@ -537,7 +537,9 @@ class Refresher:
                 del self._fetching[spec.name]
             if not t.cancelled() and (exc := t.exception()) is not None:
                 # A bug or a full disk: this source tries again later, the others go on.
-                log.warning("jectguard: refresh of %s failed: %s: %s", spec.name, type(exc).__name__, exc)
+                log.warning(
+                    "jectguard: refresh of %s failed: %s: %s", spec.name, type(exc).__name__, exc
+                )
                 self.schedule[spec.name] = self.clock() + FAILURE_RETRY_SECONDS
             if spec.name in self._again:
                 self._again.discard(spec.name)
@@ -635,8 +637,10 @@ class Refresher:
             try:
                 worker = await run_rebuild(job, isolate=self.isolate)
             except asyncio.CancelledError:
-                for r in batch:
+                # Nobody may go on waiting for a rebuild that will not come.
+                for r in [*batch, *self._builds]:
                     r.done.cancel()
+                self._builds = []
                 raise
             except Exception as exc:  # the worker died or a bug: these bodies are not taken
                 detail = (
@@ -647,7 +651,10 @@ class Refresher:
             self._build_seq += 1
             worker["seq"] = self._build_seq
             if worker.get("snapshot"):
-                await self.follower.sync()
+                try:
+                    await self.follower.sync()
+                except Exception as exc:  # the snapshot is published; the next poll swaps to it
+                    log.warning("jectguard: not switched to the new snapshot yet: %s", exc)
             for name, err in worker.get("load_errors", {}).items():
                 log.warning("jectguard: list %s not loaded: %s", name, err)
             if worker.get("not_published") and not worker.get("error"):
