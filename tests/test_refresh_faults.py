@@ -274,6 +274,14 @@ async def test_internal_feed_may_redirect_internally(server: FeedServer, tmp_pat
     r = await fetch(spec, SourceState("moved"), tmp_path, PUBLIC_ALT)
     assert r.status == "new" and r.tmp is not None and r.tmp.read_bytes() == b"ok-target.example\n"
     discard(r.tmp)
+    # A feed server on the internal network by name: `internal = true` in sources.toml.
+    server.feed("corp", redirect=f"http://localhost:{server.port}/moved-target")
+    corp = ListSpec("corp", url=server.alt_url("corp"), format="domains")
+    refused = await fetch(corp, SourceState("corp"), tmp_path, PUBLIC_ALT)
+    assert refused.status == "failed" and "internal = true" in (refused.error or "")
+    allowed = await fetch(corp, SourceState("corp"), tmp_path, PUBLIC_ALT, internal=True)
+    assert allowed.status == "new"
+    discard(allowed.tmp)
 
 
 @pytest.mark.parametrize(
@@ -540,6 +548,12 @@ def test_min_interval_config(tmp_path: Path) -> None:
     assert load_sources(cfg(spamhaus)).rules("d").min_interval == 3600
     with pytest.raises(SourceConfigError, match="under its min_interval"):
         load_sources(cfg(spamhaus.replace('"12h"', '"30m"')))
+    internal = load_sources(
+        cfg('[[source]]\nname = "c"\nurl = "https://feeds.corp.example/l"\ninternal = true\n')
+    )
+    assert internal.rules("c").internal and not load_sources(cfg(urlhaus)).rules("u").internal
+    with pytest.raises(SourceConfigError, match="url sources only"):
+        load_sources(cfg('[[source]]\nname = "p"\npath = "x.txt"\ninternal = true\n'))
     shipped = load_sources()
     for spec in shipped.sources:
         if spec.url:
