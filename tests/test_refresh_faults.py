@@ -703,3 +703,22 @@ def test_kill_9_mid_fetch_leaves_a_partial_the_next_start_removes(
     assert update(other).returncode == 0
     assert not parts[0].exists()
     assert SnapshotStore(cache).current_path() is not None
+
+
+def test_update_says_when_the_next_fetch_is_allowed(server: FeedServer, tmp_path: Path) -> None:
+    name = "upd-polite"
+    server.feed(name, listing())
+    src = write_sources(tmp_path, server, {name: "domains"}, refresh="1h", min_interval="20m")
+    cache = tmp_path / "cache"
+    cmd = [str(Path(sys.executable).with_name("jectguard")), "update", "--sources", str(src)]
+    cmd += ["--cache-dir", str(cache)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "updated" in first.stdout, first.stdout + first.stderr
+    hits = len(server.hits_for(name))
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "deferred" in second.stdout and "next fetch allowed at" in second.stdout
+    assert "min_interval 1200s" in second.stdout
+    assert len(server.hits_for(name)) == hits
+    forced = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=120)
+    assert forced.returncode == 0 and len(server.hits_for(name)) == hits + 1
