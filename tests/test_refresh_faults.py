@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -722,3 +723,52 @@ def test_update_says_when_the_next_fetch_is_allowed(server: FeedServer, tmp_path
     assert len(server.hits_for(name)) == hits
     forced = subprocess.run([*cmd, "--force"], capture_output=True, text=True, timeout=120)
     assert forced.returncode == 0 and len(server.hits_for(name)) == hits + 1
+
+
+async def test_api_refresh_is_never_busy(
+    aiohttp_client: Any, server: FeedServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """POST /api/refresh while a feed drips: accepted, and it says which feed is being fetched."""
+    from proxy_addons.admin import AdminState, create_app
+    from proxy_addons.events import EventLog
+    from proxy_addons.metrics import Metrics
+
+    slow, quick = unique(request, "apid"), unique(request, "apiq")
+    server.feed(slow, listing(150), drip=0.2)
+    server.feed(quick, b"q.example\n")
+    src = write_sources(tmp_path, server, {slow: "domains", quick: "domains"})
+    policy = FetchPolicy(connect_timeout=2, read_timeout=2, total_timeout=6, attempts=1)
+    r = Refresher(
+        load_sources(src),
+        tmp_path / "cache",
+        policy=policy,
+        isolate=False,
+        startup_spread=0,
+        poll=0.05,
+    )
+    engine = Engine.from_lists([])[0]
+    token = "test-token-0123456789abcdef"
+    state = AdminState(
+        token=token,
+        engine=lambda: engine,
+        events=EventLog(),
+        metrics=Metrics(lambda: engine.block.meta),
+        proxy_address=lambda: ("127.0.0.1", 8080),
+        refresh_status=r.status,
+        refresh_trigger=r.trigger,
+    )
+    client = await aiohttp_client(create_app(state))
+    auth = {"Authorization": f"Bearer {token}"}
+    task = asyncio.get_running_loop().create_task(r.run())
+    try:
+        async with asyncio.timeout(20):
+            while not server.active.get(slow):  # noqa: ASYNC110 - the server thread's progress
+                await asyncio.sleep(0.02)
+        for _ in range(2):
+            resp = await client.post("/api/refresh", headers=auth)
+            assert resp.status == 202, await resp.text()
+            doc = await resp.json()
+            assert doc["status"] == "started" and doc["sources"][slow]["fetching"] is True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
