@@ -385,7 +385,7 @@ async def test_a_dripping_feed_delays_no_other(
     src = write_sources(tmp_path, server, {slow: "domains", quick: "domains"})
     cache = tmp_path / "cache"
     policy = FetchPolicy(
-        connect_timeout=2, read_timeout=2, total_timeout=8, attempts=2, backoff=0.01
+        connect_timeout=2, read_timeout=2, total_timeout=15, attempts=2, backoff=0.01
     )
 
     class Slot:
