@@ -204,6 +204,7 @@ def commit_body(cache_dir: Path, name: str, tmp: Path) -> Path:
     dest = feed_body_path(cache_dir, name)
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+    _release(tmp)
     return dest
 
 
@@ -217,6 +218,11 @@ def discard(tmp: Path | None) -> None:
         return
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    _release(tmp)
+
+
+def _release(tmp: Path) -> None:
+    """Close a temp body this process wrote (which drops its lock)."""
     f = _HELD.pop(tmp, None)
     if f is not None:
         with contextlib.suppress(OSError):

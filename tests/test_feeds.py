@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy_addons import feeds
 from proxy_addons.core.model import ListSpec
 from proxy_addons.feeds import (
     USER_AGENT,
@@ -42,6 +43,14 @@ def server() -> Iterator[FeedServer]:
 def session() -> None:
     """Each fetch makes its own session now (its resolver depends on the feed's URL)."""
     return None
+
+
+@pytest.fixture(autouse=True)
+def release_temp_bodies() -> Iterator[None]:
+    """Fetched bodies a test neither commits nor discards are released after it."""
+    yield
+    for tmp in list(feeds._HELD):
+        feeds.discard(tmp)
 
 
 class Sleeps:
