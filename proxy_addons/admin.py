@@ -441,7 +441,30 @@ async def refresh(request: web.Request) -> web.Response:
         return _json({"error": "no refresher in this process"}, status=501)
     if not started:
         return _json({"status": "running", "error": "a refresh is already running"}, status=409)
-    return _json({"status": "started"}, status=202)
+    body: dict[str, Any] = {"status": "started"}
+    st = request.app[STATE]
+    plan = fetch_plan(st.refresh_status() if st.refresh_status is not None else None)
+    if plan:
+        # Feeds are fetched one by one, never sooner than their min_interval or a
+        # server's Retry-After: say when each may be.
+        body["sources"] = plan
+    return _json(body, status=202)
+
+
+def fetch_plan(status: Any) -> dict[str, dict[str, Any]]:
+    """Per URL source: being fetched now, or when its next fetch is allowed (None: now)."""
+    docs = status.get("sources") if isinstance(status, dict) else status
+    plan: dict[str, dict[str, Any]] = {}
+    for doc in docs if isinstance(docs, list) else []:
+        if isinstance(doc, dict) and "next_fetch_allowed" in doc:
+            when = doc["next_fetch_allowed"]
+            allowed = when if isinstance(when, int | float) and when > time.time() else None
+            plan[str(doc.get("name"))] = {
+                "fetching": bool(doc.get("fetching")),
+                "next_fetch_allowed": rfc3339(allowed) if allowed else None,
+                "why": doc.get("next_fetch_allowed_why") if allowed else None,
+            }
+    return plan
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:

@@ -143,7 +143,8 @@ class Refresh:
         return task
 
     def trigger(self) -> bool | None:
-        """For the admin API: None when this process does not refresh, False if busy."""
+        """For the admin API: None when this process does not refresh; else True (never
+        busy: feeds are fetched independently, see Refresher.trigger)."""
         return None if self.refresher is None else self.refresher.trigger()
 
     def status(self) -> list[dict[str, Any]] | None:
