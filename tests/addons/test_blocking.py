@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
-from proxy_addons.addons.proceed import PROCEED_PATH
+from proxy_addons.addons.proceed import PROCEED_HOST
 from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -465,6 +466,30 @@ def _form_fields(body: bytes) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
+PROCEED = f"http://{PROCEED_HOST}/"
+CLICK = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-User": "?1"}
+SUBMIT = {**CLICK, "Sec-Fetch-Site": "same-origin", "Origin": f"http://{PROCEED_HOST}"}
+
+
+def _confirmation_page(addon: Blocking, block: http.HTTPFlow) -> http.HTTPFlow:
+    """The person follows the block page's link: a page on the proxy's own origin."""
+    link = _form_fields(block.response.content)  # type: ignore[union-attr]
+    page = req(PROCEED + "?" + urllib.parse.urlencode(link), {**CLICK, "Sec-Fetch-Site": "cross-site"})
+    page.client_conn = block.client_conn
+    addon.requestheaders(page)
+    return page
+
+
+def _post(addon: Blocking, client: connection.Client, fields: dict[str, str],
+          headers: dict[str, str]) -> http.HTTPFlow:
+    f = req(PROCEED, headers, method="POST")
+    f.client_conn = client
+    f.request.urlencoded_form = fields  # type: ignore[assignment]
+    addon.requestheaders(f)
+    addon.request(f)
+    return f
+
+
 async def test_proceed_anyway_round_trip(addon: Blocking) -> None:
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jg_proceed_anyway=True, jg_proceed_minutes=5)
@@ -472,44 +497,108 @@ async def test_proceed_anyway_round_trip(addon: Blocking) -> None:
         addon.requestheaders(f)
         body = f.response.content  # type: ignore[union-attr]
         assert b"Continue anyway?" in body
-        fields = _form_fields(body)
-        assert fields["host"] == "evil.test" and fields["return"] == "http://evil.test/page?x=1"
+        # the blocked site's origin gets no token: only a link to the proxy's origin
+        assert _form_fields(body) == {"host": "evil.test", "return": "http://evil.test/page?x=1"}
+        assert f'method="get" action="{PROCEED}"'.encode() in body
 
-        # forged signature from a page: refused
-        forged = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        forged.client_conn = f.client_conn
-        forged.request.urlencoded_form = {**fields, "sig": "A" * 43}  # type: ignore[assignment]
-        addon.requestheaders(forged)
-        addon.request(forged)
+        page = _confirmation_page(addon, f)
+        assert page.response is not None and page.response.status_code == 200
+        assert "frame-ancestors 'none'" in page.response.headers["Content-Security-Policy"]
+        assert "Access-Control-Allow-Origin" not in page.response.headers
+        assert page.response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+        token = _form_fields(page.response.content)
+        assert {"host", "exp", "sig", "return"} <= set(token)
+
+        forged = _post(addon, f.client_conn, {**token, "sig": "A" * 43}, SUBMIT)
         assert forged.response.status_code == 403  # type: ignore[union-attr]
+        other_client = tflow.tclient_conn()
+        other_client.peername = ("10.9.9.9", 5555)
+        assert _post(addon, other_client, token, SUBMIT).response.status_code == 403  # type: ignore[union-attr]
 
-        # another client replaying the token: refused
-        other = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        other.client_conn.peername = ("10.9.9.9", 5555)
-        other.request.urlencoded_form = fields  # type: ignore[assignment]
-        addon.requestheaders(other)
-        addon.request(other)
-        assert other.response.status_code == 403  # type: ignore[union-attr]
-
-        # the real thing
-        ok = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        ok.client_conn = f.client_conn
-        ok.request.urlencoded_form = fields  # type: ignore[assignment]
-        addon.requestheaders(ok)
-        assert ok.response is None
-        addon.request(ok)
+        ok = _post(addon, f.client_conn, token, SUBMIT)
         assert ok.response.status_code == 303  # type: ignore[union-attr]
         assert ok.response.headers["Location"] == "http://evil.test/page?x=1"  # type: ignore[union-attr]
+        assert metadata(ok)["action"] == "proceed-granted"
 
         again = req("http://evil.test/page", NAV)
         again.client_conn = f.client_conn
         addon.requestheaders(again)
         assert again.response is None and metadata(again)["action"] == "proceed"
-        # only for that client
         stranger = req("http://evil.test/page", NAV)
         stranger.client_conn.peername = ("10.9.9.9", 5555)
         addon.requestheaders(stranger)
         assert stranger.response is not None
+
+
+# What a script on the compromised page can send toward the proceed origin.
+FORGED_SUBMITS = [
+    ("fetch", {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "cross-site",
+               "Origin": "http://evil.test"}),
+    ("no-cors-fetch", {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty",
+                       "Sec-Fetch-Site": "cross-site"}),
+    ("auto-submitted-form", {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+                             "Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"}),
+    ("form-in-a-frame", {**SUBMIT, "Sec-Fetch-Dest": "iframe"}),
+    ("no-click", {k: v for k, v in SUBMIT.items() if k != "Sec-Fetch-User"}),
+    ("other-origin", {"Origin": "http://evil.test"}),
+]
+
+
+@pytest.mark.parametrize(("name", "headers"), FORGED_SUBMITS, ids=[c[0] for c in FORGED_SUBMITS])
+async def test_proceed_grant_needs_a_click_on_the_proxy_origin(
+    addon: Blocking, name: str, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://evil.test/page", NAV)
+        addon.requestheaders(f)
+        token = _form_fields(_confirmation_page(addon, f).response.content)  # type: ignore[union-attr]
+        forged = _post(addon, f.client_conn, token, headers)
+        assert forged.response.status_code == 403, name  # type: ignore[union-attr]
+        assert not addon.signer.grants  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+     {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}],
+)
+async def test_proceed_page_is_never_served_to_a_fetch_or_a_frame(
+    addon: Blocking, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req(PROCEED + "?host=evil.test&return=http%3A%2F%2Fevil.test%2F", headers)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert b"sig" not in f.response.content
+
+
+async def test_blocked_site_origin_has_no_proceed_endpoint(addon: Blocking) -> None:
+    """The old form target on the blocked host is just another blocked URL."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://evil.test/.well-known/jectguard/proceed", {}, method="POST")
+        addon.requestheaders(f)
+        addon.request(f)
+        assert f.response is not None and metadata(f)["action"] == "block"
+
+
+async def test_grants_never_unlock_address_rules(addon: Blocking) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://198.51.100.7/x", NAV)
+        addon.requestheaders(f)
+        assert b"Continue anyway" not in f.response.content  # type: ignore[union-attr]
+        page = req(PROCEED + "?host=198.51.100.7&return=http%3A%2F%2F198.51.100.7%2Fx", CLICK)
+        addon.requestheaders(page)
+        assert page.response.status_code == 403  # type: ignore[union-attr]
+        # even a grant held for that address (or a name on it) does not open an IP rule
+        addon.signer.grant("192.168.0.1", "198.51.100.7")  # type: ignore[union-attr]
+        again = req("http://198.51.100.7/x", NAV)
+        again.client_conn.peername = ("192.168.0.1", 1)
+        addon.requestheaders(again)
+        assert again.response is not None and metadata(again)["action"] == "block"
 
 
 async def test_proceed_off_by_default(addon: Blocking) -> None:
@@ -517,9 +606,9 @@ async def test_proceed_off_by_default(addon: Blocking) -> None:
         f = req("http://evil.test/", NAV)
         addon.requestheaders(f)
         assert b"Continue anyway" not in f.response.content  # type: ignore[union-attr]
-        p = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
+        p = req(PROCEED, SUBMIT, method="POST")
         addon.requestheaders(p)
-        assert p.response is not None and p.response.status_code == 403
+        assert p.response is not None and p.response.status_code == 404
 
 
 # -- client allow-list ---------------------------------------------------------
