@@ -637,3 +637,240 @@ async def test_client_allow_list_empty_allows_all() -> None:
         client.peername = ("8.8.8.8", 1)
         a.client_connected(client)
         assert client.error is None
+
+
+# -- hostile requests (issue 11) ---------------------------------------------------
+
+
+def tunnel_req(target: str, authority: str, path: str = "/x", host: str | None = None,
+               version: bytes = b"HTTP/1.1") -> http.HTTPFlow:
+    """A request inside an intercepted tunnel to ``target`` (mitmproxy sets .host from it)."""
+    headers = http.Headers([(b"Host", (host or target).encode())])
+    r = http.Request(target, 443, b"GET", b"https", authority.encode(), path.encode(), version,
+                     headers, b"", None, 0, 0)
+    f = tflow.tflow(req=r)
+    f.client_conn.sni = target
+    return f
+
+
+@pytest.mark.parametrize(
+    ("authority", "path", "stage"),
+    [
+        ("evil.test", "/x", "authority"),  # GET https://evil.test/x inside CONNECT example.test
+        ("EVIL.test.:443", "/x", "authority"),
+        ("good.test", "/bad/thing.js", "authority"),  # URL rules apply to the request line too
+        ("user@evil.test", "/", "authority"),
+    ],
+)
+async def test_absolute_form_target_in_a_tunnel_is_checked(
+    addon: Blocking, authority: str, path: str, stage: str
+) -> None:
+    with taddons.context(addon):
+        f = tunnel_req("example.test", authority, path)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert metadata(f)["stage"] == stage
+
+
+async def test_http2_authority_and_host_header_both_checked(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = tunnel_req("example.test", "example.test", host="evil.test", version=b"HTTP/2.0")
+        addon.requestheaders(f)
+        assert f.response is not None and metadata(f)["stage"] == "host-header"
+
+
+# A Host header the URL parser refuses, which nginx and Apache still route by its name.
+ROUTED_HOSTS = ["evil.test:abc", "evil.test:-1", "evil.test:80:80", "evil.test:",
+                "EVIL.test.:99999", "evil.test:8o"]
+
+
+@pytest.mark.parametrize("value", ROUTED_HOSTS)
+async def test_unreadable_host_header_routed_to_a_listed_name_is_blocked(
+    addon: Blocking, value: str
+) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/", NAV)
+        f.request.headers["Host"] = value
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert "list=malware" in f.response.headers[HEADER_NAME]
+
+
+@pytest.mark.parametrize(
+    "value", ["example.test:abc", "example.test:80:80", "exa mple.test", "[::1", "good.test:x"]
+)
+async def test_unreadable_host_header_fails_closed(addon: Blocking, value: str) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_mode="monitor")  # an unreadable request is refused in any mode
+        f = req("http://example.test/", {"Accept": "text/plain"})
+        f.request.headers["Host"] = value
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 400
+        assert b"Host header cannot be read" in f.response.content
+        assert metadata(f)["action"] == "error" and metadata(f)["stage"] == "host-header"
+
+
+async def test_unreadable_host_with_url_rule_path_is_blocked(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/bad/x.js")
+        f.request.headers["Host"] = "good.test:abc"
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+
+
+async def test_two_host_headers_fail_closed(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/")
+        f.request.headers = http.Headers([(b"Host", b"example.test"), (b"Host", b"other.test")])
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 400
+
+
+async def test_url_over_the_limit_is_refused_not_host_checked(addon: Blocking) -> None:
+    """Old behaviour: a host-only check, so the URL rule good.test/bad/ was skipped."""
+    with taddons.context(addon):
+        f = req("http://good.test/bad/" + "a" * 70_000)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 414
+        assert metadata(f)["action"] == "error"
+
+
+async def test_ipv6_literal_request_is_checked_not_refused(addon: Blocking) -> None:
+    with taddons.context(addon):
+        ok = req("http://[2001:db8::1]:8080/x")
+        addon.requestheaders(ok)
+        assert ok.response is None
+        bad = req("http://[::ffff:198.51.100.7]/x")
+        addon.requestheaders(bad)
+        assert bad.response is not None and bad.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (302, {"Location": "\\\\evil.test/x"}),
+        (302, {"Location": "/\\evil.test/x"}),
+        (301, {"Location": " //evil.test/x"}),
+        (307, {"Location": "\t/\t/evil.test/x"}),
+        (200, {"Refresh": "0; url=http://evil.test/"}),
+        (200, {"Refresh": "5;URL='//evil.test/x'"}),
+        (200, {"Refresh": '0, "/bad/y"'}),
+        (200, {"Refresh": "1 \\\\evil.test\\x"}),
+    ],
+)
+async def test_redirects_joined_as_a_browser_joins_them(
+    addon: Blocking, status: int, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon):
+        f = req("http://good.test/start", NAV)
+        addon.requestheaders(f)
+        f.response = http.Response.make(status, b"body", headers)
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.response.status_code == 403
+        assert metadata(f)["stage"] == "redirect"
+
+
+@pytest.mark.parametrize("refresh", ["0", "5; url=/fine", "nonsense url=http://evil.test/"])
+async def test_refresh_to_allowed_or_nothing_kept(addon: Blocking, refresh: str) -> None:
+    with taddons.context(addon):
+        f = req("http://good.test/start")
+        f.response = http.Response.make(200, b"ok", {"Refresh": refresh})
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.response.status_code == 200
+
+
+INTERNAL = [
+    # (127.0.0.0/31 is on the test list: these are past it, so the policy alone decides)
+    ("loopback", "http://127.0.0.9:8000/"),
+    ("loopback-decimal", "http://2130706441/"),
+    ("loopback-short", "http://127.9/"),
+    ("loopback-mapped", "http://[::ffff:127.0.0.9]/"),
+    ("loopback-nat64", "http://[64:ff9b::7f00:9]/"),
+    ("loopback-v6", "http://[::1]/"),
+    ("unspecified", "http://0.0.0.0:22/"),
+    ("unspecified-v6", "http://[::]/"),
+    ("metadata", "http://169.254.169.254/latest/meta-data/"),
+    ("metadata-v6", "http://[fd00:ec2::254]/"),
+    ("link-local", "http://169.254.1.1/"),
+    ("localhost", "http://localhost:8090/api"),
+    ("dot-localhost", "http://admin.LOCALHOST./"),
+]
+
+
+@pytest.mark.parametrize(("name", "url"), INTERNAL, ids=[c[0] for c in INTERNAL])
+async def test_internal_destinations_refused(addon: Blocking, name: str, url: str) -> None:
+    with taddons.context(addon):
+        f = req(url, {"Accept": "text/plain"})
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403, name
+        assert metadata(f)["stage"] == "destination"
+        assert b"Refused by jectguard" in f.response.content
+
+
+async def test_allow_destination_opens_a_network(addon: Blocking) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_allow_destination=["127.0.0.0/8", "::1"])
+        for url in ("http://127.0.0.9:8000/", "http://[::ffff:127.0.0.9]/", "http://localhost/"):
+            f = req(url)
+            addon.requestheaders(f)
+            assert f.response is None, url
+        f = req("http://169.254.169.254/")
+        addon.requestheaders(f)
+        assert f.response is not None
+        with pytest.raises(exceptions.OptionsError, match="jg_allow_destination"):
+            tctx.configure(addon, jg_allow_destination=["10.0.0.0/33"])
+        with pytest.raises(exceptions.OptionsError, match="jg_connect_ports"):
+            tctx.configure(addon, jg_connect_ports=["443,70000"])
+
+
+async def test_own_address_refused(addon: Blocking) -> None:
+    from tests.e2e.conftest import non_loopback_ip
+
+    ip = non_loopback_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address")
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon)  # mitmproxy configures every addon at start: own addresses read
+        f = req(f"http://{ip}:8080/")
+        addon.requestheaders(f)
+        assert f.response is not None and b"proxy host itself" in f.response.content
+
+
+@pytest.mark.parametrize(("port", "allowed"), [(443, True), (8443, False), (22, False)])
+async def test_connect_ports(addon: Blocking, port: int, allowed: bool) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_intercept=False)
+        f = connect_flow("example.test", port)
+        addon.http_connect(f)
+        assert (f.response is None) is allowed
+        if not allowed:
+            assert f.response.status_code == 403  # type: ignore[union-attr]
+            assert b"port" in f.response.content  # type: ignore[union-attr]
+        tctx.configure(addon, jg_connect_ports=["443,8000-9000", "22"])
+        f = connect_flow("example.test", port)
+        addon.http_connect(f)
+        assert f.response is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.9", "localhost", "169.254.169.254", "::1"])
+async def test_connect_to_internal_destination_refused_at_once(addon: Blocking, host: str) -> None:
+    with taddons.context(addon):
+        f = connect_flow(host)
+        addon.http_connect(f)
+        assert f.response is not None and f.client_conn.id in addon.refused
+        server = connection.Server(address=(host, 443))
+        await addon.server_connect(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        assert server.error  # no connection attempt
+        inner = req(f"https://{'[::1]' if host == '::1' else host}/", NAV)
+        inner.client_conn = f.client_conn
+        addon.requestheaders(inner)
+        assert inner.response is not None and b"Reason" in inner.response.content
+
+
+async def test_unreadable_sni_fails_closed(addon: Blocking) -> None:
+    with taddons.context(addon):
+        client = tflow.tclient_conn()
+        addon.tls_clienthello(clienthello("a" * 300 + ".test", client))
+        assert client.id in addon.refused
