@@ -316,6 +316,10 @@ small{color:#555}
 """
 
 
+def _title(info: BlockInfo) -> str:
+    return "Blocked: suspected malicious site" if info.listed else "Refused by jectguard"
+
+
 def _explanation(info: BlockInfo) -> str:
     if info.listed:
         return (
@@ -372,12 +376,12 @@ def render_html(info: BlockInfo) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
-<title>Blocked: suspected malicious site</title>
+<title>{_e(_title(info))}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <main>
-<h1>This site was blocked</h1>
+<h1>{"This site was blocked" if info.listed else "This request was refused"}</h1>
 {_explanation(info)}
 <div class="box"><dl>
 {details}
@@ -388,8 +392,8 @@ quote the request ID <code>{_e(info.request_id)}</code>. They can check the rule
 allow the site.</p>
 {report}
 {proceed}
-<p><small>Blocked by jectguard. Matches come from the list named above, not from a
-judgement about this particular page.</small></p>
+<p><small>{"Blocked by jectguard. Matches come from the list named above, not from a"
+"\njudgement about this particular page." if info.listed else "Refused by jectguard."}</small></p>
 </main>
 </body>
 </html>
