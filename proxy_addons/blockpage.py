@@ -436,7 +436,9 @@ the decision is logged.</p>
     headers = [
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
+        # not no-referrer: that makes the browser send "Origin: null" with the POST,
+        # and the grant checks the Origin is this page's
+        ("Referrer-Policy", "same-origin"),
         ("Content-Type", "text/html; charset=utf-8"),
         (
             "Content-Security-Policy",

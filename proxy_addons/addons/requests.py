@@ -191,7 +191,12 @@ class RequestChecks:
             checks.append(self._decide(Stage.SNI, engine.check_host(sni), url, client))
         refusal = self.refused.get(client.id)
         if refusal is not None:
-            checks.append(self._refusal_decision(refusal, client))
+            carried = self._refusal_decision(refusal, client)
+            if carried.action is Act.PROCEED:
+                # A grant made since the tunnel was refused covers its host: let the
+                # tunnel reach it (server_connect refuses a refused client's connects).
+                del self.refused[client.id]
+            checks.append(carried)
         return d if len(checks) == 1 else worst(checks)
 
     def _refusal_decision(self, refusal: Refusal, client: connection.Client) -> Decision:
