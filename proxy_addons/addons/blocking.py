@@ -304,6 +304,7 @@ class Blocking(RequestChecks, ProceedSite):
             return
         if (
             d.action is Act.BLOCK
+            and d.checked is not None  # a list's block; a refused destination gets its 403 now
             and self.intercept
             and isinstance(client.proxy_mode, mode_specs.RegularMode)
         ):

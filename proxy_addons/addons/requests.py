@@ -10,14 +10,13 @@ and the ``Refresh`` header, joined to the request URL as a browser joins them (W
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Final
 
-import ada_url
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
 from proxy_addons.core.engine import Action, Verdict
+from proxy_addons.core.targets import join_target, refresh_target, routed_name
 
 from .decide import (
     Act,
@@ -45,8 +44,6 @@ PENDING_KEY: Final = "jectguard_pending"
 REDIRECT_CODES: Final = frozenset({301, 302, 303, 307, 308})
 # Our own answers, which no response check must touch.
 _OWN_ACTIONS: Final = frozenset({"block", "error", "proceed-granted", "proceed-form"})
-_SURROGATE_RE: Final = re.compile("[\udc80-\udcff]")
-_HTML_SPACE: Final = " \t\n\f\r"
 
 # What a refused connection remembers: the verdict, the stage and the URL shown.
 Refusal = tuple[Verdict, str, str]
@@ -64,53 +61,6 @@ def request_url(scheme: str, host: str, port: int, path: str) -> str:
     if port != (443 if scheme in ("https", "wss") else 80):
         host = f"{host}:{port}"
     return f"{scheme}://{host}{path if path.startswith('/') else '/'}"
-
-
-def routed_name(value: str) -> str:
-    """The name a server routes an unreadable Host by (nginx ``$host``).
-
-    nginx keeps what comes before the first ``:`` (the port is not validated),
-    drops one trailing dot and lowercases; Apache does the same with the name.
-    """
-    v = value.strip().lower()
-    if v.startswith("["):
-        return v[: v.find("]") + 1] if "]" in v else ""
-    return v.partition(":")[0].rstrip(".")
-
-
-def refresh_target(value: str) -> str | None:
-    """The URL of a ``Refresh`` header (HTML's shared declarative refresh steps), if any."""
-    s = value.lstrip(_HTML_SPACE)
-    i = 0
-    while i < len(s) and s[i].isdigit():
-        i += 1
-    if i == 0 and not s.startswith("."):
-        return None
-    while i < len(s) and (s[i].isdigit() or s[i] == "."):
-        i += 1
-    if i == len(s) or s[i] not in ";," + _HTML_SPACE:
-        return None
-    rest = s[i:].lstrip(_HTML_SPACE)
-    if rest[:1] in (";", ","):
-        rest = rest[1:].lstrip(_HTML_SPACE)
-    if rest[:3].lower() == "url":
-        after = rest[3:].lstrip(_HTML_SPACE)
-        if after.startswith("="):
-            rest = after[1:].lstrip(_HTML_SPACE)
-    if rest[:1] in ("'", '"'):
-        rest = rest[1:].partition(rest[0])[0]
-    return rest or None
-
-
-def join_target(base: str, target: str) -> str | None:
-    """``target`` resolved against ``base`` by the WHATWG parser; None if no browser would."""
-    # Header bytes that were not UTF-8 arrive as lone surrogates: a browser sends them
-    # percent-encoded, so the engine must see them that way too.
-    target = _SURROGATE_RE.sub(lambda m: f"%{ord(m.group(0)) - 0xDC00:02X}", target)
-    try:
-        return str(ada_url.join_url(base, target))
-    except (ValueError, UnicodeError):
-        return None  # the browser's own parser refuses it too: nothing is followed
 
 
 class RequestChecks:

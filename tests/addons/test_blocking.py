@@ -855,18 +855,19 @@ async def test_connect_ports(addon: Blocking, port: int, allowed: bool) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.9", "localhost", "169.254.169.254", "::1"])
-async def test_connect_to_internal_destination_refused_at_once(addon: Blocking, host: str) -> None:
-    with taddons.context(addon):
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+async def test_connect_to_internal_destination_refused_at_once(
+    addon: Blocking, host: str, mode: str
+) -> None:
+    """A 403 to the CONNECT itself, in every mode: no tunnel, so nothing relies on
+    later hooks (which let a monitor-mode tunnel through) to keep it closed."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_mode=mode)
         f = connect_flow(host)
         addon.http_connect(f)
-        assert f.response is not None and f.client_conn.id in addon.refused
-        server = connection.Server(address=(host, 443))
-        await addon.server_connect(server_hooks.ServerConnectionHookData(server, f.client_conn))
-        assert server.error  # no connection attempt
-        inner = req(f"https://{'[::1]' if host == '::1' else host}/", NAV)
-        inner.client_conn = f.client_conn
-        addon.requestheaders(inner)
-        assert inner.response is not None and b"Reason" in inner.response.content
+        assert f.response is not None and f.response.status_code == 403
+        assert b"Refused by jectguard" in f.response.content
+        assert metadata(f)["stage"] == "destination"
 
 
 async def test_unreadable_sni_fails_closed(addon: Blocking) -> None:
