@@ -119,14 +119,21 @@ class RequestChecks:
             hv = engine.check_host(host)
             if hv.action is Action.BLOCK:
                 checks.append(self._decide(Stage.REQUEST, hv, url, client))
-        elif v.host is not None and not isinstance(client.proxy_mode, mode_specs.ReverseMode):
-            # Reverse mode's destination is the operator's; every other mode's is the client's.
-            why = self.policy.refuses_host(v.host)
+        elif (
+            v.canonical is not None
+            # only addresses and localhost names can be internal (names resolve later)
+            and (v.canonical.host_kind != "domain" or v.canonical.host.endswith("localhost"))
+            # reverse mode's destination is the operator's; every other mode's is the client's
+            and not isinstance(client.proxy_mode, mode_specs.ReverseMode)
+        ):
+            why = self.policy.refuses_host(v.canonical.host)
             if why is not None:
-                checks.append(refuse_destination(Stage.DESTINATION, url, f"{v.host} is {why}"))
+                what = f"{v.canonical.host} is {why}"
+                checks.append(refuse_destination(Stage.DESTINATION, url, what))
         # Names that differ from the URL's host (cheap string tests keep the common case fast).
         hostport = f"{host}:{port}"
-        authority = req.data.authority.decode("utf-8", "surrogateescape")
+        raw_authority = req.data.authority
+        authority = raw_authority.decode("utf-8", "surrogateescape") if raw_authority else ""
         if authority and authority != host and authority != hostport:
             checks += self._check_name(Stage.AUTHORITY, authority, scheme, path, client)
         host_headers = req.headers.get_all("host")
