@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from .conftest import NAV_TIMEOUT_MS, Origin, Proxy, raw_exchange, start_proxy, status_of
+from .conftest import (
+    NAV_TIMEOUT_MS,
+    Origin,
+    Proxy,
+    _origin_app,
+    raw_exchange,
+    serve_app,
+    start_proxy,
+    status_of,
+)
 
 PROCEED = "proceed.jectguard.invalid"
 
@@ -36,6 +45,16 @@ def proceed_proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> 
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
+    """An origin of this module's own: a granted person does reach evil.test here,
+    which the session origin's "never saw a blocked host" check must not count."""
+    o = Origin()
+    with serve_app(_origin_app(o), tmp_path_factory.mktemp("proceed-origin"), "proceed") as s:
+        o.port, o.tls_port, o.cert = s.port, s.tls_port, s.cert
+        yield o
 
 
 def _context(browser: Any, proxy: Proxy) -> Any:
