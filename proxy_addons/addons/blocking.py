@@ -41,7 +41,6 @@ from proxy_addons.core.errors import CanonError
 from .decide import (
     ADDRESS_KINDS,
     Act,
-    Decision,
     PageSettings,
     Stage,
     log_decision,
@@ -311,7 +310,7 @@ class Blocking(RequestChecks, ProceedSite):
             # Open the tunnel to ourselves only: the block page is served inside it,
             # and server_connect refuses any connection for this client.
             log_decision(d, _client_ip(client), rid, " (tunnel kept local for the block page)")
-            self.refused[client.id] = self._as_refusal(d, v)
+            self.refused[client.id] = (v, d.stage.value, d.url)
             # One visit, one event: the block page's request, or this CONNECT if
             # the client sends none (e.g. it does not trust the CA).
             flow.metadata[METADATA_KEY]["deferred"] = True
@@ -327,13 +326,6 @@ class Blocking(RequestChecks, ProceedSite):
             flow.request.data.http_version, 200, b"Connection established",
             http.Headers(), b"", None, now, now,
         )
-
-    @staticmethod
-    def _as_refusal(d: Decision, v: Verdict) -> Refusal:
-        """The refused-tunnel record (read by server_connect and the tunnel's requests)."""
-        if d.checked is None:  # the destination policy: no list verdict to carry
-            return (Verdict(Action.BLOCK, d.url, error=d.reason), d.stage.value, d.url)
-        return (d.checked, d.stage.value, d.url)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client

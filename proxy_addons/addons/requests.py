@@ -159,8 +159,6 @@ class RequestChecks:
     def _refusal_decision(self, refusal: Refusal, client: connection.Client) -> Decision:
         """The decision a refused tunnel (CONNECT target, SNI) carries over to its requests."""
         v, stage, url = refusal
-        if v.match is None and v.action is Action.BLOCK:
-            return refuse_destination(Stage(stage), url, v.error or "not allowed")
         return self._decide(Stage(stage), v, url, client)
 
     def _apply(self, flow: http.HTTPFlow, d: Decision) -> None:

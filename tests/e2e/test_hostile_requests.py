@@ -245,6 +245,11 @@ def test_unreadable_host_fails_closed_with_400(proxy: Proxy, nginx_origin: Routi
     assert status_of(resp) == 400 and b"Host header cannot be read" in resp
     time.sleep(0.1)
     assert len(nginx_origin.routed) == before
+    deadline = time.monotonic() + IO_TIMEOUT  # the refusal is an event, not only a log line
+    while not any('"event":"error"' in line and "good.test:abc" in line
+                  for line in proxy.output().splitlines()):
+        assert time.monotonic() < deadline, proxy.output()[-2000:]
+        time.sleep(0.05)
 
 
 # -- item 5: long URLs ------------------------------------------------------------------
