@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 
 from .conftest import (
     ByteCounter,
@@ -246,8 +251,10 @@ def test_unreadable_host_fails_closed_with_400(proxy: Proxy, nginx_origin: Routi
     time.sleep(0.1)
     assert len(nginx_origin.routed) == before
     deadline = time.monotonic() + IO_TIMEOUT  # the refusal is an event, not only a log line
-    while not any('"event":"error"' in line and "good.test:abc" in line
-                  for line in proxy.output().splitlines()):
+    while not any(
+        '"event":"error"' in line and "good.test:abc" in line
+        for line in proxy.output().splitlines()
+    ):
         assert time.monotonic() < deadline, proxy.output()[-2000:]
         time.sleep(0.05)
 
@@ -346,3 +353,76 @@ def test_connect_to_internal_destination_refused(
 def test_connect_port_outside_the_list_refused(strict_proxy: Proxy) -> None:
     resp = raw_exchange(strict_proxy.port, b"CONNECT good.test:22 HTTP/1.1\r\n\r\n")
     assert status_of(resp) == 403 and b"port 22" in resp
+
+
+# -- the property, through the real proxy ---------------------------------------------
+
+
+def _e2e_engine() -> Engine:
+    """The e2e lists (conftest.LISTS) as an in-memory engine: the oracle."""
+
+    def rules(*items: tuple[RuleKind, str]) -> ParsedList:
+        return ParsedList("t", [Rule(k, key, key, i + 1) for i, (k, key) in enumerate(items)])
+
+    engine, _, _ = Engine.from_lists(
+        [
+            (
+                ListSpec(name="d"),
+                rules((RuleKind.DOMAIN, "evil.test"), (RuleKind.DOMAIN, "xn--bcher-kva.test")),
+            ),
+            (ListSpec(name="u"), rules((RuleKind.URL, "good.test/bad/"))),
+            (ListSpec(name="w", mode=Mode.MONITOR), rules((RuleKind.DOMAIN, "watch.test"))),
+            (ListSpec(name="a", allow=True), rules((RuleKind.DOMAIN, "ok.evil.test"))),
+        ]
+    )
+    return engine
+
+
+ORACLE = _e2e_engine()
+NAMES = [
+    "good.test",
+    "GOOD.test.",
+    "evil.test",
+    "EVIL.TEST.",
+    "www.evil.test",
+    "ok.evil.test",
+    "watch.test",
+    "bücher.test",
+    "xn--bcher-kva.test",
+]
+SUFFIXES = ["", ":{port}", ":abc", ":-1", ":80:80", ":", ":99999"]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    url_host=st.sampled_from(["good.test", "GOOD.test.", "ok.evil.test", "watch.test"]),
+    host=st.tuples(st.sampled_from(NAMES), st.sampled_from(SUFFIXES)),
+    path=st.sampled_from(["/", "/bad/x.js", "/fine", "/%62ad/y"]),
+    intercept=st.booleans(),
+)
+def test_real_proxy_decides_as_the_engine_on_every_name(
+    proxy: Proxy,
+    proxy_passthrough: Proxy,
+    nginx_origin: RoutingOrigin,
+    url_host: str,
+    host: tuple[str, str],
+    path: str,
+    intercept: bool,
+) -> None:
+    port = nginx_origin.port
+    hh = host[0] + host[1].format(port=port)
+    target = f"http://{url_host}:{port}{path}"
+    verdicts = [ORACLE.check_url(target).action, ORACLE.check_url(f"http://{hh}{path}").action]
+    before = len(nginx_origin.routed)
+    resp = plain(proxy if intercept else proxy_passthrough, target, hh, "Accept: text/plain\r\n")
+    if Action.BLOCK in verdicts or Action.ERROR in verdicts:
+        assert status_of(resp) in (400, 403), (verdicts, hh, resp[:200])
+        time.sleep(0.05)
+        assert len(nginx_origin.routed) == before, nginx_origin.routed[before:]
+    else:
+        assert status_of(resp) == 200, (verdicts, hh, resp[:200])
+    assert LISTED not in nginx_origin.names()
