@@ -198,11 +198,9 @@ class RequestChecks:
         meta = flow.metadata.get(METADATA_KEY)
         if meta and meta.get("action") in _OWN_ACTIONS:
             return
-        targets = []
-        if resp.status_code in REDIRECT_CODES and "location" in resp.headers:
-            targets.append(resp.headers["location"])
-        refresh = resp.headers.get("refresh")
-        if refresh:
+        # Every value: which of several a browser follows is not ours to guess.
+        targets = resp.headers.get_all("location") if resp.status_code in REDIRECT_CODES else []
+        for refresh in resp.headers.get_all("refresh"):
             t = refresh_target(refresh)
             if t is not None:
                 targets.append(t)

@@ -771,6 +771,21 @@ async def test_redirects_joined_as_a_browser_joins_them(
         assert metadata(f)["stage"] == "redirect"
 
 
+async def test_every_location_and_refresh_value_is_checked(addon: Blocking) -> None:
+    for name in ("Location", "Refresh"):
+        with taddons.context(addon):
+            f = req("http://good.test/start", NAV)
+            addon.requestheaders(f)
+            f.response = http.Response.make(302, b"")
+            first = "/fine" if name == "Location" else "0; url=/fine"
+            last = "http://evil.test/" if name == "Location" else "0; url=http://evil.test/"
+            f.response.headers = http.Headers([(name.encode(), first.encode()),
+                                               (name.encode(), last.encode())])
+            addon.responseheaders(f)
+            addon.response(f)
+            assert f.response.status_code == 403, name
+
+
 @pytest.mark.parametrize("refresh", ["0", "5; url=/fine", "nonsense url=http://evil.test/"])
 async def test_refresh_to_allowed_or_nothing_kept(addon: Blocking, refresh: str) -> None:
     with taddons.context(addon):
