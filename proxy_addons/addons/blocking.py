@@ -1,6 +1,7 @@
 """The blocking addon: checks every way a client can reach a host, at the earliest hook.
 
-- ``http_connect``: the CONNECT target and port, before any byte goes to it.
+- ``http_connect``: the CONNECT target and port, before any byte goes to it
+  (:mod:`.connects`; the destination policy: :mod:`proxy_addons.core.destinations`).
 - ``tls_clienthello``: the SNI (transparent and reverse modes, domain fronting).
 - ``requestheaders``: every host a request names (URL, request-target authority,
   Host header, HTTP/2 ``:authority``, SNI), before any body is read or forwarded
@@ -21,13 +22,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, tls
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
@@ -38,19 +38,10 @@ from proxy_addons.core.destinations import DEFAULT_CONNECT_PORTS, DestinationPol
 from proxy_addons.core.engine import Action, Engine, Verdict
 from proxy_addons.core.errors import CanonError
 
-from .decide import (
-    ADDRESS_KINDS,
-    Act,
-    PageSettings,
-    Stage,
-    log_decision,
-    new_request_id,
-    refuse_destination,
-    respond,
-    worst,
-)
+from .connects import ConnectChecks
+from .decide import ADDRESS_KINDS, PageSettings, new_request_id
 from .holder import EngineHolder
-from .proceed import MIN_SECRET_LENGTH, PROCEED_HOST, ProceedSigner, random_secret
+from .proceed import MIN_SECRET_LENGTH, ProceedSigner, random_secret
 from .proceedsite import ProceedSite
 from .requests import METADATA_KEY, Refusal, RequestChecks, client_ip
 
@@ -101,7 +92,7 @@ class RefuseLayer(layer.Layer):
             yield commands.CloseConnection(self.context.client)
 
 
-class Blocking(RequestChecks, ProceedSite):
+class Blocking(RequestChecks, ConnectChecks, ProceedSite):
     """Blocks requests, tunnels and connections toward listed hosts, URLs and addresses."""
 
     name = "jectguard_block"
@@ -268,85 +259,7 @@ class Blocking(RequestChecks, ProceedSite):
             rid,
         )
 
-    # -- CONNECT and TLS ----------------------------------------------------
-
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        req, client = flow.request, flow.client_conn
-        scheme = "https" if req.port != 80 else "http"
-        host = f"[{req.host}]" if ":" in req.host else req.host
-        url = f"{scheme}://{host}" + ("" if req.port in (80, 443) else f":{req.port}") + "/"
-        if req.host == PROCEED_HOST and self.intercept:
-            # The proceed site over HTTPS: the tunnel ends here, like a refused one.
-            self.refused[client.id] = (Verdict(Action.PASS, req.host), "connect", url)
-            flow.metadata[METADATA_KEY] = {"action": "proceed-form"}
-            flow.response = self._established(flow)
-            return
-        v = self.holder.engine.check_host(req.host)
-        checks = [self._decide(Stage.CONNECT, v, url, client)]
-        if not isinstance(client.proxy_mode, mode_specs.ReverseMode):
-            why = self.policy.refuses_host(v.host) if v.host else None
-            if why is not None:
-                checks.append(refuse_destination(Stage.DESTINATION, url, f"{v.host} is {why}"))
-            if not self.policy.connect_port_allowed(req.port):
-                why = f"CONNECT to port {req.port} is not allowed (--connect-ports)"
-                checks.append(refuse_destination(Stage.CONNECT, url, why))
-        d = checks[0] if len(checks) == 1 else worst(checks)
-        if d.action is Act.PASS:
-            flow.metadata[METADATA_KEY] = {"action": "pass"}
-            return
-        rid = new_request_id()
-        flow.metadata[METADATA_KEY] = d.as_dict(rid)
-        if not d.refuses:
-            log_decision(d, _client_ip(client), rid)
-            return
-        if (
-            d.action is Act.BLOCK
-            and d.checked is not None  # a list's block; a refused destination gets its 403 now
-            and self.intercept
-            and isinstance(client.proxy_mode, mode_specs.RegularMode)
-        ):
-            # Open the tunnel to ourselves only: the block page is served inside it,
-            # and server_connect refuses any connection for this client.
-            log_decision(d, _client_ip(client), rid, " (tunnel kept local for the block page)")
-            self.refused[client.id] = (v, d.stage.value, d.url)
-            # One visit, one event: the block page's request, or this CONNECT if
-            # the client sends none (e.g. it does not trust the CA).
-            flow.metadata[METADATA_KEY]["deferred"] = True
-            flow.response = self._established(flow)
-            return
-        log_decision(d, _client_ip(client), rid)
-        flow.response = respond(d, rid, self.pages, sec_fetch_dest=None, accept=None)
-
-    @staticmethod
-    def _established(flow: http.HTTPFlow) -> http.Response:
-        now = time.time()
-        return http.Response(
-            flow.request.data.http_version, 200, b"Connection established",
-            http.Headers(), b"", None, now, now,
-        )
-
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        client = data.context.client
-        sni = data.client_hello.sni
-        if sni and client.id not in self.refused:
-            v = self.holder.engine.check_host(sni)
-            url = f"https://{sni}/"
-            d = self._decide(Stage.SNI, v, url, client)
-            if d.action is not Act.PASS and d.action is not Act.ALLOW:
-                log_decision(d, _client_ip(client), new_request_id())
-            if d.refuses:  # a blocked or unreadable name: never reaches the origin
-                self.refused[client.id] = (v, Stage.SNI.value, url)
-        if client.id in self.refused:
-            # Never open TLS toward the origin for a refused client.
-            data.establish_server_tls_first = False
-            data.ignore_connection = False
-            if not self.intercept:
-                self.fail_tls.add(client.id)
-            return
-        if not self.intercept:
-            data.ignore_connection = True
+    # -- connections passed through untouched, and the server connection ---------
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Connections passed through untouched (ignore_hosts, --no-intercept): check the SNI.
