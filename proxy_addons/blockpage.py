@@ -400,7 +400,7 @@ allow the site.</p>
 """
 
 
-def render_proceed_page(form: ProceedForm, url: str) -> Rendered:
+def render_proceed_page(form: ProceedForm, url: str, return_origin: str) -> Rendered:
     """The confirmation page on the proxy's own origin: the signed form and one button.
 
     No web origin can read it (no CORS headers; ``Cross-Origin-Resource-Policy``),
@@ -444,7 +444,7 @@ the decision is logged.</p>
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
             # the grant's 303 goes to the blocked site: form-action covers redirects
-            f"base-uri 'none'; form-action 'self' {_origin(url)}",
+            f"base-uri 'none'; form-action 'self' {header_value(return_origin)}",
         ),
         ("X-Frame-Options", "DENY"),
         ("Cross-Origin-Opener-Policy", "same-origin"),

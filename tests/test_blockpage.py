@@ -201,7 +201,7 @@ def test_refusal_without_a_list_names_its_reason_and_status() -> None:
 
 def test_proceed_page_is_unreadable_by_other_origins_and_escaped() -> None:
     form = ProceedForm("/", {"host": "evil.test", "sig": 'a"b', "return": EVIL}, 15, "evil.test")
-    r = render_proceed_page(form, "http://evil.test/x")
+    r = render_proceed_page(form, "http://evil.test/x", "http://evil.test")
     h = dict(r.headers)
     assert r.status == 200 and h["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in h["Content-Security-Policy"]

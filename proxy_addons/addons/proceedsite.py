@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Final
 
+import ada_url
 from mitmproxy import connection, http
 
 from proxy_addons.blockpage import ProceedForm, printable, render_proceed_page
-from proxy_addons.core.canon import canonical_host, scalar_text
+from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.engine import Action
-from proxy_addons.core.errors import CanonError
 
 from .decide import ADDRESS_KINDS, Act, Decision
 from .proceed import PROCEED_HOST, ProceedSigner, navigation_problem
@@ -64,14 +63,20 @@ class ProceedSite:
             method="get",
         )
 
-    def _grantable(self, host: str, target: str) -> bool:
-        """Whether ``host`` is blocked by a name or URL rule for ``target`` right now."""
-        engine = self.holder.engine
-        for v in (engine.check_url(target), engine.check_host(host)):
-            m = v.match
-            if v.action is Action.BLOCK and v.host == host and m and m.kind not in ADDRESS_KINDS:
-                return True
-        return False
+    def _grantable(self, host: str, target: str) -> str | None:
+        """The origin of ``target`` when a name or URL rule blocks it for ``host`` now.
+
+        The target must be a URL the engine reads (never free text): its origin goes
+        into the confirmation page's CSP, and the browser is sent back to it.
+        """
+        v = self.holder.engine.check_url(target)
+        m = v.match
+        if v.action is not Action.BLOCK or v.host != host or m is None or m.kind in ADDRESS_KINDS:
+            return None
+        try:
+            return str(ada_url.URL(target).origin)
+        except ValueError:
+            return None
 
     def _proceed_site(self, flow: http.HTTPFlow) -> None:
         """Answer a request to the proceed origin (never forwarded anywhere)."""
@@ -97,7 +102,8 @@ class ProceedSite:
             req.stream = False  # the form is read whole in `request`, never forwarded
             return
         host, target = req.query.get("host", ""), req.query.get("return", "")
-        if not self._grantable(host, target):
+        origin = self._grantable(host, target)
+        if origin is None:
             flow.response = _refused("nothing blocked to continue to")
             return
         form = ProceedForm(
@@ -106,7 +112,7 @@ class ProceedSite:
             minutes=signer.minutes,
             host=host,
         )
-        r = render_proceed_page(form, target)
+        r = render_proceed_page(form, target, origin)
         flow.response = http.Response.make(
             r.status, r.body, [(k.encode(), v.encode()) for k, v in r.headers]
         )
@@ -126,7 +132,7 @@ class ProceedSite:
         fields = {k: v for k, v in req.urlencoded_form.items(multi=False)}
         host, reason = signer.verify(client, fields)
         target = fields.get("return", "")
-        if host is None or not self._grantable(host, target):
+        if host is None or self._grantable(host, target) is None:
             logger.warning(
                 "jectguard: refused proceed-anyway from %s: %s",
                 client,
@@ -140,11 +146,8 @@ class ProceedSite:
             host,
             time.strftime("%H:%M:%S", time.localtime(until)),
         )
-        try:
-            same_host = canonical_host(urllib.parse.urlsplit(target).hostname or "") == host
-        except (CanonError, ValueError):
-            same_host = False
-        location = target if same_host and target.isprintable() else "/"
+        # _grantable read the target as the URL of this blocked host: safe to send back to
+        location = target if target.isprintable() else "/"
         flow.metadata[METADATA_KEY] = {"action": "proceed-granted", "host": host}
         return http.Response.make(303, b"", {**_TEXT, "Location": location})
 

@@ -574,6 +574,22 @@ async def test_proceed_page_is_never_served_to_a_fetch_or_a_frame(
         assert b"sig" not in f.response.content
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["http://evil.test; script-src * 'unsafe-inline'/", "javascript:alert(1)", "not a url",
+     "http://example.test/", "http://198.51.100.7/"],
+)
+async def test_proceed_page_only_for_a_blocked_url_of_that_host(addon: Blocking, target: str) -> None:
+    """The return URL goes into the page's CSP and the final redirect: free text never does."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        q = urllib.parse.urlencode({"host": "evil.test", "return": target})
+        f = req(PROCEED + "?" + q, CLICK)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert "script-src" not in f.response.headers.get("Content-Security-Policy", "")
+
+
 async def test_blocked_site_origin_has_no_proceed_endpoint(addon: Blocking) -> None:
     """The old form target on the blocked host is just another blocked URL."""
     with taddons.context(addon) as tctx:
