@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
                    help="only these client networks may use the proxy (repeatable); "
                         "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--allow-destination", action="append", default=[], metavar="CIDR",
+                   help="let clients reach this network although it is loopback, unspecified, "
+                        "link-local, cloud metadata or this host's own (repeatable)")
+    p.add_argument("--connect-ports", action="append", default=[], metavar="SPEC",
+                   help="ports CONNECT may tunnel to, e.g. 443,8443 or 1-65535 "
+                        "(repeatable; default 443)")
     p.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
                    help="address of the admin API and dashboard (default 127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=8090, metavar="PORT",
@@ -254,6 +260,8 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_intercept=not args.no_intercept,
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
+            jg_allow_destination=list(args.allow_destination),
+            jg_connect_ports=list(args.connect_ports) or ["443"],
             jg_admin_host=args.admin_host,
             jg_admin_port=args.admin_port,
             jg_admin_token_file=args.admin_token_file,
