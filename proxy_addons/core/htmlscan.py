@@ -542,6 +542,8 @@ class _Walk:
         self.select_open = False
         self.foreign_root = pos
         self.work = 0
+        # For a scripting-off reading queued by the main reading: its <noscript> tag.
+        self.noscript_at = -1
 
     # ---- output
 
@@ -692,17 +694,18 @@ class _Walk:
                 return
             text_end, el_end = _raw_end(buf, end, name)
             # Scripting off reads the same bytes as markup: scan that reading too.
-            self.s.queue_alt(
-                _Walk(
-                    self.s,
-                    end,
-                    fstack=self.fstack.fresh(),
-                    scripting=False,
-                    alternative=self.alternative or "noscript",
-                    clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
-                    after_html=self.after_html,
-                )
+            walk = _Walk(
+                self.s,
+                end,
+                fstack=self.fstack.fresh(),
+                scripting=False,
+                alternative=self.alternative or "noscript",
+                clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
+                after_html=self.after_html,
             )
+            if not self.alternative:
+                walk.noscript_at = p
+            self.s.queue_alt(walk)
             self.pos = el_end
         elif name == b"plaintext":
             self.pos = self.n
@@ -983,6 +986,19 @@ class _Shared:
         self._ignoring_from: int | None = None
         self.open_guesses: dict[tuple[int, str], bool] = {}
         self.ignored_texts = 0
+        # Spans read by scripting-off readings before they met the main reading again.
+        self.offline: list[tuple[int, int]] = []
+
+    def superseded(self, walk: _Walk) -> bool:
+        """Whether an earlier scripting-off reading read over this one's ``<noscript>`` tag.
+
+        With scripting off the whole document is read that way: a ``<noscript>``
+        that the main (scripting-on) reading sees as a tag may, with scripting off,
+        sit inside an earlier noscript's script text, comment or foreign content.
+        Then the reading from it is no browser's and is not scanned.
+        """
+        at = walk.noscript_at
+        return at >= 0 and any(start < at < stop for start, stop in self.offline)
 
     def may_ignore(self, p: int) -> bool:
         """Whether a tree builder may ignore a start tag at ``p`` (an over-approximation):
@@ -1022,8 +1038,12 @@ def _walk_document(doc: _Doc) -> list[Element]:
             shared.elements.extend(_candidate_elements(doc))
             break
         walk = shared.alts.pop(0)
+        if shared.superseded(walk):
+            continue
         walk.run()
         spent += max(0, walk.pos - walk.origin) + walk.work
+        if walk.noscript_at >= 0:
+            shared.offline.append((walk.origin, walk.pos))
     seen: set[tuple[int, str]] = set()
     result: list[Element] = []
     for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative != "")):
@@ -1686,7 +1706,9 @@ class Scanner:
                         return False
                     continue
                 attrs = parse_attrs(doc.text(*tag.span(3)))
-                suspect = judge.judge(Element(name.decode(), p, el_end, attrs, None), bases) is not None
+                suspect = (
+                    judge.judge(Element(name.decode(), p, el_end, attrs, None), bases) is not None
+                )
                 if el_end - p <= _ELEMENT_CACHE_MAX_BYTES:
                     self._caches.put(cache, key, suspect)
                 if suspect:
@@ -1749,7 +1771,9 @@ class Scanner:
         if doc is None:
             return body, []
         findings = self._scan_doc(doc, page_url)
-        spans = sorted(((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1]))
+        spans = sorted(
+            ((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1])
+        )
         if not spans:
             return body, findings
         out: list[bytes] = []
