@@ -62,11 +62,14 @@ UTF-8 whatever the document encoding.
 from __future__ import annotations
 
 import base64
+import binascii
 import html
+import json
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from html.entities import html5 as _HTML5_ENTITIES
 from typing import Protocol, SupportsIndex, TypeVar
 
@@ -74,6 +77,7 @@ import ada_url
 
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
+from proxy_addons.core.jsscan import SinkKind, analyse
 from proxy_addons.core.signatures import Signature, match_signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
@@ -101,7 +105,14 @@ _PER_SCAN_ENTRIES = 4096
 _COMMENT_RULE_CHARS = 80
 
 AFTER_HTML_POLICIES = ("off", "log", "strip")
-REASONS = ("blocked-url", "inline-reference", "signature", "after-html")
+# "mention": a blocked host or URL (or a signature) in text that does not load it:
+# a data block, or a script with no way to load or inject it. Reported, never removed.
+REASONS = ("blocked-url", "inline-reference", "signature", "after-html", "mention")
+# srcdoc and data: documents are scanned as documents this many levels deep; deeper
+# ones are judged by the URLs they name (err towards removal).
+_MAX_DOCUMENT_DEPTH = 3
+# String values read from an import map or speculation rules (a bound on work).
+_MAX_JSON_STRINGS = 10000
 
 
 class BodyTooLarge(JectguardError, ValueError):
@@ -127,7 +138,9 @@ class Finding:
     ``object`` without an end tag, past the start tag only, so its fallback
     content survives). ``removed`` says whether ``strip()`` removes it: false
     for ``after_html="log"`` findings and for matches from a list in monitor
-    mode (``match.mode == "monitor"``).
+    mode (``match.mode == "monitor"``), and for mentions (``reason ==
+    "mention"``). ``evidence`` names what made an inline script's reference a
+    load or an injection (``document.write``, ``eval``, ``src``...).
     """
 
     start: int
@@ -138,6 +151,7 @@ class Finding:
     rule: str
     list: str
     removed: bool = True
+    evidence: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -149,6 +163,7 @@ class Finding:
             "start": self.start,
             "end": self.end,
             "removed": self.removed,
+            "evidence": self.evidence,
         }
 
 
@@ -1201,6 +1216,102 @@ def _data_url_text(url: str) -> str | None:
     return raw.decode("utf-8", "replace")
 
 
+class ScriptKind(StrEnum):
+    """What a browser does with a ``<script>`` element's text (HTML "prepare the script element")."""
+
+    CLASSIC = "classic"
+    MODULE = "module"
+    IMPORTMAP = "importmap"
+    SPECULATION_RULES = "speculationrules"
+    DATA = "data"  # JSON, JSON-LD, templates, unknown types: never run
+
+
+# The HTML standard's JavaScript MIME type essences.
+_JS_MIME_TYPES = frozenset(
+    """application/ecmascript application/javascript application/x-ecmascript
+    application/x-javascript text/ecmascript text/javascript text/javascript1.0
+    text/javascript1.1 text/javascript1.2 text/javascript1.3 text/javascript1.4
+    text/javascript1.5 text/jscript text/livescript text/x-ecmascript
+    text/x-javascript""".split()
+)
+_JS_VERSIONED = re.compile(r"text/javascript1\.[0-9]")
+
+
+def _runs_as(type_string: str) -> ScriptKind:
+    # Erring towards "runs": surrounding Unicode whitespace stripped (Chromium strips
+    # more than ASCII whitespace), MIME parameters ignored (Chromium then runs
+    # nothing, but a script judged as code is still removed only on evidence), any
+    # text/javascript1.x.
+    value = type_string.strip("\t\n\f\r ").strip().lower()
+    essence = value.partition(";")[0].strip()
+    if essence in _JS_MIME_TYPES or _JS_VERSIONED.fullmatch(essence):
+        return ScriptKind.CLASSIC
+    for kind in (ScriptKind.MODULE, ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES):
+        if value == kind.value:
+            return kind
+    return ScriptKind.DATA
+
+
+def script_kind(attrs: dict[str, str]) -> ScriptKind:
+    """The script's type as the HTML standard decides it from ``type`` and ``language``."""
+    type_ = attrs.get("type")
+    if type_ is not None:
+        if not type_.strip("\t\n\f\r ").strip():
+            return ScriptKind.CLASSIC  # empty (whitespace: erring towards "runs")
+        return _runs_as(type_)
+    language = attrs.get("language")
+    if not language:
+        return ScriptKind.CLASSIC
+    return _runs_as("text/" + language)
+
+
+# Markup that runs code or loads a frame, a script or a style sheet when it is
+# written into a document (``document.write``, ``innerHTML``...).
+_ACTIVE_MARKUP = re.compile(
+    r"<(?i:script|iframe|frame|object|embed|meta|base|link|portal|fencedframe|style|svg|math"
+    r"|applet)[\s/>]|<[A-Za-z][^>]*?[\s/\"'](?i:on[a-z]+)\s*=|(?i:javascript):"
+)
+# Any tag with a URL attribute, for "a write of markup carrying a blocked URL".
+_URL_TAG_REF = re.compile(r"<(?!(?i:a|area)[\s/>])[A-Za-z][A-Za-z0-9-]*[\s/]")
+_URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcset", "codebase")
+_BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
+
+
+def _base64_payloads(text: str) -> list[str]:
+    """Texts hidden as base64 string literals in a script that decodes base64 (``atob``)."""
+    out = []
+    for m in _BASE64_LITERAL.finditer(text):
+        raw = m.group(2)
+        try:
+            data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
+        except (binascii.Error, ValueError):
+            continue
+        decoded = data.decode("utf-8", "replace")
+        printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
+        if decoded and printable >= 0.9 * len(decoded):
+            out.append(decoded)
+    return out
+
+
+def _json_strings(value: object, out: list[str]) -> None:
+    """The string values (not keys) in a JSON document, depth first, up to a bound."""
+    stack = [value]
+    while stack and len(out) < _MAX_JSON_STRINGS:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# A constant URL prefix whose origin is already decided: "scheme://host/..." or a
+# relative reference (path, query, fragment).
+_FIXED_ORIGIN = re.compile(r"[\t\n\f\r ]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
+_RELATIVE = re.compile(r"[\t\n\f\r ]*(?:/(?![/\\])|\\(?![/\\])|\?|#|\.\.?/)")
+
+
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     url: str | None
@@ -1208,6 +1319,10 @@ class _Verdict:
     rule: str
     list: str
     removed: bool
+    evidence: str | None = None
+
+    def mention(self) -> _Verdict:
+        return _Verdict(self.url, "mention", self.rule, self.list, False)
 
 
 class _Judge:
@@ -1218,6 +1333,7 @@ class _Judge:
         self.page_url = page_url
         # Without cross-scan caches, still judge each URL or text once per scan.
         self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
+        self.depth = 0  # srcdoc / data: documents being judged inside this one
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -1265,51 +1381,194 @@ class _Judge:
         return [a[k] for k in keys if k in a]
 
     def judge(self, el: Element, bases: Sequence[str]) -> _Verdict | None:
+        """Whether an element loads, runs or injects a blocked URL (or only mentions one)."""
+        script = el.name in ("script", "svg:script")
         for ref in self.element_urls(el):
             for base in bases:
                 url = self.resolve(base, ref)
                 if url is None:
                     continue
+                # A script's src is judged whatever its type: a script on the page
+                # can change the type and insert the element again, which then loads
+                # (it never "started"); no page needs a data block with such a src.
                 verdict = self._url_verdict(url, "blocked-url")
                 if verdict is not None:
                     return verdict
-                inline = self._embedded(url, bases)
+                inline = self._embedded(url, bases, script=script)
                 if inline is not None:
                     return inline
         if el.name == "iframe" and "srcdoc" in el.attrs:
-            verdict = self.inline(el.attrs["srcdoc"], bases)
+            verdict = self.document(el.attrs["srcdoc"], bases)
             if verdict is not None:
                 return verdict
-        if el.text and el.name in ("script", "svg:script"):
-            return self.inline(el.text, bases)
+        if el.text and script:
+            # With a src, the element's text is never run: the fetched script is.
+            kind = ScriptKind.DATA if "src" in el.attrs else script_kind(el.attrs)
+            if el.name == "svg:script" and ("href" in el.attrs or "xlink:href" in el.attrs):
+                kind = ScriptKind.DATA
+            return self.script_text(el.text, bases, kind)
         return None
 
-    def _embedded(self, url: str, bases: Sequence[str]) -> _Verdict | None:
-        """Code carried inside the URL itself (``javascript:``, ``data:``)."""
+    def _embedded(self, url: str, bases: Sequence[str], *, script: bool) -> _Verdict | None:
+        """Code or a document carried inside the URL itself (``javascript:``, ``data:``)."""
         low = url[:11].lower()
         if low.startswith("javascript:"):
-            return self.inline(urllib.parse.unquote(url[11:]), bases)
+            return self.script_text(urllib.parse.unquote(url[11:]), bases, ScriptKind.CLASSIC)
         if low.startswith("data:"):
             text = _data_url_text(url)
             if text:
-                return self.inline(text, bases)
+                if script:
+                    return self.script_text(text, bases, ScriptKind.CLASSIC)
+                return self.document(text, bases)
         return None
 
-    def inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
-        """Judge script (or written HTML) text: referenced URLs and hosts, then signatures."""
+    def document(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """Judge an HTML document held in an attribute or URL (``srcdoc``, ``data:text/html``)."""
+        if self.depth >= _MAX_DOCUMENT_DEPTH:
+            return self.references(text, bases)
+        doc = _Doc(text.encode("utf-8", "surrogatepass"), Charset("utf-8", "header"))
+        mention: _Verdict | None = None
+        self.depth += 1
+        try:
+            for el in _walk_document(doc):
+                verdict = self.judge(el, bases)
+                if verdict is None:
+                    continue
+                if verdict.reason == "mention":
+                    mention = mention or verdict
+                    continue
+                if verdict.reason == "blocked-url":  # loaded by the embedded document
+                    verdict = _Verdict(verdict.url, "inline-reference", verdict.rule,
+                                       verdict.list, verdict.removed, el.name)  # fmt: skip
+                return verdict
+        finally:
+            self.depth -= 1
+        return mention
+
+    def script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
+        """Judge a script's text by what the browser does with it (cached)."""
         if len(text) > _INLINE_CACHE_MAX_CHARS:
-            return self._inline(text, bases)
-        key = (text, self.page_url, tuple(bases))
+            return self._script_text(text, bases, kind)
+        key = (kind.value + ":" + text, self.page_url, tuple(bases))
         cache = self.caches.inline
         if key in cache:
             return cache[key]
-        verdict = self._inline(text, bases)
+        verdict = self._script_text(text, bases, kind)
         self.caches.put(cache, key, verdict)
         return verdict
 
-    def _inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+    def _script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
+        if kind is ScriptKind.DATA:
+            verdict = self.references(text, bases)
+            return verdict.mention() if verdict is not None else None
+        if kind in (ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES):
+            return self._json_loads(text, bases)
+        verdict = self.references(text, bases)
+        if verdict is None:
+            return None
+        evidence = self._evidence(text, bases)
+        if evidence is None:
+            return verdict.mention()
+        return _Verdict(
+            verdict.url, verdict.reason, verdict.rule, verdict.list, verdict.removed, evidence
+        )
+
+    def _json_loads(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """An import map or speculation rules: every string value is a URL that may be
+        loaded (a module when imported, a page Chromium prefetches or prerenders)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None  # the browser ignores it; judged as if every URL in it loaded
+        if data is None:
+            verdict = self.references(text, bases)
+            if verdict is None:
+                return None
+            return _Verdict(verdict.url, verdict.reason, verdict.rule, verdict.list,
+                            verdict.removed, "unreadable JSON")  # fmt: skip
+        strings: list[str] = []
+        _json_strings(data, strings)
+        for value in strings:
+            for base in bases:
+                url = self.resolve(base, value)
+                if url is None:
+                    continue
+                verdict = self._url_verdict(url, "blocked-url")
+                if verdict is not None:
+                    return verdict
+        verdict = self.references(text, bases)
+        return verdict.mention() if verdict is not None else None
+
+    def _evidence(self, text: str, bases: Sequence[str]) -> str | None:
+        """What makes a script that names a blocked host load or inject it, or None (data)."""
+        traits = analyse(text)
+        if traits.unreadable:
+            return "unreadable script"
+        for kind in (SinkKind.CODE, SinkKind.CREATE):
+            sink = traits.first(kind)
+            if sink is not None:
+                return sink.name
+        markup = traits.first(SinkKind.MARKUP)
+        if markup is not None and self._writes_active(text, bases):
+            return markup.name
+        for sink in traits.sinks:
+            if sink.kind is SinkKind.LOAD and self._may_load_blocked(
+                sink.url, sink.complete, bases
+            ):
+                return sink.name
+        return None
+
+    def _writes_active(self, text: str, bases: Sequence[str]) -> bool:
+        """Whether the script holds markup that, written, runs code or loads a blocked URL."""
+        variants = [text, decode_script_text(text)]
+        if "atob" in text or "base64" in text.lower():
+            variants.extend(_base64_payloads(text))
+        for variant in variants:
+            if _ACTIVE_MARKUP.search(variant):
+                return True
+            if "<" not in variant:
+                continue
+            for m in _URL_TAG_REF.finditer(variant):
+                tag = _TAG_TEXT.match(variant, m.start(), m.start() + 4096)
+                if tag is None:
+                    continue
+                attrs = parse_attrs(tag.group(3))
+                for key in _URL_TAG_ATTRS:
+                    if key in attrs:
+                        for base in bases:
+                            url = self.resolve(base, attrs[key])
+                            if url is not None and self.check(url) is not None:
+                                return True
+        return False
+
+    def _may_load_blocked(self, prefix: str | None, complete: bool, bases: Sequence[str]) -> bool:
+        """Whether a load sink's URL argument (its constant prefix) may be a blocked URL."""
+        if prefix is None:
+            return True  # built at run time: it may be the blocked one the script names
+        if not complete:
+            fixed = _FIXED_ORIGIN.match(prefix)
+            if fixed is not None:
+                prefix = prefix[: fixed.end()]
+            elif _RELATIVE.match(prefix):
+                prefix = prefix.partition("?")[0].partition("#")[0] or "."
+            else:
+                return True  # "http://" + host: the origin is decided at run time
+        for base in bases:
+            url = self.resolve(base, prefix)
+            if url is None:
+                continue
+            if url[:11].lower().startswith("javascript:") or url[:5].lower() == "data:":
+                return True
+            if self._url_verdict(url, "blocked-url") is not None:
+                return True
+        return False
+
+    def references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """The first blocked host or URL the text names (decoded too), then signatures."""
         decoded = decode_script_text(text)
-        variants = (text,) if decoded == text else (text, decoded)
+        variants = [text] if decoded == text else [text, decoded]
+        if "atob" in text or "base64" in text.lower():
+            variants.extend(_base64_payloads(text))
         for variant in variants:
             verdict = self._references(variant, bases)
             if verdict is not None:
@@ -1667,8 +1926,8 @@ class Scanner:
                     tag = _start_tag(buf, p, name)
                     if tag is None:
                         continue
-                    close = _FOREIGN_END[name].search(buf, tag.end())
-                    guess = buf.find(b">", close.end()) + 1 if close is not None else 0
+                    foreign_end = _FOREIGN_END[name].search(buf, tag.end())
+                    guess = buf.find(b">", foreign_end.end()) + 1 if foreign_end else 0
                 svg_key = (doc.raw_slice(p, guess), key_bases) if guess > 0 else None
                 if svg_key is not None:
                     cached = cache.get(svg_key)
@@ -1753,6 +2012,7 @@ class Scanner:
                     rule=verdict.rule,
                     list=verdict.list,
                     removed=removed,
+                    evidence=verdict.evidence,
                 )
             )
         return findings

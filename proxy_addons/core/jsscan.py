@@ -1,0 +1,513 @@
+"""What an inline script can do with the text it holds: a small JavaScript tokenizer.
+
+The HTML scanner finds blocked hosts and URLs in a script's text; this module
+decides whether that script could *load or inject* anything, so that a host
+held as data (an IOC list, app state, a code sample) is reported, not removed.
+It never executes JavaScript. It tokenizes the text (strings, template
+literals, comments, regular expressions, names, punctuators) well enough to
+find call sites, property assignments and string concatenations, and reports
+the script's *sinks*:
+
+- code sinks: ``eval``, ``Function``, ``execScript``, ``constructor`` (the
+  ``[].constructor.constructor`` idiom), ``setTimeout``/``setInterval`` with
+  anything but a function literal, and calls through a computed member whose
+  key is not a constant (``window[k](...)``: any function, ``eval`` included);
+- markup sinks: ``document.write``, ``innerHTML``, ``insertAdjacentHTML``,
+  ``srcdoc``, ``createContextualFragment``, jQuery's ``$(html)``/``.html()``/
+  ``.append()``...;
+- the creation of an active element (``createElement('script'|'iframe'|...)``,
+  or of a name that is not a constant);
+- load sinks: ``x.src =``, ``location =``/``.href =``, ``location.assign()``/
+  ``replace()``, ``window.open()``, ``import()``/``import ... from``,
+  ``importScripts``, ``new Worker``, ``setAttribute('src', ...)``, jQuery's
+  ``$.getScript``/``.load``/``$.get``/``$.ajax`` (which run script responses),
+  each with the constant prefix of its URL argument (or none: built at run
+  time).
+
+``fetch``, ``XMLHttpRequest``, ``sendBeacon``, ``EventSource`` and
+``WebSocket`` are not load sinks here: they fetch data, not code or markup
+(turning a response into code needs a code sink, which counts on its own), and
+the proxy refuses a request to a blocked URL whatever makes it.
+
+Names and strings are compared after JS escapes are undone and adjacent
+literal concatenations folded (``d["wri" + "te"]``, ``\\u0065val``). The
+tokenizer is a heuristic where JavaScript is ambiguous (``/`` after ``)``
+is read as division, after ``}`` as a regular expression), so the shapes of
+the strongest sinks are also searched in the raw text (``write(``, ``eval(``,
+``.src =``...): a script that hides a sink from the tokenizer still has it.
+A script the tokenizer cannot read to its end (an unterminated string or
+comment) is reported as ``unreadable``; callers treat that as a sink.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Longest script text analysed token by token; past it only the raw-text shapes
+# are searched and the script counts as unreadable (callers then remove on any
+# blocked reference: a bound on work, erring towards removal).
+MAX_TOKENIZED_CHARS = 4 * 1024 * 1024
+
+
+class Kind(StrEnum):
+    NAME = "name"
+    STRING = "string"
+    TEMPLATE = "template"  # one literal chunk of a template: head, middle or tail
+    NUMBER = "number"
+    REGEX = "regex"
+    PUNCT = "punct"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: Kind
+    value: str  # names and strings with escapes undone
+    start: int
+    newline_before: bool = False
+    # TEMPLATE: a substitution ``${`` follows this chunk.
+    open_substitution: bool = False
+
+
+class SinkKind(StrEnum):
+    CODE = "code"
+    MARKUP = "markup"
+    CREATE = "create"
+    LOAD = "load"
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """A place where the script runs, writes or loads something.
+
+    ``url`` is the constant prefix of a load sink's URL argument, ``complete``
+    whether the argument is that constant alone; ``url`` None means the URL is
+    built at run time (or is not a literal).
+    """
+
+    kind: SinkKind
+    name: str
+    url: str | None = None
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptTraits:
+    sinks: tuple[Sink, ...]
+    unreadable: bool = False
+
+    def first(self, kind: SinkKind) -> Sink | None:
+        return next((s for s in self.sinks if s.kind is kind), None)
+
+
+_CODE_NAMES = frozenset({"eval", "Function", "execScript", "constructor", "AsyncFunction"})
+_TIMER_NAMES = frozenset({"setTimeout", "setInterval", "setImmediate"})
+_MARKUP_NAMES = frozenset(
+    {
+        "write", "writeln", "innerHTML", "outerHTML", "insertAdjacentHTML", "srcdoc",
+        "createContextualFragment", "setHTMLUnsafe", "parseHTMLUnsafe", "parseFromString",
+    }
+)  # fmt: skip
+# jQuery's methods that parse an HTML string (and run its scripts).
+_JQUERY_MARKUP = frozenset(
+    {"html", "append", "prepend", "after", "before", "replaceWith", "wrap", "appendTo",
+     "prependTo", "insertAfter", "insertBefore", "replaceAll", "parseHTML"}
+)  # fmt: skip
+_JQUERY = frozenset({"$", "jQuery"})
+# Properties whose assignment loads (or navigates to) a URL.
+# (Not "data": `this.data =` is everywhere; an <object> is created, which counts.)
+_LOAD_PROPERTIES = frozenset({"src", "href", "action", "formAction", "location", "codebase"})
+# Calls whose first argument is a URL that is loaded, run or navigated to.
+_LOAD_CALLS = frozenset(
+    {"open", "import", "importScripts", "Worker", "SharedWorker", "register", "getScript",
+     "navigate", "load", "showModalDialog"}
+)  # fmt: skip
+_LOCATION_CALLS = frozenset({"assign", "replace"})
+_JQUERY_LOADS = frozenset({"get", "post", "ajax", "getJSON"})
+_ACTIVE_ELEMENTS = frozenset(
+    {"script", "iframe", "frame", "object", "embed", "link", "meta", "base", "portal",
+     "fencedframe", "svg:script"}
+)  # fmt: skip
+_URL_ATTRIBUTES = frozenset(
+    {"src", "href", "xlink:href", "data", "action", "formaction", "codebase", "srcset"}
+)
+_KEYWORDS_BEFORE_EXPRESSION = frozenset(
+    {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case",
+     "do", "else", "yield", "await"}
+)  # fmt: skip
+
+# The tokenizer's pieces; every quantifier is possessive (no backtracking).
+_SPACE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+")
+_NEWLINES = re.compile(r"[\n\r\u2028\u2029]++")
+_LINE_COMMENT = re.compile(r"[^\n\r\u2028\u2029]*+")
+_STRING = {
+    q: re.compile(q + r"((?:[^" + q + r"\\\n\r]|\\(?:\r\n|[\s\S]))*+)" + q) for q in ("'", '"')
+}
+_TEMPLATE_CHUNK = re.compile(r"((?:[^`\\$]|\\[\s\S]|\$(?!\{))*+)(`|\$\{)")
+_NAME = re.compile(
+    r"(?:[A-Za-z_$\xaa-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})"
+    r"(?:[\w$\xaa-\uffff\u200c\u200d]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})*+"
+)
+_NUMBER = re.compile(r"\.?[0-9][\w.]*+")
+_REGEX = re.compile(r"/(?:[^/\\\[\n\r]|\\[^\n\r]|\[(?:[^\]\\\n\r]|\\[^\n\r])*+\])++/[\w$]*+")
+_PUNCT = re.compile(
+    r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|&&=|\|\|=|\?\?=|=>|==|!=|<=|>=|&&|\|\||\?\?"
+    r"|\?\.(?![0-9])|\*\*|\+\+|--|\+=|-=|\*=|%=|&=|\|=|\^=|<<|>>|/=|[{}()\[\];,<>+\-*%&|^!~?:=./@#]"
+)
+_ESCAPE = re.compile(
+    r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}|([0-7]{1,3})|(\r\n|[\s\S]))"
+)
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+_LINE_CONTINUATIONS = frozenset({"\n", "\r", "\r\n", "\u2028", "\u2029"})
+
+
+def _unescape(m: re.Match[str]) -> str:
+    hx, u4, ub, octal, other = m.groups()
+    code = hx or u4 or ub
+    if code is not None:
+        value = int(code, 16)
+        return chr(value) if value <= 0x10FFFF else "\ufffd"
+    if octal is not None:
+        return chr(int(octal, 8) & 0xFF)
+    return "" if other in _LINE_CONTINUATIONS else _SIMPLE.get(other, other)
+
+
+def cook(raw: str) -> str:
+    """A string literal's value: JS escapes undone."""
+    return _ESCAPE.sub(_unescape, raw) if "\\" in raw else raw
+
+
+def tokenize(text: str) -> tuple[list[Token], bool]:
+    """The tokens of ``text``; the flag is true if the text could not be read to its end."""
+    tokens: list[Token] = []
+    n = len(text)
+    pos = 0
+    newline = True
+    braces: list[bool] = []  # per open "{": True when it opened a template substitution
+    append = tokens.append
+    while True:
+        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= n:
+            return tokens, bool(braces and any(braces))
+        c = text[pos]
+        if c in "\n\r\u2028\u2029":
+            pos = _NEWLINES.match(text, pos).end()  # type: ignore[union-attr]
+            newline = True
+            continue
+        if c == "/" and text.startswith("//", pos) or text.startswith("<!--", pos):
+            pos = _LINE_COMMENT.match(text, pos).end()  # type: ignore[union-attr]
+            continue
+        if newline and text.startswith("-->", pos):  # (an HTML-like comment, Annex B)
+            pos = _LINE_COMMENT.match(text, pos).end()  # type: ignore[union-attr]
+            continue
+        if text.startswith("/*", pos):
+            end = text.find("*/", pos + 2)
+            if end < 0:
+                return tokens, True
+            if _NEWLINES.search(text, pos, end):
+                newline = True
+            pos = end + 2
+            continue
+        start = pos
+        if c in "'\"":
+            m = _STRING[c].match(text, pos)
+            if m is None:
+                return tokens, True
+            append(Token(Kind.STRING, cook(m.group(1)), start, newline))
+            pos = m.end()
+        elif c == "`" or (c == "}" and braces and braces[-1]):
+            if c == "}":
+                braces.pop()
+            m = _TEMPLATE_CHUNK.match(text, pos + 1)
+            if m is None:
+                return tokens, True
+            substitution = m.group(2) == "${"
+            if substitution:
+                braces.append(True)
+            append(Token(Kind.TEMPLATE, cook(m.group(1)), start, newline, substitution))
+            pos = m.end()
+        elif c == "/" and _regex_allowed(tokens):
+            m = _REGEX.match(text, pos)
+            if m is None:
+                return tokens, True
+            append(Token(Kind.REGEX, m.group(), start, newline))
+            pos = m.end()
+        elif c.isdigit() or (c == "." and text[pos + 1 : pos + 2].isdigit()):
+            m = _NUMBER.match(text, pos)
+            assert m is not None
+            append(Token(Kind.NUMBER, m.group(), start, newline))
+            pos = m.end()
+        elif (m := _NAME.match(text, pos)) is not None:
+            append(Token(Kind.NAME, cook(m.group()), start, newline))
+            pos = m.end()
+        elif (m := _PUNCT.match(text, pos)) is not None:
+            value = m.group()
+            if value == "{":
+                braces.append(False)
+            elif value == "}" and braces:
+                braces.pop()
+            append(Token(Kind.PUNCT, value, start, newline))
+            pos = m.end()
+        else:
+            pos += 1  # a character JavaScript does not allow here: skip it
+            continue
+        newline = False
+
+
+def _regex_allowed(tokens: list[Token]) -> bool:
+    """Whether a ``/`` here starts a regular expression (rather than dividing)."""
+    if not tokens:
+        return True
+    prev = tokens[-1]
+    if prev.kind is Kind.PUNCT:
+        return prev.value not in (")", "]")
+    if prev.kind is Kind.NAME:
+        return prev.value in _KEYWORDS_BEFORE_EXPRESSION
+    return prev.kind is Kind.TEMPLATE and prev.open_substitution
+
+
+# Raw-text shapes of the strongest sinks, for what the tokenizer may not see.
+_CODE_SHAPE = re.compile(
+    r"(?<![\w$])(?:eval|Function|execScript|setTimeout|setInterval)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
+    r"|\.\s*constructor\s*(?:\(|\.\s*constructor)|\[\s*[\"'`]constructor[\"'`]\s*\]\s*[(\[]"
+)
+_MARKUP_SHAPE = re.compile(
+    r"(?<![\w$])(?:write|writeln|insertAdjacentHTML|createContextualFragment|setHTMLUnsafe)\s*\("
+    r"|\.\s*(?:innerHTML|outerHTML|srcdoc)\s*\+?=(?!=)"
+)
+_LOAD_SHAPE = re.compile(
+    r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|(?<![\w$.])location\s*\+?=(?!=)"
+    r"|(?<![\w$])(?:import|importScripts|open|Worker|SharedWorker|getScript)\s*\("
+    r"|\blocation\s*\.\s*(?:assign|replace)\s*\("
+    r"|setAttribute(?:NS\s*\([^,)]*,|\s*\()\s*[\"'`](?:src|href|xlink:href|data|action|formaction"
+    r"|codebase|srcset)[\"'`]"
+)
+
+
+def analyse(text: str) -> ScriptTraits:
+    """The sinks of a script's text (see the module docstring)."""
+    sinks: list[Sink] = []
+    unreadable = len(text) > MAX_TOKENIZED_CHARS
+    if not unreadable:
+        tokens, unreadable = tokenize(text)
+        _Sinks(tokens, sinks).find()
+    kinds = {s.kind for s in sinks}
+    m = _CODE_SHAPE.search(text)
+    if m is not None and SinkKind.CODE not in kinds:
+        sinks.append(Sink(SinkKind.CODE, m.group().strip("(.[]\"'` ")))
+    m = _MARKUP_SHAPE.search(text)
+    if m is not None and SinkKind.MARKUP not in kinds:
+        sinks.append(Sink(SinkKind.MARKUP, m.group().strip("(.=+ ")))
+    loads = sum(1 for s in sinks if s.kind is SinkKind.LOAD)
+    shapes = [m.group() for m in _LOAD_SHAPE.finditer(text)]
+    if len(shapes) > loads:
+        # More load shapes in the text than load sinks among the tokens: one is hidden
+        # from the tokenizer (or sits in a string or comment). Count it as a load of a
+        # URL built at run time.
+        sinks.append(Sink(SinkKind.LOAD, shapes[0].strip("(.=+ ")))
+    return ScriptTraits(tuple(sinks), unreadable)
+
+
+class _Sinks:
+    """One pass over the tokens, collecting sinks."""
+
+    def __init__(self, tokens: list[Token], out: list[Sink]) -> None:
+        self.t = tokens
+        self.out = out
+        self.jquery = any(t.kind is Kind.NAME and t.value in _JQUERY for t in tokens)
+
+    def _is(self, i: int, value: str) -> bool:
+        t = self.t
+        return 0 <= i < len(t) and t[i].kind is Kind.PUNCT and t[i].value == value
+
+    def _name_at(self, i: int) -> str | None:
+        t = self.t
+        return t[i].value if 0 <= i < len(t) and t[i].kind is Kind.NAME else None
+
+    def _literal(self, i: int) -> bool:
+        return 0 <= i < len(self.t) and self.t[i].kind in (Kind.STRING, Kind.TEMPLATE)
+
+    def constant(self, i: int) -> tuple[str | None, bool, int]:
+        """The constant prefix of the expression at ``i`` (literals joined by ``+``).
+
+        Returns (prefix, whether the expression is that constant alone, the index
+        after the constant part). The prefix is None when the expression does not
+        start with a literal, or when the literal is then transformed (a method
+        call): the value is computed at run time.
+        """
+        t = self.t
+        parts: list[str] = []
+        while self._literal(i):
+            tok = t[i]
+            parts.append(tok.value)
+            i += 1
+            if tok.kind is Kind.TEMPLATE and tok.open_substitution:
+                return "".join(parts), False, i
+            if self._is(i, "+") and self._literal(i + 1):
+                i += 1
+                continue
+            break
+        if not parts:
+            return None, False, i
+        prefix = "".join(parts)
+        if (
+            i >= len(t)
+            or (t[i].kind is Kind.PUNCT and t[i].value in ",;)]}:")
+            or t[i].newline_before
+        ):
+            return prefix, True, i
+        if self._is(i, "+"):
+            return prefix, False, i
+        return None, False, i
+
+    def _arguments(self, open_paren: int) -> list[int]:
+        """Token indices where each argument of the call at ``open_paren`` starts."""
+        t = self.t
+        starts = [open_paren + 1]
+        depth = 0
+        for i in range(open_paren, min(len(t), open_paren + 4096)):
+            tok = t[i]
+            if tok.kind is not Kind.PUNCT:
+                continue
+            if tok.value in ("(", "[", "{"):
+                depth += 1
+            elif tok.value in (")", "]", "}"):
+                depth -= 1
+                if depth == 0:
+                    break
+            elif tok.value == "," and depth == 1:
+                starts.append(i + 1)
+        return starts
+
+    def _load(self, name: str, at: int) -> None:
+        url, complete, _ = self.constant(at)
+        self.out.append(Sink(SinkKind.LOAD, name, url, complete))
+
+    def find(self) -> None:
+        t = self.t
+        out = self.out
+        brackets: list[int] = []
+        imports = False
+        chained_to = -1  # literals up to here belong to a chain already read
+        for i, tok in enumerate(t):
+            kind = tok.kind
+            if kind is Kind.PUNCT:
+                if tok.value == "[":
+                    brackets.append(i)
+                elif tok.value == "]" and brackets:
+                    self._computed(brackets.pop(), i)
+                continue
+            if kind is Kind.STRING or kind is Kind.TEMPLATE:
+                if i > chained_to:
+                    value, complete, chained_to = self.constant(i)
+                    if value is not None and complete:
+                        self._string(value)
+                continue
+            if kind is not Kind.NAME:
+                continue
+            name = tok.value
+            if name in ("import", "export"):
+                imports = True
+                if name == "import" and self._literal(i + 1):
+                    self._load("import", i + 1)  # import "url";
+                    continue
+            elif name == "from" and imports and self._literal(i + 1):
+                self._load("import", i + 1)  # import x from "url"; export * from "url"
+                continue
+            if name in _JQUERY and self._is(i + 1, "("):
+                out.append(Sink(SinkKind.MARKUP, name + "()"))
+                continue
+            member = self._is(i - 1, ".") or self._is(i - 1, "?.")
+            self._named(name, i, i - 2 if member else -1)
+
+    def _computed(self, open_bracket: int, close: int) -> None:
+        """``x[key]`` followed by a call or an assignment."""
+        t = self.t
+        if self._is(close + 1, "("):
+            key, complete, _ = self.constant(open_bracket + 1)
+            number = close == open_bracket + 2 and t[open_bracket + 1].kind is Kind.NUMBER
+            if key is not None and complete:
+                self._named(key, close, open_bracket - 1)
+            elif not number:
+                self.out.append(Sink(SinkKind.CODE, "computed call"))
+        elif self._is(close + 1, "=") or self._is(close + 1, "+="):
+            key, complete, _ = self.constant(open_bracket + 1)
+            if key is not None and complete:
+                self._named(key, close, open_bracket - 1)
+
+    def _string(self, value: str) -> None:
+        """A constant string: a sink's name held as data may be called by name."""
+        if value in _CODE_NAMES:
+            self.out.append(Sink(SinkKind.CODE, value))
+        elif value in _MARKUP_NAMES:
+            self.out.append(Sink(SinkKind.MARKUP, value))
+
+    def _assigned(self, i: int) -> bool:
+        return self._is(i, "=") or self._is(i, "+=")
+
+    def _named(self, name: str, i: int, owner: int) -> None:
+        """``name`` at token ``i`` (the name, or a computed key's ``]``); ``owner`` is
+        the index of the object it is a member of (-1: a plain identifier)."""
+        out = self.out
+        t = self.t
+        call = self._is(i + 1, "(")
+        if name == "constructor":
+            # [].constructor.constructor("code")(), f.constructor("code"): not a class's
+            # constructor() method, which is no member access.
+            if owner >= 0 and (call or self._name_at(i + 2) == "constructor"):
+                out.append(Sink(SinkKind.CODE, name))
+        elif name == "Function":
+            if not self._is(i + 1, ".") and self._name_at(i - 1) != "instanceof":
+                out.append(Sink(SinkKind.CODE, name))
+        elif name in _CODE_NAMES:
+            out.append(Sink(SinkKind.CODE, name))
+        elif name in _MARKUP_NAMES:
+            out.append(Sink(SinkKind.MARKUP, name))
+        elif name in _TIMER_NAMES and call:
+            first = i + 2
+            head = t[first] if first < len(t) else None
+            function = head is not None and (
+                (head.kind is Kind.NAME and head.value in ("function", "async"))
+                or (head.kind is Kind.PUNCT and head.value == "(")
+                or (head.kind is Kind.NAME and self._is(first + 1, "=>"))
+            )
+            if not function:
+                out.append(Sink(SinkKind.CODE, name))
+        elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
+            if name == "location" or owner >= 0:
+                self._load(name, i + 2)
+        elif not call:
+            return
+        elif name in ("createElement", "createElementNS"):
+            args = self._arguments(i + 1)
+            at = args[1] if name == "createElementNS" and len(args) > 1 else args[0]
+            value, complete, _ = self.constant(at)
+            if value is None or not complete or value.strip().lower() in _ACTIVE_ELEMENTS:
+                out.append(Sink(SinkKind.CREATE, name))
+        elif name in ("setAttribute", "setAttributeNS"):
+            self._set_attribute(name, i)
+        elif name in _LOAD_CALLS:
+            self._load(name, i + 2)
+        elif name in _LOCATION_CALLS and self._name_at(owner) == "location":
+            self._load("location." + name, i + 2)
+        elif name in _JQUERY_LOADS and self._name_at(owner) in _JQUERY:
+            self._load(name, i + 2)
+        elif name in _JQUERY_MARKUP and self.jquery:
+            out.append(Sink(SinkKind.MARKUP, name))
+
+    def _set_attribute(self, name: str, i: int) -> None:
+        args = self._arguments(i + 1)
+        k = 1 if name == "setAttributeNS" else 0
+        if len(args) <= k + 1:
+            return
+        attr, complete, _ = self.constant(args[k])
+        low = attr.strip().lower() if attr is not None and complete else None
+        if low is None:
+            self._load(name, args[k + 1])  # which attribute is set is decided at run time
+        elif low.startswith("on"):
+            self.out.append(Sink(SinkKind.CODE, f"{name}({low})"))
+        elif low == "srcdoc":
+            self.out.append(Sink(SinkKind.MARKUP, f"{name}(srcdoc)"))
+        elif low in _URL_ATTRIBUTES:
+            self._load(f"{name}({low})", args[k + 1])
