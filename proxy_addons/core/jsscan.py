@@ -269,7 +269,8 @@ def _regex_allowed(tokens: list[Token]) -> bool:
 
 # Raw-text shapes of the strongest sinks, for what the tokenizer may not see.
 _CODE_SHAPE = re.compile(
-    r"(?<![\w$])(?:eval|Function|execScript|setTimeout|setInterval)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
+    r"(?<![\w$])(?:eval|Function|execScript)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
+    r"|(?<![\w$])(?:setTimeout|setInterval)\s*\(\s*[\"'`]"
     r"|\.\s*constructor\s*(?:\(|\.\s*constructor)|\[\s*[\"'`]constructor[\"'`]\s*\]\s*[(\[]"
 )
 _MARKUP_SHAPE = re.compile(
