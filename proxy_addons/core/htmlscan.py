@@ -1274,6 +1274,13 @@ _ACTIVE_MARKUP = re.compile(
 # Any tag with a URL attribute, for "a write of markup carrying a blocked URL".
 _URL_TAG_REF = re.compile(r"<(?!(?i:a|area)[\s/>])[A-Za-z][A-Za-z0-9-]*[\s/]")
 _URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcset", "codebase")
+# A URL attribute in written markup, whatever the tag (its name may be split across
+# strings joined at run time): the URL, or nothing when the value is added later
+# ('ipt src="' + u + '">'). Not href: that is mostly a link, which loads nothing.
+_WRITTEN_URL_ATTR = re.compile(
+    r"""(?i:(?<![A-Za-z0-9_-])(?:src|data|action|formaction|codebase|srcdoc))[\t\n\f\r ]*="""
+    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
+)
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
 
 
@@ -1509,7 +1516,7 @@ class _Judge:
             if sink is not None:
                 return sink.name
         markup = traits.first(SinkKind.MARKUP)
-        if markup is not None and self._writes_active(text, bases):
+        if markup is not None and self._writes_active(text, traits.strings, bases):
             return markup.name
         for sink in traits.sinks:
             if sink.kind is SinkKind.LOAD and self._may_load_blocked(
@@ -1518,27 +1525,46 @@ class _Judge:
                 return sink.name
         return None
 
-    def _writes_active(self, text: str, bases: Sequence[str]) -> bool:
-        """Whether the script holds markup that, written, runs code or loads a blocked URL."""
+    def _writes_active(self, text: str, strings: Sequence[str], bases: Sequence[str]) -> bool:
+        """Whether the script holds markup that, written, runs code or loads a blocked URL.
+
+        ``strings`` are its string constants: a URL attribute is looked for there,
+        not in the code (``var src = "..."`` is no markup).
+        """
         variants = [text, decode_script_text(text)]
-        if "atob" in text or "base64" in text.lower():
-            variants.extend(_base64_payloads(text))
-        for variant in variants:
-            if _ACTIVE_MARKUP.search(variant):
-                return True
-            if "<" not in variant:
+        payloads = _base64_payloads(text) if "atob" in text or "base64" in text.lower() else []
+        variants.extend(payloads)
+        if any(_ACTIVE_MARKUP.search(v) for v in variants):
+            return True
+        constants = [
+            decode_script_text(c) if "%" in c else c for c in strings if "=" in c or "<" in c
+        ]
+        constants.extend(payloads)
+        if "fromCharCode" in text:
+            constants.extend(_char_codes(m) for m in _FROM_CHAR_CODE.finditer(text))
+        for constant in constants:
+            for m in _WRITTEN_URL_ATTR.finditer(constant):
+                ref = m.group(1)
+                if not ref:
+                    return True  # the value is added at run time: it may be the blocked one
+                if self._blocked_ref(ref, bases):
+                    return True
+            if "<" not in constant:
                 continue
-            for m in _URL_TAG_REF.finditer(variant):
-                tag = _TAG_TEXT.match(variant, m.start(), m.start() + 4096)
+            for m in _URL_TAG_REF.finditer(constant):
+                tag = _TAG_TEXT.match(constant, m.start(), m.start() + 4096)
                 if tag is None:
                     continue
                 attrs = parse_attrs(tag.group(3))
-                for key in _URL_TAG_ATTRS:
-                    if key in attrs:
-                        for base in bases:
-                            url = self.resolve(base, attrs[key])
-                            if url is not None and self.check(url) is not None:
-                                return True
+                if any(self._blocked_ref(attrs[k], bases) for k in _URL_TAG_ATTRS if k in attrs):
+                    return True
+        return False
+
+    def _blocked_ref(self, ref: str, bases: Sequence[str]) -> bool:
+        for base in bases:
+            url = self.resolve(base, ref)
+            if url is not None and self.check(url) is not None:
+                return True
         return False
 
     def _may_load_blocked(self, prefix: str | None, complete: bool, bases: Sequence[str]) -> bool:

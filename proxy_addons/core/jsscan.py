@@ -94,8 +94,11 @@ class Sink:
 
 @dataclass(frozen=True, slots=True)
 class ScriptTraits:
+    """A script's sinks, and its string constants (adjacent literals joined by ``+``)."""
+
     sinks: tuple[Sink, ...]
     unreadable: bool = False
+    strings: tuple[str, ...] = ()
 
     def first(self, kind: SinkKind) -> Sink | None:
         return next((s for s in self.sinks if s.kind is kind), None)
@@ -289,10 +292,11 @@ _LOAD_SHAPE = re.compile(
 def analyse(text: str) -> ScriptTraits:
     """The sinks of a script's text (see the module docstring)."""
     sinks: list[Sink] = []
+    strings: list[str] = []
     unreadable = len(text) > MAX_TOKENIZED_CHARS
     if not unreadable:
         tokens, unreadable = tokenize(text)
-        _Sinks(tokens, sinks).find()
+        _Sinks(tokens, sinks, strings).find()
     kinds = {s.kind for s in sinks}
     m = _CODE_SHAPE.search(text)
     if m is not None and SinkKind.CODE not in kinds:
@@ -307,15 +311,16 @@ def analyse(text: str) -> ScriptTraits:
         # from the tokenizer (or sits in a string or comment). Count it as a load of a
         # URL built at run time.
         sinks.append(Sink(SinkKind.LOAD, shapes[0].strip("(.=+ ")))
-    return ScriptTraits(tuple(sinks), unreadable)
+    return ScriptTraits(tuple(sinks), unreadable, tuple(strings))
 
 
 class _Sinks:
     """One pass over the tokens, collecting sinks."""
 
-    def __init__(self, tokens: list[Token], out: list[Sink]) -> None:
+    def __init__(self, tokens: list[Token], out: list[Sink], strings: list[str]) -> None:
         self.t = tokens
         self.out = out
+        self.strings = strings
         self.jquery = any(t.kind is Kind.NAME and t.value in _JQUERY for t in tokens)
 
     def _is(self, i: int, value: str) -> bool:
@@ -402,6 +407,9 @@ class _Sinks:
             if kind is Kind.STRING or kind is Kind.TEMPLATE:
                 if i > chained_to:
                     value, complete, chained_to = self.constant(i)
+                    chained_to -= 1
+                    text = "".join(t[k].value for k in range(i, chained_to + 1) if self._literal(k))
+                    self.strings.append(text)
                     if value is not None and complete:
                         self._string(value)
                 continue

