@@ -21,13 +21,10 @@ the script's *sinks*:
   ``replace()``, ``window.open()``, ``import()``/``import ... from``,
   ``importScripts``, ``new Worker``, ``setAttribute('src', ...)``, jQuery's
   ``$.getScript``/``.load``/``$.get``/``$.ajax`` (which run script responses),
-  each with the constant prefix of its URL argument (or none: built at run
-  time).
-
-``fetch``, ``XMLHttpRequest``, ``sendBeacon``, ``EventSource`` and
-``WebSocket`` are not load sinks here: they fetch data, not code or markup
-(turning a response into code needs a code sink, which counts on its own), and
-the proxy refuses a request to a blocked URL whatever makes it.
+  and the requests a page makes by itself: ``fetch``, ``XMLHttpRequest.open``,
+  ``navigator.sendBeacon``, ``EventSource``, ``WebSocket`` (an injected
+  skimmer's way out with the page's data), each with the constant prefix of its
+  URL argument (or none: built at run time).
 
 Names and strings are compared after JS escapes are undone and adjacent
 literal concatenations folded (``d["wri" + "te"]``, ``\\u0065val``). The
@@ -124,8 +121,10 @@ _LOAD_PROPERTIES = frozenset({"src", "href", "action", "formAction", "location",
 # Calls whose first argument is a URL that is loaded, run or navigated to.
 _LOAD_CALLS = frozenset(
     {"open", "import", "importScripts", "Worker", "SharedWorker", "register", "getScript",
-     "navigate", "load", "showModalDialog"}
+     "navigate", "load", "showModalDialog", "fetch", "sendBeacon", "EventSource", "WebSocket",
+     "Request"}
 )  # fmt: skip
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 _LOCATION_CALLS = frozenset({"assign", "replace"})
 _JQUERY_LOADS = frozenset({"get", "post", "ajax", "getJSON"})
 _ACTIVE_ELEMENTS = frozenset(
@@ -282,7 +281,8 @@ _MARKUP_SHAPE = re.compile(
 )
 _LOAD_SHAPE = re.compile(
     r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|(?<![\w$.])location\s*\+?=(?!=)"
-    r"|(?<![\w$])(?:import|importScripts|open|Worker|SharedWorker|getScript)\s*\("
+    r"|(?<![\w$])(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
+    r"|EventSource|WebSocket)\s*\("
     r"|\blocation\s*\.\s*(?:assign|replace)\s*\("
     r"|setAttribute(?:NS\s*\([^,)]*,|\s*\()\s*[\"'`](?:src|href|xlink:href|data|action|formaction"
     r"|codebase|srcset)[\"'`]"
@@ -496,6 +496,14 @@ class _Sinks:
                 out.append(Sink(SinkKind.CREATE, name))
         elif name in ("setAttribute", "setAttributeNS"):
             self._set_attribute(name, i)
+        elif name == "open":
+            # window.open(url) or an XMLHttpRequest's open(method, url).
+            args = self._arguments(i + 1)
+            method, complete, _ = self.constant(args[0])
+            if complete and method is not None and method.strip().upper() in _HTTP_METHODS:
+                self._load(name, args[1] if len(args) > 1 else len(self.t))
+            else:
+                self._load(name, args[0])
         elif name in _LOAD_CALLS:
             self._load(name, i + 2)
         elif name in _LOCATION_CALLS and self._name_at(owner) == "location":

@@ -119,10 +119,9 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         "<svg><script>location='http://ev&#105;l.test/'</script></svg>",
         [("svg:script", "inline-reference", "evil.test")],
     ),
-    # fetch() loads data, not code: the proxy refuses the request itself
     (
         '<svg><script>fetch("http://evil.test/")</script></svg>',
-        [("svg:script", "mention", "evil.test")],
+        [("svg:script", "inline-reference", "evil.test")],
     ),
     # base href: the first wins, relative URLs resolve against it
     (

