@@ -1223,7 +1223,15 @@ class ScriptKind(StrEnum):
     MODULE = "module"
     IMPORTMAP = "importmap"
     SPECULATION_RULES = "speculationrules"
+    WEBBUNDLE = "webbundle"  # Chromium's subresource Web Bundles: JSON naming a bundle URL
     DATA = "data"  # JSON, JSON-LD, templates, unknown types: never run
+    # Not a <script>: the code of a javascript: URL, whose string result the browser
+    # renders as a document (javascript:'<script src=...>' injects without a write).
+    JAVASCRIPT_URL = "javascript-url"
+
+
+# Script kinds whose text is JSON naming URLs the browser loads.
+_JSON_LOADS = (ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES, ScriptKind.WEBBUNDLE)
 
 
 # The HTML standard's JavaScript MIME type essences.
@@ -1246,7 +1254,7 @@ def _runs_as(type_string: str) -> ScriptKind:
     essence = value.partition(";")[0].strip()
     if essence in _JS_MIME_TYPES or _JS_VERSIONED.fullmatch(essence):
         return ScriptKind.CLASSIC
-    for kind in (ScriptKind.MODULE, ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES):
+    for kind in (ScriptKind.MODULE, *_JSON_LOADS):
         if value == kind.value:
             return kind
     return ScriptKind.DATA
@@ -1420,7 +1428,8 @@ class _Judge:
         """Code or a document carried inside the URL itself (``javascript:``, ``data:``)."""
         low = url[:11].lower()
         if low.startswith("javascript:"):
-            return self.script_text(urllib.parse.unquote(url[11:]), bases, ScriptKind.CLASSIC)
+            code = urllib.parse.unquote(url[11:])
+            return self.script_text(code, bases, ScriptKind.JAVASCRIPT_URL)
         if low.startswith("data:"):
             text = _data_url_text(url)
             if text:
@@ -1456,7 +1465,7 @@ class _Judge:
         """Judge a script's text by what the browser does with it (cached)."""
         if len(text) > _INLINE_CACHE_MAX_CHARS:
             return self._script_text(text, bases, kind)
-        key = (kind.value + ":" + text, self.page_url, tuple(bases))
+        key = (text, kind, self.page_url, tuple(bases))
         cache = self.caches.inline
         if key in cache:
             return cache[key]
@@ -1468,12 +1477,12 @@ class _Judge:
         if kind is ScriptKind.DATA:
             verdict = self.references(text, bases)
             return verdict.mention() if verdict is not None else None
-        if kind in (ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES):
+        if kind in _JSON_LOADS:
             return self._json_loads(text, bases)
         verdict = self.references(text, bases)
         if verdict is None:
             return None
-        evidence = self._evidence(text, bases)
+        evidence = self._evidence(text, bases, writes=kind is ScriptKind.JAVASCRIPT_URL)
         if evidence is None:
             return verdict.mention()
         return _Verdict(
@@ -1506,8 +1515,11 @@ class _Judge:
         verdict = self.references(text, bases)
         return verdict.mention() if verdict is not None else None
 
-    def _evidence(self, text: str, bases: Sequence[str]) -> str | None:
-        """What makes a script that names a blocked host load or inject it, or None (data)."""
+    def _evidence(self, text: str, bases: Sequence[str], *, writes: bool) -> str | None:
+        """What makes a script that names a blocked host load or inject it, or None (data).
+
+        ``writes``: the script's result is written as a document (a javascript: URL).
+        """
         traits = analyse(text)
         if traits.unreadable:
             return "unreadable script"
@@ -1516,8 +1528,9 @@ class _Judge:
             if sink is not None:
                 return sink.name
         markup = traits.first(SinkKind.MARKUP)
-        if markup is not None and self._writes_active(text, traits.strings, bases):
-            return markup.name
+        name = markup.name if markup is not None else "javascript: URL" if writes else None
+        if name is not None and self._writes_active(text, traits.strings, bases):
+            return name
         for sink in traits.sinks:
             if sink.kind is SinkKind.LOAD and self._may_load_blocked(
                 sink.url, sink.complete, bases
@@ -1775,7 +1788,7 @@ class _Caches:
         self.entries = entries
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
-        self.inline: dict[tuple[str, str, tuple[str, ...]], _Verdict | None] = {}
+        self.inline: dict[tuple[str, ScriptKind, str, tuple[str, ...]], _Verdict | None] = {}
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}

