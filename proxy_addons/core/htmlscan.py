@@ -77,7 +77,7 @@ import ada_url
 
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
-from proxy_addons.core.jsscan import SinkKind, analyse
+from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse
 from proxy_addons.core.signatures import Signature, match_signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
@@ -113,6 +113,11 @@ REASONS = ("blocked-url", "inline-reference", "signature", "after-html", "mentio
 _MAX_DOCUMENT_DEPTH = 3
 # String values read from an import map or speculation rules (a bound on work).
 _MAX_JSON_STRINGS = 10000
+# Script text tokenized per scan to decide mention or load (jsscan reads ~0.5-1 MB/s);
+# past it, a script naming a blocked host is removed as before (a hostile page full
+# of mentions cannot make a scan slow).
+_JS_WORK_CHARS = 1024 * 1024
+_OVER_BUDGET = "not analysed (work budget)"
 
 
 class BodyTooLarge(JectguardError, ValueError):
@@ -1349,6 +1354,7 @@ class _Judge:
         # Without cross-scan caches, still judge each URL or text once per scan.
         self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
         self.depth = 0  # srcdoc / data: documents being judged inside this one
+        self.js_work = _JS_WORK_CHARS  # script text this scan may still tokenize
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -1470,7 +1476,8 @@ class _Judge:
         if key in cache:
             return cache[key]
         verdict = self._script_text(text, bases, kind)
-        self.caches.put(cache, key, verdict)
+        if verdict is None or verdict.evidence != _OVER_BUDGET:  # (another scan has its own)
+            self.caches.put(cache, key, verdict)
         return verdict
 
     def _script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
@@ -1520,9 +1527,13 @@ class _Judge:
 
         ``writes``: the script's result is written as a document (a javascript: URL).
         """
-        traits = analyse(text)
+        budget = self.js_work
+        traits = analyse(text, limit=budget)
+        self.js_work -= len(text)
         if traits.unreadable:
-            return "unreadable script"
+            if len(text) > MAX_TOKENIZED_CHARS:
+                return "not analysed (too long)"
+            return _OVER_BUDGET if len(text) > budget else "unreadable script"
         for kind in (SinkKind.CODE, SinkKind.CREATE):
             sink = traits.first(kind)
             if sink is not None:

@@ -38,14 +38,18 @@ comment) is reported as ``unreadable``; callers treat that as a sink.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
-# Longest script text analysed token by token; past it only the raw-text shapes
-# are searched and the script counts as unreadable (callers then remove on any
-# blocked reference: a bound on work, erring towards removal).
-MAX_TOKENIZED_CHARS = 4 * 1024 * 1024
+# Longest script text analysed token by token (the tokenizer reads ~0.5-1 MB/s of
+# minified code); past it the script counts as unreadable, and callers remove it on
+# any blocked reference (the old rule): a bound on work, erring towards removal.
+# Inline scripts that mention a blocked host are rarely near it; JSON app state of
+# any size is recognised without the tokenizer.
+MAX_TOKENIZED_CHARS = 256 * 1024
 
 
 class Kind(StrEnum):
@@ -57,8 +61,7 @@ class Kind(StrEnum):
     PUNCT = "punct"
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
     kind: Kind
     value: str  # names and strings with escapes undone
     start: int
@@ -134,29 +137,42 @@ _ACTIVE_ELEMENTS = frozenset(
 _URL_ATTRIBUTES = frozenset(
     {"src", "href", "xlink:href", "data", "action", "formaction", "codebase", "srcset"}
 )
+# Names the sink pass looks at (every other name is skipped at once).
+_INTERESTING_NAMES = (
+    _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
+    | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
+    | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
+       "setAttributeNS"}
+)  # fmt: skip
+# Strings that name a sink (called by name: window["eval"]).
+_NAMED_STRINGS = _CODE_NAMES | _MARKUP_NAMES
 _KEYWORDS_BEFORE_EXPRESSION = frozenset(
     {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case",
      "do", "else", "yield", "await"}
 )  # fmt: skip
 
-# The tokenizer's pieces; every quantifier is possessive (no backtracking).
-_SPACE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+")
-_NEWLINES = re.compile(r"[\n\r\u2028\u2029]++")
-_LINE_COMMENT = re.compile(r"[^\n\r\u2028\u2029]*+")
-_STRING = {
-    q: re.compile(q + r"((?:[^" + q + r"\\\n\r]|\\(?:\r\n|[\s\S]))*+)" + q) for q in ("'", '"')
-}
-_TEMPLATE_CHUNK = re.compile(r"((?:[^`\\$]|\\[\s\S]|\$(?!\{))*+)(`|\$\{)")
-_NAME = re.compile(
-    r"(?:[A-Za-z_$\xaa-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})"
-    r"(?:[\w$\xaa-\uffff\u200c\u200d]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})*+"
+# The tokenizer's pieces; every quantifier is possessive (no backtracking). One
+# master pattern reads the common tokens; "{", "}", "`" and "/" (braces, template
+# chunks, regular expressions) need the tokenizer's state.
+_NEWLINE_CHARS = "\n\r\u2028\u2029"
+_TOKEN = re.compile(
+    r"(?P<space>[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]++)"
+    r"|(?P<newline>[\n\r\u2028\u2029]++)"
+    r"|(?P<comment>(?://|<!--)[^\n\r\u2028\u2029]*+)"
+    r"|(?P<block>/\*(?:[^*]++|\*(?!/))*+\*/)"
+    r"|(?P<string>\"(?:[^\"\\\n\r]++|\\(?:\r\n|[\s\S]))*+\"|'(?:[^'\\\n\r]++|\\(?:\r\n|[\s\S]))*+')"
+    r"|(?P<name>(?:[A-Za-z_$\xaa-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})"
+    r"(?:[\w$\xaa-\u2027\u202a-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})*+)"
+    r"|(?P<number>\.?[0-9][\w.]*+)"
+    r"|(?P<special>[{}`/])"
+    r"|(?P<punct>>>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|&&=|\|\|=|\?\?=|=>|==|!=|<=|>=|&&|\|\|"
+    r"|\?\?|\?\.(?![0-9])|\*\*|\+\+|--|\+=|-=|\*=|%=|&=|\|=|\^=|<<|>>|[()\[\];,<>+\-*%&|^!~?:=.@#])",
+    re.S,
 )
-_NUMBER = re.compile(r"\.?[0-9][\w.]*+")
-_REGEX = re.compile(r"/(?:[^/\\\[\n\r]|\\[^\n\r]|\[(?:[^\]\\\n\r]|\\[^\n\r])*+\])++/[\w$]*+")
-_PUNCT = re.compile(
-    r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|&&=|\|\|=|\?\?=|=>|==|!=|<=|>=|&&|\|\||\?\?"
-    r"|\?\.(?![0-9])|\*\*|\+\+|--|\+=|-=|\*=|%=|&=|\|=|\^=|<<|>>|/=|[{}()\[\];,<>+\-*%&|^!~?:=./@#]"
-)
+_SKIPPABLE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+")
+_TEMPLATE_CHUNK = re.compile(r"((?:[^`\\$]++|\\[\s\S]|\$(?!\{))*+)(`|\$\{)")
+_REGEX = re.compile(r"/(?:[^/\\\[\n\r]++|\\[^\n\r]|\[(?:[^\]\\\n\r]++|\\[^\n\r])*+\])++/[\w$]*+")
+_LINE_REST = re.compile(r"[^\n\r\u2028\u2029]*+")
 _ESCAPE = re.compile(
     r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}|([0-7]{1,3})|(\r\n|[\s\S]))"
 )
@@ -183,78 +199,103 @@ def cook(raw: str) -> str:
 def tokenize(text: str) -> tuple[list[Token], bool]:
     """The tokens of ``text``; the flag is true if the text could not be read to its end."""
     tokens: list[Token] = []
+    append = tokens.append
+    make = tuple.__new__  # (a NamedTuple's own constructor is Python code: 5x slower)
     n = len(text)
     pos = 0
     newline = True
     braces: list[bool] = []  # per open "{": True when it opened a template substitution
-    append = tokens.append
-    while True:
-        pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-        if pos >= n:
-            return tokens, bool(braces and any(braces))
-        c = text[pos]
-        if c in "\n\r\u2028\u2029":
-            pos = _NEWLINES.match(text, pos).end()  # type: ignore[union-attr]
-            newline = True
-            continue
-        if c == "/" and text.startswith("//", pos) or text.startswith("<!--", pos):
-            pos = _LINE_COMMENT.match(text, pos).end()  # type: ignore[union-attr]
-            continue
-        if newline and text.startswith("-->", pos):  # (an HTML-like comment, Annex B)
-            pos = _LINE_COMMENT.match(text, pos).end()  # type: ignore[union-attr]
-            continue
-        if text.startswith("/*", pos):
-            end = text.find("*/", pos + 2)
-            if end < 0:
-                return tokens, True
-            if _NEWLINES.search(text, pos, end):
-                newline = True
-            pos = end + 2
-            continue
-        start = pos
-        if c in "'\"":
-            m = _STRING[c].match(text, pos)
-            if m is None:
-                return tokens, True
-            append(Token(Kind.STRING, cook(m.group(1)), start, newline))
+    NAME, STRING, PUNCT, NUMBER = Kind.NAME, Kind.STRING, Kind.PUNCT, Kind.NUMBER
+    while pos < n:
+        # One C-level scan until a token that needs the tokenizer's state, then resume.
+        resume = -1
+        for m in _TOKEN.finditer(text, pos):
+            group = m.lastgroup
+            if group == "space":
+                continue
+            start = m.start()
+            if start != pos and not _SKIPPABLE.fullmatch(text, pos, start):
+                resume = pos  # an unmatched character in between: handled below
+                break
             pos = m.end()
-        elif c == "`" or (c == "}" and braces and braces[-1]):
+            if group == "name":
+                value = m.group()
+                if "\\" in value:
+                    value = cook(value)
+                append(make(Token, (NAME, value, start, newline, False)))
+            elif group == "punct":
+                append(make(Token, (PUNCT, m.group(), start, newline, False)))
+            elif group == "string":
+                append(make(Token, (STRING, cook(m.group()[1:-1]), start, newline, False)))
+            elif group == "newline":
+                newline = True
+                if text.startswith("-->", pos):  # an HTML-like comment (Annex B)
+                    resume = pos
+                    break
+                continue
+            elif group == "comment":
+                continue
+            elif group == "block":
+                if any(c in _NEWLINE_CHARS for c in m.group()):
+                    newline = True
+                    if text.startswith("-->", pos):
+                        resume = pos
+                        break
+                continue
+            elif group == "number":
+                append(make(Token, (NUMBER, m.group(), start, newline, False)))
+            else:  # "special": "{", "}", "`", "/"
+                c = m.group()
+                if c == "{":
+                    braces.append(False)
+                    append(make(Token, (PUNCT, c, start, newline, False)))
+                elif c == "}" and not (braces and braces[-1]):
+                    if braces:
+                        braces.pop()
+                    append(make(Token, (PUNCT, c, start, newline, False)))
+                else:
+                    resume = start  # a regular expression or a template chunk
+                    break
+            newline = False
+        else:
+            if pos < n and not _SKIPPABLE.fullmatch(text, pos, n):
+                resume = pos
+            else:
+                break
+        pos = resume
+        if newline and text.startswith("-->", pos):
+            pos = _LINE_REST.match(text, pos).end()  # type: ignore[union-attr]
+            continue
+        c = text[pos]
+        if c == "/" and not text.startswith("/*", pos) and not text.startswith("//", pos):
+            if _regex_allowed(tokens):
+                r = _REGEX.match(text, pos)
+                if r is None:
+                    return tokens, True
+                append(make(Token, (Kind.REGEX, r.group(), pos, newline, False)))
+                pos = r.end()
+            else:
+                end = pos + 2 if text.startswith("/=", pos) else pos + 1
+                append(make(Token, (PUNCT, text[pos:end], pos, newline, False)))
+                pos = end
+        elif c == "`" or c == "}":
             if c == "}":
                 braces.pop()
-            m = _TEMPLATE_CHUNK.match(text, pos + 1)
-            if m is None:
+            t = _TEMPLATE_CHUNK.match(text, pos + 1)
+            if t is None:
                 return tokens, True
-            substitution = m.group(2) == "${"
+            substitution = t.group(2) == "${"
             if substitution:
                 braces.append(True)
-            append(Token(Kind.TEMPLATE, cook(m.group(1)), start, newline, substitution))
-            pos = m.end()
-        elif c == "/" and _regex_allowed(tokens):
-            m = _REGEX.match(text, pos)
-            if m is None:
-                return tokens, True
-            append(Token(Kind.REGEX, m.group(), start, newline))
-            pos = m.end()
-        elif c.isdigit() or (c == "." and text[pos + 1 : pos + 2].isdigit()):
-            m = _NUMBER.match(text, pos)
-            assert m is not None
-            append(Token(Kind.NUMBER, m.group(), start, newline))
-            pos = m.end()
-        elif (m := _NAME.match(text, pos)) is not None:
-            append(Token(Kind.NAME, cook(m.group()), start, newline))
-            pos = m.end()
-        elif (m := _PUNCT.match(text, pos)) is not None:
-            value = m.group()
-            if value == "{":
-                braces.append(False)
-            elif value == "}" and braces:
-                braces.pop()
-            append(Token(Kind.PUNCT, value, start, newline))
-            pos = m.end()
+            append(make(Token, (Kind.TEMPLATE, cook(t.group(1)), pos, newline, substitution)))
+            pos = t.end()
+        elif c in "'\"" or text.startswith("/*", pos):
+            return tokens, True  # an unterminated string or comment
         else:
             pos += 1  # a character JavaScript does not allow here: skip it
             continue
         newline = False
+    return tokens, any(braces)
 
 
 def _regex_allowed(tokens: list[Token]) -> bool:
@@ -269,43 +310,101 @@ def _regex_allowed(tokens: list[Token]) -> bool:
     return prev.kind is Kind.TEMPLATE and prev.open_substitution
 
 
-# Raw-text shapes of the strongest sinks, for what the tokenizer may not see.
+# Raw-text shapes of the strongest sinks, for what the tokenizer may not see. (No
+# leading look-behind: _shapes checks the character before, which keeps the search fast.)
+_CODE_WORDS = ("eval", "Function", "execScript", "setTimeout", "setInterval", "constructor")
 _CODE_SHAPE = re.compile(
-    r"(?<![\w$])(?:eval|Function|execScript)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
-    r"|(?<![\w$])(?:setTimeout|setInterval)\s*\(\s*[\"'`]"
+    r"(?:eval|Function|execScript)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
+    r"|(?:setTimeout|setInterval)\s*\(\s*[\"'`]"
     r"|\.\s*constructor\s*(?:\(|\.\s*constructor)|\[\s*[\"'`]constructor[\"'`]\s*\]\s*[(\[]"
 )
+_MARKUP_WORDS = ("write", "insertAdjacentHTML", "createContextualFragment", "setHTMLUnsafe",
+                 "innerHTML", "outerHTML", "srcdoc")  # fmt: skip
 _MARKUP_SHAPE = re.compile(
-    r"(?<![\w$])(?:write|writeln|insertAdjacentHTML|createContextualFragment|setHTMLUnsafe)\s*\("
+    r"(?:write|writeln|insertAdjacentHTML|createContextualFragment|setHTMLUnsafe)\s*\("
     r"|\.\s*(?:innerHTML|outerHTML|srcdoc)\s*\+?=(?!=)"
 )
+_LOAD_WORDS = ("src", "href", "action", "location", "import", "open", "Worker", "getScript",
+               "fetch", "sendBeacon", "EventSource", "WebSocket", "setAttribute")  # fmt: skip
 _LOAD_SHAPE = re.compile(
-    r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|(?<![\w$.])location\s*\+?=(?!=)"
-    r"|(?<![\w$])(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
+    r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|location\s*\+?=(?!=)"
+    r"|(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
     r"|EventSource|WebSocket)\s*\("
-    r"|\blocation\s*\.\s*(?:assign|replace)\s*\("
+    r"|location\s*\.\s*(?:assign|replace)\s*\("
     r"|setAttribute(?:NS\s*\([^,)]*,|\s*\()\s*[\"'`](?:src|href|xlink:href|data|action|formaction"
     r"|codebase|srcset)[\"'`]"
 )
 
 
-def analyse(text: str) -> ScriptTraits:
-    """The sinks of a script's text (see the module docstring)."""
+def _shapes(pattern: re.Pattern[str], words: tuple[str, ...], text: str) -> list[str]:
+    """Matches of a sink shape not preceded by a name character (cheap words gate it)."""
+    if not any(w in text for w in words):
+        return []
+    out = []
+    for m in pattern.finditer(text):
+        at = m.start()
+        if at and m.group()[0] not in ".[" and (text[at - 1].isalnum() or text[at - 1] in "_$"):
+            continue
+        out.append(m.group())
+    return out
+
+
+# Assignments of JSON values (app state: window.__STATE__ = {...};), which hold no sink.
+_DATA_TARGET = re.compile(
+    r"[\s;]*+(?:(?:var|let|const)\s++)?+([A-Za-z_$][\w$]*+(?:\s*+\.\s*+[A-Za-z_$][\w$]*+"
+    r"|\s*+\[\s*+\"[^\"\\]*+\"\s*+\])*+)\s*+=\s*+(JSON\s*+\.\s*+parse\s*+\(\s*+)?"
+)
+_DATA_END = re.compile(r"\s*+\)")
+_TARGET_NAMES = re.compile(r"[A-Za-z_$][\w$]*")
+_JSON = json.JSONDecoder()
+
+
+def _json_assignments(text: str) -> bool:
+    """Whether the whole text is assignments of JSON values to plain (non-sink) names."""
+    pos, n = 0, len(text)
+    while True:
+        m = _DATA_TARGET.match(text, pos)
+        if m is None:
+            return text[pos:].strip(" \t\n\r\f\v;") == ""
+        if any(name in _INTERESTING_NAMES for name in _TARGET_NAMES.findall(m.group(1))):
+            return False
+        try:
+            value, pos = _JSON.raw_decode(text, m.end())
+        except ValueError:
+            return False
+        if m.group(2):
+            if not isinstance(value, str):
+                return False
+            close = _DATA_END.match(text, pos)
+            if close is None:
+                return False
+            pos = close.end()
+        if pos >= n:
+            return True
+
+
+def analyse(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> ScriptTraits:
+    """The sinks of a script's text (see the module docstring).
+
+    A text longer than ``limit`` is not tokenized: it is ``unreadable``.
+    """
     sinks: list[Sink] = []
     strings: list[str] = []
-    unreadable = len(text) > MAX_TOKENIZED_CHARS
+    if "=" in text[:256] and _json_assignments(text):
+        return ScriptTraits(())
+    unreadable = len(text) > min(limit, MAX_TOKENIZED_CHARS)
     if not unreadable:
         tokens, unreadable = tokenize(text)
         _Sinks(tokens, sinks, strings).find()
     kinds = {s.kind for s in sinks}
-    m = _CODE_SHAPE.search(text)
-    if m is not None and SinkKind.CODE not in kinds:
-        sinks.append(Sink(SinkKind.CODE, m.group().strip("(.[]\"'` ")))
-    m = _MARKUP_SHAPE.search(text)
-    if m is not None and SinkKind.MARKUP not in kinds:
-        sinks.append(Sink(SinkKind.MARKUP, m.group().strip("(.=+ ")))
+    code = _shapes(_CODE_SHAPE, _CODE_WORDS, text)
+    if code and SinkKind.CODE not in kinds:
+        sinks.append(Sink(SinkKind.CODE, code[0].strip("(.[]\"'` ")))
+    markup = _shapes(_MARKUP_SHAPE, _MARKUP_WORDS, text)
+    if markup and SinkKind.MARKUP not in kinds:
+        sinks.append(Sink(SinkKind.MARKUP, markup[0].strip("(.=+ ")))
     loads = sum(1 for s in sinks if s.kind is SinkKind.LOAD)
-    shapes = [m.group() for m in _LOAD_SHAPE.finditer(text)]
+    shapes = _shapes(_LOAD_SHAPE, _LOAD_WORDS, text)
     if len(shapes) > loads:
         # More load shapes in the text than load sinks among the tokens: one is hidden
         # from the tokenizer (or sits in a string or comment). Count it as a load of a
@@ -393,29 +492,42 @@ class _Sinks:
     def find(self) -> None:
         t = self.t
         out = self.out
+        strings = self.strings
         brackets: list[int] = []
         imports = False
         chained_to = -1  # literals up to here belong to a chain already read
+        last = len(t) - 1
+        NAME, PUNCT, STRING, TEMPLATE = Kind.NAME, Kind.PUNCT, Kind.STRING, Kind.TEMPLATE
         for i, tok in enumerate(t):
             kind = tok.kind
-            if kind is Kind.PUNCT:
+            if kind is PUNCT:
                 if tok.value == "[":
                     brackets.append(i)
                 elif tok.value == "]" and brackets:
                     self._computed(brackets.pop(), i)
                 continue
-            if kind is Kind.STRING or kind is Kind.TEMPLATE:
-                if i > chained_to:
+            if kind is STRING or kind is TEMPLATE:
+                if i <= chained_to:
+                    continue
+                if (i < last and t[i + 1].value == "+" and t[i + 1].kind is PUNCT) or (
+                    kind is TEMPLATE and tok.open_substitution
+                ):
                     value, complete, chained_to = self.constant(i)
                     chained_to -= 1
-                    text = "".join(t[k].value for k in range(i, chained_to + 1) if self._literal(k))
-                    self.strings.append(text)
-                    if value is not None and complete:
-                        self._string(value)
+                    strings.append(
+                        "".join(t[k].value for k in range(i, chained_to + 1) if self._literal(k))
+                    )
+                else:
+                    value, complete = tok.value, True
+                    strings.append(value)
+                if complete and value in _NAMED_STRINGS:
+                    self._string(value)
                 continue
-            if kind is not Kind.NAME:
+            if kind is not NAME:
                 continue
             name = tok.value
+            if name not in _INTERESTING_NAMES:
+                continue
             if name in ("import", "export"):
                 imports = True
                 if name == "import" and self._literal(i + 1):

@@ -398,3 +398,14 @@ def test_sinks_hidden_from_the_tokenizer_are_found_by_shape() -> None:
     # "/" after ")" reads as division; here it starts a regex and the code is live.
     traits = analyse('if (1) /"/; eval(x); //"/')
     assert traits.first(SinkKind.CODE) is not None
+
+
+def test_past_the_work_budget_a_naming_script_is_removed_as_before() -> None:
+    # The tokenizer's work is bounded per scan; past it the old rule applies (remove).
+    filler = "var a" + "=b+c;" * 60000  # 300 KB of code, over the per-script bound
+    body = html(f"<script>{filler} var ioc = 'gumblar.cn';</script>")
+    _, (f,) = strip(body)
+    assert f.removed and f.evidence is not None and "not analysed" in f.evidence
+    small = html("<script>var ioc = 'gumblar.cn';</script>")
+    out, (g,) = strip(small)
+    assert out is small and g.reason == "mention"
