@@ -2028,6 +2028,10 @@ class Scanner:
     def _is_active(el: Element) -> bool:
         if el.name == "meta":
             return el.attrs.get("http-equiv", "").strip().lower() == "refresh"
+        if el.name in ("script", "svg:script") and not any(
+            k in el.attrs for k in ("src", "href", "xlink:href")
+        ):
+            return script_kind(el.attrs) is not ScriptKind.DATA  # a data block runs nothing
         return el.name in _ACTIVE
 
     def _precise(self, doc: _Doc, judge: _Judge) -> list[Finding]:

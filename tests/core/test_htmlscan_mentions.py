@@ -409,3 +409,11 @@ def test_past_the_work_budget_a_naming_script_is_removed_as_before() -> None:
     small = html("<script>var ioc = 'gumblar.cn';</script>")
     out, (g,) = strip(small)
     assert out is small and g.reason == "mention"
+
+
+def test_a_data_block_after_the_document_is_no_active_content() -> None:
+    body = html("") + b'<script type="application/json">{"a": 1}</script>'
+    assert scanner(after_html="strip").scan(body, PAGE, "text/html") == []
+    code = html("") + b"<script>go()</script>"
+    (f,) = scanner(after_html="strip").scan(code, PAGE, "text/html")
+    assert f.reason == "after-html" and f.removed
