@@ -1696,7 +1696,9 @@ _FAST_SCRIPT = re.compile(
     rb"(?P<text>(?:[^<]++|<(?!!--|/(?i:script)[\t\n\f\r />]))*+)"
     rb"(?P<close></(?i:script)(?=[\t\n\f\r />])" + _ATTRS + rb"/?>)?+"
 )
-_SRC_OR_HREF = re.compile(rb"(?i:src|href)")
+# Attributes that change how a script element is judged (what it loads, whether its
+# text runs): a tag without any of them is judged with no attributes.
+_SCRIPT_ATTRS = re.compile(rb"(?i:src|href|type|language)")
 _REFRESH = re.compile(rb"(?i:refresh)")
 _FOREIGN_END: dict[bytes, re.Pattern[bytes]] = {
     b"svg": re.compile(rb"</(?i:svg)"),
@@ -1953,7 +1955,7 @@ class Scanner:
                         return False
                     continue
                 text = _norm(doc.text(end, text_end))
-                if _SRC_OR_HREF.search(buf, p, end) is not None:
+                if _SCRIPT_ATTRS.search(buf, p, end) is not None:
                     attrs = parse_attrs(doc.text(*fast.span("attrs")))
                 else:
                     attrs = {}

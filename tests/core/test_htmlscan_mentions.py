@@ -271,6 +271,15 @@ def test_import_maps_and_speculation_rules_are_loads(body: str) -> None:
     assert b"gumblar" not in out and b"martuz" not in out and b"lizamoon" not in out
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_relative_urls_in_an_import_map_resolve_against_the_base(fast_path: bool) -> None:
+    body = html(
+        '<base href="http://gumblar.cn/"><script type="importmap">{"imports": {"a": "/a.js"}}</script>'
+    )
+    _, findings = strip(body, fast_path=fast_path)
+    assert [(f.element, f.reason, f.removed) for f in findings] == [("script", "blocked-url", True)]
+
+
 def test_an_import_map_that_maps_a_blocked_url_away_only_mentions_it() -> None:
     body = html(
         '<script type="importmap">{"imports": {"http://gumblar.cn/x.js": "/local/x.js"}}</script>'
