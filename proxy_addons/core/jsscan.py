@@ -154,7 +154,7 @@ _KEYWORDS_BEFORE_EXPRESSION = frozenset(
 # The tokenizer's pieces; every quantifier is possessive (no backtracking). One
 # master pattern reads the common tokens; "{", "}", "`" and "/" (braces, template
 # chunks, regular expressions) need the tokenizer's state.
-_NEWLINE_CHARS = "\n\r\u2028\u2029"
+_HAS_NEWLINE = re.compile(r"[\n\r\u2028\u2029]")
 _TOKEN = re.compile(
     r"(?P<space>[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]++)"
     r"|(?P<newline>[\n\r\u2028\u2029]++)"
@@ -169,6 +169,7 @@ _TOKEN = re.compile(
     r"|\?\?|\?\.(?![0-9])|\*\*|\+\+|--|\+=|-=|\*=|%=|&=|\|=|\^=|<<|>>|[()\[\];,<>+\-*%&|^!~?:=.@#])",
     re.S,
 )
+_HTML_CLOSE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+-->")
 _SKIPPABLE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+")
 _TEMPLATE_CHUNK = re.compile(r"((?:[^`\\$]++|\\[\s\S]|\$(?!\{))*+)(`|\$\{)")
 _REGEX = re.compile(r"/(?:[^/\\\[\n\r]++|\\[^\n\r]|\[(?:[^\]\\\n\r]++|\\[^\n\r])*+\])++/[\w$]*+")
@@ -207,6 +208,9 @@ def tokenize(text: str) -> tuple[list[Token], bool]:
     braces: list[bool] = []  # per open "{": True when it opened a template substitution
     NAME, STRING, PUNCT, NUMBER = Kind.NAME, Kind.STRING, Kind.PUNCT, Kind.NUMBER
     while pos < n:
+        if newline and text.startswith("-->", pos):  # an HTML-like comment (Annex B)
+            pos = _LINE_REST.match(text, pos).end()  # type: ignore[union-attr]
+            continue
         # One C-level scan until a token that needs the tokenizer's state, then resume.
         resume = -1
         for m in _TOKEN.finditer(text, pos):
@@ -229,17 +233,17 @@ def tokenize(text: str) -> tuple[list[Token], bool]:
                 append(make(Token, (STRING, cook(m.group()[1:-1]), start, newline, False)))
             elif group == "newline":
                 newline = True
-                if text.startswith("-->", pos):  # an HTML-like comment (Annex B)
-                    resume = pos
+                if (close := _HTML_CLOSE.match(text, pos)) is not None:
+                    resume = close.end() - 3  # "-->" after a line's spaces (Annex B)
                     break
                 continue
             elif group == "comment":
                 continue
             elif group == "block":
-                if any(c in _NEWLINE_CHARS for c in m.group()):
+                if _HAS_NEWLINE.search(text, start, pos):
                     newline = True
-                    if text.startswith("-->", pos):
-                        resume = pos
+                    if (close := _HTML_CLOSE.match(text, pos)) is not None:
+                        resume = close.end() - 3
                         break
                 continue
             elif group == "number":
@@ -264,8 +268,7 @@ def tokenize(text: str) -> tuple[list[Token], bool]:
                 break
         pos = resume
         if newline and text.startswith("-->", pos):
-            pos = _LINE_REST.match(text, pos).end()  # type: ignore[union-attr]
-            continue
+            continue  # (read at the top of the loop)
         c = text[pos]
         if c == "/" and not text.startswith("/*", pos) and not text.startswith("//", pos):
             if _regex_allowed(tokens):
