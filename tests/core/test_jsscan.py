@@ -118,6 +118,21 @@ def test_tokenizer_reads_strings_templates_comments_and_regexes() -> None:
 
 
 @pytest.mark.parametrize(
+    ("script", "values"),
+    [
+        ("--> eval(x)\nb", ["b"]),
+        ("a\n  --> eval(x)\nb", ["a", "b"]),
+        ("a /* x\n */ --> eval(x)\nb", ["a", "b"]),
+        ("a /* x */ --> b", ["a", "--", ">", "b"]),  # not at a line's start: operators
+        ("a-->b", ["a", "--", ">", "b"]),
+        ("a <!-- b\nc", ["a", "c"]),
+    ],
+)
+def test_html_like_comments(script: str, values: list[str]) -> None:
+    assert [t.value for t in tokenize(script)[0]] == values
+
+
+@pytest.mark.parametrize(
     "script", ["var a = 1 /* open", "var a = `${1", "var s = 'open", "x = /[/"]
 )
 def test_unterminated_scripts_are_unreadable(script: str) -> None:
