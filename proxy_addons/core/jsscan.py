@@ -121,6 +121,9 @@ _JQUERY = frozenset({"$", "jQuery"})
 # Properties whose assignment loads (or navigates to) a URL.
 # (Not "data": `this.data =` is everywhere; an <object> is created, which counts.)
 _LOAD_PROPERTIES = frozenset({"src", "href", "action", "formAction", "location", "codebase"})
+# Properties that load a URL on some elements but hold anything on most objects: a
+# load sink only when assigned a literal URL (<object>.data, <img>.srcset, ...).
+_CONSTANT_LOAD_PROPERTIES = frozenset({"data", "srcset", "poster", "background"})
 # Calls whose first argument is a URL that is loaded, run or navigated to.
 _LOAD_CALLS = frozenset(
     {"open", "import", "importScripts", "Worker", "SharedWorker", "register", "getScript",
@@ -140,6 +143,7 @@ _URL_ATTRIBUTES = frozenset(
 # Names the sink pass looks at (every other name is skipped at once).
 _INTERESTING_NAMES = (
     _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
+    | _CONSTANT_LOAD_PROPERTIES
     | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
     | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
        "setAttributeNS"}
@@ -601,6 +605,10 @@ class _Sinks:
         elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
             if name == "location" or owner >= 0:
                 self._load(name, i + 2)
+        elif name in _CONSTANT_LOAD_PROPERTIES and owner >= 0 and self._assigned(i + 1):
+            url, complete, _ = self.constant(i + 2)
+            if url is not None:  # obj.data = "http://...": judged; obj.data = state: not
+                self.out.append(Sink(SinkKind.LOAD, name, url, complete))
         elif not call:
             return
         elif name in ("createElement", "createElementNS"):

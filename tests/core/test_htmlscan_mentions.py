@@ -336,6 +336,7 @@ MUST_STRIP = {
     "fetch-from-data": "<script>var cfg={u:'https://gumblar.cn/c'};fetch(cfg.u,{method:'POST'})</script>",
     "javascript-url-result": "<iframe src=\"javascript:'<script src=//gumblar.cn/x.js></scr'+'ipt>'\"></iframe>",
     "webbundle": '<script type="webbundle">{"source": "https://gumblar.cn/b.wbn", "resources": []}</script>',
+    "object-data": "<script>document.getElementById('o').data = 'http://gumblar.cn/x.swf'</script>",
     "signature-only": "<script>document.write('<scr'+'ipt src=http://127.0.0.1/x.js?217.107.218.147></scr'+'ipt>')</script>",
 }
 

@@ -97,6 +97,8 @@ def test_load_sinks_keep_their_constant_url_prefix() -> None:
     assert loads("s.src = `https://${h}/x.js`") == [("src", "https://", False)]
     assert loads("s.src = 'http://a.test/'.replace('a', b)") == [("src", None, False)]
     assert loads("s.src = u") == [("src", None, False)]
+    assert loads("o.data = 'http://a.test/x.swf'") == [("data", "http://a.test/x.swf", True)]
+    assert loads("this.data = state; o.data = f(x)") == []
     assert loads("x.open('POST', 'http://a.test/c')") == [("open", "http://a.test/c", True)]
     assert loads("window.open('http://a.test/')") == [("open", "http://a.test/", True)]
     assert loads('import x from "http://a.test/m.js"') == [("import", "http://a.test/m.js", True)]
