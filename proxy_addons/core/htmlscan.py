@@ -1289,9 +1289,10 @@ _URL_TAG_REF = re.compile(r"<(?!(?i:a|area)[\s/>])[A-Za-z][A-Za-z0-9-]*[\s/]")
 _URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcset", "codebase")
 # A URL attribute in written markup, whatever the tag (its name may be split across
 # strings joined at run time): the URL, or nothing when the value is added later
-# ('ipt src="' + u + '">'). Not href: that is mostly a link, which loads nothing.
+# ('ipt src="' + u + '">'). Not href: that is mostly a link, which loads nothing. An
+# attribute follows a space, a quote or "/" (not "?data=" in a URL's query).
 _WRITTEN_URL_ATTR = re.compile(
-    r"""(?i:(?<![A-Za-z0-9_-])(?:src|data|action|formaction|codebase|srcdoc))[\t\n\f\r ]*="""
+    r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
     r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
 )
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")

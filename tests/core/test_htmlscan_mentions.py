@@ -370,6 +370,7 @@ def test_loaders_and_injectors_are_stripped(name: str, fast_path: bool) -> None:
         'setTimeout(function () { note("gumblar.cn") }, 100)',
         'var src = "http://gumblar.cn/x.js"; t.innerHTML = "<tr><td>" + src + "</td></tr>"',
         'var data = {src: "http://gumblar.cn/x.js"}; out.innerHTML = "<b>" + data.src + "</b>"',
+        'var ioc = "gumblar.cn"; fetch("/log?data=" + ioc); out.innerHTML = "<b>" + ioc + "</b>"',
         'class Flag { constructor() { this.hosts = ["gumblar.cn"] } }',
     ],
 )
