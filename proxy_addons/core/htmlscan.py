@@ -2054,7 +2054,8 @@ class Scanner:
             after = el.after_html and self.after_html != "off" and self._is_active(el)
             if verdict is None and not after:
                 continue
-            if verdict is None:
+            if verdict is None or (after and verdict.reason == "mention"):
+                # (A mention is no reason to remove; where it sits may be, by policy.)
                 verdict = _Verdict(
                     None, "after-html", "active content after </html>", "jectguard", False
                 )

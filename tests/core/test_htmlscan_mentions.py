@@ -428,3 +428,11 @@ def test_a_data_block_after_the_document_is_no_active_content() -> None:
     code = html("") + b"<script>go()</script>"
     (f,) = scanner(after_html="strip").scan(code, PAGE, "text/html")
     assert f.reason == "after-html" and f.removed
+
+
+def test_a_mention_after_the_document_is_reported_by_the_policy() -> None:
+    body = html("") + b"<script>var ioc = 'gumblar.cn';</script>"
+    (f,) = scanner(after_html="strip").scan(body, PAGE, "text/html")
+    assert (f.reason, f.removed) == ("after-html", True)
+    (g,) = scanner(after_html="off").scan(body, PAGE, "text/html")
+    assert (g.reason, g.removed) == ("mention", False)
