@@ -33,7 +33,10 @@ is read as division, after ``}`` as a regular expression), so the shapes of
 the strongest sinks are also searched in the raw text (``write(``, ``eval(``,
 ``.src =``...): a script that hides a sink from the tokenizer still has it.
 A script the tokenizer cannot read to its end (an unterminated string or
-comment) is reported as ``unreadable``; callers treat that as a sink.
+comment), or longer than ``MAX_TOKENIZED_CHARS``, is reported as ``unreadable``;
+callers treat that as a sink. A text that only assigns JSON values to plain names
+(app state: ``window.__STATE__ = {...};``, ``JSON.parse('...')``) has no sink and
+is recognised by Python's JSON decoder, whatever its size, without tokenizing.
 """
 
 from __future__ import annotations
