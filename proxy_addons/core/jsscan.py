@@ -431,6 +431,62 @@ class _Sinks:
         self.out = out
         self.strings = strings
         self.jquery = any(t.kind is Kind.NAME and t.value in _JQUERY for t in tokens)
+        self._functions: set[str] | None = None
+
+    def _close_paren(self, i: int) -> int:
+        """The index of the ")" matching the "(" at ``i`` (or past the end)."""
+        t = self.t
+        depth = 0
+        for k in range(i, min(len(t), i + 4096)):
+            if t[k].kind is Kind.PUNCT:
+                if t[k].value in ("(", "[", "{"):
+                    depth += 1
+                elif t[k].value in (")", "]", "}"):
+                    depth -= 1
+                    if depth == 0:
+                        return k
+        return len(t)
+
+    def _functions_declared(self) -> set[str]:
+        """Names this script binds to a function (``function f``, ``f = () => ...``)."""
+        if self._functions is None:
+            t = self.t
+            names: set[str] = set()
+            for k, tok in enumerate(t):
+                if tok.kind is not Kind.NAME:
+                    continue
+                if tok.value == "function" and self._name_at(k + 1) is not None:
+                    names.add(t[k + 1].value)
+                elif self._is(k + 1, "=") and self._function_literal(k + 2):
+                    names.add(tok.value)
+            self._functions = names
+        return self._functions
+
+    def _function_literal(self, i: int) -> bool:
+        """Whether a function expression starts at ``i`` (function, async, an arrow)."""
+        head = self._name_at(i)
+        if head in ("function", "async"):
+            return True
+        if head is not None:
+            return self._is(i + 1, "=>")
+        return self._is(i, "(") and self._is(self._close_paren(i) + 1, "=>")
+
+    def _function_at(self, i: int) -> bool:
+        """Whether the argument at ``i`` is a function, not a string to run: a function
+        expression, a name this script binds to one, or ``x.method.bind(...)``."""
+        if self._function_literal(i):
+            return True
+        name = self._name_at(i)
+        if name is None:
+            return False
+        if name in self._functions_declared() and (self._is(i + 1, ",") or self._is(i + 1, ")")):
+            return True
+        k = i
+        while self._is(k + 1, ".") and self._name_at(k + 2) is not None:
+            k += 2
+            if self.t[k].value == "bind" and self._is(k + 1, "("):
+                return True
+        return False
 
     def _is(self, i: int, value: str) -> bool:
         t = self.t
@@ -581,7 +637,6 @@ class _Sinks:
         """``name`` at token ``i`` (the name, or a computed key's ``]``); ``owner`` is
         the index of the object it is a member of (-1: a plain identifier)."""
         out = self.out
-        t = self.t
         call = self._is(i + 1, "(")
         if name == "constructor":
             # [].constructor.constructor("code")(), f.constructor("code"): not a class's
@@ -596,15 +651,8 @@ class _Sinks:
         elif name in _MARKUP_NAMES:
             out.append(Sink(SinkKind.MARKUP, name))
         elif name in _TIMER_NAMES and call:
-            first = i + 2
-            head = t[first] if first < len(t) else None
-            function = head is not None and (
-                (head.kind is Kind.NAME and head.value in ("function", "async"))
-                or (head.kind is Kind.PUNCT and head.value == "(")
-                or (head.kind is Kind.NAME and self._is(first + 1, "=>"))
-            )
-            if not function:
-                out.append(Sink(SinkKind.CODE, name))
+            if not self._function_at(i + 2):
+                out.append(Sink(SinkKind.CODE, name))  # a string (or what may be one) runs
         elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
             if name == "location" or owner >= 0:
                 self._load(name, i + 2)
