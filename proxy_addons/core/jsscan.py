@@ -452,14 +452,15 @@ class _Sinks:
         if self._functions is None:
             t = self.t
             names: set[str] = set()
+            other: set[str] = set()  # also given something else: it may hold a string
             for k, tok in enumerate(t):
                 if tok.kind is not Kind.NAME:
                     continue
                 if tok.value == "function" and self._name_at(k + 1) is not None:
                     names.add(t[k + 1].value)
-                elif self._is(k + 1, "=") and self._function_literal(k + 2):
-                    names.add(tok.value)
-            self._functions = names
+                elif self._assigned(k + 1):
+                    (names if self._function_literal(k + 2) else other).add(tok.value)
+            self._functions = names - other
         return self._functions
 
     def _function_literal(self, i: int) -> bool:

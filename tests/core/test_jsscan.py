@@ -29,6 +29,7 @@ def loads(script: str) -> list[tuple[str, str | None, bool]]:
         ("setTimeout(('location=\"//a.test/\"'))", SinkKind.CODE),
         ("var c = a[0]; setTimeout(c)", SinkKind.CODE),
         ("setTimeout(this.f, 1)", SinkKind.CODE),
+        ("function c() {} c = p; setTimeout(c)", SinkKind.CODE),
         ("window['ev' + 'al'](x)", SinkKind.CODE),
         ("window['\\x65val'](x)", SinkKind.CODE),
         ("\\u0065val(x)", SinkKind.CODE),
