@@ -43,7 +43,7 @@ import pytest
 from aiohttp import web
 
 from proxy_addons.cli import build_parser
-from proxy_addons.run import exposure_problem
+from proxy_addons.run import exposure_problem, plan_listeners
 from tests.feedserver import FeedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,8 +299,9 @@ def test_never_an_open_proxy(source: str) -> None:
     for spec in args.allow_clients:
         net = ipaddress.ip_network(spec)
         assert net.is_private and not net.is_global, f"{spec} is not a private network"
-    assert exposure_problem(args.listen_host, "", args.allow_clients) is None
-    assert exposure_problem(args.listen_host, "", []) is not None
+    listeners = plan_listeners(["regular"], args.listen_host, args.listen_port)
+    assert exposure_problem(listeners, "", args.allow_clients) is None
+    assert exposure_problem(listeners, "", []) is not None
 
 
 def test_roles_one_refresher_per_deployment() -> None:
