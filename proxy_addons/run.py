@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
                    help="only these client networks may use the proxy (repeatable); "
                         "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--trusted-proxies", action="append", default=[], metavar="CIDR",
+                   help="load balancers that send a PROXY protocol header naming the real "
+                        "client (repeatable); connections from them must send one")
     p.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
                    help="address of the admin API and dashboard (default 127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=8090, metavar="PORT",
@@ -229,11 +232,13 @@ def _fail(message: str) -> int:
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.listen_port < 65536:
         return _fail(f"--listen-port must be between 1 and 65535, got {args.listen_port}")
-    for spec in args.allow_clients:
-        try:
-            ipaddress.ip_network(spec, strict=False)
-        except ValueError:
-            return _fail(f"--allow-clients: not an IP network: {spec!r}")
+    for flag, specs in (("--allow-clients", args.allow_clients),
+                        ("--trusted-proxies", args.trusted_proxies)):
+        for spec in specs:
+            try:
+                ipaddress.ip_network(spec, strict=False)
+            except ValueError:
+                return _fail(f"{flag}: not an IP network: {spec!r}")
     # Fail fast, before building a large engine; re-checked on the final options
     # (a config.yaml may set proxyauth, mode or listen_host).
     problem = _early_exposure_problem(args)
@@ -278,6 +283,11 @@ def _startup_message(
         ]
     if opts.jg_allow_clients:
         lines.append(f"  clients allowed from: {', '.join(opts.jg_allow_clients)} (and loopback)")
+    if opts.jg_trusted_proxies:
+        lines.append(
+            f"  PROXY protocol required from: {', '.join(opts.jg_trusted_proxies)} "
+            "(the client it names is the client)"
+        )
     if opts.proxyauth:
         lines.append("  proxy authentication required (proxyauth)")
     admin = next((a for a in addons if getattr(a, "name", "") == "jectguard_admin"), None)
@@ -355,6 +365,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_intercept=not args.no_intercept,
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
+            jg_trusted_proxies=list(args.trusted_proxies),
             jg_admin_host=args.admin_host,
             jg_admin_port=args.admin_port,
             jg_admin_token_file=args.admin_token_file,

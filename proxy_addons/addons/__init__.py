@@ -18,6 +18,7 @@ from .blocking import Blocking
 from .clients import ClientAllowList
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
@@ -36,6 +37,7 @@ def make_addons(
         ClientAllowList(),
         Blocking(holder),
         Strip(holder),
+        ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         Observe(events, metrics, holder),
         AdminServer(
@@ -70,6 +72,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "ConnectionLimits",
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",

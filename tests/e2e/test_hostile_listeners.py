@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -25,9 +26,9 @@ from .conftest import (
     HOSTS,
     LAUNCHER,
     ROOT,
+    Origin,
     free_port,
     non_loopback_ip,
-    raw_exchange,
     start_proxy,
     status_of,
 )
@@ -185,4 +186,180 @@ def test_allow_clients_closes_every_mode(tmp_path: Path, lists_dir: Path, mode: 
         p.stop()
 
 
-_ = (raw_exchange, status_of, resource)
+# -- slow and many clients ------------------------------------------------------------
+
+SLOW_CLIENTS = 200
+HEADER_TIMEOUT = 2
+CLOSE_BOUND = 20.0  # header timeout plus a loaded machine's slack
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """Whether the proxy closed this connection (EOF or reset) without answering."""
+    try:
+        return s.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except (BlockingIOError, TimeoutError):
+        return False
+
+
+def served(port: int, url: str, source: str = "127.0.0.1") -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(
+            f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return status_of(data)
+
+
+def test_slow_request_heads_are_closed_others_served(
+    tmp_path: Path,
+    lists_dir: Path,
+    origin: Origin,
+) -> None:
+    p = start_proxy(
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--set",
+        f"jg_header_timeout={HEADER_TIMEOUT}",
+        "--set",
+        "jg_max_client_connections=0",
+    )
+    slow: list[socket.socket] = []
+    try:
+        good = f"http://good.test:{origin.port}/ok"
+        for i in range(SLOW_CLIENTS):
+            s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+            # half a request head, as a slowloris sends it; some send nothing at all
+            s.sendall(b"" if i % 4 == 0 else b"GET http://good.test/ HTTP/1.1\r\nHost: go")
+            s.setblocking(False)
+            slow.append(s)
+        start = time.monotonic()
+        while True:
+            assert served(p.port, good) == 200  # others are served throughout
+            open_ = [s for s in slow if not closed_by_peer(s)]
+            for s in set(slow) - set(open_):
+                s.close()
+            slow = open_
+            if not open_:
+                break
+            assert time.monotonic() - start < CLOSE_BOUND, f"{len(open_)} slow clients still open"
+            time.sleep(0.2)
+        assert time.monotonic() - start >= HEADER_TIMEOUT - 1.0
+        assert "no complete request head" in p.output()
+        assert p.alive()
+    finally:
+        for s in slow:
+            s.close()
+        p.stop()
+
+
+def test_idle_keep_alive_is_closed(tmp_path: Path, lists_dir: Path, origin: Origin) -> None:
+    p = start_proxy(
+        tmp_path, "--blocklist", str(lists_dir / "domains.txt"), "--set", "jg_idle_timeout=1"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=CLOSE_BOUND) as s:
+            s.sendall(
+                f"GET http://good.test:{origin.port}/a HTTP/1.1\r\n"
+                f"Host: good.test:{origin.port}\r\n\r\n".encode()
+            )
+            first = s.recv(65536)
+            assert status_of(first) == 200
+            start = time.monotonic()
+            rest = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := s.recv(65536):
+                    rest += chunk
+            assert time.monotonic() - start < CLOSE_BOUND
+            assert b"HTTP/1.1" not in rest  # closed, not answered again
+    finally:
+        p.stop()
+
+
+def test_client_over_its_cap_is_refused_others_served(
+    tmp_path: Path,
+    lists_dir: Path,
+    origin: Origin,
+) -> None:
+    cap = 20
+    p = start_proxy(
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--set",
+        f"jg_max_client_connections={cap}",
+    )
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            held.append(socket.create_connection(("127.0.0.1", p.port), timeout=10))
+        extra = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        held.append(extra)
+        extra.settimeout(CLOSE_BOUND)
+        assert closed_by_peer(extra), "a connection over the cap was kept"
+        # another client address (still loopback) is served meanwhile
+        assert served(p.port, f"http://good.test:{origin.port}/x", source="127.0.0.2") == 200
+        # the held connections still work
+        s = held[0]
+        s.sendall(
+            f"GET http://good.test:{origin.port}/y HTTP/1.1\r\n"
+            f"Host: good.test:{origin.port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        s.settimeout(10)
+        assert status_of(s.recv(65536)) == 200
+        wait_until(lambda: "jg_max_client_connections" in p.output(), 5, "no log line")
+    finally:
+        for s in held:
+            s.close()
+        p.stop()
+
+
+def test_descriptor_shortage_logs_a_bounded_number_of_lines(
+    tmp_path: Path,
+    lists_dir: Path,
+    origin: Origin,
+) -> None:
+    """At the open-file limit the proxy logs a few lines (not a traceback a second), keeps
+    its listeners, and serves again once connections close."""
+    p = start_proxy(
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--set",
+        "jg_max_client_connections=0",
+        "--admin-port",
+        "0",
+    )
+    held: list[socket.socket] = []
+    try:
+        pid = p.proc.pid
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 30, hard))
+        for _ in range(80):  # well past the limit: the last ones wait in the backlog
+            held.append(socket.create_connection(("127.0.0.1", p.port), timeout=10))
+        time.sleep(4.0)  # the shortage lasts: old code logged a traceback per second
+        out = p.output()
+        assert out.count("Traceback") == 0, out[-3000:]
+        lines = out.count("out of file descriptors")
+        assert 1 <= lines <= 2, out[-3000:]
+        for s in held:
+            s.close()
+        held.clear()
+        wait_until(lambda: _served_ok(p.port, origin.port), CLOSE_BOUND, "not serving again")
+        assert p.alive()
+    finally:
+        for s in held:
+            s.close()
+        p.stop()
+
+
+def _served_ok(port: int, origin_port: int) -> bool:
+    try:
+        return served(port, f"http://good.test:{origin_port}/z") == 200
+    except OSError:
+        return False
