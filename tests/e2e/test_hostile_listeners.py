@@ -11,16 +11,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from proxy_addons.core import proxyproto
 
 from .conftest import (
     HOSTS,
@@ -363,3 +367,126 @@ def _served_ok(port: int, origin_port: int) -> bool:
         return served(port, f"http://good.test:{origin_port}/z") == 200
     except OSError:
         return False
+
+
+# -- PROXY protocol behind HAProxy ------------------------------------------------------
+
+HAPROXY = shutil.which("haproxy")
+
+
+@contextlib.contextmanager
+def haproxy_in_front(tmp: Path, backend_port: int, binds: list[str], send: str) -> Iterator[None]:
+    """Debian's HAProxy in TCP mode, sending ``send`` (send-proxy or send-proxy-v2)."""
+    assert HAPROXY is not None
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(
+        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n"
+        "    timeout server 30s\n\nfrontend fe\n"
+        + "".join(f"    bind {b}\n" for b in binds)
+        + f"    default_backend be\n\nbackend be\n    server jg 127.0.0.1:{backend_port} {send}\n"
+    )
+    log = tmp / "haproxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(cfg)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        host, _, port = binds[0].rpartition(":")
+        wait_until(
+            lambda: _connectable(host, int(port)) or proc.poll() is not None,
+            10,
+            "haproxy did not listen",
+        )
+        assert proc.poll() is None, log.read_text()
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _connectable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def exchange(host: str, port: int, data: bytes, source: str, timeout: float = 10.0) -> bytes | None:
+    """Send and read a response head; None when the proxy closed (or kept) quiet."""
+    with socket.create_connection((host, port), timeout=timeout, source_address=(source, 0)) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while (chunk := s.recv(65536)) and b"\r\n\r\n" not in (got := got + chunk):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return got or None
+
+
+def events(path: Path) -> list[dict[str, object]]:
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+BLOCKED = b"GET http://evil.test/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (Debian package haproxy)")
+@pytest.mark.parametrize("send", ["send-proxy-v2", "send-proxy"])
+def test_real_client_address_from_haproxy(tmp_path: Path, lists_dir: Path, send: str) -> None:
+    events_file = tmp_path / "events.jsonl"
+    p = start_proxy(
+        tmp_path / "proxy",
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--allow-clients",
+        "10.123.0.0/16",
+        "--events-file",
+        str(events_file),
+    )
+    front = free_port()
+    ip = non_loopback_ip()
+    binds = [f"127.0.0.1:{front}"] + ([f"{ip}:{front}"] if ip else [])
+    try:
+        assert "PROXY protocol required from: 127.0.0.1/32" in p.output()
+        with haproxy_in_front(tmp_path, p.port, binds, send):
+            # a client on 127.0.0.5, through HAProxy: blocked, and named as itself
+            resp = exchange("127.0.0.1", front, BLOCKED, source="127.0.0.5")
+            assert resp is not None and status_of(resp) == 403, resp
+            wait_until(
+                lambda: any(e.get("client") == "127.0.0.5" for e in events(events_file)),
+                5,
+                f"no event names 127.0.0.5: {events(events_file)}",
+            )
+            assert not any(e.get("client") == "127.0.0.1" for e in events(events_file))
+            if ip:
+                # a client outside --allow-clients is refused, though HAProxy is loopback
+                assert exchange(ip, front, BLOCKED, source=ip) is None
+                wait_until(
+                    lambda: f"client {ip} is not in jg_allow_clients" in p.output(),
+                    5,
+                    "the allow-list did not name the real client",
+                )
+        # the trusted balancer's address without a header: refused, never read as a client
+        assert exchange("127.0.0.1", p.port, BLOCKED, source="127.0.0.1") is None
+        assert "no valid PROXY protocol header" in p.output()
+        # a header from anyone else is never read: it names nobody
+        forged = b"PROXY TCP4 10.123.0.9 127.0.0.1 5555 80\r\n" + BLOCKED
+        resp = exchange("127.0.0.1", p.port, forged, source="127.0.0.2")
+        assert resp is None or status_of(resp) == 400
+        v2 = proxyproto.build_v2(("10.123.0.9", 5555), ("127.0.0.1", 80))
+        # (mitmproxy reads the v2 signature's CRLFs as a request head that never ends)
+        resp = exchange("127.0.0.1", p.port, v2 + BLOCKED, source="127.0.0.2", timeout=2)
+        assert resp is None or status_of(resp) == 400
+        time.sleep(0.3)
+        assert not any(e.get("client") == "10.123.0.9" for e in events(events_file))
+        assert p.alive()
+    finally:
+        p.stop()
