@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -488,5 +489,88 @@ def test_real_client_address_from_haproxy(tmp_path: Path, lists_dir: Path, send:
         time.sleep(0.3)
         assert not any(e.get("client") == "10.123.0.9" for e in events(events_file))
         assert p.alive()
+    finally:
+        p.stop()
+
+
+# -- tunnels and the deadlines ----------------------------------------------------------
+
+
+def _tls_request(tls: ssl.SSLSocket, host: str) -> int:
+    tls.sendall(f"GET /t HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return status_of(tls.recv(65536))
+
+
+def _tls_closed(tls: ssl.SSLSocket) -> bool:
+    try:
+        return tls.recv(4096) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+
+
+def test_passthrough_tunnel_outlives_the_head_deadline_until_tcp_timeout(
+    tmp_path: Path,
+    lists_dir: Path,
+    origin: Origin,
+) -> None:
+    """A raw tunnel has no request heads to wait for: only mitmproxy's tcp_timeout ends it."""
+    assert origin.cert is not None
+    p = start_proxy(
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--no-intercept",
+        "--set",
+        "jg_header_timeout=1",
+        "--set",
+        "jg_idle_timeout=1",
+        "--set",
+        "tcp_timeout=4",
+    )
+    ctx = ssl.create_default_context(cafile=str(origin.cert))
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=CLOSE_BOUND) as s:
+            s.sendall(f"CONNECT good.test:{origin.tls_port} HTTP/1.1\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            with ctx.wrap_socket(s, server_hostname="good.test") as tls:
+                assert _tls_request(tls, "good.test") == 200
+                time.sleep(2.0)  # past both jectguard deadlines, inside tcp_timeout
+                assert _tls_request(tls, "good.test") == 200
+                start = time.monotonic()
+                assert _tls_closed(tls)  # then idle: closed by tcp_timeout
+                assert 2.0 <= time.monotonic() - start < CLOSE_BOUND
+    finally:
+        p.stop()
+
+
+def test_slow_request_inside_an_intercepted_tunnel_is_closed(
+    tmp_path: Path,
+    lists_dir: Path,
+    origin: Origin,
+) -> None:
+    p = start_proxy(
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--set",
+        "ssl_insecure=true",
+        "--set",
+        "jg_header_timeout=2",
+    )
+    ctx = ssl.create_default_context(cafile=str(p.ca))
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=CLOSE_BOUND) as s:
+            s.sendall(f"CONNECT good.test:{origin.tls_port} HTTP/1.1\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            with ctx.wrap_socket(s, server_hostname="good.test") as tls:
+                assert _tls_request(tls, "good.test") == 200  # a prompt client is served
+        with socket.create_connection(("127.0.0.1", p.port), timeout=CLOSE_BOUND) as s:
+            s.sendall(f"CONNECT good.test:{origin.tls_port} HTTP/1.1\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            with ctx.wrap_socket(s, server_hostname="good.test") as tls:
+                tls.sendall(b"GET /t HTTP/1.1\r\nHost: go")  # and never the rest
+                start = time.monotonic()
+                assert _tls_closed(tls)
+                assert 1.0 <= time.monotonic() - start < CLOSE_BOUND
     finally:
         p.stop()
