@@ -57,15 +57,18 @@ StreamHandler = Callable[..., Awaitable[None]]
 class Throttle:
     """At most one log line per interval for each key; the lines say how many were held back."""
 
-    def __init__(self, interval: float = SHORTAGE_LOG_INTERVAL) -> None:
+    def __init__(
+        self, interval: float = SHORTAGE_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval = interval
+        self.clock = clock
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
     def allow(self, key: str) -> int | None:
         """None: stay quiet; else log now, and this many were held back since the last line."""
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval) < self.interval:
+        now = self.clock()
+        if key in self._last and now - self._last[key] < self.interval:
             self._held[key] += 1
             return None
         self._last[key] = now
@@ -161,23 +164,31 @@ class ConnectionLimits:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_trusted_proxies", Sequence[str], [],
+            "jg_trusted_proxies",
+            Sequence[str],
+            [],
             "jectguard: load balancers (CIDR) that put a PROXY protocol header (v1 or v2) "
             "before each connection, naming the real client. Connections from them must "
             "send one; from anyone else it is never read.",
         )
         loader.add_option(
-            "jg_max_client_connections", int, 256,
+            "jg_max_client_connections",
+            int,
+            256,
             "jectguard: connections one client address may hold open at once; more are "
             "closed at once (0: no cap).",
         )
         loader.add_option(
-            "jg_header_timeout", int, 30,
+            "jg_header_timeout",
+            int,
+            30,
             "jectguard: seconds a client has to send a complete request head, from "
             "connecting or from a CONNECT being answered (0: off).",
         )
         loader.add_option(
-            "jg_idle_timeout", int, 60,
+            "jg_idle_timeout",
+            int,
+            60,
             "jectguard: seconds a keep-alive connection may wait for its next request "
             "after a response (0: off). Idle tunnels end after mitmproxy's tcp_timeout.",
         )
@@ -230,8 +241,13 @@ class ConnectionLimits:
             address = relayed[0]
         key = _ip_key(address)
         if self.cap and self.open[key] >= self.cap:
-            self._log("cap", "jectguard: client %s holds %d connections "
-                      "(jg_max_client_connections); closing a new one", address, self.cap)
+            self._log(
+                "cap",
+                "jectguard: client %s holds %d connections "
+                "(jg_max_client_connections); closing a new one",
+                address,
+                self.cap,
+            )
             writer.close()
             return None
         self.open[key] += 1
@@ -250,10 +266,20 @@ class ConnectionLimits:
         try:
             async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
                 header = await read_proxy_header(reader)
-        except (proxyproto.ProxyHeaderError, TimeoutError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError, OSError) as exc:
-            self._log("proxyproto", "jectguard: connection from load balancer %s refused: "
-                      "no valid PROXY protocol header (%s)", balancer, str(exc) or type(exc).__name__)
+        except (
+            proxyproto.ProxyHeaderError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            OSError,
+        ) as exc:
+            self._log(
+                "proxyproto",
+                "jectguard: connection from load balancer %s refused: "
+                "no valid PROXY protocol header (%s)",
+                balancer,
+                str(exc) or type(exc).__name__,
+            )
             return None
         if header.source is None:  # the balancer's own connection (LOCAL, UNKNOWN)
             peer: tuple[str, int] = writer.get_extra_info("peername")[:2]
@@ -340,8 +366,9 @@ class ConnectionLimits:
         if handler is None:
             return
         peer = handler.client.peername
-        self._log("slow", "jectguard: closing %s: %s within %g s",
-                  peer[0] if peer else "?", why, seconds)
+        self._log(
+            "slow", "jectguard: closing %s: %s within %g s", peer[0] if peer else "?", why, seconds
+        )
         io = handler.transports.get(handler.client)
         if io is not None and io.handler is not None:
             io.handler.cancel(why)
@@ -351,7 +378,9 @@ class ConnectionLimits:
     def _log(self, key: str, msg: str, *args: object) -> None:
         held = self.throttle.allow(key)
         if held is not None:
-            suffix = f" ({held} more like it in the last {self.throttle.interval:.0f} s)" if held else ""
+            suffix = (
+                f" ({held} more like it in the last {self.throttle.interval:.0f} s)" if held else ""
+            )
             logger.warning(msg + suffix, *args)
 
 
