@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http
-from mitmproxy.proxy import layers
+from mitmproxy.proxy import layers, mode_specs
 
 from ..core import proxyproto
 from .clients import Network, parse_networks
@@ -296,6 +296,8 @@ class ConnectionLimits:
 
     def client_connected(self, client: connection.Client) -> None:
         if client.error or client.transport_protocol != "tcp":
+            return
+        if isinstance(client.proxy_mode, mode_specs.DnsMode):  # queries, not request heads
             return
         w = self._waiting[client.id] = _Waiting()
         self._arm(client, w, self.header_timeout, "no complete request head")
