@@ -76,6 +76,7 @@ class AdminServer:
         lists: Callable[[], list[dict[str, Any]]] | None = None,
         refresh_status: Callable[[], Any] | None = None,
         refresh_trigger: RefreshTrigger | None = None,
+        retro_hits: Callable[[float], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.holder = holder
         self.events = events
@@ -84,6 +85,7 @@ class AdminServer:
         self.lists = lists
         self.refresh_status = refresh_status
         self.refresh_trigger = refresh_trigger
+        self.retro_hits = retro_hits
         self.host = "127.0.0.1"
         self.port = 0
         self.token: AdminToken | None = None
@@ -186,6 +188,7 @@ class AdminServer:
             lists=self.lists,
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
+            retro_hits=self.retro_hits,
         )
         runner = web.AppRunner(
             create_app(state),
