@@ -92,6 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.set_defaults(hunt_main=main_host)
     for q in (rr, h):
         q.add_argument("--json", action="store_true", help="one JSON object a line")
+        # also after the subcommand (its own dest: a subparser default would hide the parent's)
+        q.add_argument("--cache-dir", dest="ledger_cache_dir", metavar="DIR",
+                       help="the cache directory holding the SQLite ledger")  # fmt: skip
         q.add_argument("--ledger-url", default=os.environ.get("JECTGUARD_LEDGER_URL", ""),
                        help="postgresql://... (default: the SQLite ledger in the cache "
                        "directory, or $JECTGUARD_LEDGER_URL)")  # fmt: skip
@@ -159,7 +162,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _open_ledger(args: argparse.Namespace) -> Ledger | None:
-    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    given = getattr(args, "ledger_cache_dir", None) or getattr(args, "cache_dir", None)
+    cache = Path(given) if given else default_cache_dir()
     target = ledger_target(args.ledger_url, cache)
     if not args.ledger_url and not Path(target).is_file():
         print(f"jectguard: no ledger at {target} (is jg_ledger on?)", file=sys.stderr)
