@@ -87,6 +87,17 @@ class SightingBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def restore(self, rows: dict[Key, list[float]]) -> None:
+        """Put back rows a failed write took (merged; what does not fit is dropped, counted)."""
+        for key, (first, last, count) in rows.items():
+            row = self.rows.get(key)
+            if row is not None:
+                row[0], row[1], row[2] = min(row[0], first), max(row[1], last), row[2] + count
+            elif len(self.rows) < self.cap:
+                self.rows[key] = [first, last, count]
+            else:
+                self.dropped += int(count)
+
     def take(self) -> dict[Key, list[float]]:
         rows, self.rows = self.rows, {}
         return rows

@@ -95,6 +95,7 @@ class LedgerAddon:
         self._conns: dict[str, tuple[str | None, str | None]] = {}
         self._last_prune = 0.0
         self._target = ""
+        self._down = False
         holder.on_swap.append(self._swapped)
 
     def load(self, loader: Any) -> None:
@@ -154,7 +155,10 @@ class LedgerAddon:
             old, self.ledger = self.ledger, None
             if old is not None:
                 old.close()
-            if target:
+            # SQLite is a local file: open it now and refuse a bad path. A database server
+            # is reached from the background task (never the event loop), and retried while
+            # it is down: the proxy keeps serving, the batch keeps (bounded) sightings.
+            if target and not url:
                 try:
                     self.ledger = Ledger(target)
                 except LedgerError as exc:
@@ -163,7 +167,7 @@ class LedgerAddon:
     # -- sightings (the event loop's cost: a dict update each) -----------------
 
     def _see(self, host: str | None, client: str | None, user: str | None) -> None:
-        if self.ledger is None or host is None:
+        if not self._target or host is None:
             return
         self.batch.add(host, client, user, self.clock())
         if len(self.batch) >= FLUSH_KEYS:
@@ -201,7 +205,7 @@ class LedgerAddon:
     # -- snapshots ------------------------------------------------------------
 
     def _swapped(self, old: Engine, new: Engine) -> None:
-        if not self.hunt or self.ledger is None:
+        if not self.hunt or not self._target:
             return
         if self._base is None:
             self._base = old  # kept alive (not closed) until the hunt has read it
@@ -219,6 +223,8 @@ class LedgerAddon:
                 await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
             self._wake.clear()
             try:
+                if self.ledger is None and self._target:
+                    await self._connect()
                 await self.flush()
                 if self._pending:
                     await self.retro_hunt()
@@ -226,19 +232,46 @@ class LedgerAddon:
                 raise
             except Exception as exc:  # a bad flush must not end the ledger for good
                 log.warning("jectguard: ledger: %s: %s", type(exc).__name__, exc)
+                ledger = self.ledger
+                if ledger is not None and ledger.postgres:  # reconnect on the next round
+                    self.ledger = None
+                    with contextlib.suppress(Exception):
+                        ledger.close()
+
+    async def _connect(self) -> None:
+        target = self._target
+        try:
+            ledger = await asyncio.to_thread(Ledger, target)
+        except LedgerError as exc:
+            if not self._down:  # once per outage, not every round
+                log.warning("jectguard: ledger: %s (retrying; sightings are held)", exc)
+            self._down = True
+            return
+        if target != self._target:  # reconfigured meanwhile
+            ledger.close()
+            return
+        if self._down:
+            log.info("jectguard: ledger: connected again")
+        self.ledger, self._down = ledger, False
 
     async def flush(self) -> None:
         """Write the batch from a thread; prune old days at most hourly."""
-        ledger = self.ledger
-        if ledger is None:
-            self.batch.take()
-            return
-        rows = self.batch.take()
         if self.batch.dropped:
             log.warning("jectguard: ledger: %d sightings dropped (batch full)", self.batch.dropped)
+            self.metrics.record_error("ledger-dropped")
             self.batch.dropped = 0
+        ledger = self.ledger
+        if ledger is None:
+            if not self._target:
+                self.batch.take()
+            return
+        rows = self.batch.take()
         if rows:
-            await asyncio.to_thread(ledger.write, rows)
+            try:
+                await asyncio.to_thread(ledger.write, rows)
+            except BaseException:
+                self.batch.restore(rows)  # written next time (what fits)
+                raise
         now = self.clock()
         if now - self._last_prune >= PRUNE_SECONDS:
             self._last_prune = now
@@ -247,8 +280,10 @@ class LedgerAddon:
     async def retro_hunt(self) -> list[RetroHit]:
         """Match the ledger's hosts against the rules added since the last hunt."""
         ledger, base, new = self.ledger, self._base, self.holder.engine
+        if ledger is None:
+            return []  # hunted once the ledger is back
         self._pending, self._base = False, None
-        if ledger is None or base is None or base.block is new.block:
+        if base is None or base.block is new.block:
             return []
         now = self.clock()
         hits = await asyncio.to_thread(_hunt, ledger, base, new, now)
