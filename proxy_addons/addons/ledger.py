@@ -148,7 +148,8 @@ class LedgerAddon:
         if not o.jg_ledger:
             target = ""
         else:
-            cache = Path(o.jg_cache_dir).expanduser() if o.jg_cache_dir else default_cache_dir()
+            cache_opt = getattr(o, "jg_cache_dir", "")  # the refresh addon's option
+            cache = Path(cache_opt).expanduser() if cache_opt else default_cache_dir()
             target = ledger_target(url, cache)
         if target != self._target:
             self._target = target

@@ -1,0 +1,200 @@
+"""The ledger addon's hooks, batching, failure handling and hunt, called directly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from mitmproxy import connection
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow
+
+from proxy_addons.addons.holder import EngineHolder
+from proxy_addons.addons.ledger import LedgerAddon
+from proxy_addons.core.engine import Engine
+from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
+from proxy_addons.events import EventLog
+from proxy_addons.ledger import LEDGER_FILE, Ledger
+from proxy_addons.metrics import Metrics
+
+
+def _engine(*hosts: str) -> Engine:
+    rules = [Rule(RuleKind.DOMAIN, h, h, i) for i, h in enumerate(hosts, 1)]
+    return Engine.from_lists(
+        [(ListSpec("feed", category="malware"), ParsedList("domains", rules))]
+    )[0]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # never the user's own data directory, whatever a test forgets to configure
+    monkeypatch.setenv("JECTGUARD_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture
+def parts() -> tuple[EngineHolder, EventLog, Metrics]:
+    return EngineHolder(_engine("old.example")), EventLog(), Metrics()
+
+
+def _flow(host: str, user: str | None = "alice", client: str = "10.1.2.3") -> tflow.HTTPFlow:
+    f = tflow.tflow()
+    f.request.host = host
+    f.client_conn.peername = (client, 50000)
+    if user is not None:
+        f.metadata["proxyauth"] = (user, "pw-never-stored")
+    return f
+
+
+def _metric(metrics: Metrics, name: str) -> float:
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
+
+
+async def test_hooks_record_hosts_clients_users_and_addresses(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        tctx.configure(addon, jg_ledger=True)
+        f = _flow("Visited.Example.")
+        addon.http_connect(f)
+        addon.requestheaders(f)
+        denied = _flow("denied.example", user=None)
+        denied.response = tflow.tresp(status_code=407)
+        addon.requestheaders(denied)  # not authenticated: the proxy went nowhere
+        server = connection.Server(address=("visited.example", 443))
+        server.peername = ("198.51.100.9", 443)
+        addon.server_connected(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        await addon.flush()
+        led = Ledger(tmp_path / LEDGER_FILE)
+        try:
+            assert sorted(led.hosts()) == ["198.51.100.9", "visited.example"]
+            [s] = led.sightings("visited.example")
+            assert (s.client, s.user, s.count) == ("10.1.2.3", "alice", 2)
+            [ip] = led.sightings("198.51.100.9")
+            assert ip.user == "alice"  # the tunnel's user
+        finally:
+            led.close()
+        await addon.done()
+    files = await asyncio.to_thread(lambda: list(tmp_path.glob(LEDGER_FILE + "*")))
+    raw = b"".join(await asyncio.to_thread(p.read_bytes) for p in files)
+    assert b"pw-never-stored" not in raw
+
+
+async def test_off_keeps_nothing(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_ledger=False)
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path / "c"), "")
+        addon.requestheaders(_flow("a.example"))
+        await addon.flush()
+        assert len(addon.batch) == 0 and addon.ledger is None
+    assert not (tmp_path / "c").exists() and not (tmp_path / "default-cache").exists()
+
+
+async def test_options_are_validated(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    from mitmproxy import exceptions
+
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        with pytest.raises(exceptions.OptionsError, match="jg_ledger_days"):
+            tctx.configure(addon, jg_ledger_days=0)
+        with pytest.raises(exceptions.OptionsError, match="jg_ledger_url"):
+            tctx.configure(addon, jg_ledger_url="mysql://x")
+        (tmp_path / "blocked").write_text("a file where the folder should be")
+        with pytest.raises(exceptions.OptionsError, match="jg_ledger: cannot open"):
+            tctx.options.jg_cache_dir = str(tmp_path / "blocked")
+
+
+async def test_a_failed_write_keeps_the_rows_for_the_next_flush(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        tctx.configure(addon, jg_ledger=True)
+        addon.requestheaders(_flow("kept.example"))
+        assert addon.ledger is not None
+        real = addon.ledger.write
+
+        def disk_full(rows: object) -> int:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(addon.ledger, "write", disk_full)
+        with pytest.raises(OSError):
+            await addon.flush()
+        addon.requestheaders(_flow("kept.example"))
+        monkeypatch.setattr(addon.ledger, "write", real)
+        await addon.flush()
+        [s] = addon.ledger.sightings("kept.example")
+        assert s.count == 2
+        await addon.done()
+
+
+async def test_an_unreachable_database_is_retried_and_never_stops_the_proxy(
+    parts: tuple[EngineHolder, EventLog, Metrics], caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_ledger_url=f"postgresql://x@127.0.0.1:{port}/x")
+        addon.requestheaders(_flow("held.example"))
+        await addon._connect()
+        assert addon.ledger is None and addon._down
+        await addon.flush()
+        assert len(addon.batch) == 1  # held for when it is back (bounded)
+        assert "retrying" in caplog.text
+
+
+async def test_a_swap_hunts_once_per_hit_with_an_event_and_a_metric(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    holder, events, metrics = parts
+    addon = LedgerAddon(holder, events, metrics)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        tctx.configure(addon, jg_ledger=True)
+        addon.requestheaders(_flow("cdn.fresh.example", user="bob", client="10.9.9.9"))
+        addon.requestheaders(_flow("innocent.example"))
+        holder.swap(_engine("old.example", "fresh.example"))
+        await addon.flush()
+        [hit] = await addon.retro_hunt()
+        assert (hit.host, hit.rule, hit.list) == ("cdn.fresh.example", "fresh.example", "feed")
+        [ev] = events.recent(10, ["retro-hit"])
+        assert ev["host"] == "cdn.fresh.example" and ev["users"] == ["bob"]
+        assert ev["clients"][0]["client"] == "10.9.9.9"  # type: ignore[index]
+        assert _metric(metrics, "jectguard_retro_hits_total") == 1
+        # The same rule in force again (another snapshot): no second event.
+        holder.swap(_engine("old.example"))
+        holder.swap(_engine("old.example", "fresh.example"))
+        assert await addon.retro_hunt() == []
+        assert addon.recent_hits(0)[0]["host"] == "cdn.fresh.example"
+        await addon.done()
+
+
+async def test_the_background_task_flushes_and_hunts(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    holder, events, metrics = parts
+    addon = LedgerAddon(holder, events, metrics)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        tctx.configure(addon, jg_ledger=True)
+        await addon.running()
+        addon.requestheaders(_flow("late.example"))
+        holder.swap(_engine("old.example", "late.example"))
+        async with asyncio.timeout(20):
+            while not events.recent(10, ["retro-hit"]):  # noqa: ASYNC110 (no event to await)
+                await asyncio.sleep(0.05)
+        await addon.done()
+        assert addon.task is None
