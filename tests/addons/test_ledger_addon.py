@@ -78,7 +78,7 @@ async def test_hooks_record_hosts_clients_users_and_addresses(
             led.close()
         await addon.done()
     files = await asyncio.to_thread(lambda: list(tmp_path.glob(LEDGER_FILE + "*")))
-    raw = b"".join(await asyncio.to_thread(p.read_bytes) for p in files)
+    raw = b"".join([await asyncio.to_thread(p.read_bytes) for p in files])
     assert b"pw-never-stored" not in raw
 
 
