@@ -175,6 +175,11 @@ def _open_ledger(args: argparse.Namespace) -> Ledger | None:
         return None
 
 
+def _safe(text: str) -> str:
+    """Text for a terminal: rules come from feeds, hosts and users from traffic."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def main_retro(args: argparse.Namespace) -> int:
     """List the retro-hunt's hits found in the last ``--since`` days."""
     if not args.since > 0:
@@ -192,10 +197,14 @@ def main_retro(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(doc, ensure_ascii=False), flush=True)
             continue
-        print(f"{doc['found_at']}  {hit.host}  listed by {hit.list} ({hit.category}): {hit.rule}")
+        print(
+            _safe(
+                f"{doc['found_at']}  {hit.host}  listed by {hit.list} ({hit.category}): {hit.rule}"
+            )
+        )
         for s in hit.sightings:
-            print(f"    {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
-                  f"{rfc3339(s.first)} .. {rfc3339(s.last)}")  # fmt: skip
+            print(_safe(f"    {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
+                        f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
     if not hits and not args.json:
         print(f"no retro-hunt hits in the last {args.since:g} days")
     return EXIT_OK
@@ -219,8 +228,8 @@ def main_host(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(s.as_dict(), ensure_ascii=False), flush=True)
         else:
-            print(f"{s.host}  {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
-                  f"{rfc3339(s.first)} .. {rfc3339(s.last)}")  # fmt: skip
+            print(_safe(f"{s.host}  {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
+                        f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
     if not rows and not args.json:
         print(f"nobody reached {host} in the ledger's days")
     return EXIT_OK

@@ -56,7 +56,9 @@ def flow_user(flow: http.HTTPFlow) -> str | None:
     """The user mitmproxy's proxyauth authenticated for this flow (never the password)."""
     auth = flow.metadata.get("proxyauth")
     if isinstance(auth, tuple | list) and auth and isinstance(auth[0], str):
-        return auth[0]
+        user = auth[0]
+        # shown in terminals and tables: control characters are escaped, never passed on
+        return user if user.isprintable() else user.encode("unicode_escape").decode("ascii")
     return None
 
 
@@ -66,7 +68,9 @@ def _peer(conn: connection.Connection | None) -> str | None:
 
 
 def _host(name: str | None) -> str | None:
-    if not name:
+    """The host as recorded; None for no name or one no DNS name or address can be (a
+    client picks SNI and Host: control characters would reach a terminal via ``hunt``)."""
+    if not name or not name.isprintable() or " " in name:
         return None
     return name.strip("[]").rstrip(".").lower() or None
 

@@ -66,10 +66,13 @@ async def test_hooks_record_hosts_clients_users_and_addresses(
         server = connection.Server(address=("visited.example", 443))
         server.peername = ("198.51.100.9", 443)
         addon.server_connected(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        addon.requestheaders(_flow("evil\x1b]0;pwned\x07.example"))  # a terminal escape
+        addon.requestheaders(_flow("ok.example", user="mallory\x1b[2J"))
         await addon.flush()
         led = Ledger(tmp_path / LEDGER_FILE)
         try:
-            assert sorted(led.hosts()) == ["198.51.100.9", "visited.example"]
+            assert sorted(led.hosts()) == ["198.51.100.9", "ok.example", "visited.example"]
+            assert led.sightings("ok.example")[0].user == "mallory\\x1b[2J"
             [s] = led.sightings("visited.example")
             assert (s.client, s.user, s.count) == ("10.1.2.3", "alice", 2)
             [ip] = led.sightings("198.51.100.9")
