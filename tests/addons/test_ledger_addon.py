@@ -201,3 +201,19 @@ async def test_the_background_task_flushes_and_hunts(
                 await asyncio.sleep(0.05)
         await addon.done()
         assert addon.task is None
+
+
+async def test_auto_hunt_leaves_a_shared_ledger_to_the_refresher(
+    parts: tuple[EngineHolder, EventLog, Metrics],
+) -> None:
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_refresh_role", str, "watch", "")
+        tctx.configure(addon, jg_ledger_url="postgresql://x@127.0.0.1:1/x")
+        assert addon.hunt is False  # a replica: the refresher hunts for all
+        tctx.configure(addon, jg_ledger_hunt="on")
+        assert addon.hunt is True
+        tctx.configure(addon, jg_ledger_hunt="auto", jg_refresh_role="refresh")
+        assert addon.hunt is True
+        tctx.configure(addon, jg_ledger_url="", jg_refresh_role="watch")
+        assert addon.hunt is True  # SQLite is this machine's own: hits are stored once
