@@ -179,14 +179,14 @@ class LedgerAddon:
             self._wake.set()
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None and flow.response.status_code == 407:
-            return  # not authenticated: the proxy went nowhere
+        if not self._target or (flow.response is not None and flow.response.status_code == 407):
+            return  # off, or not authenticated: the proxy went nowhere
         host, user = _host(flow.request.host), flow_user(flow)
         self._conns[flow.client_conn.id] = (host, user)
         self._see(host, _peer(flow.client_conn), user)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None and flow.response.status_code == 407:
+        if not self._target or (flow.response is not None and flow.response.status_code == 407):
             return
         self._see(_host(flow.request.host), _peer(flow.client_conn), flow_user(flow))
 
