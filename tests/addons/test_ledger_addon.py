@@ -217,3 +217,28 @@ async def test_auto_hunt_leaves_a_shared_ledger_to_the_refresher(
         assert addon.hunt is True
         tctx.configure(addon, jg_ledger_url="", jg_refresh_role="watch")
         assert addon.hunt is True  # SQLite is this machine's own: hits are stored once
+
+
+def test_block_monitor_and_strip_events_name_the_user() -> None:
+    from proxy_addons.addons.observe import STRIP_KEY, Observe
+
+    events, metrics = EventLog(), Metrics()
+    obs = Observe(events, metrics)
+    verdict = {"verdict": "monitor", "url": "http://w.example/", "host": "w.example",
+               "list": "watch", "rule": "w.example"}  # fmt: skip
+    for action, rid in (("monitor", "m1"), ("block", "b1")):
+        f = _flow("w.example", user="dana")
+        f.metadata["jectguard"] = {"action": action, "request_id": rid, "verdict": verdict}
+        obs.requestheaders(f)
+    f = _flow("page.example", user="dana")
+    f.response = tflow.tresp()
+    f.metadata[STRIP_KEY] = {"findings": [{"list": "l", "rule": "r", "removed": True}]}
+    obs.response(f)
+    anonymous = _flow("w.example", user=None)
+    anonymous.metadata["jectguard"] = {"action": "block", "request_id": "b2", "verdict": verdict}
+    obs.requestheaders(anonymous)
+    got = [(e["event"], e.get("user")) for e in events.recent(10)]
+    assert sorted(got, key=str) == sorted(
+        [("monitor", "dana"), ("block", "dana"), ("strip", "dana"), ("block", None)], key=str
+    )
+    assert "pw-never-stored" not in str(events.recent(10))
