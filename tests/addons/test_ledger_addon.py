@@ -242,3 +242,39 @@ def test_block_monitor_and_strip_events_name_the_user() -> None:
         [("monitor", "dana"), ("block", "dana"), ("strip", "dana"), ("block", None)], key=str
     )
     assert "pw-never-stored" not in str(events.recent(10))
+
+
+def _client_hello(sni: str) -> object:
+    """A real ClientHello for ``sni`` (Python's own TLS stack), parsed by mitmproxy."""
+    import ssl
+
+    from mitmproxy.proxy.layers.tls import parse_client_hello
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return parse_client_hello(outgoing.read())
+
+
+async def test_sni_is_recorded_unless_it_is_the_tunnels_target(
+    tmp_path: Path, parts: tuple[EngineHolder, EventLog, Metrics]
+) -> None:
+    from mitmproxy import tls
+    from mitmproxy.proxy.context import Context
+
+    addon = LedgerAddon(*parts)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("jg_cache_dir", str, str(tmp_path), "")
+        tctx.configure(addon, jg_ledger=True)
+        f = _flow("tunnel.example", user="erin")
+        addon.http_connect(f)
+        ctx = Context(f.client_conn, tctx.options)
+        for sni in ("tunnel.example", "other.example"):
+            addon.tls_clienthello(tls.ClientHelloData(ctx, _client_hello(sni)))  # type: ignore[arg-type]
+        await addon.flush()
+        assert addon.ledger is not None
+        assert sorted(addon.ledger.hosts()) == ["other.example", "tunnel.example"]
+        assert addon.ledger.sightings("tunnel.example")[0].count == 1  # CONNECT only
+        assert addon.ledger.sightings("other.example")[0].user == "erin"
+        await addon.done()
