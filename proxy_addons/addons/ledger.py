@@ -188,7 +188,11 @@ class LedgerAddon:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not self._target or (flow.response is not None and flow.response.status_code == 407):
             return
-        self._see(_host(flow.request.host), _peer(flow.client_conn), flow_user(flow))
+        user = flow_user(flow)
+        if user is not None and flow.client_conn.id not in self._conns:
+            # the server connection that follows (plain HTTP: no CONNECT) is this user's
+            self._conns[flow.client_conn.id] = (None, user)
+        self._see(_host(flow.request.host), _peer(flow.client_conn), user)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         sni = _host(data.client_hello.sni)

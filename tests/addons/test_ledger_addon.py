@@ -66,12 +66,20 @@ async def test_hooks_record_hosts_clients_users_and_addresses(
         server = connection.Server(address=("visited.example", 443))
         server.peername = ("198.51.100.9", 443)
         addon.server_connected(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        plain = _flow("plain.example", user="frank", client="10.1.2.4")  # no CONNECT
+        addon.requestheaders(plain)
+        srv = connection.Server(address=("plain.example", 80))
+        srv.peername = ("198.51.100.10", 80)
+        addon.server_connected(server_hooks.ServerConnectionHookData(srv, plain.client_conn))
         addon.requestheaders(_flow("evil\x1b]0;pwned\x07.example"))  # a terminal escape
         addon.requestheaders(_flow("ok.example", user="mallory\x1b[2J"))
         await addon.flush()
         led = Ledger(tmp_path / LEDGER_FILE)
         try:
-            assert sorted(led.hosts()) == ["198.51.100.9", "ok.example", "visited.example"]
+            assert sorted(led.hosts()) == [
+                "198.51.100.10", "198.51.100.9", "ok.example", "plain.example", "visited.example"
+            ]  # fmt: skip
+            assert led.sightings("198.51.100.10")[0].user == "frank"
             assert led.sightings("ok.example")[0].user == "mallory\\x1b[2J"
             [s] = led.sightings("visited.example")
             assert (s.client, s.user, s.count) == ("10.1.2.3", "alice", 2)

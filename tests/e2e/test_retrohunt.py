@@ -10,6 +10,7 @@ with a real PostgreSQL server (the scale profile's shared ledger).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOSTS, ROOT, Proxy, free_port, proxy_command, wait_for_port
+from tests.e2e.conftest import (
+    ATTACKER_IP,
+    HOSTS,
+    ROOT,
+    ByteCounter,
+    Proxy,
+    free_port,
+    proxy_command,
+    wait_for_port,
+)
 from tests.pgserver import postgres_url
 from tests.test_snapshot_live import SOURCES, publish
 
@@ -50,21 +60,25 @@ def _wait(what: str, proxy: Proxy, cond: Callable[[], object]) -> object:
     raise AssertionError(f"{what}: not within {WAIT}s\n{proxy.output()[-3000:]}")
 
 
-def _get(proxy: Proxy, url: str, *, auth: tuple[str, str] | None) -> int:
+def _get(proxy: Proxy, url: str, *, auth: tuple[str, str] | None, timeout: float = 10) -> int:
     proxy_url = f"http://{auth[0]}:{auth[1]}@127.0.0.1:{proxy.port}" if auth else proxy.url
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url}))
     try:
-        with opener.open(url, timeout=10) as resp:
+        with opener.open(url, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
 
 
-def _run_proxy(tmp_path: Path, ledger_url: str) -> Iterator[tuple[Proxy, Path]]:
+def _run_proxy(
+    tmp_path: Path, ledger_url: str, sources: str = SOURCES, files: dict[str, str] | None = None
+) -> Iterator[tuple[Proxy, Path]]:
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "sources.toml").write_text(SOURCES)
+    (lists / "sources.toml").write_text(sources)
     (lists / "block.txt").write_text("evil.test\n" + "".join(f"f{i}.example\n" for i in range(500)))
+    for name, text in (files or {}).items():
+        (lists / name).write_text(text)
     cache = tmp_path / "cache"
     publish(lists, cache)
     port = free_port()
@@ -165,3 +179,52 @@ def test_a_host_reached_before_it_was_listed_is_reported_with_client_and_user(
             assert b"/page" not in raw
     finally:
         gen.close()
+
+
+CIDR_SOURCES = (
+    SOURCES
+    + """
+[[source]]
+name = "live-nets"
+path = "nets.txt"
+format = "cidr"
+category = "botnet"
+"""
+)
+
+
+@pytest.mark.skipif(ATTACKER_IP is None, reason="no non-loopback address on this machine")
+def test_a_resolved_address_is_found_by_a_new_cidr_rule(tmp_path: Path) -> None:
+    """The ledger records the server address a name resolved to; a new network rule finds it."""
+    assert ATTACKER_IP is not None
+    server = ByteCounter(ATTACKER_IP)  # accepts and never answers: the connection is made
+    gen = _run_proxy(tmp_path, "", CIDR_SOURCES, {"nets.txt": "198.51.100.0/24\n"})
+    proxy, lists = next(gen)
+    try:
+        with contextlib.suppress(OSError):  # it never answers: the proxy connected, that counts
+            _get(proxy, f"http://attacker.test:{server.port}/x", auth=(USER, PASSWORD), timeout=3)
+        cache = tmp_path / "cache"
+
+        def seen() -> list[dict[str, object]]:
+            r = _cli("hunt", "host", ATTACKER_IP, "--json", "--cache-dir", str(cache))
+            return [json.loads(x) for x in r.stdout.splitlines()] if r.returncode == 0 else []
+
+        [row] = _wait("the address in the ledger", proxy, seen)  # type: ignore[misc]
+        assert row["user"] == USER
+        net = ".".join(ATTACKER_IP.split(".")[:3]) + ".0/24"
+        (lists / "nets.txt").write_text(f"198.51.100.0/24\n{net}\n")
+        publish(lists, cache)
+        events = tmp_path / "events.jsonl"
+
+        def retro() -> list[dict[str, object]]:
+            if not events.exists():
+                return []
+            docs = [json.loads(x) for x in events.read_text().splitlines() if x.strip()]
+            return [d for d in docs if d["event"] == "retro-hit"]
+
+        [hit] = _wait("a retro-hit event", proxy, retro)  # type: ignore[misc]
+        assert (hit["host"], hit["rule"], hit["list"]) == (ATTACKER_IP, net, "live-nets")
+        assert hit["kind"] == "cidr" and hit["users"] == [USER]
+    finally:
+        gen.close()
+        server.close()
