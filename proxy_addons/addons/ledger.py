@@ -160,14 +160,18 @@ class LedgerAddon:
             old, self.ledger = self.ledger, None
             if old is not None:
                 old.close()
-            # SQLite is a local file: open it now and refuse a bad path. A database server
-            # is reached from the background task (never the event loop), and retried while
-            # it is down: the proxy keeps serving, the batch keeps (bounded) sightings.
+            # SQLite is a local file: opened now, so a bad path is reported at start. A
+            # database server is reached from the background task (never the event loop).
+            # Either is retried while it cannot be had: the ledger is an audit record, not
+            # the block path, so a read-only cache volume or a database outage never stops
+            # the proxy (a WARNING says so; the batch keeps, bounded, what it can).
+            self._down = False
             if target and not url:
                 try:
                     self.ledger = Ledger(target)
                 except LedgerError as exc:
-                    raise exceptions.OptionsError(f"jg_ledger: {exc}") from None
+                    log.warning("jectguard: ledger: %s (retrying; sightings are held)", exc)
+                    self._down = True
 
     # -- sightings (the event loop's cost: a dict update each) -----------------
 
