@@ -254,6 +254,8 @@ class AdminState:
     hosts: AdminHosts = field(default_factory=AdminHosts)
     # how the snapshot served relates to the store (stale, damaged), from the follower
     snapshot_health: Callable[[], SnapshotHealth | None] | None = None
+    # retro-hunt hits found since a time (blocking: run in a thread), from the ledger addon
+    retro_hits: Callable[[float], list[dict[str, Any]]] | None = None
     version: str = __version__
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
@@ -577,6 +579,18 @@ async def events(request: web.Request) -> web.Response:
     return _json({"events": request.app[STATE].events.recent(limit, kinds)})
 
 
+async def retro(request: web.Request) -> web.Response:
+    """Hosts reached before a new rule listed them, found in the last ``days`` (default 30)."""
+    days = _int_param(request, "days", 30, 1, 3660)
+    if days is None:
+        return _bad_request("days must be a whole number from 1 to 3660")
+    st = request.app[STATE]
+    if st.retro_hits is None:
+        return _json({"enabled": False, "hits": []})
+    hits = await asyncio.to_thread(st.retro_hits, st.clock() - days * 86_400)
+    return _json({"enabled": True, "hits": hits})
+
+
 async def timeline(request: web.Request) -> web.Response:
     minutes = _int_param(request, "minutes", 180, 1, MAX_TIMELINE_MINUTES)
     if minutes is None:
@@ -663,6 +677,7 @@ ROUTES: Final = [
     web.post("/api/refresh", refresh),
     web.get("/api/events", events),
     web.get("/api/timeline", timeline),
+    web.get("/api/retro", retro),
     web.get("/proxy.pac", proxy_pac),
     web.get("/", _static("dashboard.html")),
     web.get("/static/dashboard.css", _static("dashboard.css")),

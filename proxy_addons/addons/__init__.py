@@ -19,6 +19,7 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .ledger import LedgerAddon
 from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
@@ -47,6 +48,7 @@ def make_addons(
         refresh,
         DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
+        ledger := LedgerAddon(holder, events, metrics),
         AdminServer(
             holder,
             events,
@@ -55,6 +57,7 @@ def make_addons(
             lists=lists_from_report(report, cache_dir) if report is not None else None,
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
+            retro_hits=ledger.recent_hits,
         ),
         FreezeStartupHeap(),
     ]
@@ -84,6 +87,7 @@ __all__ = [
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",
+    "LedgerAddon",
     "Observe",
     "Refresh",
     "Strip",
