@@ -13,6 +13,7 @@ from typing import Any
 
 from ..events import EventLog
 from ..metrics import Metrics
+from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
@@ -21,6 +22,7 @@ from .holder import EngineHolder
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
+from .tunnels import Tunnels
 
 
 def make_addons(
@@ -32,9 +34,14 @@ def make_addons(
 
     events, metrics = EventLog(), Metrics()
     refresh = Refresh(holder, on_report=lambda rep: report_refresh_outcomes(events, metrics, rep))
+    blocking = Blocking(holder)
     return [
         ClientAllowList(),
-        Blocking(holder),
+        blocking,
+        Tunnels(blocking),
+        # The destination policy (loopback, link-local, the host's own addresses) plugs
+        # in here as ``refuses=``; ``addresses.refuses_internal`` is the minimal one.
+        Addresses(blocking, refuses=None),
         Strip(holder),
         refresh,
         Observe(events, metrics, holder),
@@ -67,6 +74,7 @@ class Jectguard:
 
 
 __all__ = [
+    "Addresses",
     "AdminServer",
     "Blocking",
     "ClientAllowList",
@@ -76,5 +84,6 @@ __all__ = [
     "Observe",
     "Refresh",
     "Strip",
+    "Tunnels",
     "make_addons",
 ]

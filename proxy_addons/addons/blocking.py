@@ -5,26 +5,21 @@
 - ``requestheaders``: the request URL, the Host header (HTTP/1, HTTP/2, WebSocket
   handshakes), before any body is read or forwarded.
 - ``responseheaders``: a redirect whose Location is blocked becomes the block page.
-- ``server_connect``: the addresses the server name resolves to, so a host on an
-  IP/CIDR list receives no byte at all.
+- tunnels' content and the addresses a server name resolves to are checked by
+  ``tunnels.Tunnels`` and ``addresses.Addresses``.
 
 Decisions are recorded in ``flow.metadata["jectguard"]``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
-import socket
 import time
 import urllib.parse
 from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http, tls
-from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
-from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy import mode_specs
 
 from proxy_addons.blockpage import (
     HEADER_NAME,
@@ -46,8 +41,6 @@ from .proceed import MIN_SECRET_LENGTH, PROCEED_PATH, ProceedSigner, random_secr
 logger = logging.getLogger(__name__)
 
 METADATA_KEY: Final = "jectguard"
-# A resolver slower than this is left to mitmproxy's own connect (and its error).
-RESOLVE_TIMEOUT_SECONDS: Final = 10.0
 # Longest admin contact shown on a page (an email address or a URL).
 MAX_CONTACT_LENGTH: Final = 200
 # Largest proceed form body parsed (three short fields).
@@ -73,14 +66,6 @@ def _host_of(authority: str) -> str:
 
 def _rank(v: Verdict) -> int:
     return 2 if v.action is Action.BLOCK else 1 if v.action is Action.MONITOR else 0
-
-
-class RefuseLayer(layer.Layer):
-    """Closes the client connection at once; nothing is forwarded anywhere."""
-
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Start):
-            yield commands.CloseConnection(self.context.client)
 
 
 class Blocking:
@@ -463,135 +448,6 @@ class Blocking:
             return
         if not self.intercept:
             data.ignore_connection = True
-
-    def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        """Connections passed through untouched (ignore_hosts, --no-intercept): check the SNI.
-
-        mitmproxy's own next_layer addon runs first and picks a raw TCP layer for
-        ignored hosts; the ClientHello is in the buffered client data, not yet sent.
-        """
-        if not isinstance(nextlayer.layer, layers.TCPLayer):
-            return
-        client = nextlayer.context.client
-        refusal = self.refused.get(client.id)
-        if refusal is None:
-            data = nextlayer.data_client()
-            if not starts_like_tls_record(data):
-                return
-            try:
-                hello = parse_client_hello(data)
-            except ValueError:
-                return
-            if hello is None or not hello.sni:
-                return
-            v = self.holder.engine.check_host(hello.sni)
-            if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
-                return
-            rid = new_request_id()
-            if self._granted(client, v):
-                self._log(v, "allowed by proceed-anyway grant", "sni", client, rid)
-                return
-            if v.action is Action.MONITOR or not self.enforce:
-                self._log(v, "monitor: would block", "sni", client, rid)
-                return
-            self._log(v, "blocked (connection closed)", "sni", client, rid)
-            self.refused[client.id] = (v, "sni", f"https://{hello.sni}/")
-        elif not self.enforce:
-            return
-        nextlayer.layer = RefuseLayer(nextlayer.context)
-
-    def tls_start_client(self, data: tls.TlsData) -> None:
-        if data.context.client.id in self.fail_tls:
-            data.ssl_conn = None  # mitmproxy then closes the client connection
-
-    # -- the server connection ----------------------------------------------
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        server, client = data.server, data.client
-        if server.error or not server.address:
-            return
-        refusal = self.refused.get(client.id)
-        if refusal is not None and self.enforce:
-            v, stage, url = refusal
-            m = v.match
-            server.error = (
-                f"jectguard: {printable(url)} is blocked ({stage}; list {m.list if m else '-'}); "
-                "no connection was made"
-            )
-            return
-        if not self.check_resolved or isinstance(client.proxy_mode, mode_specs.UpstreamMode):
-            return  # upstream mode: the upstream proxy resolves the name, not us
-        engine = self.holder.engine
-        if not self._has_ip_rules(engine):
-            return
-        host, port = server.address[0], server.address[1]
-        addresses = await self._resolve(host, port)
-        for addr in addresses:
-            v = engine.check_host(addr)
-            if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
-                continue
-            rid = new_request_id()
-            what = f"{host} at" if addr != host else "address"
-            if self._granted(client, v) or self._granted_name(client, host):
-                self._log(v, f"allowed by proceed-anyway grant: {what}", "address", client, rid)
-                continue
-            if v.action is Action.MONITOR or not self.enforce:
-                self._log(v, f"monitor: would refuse connection to {what}", "address", client, rid)
-                continue
-            self._log(v, f"refused connection to {what}", "address", client, rid)
-            m = v.match
-            server.error = (
-                f"jectguard: {printable(host)} resolves to {addr}, which is blocked "
-                f"(list {m.list if m else '-'}, rule {m.rule if m else '-'}, id {rid}); "
-                "no connection was made"
-            )
-            return
-
-    def _granted_name(self, client: connection.Client, host: str) -> bool:
-        if self.signer is None:
-            return False
-        try:
-            name = canonical_host(host)
-        except CanonError:
-            return False
-        return self.signer.granted(_client_ip(client), name)
-
-    @staticmethod
-    async def _resolve(host: str, port: int) -> list[str]:
-        """The addresses a connection to ``host`` may use (the IP itself for an IP)."""
-        try:
-            return [str(ipaddress.ip_address(host.partition("%")[0]))]
-        except ValueError:
-            pass
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
-            )
-        except (OSError, TimeoutError, UnicodeError, ValueError):
-            return []  # mitmproxy's own connect reports the failure
-        out: list[str] = []
-        for info in infos:
-            addr = str(info[4][0]).partition("%")[0]
-            if addr not in out:
-                out.append(addr)
-        return out
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Warn when the connected address is listed (the name's DNS changed after our check)."""
-        peer = data.server.peername
-        if not peer or not self.check_resolved or not self.enforce:
-            return
-        engine = self.holder.engine
-        if not self._has_ip_rules(engine):
-            return
-        v = engine.check_host(str(peer[0]).partition("%")[0])
-        if v.action is Action.BLOCK and not self._granted(data.client, v):
-            logger.warning(
-                "jectguard: connected to %s at listed address %s after the resolve check "
-                "passed (DNS changed in between)",
-                data.server.address, peer[0],
-            )
 
 
 __all__ = ["HEADER_NAME", "METADATA_KEY", "Blocking", "block_header"]

@@ -21,8 +21,10 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
+from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
 from proxy_addons.addons.proceed import PROCEED_PATH
+from proxy_addons.addons.tunnels import Tunnels
 from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -360,7 +362,9 @@ async def test_connect_blocked_with_interception_keeps_tunnel_local(addon: Block
         assert f.client_conn.id in addon.refused
         # no connection to the origin, ever
         server = connection.Server(address=("evil.test", 443))
-        await addon.server_connect(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        await Addresses(addon).server_connect(
+            server_hooks.ServerConnectionHookData(server, f.client_conn)
+        )
         assert server.error and "blocked" in server.error
         # the request inside the tunnel gets the page, even with an innocent Host header
         inner = req("https://evil.test/", NAV)
@@ -415,7 +419,7 @@ async def test_sni_blocked_without_interception_fails_tls(addon: Blocking) -> No
         assert not data.ignore_connection and client.id in addon.fail_tls
         start = tls.TlsData(client, data.context)
         start.ssl_conn = object()  # type: ignore[assignment]
-        addon.tls_start_client(start)
+        Tunnels(addon).tls_start_client(start)
         assert start.ssl_conn is None
 
 
@@ -425,36 +429,6 @@ async def test_sni_allowed_without_interception_passes_through(addon: Blocking) 
         data = clienthello("example.test", tflow.tclient_conn())
         addon.tls_clienthello(data)
         assert data.ignore_connection
-
-
-@pytest.mark.parametrize(
-    ("address", "refused"),
-    [
-        (("198.51.100.7", 80), True),
-        (("203.0.113.200", 443), True),
-        (("localhost", 80), True),  # resolves to 127.0.0.1, inside 127.0.0.0/31
-        (("192.0.2.1", 80), False),
-        (("no-such-host.invalid", 80), False),  # resolution fails: mitmproxy reports it
-    ],
-)
-async def test_server_connect_checks_resolved_address(
-    addon: Blocking, address: tuple[str, int], refused: bool
-) -> None:
-    with taddons.context(addon):
-        server = connection.Server(address=address)
-        client = tflow.tclient_conn()
-        await addon.server_connect(server_hooks.ServerConnectionHookData(server, client))
-        assert bool(server.error) is refused
-
-
-async def test_server_connect_monitor_only_logs(addon: Blocking) -> None:
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, jg_mode="monitor")
-        server = connection.Server(address=("198.51.100.7", 80))
-        await addon.server_connect(
-            server_hooks.ServerConnectionHookData(server, tflow.tclient_conn())
-        )
-        assert server.error is None
 
 
 # -- proceed anyway ------------------------------------------------------------
