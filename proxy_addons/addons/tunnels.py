@@ -26,6 +26,7 @@ which was checked at ``CONNECT`` and by address.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -36,7 +37,9 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from proxy_addons.blockpage import new_request_id, printable
+from proxy_addons.core.canon import canonical_host
 from proxy_addons.core.engine import Action
+from proxy_addons.core.errors import CanonError
 from proxy_addons.core.tunnel import Content, classify, parse_destination
 
 from .blocking import Blocking
@@ -163,27 +166,33 @@ class Tunnels:
             client.proxy_mode, mode_specs.ReverseMode
         ):
             return  # a reverse proxy's protocol and destination are the operator's
+        decided = self._decide(nextlayer, chosen)
+        if decided is not chosen and chosen is not None:
+            # The relay mitmproxy built must not linger in the stack it matches later.
+            with contextlib.suppress(ValueError):
+                ctx_.layers.remove(chosen)
+        nextlayer.layer = decided
+
+    def _decide(self, nextlayer: layer.NextLayer, chosen: layer.Layer | None) -> layer.Layer | None:
+        """The layer for a connection mitmproxy would relay raw (None: wait for more bytes)."""
+        ctx_ = nextlayer.context
         blocking = self.blocking
-        if client.id in blocking.refused:
-            if blocking.enforce:
-                nextlayer.layer = RefuseLayer(ctx_)
-            return
+        if ctx_.client.id in blocking.refused:
+            return RefuseLayer(ctx_) if blocking.enforce else chosen
         found = classify(nextlayer.data_client())
         if found.content is Content.HTTP:
-            nextlayer.layer = layers.HttpLayer(ctx_, HTTPMode.transparent)
-        elif found.content is Content.MORE or (found.content is Content.TLS and chosen is None):
-            if blocking.enforce:
-                self._wait(nextlayer)
-        elif found.content is Content.TLS:
-            if not self._sni_allowed(nextlayer):
-                nextlayer.layer = RefuseLayer(ctx_)
-        elif self._raw_allowed(ctx_):
-            nextlayer.layer = chosen or layers.TCPLayer(ctx_)
-        elif blocking.enforce:
-            self._refuse_log(ctx_, f"its content is {found.reason}", "refused")
-            nextlayer.layer = RefuseLayer(ctx_)
-        else:
+            return layers.HttpLayer(ctx_, HTTPMode.transparent)
+        if found.content is Content.MORE or (found.content is Content.TLS and chosen is None):
+            return self._wait(nextlayer) if blocking.enforce else chosen
+        if found.content is Content.TLS:
+            return chosen if self._sni_allowed(nextlayer) else RefuseLayer(ctx_)
+        if self._raw_allowed(ctx_):
+            return chosen or layers.TCPLayer(ctx_)
+        if not blocking.enforce:
             self._refuse_log(ctx_, f"its content is {found.reason}", "monitor: would refuse")
+            return chosen
+        self._refuse_log(ctx_, f"its content is {found.reason}", "refused")
+        return RefuseLayer(ctx_)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         if data.context.client.id in self.blocking.fail_tls:
@@ -191,11 +200,10 @@ class Tunnels:
 
     # -- helpers --------------------------------------------------------------
 
-    def _wait(self, nextlayer: layer.NextLayer) -> None:
+    def _wait(self, nextlayer: layer.NextLayer) -> layer.Layer | None:
         if isinstance(nextlayer, HeldNextLayer):
-            nextlayer.layer = None  # the HoldLayer above keeps the deadline
-        else:
-            nextlayer.layer = HoldLayer(nextlayer.context, self.seconds, self._expired)
+            return None  # the HoldLayer above keeps the deadline
+        return HoldLayer(nextlayer.context, self.seconds, self._expired)
 
     def _expired(self, ctx_: context.Context, data: bytes) -> None:
         self._refuse_log(
@@ -220,8 +228,8 @@ class Tunnels:
         if not self.raw or not address:
             return False
         try:
-            return parse_destination(f"{address[0]}:{address[1]}") in self.raw
-        except ValueError:
+            return (canonical_host(str(address[0])), int(address[1])) in self.raw
+        except CanonError:
             return False
 
     def _sni_allowed(self, nextlayer: layer.NextLayer) -> bool:

@@ -43,9 +43,12 @@ IO_TIMEOUT = 10.0
 def _start(tmp: Path, lists_dir: Path, *args: str, entry: list[str] | None = None) -> Proxy:
     return start_proxy(
         tmp,
-        "--sources", str(lists_dir / "sources.toml"),
-        "--set", "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
-        "--set", f"jg_tunnel_classify_seconds={CLASSIFY_SECONDS}",
+        "--sources",
+        str(lists_dir / "sources.toml"),
+        "--set",
+        "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
+        "--set",
+        f"jg_tunnel_classify_seconds={CLASSIFY_SECONDS}",
         *args,
         entry=entry,
     )
@@ -72,7 +75,8 @@ def rebinding_proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -
     os.environ["JG_TEST_REBIND"] = f"rebind.test=127.0.0.1|{ATTACKER_IP}"
     try:
         p = _start(
-            tmp_path_factory.mktemp("rebinding"), lists_dir,
+            tmp_path_factory.mktemp("rebinding"),
+            lists_dir,
             entry=[sys.executable, str(LAUNCH_REBINDING)],
         )
     finally:
@@ -279,8 +283,9 @@ def test_split_request_line_in_tunnel_is_checked(
     """``GE`` then ``T /bad/ ...``: old code relayed it raw; now the URL rule answers."""
     before = len(origin.requests)
     with connect(any_proxy, f"good.test:{origin.port}") as s:
-        send_in_pieces(s, b"GET /bad/split HTTP/1.1\r\nHost: good.test\r\nAccept: */*\r\n\r\n",
-                       *cuts)
+        send_in_pieces(
+            s, b"GET /bad/split HTTP/1.1\r\nHost: good.test\r\nAccept: */*\r\n\r\n", *cuts
+        )
         resp = read_response(s)
     assert status_of(resp) == 403, resp[:200]
     assert ("good.test", "/bad/split") not in [
@@ -323,9 +328,21 @@ def test_pipelined_requests_in_tunnel_each_checked(any_proxy: Proxy, origin: Ori
 def test_curl_proxytunnel_plain_http(any_proxy: Proxy, origin: Origin) -> None:
     def curl(path: str) -> str:
         r = subprocess.run(
-            [CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-p", "-x", any_proxy.url,
-             f"http://good.test:{origin.port}{path}"],
-            capture_output=True, text=True, timeout=30,
+            [
+                CURL,
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-p",
+                "-x",
+                any_proxy.url,
+                f"http://good.test:{origin.port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         return r.stdout
 
@@ -404,7 +421,9 @@ def _serve_ok(sock: socket.socket, stop: threading.Event) -> None:
             conn.settimeout(2)
             with contextlib.suppress(OSError):
                 conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nbenign")
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nbenign"
+                )
 
 
 def test_rebinding_name_reaches_only_the_checked_address(rebinding_proxy: Proxy) -> None:
@@ -435,3 +454,75 @@ def test_rebinding_name_reaches_only_the_checked_address(rebinding_proxy: Proxy)
         benign.close()
         attacker.close()
     assert attacker.connections == 0 and attacker.received == b""
+
+
+class SNIRecorder:
+    """A TLS origin on 127.0.0.1 that records the SNI, Host header and TCP connections."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.names: list[str | None] = []
+        self.hosts: list[str] = []
+        self.connections = 0
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.sni_callback = lambda _obj, name, _ctx: self.names.append(name)  # type: ignore[assignment,misc,return-value]
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            threading.Thread(target=self._one, args=(raw,), daemon=True).start()
+
+    def _one(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError), raw:
+            raw.settimeout(5)
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                buf = b""
+                while chunk := conn.recv(65536):
+                    buf += chunk
+                    while b"\r\n\r\n" in buf:
+                        head, _, buf = buf.partition(b"\r\n\r\n")
+                        for line in head.split(b"\r\n")[1:]:
+                            if line.lower().startswith(b"host:"):
+                                self.hosts.append(line[5:].strip().decode())
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_pinned_connection_keeps_sni_host_and_reuse(any_proxy: Proxy, tmp_path: Path) -> None:
+    """The connect goes to the checked IP, yet the origin sees the name as SNI and Host,
+    and two requests share one upstream connection (the name is restored after connect)."""
+    from .conftest import make_cert
+
+    cert, key = make_cert(tmp_path)
+    origin = SNIRecorder(cert, key)
+    try:
+        with connect(any_proxy, f"good.test:{origin.port}") as s:
+            ctx = ssl.create_default_context(cafile=str(any_proxy.ca))
+            ctx.load_verify_locations(cafile=str(cert))
+            tls = TLSOverSocket(s, ctx, "good.test")
+            tls.handshake()
+            first = tls.request(b"GET /1 HTTP/1.1\r\nHost: good.test\r\n\r\n")
+            second = tls.request(b"GET /2 HTTP/1.1\r\nHost: good.test\r\n\r\n")
+        assert status_of(first) == 200 and status_of(second) == 200
+        assert origin.names and set(origin.names) == {"good.test"}
+        assert origin.connections == 1
+        if origin.hosts:  # intercepted: the proxy sent the requests (passthrough: the client)
+            assert set(origin.hosts) == {"good.test"}
+    finally:
+        origin.close()
