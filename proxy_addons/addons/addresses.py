@@ -23,14 +23,16 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from proxy_addons.blockpage import new_request_id, printable
+from proxy_addons.core.authority import request_url
+from proxy_addons.core.embedding import parse_nat64_prefix
 from proxy_addons.core.engine import Action, Engine, Verdict
 
 from .blocking import METADATA_KEY, Blocking
@@ -101,6 +103,29 @@ class Addresses:
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)
         self._pinned: dict[str, connection.Address] = {}  # server id -> the name's address
+
+    # -- options -----------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        loader.add_option(  # type: ignore[attr-defined]
+            "jg_nat64_prefixes",
+            Sequence[str],
+            [],
+            "jectguard: this network's NAT64 prefixes (RFC 6052 lengths, e.g. "
+            "2001:db8:64::/96): an IPv6 address inside one is also checked as the IPv4 "
+            "address it carries (64:ff9b::/96, 64:ff9b:1::/48, 6to4 and Teredo always are).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "jg_nat64_prefixes" in updated:
+            prefixes = []
+            for item in ctx.options.jg_nat64_prefixes:
+                try:
+                    prefixes.append(parse_nat64_prefix(item))
+                except ValueError as exc:
+                    raise exceptions.OptionsError(f"jg_nat64_prefixes: {exc}") from None
+            # Process-wide: every engine (and every refresh) checks the same network.
+            Engine.nat64 = tuple(prefixes)
 
     # -- when to look -----------------------------------------------------------
 
@@ -270,7 +295,9 @@ class Addresses:
                 {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
             )
             return
-        self.blocking._apply(flow, refusal.verdict, "address", flow.request.url)
+        req = flow.request
+        url = request_url(req.scheme, req.host, req.port, req.path)
+        self.blocking._apply(flow, refusal.verdict, "address", url)
 
     def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """CONNECT: a listed address is refused like a blocked host, before the tunnel opens."""
@@ -291,7 +318,7 @@ class Addresses:
         if refusal is None:
             return
         scheme = "https" if req.port != 80 else "http"
-        url = f"{scheme}://{req.authority or req.host}/"
+        url = request_url(scheme, req.host, req.port, "/")
         blocking = self.blocking
         v = refusal.verdict
         if v is None:

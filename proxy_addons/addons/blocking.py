@@ -31,6 +31,7 @@ from proxy_addons.blockpage import (
     printable,
     render,
 )
+from proxy_addons.core.authority import request_url
 from proxy_addons.core.canon import canonical_host, scalar_text
 from proxy_addons.core.engine import Action, Engine, Verdict
 from proxy_addons.core.errors import CanonError
@@ -288,7 +289,8 @@ class Blocking:
             flow.metadata[METADATA_KEY] = {"action": "proceed-form"}
             return
         engine = self.holder.engine
-        url = req.url
+        # mitmproxy's Request.url leaves an IPv6 host bare: a URL no parser reads as that host.
+        url = req.url if ":" not in req.host else request_url(req.scheme, req.host, req.port, req.path)
         v = engine.check_url(url)
         if v.action is Action.ERROR:
             # An unparseable URL (too long, odd path) still has a host: check that.

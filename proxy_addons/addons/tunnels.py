@@ -37,6 +37,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from proxy_addons.blockpage import new_request_id, printable
+from proxy_addons.core.authority import authority, url_host
 from proxy_addons.core.canon import canonical_host
 from proxy_addons.core.engine import Action
 from proxy_addons.core.errors import CanonError
@@ -99,8 +100,7 @@ def _destination(ctx_: context.Context) -> str:
     address = ctx_.server.address
     if not address:
         return "-"
-    host, port = str(address[0]), address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return authority(str(address[0]), int(address[1]))
 
 
 def _client_ip(client: connection.Client) -> str:
@@ -263,7 +263,7 @@ class Tunnels:
             blocking._log(v, "monitor: would block", "sni", client, rid)
             return True
         blocking._log(v, "blocked (connection closed)", "sni", client, rid)
-        blocking.refused[client.id] = (v, "sni", f"https://{hello.sni}/")
+        blocking.refused[client.id] = (v, "sni", f"https://{url_host(hello.sni)}/")
         return False
 
 

@@ -273,3 +273,20 @@ async def test_without_policy_or_ip_rules_nothing_is_resolved(dns: FakeDNS) -> N
         await addresses.server_connect(hook(server))
         assert addresses.requestheaders(req("http://name.test/")) is None
         assert server.address == ("name.test", 80) and dns.lookups == []
+
+
+async def test_ipv6_request_url_keeps_its_url_rules() -> None:
+    """mitmproxy's Request.url leaves an IPv6 host bare; the check builds it with brackets."""
+    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.formats import parse_list
+    from proxy_addons.core.model import ListSpec
+
+    urls = parse_list("http://[2001:db8::5]/bad/\n", "urls")
+    engine, _, _ = Engine.from_lists([(ListSpec(name="urls"), urls)])
+    blocking = Blocking(EngineHolder(engine))
+    with taddons.context(blocking):
+        f = req("http://[2001:db8::5]:8080/bad/x", NAV)
+        assert f.request.url == "http://2001:db8::5:8080/bad/x"  # what mitmproxy gives
+        blocking.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert f.metadata[METADATA_KEY]["stage"] == "request"

@@ -123,6 +123,14 @@ def read_all(s: socket.socket) -> bytes:
     return out
 
 
+def read_head(s: socket.socket) -> bytes:
+    """A response head (a CONNECT answer has no body to wait for)."""
+    out = b""
+    while b"\r\n\r\n" not in out and (chunk := s.recv(4096)):
+        out += chunk
+    return out
+
+
 def read_response(s: socket.socket) -> bytes:
     """One HTTP/1 response with a Content-Length (or until close)."""
     out = b""
@@ -526,3 +534,29 @@ def test_pinned_connection_keeps_sni_host_and_reuse(any_proxy: Proxy, tmp_path: 
             assert set(origin.hosts) == {"good.test"}
     finally:
         origin.close()
+
+
+# -- 6. IPv6 addresses that carry a listed IPv4 -----------------------------------------
+
+CARRIERS = [
+    "2002:c633:6407::1",  # 6to4
+    "::198.51.100.7",  # IPv4-compatible
+    "64:ff9b::c633:6407",  # well-known NAT64
+    "64:ff9b:1:c633:64:700::",  # local-use NAT64, /48 layout
+    "2001:0:4136:e378:8000:63bf:39cc:9bf8",  # Teredo, client 198.51.100.7 (obfuscated)
+]
+
+
+@pytest.mark.parametrize("ip", CARRIERS)
+def test_ipv6_carrying_a_listed_ipv4_is_blocked(any_proxy: Proxy, ip: str) -> None:
+    """198.51.100.7 is on the e2e IP list; each of these addresses reaches it."""
+    with socket.create_connection(("127.0.0.1", any_proxy.port), timeout=IO_TIMEOUT) as s:
+        s.sendall(f"GET http://[{ip}]:8080/x HTTP/1.1\r\nHost: [{ip}]:8080\r\n\r\n".encode())
+        resp = read_response(s)
+    assert status_of(resp) == 403, resp[:300]
+    with socket.create_connection(("127.0.0.1", any_proxy.port), timeout=IO_TIMEOUT) as s:
+        s.sendall(f"CONNECT [{ip}]:443 HTTP/1.1\r\n\r\n".encode())
+        resp = read_head(s)
+    # refused at once without interception; kept local for the block page with it
+    assert status_of(resp) in (200, 403), resp[:300]
+    assert "e2e-ips" in any_proxy.output()
