@@ -44,6 +44,8 @@ RESOLVE_TIMEOUT_SECONDS: Final = 10.0
 # How long a checked resolution is reused (requests on one page share it).
 RESOLVE_CACHE_SECONDS: Final = 10.0
 MAX_CACHED_NAMES: Final = 4096
+# Pins whose connect never reported back (cancelled while queued): dropped oldest first.
+MAX_PENDING_PINS: Final = 4096
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # The destination policy: why an address must never be connected to, or None.
@@ -398,6 +400,8 @@ class Addresses:
             return
         pin = found.addresses[0]
         if pin != host:
+            if len(self._pinned) >= MAX_PENDING_PINS:
+                self._pinned.pop(next(iter(self._pinned)))
             self._pinned[server.id] = server.address
             server.address = (pin, port)
 
