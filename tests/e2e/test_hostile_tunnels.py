@@ -560,3 +560,36 @@ def test_ipv6_carrying_a_listed_ipv4_is_blocked(any_proxy: Proxy, ip: str) -> No
     # refused at once without interception; kept local for the block page with it
     assert status_of(resp) in (200, 403), resp[:300]
     assert "e2e-ips" in any_proxy.output()
+
+
+# -- split bytes inside decrypted TLS; legitimate split traffic still passes --------------
+
+
+def test_split_request_line_inside_intercepted_tls_is_checked(
+    tmp_path: Path, lists_dir: Path, origin: Origin
+) -> None:
+    """No ALPN, so mitmproxy guesses the decrypted content from its first bytes: ``GE``
+    made it a raw relay to the origin over TLS, URL unchecked (old code: 200)."""
+    proxy = _start(tmp_path, lists_dir)
+    try:
+        with connect(proxy, f"good.test:{origin.tls_port}") as s:
+            tls = TLSOverSocket(s, trusting(proxy, origin), "good.test")
+            tls.handshake()
+            tls.obj.write(b"GE")
+            tls._flush()
+            time.sleep(PIECE_PAUSE)
+            resp = tls.request(b"T /bad/inside HTTP/1.1\r\nHost: good.test\r\nAccept: */*\r\n\r\n")
+        assert status_of(resp) == 403, resp[:200]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_split_client_hello_for_an_allowed_host_still_passes(
+    any_proxy: Proxy, origin: Origin, cut: int
+) -> None:
+    with connect(any_proxy, f"good.test:{origin.tls_port}") as s:
+        tls = TLSOverSocket(s, trusting(any_proxy, origin), "good.test")
+        tls.handshake(cut)
+        resp = tls.request(b"GET /split-ok HTTP/1.1\r\nHost: good.test\r\nAccept: */*\r\n\r\n")
+    assert status_of(resp) == 200 and resp.endswith(b"/split-ok")
