@@ -308,13 +308,23 @@ class Addresses:
         engine = self._active(flow.client_conn)
         if engine is None:
             return None
+        req = flow.request
+        found = self._cached(req.host, req.port, engine)
+        if found is not None:
+            self._answer_connect(flow, found)
+            return None
         return self._check_connect(flow, engine)
 
     async def _check_connect(self, flow: http.HTTPFlow, engine: Engine) -> None:
         req = flow.request
         found = await self._resolution(req.host, req.port, engine)
-        if flow.response is not None or not flow.live:
+        if flow.response is None and flow.live:
+            self._answer_connect(flow, found)
+
+    def _answer_connect(self, flow: http.HTTPFlow, found: Resolution) -> None:
+        if not found.listed and found.internal is None:
             return
+        req = flow.request
         client = flow.client_conn
         refusal = self._refusal(found, req.host, client, log_monitor=False)
         if refusal is None:

@@ -220,6 +220,11 @@ async def test_connect_to_a_listed_address_without_interception_is_403(
         await pending
         assert f.response is not None and f.response.status_code == 403
         assert "list=malware" in f.response.headers[HEADER_NAME]
+        # the next CONNECT is answered from the checked resolution, without an await
+        f2 = connect_flow("innocent.test")
+        assert addresses.http_connect(f2) is None
+        assert f2.response is not None and f2.response.status_code == 403
+    assert dns.lookups == ["innocent.test"]
 
 
 # -- the destination policy hook -------------------------------------------------------
