@@ -39,8 +39,10 @@ def make_addons(
         ClientAllowList(),
         blocking,
         Tunnels(blocking),
-        # The destination policy (loopback, link-local, the host's own addresses) plugs
-        # in here as ``refuses=``; ``addresses.refuses_internal`` is the minimal one.
+        # The destination policy (loopback, link-local, the host's own addresses, with
+        # --allow-destination) plugs in here as ``refuses=``. Until it lands, none: the
+        # minimal ``refuses_internal`` has no allow list, and origins on 127.0.0.1 (the
+        # e2e tests, local deployments) need one.
         Addresses(blocking, refuses=None),
         Strip(holder),
         refresh,

@@ -98,9 +98,12 @@ class Addresses:
 
     name = "jectguard_addresses"
 
-    def __init__(self, blocking: Blocking, *, refuses: RefusePredicate | None = None) -> None:
+    def __init__(
+        self, blocking: Blocking, *, refuses: RefusePredicate | None = refuses_internal
+    ) -> None:
         self.blocking = blocking
-        # THE destination-policy call site: applied to every resolved address.
+        # The destination policy, applied to every resolved address (in `_judge`, the one
+        # call site); None: no policy, only the lists.
         self.refuses = refuses
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)

@@ -58,7 +58,7 @@ async def test_rebinding_name_connects_to_the_checked_address(
 ) -> None:
     """The name answers 192.0.2.1 (fine), then 198.51.100.7 (listed): one lookup, pinned."""
     dns.answers = [("192.0.2.1",), ("198.51.100.7",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("rebind.test", 443))
         await addresses.server_connect(hook(server))
@@ -75,7 +75,7 @@ async def test_rebinding_name_connects_to_the_checked_address(
 
 async def test_failed_connect_gets_its_name_back(blocking: Blocking, dns: FakeDNS) -> None:
     dns.answers = [("192.0.2.1",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("a.test", 80))
         await addresses.server_connect(hook(server))
@@ -98,7 +98,7 @@ async def test_server_connect_checks_every_resolved_address(
     blocking: Blocking, dns: FakeDNS, answer: tuple[str, ...], refused: bool
 ) -> None:
     dns.answers = [answer]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("name.test", 80))
         await addresses.server_connect(hook(server))
@@ -109,7 +109,7 @@ async def test_server_connect_checks_every_resolved_address(
 
 async def test_a_name_that_does_not_resolve_fails_closed(blocking: Blocking, dns: FakeDNS) -> None:
     """Never left to mitmproxy's own lookup, which could answer differently."""
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("nowhere.test", 80))
         await addresses.server_connect(hook(server))
@@ -117,7 +117,7 @@ async def test_a_name_that_does_not_resolve_fails_closed(blocking: Blocking, dns
 
 
 async def test_real_resolver(blocking: Blocking) -> None:
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("localhost", 80))  # 127.0.0.1 is in 127.0.0.0/31
         await addresses.server_connect(hook(server))
@@ -129,7 +129,7 @@ async def test_real_resolver(blocking: Blocking) -> None:
 
 async def test_monitor_mode_only_logs(blocking: Blocking, dns: FakeDNS) -> None:
     dns.answers = [("198.51.100.7",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses) as tctx:
         tctx.configure(blocking, jg_mode="monitor")
         server = connection.Server(address=("name.test", 80))
@@ -140,7 +140,7 @@ async def test_monitor_mode_only_logs(blocking: Blocking, dns: FakeDNS) -> None:
 async def test_upstream_mode_leaves_resolving_to_the_parent(
     blocking: Blocking, dns: FakeDNS
 ) -> None:
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         client = tflow.tclient_conn()
         client.proxy_mode = connect_flow(
@@ -155,7 +155,7 @@ async def test_plain_http_to_a_listed_address_gets_the_block_page(
     blocking: Blocking, dns: FakeDNS
 ) -> None:
     dns.answers = [("203.0.113.9",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         f = req("http://innocent.test/page", NAV)
         pending = addresses.requestheaders(f)
@@ -176,7 +176,7 @@ async def test_allowed_address_costs_no_await_after_the_first(
     blocking: Blocking, dns: FakeDNS
 ) -> None:
     dns.answers = [("192.0.2.1",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         first = addresses.requestheaders(req("http://fine.test/"))
         assert first is not None
@@ -189,7 +189,7 @@ async def test_connect_to_a_listed_address_keeps_the_tunnel_local(
     blocking: Blocking, dns: FakeDNS
 ) -> None:
     dns.answers = [("198.51.100.7",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         f = connect_flow("innocent.test")
         pending = addresses.http_connect(f)
@@ -211,7 +211,7 @@ async def test_connect_to_a_listed_address_without_interception_is_403(
     blocking: Blocking, dns: FakeDNS
 ) -> None:
     dns.answers = [("198.51.100.7",)]
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses) as tctx:
         tctx.configure(blocking, jg_intercept=False)
         f = connect_flow("innocent.test")
@@ -253,7 +253,7 @@ def test_minimal_policy(ip: str, refused: bool) -> None:
 async def test_policy_applies_to_every_resolved_address(blocking: Blocking, dns: FakeDNS) -> None:
     """A public name that resolves to loopback or metadata is refused, in every mode."""
     dns.answers = [("192.0.2.1", "169.254.169.254"), ("127.0.0.1",)]
-    addresses = Addresses(blocking, refuses=refuses_internal)
+    addresses = Addresses(blocking)  # the minimal policy is the default
     with taddons.context(blocking, addresses) as tctx:
         tctx.configure(blocking, jg_mode="monitor", jg_check_resolved=False)
         server = connection.Server(address=("metadata.test", 80))
@@ -272,7 +272,7 @@ async def test_without_policy_or_ip_rules_nothing_is_resolved(dns: FakeDNS) -> N
 
     empty, _, _ = Engine.from_lists([])
     blocking = Blocking(EngineHolder(empty))
-    addresses = Addresses(blocking)
+    addresses = Addresses(blocking, refuses=None)
     with taddons.context(blocking, addresses):
         server = connection.Server(address=("name.test", 80))
         await addresses.server_connect(hook(server))
