@@ -182,12 +182,15 @@ class Tunnels:
         found = classify(nextlayer.data_client())
         if found.content is Content.HTTP:
             return layers.HttpLayer(ctx_, HTTPMode.transparent)
-        if found.content is Content.MORE or (found.content is Content.TLS and chosen is None):
-            return self._wait(nextlayer) if blocking.enforce else chosen
         if found.content is Content.TLS:
+            if chosen is None:  # mitmproxy wants more (ignore_hosts): wait, with our deadline
+                return self._wait(nextlayer) if blocking.enforce else chosen
             return chosen if self._sni_allowed(nextlayer) else RefuseLayer(ctx_)
         if self._raw_allowed(ctx_):
+            # An operator-trusted destination: relay at once, whoever speaks first.
             return chosen or layers.TCPLayer(ctx_)
+        if found.content is Content.MORE:
+            return self._wait(nextlayer) if blocking.enforce else chosen
         if not blocking.enforce:
             self._refuse_log(ctx_, f"its content is {found.reason}", "monitor: would refuse")
             return chosen

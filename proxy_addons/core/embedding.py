@@ -2,7 +2,8 @@
 
 A connection to ``[2002:c633:6407::]`` (6to4), ``[64:ff9b::c633:6407]`` (NAT64) or
 ``[::198.51.100.7]`` (IPv4-compatible) reaches 198.51.100.7 through a relay or
-translator; a Teredo address reaches its client's (obfuscated) IPv4. The engine
+translator; a Teredo address reaches its client's (obfuscated) IPv4, and an ISATAP
+address (``...:0:5efe:a.b.c.d``) the IPv4 in its interface identifier. The engine
 checks each carried IPv4 as if the client had named it.
 
 IPv4-mapped (``::ffff:a.b.c.d``) and the well-known NAT64 /96 are already turned
@@ -25,6 +26,8 @@ LOCAL_NAT64: Final = ipaddress.IPv6Network("64:ff9b:1::/48")
 SIX_TO_FOUR: Final = ipaddress.IPv6Network("2002::/16")
 TEREDO: Final = ipaddress.IPv6Network("2001::/32")
 IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
+# RFC 5214: an ISATAP interface identifier is 0000:5efe or 0200:5efe, then the IPv4.
+_ISATAP_IDS: Final = (b"\x00\x00\x5e\xfe", b"\x02\x00\x5e\xfe")
 
 
 def parse_nat64_prefix(text: str) -> ipaddress.IPv6Network:
@@ -70,6 +73,8 @@ def carried_ipv4(
         v4 = ipaddress.IPv4Address(packed[12:])
         if int(v4) >> 24:  # not ::, ::1 or another address inside 0.0.0.0/8
             found.append(v4)
+    if packed[8:12] in _ISATAP_IDS:
+        found.append(ipaddress.IPv4Address(packed[12:]))
     for net in nat64:
         if ip in net:
             found.append(_rfc6052(packed, net.prefixlen))

@@ -48,6 +48,8 @@ CARRIERS = [
     (nat64("64:ff9b:1:2::/64"), "local-use NAT64 /64"),
     (nat64("64:ff9b:1:2:3:4::/96"), "local-use NAT64 /96"),
     (teredo(V4), "Teredo client"),
+    ("2001:db8:1:2:0:5efe:c633:6407", "ISATAP"),
+    ("fe80::200:5efe:198.51.100.7", "ISATAP, universal bit"),
 ]
 
 

@@ -66,8 +66,10 @@ def any_proxy(
         p.stop()
 
 
-@pytest.fixture(scope="module")
-def rebinding_proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
+@pytest.fixture(scope="module", params=["intercept", "no-intercept"])
+def rebinding_proxy(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, lists_dir: Path
+) -> Iterator[Proxy]:
     if ATTACKER_IP is None:
         pytest.skip("needs a non-loopback IPv4 address for the listed 'attacker' origin")
     import os
@@ -75,8 +77,9 @@ def rebinding_proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -
     os.environ["JG_TEST_REBIND"] = f"rebind.test=127.0.0.1|{ATTACKER_IP}"
     try:
         p = _start(
-            tmp_path_factory.mktemp("rebinding"),
+            tmp_path_factory.mktemp(f"rebinding-{request.param}"),
             lists_dir,
+            *(("--no-intercept",) if request.param == "no-intercept" else ()),
             entry=[sys.executable, str(LAUNCH_REBINDING)],
         )
     finally:
@@ -396,6 +399,25 @@ def test_server_that_speaks_first_gets_refused(any_proxy: Proxy, greeter: Greete
     """Old code relayed the server's banner and then everything both ways, unchecked."""
     with connect(any_proxy, f"cdn.test:{greeter.port}") as s:
         assert read_all(s) == b""  # the banner never reaches the client; closed at the deadline
+
+
+def test_raw_tunnels_option_relays_listed_destinations_only(
+    tmp_path: Path, lists_dir: Path, greeter: Greeter
+) -> None:
+    """ssh or SMTP on a known host is possible, by destination only (never by SNI/Host)."""
+    proxy = _start(tmp_path, lists_dir, "--set", f"jg_raw_tunnels=cdn.test:{greeter.port}")
+    try:
+        with connect(proxy, f"cdn.test:{greeter.port}") as s:
+            assert s.recv(4096) == Greeter.BANNER  # relayed at once: the server speaks first
+            s.sendall(b"EHLO client\r\n")
+            s.shutdown(socket.SHUT_WR)
+            read_all(s)
+        with connect(proxy, f"good.test:{greeter.port}") as s:  # same server, another name
+            assert read_all(s) == b""
+    finally:
+        proxy.stop()
+    greeter.close()
+    assert greeter.received == b"EHLO client\r\n"
 
 
 # -- 7. DNS rebinding: the connection goes to the address that was checked ------------------
