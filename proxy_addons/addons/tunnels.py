@@ -16,7 +16,7 @@ raw relay:
 - a ClientHello relayed as passthrough (``--no-intercept``, ``ignore_hosts``):
   its SNI is checked;
 - anything else (ssh on 443, DNS over TCP, an SSLv2 hello): refused, unless the
-  destination is listed in ``jg_raw_tunnels``.
+  destination is listed in ``jg_raw_tunnels`` (then relayed at once, unchecked).
 
 mitmproxy's ``ignore_hosts`` and ``tcp_hosts`` do not open a raw relay for
 unclassified content: they match the SNI and Host header too, which the client
