@@ -93,8 +93,9 @@ def rebinding_proxy(
 # -- raw clients --------------------------------------------------------------------
 
 
-def connect(proxy: Proxy, target: str) -> socket.socket:
-    """A socket through which ``CONNECT target`` succeeded; the caller closes it."""
+def open_tunnel(proxy: Proxy, target: str) -> tuple[socket.socket, bytes]:
+    """A socket through which ``CONNECT target`` succeeded, and any bytes that followed
+    the proxy's answer in the same read (a server that speaks first); the caller closes it."""
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=IO_TIMEOUT)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
@@ -104,6 +105,15 @@ def connect(proxy: Proxy, target: str) -> socket.socket:
         assert chunk, f"proxy closed during CONNECT {target}"
         head += chunk
     assert status_of(head) == 200, head
+    return s, head.partition(b"\r\n\r\n")[2]
+
+
+def connect(proxy: Proxy, target: str) -> socket.socket:
+    """``open_tunnel`` where nothing may come back before the client speaks."""
+    s, rest = open_tunnel(proxy, target)
+    if rest:
+        s.close()
+        raise AssertionError(f"bytes relayed before the client spoke: {rest[:100]!r}")
     return s
 
 
@@ -230,7 +240,7 @@ class Greeter(ByteCounter):
                 continue
             self.connections += 1
             with conn:
-                conn.settimeout(0.5)
+                conn.settimeout(IO_TIMEOUT)
                 try:
                     conn.sendall(self.BANNER)
                     while data := conn.recv(65536):
@@ -407,8 +417,9 @@ def test_raw_tunnels_option_relays_listed_destinations_only(
     """ssh or SMTP on a known host is possible, by destination only (never by SNI/Host)."""
     proxy = _start(tmp_path, lists_dir, "--set", f"jg_raw_tunnels=cdn.test:{greeter.port}")
     try:
-        with connect(proxy, f"cdn.test:{greeter.port}") as s:
-            assert s.recv(4096) == Greeter.BANNER  # relayed at once: the server speaks first
+        s, rest = open_tunnel(proxy, f"cdn.test:{greeter.port}")
+        with s:
+            assert (rest or s.recv(4096)) == Greeter.BANNER  # relayed: the server speaks first
             s.sendall(b"EHLO client\r\n")
             s.shutdown(socket.SHUT_WR)
             read_all(s)
