@@ -34,10 +34,13 @@ from proxy_addons.blockpage import new_request_id, printable
 from proxy_addons.core.authority import request_url
 from proxy_addons.core.embedding import parse_nat64_prefix
 from proxy_addons.core.engine import Action, Engine, Verdict
+from proxy_addons.core.resolution import RefusePredicate, Resolution, judge, refuses_internal
 
 from .blocking import METADATA_KEY, Blocking
 
 logger = logging.getLogger(__name__)
+
+Answer = Callable[[http.HTTPFlow, Resolution], None]
 
 # A resolver slower than this fails the connection (never a fall back to mitmproxy's own lookup).
 RESOLVE_TIMEOUT_SECONDS: Final = 10.0
@@ -46,39 +49,6 @@ RESOLVE_CACHE_SECONDS: Final = 10.0
 MAX_CACHED_NAMES: Final = 4096
 # Pins whose connect never reported back (cancelled while queued): dropped oldest first.
 MAX_PENDING_PINS: Final = 4096
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# The destination policy: why an address must never be connected to, or None.
-RefusePredicate = Callable[[IPAddress], str | None]
-
-
-def refuses_internal(ip: IPAddress) -> str | None:
-    """The minimal destination policy: loopback, unspecified and link-local addresses.
-
-    Link-local covers 169.254.169.254, the cloud metadata service. The full policy
-    (the host's own addresses, ``--allow-destination``) replaces this one.
-    """
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_link_local:
-        return "a link-local address"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What one name resolved to, and what the lists and policy say about it."""
-
-    addresses: tuple[str, ...]  # in the resolver's order; empty: the name did not resolve
-    expires: float
-    engine: Engine | None  # the engine whose verdicts ``listed`` holds
-    listed: tuple[Verdict, ...]  # block and monitor verdicts of the addresses
-    internal: str | None  # why the destination policy refuses one of them
-    error: str | None = None  # why the name did not resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,19 +150,10 @@ class Addresses:
     def _judge(
         self, addresses: tuple[str, ...], engine: Engine, expires: float, error: str | None
     ) -> Resolution:
-        listed: list[Verdict] = []
-        internal = None
         lists = self.blocking.check_resolved and self._has_ip_rules(engine)
-        for addr in addresses:
-            if self.refuses is not None and internal is None:
-                why = self.refuses(ipaddress.ip_address(addr))
-                if why is not None:
-                    internal = f"{addr} is {why}"
-            if lists:
-                v = engine.check_host(addr)
-                if v.action is Action.BLOCK or v.action is Action.MONITOR:
-                    listed.append(v)
-        return Resolution(addresses, expires, engine, tuple(listed), internal, error)
+        return judge(
+            addresses, engine, expires=expires, lists=lists, refuses=self.refuses, error=error
+        )
 
     @staticmethod
     async def _resolve(host: str, port: int) -> tuple[tuple[str, ...], str | None]:
@@ -267,6 +228,13 @@ class Addresses:
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Plain HTTP: a listed address gets the block page instead of mitmproxy's 502."""
+        return self._check(flow, self._answer)
+
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """CONNECT: a listed address is refused like a blocked host, before the tunnel opens."""
+        return self._check(flow, self._answer_connect)
+
+    def _check(self, flow: http.HTTPFlow, answer: Answer) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live:
             return None
         engine = self._active(flow.client_conn)
@@ -275,15 +243,15 @@ class Addresses:
         req = flow.request
         found = self._cached(req.host, req.port, engine)
         if found is not None:  # the common case: no await, no task
-            self._answer(flow, found)
+            answer(flow, found)
             return None
-        return self._check_request(flow, engine)
+        return self._check_resolved(flow, engine, answer)
 
-    async def _check_request(self, flow: http.HTTPFlow, engine: Engine) -> None:
+    async def _check_resolved(self, flow: http.HTTPFlow, engine: Engine, answer: Answer) -> None:
         req = flow.request
         found = await self._resolution(req.host, req.port, engine)
         if flow.response is None and flow.live:
-            self._answer(flow, found)
+            answer(flow, found)
 
     def _answer(self, flow: http.HTTPFlow, found: Resolution) -> None:
         if not found.listed and found.internal is None:
@@ -293,36 +261,21 @@ class Addresses:
         if refusal is None:
             return
         if refusal.verdict is None:
-            flow.metadata[METADATA_KEY] = {"action": "block", "stage": "address"}
-            flow.response = http.Response.make(
-                403,
-                f"jectguard: refused: {refusal.reason}\n".encode(),
-                {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
-            )
+            self._refuse_destination(flow, refusal.reason)
             return
         req = flow.request
         url = request_url(req.scheme, req.host, req.port, req.path)
         self.blocking._apply(flow, refusal.verdict, "address", url)
 
-    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """CONNECT: a listed address is refused like a blocked host, before the tunnel opens."""
-        if flow.response or flow.error or not flow.live:
-            return None
-        engine = self._active(flow.client_conn)
-        if engine is None:
-            return None
-        req = flow.request
-        found = self._cached(req.host, req.port, engine)
-        if found is not None:
-            self._answer_connect(flow, found)
-            return None
-        return self._check_connect(flow, engine)
-
-    async def _check_connect(self, flow: http.HTTPFlow, engine: Engine) -> None:
-        req = flow.request
-        found = await self._resolution(req.host, req.port, engine)
-        if flow.response is None and flow.live:
-            self._answer_connect(flow, found)
+    @staticmethod
+    def _refuse_destination(flow: http.HTTPFlow, reason: str) -> None:
+        # The destination policy's own answer (the full policy brings its page).
+        flow.metadata[METADATA_KEY] = {"action": "block", "stage": "address"}
+        flow.response = http.Response.make(
+            403,
+            f"jectguard: refused: {reason}\n".encode(),
+            {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
+        )
 
     def _answer_connect(self, flow: http.HTTPFlow, found: Resolution) -> None:
         if not found.listed and found.internal is None:
@@ -337,12 +290,7 @@ class Addresses:
         blocking = self.blocking
         v = refusal.verdict
         if v is None:
-            flow.metadata[METADATA_KEY] = {"action": "block", "stage": "address"}
-            flow.response = http.Response.make(
-                403,
-                f"jectguard: refused: {refusal.reason}\n".encode(),
-                {"Content-Type": "text/plain; charset=utf-8"},
-            )
+            self._refuse_destination(flow, refusal.reason)
             return
         blocking.refused[client.id] = (v, "address", url)
         if blocking.intercept and isinstance(client.proxy_mode, mode_specs.RegularMode):
@@ -433,4 +381,4 @@ class Addresses:
             object.__setattr__(server, "address", name)
 
 
-__all__ = ["Addresses", "RefusePredicate", "Resolution", "refuses_internal"]
+__all__ = ["Addresses", "RefusePredicate", "refuses_internal"]
