@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy_addons.core.tunnel import MAX_CLIENT_HELLO, MAX_REQUEST_LINE, Content, classify
 
@@ -119,3 +121,22 @@ def test_request_line_over_the_limit_is_unknown() -> None:
 def test_nothing_yet_waits() -> None:
     assert classify(b"").content is Content.MORE
     assert not classify(b"").decided
+
+
+# -- properties: how the bytes are split never changes the answer ------------------------
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STARTS = [HELLO, refragment(HELLO, 50), *REQUESTS, b"SSH-2.0-x\r\n", b"\x16\x03\x01\x00"]
+
+
+@FAST
+@given(
+    data=st.one_of(st.binary(max_size=300), st.sampled_from(STARTS)), tail=st.binary(max_size=50)
+)
+def test_once_decided_more_bytes_never_change_the_answer(data: bytes, tail: bytes) -> None:
+    """Classification is monotonic: every prefix waits or already has the final answer, so a
+    client cannot get a different layer by choosing where to cut its first bytes."""
+    final = classify(data + tail)
+    for cut in range(len(data) + len(tail) + 1):
+        c = classify((data + tail)[:cut])
+        assert c.content is Content.MORE or c.content is final.content, (cut, c, final)
