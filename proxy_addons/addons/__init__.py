@@ -17,6 +17,7 @@ from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
+from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
 from .observe import Observe
@@ -33,19 +34,23 @@ def make_addons(
     from ..events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
-    refresh = Refresh(holder, on_report=lambda rep: report_refresh_outcomes(events, metrics, rep))
+    refresh = Refresh(
+        holder,
+        on_report=lambda rep: report_refresh_outcomes(events, metrics, rep),
+        on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
+    )
+    metrics.set_health_provider(lambda: holder.health)
     blocking = Blocking(holder)
     return [
         ClientAllowList(),
         blocking,
         Tunnels(blocking),
-        # The destination policy (loopback, link-local, the host's own addresses, with
-        # --allow-destination) plugs in here as ``refuses=``. Until it lands, none: the
-        # minimal ``refuses_internal`` has no allow list, and origins on 127.0.0.1 (the
-        # e2e tests, local deployments) need one.
-        Addresses(blocking, refuses=None),
+        # Every resolved address meets the configured destination policy (read at each
+        # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
+        Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
         refresh,
+        DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
         AdminServer(
             holder,
@@ -80,6 +85,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",

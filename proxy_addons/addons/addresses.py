@@ -24,19 +24,20 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from proxy_addons.blockpage import new_request_id, printable
+from proxy_addons.blockpage import printable
 from proxy_addons.core.authority import request_url
 from proxy_addons.core.embedding import parse_nat64_prefix
-from proxy_addons.core.engine import Action, Engine, Verdict
-from proxy_addons.core.resolution import RefusePredicate, Resolution, judge, refuses_internal
+from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.resolution import RefusePredicate, Resolution, judge
 
-from .blocking import METADATA_KEY, Blocking
+from .blocking import Blocking
+from .decide import Decision, Stage, log_decision, new_request_id, refuse_destination, worst
+from .requests import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +52,16 @@ MAX_CACHED_NAMES: Final = 4096
 MAX_PENDING_PINS: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    reason: str  # for the log and mitmproxy's error
-    verdict: Verdict | None  # a list verdict (block page), or None (destination policy)
-    address: str
-
-
-def _client_ip(client: connection.Client) -> str:
-    peer = client.peername
-    return str(peer[0]) if peer else ""
-
-
 class Addresses:
     """Resolves, checks and pins server addresses; refuses listed and internal ones."""
 
     name = "jectguard_addresses"
 
-    def __init__(
-        self, blocking: Blocking, *, refuses: RefusePredicate | None = refuses_internal
-    ) -> None:
+    def __init__(self, blocking: Blocking, *, refuses: RefusePredicate | None) -> None:
         self.blocking = blocking
         # The destination policy, applied to every resolved address (in `_judge`, the one
-        # call site); None: no policy, only the lists.
+        # call site); None: no policy, only the lists. ``make_addons`` passes the bound
+        # ``Blocking.refuses_address``, so the configured policy is read at each use.
         self.refuses = refuses
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)
@@ -92,6 +80,8 @@ class Addresses:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & {"jg_allow_destination", "jg_connect_ports", "jg_check_resolved"}:
+            self._cache.clear()  # verdicts under the old policy must not outlive it
         if "jg_nat64_prefixes" in updated:
             prefixes = []
             for item in ctx.options.jg_nat64_prefixes:
@@ -180,49 +170,16 @@ class Addresses:
             return (), f"{host} has no address"
         return tuple(out), None
 
-    def _refusal(
-        self, found: Resolution, host: str, client: connection.Client, *, log_monitor: bool
-    ) -> Refusal | None:
-        """Whether to refuse a connection to ``host`` (logged here), or None."""
-        blocking = self.blocking
-        if found.internal is not None:
-            # The destination policy protects the proxy's host: it applies in every mode.
-            logger.info(
-                "jectguard: refused connection to %s: %s (stage address, client %s)",
-                printable(host),
-                found.internal,
-                _client_ip(client),
-            )
-            return Refusal(f"{found.internal}, which no client may reach", None, "")
-        for v in found.listed:
-            what = f"{host} at" if v.input != host else "address"
-            if v.action is Action.BLOCK and blocking.enforce:
-                if blocking._granted(client, v):
-                    if log_monitor:
-                        blocking._log(
-                            v,
-                            f"allowed by proceed-anyway grant: {what}",
-                            "address",
-                            client,
-                            new_request_id(),
-                        )
-                    continue
-                m = v.match
-                return Refusal(
-                    f"{host} resolves to {v.input}, which is blocked "
-                    f"(list {m.list if m else '-'}, rule {m.rule if m else '-'})",
-                    v,
-                    v.input,
-                )
-            if log_monitor:
-                blocking._log(
-                    v,
-                    f"monitor: would refuse connection to {what}",
-                    "address",
-                    client,
-                    new_request_id(),
-                )
-        return None
+    def _decision(self, found: Resolution, url: str, client: connection.Client) -> Decision | None:
+        """The decision on a resolution for this client (None: nothing listed or refused)."""
+        checks: list[Decision] = []
+        # The destination policy guards the proxy's host: a block in every mode; a
+        # reverse proxy's destination is the operator's, not the client's.
+        if found.internal is not None and not isinstance(client.proxy_mode, mode_specs.ReverseMode):
+            checks.append(refuse_destination(Stage.DESTINATION, url, found.internal))
+        # A grant never unlocks an address rule (decide), whatever name led here.
+        checks += [self.blocking._decide(Stage.ADDRESS, v, url, client) for v in found.listed]
+        return worst(checks) if checks else None
 
     # -- before the request or tunnel goes anywhere ------------------------------
 
@@ -254,74 +211,19 @@ class Addresses:
             answer(flow, found)
 
     def _answer(self, flow: http.HTTPFlow, found: Resolution) -> None:
-        if not found.listed and found.internal is None:
-            return
-        client = flow.client_conn
-        refusal = self._refusal(found, flow.request.host, client, log_monitor=False)
-        if refusal is None:
-            return
-        if refusal.verdict is None:
-            self._refuse_destination(flow, refusal.reason)
-            return
         req = flow.request
         url = request_url(req.scheme, req.host, req.port, req.path)
-        self.blocking._apply(flow, refusal.verdict, "address", url)
-
-    @staticmethod
-    def _refuse_destination(flow: http.HTTPFlow, reason: str) -> None:
-        # The destination policy's own answer (the full policy brings its page).
-        flow.metadata[METADATA_KEY] = {"action": "block", "stage": "address"}
-        flow.response = http.Response.make(
-            403,
-            f"jectguard: refused: {reason}\n".encode(),
-            {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
-        )
+        d = self._decision(found, url, flow.client_conn)
+        if d is not None and d.refuses:  # monitor and grants are logged at server_connect
+            self.blocking._apply(flow, d)
 
     def _answer_connect(self, flow: http.HTTPFlow, found: Resolution) -> None:
-        if not found.listed and found.internal is None:
-            return
         req = flow.request
-        client = flow.client_conn
-        refusal = self._refusal(found, req.host, client, log_monitor=False)
-        if refusal is None:
-            return
-        scheme = "https" if req.port != 80 else "http"
-        url = request_url(scheme, req.host, req.port, "/")
-        blocking = self.blocking
-        v = refusal.verdict
-        if v is None:
-            self._refuse_destination(flow, refusal.reason)
-            return
-        blocking.refused[client.id] = (v, "address", url)
-        if blocking.intercept and isinstance(client.proxy_mode, mode_specs.RegularMode):
-            # As for a blocked host: the tunnel opens to the proxy only and the
-            # block page is served inside it (Blocking.requestheaders reads `refused`).
-            blocking._log(
-                v,
-                "blocked (tunnel kept local for the block page)",
-                "address",
-                client,
-                new_request_id(),
-            )
-            flow.metadata[METADATA_KEY] = {
-                "action": "block",
-                "stage": "address",
-                "deferred": True,
-                "verdict": v.as_dict(),
-            }
-            now = time.time()
-            flow.response = http.Response(
-                req.data.http_version,
-                200,
-                b"Connection established",
-                http.Headers(),
-                b"",
-                None,
-                now,
-                now,
-            )
-            return
-        blocking._apply(flow, v, "address", url)
+        url = request_url("https" if req.port != 80 else "http", req.host, req.port, "/")
+        d = self._decision(found, url, flow.client_conn)
+        if d is not None and d.refuses:
+            # As for a blocked host: a list's block keeps the tunnel local for the page.
+            self.blocking.answer_connect(flow, d)
 
     # -- the connection itself ---------------------------------------------------
 
@@ -329,13 +231,15 @@ class Addresses:
         server, client = data.server, data.client
         if server.error or not server.address:
             return
-        blocking = self.blocking
-        refused = blocking.refused.get(client.id)
-        if refused is not None and blocking.enforce:
+        refused = self.blocking.refused.get(client.id)
+        if refused is not None:
+            # Only refusing decisions are kept there (a block, an unreadable name), so
+            # this holds in every mode: monitor never relays what it could not read.
             v, stage, url = refused
             m = v.match
+            what = "cannot be read" if v.action is Action.ERROR else "is blocked"
             server.error = (
-                f"jectguard: {printable(url)} is blocked ({stage}; list {m.list if m else '-'}); "
+                f"jectguard: {printable(url)} {what} ({stage}; list {m.list if m else '-'}); "
                 "no connection was made"
             )
             return
@@ -348,17 +252,18 @@ class Addresses:
             # Never leave the name to mitmproxy's own lookup: it may answer differently.
             server.error = f"jectguard: {found.error}; no connection was made"
             return
-        refusal = self._refusal(found, host, client, log_monitor=True)
-        if refusal is not None:
+        d = self._decision(found, request_url("tcp", host, port, "/"), client)
+        if d is not None:
             rid = new_request_id()
-            if refusal.verdict is not None:
-                blocking._log(
-                    refusal.verdict, f"refused connection to {host} at", "address", client, rid
+            log_decision(d, client_ip(client), rid, f" (connection to {printable(host)})")
+            if d.refuses:
+                m = d.checked.match if d.checked is not None else None
+                why = d.reason or (
+                    f"{host} resolves to {d.checked.input if d.checked else '-'}, which is "
+                    f"blocked (list {m.list if m else '-'}, rule {m.rule if m else '-'})"
                 )
-            server.error = (
-                f"jectguard: {printable(refusal.reason)} (id {rid}); no connection was made"
-            )
-            return
+                server.error = f"jectguard: {printable(why)} (id {rid}); no connection was made"
+                return
         pin = found.addresses[0]
         if pin != host:
             if len(self._pinned) >= MAX_PENDING_PINS:
@@ -381,4 +286,4 @@ class Addresses:
             object.__setattr__(server, "address", name)
 
 
-__all__ = ["Addresses", "RefusePredicate", "refuses_internal"]
+__all__ = ["Addresses", "RefusePredicate"]

@@ -18,6 +18,11 @@ raw relay:
 - anything else (ssh on 443, DNS over TCP, an SSLv2 hello): refused, unless the
   destination is listed in ``jg_raw_tunnels`` (then relayed at once, unchecked).
 
+Content that cannot be checked is not a list's verdict but an unreadable input,
+so it is refused in every mode, monitor included, like every ``error``
+(:func:`.decide.decide`); a tunnel whose CONNECT or SNI was refused is closed in
+every mode too (``Blocking.refused`` only holds decisions that refuse).
+
 mitmproxy's ``ignore_hosts`` and ``tcp_hosts`` do not open a raw relay for
 unclassified content: they match the SNI and Host header too, which the client
 chooses. ``jg_raw_tunnels`` matches only the destination the proxy connects to,
@@ -31,12 +36,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from mitmproxy import connection, ctx, exceptions, tls
+from mitmproxy import ctx, exceptions, tls
 from mitmproxy.proxy import commands, context, events, layer, layers, mode_specs
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from proxy_addons.blockpage import new_request_id, printable
 from proxy_addons.core.authority import authority, url_host
 from proxy_addons.core.canon import canonical_host
 from proxy_addons.core.engine import Action
@@ -44,6 +48,9 @@ from proxy_addons.core.errors import CanonError
 from proxy_addons.core.tunnel import Content, classify, parse_destination
 
 from .blocking import Blocking
+from .connects import server_name_verdict
+from .decide import Act, Decision, Stage, log_decision, new_request_id
+from .requests import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +108,6 @@ def _destination(ctx_: context.Context) -> str:
     if not address:
         return "-"
     return authority(str(address[0]), int(address[1]))
-
-
-def _client_ip(client: connection.Client) -> str:
-    peer = client.peername
-    return str(peer[0]) if peer else ""
 
 
 class Tunnels:
@@ -176,25 +178,21 @@ class Tunnels:
     def _decide(self, nextlayer: layer.NextLayer, chosen: layer.Layer | None) -> layer.Layer | None:
         """The layer for a connection mitmproxy would relay raw (None: wait for more bytes)."""
         ctx_ = nextlayer.context
-        blocking = self.blocking
-        if ctx_.client.id in blocking.refused:
-            return RefuseLayer(ctx_) if blocking.enforce else chosen
+        if ctx_.client.id in self.blocking.refused:
+            return RefuseLayer(ctx_)  # its CONNECT or SNI was refused: in every mode
         found = classify(nextlayer.data_client())
         if found.content is Content.HTTP:
             return layers.HttpLayer(ctx_, HTTPMode.transparent)
         if found.content is Content.TLS:
             if chosen is None:  # mitmproxy wants more (ignore_hosts): wait, with our deadline
-                return self._wait(nextlayer) if blocking.enforce else chosen
+                return self._wait(nextlayer)
             return chosen if self._sni_allowed(nextlayer) else RefuseLayer(ctx_)
         if self._raw_allowed(ctx_):
             # An operator-trusted destination: relay at once, whoever speaks first.
             return chosen or layers.TCPLayer(ctx_)
         if found.content is Content.MORE:
-            return self._wait(nextlayer) if blocking.enforce else chosen
-        if not blocking.enforce:
-            self._refuse_log(ctx_, f"its content is {found.reason}", "monitor: would refuse")
-            return chosen
-        self._refuse_log(ctx_, f"its content is {found.reason}", "refused")
+            return self._wait(nextlayer)
+        self._refuse(ctx_, f"its content is {found.reason}")
         return RefuseLayer(ctx_)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
@@ -209,22 +207,18 @@ class Tunnels:
         return HoldLayer(nextlayer.context, self.seconds, self._expired)
 
     def _expired(self, ctx_: context.Context, data: bytes) -> None:
-        self._refuse_log(
+        self._refuse(
             ctx_,
             f"no TLS ClientHello or HTTP request line within {self.seconds:g}s "
             f"({len(data)} bytes received)",
-            "refused",
         )
 
-    def _refuse_log(self, ctx_: context.Context, why: str, what: str) -> None:
-        logger.info(
-            "jectguard: %s tunnel to %s: %s (stage tunnel, client %s, id %s)",
-            what,
-            printable(_destination(ctx_)),
-            why,
-            _client_ip(ctx_.client),
-            new_request_id(),
-        )
+    @staticmethod
+    def _refuse(ctx_: context.Context, why: str) -> None:
+        """Content nobody can check: an unreadable input, refused in every mode (logged)."""
+        url = f"tcp://{_destination(ctx_)}"
+        d = Decision(Stage.TUNNEL, Action.ERROR, Act.ERROR, url, None, why, 400)
+        log_decision(d, client_ip(ctx_.client), new_request_id())
 
     def _raw_allowed(self, ctx_: context.Context) -> bool:
         address = ctx_.server.address
@@ -236,7 +230,7 @@ class Tunnels:
             return False
 
     def _sni_allowed(self, nextlayer: layer.NextLayer) -> bool:
-        """A ClientHello about to be relayed undecrypted: its SNI is checked here."""
+        """A ClientHello about to be relayed undecrypted: its SNI is decided here."""
         blocking = self.blocking
         client = nextlayer.context.client
         try:
@@ -244,29 +238,20 @@ class Tunnels:
         except ValueError:
             hello = None
         if hello is None:
-            if not blocking.enforce:
-                return True
-            self._refuse_log(nextlayer.context, "its ClientHello cannot be parsed", "refused")
+            self._refuse(nextlayer.context, "its ClientHello cannot be parsed")
             return False
-        if not hello.sni:
-            return True  # the CONNECT target and the address were checked
-        v = blocking.holder.engine.check_host(hello.sni)
-        if v.action is Action.ERROR:
-            if not blocking.enforce:
-                return True
-            self._refuse_log(nextlayer.context, f"its SNI {v.error}", "refused")
-            return False
-        if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
+        v = server_name_verdict(blocking.holder.engine, hello)
+        if v is None:
+            return True  # no SNI: the CONNECT target and the address were checked
+        url = f"https://{url_host(hello.sni or v.input)}/"
+        d = blocking._decide(Stage.SNI, v, url, client)
+        if d.action is Act.PASS or d.action is Act.ALLOW:
             return True
-        rid = new_request_id()
-        if blocking._granted(client, v):
-            blocking._log(v, "allowed by proceed-anyway grant", "sni", client, rid)
+        note = " (connection closed)" if d.refuses else ""
+        log_decision(d, client_ip(client), new_request_id(), note)
+        if not d.refuses:
             return True
-        if v.action is Action.MONITOR or not blocking.enforce:
-            blocking._log(v, "monitor: would block", "sni", client, rid)
-            return True
-        blocking._log(v, "blocked (connection closed)", "sni", client, rid)
-        blocking.refused[client.id] = (v, "sni", f"https://{url_host(hello.sni)}/")
+        blocking.refused[client.id] = (v, Stage.SNI.value, url)
         return False
 
 

@@ -17,23 +17,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 RefusePredicate = Callable[[IPAddress], str | None]
 
 
-def refuses_internal(ip: IPAddress) -> str | None:
-    """The minimal destination policy: loopback, unspecified and link-local addresses.
-
-    Link-local covers 169.254.169.254, the cloud metadata service. The full policy
-    (the host's own addresses, an allow list) replaces this one.
-    """
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_link_local:
-        return "a link-local address"
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Resolution:
     """One name's addresses and their verdicts, valid until ``expires``."""
@@ -70,4 +53,4 @@ def judge(
     return Resolution(addresses, expires, engine, tuple(listed), internal, error)
 
 
-__all__ = ["IPAddress", "RefusePredicate", "Resolution", "judge", "refuses_internal"]
+__all__ = ["IPAddress", "RefusePredicate", "Resolution", "judge"]

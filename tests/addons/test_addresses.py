@@ -12,9 +12,10 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import EngineHolder
-from proxy_addons.addons.addresses import Addresses, refuses_internal
+from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
 from proxy_addons.blockpage import HEADER_NAME
+from proxy_addons.core.destinations import DestinationPolicy
 
 from .test_blocking import NAV, connect_flow, make_engine, req
 
@@ -247,24 +248,24 @@ async def test_connect_to_a_listed_address_without_interception_is_403(
     ],
 )
 def test_minimal_policy(ip: str, refused: bool) -> None:
-    assert (refuses_internal(ipaddress.ip_address(ip)) is not None) is refused
+    assert (DestinationPolicy().refuses(ipaddress.ip_address(ip)) is not None) is refused
 
 
 async def test_policy_applies_to_every_resolved_address(blocking: Blocking, dns: FakeDNS) -> None:
     """A public name that resolves to loopback or metadata is refused, in every mode."""
     dns.answers = [("192.0.2.1", "169.254.169.254"), ("127.0.0.1",)]
-    addresses = Addresses(blocking)  # the minimal policy is the default
+    addresses = Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip))
     with taddons.context(blocking, addresses) as tctx:
         tctx.configure(blocking, jg_mode="monitor", jg_check_resolved=False)
         server = connection.Server(address=("metadata.test", 80))
         await addresses.server_connect(hook(server))
-        assert server.error and "169.254.169.254 is a link-local address" in server.error
+        assert server.error and "169.254.169.254 is a cloud metadata address" in server.error
         f = req("http://loopback.test/")
         pending = addresses.requestheaders(f)
         assert pending is not None
         await pending
         assert f.response is not None and f.response.status_code == 403
-        assert b"127.0.0.1 is a loopback address" in f.response.content
+        assert b"127.0.0.1 is a" in f.response.content  # loopback, or the own address
 
 
 async def test_without_policy_or_ip_rules_nothing_is_resolved(dns: FakeDNS) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import warnings
 
@@ -202,13 +203,42 @@ def test_bad_options_are_refused(setup: Setup, option: str, value: object) -> No
         tctx.configure(setup.tunnels, **{option: value})
 
 
-def test_monitor_mode_logs_but_never_holds_or_refuses(setup: Setup) -> None:
+def test_monitor_mode_still_refuses_what_it_cannot_check(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unclassifiable content is not a list verdict but unreadable input: refused in every mode."""
     with taddons.context(setup.mitm, setup.blocking, setup.tunnels) as tctx:
         tctx.configure(setup.blocking, jg_mode="monitor")
-        assert isinstance(decide(setup, tunnel(tctx), SSH), layers.TCPLayer)
-        assert isinstance(decide(setup, tunnel(tctx), b"\x16"), layers.TCPLayer)
+        with caplog.at_level(logging.INFO):
+            assert isinstance(decide(setup, tunnel(tctx), SSH), RefuseLayer)
+        assert "refused (unreadable) tcp://example.test:443" in caplog.text
+        assert "stage tunnel" in caplog.text
+        assert isinstance(decide(setup, tunnel(tctx), b"\x16"), HoldLayer)
+        assert isinstance(decide(setup, tunnel(tctx), b"GE"), HoldLayer)
+        # a listed SNI relayed undecrypted is only logged in monitor mode ...
+        tctx.configure(setup.mitm, ignore_hosts=[".*"])
+        ctx = tunnel(tctx)
+        assert isinstance(decide(setup, ctx, HELLO_EVIL), layers.TCPLayer)
+        assert ctx.client.id not in setup.blocking.refused
+        # ... but an unreadable one is refused (the old next_layer passed it): one the
+        # engine cannot read, and one mitmproxy cannot read (its ``sni`` is None)
+        for name in ("999.1.1.1.1", "exa%mple.test"):
+            ctx = tunnel(tctx)
+            assert isinstance(decide(setup, ctx, client_hello(name)), RefuseLayer), name
+            assert setup.blocking.refused[ctx.client.id][1] == "sni"
         # plain HTTP is still read as HTTP (the request checks log what they would block)
         assert isinstance(decide(setup, tunnel(tctx), b"GET / HTTP/1.1\r\n"), layers.HttpLayer)
+
+
+def test_refused_client_is_refused_in_monitor_mode(setup: Setup) -> None:
+    """``refused`` holds only refusing decisions (an unreadable SNI in monitor mode)."""
+    with taddons.context(setup.mitm, setup.blocking, setup.tunnels) as tctx:
+        tctx.configure(setup.blocking, jg_mode="monitor")
+        tctx.configure(setup.mitm, ignore_hosts=[".*"])
+        ctx = tunnel(tctx)
+        bad = setup.blocking.holder.engine.check_host("999.1.1.1.1")
+        setup.blocking.refused[ctx.client.id] = (bad, "sni", "https://999.1.1.1.1/")
+        assert isinstance(decide(setup, ctx, HELLO_OK), RefuseLayer)
 
 
 def test_reverse_tcp_mode_is_the_operators_choice(setup: Setup) -> None:
