@@ -626,3 +626,26 @@ def test_split_client_hello_for_an_allowed_host_still_passes(
         tls.handshake(cut)
         resp = tls.request(b"GET /split-ok HTTP/1.1\r\nHost: good.test\r\nAccept: */*\r\n\r\n")
     assert status_of(resp) == 200 and resp.endswith(b"/split-ok")
+
+
+# -- the request line names the host: absolute-form inside a plain-HTTP tunnel -----------
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://evil.test/{path}", "http://EVIL.test.:80/{path}", "http://good.test/bad/{path}"],
+)
+@pytest.mark.parametrize("host", ["good.test", "cdn.test", "evil.test", None])
+def test_absolute_form_inside_a_plain_tunnel(
+    any_proxy: Proxy, origin: Origin, target: str, host: str | None
+) -> None:
+    """``GET http://evil.test/ ...`` through ``CONNECT good.test``, whatever the Host header:
+    servers route by the request line (RFC 9112 3.2.2), so it is checked in every mode."""
+    path = f"abs-{time.monotonic_ns()}"
+    head = f"GET {target.format(path=path)} HTTP/1.1\r\n"
+    head += f"Host: {host}\r\n" if host is not None else ""
+    with connect(any_proxy, f"good.test:{origin.port}") as s:
+        s.sendall(f"{head}Accept: */*\r\nConnection: close\r\n\r\n".encode())
+        resp = read_response(s)
+    assert status_of(resp) in (400, 403), resp[:300]
+    assert not any(path in p for _, p in origin.requests)
