@@ -296,3 +296,54 @@ async def test_ipv6_request_url_keeps_its_url_rules() -> None:
         blocking.requestheaders(f)
         assert f.response is not None and f.response.status_code == 403
         assert f.metadata[METADATA_KEY]["stage"] == "request"
+
+
+async def test_a_grant_for_the_name_never_unlocks_its_listed_address(
+    blocking: Blocking, dns: FakeDNS
+) -> None:
+    """main's server_connect let a name's grant (``_granted_name``) open an IP/CIDR block."""
+    dns.answers = [("198.51.100.7",)]
+    addresses = Addresses(blocking, refuses=None)
+    with taddons.context(blocking, addresses) as tctx:
+        tctx.configure(blocking, jg_proceed_anyway=True)
+        client = tflow.tclient_conn()
+        assert blocking.signer is not None
+        blocking.signer.grant(client.peername[0], "moved.test")
+        blocking.signer.grant(client.peername[0], "198.51.100.7")
+        server = connection.Server(address=("moved.test", 80))
+        await addresses.server_connect(hook(server, client))
+        assert server.error and "198.51.100.7" in server.error
+        assert server.address == ("moved.test", 80)
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+async def test_refused_client_never_connects_in_any_mode(
+    blocking: Blocking, dns: FakeDNS, mode: str
+) -> None:
+    """``refused`` holds only refusing decisions (in monitor mode: an unreadable SNI)."""
+    addresses = Addresses(blocking, refuses=None)
+    with taddons.context(blocking, addresses) as tctx:
+        tctx.configure(blocking, jg_mode=mode)
+        client = tflow.tclient_conn()
+        bad = blocking.holder.engine.check_host("999.1.1.1.1")
+        blocking.refused[client.id] = (bad, "sni", "https://999.1.1.1.1/")
+        server = connection.Server(address=("example.test", 443))
+        await addresses.server_connect(hook(server, client))
+        assert server.error and "cannot be read" in server.error
+    assert dns.lookups == []
+
+
+async def test_policy_changes_apply_at_once(blocking: Blocking, dns: FakeDNS) -> None:
+    """The policy is read at use time and a cached resolution does not outlive it."""
+    dns.answers = [("127.0.0.5",)]
+    addresses = Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip))
+    with taddons.context(blocking, addresses) as tctx:
+        server = connection.Server(address=("local.test", 80))
+        await addresses.server_connect(hook(server))
+        assert server.error and "127.0.0.5 is" in server.error
+        tctx.configure(blocking, jg_allow_destination=["127.0.0.0/8"])
+        addresses.configure({"jg_allow_destination"})
+        dns.answers = [("127.0.0.5",)]
+        server = connection.Server(address=("local.test", 80))
+        await addresses.server_connect(hook(server))
+        assert server.error is None and server.address == ("127.0.0.5", 80)
