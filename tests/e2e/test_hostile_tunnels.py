@@ -649,3 +649,59 @@ def test_absolute_form_inside_a_plain_tunnel(
         resp = read_response(s)
     assert status_of(resp) in (400, 403), resp[:300]
     assert not any(path in p for _, p in origin.requests)
+
+
+# -- monitor mode: what cannot be checked is refused, like every error -------------------
+
+
+@pytest.fixture(scope="module")
+def monitor_proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
+    p = _start(tmp_path_factory.mktemp("monitor"), lists_dir, "--mode", "monitor", "--no-intercept")
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _client_hello(server_name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # content that is neither TLS nor HTTP
+        _client_hello("999.1.1.1.1"),  # an SNI the engine cannot read
+        _client_hello("exa%mple.test"),  # an SNI mitmproxy cannot read (its sni is None)
+    ],
+    ids=["ssh", "sni-engine-error", "sni-unparsed"],
+)
+def test_monitor_mode_refuses_what_it_cannot_check(monitor_proxy: Proxy, payload: bytes) -> None:
+    """Old code (monitor mode) logged these and relayed them unchecked."""
+    target = ByteCounter("127.0.0.1")
+    try:
+        with connect(monitor_proxy, f"cdn.test:{target.port}") as s:
+            s.sendall(payload)
+            assert read_all(s) == b""
+    finally:
+        target.close()
+    assert target.received == b""
+
+
+def test_monitor_mode_still_relays_a_listed_sni(monitor_proxy: Proxy) -> None:
+    """A list's verdict in monitor mode is logged and let through (the control case)."""
+    target = ByteCounter("127.0.0.1")
+    try:
+        with connect(monitor_proxy, f"cdn.test:{target.port}") as s:
+            s.sendall(_client_hello("www.evil.test"))
+            deadline = time.monotonic() + IO_TIMEOUT
+            while not target.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        target.close()
+    assert target.received.startswith(b"\x16\x03")
