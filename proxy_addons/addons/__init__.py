@@ -41,17 +41,18 @@ def make_addons(
     )
     metrics.set_health_provider(lambda: holder.health)
     blocking = Blocking(holder)
+    observe = Observe(events, metrics, holder)
     return [
         ClientAllowList(),
         blocking,
-        Tunnels(blocking),
+        Tunnels(blocking, on_decision=observe.connection_decision),
         # Every resolved address meets the configured destination policy (read at each
         # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
         Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
         refresh,
         DnsFilter(holder, events, metrics),
-        Observe(events, metrics, holder),
+        observe,
         AdminServer(
             holder,
             events,

@@ -257,12 +257,7 @@ class Addresses:
             rid = new_request_id()
             log_decision(d, client_ip(client), rid, f" (connection to {printable(host)})")
             if d.refuses:
-                m = d.checked.match if d.checked is not None else None
-                why = d.reason or (
-                    f"{host} resolves to {d.checked.input if d.checked else '-'}, which is "
-                    f"blocked (list {m.list if m else '-'}, rule {m.rule if m else '-'})"
-                )
-                server.error = f"jectguard: {printable(why)} (id {rid}); no connection was made"
+                server.error = f"jectguard: {self._why(d, host, rid)}; no connection was made"
                 return
         pin = found.addresses[0]
         if pin != host:
@@ -270,6 +265,18 @@ class Addresses:
                 self._pinned.pop(next(iter(self._pinned)))
             self._pinned[server.id] = server.address
             server.address = (pin, port)
+
+    @staticmethod
+    def _why(d: Decision, host: str, rid: str) -> str:
+        """The refusal as mitmproxy's error text (the observe addon reads a list block's)."""
+        v = d.checked
+        if v is None or v.match is None:
+            return f"{printable(d.reason or 'refused')} (id {rid})"
+        m = v.match
+        return (
+            f"{printable(host)} resolves to {v.input}, which is blocked "
+            f"(list {m.list}, rule {m.rule}, id {rid})"
+        )
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._unpin(data.server)

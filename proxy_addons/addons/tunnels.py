@@ -60,6 +60,8 @@ MAX_CLASSIFY_SECONDS: Final = 300
 RELAY_LAYERS: Final = (layers.TCPLayer, layers.DNSLayer)
 
 Expiry = Callable[[context.Context, bytes], None]
+# A decision, the client's address and the request id (the observe addon's events).
+OnDecision = Callable[[Decision, str, str], None]
 
 
 class RefuseLayer(layer.Layer):
@@ -115,8 +117,10 @@ class Tunnels:
 
     name = "jectguard_tunnels"
 
-    def __init__(self, blocking: Blocking) -> None:
+    def __init__(self, blocking: Blocking, *, on_decision: OnDecision | None = None) -> None:
         self.blocking = blocking
+        # Where decisions on connections without a flow go besides the log (events).
+        self.on_decision = on_decision
         self.seconds = float(DEFAULT_CLASSIFY_SECONDS)
         self.raw: frozenset[tuple[str, int]] = frozenset()
 
@@ -213,12 +217,16 @@ class Tunnels:
             f"({len(data)} bytes received)",
         )
 
-    @staticmethod
-    def _refuse(ctx_: context.Context, why: str) -> None:
-        """Content nobody can check: an unreadable input, refused in every mode (logged)."""
+    def _refuse(self, ctx_: context.Context, why: str) -> None:
+        """Content nobody can check: an unreadable input, refused in every mode."""
         url = f"tcp://{_destination(ctx_)}"
-        d = Decision(Stage.TUNNEL, Action.ERROR, Act.ERROR, url, None, why, 400)
-        log_decision(d, client_ip(ctx_.client), new_request_id())
+        self._record(Decision(Stage.TUNNEL, Action.ERROR, Act.ERROR, url, None, why, 400), ctx_)
+
+    def _record(self, d: Decision, ctx_: context.Context, note: str = "") -> None:
+        rid, client = new_request_id(), client_ip(ctx_.client)
+        log_decision(d, client, rid, note)
+        if self.on_decision is not None:
+            self.on_decision(d, client, rid)
 
     def _raw_allowed(self, ctx_: context.Context) -> bool:
         address = ctx_.server.address
@@ -247,8 +255,7 @@ class Tunnels:
         d = blocking._decide(Stage.SNI, v, url, client)
         if d.action is Act.PASS or d.action is Act.ALLOW:
             return True
-        note = " (connection closed)" if d.refuses else ""
-        log_decision(d, client_ip(client), new_request_id(), note)
+        self._record(d, nextlayer.context, " (connection closed)" if d.refuses else "")
         if not d.refuses:
             return True
         blocking.refused[client.id] = (v, Stage.SNI.value, url)

@@ -14,6 +14,7 @@ from mitmproxy.test import taddons, tflow
 from proxy_addons.addons import EngineHolder
 from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
+from proxy_addons.addons.observe import _ADDRESS_REFUSAL_RE
 from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.destinations import DestinationPolicy
 
@@ -314,6 +315,8 @@ async def test_a_grant_for_the_name_never_unlocks_its_listed_address(
         await addresses.server_connect(hook(server, client))
         assert server.error and "198.51.100.7" in server.error
         assert server.address == ("moved.test", 80)
+        # the observe addon turns this error into a block event
+        assert _ADDRESS_REFUSAL_RE.match(server.error)
 
 
 @pytest.mark.parametrize("mode", ["enforce", "monitor"])

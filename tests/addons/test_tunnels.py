@@ -21,6 +21,7 @@ from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import EngineHolder
 from proxy_addons.addons.blocking import Blocking
+from proxy_addons.addons.observe import Observe
 from proxy_addons.addons.tunnels import (
     RELAY_LAYERS,
     HeldNextLayer,
@@ -28,6 +29,8 @@ from proxy_addons.addons.tunnels import (
     RefuseLayer,
     Tunnels,
 )
+from proxy_addons.events import EventLog
+from proxy_addons.metrics import Metrics
 
 from .test_blocking import make_engine
 
@@ -301,3 +304,17 @@ def test_hold_layer_hands_over_once_classified(setup: Setup) -> None:
         cmds = _drive(hold, events.Wakeup(wakeup))
     assert not any(isinstance(c, commands.CloseConnection) for c in cmds)
     assert expired == []
+
+
+def test_refusals_without_a_flow_become_events(setup: Setup) -> None:
+    """A refused tunnel has no flow: the tunnels addon hands its decision to observe."""
+    events = EventLog()
+    observe = Observe(events, Metrics(), setup.blocking.holder)
+    setup.tunnels.on_decision = observe.connection_decision
+    with taddons.context(setup.mitm, setup.blocking, setup.tunnels) as tctx:
+        tctx.configure(setup.mitm, ignore_hosts=[".*"])
+        assert isinstance(decide(setup, tunnel(tctx), SSH), RefuseLayer)
+        assert isinstance(decide(setup, tunnel(tctx), HELLO_EVIL), RefuseLayer)
+    recent = events.recent()[::-1]  # oldest first
+    assert [(e["event"], e["stage"]) for e in recent] == [("error", "tunnel"), ("block", "sni")]
+    assert recent[0]["url"] == "tcp://example.test:443"

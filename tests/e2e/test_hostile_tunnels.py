@@ -691,6 +691,16 @@ def test_monitor_mode_refuses_what_it_cannot_check(monitor_proxy: Proxy, payload
     finally:
         target.close()
     assert target.received == b""
+    marker = {
+        b"S": f":{target.port}",
+        b"\x16": "999.1.1.1.1" if b"999.1.1.1.1" in payload else "extension cannot be read",
+    }[payload[:1]]
+    deadline = time.monotonic() + IO_TIMEOUT  # the refusal is an event, not only a log line
+    while not any(
+        '"event":"error"' in line and marker in line for line in monitor_proxy.output().splitlines()
+    ):
+        assert time.monotonic() < deadline, monitor_proxy.output()[-2000:]
+        time.sleep(0.05)
 
 
 def test_monitor_mode_still_relays_a_listed_sni(monitor_proxy: Proxy) -> None:
