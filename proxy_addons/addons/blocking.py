@@ -50,10 +50,6 @@ _PROC_FIB_TRIE: Final = Path("/proc/net/fib_trie")
 _PROC_IF_INET6: Final = Path("/proc/net/if_inet6")
 
 
-def _client_ip(client: connection.Client) -> str:
-    return client_ip(client)
-
-
 def own_addresses() -> set[str]:
     """The proxy host's own addresses (every interface), as Squid's ``to_localhost`` needs."""
     out: set[str] = set()
@@ -246,7 +242,7 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
         m = v.match
         if self.signer is None or (m is not None and m.kind in ADDRESS_KINDS):
             return False
-        return self.signer.granted(_client_ip(client), v.host)
+        return self.signer.granted(client_ip(client), v.host)
 
 
 __all__ = ["HEADER_NAME", "METADATA_KEY", "Blocking", "block_header", "own_addresses"]

@@ -25,9 +25,12 @@ def authority(host: str, port: int) -> str:
 
 
 def request_url(scheme: str, host: str, port: int, path: str) -> str:
-    """The URL of a request: the port only when it is not the scheme's default."""
+    """The URL of a request: the port only when it is not the scheme's default.
+
+    A path that is not origin-form (``*``, an authority) is shown as ``/``.
+    """
     hostport = url_host(host) if DEFAULT_PORTS.get(scheme) == port else authority(host, port)
-    return f"{scheme}://{hostport}{path}"
+    return f"{scheme}://{hostport}{path if path.startswith('/') else '/'}"
 
 
 __all__ = ["authority", "request_url", "url_host"]
