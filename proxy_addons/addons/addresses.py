@@ -60,8 +60,8 @@ class Addresses:
     def __init__(self, blocking: Blocking, *, refuses: RefusePredicate | None) -> None:
         self.blocking = blocking
         # The destination policy, applied to every resolved address (in `_judge`, the one
-        # call site); None: no policy, only the lists. ``make_addons`` passes the bound
-        # ``Blocking.refuses_address``, so the configured policy is read at each use.
+        # call site); None: no policy, only the lists. ``make_addons`` passes a function
+        # that reads ``Blocking.policy`` at each use, so `configure` changes apply.
         self.refuses = refuses
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)
