@@ -81,16 +81,12 @@ class Observe:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_events_file",
-            str,
-            "-",
+            "jg_events_file", str, "-",
             "jectguard: where the JSON event stream goes: a file (appended), '-' for "
             "stdout, '' for nowhere (recent events stay visible in the admin API).",
         )
         loader.add_option(
-            "jg_events_drop_query",
-            bool,
-            False,
+            "jg_events_drop_query", bool, False,
             "jectguard: drop query strings and fragments from URLs in events (privacy).",
         )
 
@@ -165,11 +161,8 @@ class Observe:
             self.metrics.latency.observe(seconds)
         if action == "proceed-granted":
             self.events.emit(
-                "allow-override",
-                client=_client(flow),
-                method=flow.request.method,
-                url=flow.request.pretty_url,
-                reason="proceed-anyway-granted",
+                "allow-override", client=_client(flow), method=flow.request.method,
+                url=flow.request.pretty_url, reason="proceed-anyway-granted",
                 host=meta.get("host"),
             )
             return
@@ -233,18 +226,10 @@ class Observe:
         self.metrics.record_checked("block")
         self.metrics.record_block(list_name, category)
         self.events.emit(
-            "block",
-            client=_client(flow),
-            method=flow.request.method,
-            url=flow.request.pretty_url,
-            verdict="block",
-            list=list_name,
-            rule=m["rule"] if m["rule"] != "-" else None,
-            category=category,
-            request_id=m["rid"],
-            stage="address",
-            host=m["host"],
-            address=m["addr"],
+            "block", client=_client(flow), method=flow.request.method,
+            url=flow.request.pretty_url, verdict="block", list=list_name,
+            rule=m["rule"] if m["rule"] != "-" else None, category=category,
+            request_id=m["rid"], stage="address", host=m["host"], address=m["addr"],
         )
 
     # -- decisions no flow carries ----------------------------------------------
@@ -306,16 +291,9 @@ class Observe:
             if removed:
                 self.metrics.record_strip(list_name, category)
             self.events.emit(
-                "strip",
-                **base,
-                verdict="strip" if removed else "monitor",
-                list=list_name,
-                rule=f.get("rule"),
-                category=category,
-                element=f.get("element"),
-                element_url=f.get("url"),
-                reason=f.get("reason"),
-                removed=removed,
+                "strip", **base, verdict="strip" if removed else "monitor", list=list_name,
+                rule=f.get("rule"), category=category, element=f.get("element"),
+                element_url=f.get("url"), reason=f.get("reason"), removed=removed,
             )
 
 

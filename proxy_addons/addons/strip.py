@@ -211,12 +211,7 @@ def _deflate_offset(raw: bytes) -> int | None:
         if flags & 2:  # FHCRC
             pos += 2
         return pos if pos <= len(raw) else None
-    if (
-        len(raw) >= 2
-        and raw[0] & 0x0F == 8
-        and (raw[0] << 8 | raw[1]) % 31 == 0
-        and not raw[1] & 0x20
-    ):
+    if len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0 and not raw[1] & 0x20:
         return 2
     return None
 
@@ -322,9 +317,7 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
             raise _too_large(limit)
         work += len(out)
         if work > CODING_WORK_FACTOR * limit:
-            raise UndecodableBody(
-                f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit"
-            )
+            raise UndecodableBody(f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit")
     if len(out) > limit:
         raise _too_large(limit)
     return out
@@ -419,12 +412,7 @@ def load_signatures(path: str) -> list[Signature]:
         raise ValueError(str(exc)) from None
 
 
-_PLAN_HEADERS: Final = (
-    b"content-type",
-    b"x-content-type-options",
-    b"content-range",
-    b"content-length",
-)
+_PLAN_HEADERS: Final = (b"content-type", b"x-content-type-options", b"content-range", b"content-length")
 
 
 def _pick_headers(headers: http.Headers) -> dict[bytes, str]:
@@ -442,7 +430,7 @@ def _pick_headers(headers: http.Headers) -> dict[bytes, str]:
 
 
 def html_plan(headers: http.Headers | dict[bytes, str]) -> str | None:
-    """ "html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
+    """"html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
     picked = headers if isinstance(headers, dict) else _pick_headers(headers)
     essence = mime_essence(picked.get(b"content-type"))
     if essence in HTML_TYPES:
@@ -491,37 +479,27 @@ class Strip:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_strip",
-            bool,
-            True,
+            "jg_strip", bool, True,
             "jectguard: remove injected scripts, frames and objects that load blocked URLs "
             "or match injection signatures from HTML responses.",
         )
         loader.add_option(
-            "jg_strip_max_bytes",
-            int,
-            DEFAULT_MAX_BYTES,
+            "jg_strip_max_bytes", int, DEFAULT_MAX_BYTES,
             "jectguard: largest HTML body scanned (decoded bytes); bigger bodies stream "
             "through unscanned. Also sets stream_large_bodies when that is unset.",
         )
         loader.add_option(
-            "jg_strip_after_html",
-            str,
-            "log",
+            "jg_strip_after_html", str, "log",
             "jectguard: active content after </html> (a server-side footer): 'off' ignores it, "
             "'log' reports it, 'strip' removes it.",
             choices=AFTER_HTML_POLICIES,
         )
         loader.add_option(
-            "jg_strip_comment",
-            bool,
-            True,
+            "jg_strip_comment", bool, True,
             "jectguard: replace each removed element with a short HTML comment naming the rule.",
         )
         loader.add_option(
-            "jg_signatures",
-            str,
-            str(DEFAULT_SIGNATURES),
+            "jg_signatures", str, str(DEFAULT_SIGNATURES),
             "jectguard: injection signatures file (TOML); default: the shipped set.",
         )
 
@@ -573,9 +551,7 @@ class Strip:
 
     def _new_scanner(self, engine: Engine) -> Scanner:
         return Scanner(
-            blocked_by(engine),
-            self.signatures,
-            after_html=self.after_html,
+            blocked_by(engine), self.signatures, after_html=self.after_html,
             max_bytes=self.max_bytes,
         )
 
@@ -615,12 +591,8 @@ class Strip:
         length = picked.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
             resp.stream = True
-            self._skip(
-                flow,
-                plan,
-                f"too large to scan: Content-Length {int(length)} "
-                f"> {self.max_bytes}; streamed unscanned",
-            )
+            self._skip(flow, plan, f"too large to scan: Content-Length {int(length)} "
+                                   f"> {self.max_bytes}; streamed unscanned")
             return
         flow.metadata[PLAN_KEY] = plan
 
@@ -636,9 +608,7 @@ class Strip:
             return None
         if resp.stream:
             limit = getattr(ctx.options, "stream_large_bodies", None) or self.max_bytes
-            self._skip(
-                flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned"
-            )
+            self._skip(flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned")
             return None
         raw = resp.raw_content
         if not raw:
@@ -667,12 +637,7 @@ class Strip:
         return None
 
     async def _scan_in_worker(
-        self,
-        flow: http.HTTPFlow,
-        plan: str,
-        resp: http.Response,
-        raw: bytes,
-        job: ScanJob,
+        self, flow: http.HTTPFlow, plan: str, resp: http.Response, raw: bytes, job: ScanJob,
         engine: Engine,
     ) -> None:
         scanner = self._scanner(engine, worker=True)
@@ -692,16 +657,11 @@ class Strip:
         elif isinstance(exc, UndecodableBody):
             self._skip(flow, plan, f"not scanned: {exc}")
         else:  # a scanner bug must not take the page down with it
-            logger.warning(
-                "jectguard: strip failed on %s; passed unscanned",
-                flow.request.pretty_url[:300],
-                exc_info=exc,
-            )
+            logger.warning("jectguard: strip failed on %s; passed unscanned",
+                           flow.request.pretty_url[:300], exc_info=exc)
             self._skip(flow, plan, "not scanned: scanner error")
 
-    def _apply(
-        self, flow: http.HTTPFlow, resp: http.Response, raw: bytes, outcome: Outcome
-    ) -> None:
+    def _apply(self, flow: http.HTTPFlow, resp: http.Response, raw: bytes, outcome: Outcome) -> None:
         if outcome.findings:
             flow.metadata[STRIP_KEY] = {
                 "findings": [f.as_dict() for f in outcome.findings],
@@ -717,8 +677,7 @@ class Strip:
         removed = [f for f in outcome.findings if f.removed]
         logger.info(
             "jectguard: stripped %d element(s) from %s (%s)",
-            len(removed),
-            flow.request.pretty_url[:300],
+            len(removed), flow.request.pretty_url[:300],
             ", ".join(f"{f.element} {f.reason} {f.list}:{f.rule[:80]}" for f in removed[:5]),
         )
 
