@@ -20,6 +20,7 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
@@ -50,6 +51,7 @@ def make_addons(
         # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
         Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
+        ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
         observe,
@@ -86,6 +88,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "ConnectionLimits",
     "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",
