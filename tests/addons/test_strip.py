@@ -528,8 +528,8 @@ async def test_large_page_scanned_off_the_loop(addon: Strip) -> None:
     with strip_context(addon) as tctx:
         tctx.configure(addon, jg_strip_comment=False)
         await through(addon, f)
-        assert addon._worker is not None  # the worker thread did it
-        addon.done()
+        assert addon._pool is not None and addon._pool.pids  # a worker process did it
+        await addon.done()
     assert f.response.raw_content == big.encode()  # type: ignore[union-attr]
     assert f.response.headers["etag"] == 'W/"big"'  # type: ignore[union-attr]
 
