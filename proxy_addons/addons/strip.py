@@ -72,7 +72,7 @@ DEFAULT_WORKERS: Final = 2
 MAX_WORKERS: Final = 64
 # A worker that has not answered after this long (waiting included) is killed and the page
 # refused; a 10 MB page scans in about a second.
-DEFAULT_SCAN_TIMEOUT: Final = 10.0
+DEFAULT_SCAN_TIMEOUT: Final = 10
 # Outcomes of clean big bodies remembered by digest: a site serves the same large shell
 # (inline bundle, app state) to every client, and rescanning it costs ~50-100 ms per MB.
 OUTCOME_CACHE_ENTRIES: Final = 64
@@ -527,7 +527,7 @@ class Strip:
         self._signatures_path: str | None = None
         self._stream_limit_set: str | None = None  # the stream_large_bodies value we set
         self.workers = DEFAULT_WORKERS
-        self.scan_timeout = DEFAULT_SCAN_TIMEOUT
+        self.scan_timeout = float(DEFAULT_SCAN_TIMEOUT)
         # The event loop's scanner, rebuilt when the engine is swapped; the worker
         # processes keep their own (see strip_worker).
         self._loop_scanner: tuple[Engine, Scanner] | None = None
@@ -570,7 +570,7 @@ class Strip:
             "(so a big page never stalls other connections).",
         )
         loader.add_option(
-            "jg_strip_timeout", float, DEFAULT_SCAN_TIMEOUT,
+            "jg_strip_timeout", int, DEFAULT_SCAN_TIMEOUT,
             "jectguard: seconds a page may wait for its scan in a worker; past that the worker "
             "is restarted and the page refused (502), never passed unscanned.",
         )
@@ -591,10 +591,9 @@ class Strip:
             raise exceptions.OptionsError(
                 f"jg_strip_workers: must be between 1 and {MAX_WORKERS}, got {o.jg_strip_workers}"
             )
-        if not 0 < o.jg_strip_timeout <= 3600:
+        if not 1 <= o.jg_strip_timeout <= 3600:
             raise exceptions.OptionsError(
-                f"jg_strip_timeout: must be more than 0 and at most 3600 seconds, "
-                f"got {o.jg_strip_timeout}"
+                f"jg_strip_timeout: must be between 1 and 3600 seconds, got {o.jg_strip_timeout}"
             )
         if o.jg_signatures != self._signatures_path:
             try:

@@ -112,9 +112,7 @@ def read_frame_sync(stream: BinaryIO) -> tuple[dict[str, Any], list[bytes]]:
     return header, [_read_exactly(stream, size) for size in sizes]
 
 
-def write_frame_sync(
-    stream: BinaryIO, header: dict[str, Any], blobs: Sequence[Blob] = ()
-) -> None:
+def write_frame_sync(stream: BinaryIO, header: dict[str, Any], blobs: Sequence[Blob] = ()) -> None:
     for piece in frame(header, blobs):
         stream.write(piece)
     stream.flush()
@@ -285,6 +283,17 @@ class _Worker:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
 
+    async def reap(self, grace: float = 0.0) -> None:
+        """End the process (closing its input ends a healthy one; after ``grace`` s, kill)."""
+        self.writer.close()
+        if grace <= 0:
+            self.kill()
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace or None)
+        except TimeoutError:
+            self.kill()
+            await self.proc.wait()
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -301,17 +310,26 @@ class ScanPool:
     """A fixed number of worker processes; one scan at a time each.
 
     ``scan`` waits for a free worker (the lowest-numbered idle one, so a quiet
-    proxy keeps using one warm cache), configures it if the engine or settings
-    changed, and bounds the whole wait plus scan by ``timeout`` seconds.
+    proxy keeps using one warm cache) at most ``timeout`` seconds, for it to
+    start (after a restart) at most ``startup_timeout``, then configures it if
+    the engine or settings changed and gives it ``timeout`` seconds to answer.
     """
 
     size: int
     timeout: float
-    command: Sequence[str] = (sys.executable, "-P", "-m", WORKER_MODULE)
+    startup_timeout: float = STARTUP_TIMEOUT
+    command: Sequence[str] = (
+        sys.executable,
+        "-P",
+        "-c",
+        f"from {WORKER_MODULE} import main; main()",
+    )
     _slots: list[asyncio.Task[_Worker] | None] = field(default_factory=list)
     _idle: list[int] = field(default_factory=list)
     _free: asyncio.Condition | None = None
     _closed: bool = False
+    _reaping: set[asyncio.Task[None]] = field(default_factory=set)
+    scans: int = 0  # scans answered (for tests and diagnostics)
 
     def start(self) -> None:
         """Start every worker in the background (``scan`` waits for the one it gets)."""
@@ -341,12 +359,11 @@ class ScanPool:
         assert proc.stdin is not None and proc.stdout is not None
         worker = _Worker(proc, proc.stdout, proc.stdin)
         try:
-            header, _ = await asyncio.wait_for(read_frame(worker.reader), STARTUP_TIMEOUT)
+            header, _ = await asyncio.wait_for(read_frame(worker.reader), self.startup_timeout)
             if header.get("op") != "ready":
                 raise ScanFailed(f"strip worker said {header.get('op')!r} instead of ready")
         except BaseException:
-            worker.kill()
-            await proc.wait()
+            await worker.reap()
             raise
         return worker
 
@@ -372,7 +389,6 @@ class ScanPool:
             raise ScanFailed("the scan pool is shut down")
         self.start()
         assert self._free is not None
-        deadline = asyncio.get_running_loop().time() + self.timeout
         async with self._free:
             try:
                 await asyncio.wait_for(self._free.wait_for(lambda: bool(self._idle)), self.timeout)
@@ -381,18 +397,23 @@ class ScanPool:
             i = min(self._idle)
             self._idle.remove(i)
         try:
-            return await self._scan_on(i, job, config, deadline)
+            return await self._scan_on(i, job, config)
         finally:
             async with self._free:
                 self._idle.append(i)
                 self._free.notify()
 
-    async def _scan_on(self, i: int, job: Any, config: WorkerConfig, deadline: float) -> Reply:
+    async def _scan_on(self, i: int, job: Any, config: WorkerConfig) -> Reply:
+        # A worker (re)starting is bounded by its own startup limit (imports take seconds on
+        # a loaded machine); the scan's timeout starts when the worker has the job.
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self.startup_timeout):
                 worker = await asyncio.shield(self._ensure(i))
         except TimeoutError:
-            raise ScanFailed(f"scan worker did not start within {self.timeout:g} s") from None
+            self._slots[i] = None
+            raise ScanFailed(
+                f"scan worker did not start within {self.startup_timeout:g} s"
+            ) from None
         except (OSError, ScanFailed, asyncio.IncompleteReadError, ValueError) as exc:
             self._slots[i] = None  # try again next time
             raise ScanFailed(f"scan worker could not start: {exc}") from None
@@ -406,7 +427,7 @@ class ScanPool:
             "limit": job.limit,
         }
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self.timeout):
                 if worker.config != config:
                     worker.writer.writelines(config.message())
                     worker.config = config
@@ -422,16 +443,22 @@ class ScanPool:
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self._discard(i, worker)
             code = worker.proc.returncode
-            why = f"exited with {code}" if code is not None else f"broke the protocol ({exc})"
+            why = (
+                f"exited with {code}" if code is not None else f"died or broke the protocol ({exc})"
+            )
             raise ScanFailed(f"scan worker {worker.pid} {why}; restarted") from None
         except BaseException:  # cancelled mid-message: the stream is out of step
             self._discard(i, worker)
             raise
         worker.jobs += 1
+        self.scans += 1
         return _reply(reply, blobs)
 
     def _discard(self, i: int, worker: _Worker) -> None:
-        worker.kill()
+        worker.kill()  # at once: it may be hung
+        task = asyncio.get_running_loop().create_task(worker.reap(), name="jg-strip-worker-reap")
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
         self._slots[i] = None
         if not self._closed:
             self._ensure(i)  # the replacement starts now, not when the next big page arrives
@@ -450,14 +477,7 @@ class ScanPool:
                 continue
             if not task.cancelled() and task.exception() is None:
                 workers.append(task.result())
-        for w in workers:
-            w.writer.close()
-        for w in workers:
-            try:
-                await asyncio.wait_for(w.proc.wait(), 2.0)
-            except TimeoutError:
-                w.kill()
-                await w.proc.wait()
+        await asyncio.gather(*(w.reap(grace=2.0) for w in workers), *self._reaping)
         self._slots = [None] * self.size
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +101,10 @@ def holder() -> EngineHolder:
 
 
 @pytest.fixture
-def addon(holder: EngineHolder) -> Strip:
-    return Strip(holder)
+async def addon(holder: EngineHolder) -> AsyncIterator[Strip]:
+    strip = Strip(holder)
+    yield strip
+    await strip.done()  # bodies over INLINE_SCAN_BYTES start worker processes: stop them
 
 
 def response_flow(
