@@ -262,8 +262,8 @@ def main() -> None:
             base = f"http://127.0.0.1:{oport}"
             small: dict[str, list[float]] = {p: [] for p in ports}
             big: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
-            for port in ports.values():  # warm-up: workers started, caches of the small page
-                phase(port, base, names[:1], 1)
+            for port in ports.values():  # warm-up: workers started, the repeated page seen once
+                phase(port, base, names, 1)
             for r in range(rounds):
                 order = list(ports) if r % 2 == 0 else list(reversed(ports))
                 for p in order:
