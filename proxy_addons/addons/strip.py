@@ -38,6 +38,7 @@ import brotli
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding as mitm_encoding
 
+from proxy_addons.blockpage import printable
 from proxy_addons.config import SHIPPED_LISTS
 from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.charset import extract_mime_type, mime_essence
@@ -70,8 +71,8 @@ INLINE_SCAN_BYTES: Final = 32 * 1024
 # Worker processes for bodies over INLINE_SCAN_BYTES (each scans one body at a time).
 DEFAULT_WORKERS: Final = 2
 MAX_WORKERS: Final = 64
-# A worker that has not answered after this long (waiting included) is killed and the page
-# refused; a 10 MB page scans in about a second.
+# A page waits at most this long for a free worker, and a worker that has not answered this
+# long after taking the page is killed and the page refused; a 10 MB page scans in ~1 s.
 DEFAULT_SCAN_TIMEOUT: Final = 10
 # Outcomes of clean big bodies remembered by digest: a site serves the same large shell
 # (inline bundle, app state) to every client, and rescanning it costs ~50-100 ms per MB.
@@ -425,12 +426,12 @@ def refusal(reason: str) -> http.Response:
     """The response that replaces a page no scan could judge."""
     body = (
         "jectguard: this page was not delivered because it could not be checked for "
-        f"injected scripts ({reason}). Reload to try again.\n"
+        f"injected scripts ({printable(reason)[:300]}). Reload to try again.\n"
     )
     return http.Response.make(
         502, body.encode("utf-8", "replace"),
         {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
-         "X-Jectguard-Refused": "scan-failed"},
+         "X-Content-Type-Options": "nosniff", "X-Jectguard-Refused": "scan-failed"},
     )
 
 
