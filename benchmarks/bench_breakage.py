@@ -116,54 +116,152 @@ def generated_pages() -> list[Page]:
     builtin = (ROOT / "blocklists" / "builtin.txt").read_text(encoding="utf-8")
     out: list[Page] = []
 
-    def add(name: str, html: str | bytes, category: str = "generated", ctype: str = "text/html; charset=utf-8") -> None:
+    def add(
+        name: str,
+        html: str | bytes,
+        category: str = "generated",
+        ctype: str = "text/html; charset=utf-8",
+    ) -> None:
         body = html.encode() if isinstance(html, str) else html
         out.append(Page(f"/gen/{name}.html", body, ctype, category))
 
-    add("template", _doc("Template", "<template id=row><tr><td class=n></td><td><script>/*t*/</script></td></tr></template>"
-        "<table id=t></table><script>const t=document.getElementById('row');for(let i=0;i<5;i++){"
-        "const c=t.content.cloneNode(true);c.querySelector('.n').textContent='row '+i;"
-        "document.getElementById('t').appendChild(c)}</script>"))
-    add("svg-mathml", _doc("SVG and MathML", "<h1>Figures</h1><svg width=120 height=60 viewBox='0 0 120 60'>"
-        "<title>bar</title><rect width=100 height=20 fill=teal /><text x=5 y=50>svg text</text>"
-        "<script>document.title += ' (svg ok)';</script></svg>"
-        "<math><mi>x</mi><mo>=</mo><mfrac><mn>1</mn><mn>2</mn></mfrac></math><p>after</p>"))
-    add("app-state-json", _doc("App", "<div id=root></div><script id=__NEXT_DATA__ type=application/json>"
-        + json.dumps({"props": {"pageProps": {"posts": [{"id": i, "url": f"https://cdn.example.com/{i}.jpg",
-                                                          "title": f"Post {i}"} for i in range(3000)]}}})
-        + "</script><script>const d=JSON.parse(document.getElementById('__NEXT_DATA__').textContent);"
-        "document.getElementById('root').textContent=d.props.pageProps.posts.length+' posts';</script>"))
-    add("ld-json-clean", _doc("News", "<article><h1>Release notes</h1><p>Version 2.0 is out.</p></article>",
-        head='<script type="application/ld+json">{"@type":"NewsArticle","headline":"Release 2.0",'
-        '"url":"https://example.org/news/2"}</script>'))
-    for cs, text in (("windows-1251", "Привет, мир: страница в кодировке windows-1251"),
-                     ("shift_jis", "こんにちは世界。シフトJISのページです"),
-                     ("iso-8859-1", "Grüße aus Köln: café, naïve, œuvre?")):
-        body = _doc(f"charset {cs}", f"<h1>{text}</h1><p>{text}</p><script>document.title+=' ok'</script>",
-                    charset=cs).encode(cs, "replace")
+    add(
+        "template",
+        _doc(
+            "Template",
+            "<template id=row><tr><td class=n></td><td><script>/*t*/</script></td></tr></template>"
+            "<table id=t></table><script>const t=document.getElementById('row');for(let i=0;i<5;i++){"
+            "const c=t.content.cloneNode(true);c.querySelector('.n').textContent='row '+i;"
+            "document.getElementById('t').appendChild(c)}</script>",
+        ),
+    )
+    add(
+        "svg-mathml",
+        _doc(
+            "SVG and MathML",
+            "<h1>Figures</h1><svg width=120 height=60 viewBox='0 0 120 60'>"
+            "<title>bar</title><rect width=100 height=20 fill=teal /><text x=5 y=50>svg text</text>"
+            "<script>document.title += ' (svg ok)';</script></svg>"
+            "<math><mi>x</mi><mo>=</mo><mfrac><mn>1</mn><mn>2</mn></mfrac></math><p>after</p>",
+        ),
+    )
+    add(
+        "app-state-json",
+        _doc(
+            "App",
+            "<div id=root></div><script id=__NEXT_DATA__ type=application/json>"
+            + json.dumps(
+                {
+                    "props": {
+                        "pageProps": {
+                            "posts": [
+                                {
+                                    "id": i,
+                                    "url": f"https://cdn.example.com/{i}.jpg",
+                                    "title": f"Post {i}",
+                                }
+                                for i in range(3000)
+                            ]
+                        }
+                    }
+                }
+            )
+            + "</script><script>const d=JSON.parse(document.getElementById('__NEXT_DATA__').textContent);"
+            "document.getElementById('root').textContent=d.props.pageProps.posts.length+' posts';</script>",
+        ),
+    )
+    add(
+        "ld-json-clean",
+        _doc(
+            "News",
+            "<article><h1>Release notes</h1><p>Version 2.0 is out.</p></article>",
+            head='<script type="application/ld+json">{"@type":"NewsArticle","headline":"Release 2.0",'
+            '"url":"https://example.org/news/2"}</script>',
+        ),
+    )
+    for cs, text in (
+        ("windows-1251", "Привет, мир: страница в кодировке windows-1251"),
+        ("shift_jis", "こんにちは世界。シフトJISのページです"),
+        ("iso-8859-1", "Grüße aus Köln: café, naïve, œuvre?"),
+    ):
+        body = _doc(
+            f"charset {cs}",
+            f"<h1>{text}</h1><p>{text}</p><script>document.title+=' ok'</script>",
+            charset=cs,
+        ).encode(cs, "replace")
         add(f"charset-{cs}", body, ctype=f"text/html; charset={cs}")
-    add("charset-utf-16", "\ufeff".encode("utf-16-le") + _doc("utf-16", "<h1>UTF-16 página</h1>").encode("utf-16-le"),
-        ctype="text/html")
+    add(
+        "charset-utf-16",
+        "\ufeff".encode("utf-16-le") + _doc("utf-16", "<h1>UTF-16 página</h1>").encode("utf-16-le"),
+        ctype="text/html",
+    )
     # Pages that quote indicators: a reader's security news, a code host, a link checker.
-    add("ioc-ld-json", _doc("Threat report", "<article><h1>Download.Ject, revisited</h1><p>Infected sites "
-        "loaded http://www.nihaorr1.com/1.js in 2008.</p></article>",
-        head='<script type="application/ld+json">{"@context":"https://schema.org","@type":"NewsArticle",'
-        '"headline":"Mass SQL injection","articleBody":"the script http://www.nihaorr1.com/1.js was injected"}</script>'),
-        "ioc")
-    add("ioc-next-data", _doc("Post", "<div id=root>loading</div><script id=__NEXT_DATA__ type=application/json>"
-        + json.dumps({"props": {"pageProps": {"post": {"body": "Gumblar redirected to gumblar.cn and "
-                                                              "217.107.218.147 served the payload."}}}})
-        + "</script><script>const d=JSON.parse(document.getElementById('__NEXT_DATA__').textContent);"
-        "document.getElementById('root').textContent=d.props.pageProps.post.body;</script>"), "ioc")
-    add("ioc-code-viewer", _doc("blocklists/builtin.txt", "<pre id=code></pre><script type=application/json id=blob>"
-        + json.dumps({"path": "blocklists/builtin.txt", "lines": builtin.splitlines()})
-        + "</script><script>const b=JSON.parse(document.getElementById('blob').textContent);"
-        "document.getElementById('code').textContent=b.lines.join('\\n');</script>"), "ioc")
-    add("ioc-link-checker", _doc("Links", "<ul id=links><li><a href=https://example.org/>example</a></li></ul>"
-        "<script>const bad=" + json.dumps(list(IOC_HOSTS)) + ";for(const a of document.querySelectorAll('a')){"
-        "if(bad.some(h=>a.hostname.endsWith(h)))a.remove()}</script>"), "ioc")
-    add("ioc-prose", _doc("IOC list", "<h1>Indicators</h1><ul>" + "".join(f"<li><code>{h}</code></li>" for h in IOC_HOSTS)
-        + "<li><code>217.107.218.147</code></li></ul><p>Block gumblar.cn at the proxy.</p>"), "ioc")
+    add(
+        "ioc-ld-json",
+        _doc(
+            "Threat report",
+            "<article><h1>Download.Ject, revisited</h1><p>Infected sites "
+            "loaded http://www.nihaorr1.com/1.js in 2008.</p></article>",
+            head='<script type="application/ld+json">{"@context":"https://schema.org","@type":"NewsArticle",'
+            '"headline":"Mass SQL injection","articleBody":"the script http://www.nihaorr1.com/1.js was injected"}</script>',
+        ),
+        "ioc",
+    )
+    add(
+        "ioc-next-data",
+        _doc(
+            "Post",
+            "<div id=root>loading</div><script id=__NEXT_DATA__ type=application/json>"
+            + json.dumps(
+                {
+                    "props": {
+                        "pageProps": {
+                            "post": {
+                                "body": "Gumblar redirected to gumblar.cn and "
+                                "217.107.218.147 served the payload."
+                            }
+                        }
+                    }
+                }
+            )
+            + "</script><script>const d=JSON.parse(document.getElementById('__NEXT_DATA__').textContent);"
+            "document.getElementById('root').textContent=d.props.pageProps.post.body;</script>",
+        ),
+        "ioc",
+    )
+    add(
+        "ioc-code-viewer",
+        _doc(
+            "blocklists/builtin.txt",
+            "<pre id=code></pre><script type=application/json id=blob>"
+            + json.dumps({"path": "blocklists/builtin.txt", "lines": builtin.splitlines()})
+            + "</script><script>const b=JSON.parse(document.getElementById('blob').textContent);"
+            "document.getElementById('code').textContent=b.lines.join('\\n');</script>",
+        ),
+        "ioc",
+    )
+    add(
+        "ioc-link-checker",
+        _doc(
+            "Links",
+            "<ul id=links><li><a href=https://example.org/>example</a></li></ul>"
+            "<script>const bad="
+            + json.dumps(list(IOC_HOSTS))
+            + ";for(const a of document.querySelectorAll('a')){"
+            "if(bad.some(h=>a.hostname.endsWith(h)))a.remove()}</script>",
+        ),
+        "ioc",
+    )
+    add(
+        "ioc-prose",
+        _doc(
+            "IOC list",
+            "<h1>Indicators</h1><ul>"
+            + "".join(f"<li><code>{h}</code></li>" for h in IOC_HOSTS)
+            + "<li><code>217.107.218.147</code></li></ul><p>Block gumblar.cn at the proxy.</p>",
+        ),
+        "ioc",
+    )
     return out
 
 
@@ -175,9 +273,13 @@ def find_debian_docs(install: bool, limit: int) -> tuple[list[Page], list[str]]:
         want = [pkg for pkg, where in DEBIAN_DOCS if not Path(where).is_dir()]
         if want and os.geteuid() == 0 and shutil.which("apt-get"):
             for pkg in want:  # one by one: an unknown name must not sink the rest
-                subprocess.run(["apt-get", "install", "-y", "-qq", pkg], check=False,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                subprocess.run(
+                    ["apt-get", "install", "-y", "-qq", pkg],
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                )
     for pkg, where in DEBIAN_DOCS:
         root = Path(where)
         if not root.is_dir():
@@ -234,8 +336,13 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     )  # fmt: skip
     c, k = directory / "origin.pem", directory / "origin.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return c, k
 
 
@@ -320,16 +427,55 @@ def start_proxies(tmp: Path) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
     os.environ["JG_TEST_HOSTS"] = f"{HOST}=127.0.0.1"
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     mport = free_port()
-    procs["mitmdump"] = (start([*MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", str(mport),
-                                "--set", f"confdir={tmp / 'mitm'}", "--set", "ssl_insecure=true",
-                                "--set", "termlog_verbosity=warn"], tmp / "mitmdump.log", mport), mport)
+    procs["mitmdump"] = (
+        start(
+            [
+                *MITMDUMP,
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(mport),
+                "--set",
+                f"confdir={tmp / 'mitm'}",
+                "--set",
+                "ssl_insecure=true",
+                "--set",
+                "termlog_verbosity=warn",
+            ],
+            tmp / "mitmdump.log",
+            mport,
+        ),
+        mport,
+    )
     jport = free_port()
     (tmp / "jg").mkdir()
-    procs["jectguard"] = (start([*LAUNCH, "run", "--listen-host", "127.0.0.1", "--listen-port", str(jport),
-                                 "--confdir", str(tmp / "jg" / "confdir"), "--cache-dir", str(tmp / "jg" / "cache"),
-                                 "--admin-port", "0", "--blocklist", str(ROOT / "blocklists" / "builtin.txt"),
-                                 "--set", "ssl_insecure=true", "--set", "termlog_verbosity=warn"],
-                                tmp / "jg" / "proxy.log", jport), jport)
+    procs["jectguard"] = (
+        start(
+            [
+                *LAUNCH,
+                "run",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(jport),
+                "--confdir",
+                str(tmp / "jg" / "confdir"),
+                "--cache-dir",
+                str(tmp / "jg" / "cache"),
+                "--admin-port",
+                "0",
+                "--blocklist",
+                str(ROOT / "blocklists" / "builtin.txt"),
+                "--set",
+                "ssl_insecure=true",
+                "--set",
+                "termlog_verbosity=warn",
+            ],
+            tmp / "jg" / "proxy.log",
+            jport,
+        ),
+        jport,
+    )
     return procs
 
 
@@ -380,9 +526,11 @@ def load_page(context: Any, url: str, shot: bool) -> Load:
     # The favicon's 404 lands on whichever load asks first: not a difference between paths.
     page.on(
         "console",
-        lambda m: errors.append(m.text)
-        if m.type == "error" and not str(m.location.get("url", "")).endswith("/favicon.ico")
-        else None,
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not str(m.location.get("url", "")).endswith("/favicon.ico")
+            else None
+        ),
     )
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     try:
@@ -392,27 +540,38 @@ def load_page(context: Any, url: str, shot: bool) -> Load:
         if resp is not None:
             try:
                 bodies.append(resp.body())
-            except Exception:  # the page navigated on (meta refresh, script): its first bytes are gone
+            except Exception:  # navigated on (meta refresh, script): the bytes are gone
                 bodies.append(b"(navigated away)")
         text = page.evaluate("() => document.body ? document.body.innerText : ''")
         digest = hashlib.sha256(page.screenshot(full_page=False)).hexdigest() if shot else None
         status_ok = resp is not None and resp.status < 400
-        return Load(status_ok, seconds, hashlib.sha256(bodies[0]).hexdigest() if bodies else None, text,
-                    errors, digest, None if status_ok else f"status {resp.status if resp else None}")
+        return Load(
+            status_ok,
+            seconds,
+            hashlib.sha256(bodies[0]).hexdigest() if bodies else None,
+            text,
+            errors,
+            digest,
+            None if status_ok else f"status {resp.status if resp else None}",
+        )
     except Exception as exc:  # a failed load is a result, not a crash of the benchmark
         return Load(False, 0.0, None, "", errors, None, f"{type(exc).__name__}: {str(exc)[:200]}")
     finally:
         page.close()
 
 
-def run_browser(pages: list[Page], ports: dict[str, int], origin_port: int, shots: int) -> list[Result]:
+def run_browser(
+    pages: list[Page], ports: dict[str, int], origin_port: int, shots: int
+) -> list[Result]:
     from playwright.sync_api import sync_playwright
 
     results = [Result(p) for p in pages]
     shot_every = max(1, len(pages) // max(1, shots)) if shots else 0
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, timeout=60_000,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            timeout=60_000,
             args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {HOST} 127.0.0.1"],
         )
         try:
@@ -446,8 +605,11 @@ def pct(xs: list[float], p: float) -> float:
 def report(results: list[Result], missing: list[str]) -> int:
     cats: dict[str, list[Result]] = {}
     for r in results:
-        group = "ioc-quoting (expected to change until i17-scan lands)" if r.page.category == "ioc" else (
-            "clean: " + r.page.category)
+        group = (
+            "ioc-quoting (expected to change until i17-scan lands)"
+            if r.page.category == "ioc"
+            else ("clean: " + r.page.category)
+        )
         cats.setdefault(group, []).append(r)
     print(f"pages: {len(results)}")
     if missing:
@@ -470,24 +632,40 @@ def report(results: list[Result], missing: list[str]) -> int:
     print(f"\n{'page load (navigation to load)':32s} {'n':>5s} {'median ms':>10s} {'p95 ms':>8s}")
     for path in ("direct", "mitmdump", "jectguard"):
         xs = [r.loads[path].seconds for r in results if path in r.loads and r.loads[path].ok]
-        print(f"{path:32s} {len(xs):5d} {statistics.median(xs) * 1000 if xs else float('nan'):10.1f} "
-              f"{pct(xs, 0.95) * 1000:8.1f}")
-    paired = [r.loads["jectguard"].seconds - r.loads["mitmdump"].seconds for r in results
-              if r.loads.get("jectguard") and r.loads.get("mitmdump")
-              and r.loads["jectguard"].ok and r.loads["mitmdump"].ok]
+        print(
+            f"{path:32s} {len(xs):5d} {statistics.median(xs) * 1000 if xs else float('nan'):10.1f} "
+            f"{pct(xs, 0.95) * 1000:8.1f}"
+        )
+    paired = [
+        r.loads["jectguard"].seconds - r.loads["mitmdump"].seconds
+        for r in results
+        if r.loads.get("jectguard")
+        and r.loads.get("mitmdump")
+        and r.loads["jectguard"].ok
+        and r.loads["mitmdump"].ok
+    ]
     if paired:
-        print(f"{'jectguard - mitmdump, paired':32s} {len(paired):5d} {statistics.median(paired) * 1000:10.1f} "
-              f"{pct(paired, 0.95) * 1000:8.1f}")
+        print(
+            f"{'jectguard - mitmdump, paired':32s} {len(paired):5d} {statistics.median(paired) * 1000:10.1f} "
+            f"{pct(paired, 0.95) * 1000:8.1f}"
+        )
     return clean_changed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_DOCS} pages per documentation site plus the generated pages")
-    parser.add_argument("--install", action="store_true", help="apt-get install missing doc packages")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_DOCS} pages per documentation site plus the generated pages",
+    )
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install missing doc packages"
+    )
     parser.add_argument("--max-pages", type=int, default=300, help="pages per documentation site")
-    parser.add_argument("--shots", type=int, default=10, help="pages whose screenshots are compared")
+    parser.add_argument(
+        "--shots", type=int, default=10, help="pages whose screenshots are compared"
+    )
     args = parser.parse_args()
     if not CHROMIUM.exists():
         sys.exit("bench_breakage: /usr/bin/chromium is missing (apt-get install chromium)")
@@ -500,8 +678,12 @@ def main() -> None:
         with Origin(pages, tmp) as origin:
             procs = start_proxies(tmp)
             try:
-                results = run_browser(pages, {n: port for n, (_, port) in procs.items()}, origin.port,
-                                      0 if args.quick else args.shots)
+                results = run_browser(
+                    pages,
+                    {n: port for n, (_, port) in procs.items()},
+                    origin.port,
+                    0 if args.quick else args.shots,
+                )
             finally:
                 for proc, _ in procs.values():
                     stop(proc)
