@@ -416,8 +416,7 @@ class ScanPool:
         try:
             async with asyncio.timeout(self.startup_timeout):
                 worker = await asyncio.shield(self._ensure(i))
-        except TimeoutError:
-            self._slots[i] = None
+        except TimeoutError:  # the start goes on (the pool owns it and ends it by its own limit)
             raise ScanFailed(
                 f"scan worker did not start within {self.startup_timeout:g} s"
             ) from None
