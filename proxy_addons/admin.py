@@ -36,6 +36,7 @@ from .core.engine import Engine
 from .events import EVENT_KINDS, EventLog, rfc3339
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .snapshot_health import SnapshotHealth, SnapshotState
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,76 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+_LOOPBACK_NAMES: Final = frozenset({"localhost"})
+_LOOPBACK_ADDRESSES: Final = frozenset({"127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class AdminHosts:
+    """The Host header values the admin server answers to (DNS rebinding defence).
+
+    A page on ``http://attacker.example/`` whose name the attacker re-points at
+    this server reaches it with ``Host: attacker.example``: names must be listed.
+    An IP literal cannot be re-pointed, but the listen address is the one to
+    accept; on a wildcard listen address every address of the host is, so any
+    literal is. No Host at all comes from scripts and health checks (HAProxy's
+    HTTP/1.0 checks), never from a browser, and is accepted.
+    """
+
+    names: frozenset[str] = _LOOPBACK_NAMES
+    addresses: frozenset[str] = _LOOPBACK_ADDRESSES
+    any_address: bool = False
+
+    @classmethod
+    def for_listener(cls, listen_host: str, extra_names: tuple[str, ...] = ()) -> AdminHosts:
+        names = set(_LOOPBACK_NAMES) | {_canonical_name(n) for n in extra_names}
+        addresses = set(_LOOPBACK_ADDRESSES)
+        try:
+            ip = ipaddress.ip_address(listen_host.strip("[]"))
+        except ValueError:
+            names.add(_canonical_name(listen_host))  # bound by name: that name
+            return cls(frozenset(names), frozenset(addresses))
+        addresses.add(str(ip))
+        return cls(frozenset(names), frozenset(addresses), any_address=ip.is_unspecified)
+
+    def allows(self, host_header: str | None) -> bool:
+        if not host_header:
+            return True
+        host = _host_of(host_header)
+        if host is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return _canonical_name(host) in self.names
+        return self.any_address or str(ip) in self.addresses
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.names | self.addresses)) + (
+            " and any address of this host" if self.any_address else ""
+        )
+
+
+def _canonical_name(name: str) -> str:
+    return name.strip().lower().rstrip(".")
+
+
+def _host_of(host_header: str) -> str | None:
+    """The host of a Host header (no port, no brackets); None when it is malformed."""
+    value = host_header.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1 :] and not re.fullmatch(r":\d{1,5}", value[end + 1 :])):
+            return None
+        return value[1:end]
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    elif not port.isdigit() or ":" in host:
+        return None
+    return host or None
+
+
 @dataclass(slots=True)
 class AdminState:
     """Everything the admin routes read; the providers are plugged in by the addons."""
@@ -179,6 +250,10 @@ class AdminState:
     # the refresher's per-source status (JSON-ready), and a trigger for "refresh now"
     refresh_status: Callable[[], Any] | None = None
     refresh_trigger: RefreshTrigger | None = None
+    # Host header values answered to; anything else is 421 (DNS rebinding)
+    hosts: AdminHosts = field(default_factory=AdminHosts)
+    # how the snapshot served relates to the store (stale, damaged), from the follower
+    snapshot_health: Callable[[], SnapshotHealth | None] | None = None
     version: str = __version__
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
@@ -232,6 +307,21 @@ def _load_static() -> dict[str, bytes]:
 
 
 @web.middleware
+async def host_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A Host this server does not go by is a rebound name: answer nothing (every route)."""
+    host = request.headers.get("Host")
+    if not request.app[STATE].hosts.allows(host):
+        return _json(
+            {"error": "misdirected request: this admin server does not answer to that Host; "
+                      "add the name to jg_admin_hostnames if it is yours"},
+            status=421,
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -282,10 +372,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[STATE].engine()
+    st = request.app[STATE]
+    engine = st.engine()
     if engine is None:
         return _json({"status": "not ready", "reason": "no compiled index loaded"}, status=503)
-    return _json({"status": "ready", "rules": engine.block.rule_count})
+    health = st.snapshot_health() if st.snapshot_health is not None else None
+    if health is None or health.state is SnapshotState.CURRENT:
+        return _json({"status": "ready", "rules": engine.block.rule_count})
+    # Still 200: verified rules are enforced. A stale or damaged snapshot is usually
+    # shared by every replica, so failing readiness would empty the whole pool.
+    return _json({
+        "status": health.state.value,
+        "reason": health.reason,
+        "rules": engine.block.rule_count,
+        "snapshot": health.as_dict(st.clock()),
+    })
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -371,6 +472,7 @@ async def status(request: web.Request) -> web.Response:
     engine = st.engine()
     addr = st.proxy_address()
     refresh = st.refresh_status() if st.refresh_status is not None else None
+    health = st.snapshot_health() if st.snapshot_health is not None else None
     return _json({
         "version": st.version,
         "started_at": rfc3339(st.started_at),
@@ -378,6 +480,7 @@ async def status(request: web.Request) -> web.Response:
         "ready": engine is not None,
         "proxy": f"{addr[0] or '*'}:{addr[1]}" if addr else None,
         "snapshot": snapshot_info(engine, now) if engine is not None else None,
+        "snapshot_health": health.as_dict(now) if health is not None else None,
         "lists": lists_info(engine, st.lists() if st.lists is not None else None),
         "refresh": refresh,
         "refresh_available": st.refresh_trigger is not None,
@@ -386,9 +489,12 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def check(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    if name is not None:
+        return _check_name(request, name.strip())
     url = request.query.get("url")
     if url is None or not url.strip():
-        return _bad_request("give the URL to check as ?url=")
+        return _bad_request("give the URL to check as ?url= (or a DNS name as ?name=)")
     url = url.strip()
     if len(url) > MAX_CHECK_URL:
         return _bad_request(f"url is longer than {MAX_CHECK_URL} characters")
@@ -398,6 +504,16 @@ async def check(request: web.Request) -> web.Response:
     if engine is None:
         return _json({"error": "no compiled index loaded yet"}, status=503)
     return _json(engine.check_url(url).as_dict())
+
+
+def _check_name(request: web.Request, name: str) -> web.Response:
+    """What DNS mode answers for a bare name: whole-host rules only."""
+    if not name or len(name) > MAX_CHECK_URL or not name.isprintable():
+        return _bad_request("give a host name or address as ?name=")
+    engine = request.app[STATE].engine()
+    if engine is None:
+        return _json({"error": "no compiled index loaded yet"}, status=503)
+    return _json({**engine.check_host(name).as_dict(), "dns": True})
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -412,7 +528,30 @@ async def refresh(request: web.Request) -> web.Response:
         return _json({"error": "no refresher in this process"}, status=501)
     if not started:
         return _json({"status": "running", "error": "a refresh is already running"}, status=409)
-    return _json({"status": "started"}, status=202)
+    body: dict[str, Any] = {"status": "started"}
+    st = request.app[STATE]
+    plan = fetch_plan(st.refresh_status() if st.refresh_status is not None else None)
+    if plan:
+        # Feeds are fetched one by one, never sooner than their min_interval or a
+        # server's Retry-After: say when each may be.
+        body["sources"] = plan
+    return _json(body, status=202)
+
+
+def fetch_plan(status: Any) -> dict[str, dict[str, Any]]:
+    """Per URL source: being fetched now, or when its next fetch is allowed (None: now)."""
+    docs = status.get("sources") if isinstance(status, dict) else status
+    plan: dict[str, dict[str, Any]] = {}
+    for doc in docs if isinstance(docs, list) else []:
+        if isinstance(doc, dict) and "next_fetch_allowed" in doc:
+            when = doc["next_fetch_allowed"]
+            allowed = when if isinstance(when, int | float) and when > time.time() else None
+            plan[str(doc.get("name"))] = {
+                "fetching": bool(doc.get("fetching")),
+                "next_fetch_allowed": rfc3339(allowed) if allowed else None,
+                "why": doc.get("next_fetch_allowed_why") if allowed else None,
+            }
+    return plan
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
@@ -535,7 +674,10 @@ def create_app(state: AdminState) -> web.Application:
     """The admin application for ``state``."""
     if len(state.token) < MIN_TOKEN_LENGTH:
         raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} characters")
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, host_middleware, auth_middleware],
+        client_max_size=64 * 1024,
+    )
     app[STATE] = state
     app[STATIC] = _load_static()
     app.add_routes(ROUTES)
@@ -544,6 +686,7 @@ def create_app(state: AdminState) -> web.Application:
 
 
 __all__ = [
+    "AdminHosts",
     "AdminState",
     "AdminToken",
     "PUBLIC_PATHS",
