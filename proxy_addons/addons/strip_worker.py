@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Final
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import BodyTooLarge, Finding, Scanner
-from proxy_addons.core.index import CompiledIndex
+from proxy_addons.core.index import HEADER_SIZE, CompiledIndex
 from proxy_addons.core.signatures import parse_signatures
 
 logger = logging.getLogger(__name__)
@@ -137,12 +137,15 @@ class WorkerConfig:
     after_html: str
     max_bytes: int
 
-    def message(self) -> list[Blob]:
+    def message(self, *, images: bool = False) -> list[Blob]:
+        """The config frame: snapshot files by path (with the header they must have, so
+        a file replaced or damaged since is noticed), or, with ``images``, every index's bytes."""
         blobs: list[Blob] = []
 
         def index_source(index: CompiledIndex) -> dict[str, Any]:
-            if index.path is not None and os.path.exists(index.path):
-                return {"path": os.fspath(index.path)}
+            if not images and index.path is not None and os.path.exists(index.path):
+                head = bytes(index.image()[:HEADER_SIZE]).hex()
+                return {"path": os.fspath(index.path), "head": head}
             blobs.append(index.image())
             return {"blob": len(blobs) - 1}
 
@@ -175,7 +178,11 @@ def finding_from(d: Any) -> Finding:
 
 def _load_index(source: Any, blobs: list[bytes]) -> CompiledIndex:
     if isinstance(source, dict) and isinstance(source.get("path"), str):
-        return CompiledIndex.load(source["path"])
+        index = CompiledIndex.load(source["path"])
+        if bytes(index.image()[:HEADER_SIZE]).hex() != source.get("head"):
+            index.close()
+            raise ValueError(f"{source['path']} is not the snapshot the proxy serves")
+        return index
     if isinstance(source, dict) and isinstance(source.get("blob"), int):
         return CompiledIndex(blobs[source["blob"]])
     raise ValueError(f"bad index source {source!r}")
@@ -244,9 +251,10 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             raise SystemExit(f"jectguard strip worker: unknown request {op!r}")
         t0 = time.perf_counter()
         try:
-            if scanner is None:
-                raise ScanError(f"worker has no engine: {config_error}")
-            reply, out = _scan(scanner, header, blobs)
+            if scanner is None:  # the parent answers with the images
+                reply, out = {"ok": False, "kind": "config", "message": config_error}, []
+            else:
+                reply, out = _scan(scanner, header, blobs)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             reply, out = (
@@ -434,12 +442,11 @@ class ScanPool:
         }
         try:
             async with asyncio.timeout(self.timeout):
-                if worker.config != config:
-                    worker.writer.writelines(config.message())
-                    worker.config = config
-                worker.writer.writelines(frame(header, [job.raw]))
-                await worker.writer.drain()
-                reply, blobs = await read_frame(worker.reader)
+                reply, blobs = await self._roundtrip(worker, config, header, job.raw, images=False)
+                if reply.get("kind") == "config":  # a snapshot file did not load as ours
+                    reply, blobs = await self._roundtrip(
+                        worker, config, header, job.raw, images=True
+                    )
         except TimeoutError:
             self._discard(i, worker)
             raise ScanFailed(
@@ -459,6 +466,17 @@ class ScanPool:
         worker.jobs += 1
         self.scans += 1
         return _reply(reply, blobs)
+
+    @staticmethod
+    async def _roundtrip(
+        worker: _Worker, config: WorkerConfig, header: dict[str, Any], raw: bytes, *, images: bool
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        if images or worker.config != config:
+            worker.writer.writelines(config.message(images=images))
+            worker.config = config
+        worker.writer.writelines(frame(header, [raw]))
+        await worker.writer.drain()
+        return await read_frame(worker.reader)
 
     def _discard(self, i: int, worker: _Worker) -> None:
         worker.kill()  # at once: it may be hung
@@ -496,6 +514,8 @@ def _reply(header: dict[str, Any], blobs: list[bytes]) -> Reply:
             raise BodyTooLarge(message)
         if kind == "undecodable":
             raise UndecodableBody(message)
+        if kind == "config":
+            raise ScanError(f"worker has no engine: {message}")
         raise ScanError(f"scanner failed in the worker: {message}")
     findings = [finding_from(d) for d in header.get("findings", [])]
     changed = bool(header.get("changed"))

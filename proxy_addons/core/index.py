@@ -525,10 +525,6 @@ class CompiledIndex:
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))
 
-    def image(self) -> memoryview:
-        """The whole snapshot image (read-only), for handing an in-memory index to another process."""
-        return self._buf.toreadonly()
-
     def close(self) -> None:
         """Release the mapping (only when no lookup can still be running)."""
         for v in (

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,6 +34,7 @@ from proxy_addons.addons.strip_worker import (
     frame,
 )
 from proxy_addons.core.htmlscan import BodyTooLarge
+from proxy_addons.core.model import ListSpec, RuleKind
 from tests.addons.test_strip import (
     CLEAN,
     findings,
@@ -394,3 +396,27 @@ def test_real_proxy_strips_big_pages_refuses_when_the_worker_hangs_and_keeps_ser
         finally:
             proxy.stop()
     assert "refused with 502" in proxy.output()
+
+
+async def test_a_snapshot_file_replaced_under_its_path_is_not_used(tmp_path: Path) -> None:
+    """The worker maps the proxy's snapshot by path; a file swapped in since holds other rules."""
+    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.index import CompiledIndex, compile_index
+    from tests.addons.test_strip import _NoGuard, _rules
+
+    def image(host: str) -> Any:
+        spec = ListSpec(name="malware", category="malware")
+        img, _ = compile_index([(spec, _rules((RuleKind.DOMAIN, host)))], guard=_NoGuard())
+        return img
+
+    path = tmp_path / "current.snap"
+    image("attacker.test").write(path)
+    block = CompiledIndex.load(path)
+    image("other.test").write(path)  # renamed over the path: the proxy keeps what it mapped
+    engine = Engine(block, Engine.empty_allow())
+    pool = ScanPool(1, 60.0)
+    try:
+        reply = await pool.scan(_job(injected(BIG).encode()), _config(engine=engine))
+    finally:
+        await pool.close()
+    assert reply.raw is not None and b"dot.php" not in reply.raw  # judged by the proxy's rules
