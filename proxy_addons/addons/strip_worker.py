@@ -250,6 +250,8 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
         if op != "scan":
             raise SystemExit(f"jectguard strip worker: unknown request {op!r}")
         t0 = time.perf_counter()
+        reply: dict[str, Any]
+        out: list[bytes]
         try:
             if scanner is None:  # the parent answers with the images
                 reply, out = {"ok": False, "kind": "config", "message": config_error}, []
