@@ -45,15 +45,15 @@ def test_publish_then_load_current(tmp_path: Path) -> None:
 
 def test_keeps_previous_few_and_rolls_back(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path, keep=2)
-    paths = [store.publish(_image(f"v{i}.example"), info={"n": i}) for i in range(5)]
+    paths = [store.publish(_image(f"v{i}.example"), info={"rules": i}) for i in range(5)]
     snaps = store.list_snapshots()
     assert [s.path for s in snaps] == paths[::-1][:3]  # current + 2 previous
     assert snaps[0].current
-    assert store.rollback() == paths[3]
+    assert store.rollback().target == paths[3]
     assert store.current_path() == paths[3]
     assert store.read_pointer()["rolled_back_from"] == paths[4].name
-    assert store.read_pointer()["n"] == 3  # the rolled-back-to snapshot's own record
-    assert store.rollback() == paths[2]
+    assert store.read_pointer()["rules"] == 3  # the rolled-back-to snapshot's own record
+    assert store.rollback().target == paths[2]
     with pytest.raises(SnapshotError, match="cannot go back"):
         store.rollback()
     # A new publish after a rollback keeps the rolled-back-to snapshot too.
