@@ -55,6 +55,7 @@ from .feeds import (
     load_state,
     make_session,
     save_state,
+    state_path,
 )
 from .inforce import Hold, InForce, ListRecord
 from .loading import ListFileError, feed_body_path, read_list_file
@@ -137,6 +138,8 @@ class RefreshReport:
     not_published: str | None = None
     # The snapshot in force could not be served (corrupt, missing) and was republished.
     repaired: str | None = None
+    # The cache could not be written (disk full, read-only): nothing new is in force.
+    publish_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -663,6 +666,7 @@ class Refresher:
         report.load_errors = worker.get("load_errors", {})
         report.not_published = report.not_published or worker.get("not_published")
         report.repaired = worker.get("repaired")
+        report.publish_error = worker.get("publish_error")
         for name, err in report.load_errors.items():
             log.warning("jectguard: list %s not loaded: %s", name, err)
         if report.not_published:
@@ -818,6 +822,26 @@ class Refresher:
         await self.follower.sync()
 
 
+def release_holds(cache_dir: Path, names: Sequence[str] | None) -> list[Hold]:
+    """Stop holding these sources (None: all) and forget the validators of their downloads.
+
+    Without the validators the next fetch takes the feed's body as it is now
+    (a 304 would keep the restored body in force although the hold is gone).
+    """
+    store = SnapshotStore(cache_dir)
+    gone = store.release(names)
+    for hold in gone:
+        path = state_path(cache_dir, hold.name)
+        try:
+            st = SourceState.from_json(hold.name, path.read_bytes())
+        except (OSError, ValueError, TypeError):
+            continue  # no state: nothing to forget
+        st.etag = st.last_modified = None
+        with writing("save the feed state", path.parent):
+            save_state(cache_dir, st)
+    return gone
+
+
 class Health(StrEnum):
     """One word for a source's state, decided here for every status surface."""
 
@@ -902,6 +926,7 @@ def status_document(
         else {
             "snapshot": last_report.snapshot,
             "not_published": last_report.not_published,
+            "publish_error": last_report.publish_error,
             "repaired": last_report.repaired,
         },
     }

@@ -22,7 +22,6 @@ from .core.errors import SnapshotError
 from .loading import default_cache_dir
 
 if TYPE_CHECKING:
-    from .config import SourcesConfig
     from .store import SnapshotStore
 
 EXIT_OK = 0
@@ -56,9 +55,9 @@ def main(args: argparse.Namespace) -> int:
         for hold in (record.holds.values() if record else ()):
             print(f"held: {hold.name} ({hold.reason})")
         return EXIT_OK
-    cfg = load_sources(args.sources)
     if args.release or args.release_all:
-        return _release(store, cfg, None if args.release_all else args.release)
+        return _release(store, None if args.release_all else args.release)
+    cfg = load_sources(args.sources)
     try:
         result = store.rollback(args.steps, specs=cfg.sources)
     except SnapshotError as exc:
@@ -76,9 +75,8 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _release(store: SnapshotStore, cfg: SourcesConfig, names: list[str] | None) -> int:
-    from .feeds import load_state, save_state
-    from .store import writing
+def _release(store: SnapshotStore, names: list[str] | None) -> int:
+    from .refresher import release_holds
 
     record = store.read_record()
     held = set(record.holds) if record else set()
@@ -87,20 +85,11 @@ def _release(store: SnapshotStore, cfg: SourcesConfig, names: list[str] | None) 
         print(f"jectguard rollback: not held: {', '.join(unknown)} "
               f"(held: {', '.join(sorted(held)) or 'none'})", file=sys.stderr)
         return EXIT_INPUT
-    gone = store.release(names)
-    by_name = {s.name: s for s in cfg.sources}
+    gone = release_holds(store.cache_dir, names)
     for hold in gone:
-        spec = by_name.get(hold.name)
-        if spec is not None and spec.url:
-            # Forget the validators of the held body's download, so the next fetch
-            # takes the feed's body as it is now instead of a 304.
-            st = load_state(store.cache_dir, spec)
-            st.etag = st.last_modified = None
-            st.next_run = min(st.next_run or time.time(), time.time())
-            with writing("save the feed state", store.cache_dir):
-                save_state(store.cache_dir, st)
         print(f"released: {hold.name} (held since "
-              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(hold.since))})")
+              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(hold.since))}); "
+              "its feed's next body is accepted")
     if not gone:
         print("nothing was held")
     return EXIT_OK

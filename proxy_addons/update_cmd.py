@@ -1,7 +1,8 @@
 """``jectguard update``: refresh every URL source now and publish a snapshot.
 
 Exit codes: 0 every source updated or unchanged; 1 a source failed or was held
-back (its last good data stays in force); 2 bad input (sources file, names).
+back (its last good data stays in force); 2 bad input (sources file, names) or a
+cache that cannot be written (disk full, read-only): a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def _size(n: float) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from .refresher import Refresher
+    from .store import StoreWriteError
 
     if args.blocklist or args.allowlist:
         print("jectguard update: works on the sources file (--sources), not on "
@@ -115,9 +117,14 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     chosen = args.source or names
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
-    report = asyncio.run(
-        refresher.refresh(chosen, force=args.force, rebuild=refresher.snapshot_stale(), progress=view)
-    )
+    try:
+        report = asyncio.run(
+            refresher.refresh(
+                chosen, force=args.force, rebuild=refresher.snapshot_stale(), progress=view
+            )
+        )
+    except OSError as exc:  # a state file or a download could not be written
+        raise StoreWriteError.wrap(exc, "write", cache) from None
     width = view.width
     if view.tty:
         view.draw()
@@ -127,6 +134,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {STATUS_LABELS[o.status]:<10} {o.detail or ''}")
     for name, err in report.load_errors.items():
         print(f"{name:<{width}}  {'NOT LOADED':<10} {err}")
+    if report.repaired:
+        print(f"\nrepaired: {report.repaired}")
     if report.snapshot:
         print(f"\nsnapshot {Path(report.snapshot).name}: {report.rules} block rules"
               + (f", {report.refused} refused by the poison guard" if report.refused else "")
@@ -136,4 +145,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"\n{report.not_published}")
     else:
         print("\nnothing changed; the snapshot in force stays")
+    if report.publish_error:
+        print(f"jectguard update: {report.publish_error}", file=sys.stderr)
+        return EXIT_INPUT
     return EXIT_OK if report.ok else EXIT_NOT_ALL

@@ -251,12 +251,12 @@ def poison(parsed: ParsedList) -> tuple[list[str], int]:
     for r in parsed.rules:
         if r.exception or r.kind in (RuleKind.DOMAIN, RuleKind.EXACT):
             continue
-        reason = guard.check(r)
-        if reason is None:
+        why = guard.check(r)
+        if why is None:
             continue
         refused += 1
-        if r.kind is RuleKind.CIDR and reason.startswith("network wider"):
-            worst.append(f"{r.text!r} (line {r.line}: {reason})")
+        if r.kind is RuleKind.CIDR and why.startswith("network wider"):
+            worst.append(f"{r.text!r} (line {r.line}: {why})")
     return worst, refused
 
 

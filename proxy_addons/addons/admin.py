@@ -185,6 +185,7 @@ class AdminServer:
             lists=self.lists,
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
+            cache_dir=self.data_dir,
         )
         runner = web.AppRunner(
             create_app(state),
