@@ -292,7 +292,12 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
             parsed, digest, distinct, history = accepted[spec.name]
         else:
             if spec.url is not None and not src.exists():
-                continue  # not fetched yet
+                kept = store.body_path(spec.name, prev.digest) if prev and prev.digest else None
+                if kept is None or not kept.exists():
+                    if prev is not None:  # in force, but its body is gone: do not drop it
+                        out["load_errors"][spec.name] = f"{src}: its cached body is missing"
+                    continue  # not fetched yet
+                src = kept  # the body in force was deleted: compile the copy kept with it
             try:
                 data = read_list_file(src)
             except ListFileError as exc:
