@@ -222,7 +222,7 @@ class SnapshotStore:
                 finally:
                     self._lock_depth -= 1
                 return
-            with writing("create the snapshot folder", self.dir):
+            with writing("lock the snapshot store", self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
                 f = open(self.dir / LOCK, "a+b")  # noqa: SIM115 (closed below)
             with f:
