@@ -28,7 +28,12 @@ from tests.feedserver import FeedServer, feed_server, sources_toml
 
 JECTGUARD = Path(sys.executable).with_name("jectguard")
 FAST = FetchPolicy(
-    connect_timeout=2, read_timeout=0.5, total_timeout=3, attempts=1, backoff=0.01, retry_after_max=1
+    connect_timeout=2,
+    read_timeout=0.5,
+    total_timeout=3,
+    attempts=1,
+    backoff=0.01,
+    retry_after_max=1,
 )
 
 
@@ -75,7 +80,9 @@ def damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "zero", "missing"])
-def test_update_repairs_a_damaged_snapshot_in_force(server: FeedServer, tmp_path: Path, how: str) -> None:
+def test_update_repairs_a_damaged_snapshot_in_force(
+    server: FeedServer, tmp_path: Path, how: str
+) -> None:
     name, src, cache = setup_feed(server, tmp_path)
     assert jg("update", cache=cache, src=src).returncode == 0
     store = SnapshotStore(cache)
@@ -92,11 +99,18 @@ def test_update_repairs_a_damaged_snapshot_in_force(server: FeedServer, tmp_path
     assert f"repaired: {bad.name} could not be served" in listing
 
 
-async def test_the_refresher_notices_a_damaged_snapshot_and_reports_it(server: FeedServer, tmp_path: Path) -> None:
+async def test_the_refresher_notices_a_damaged_snapshot_and_reports_it(
+    server: FeedServer, tmp_path: Path
+) -> None:
     name, src, cache = setup_feed(server, tmp_path)
     events = EventLog()
-    r = Refresher(load_sources(src), cache, policy=FAST, isolate=False,
-                  on_report=lambda rep: report_refresh_outcomes(events, None, rep))
+    r = Refresher(
+        load_sources(src),
+        cache,
+        policy=FAST,
+        isolate=False,
+        on_report=lambda rep: report_refresh_outcomes(events, None, rep),
+    )
     await r.refresh()
     assert not r.snapshot_stale()
     current = SnapshotStore(cache).current_path()
@@ -116,10 +130,15 @@ async def test_the_refresher_notices_a_damaged_snapshot_and_reports_it(server: F
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill or make read-only (needs root): {r.stderr.strip()}")
+        pytest.skip(
+            f"cannot mount a tmpfs to fill or make read-only (needs root): {r.stderr.strip()}"
+        )
     try:
         yield where
     finally:

@@ -21,7 +21,12 @@ from proxy_addons.validate import validate_body
 from tests.feedserver import FeedServer, feed_server, sources_toml
 
 FAST = FetchPolicy(
-    connect_timeout=2, read_timeout=0.5, total_timeout=3, attempts=1, backoff=0.01, retry_after_max=1
+    connect_timeout=2,
+    read_timeout=0.5,
+    total_timeout=3,
+    attempts=1,
+    backoff=0.01,
+    retry_after_max=1,
 )
 
 
@@ -149,7 +154,9 @@ async def test_duplicates_do_not_count_in_the_state(server: FeedServer, feed) ->
 
 
 @pytest.mark.parametrize("lost", ["state", "state+body"])
-async def test_losing_the_state_file_keeps_the_shrink_guard(server: FeedServer, feed, lost: str) -> None:
+async def test_losing_the_state_file_keeps_the_shrink_guard(
+    server: FeedServer, feed, lost: str
+) -> None:
     name, src, cache = feed
     server.feeds[name].body = domains(1000)
     await make(src, cache).refresh()

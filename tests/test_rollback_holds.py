@@ -88,7 +88,9 @@ def test_rollback_survives_another_feed_changing(server: FeedServer, env) -> Non
     assert f"held: {a}" in said and f"held: {b}" not in said
 
 
-def test_a_held_feed_serving_the_bad_body_stays_out_until_it_changes(server: FeedServer, env) -> None:
+def test_a_held_feed_serving_the_bad_body_stays_out_until_it_changes(
+    server: FeedServer, env
+) -> None:
     a, b, src, cache = env
     server.feeds[a].etag = False  # no validators: every fetch is a full 200
     go_bad_and_roll_back(server, a, cache, src)
@@ -156,7 +158,10 @@ async def test_api_shows_and_releases_holds(server: FeedServer, env, aiohttp_cli
     auth = {"Authorization": f"Bearer {TOKEN}"}
     status = await (await client.get("/api/status", headers=auth)).json()
     hold = status["in_force"]["holds"][a]
-    assert hold["reason"].startswith("rolled back from block-") and status["in_force"]["rolled_back_from"]
+    assert (
+        hold["reason"].startswith("rolled back from block-")
+        and status["in_force"]["rolled_back_from"]
+    )
     lists = await (await client.get("/api/lists", headers=auth)).json()
     assert a in lists["in_force"]["holds"]
     r = await client.post("/api/holds/release", params={"name": "nope"}, headers=auth)
@@ -168,7 +173,9 @@ async def test_api_shows_and_releases_holds(server: FeedServer, env, aiohttp_cli
     assert status["in_force"]["holds"] == {}
 
 
-async def test_api_list_counts_follow_the_snapshot_in_force(server: FeedServer, env, aiohttp_client: Any) -> None:
+async def test_api_list_counts_follow_the_snapshot_in_force(
+    server: FeedServer, env, aiohttp_client: Any
+) -> None:
     from proxy_addons.admin import lists_from_report
     from proxy_addons.config import load_sources
     from proxy_addons.store import startup_engine
@@ -178,7 +185,10 @@ async def test_api_list_counts_follow_the_snapshot_in_force(server: FeedServer, 
     engine, report = startup_engine(load_sources(src).enabled(), cache)
     holder: dict[str, Engine] = {"engine": engine}
     state = AdminState(
-        token=TOKEN, engine=lambda: holder["engine"], events=EventLog(), metrics=Metrics(),
+        token=TOKEN,
+        engine=lambda: holder["engine"],
+        events=EventLog(),
+        metrics=Metrics(),
         lists=lists_from_report(report, cache),
     )
     client = await aiohttp_client(create_app(state))
