@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,7 +38,9 @@ def test_publish_then_load_current(tmp_path: Path) -> None:
     assert path.name.startswith("block-") and path.suffix == ".jgs"
     assert store.current_path() == path
     assert store.read_pointer()["fingerprint"] == "x"
-    assert path.stat().st_mode & 0o777 == 0o644 and store.pointer_path.stat().st_mode & 0o777 == 0o644
+    assert (
+        path.stat().st_mode & 0o777 == 0o644 and store.pointer_path.stat().st_mode & 0o777 == 0o644
+    )
     idx = store.load_current()
     assert idx.rule_count == 1
     idx.close()
@@ -127,7 +130,9 @@ def test_load_engine_compiles_allow_in_memory(tmp_path: Path) -> None:
     block, exceptions = split_exceptions([(block_spec, parsed)])
     image, _ = compile_index(block)
     store = SnapshotStore(tmp_path)
-    snap = store.publish(image, exceptions=exceptions, info={"fingerprint": sources_fingerprint(specs)})
+    snap = store.publish(
+        image, exceptions=exceptions, info={"fingerprint": sources_fingerprint(specs)}
+    )
     before = snap.stat().st_mtime_ns
 
     engine, pointer = load_engine(specs, tmp_path, require_fingerprint=True)
@@ -142,15 +147,74 @@ def test_load_engine_compiles_allow_in_memory(tmp_path: Path) -> None:
     assert snap.stat().st_mtime_ns == before and len(store.list_snapshots()) == 1
     # Built from other sources: refused when the caller requires a match.
     with pytest.raises(SnapshotError, match="other sources"):
-        load_engine([*specs, ListSpec("other", url="http://x.example/")], tmp_path, require_fingerprint=True)
+        load_engine(
+            [*specs, ListSpec("other", url="http://x.example/")], tmp_path, require_fingerprint=True
+        )
 
 
 def test_fingerprint_and_inputs(tmp_path: Path) -> None:
     f = tmp_path / "l.txt"
     f.write_text("a.example\n")
-    specs = [ListSpec("l", path=str(f)), ListSpec("u", url="http://x/"), ListSpec("a", path=str(f), allow=True)]
+    specs = [
+        ListSpec("l", path=str(f)),
+        ListSpec("u", url="http://x/"),
+        ListSpec("a", path=str(f), allow=True),
+    ]
     inputs = list_inputs(specs, tmp_path)
     assert set(inputs) == {"l", "u"} and inputs["u"] is None and inputs["l"][1] == 10
     fp = sources_fingerprint(specs)
     assert fp == sources_fingerprint(list(reversed(specs)))
     assert fp != sources_fingerprint(specs[:1])
+
+
+def test_bodies_are_kept_with_their_snapshots_and_pruned_with_them(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from proxy_addons.inforce import InForce, ListRecord
+
+    store = SnapshotStore(tmp_path, keep=1)
+    body = tmp_path / "feeds" / "feed.body"
+    body.parent.mkdir()
+    digests = []
+    for i in range(4):
+        data = f"v{i}.example\n".encode()
+        (tmp_path / "new.part").write_bytes(data)
+        os.replace(tmp_path / "new.part", body)  # as a feed body is committed
+        digest = hashlib.sha256(data).hexdigest()
+        digests.append(digest)
+        record = InForce("", lists={"feed": ListRecord("feed", 1, digest, (1,), fetched=True)})
+        store.publish(_image(f"v{i}.example"), record=replace(record), bodies={"feed": body})
+    kept = sorted(p.name for p in store.dir.glob("body-*"))
+    # current + 1 previous snapshot: their two bodies, no more
+    assert kept == sorted(store.body_path("feed", d).name for d in digests[2:])
+    assert store.body_path("feed", digests[2]).read_bytes() == b"v2.example\n"
+
+
+def test_a_failed_publish_leaves_no_half_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy_addons import store as store_mod
+
+    store = SnapshotStore(tmp_path)
+    first = store.publish(_image("a.example"))
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "atomic_write", full)
+    with pytest.raises(store_mod.StoreWriteError, match="No space left on device.*free some space"):
+        store.publish(_image("b.example"))
+    assert store.current_path() == first
+    assert [s.path for s in store.list_snapshots()] == [first]  # no rollback slot taken
+
+
+def test_verify_current_rereads_only_a_changed_file(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    path = store.publish(_image("a.example"))
+    assert store.verify_current() is None
+    data = bytearray(path.read_bytes())
+    data[HEADER_SIZE + 10] ^= 0xFF
+    with open(path, "r+b") as f:  # in place: same inode
+        f.write(bytes(data))
+    problem = store.verify_current()
+    assert problem is not None and "checksum" in problem
