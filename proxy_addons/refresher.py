@@ -186,9 +186,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except StoreWriteError as exc:
         out["snapshot"] = None
         out["not_published"] = out["publish_error"] = str(exc)
+    if out.get("not_published"):
+        # A list that passed every check but is not in force is not "updated".
         for v in out["validations"].values():
             if v["accepted"] and not v.get("same"):
-                v["error"] = f"accepted, but not published: {exc}"
+                v["error"] = f"accepted, but not published: {out['not_published']}"
     return out
 
 
@@ -368,6 +370,9 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         repaired=repaired,
     )
     out["snapshot"] = str(store.publish(image, exceptions=exceptions, record=record, bodies=bodies))
+    if repaired and in_force is not None:
+        # A damaged file is no rollback target; a proxy that maps it keeps its pages.
+        store.discard(in_force.snapshot)
     out.update(rules=stats.rules, refused=stats.refused_count, seconds=stats.seconds)
 
 

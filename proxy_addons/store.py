@@ -344,6 +344,16 @@ class SnapshotStore:
                 with contextlib.suppress(OSError):
                     body.unlink()
 
+    def discard(self, name: str) -> None:
+        """Remove a snapshot that is not current (a damaged one) and its side files."""
+        path = self.dir / Path(name).name
+        with self.locked():
+            if path == self.current_path():
+                return
+            for p in (path, _allow_path(path), _info_path(path)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
     def rollback(
         self, steps: int = 1, *, specs: Sequence[ListSpec] | None = None, clock: Any = time.time
     ) -> RollbackResult:

@@ -212,3 +212,14 @@ def test_read_only_cache_is_a_message(server: FeedServer, tmp_path: Path) -> Non
             assert r.returncode == 2, (args, r.stdout, r.stderr)
             assert "Read-only file system" in r.stderr, (args, r.stderr)
         assert SnapshotStore(cache).current_path() == before
+
+
+def test_a_repaired_snapshot_is_no_rollback_target(server: FeedServer, tmp_path: Path) -> None:
+    name, src, cache = setup_feed(server, tmp_path)
+    assert jg("update", cache=cache, src=src).returncode == 0
+    bad = SnapshotStore(cache).current_path()
+    assert bad is not None
+    damage(bad, "flip")
+    assert jg("update", cache=cache, src=src).returncode == 0
+    assert not bad.exists()
+    assert "kept for rollback: 0" in jg("lists", cache=cache, src=src).stdout

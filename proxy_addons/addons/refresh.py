@@ -136,7 +136,7 @@ class Refresh:
         """For the admin API: None when this process does not refresh, False if busy."""
         return None if self.refresher is None else self.refresher.trigger()
 
-    def status(self) -> list[dict[str, Any]] | None:
+    def status(self) -> dict[str, Any] | None:
         return None if self.refresher is None else self.refresher.status()
 
     async def done(self) -> None:
