@@ -54,10 +54,11 @@ def _status(doc: dict[str, Any]) -> str:
 
 
 def _entries(doc: dict[str, Any]) -> str:
+    """The rules in force (the record), by kind when the last download says how they split."""
     by_kind = doc.get("entries") or {}
-    if by_kind:
-        return ", ".join(f"{k} {n}" for k, n in by_kind.items())
     n = doc.get("rules_in_snapshot")
+    if by_kind and (n is None or sum(by_kind.values()) == n):
+        return ", ".join(f"{k} {c}" for k, c in by_kind.items())
     return f"{n} rules" if n is not None else "-"
 
 

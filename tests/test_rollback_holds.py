@@ -202,3 +202,10 @@ async def test_api_list_counts_follow_the_snapshot_in_force(
     server.feeds[a].body = domains(150)
     assert jg("update", cache=cache, src=src).returncode == 0
     assert await rules() == 150  # not the start-up count
+
+
+def test_lists_counts_what_is_in_force_after_a_rollback(server: FeedServer, env) -> None:
+    a, b, src, cache = env
+    go_bad_and_roll_back(server, a, cache, src)
+    # The last download had 101 rules; the snapshot in force has the 100 before it.
+    assert "100 rules" in row(jg("lists", cache=cache, src=src).stdout, a)
