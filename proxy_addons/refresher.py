@@ -73,7 +73,7 @@ from .validate import (
     Canaries,
     SizeBaseline,
     Validation,
-    distinct_rules,
+    distinct_count,
     validate_body,
 )
 
@@ -325,7 +325,7 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
             if prev is not None and prev.digest == digest:
                 distinct, history = prev.rules, prev.history
             else:
-                distinct = len(distinct_rules(parsed))
+                distinct = distinct_count(parsed)
                 base = prev.baseline if prev is not None else SizeBaseline()
                 history = base.after(distinct).history
         lists.append((spec, parsed))
