@@ -7,6 +7,7 @@ bodies, state files and snapshots on disk; the table at the top pins the guard's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,22 @@ async def test_losing_the_state_file_keeps_the_shrink_guard(
     # Measured against the counts recorded with the snapshot in force.
     assert out.status == "held_back" and "shrank from 1000 to 10" in (out.detail or "")
     assert blocks(cache, src, "bad999.example")
+
+
+async def test_a_snapshot_from_before_the_size_history_still_guards(
+    server: FeedServer, feed
+) -> None:
+    # A cache written by an earlier jectguard records per-list counts as plain numbers.
+    name, src, cache = feed
+    server.feeds[name].body = domains(1000)
+    await make(src, cache).refresh()
+    store = SnapshotStore(cache)
+    pointer = store.read_pointer()
+    pointer["lists"] = {name: 1000}
+    for key in ("holds", "content"):
+        pointer.pop(key, None)
+    store.pointer_path.write_text(json.dumps(pointer))
+    state_path(cache, name).unlink()
+    server.feeds[name].body = domains(10)
+    out = (await make(src, cache).refresh()).outcomes[name]
+    assert out.status == "held_back" and "shrank from 1000 to 10" in (out.detail or "")
