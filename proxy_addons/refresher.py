@@ -294,8 +294,8 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
             parsed, digest, distinct, history = accepted[spec.name]
         else:
             if spec.url is not None and not src.exists():
-                kept = store.body_path(spec.name, prev.digest) if prev and prev.digest else None
-                if kept is None or not kept.exists():
+                kept = _kept_body(store, spec.name, prev.digest if prev else None)
+                if kept is None:
                     if prev is not None:  # in force, but its body is gone: do not drop it
                         out["load_errors"][spec.name] = f"{src}: its cached body is missing"
                     continue  # not fetched yet
@@ -310,8 +310,8 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
             if hold is not None and digest in hold.refused:
                 # A rolled-back body still on disk (a local file, or a body not kept):
                 # compile the one the rollback restored, or leave the list out.
-                kept = store.body_path(spec.name, hold.restored) if hold.restored else None
-                if kept is None or not kept.exists():
+                kept = _kept_body(store, spec.name, hold.restored)
+                if kept is None:
                     out.setdefault("held_out", []).append(spec.name)
                     continue
                 src, digest = kept, hold.restored or digest
@@ -374,6 +374,17 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         # A damaged file is no rollback target; a proxy that maps it keeps its pages.
         store.discard(in_force.snapshot)
     out.update(rules=stats.rules, refused=stats.refused_count, seconds=stats.seconds)
+
+
+def _kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
+    """The body of ``name`` kept with a snapshot, if there is one (a bad digest: none)."""
+    if not digest:
+        return None
+    try:
+        path = store.body_path(name, digest)
+    except ValueError:
+        return None
+    return path if path.exists() else None
 
 
 def content_digest(fingerprint: str, lists: Iterable[ListRecord]) -> str:

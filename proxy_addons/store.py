@@ -203,8 +203,15 @@ class SnapshotStore:
         return self.dir / POINTER
 
     def body_path(self, name: str, digest: str) -> Path:
-        """Where the body of list ``name`` with this sha256 is kept for rollback."""
-        return self.dir / f"{BODY_PREFIX}{name}-{digest[:BODY_DIGEST_CHARS]}"
+        """Where the body of list ``name`` with this sha256 is kept for rollback.
+
+        Names and digests come from records on disk: nothing in them may lead
+        out of the store (ValueError).
+        """
+        tag = digest[:BODY_DIGEST_CHARS]
+        if not _plain_name(name) or len(tag) != BODY_DIGEST_CHARS or not _is_hex(tag):
+            raise ValueError(f"not a list body: {name!r} {digest!r}")
+        return self.dir / f"{BODY_PREFIX}{name}-{tag}"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -284,7 +291,7 @@ class SnapshotStore:
         """Keep each compiled body under its digest (a hard link while it is the body in force)."""
         for name, src in bodies.items():
             lst = record.lists.get(name)
-            if lst is None or lst.digest is None:
+            if lst is None or lst.digest is None or not _plain_name(name):
                 continue
             dest = self.body_path(name, lst.digest)
             if dest.exists():
@@ -338,7 +345,9 @@ class SnapshotStore:
         for rec in records:
             if rec is None:
                 continue
-            wanted.update(self.body_path(n, r.digest) for n, r in rec.lists.items() if r.digest)
+            for n, r in rec.lists.items():
+                with contextlib.suppress(ValueError):
+                    wanted.add(self.body_path(n, r.digest or ""))
         for body in self.dir.glob(BODY_PREFIX + "*"):
             if body not in wanted and not body.name.endswith(".tmp"):
                 with contextlib.suppress(OSError):
@@ -387,6 +396,9 @@ class SnapshotStore:
             held: list[Hold] = []
             notes: list[str] = []
             for name, bad in current.lists.items():
+                if not _plain_name(name):
+                    notes.append(f"{name!r}: not a list name; skipped")
+                    continue
                 good = wanted.lists.get(name)
                 if good is not None and good.digest == bad.digest:
                     continue
@@ -556,6 +568,14 @@ def _allow_path(snapshot: Path) -> Path:
 
 def _info_path(snapshot: Path) -> Path:
     return snapshot.with_name(snapshot.stem + ".info.json")
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and not name.startswith(".") and "\0" not in name
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _restore(archived: Path, body: Path) -> None:
