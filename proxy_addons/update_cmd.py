@@ -32,8 +32,9 @@ STATUS_LABELS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true",
-        help="accept lists the shrink guard holds back (a feed that lost more than half its "
-             "entries or became empty); the other checks still apply",
+        help="accept lists the size guard holds back (a feed that suddenly lost more than half "
+             "its distinct entries, became empty, or grew to more than 4 times its usual size); "
+             "the other checks still apply",
     )
     p.add_argument(
         "--source", action="append", default=[], metavar="NAME",

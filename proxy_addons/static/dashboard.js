@@ -106,6 +106,9 @@
       tr.appendChild(healthCell(l, refreshBySource[l.name]));
       tbody.appendChild(tr);
     }
+    const last = r && !Array.isArray(r) ? r.last_refresh : null;
+    $("refresh-msg").textContent = last && last.not_published
+      ? "Last refresh not published: " + last.not_published : $("refresh-msg").textContent;
     $("refresh").hidden = !s.refresh_available;
   }
 
