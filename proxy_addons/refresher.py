@@ -311,7 +311,14 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 # A rolled-back body still on disk (a local file, or a body not kept):
                 # compile the one the rollback restored, or leave the list out.
                 kept = _kept_body(store, spec.name, hold.restored)
-                if kept is None:
+                if kept is None and prev is not None:
+                    # In force, but only the rolled-back body is left: neither drop the
+                    # list nor bring the bad rules back; keep the snapshot in force.
+                    out["load_errors"][spec.name] = (
+                        f"held by a rollback and its earlier body was not kept ({hold.reason})"
+                    )
+                    continue
+                if kept is None:  # not in the snapshot rolled back to: stays out
                     out.setdefault("held_out", []).append(spec.name)
                     continue
                 src, digest = kept, hold.restored or digest
