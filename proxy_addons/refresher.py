@@ -275,8 +275,6 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         else:
             discard(tmp)
         out["validations"][name] = _validation_doc(v, same=same)
-    if released:
-        out["released"] = released
     if all(v.get("same") or not v["accepted"] for v in out["validations"].values()) and not (
         job.get("rebuild") or released
     ):
@@ -323,6 +321,11 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                     continue
                 src, digest = kept, hold.restored or digest
                 data = kept.read_bytes()
+            elif hold is not None and digest != hold.restored:
+                # New content that did not come by download: a local list edited. Its
+                # edit ends the hold (a fetched body's hold ends when a download is accepted).
+                holds.pop(spec.name)
+                released.append(spec.name)
             try:
                 parsed = parse_list(data, spec.format, name=spec.name)
             except ListFormatError as exc:
@@ -338,6 +341,8 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         lists.append((spec, parsed))
         bodies[spec.name] = src
         records[spec.name] = ListRecord(spec.name, distinct, digest, history, spec.url is not None)
+    if released:
+        out["released"] = released
     lost = sorted(n for n in out["load_errors"] if n in before)
     if lost and not force:
         out["not_published"] = (

@@ -209,3 +209,29 @@ def test_lists_counts_what_is_in_force_after_a_rollback(server: FeedServer, env)
     go_bad_and_roll_back(server, a, cache, src)
     # The last download had 101 rules; the snapshot in force has the 100 before it.
     assert "100 rules" in row(jg("lists", cache=cache, src=src).stdout, a)
+
+
+def test_a_rolled_back_local_list_stays_out_until_it_is_edited(
+    server: FeedServer, env, tmp_path: Path
+) -> None:
+    a, b, src, cache = env
+    local = tmp_path / "local.txt"
+    local.write_text("mine.example\n")
+    src.write_text(
+        src.read_text() + f'\n[[source]]\nname = "local"\npath = "{local}"\nformat = "domains"\n'
+    )
+    assert jg("update", cache=cache, src=src).returncode == 0
+    local.write_text("mine.example\nlogin.microsoftonline.com\n")  # a bad edit
+    assert jg("update", cache=cache, src=src).returncode == 0
+    assert blocked("login.microsoftonline.com", cache, src)
+    r = jg("rollback", cache=cache, src=src)
+    assert r.returncode == 0 and "held: local" in r.stdout
+    server.feeds[b].body = domains(100, prefix="other") + b"fresh-threat.example\n"
+    assert jg("update", cache=cache, src=src).returncode == 0
+    assert blocked("fresh-threat.example", cache, src)
+    assert not blocked("login.microsoftonline.com", cache, src)  # the file still has it
+    assert blocked("mine.example", cache, src)
+    local.write_text("mine.example\nyours.example\n")  # the operator fixes the file
+    assert jg("update", cache=cache, src=src).returncode == 0
+    assert blocked("yours.example", cache, src)
+    assert "HELD" not in row(jg("lists", cache=cache, src=src).stdout, "local")
