@@ -256,8 +256,8 @@ class SnapshotStore:
 
         ``record`` (or a plain ``info`` document) says what it was built from; it
         is written beside the snapshot and into the pointer (its ``snapshot`` is
-        set here). ``bodies`` maps list names to the files compiled, kept under
-        ``bodies/`` by their digest in the record so a rollback can restore them.
+        set here). ``bodies`` maps list names to the files compiled, kept as
+        ``body-<list>-<digest>`` (the digest in the record) so a rollback can restore them.
         StoreWriteError when the cache cannot be written (the old snapshot stays).
         """
         digest = xxhash.xxh3_64()
@@ -411,8 +411,8 @@ class SnapshotStore:
                     if archived.exists():
                         _restore(archived, feed_body_path(self.cache_dir, name))
                     else:
-                        notes.append(f"{name}: its earlier body was not kept; a rebuild will "
-                                     "leave this list out while the feed serves the rolled-back body")
+                        notes.append(f"{name}: its earlier body was not kept; no new snapshot "
+                                     "is published while only the rolled-back body is left")
                         restored = None
                 elif good is not None and not bad.fetched:
                     notes.append(f"{name}: a local file; the rolled-back rules return when it "
