@@ -218,3 +218,25 @@ def test_verify_current_rereads_only_a_changed_file(tmp_path: Path) -> None:
         f.write(bytes(data))
     problem = store.verify_current()
     assert problem is not None and "checksum" in problem
+
+
+def test_a_hostile_record_cannot_reach_outside_the_store(tmp_path: Path) -> None:
+    # The pointer is data: names and digests in it never become paths out of the store.
+    outside = tmp_path / "victim"
+    outside.write_text("keep me")
+    store = SnapshotStore(tmp_path)
+    store.publish(_image("a.example"))
+    store.publish(_image("b.example"))
+    doc = store.read_pointer()
+    doc["lists"] = {
+        "../victim": {"rules": 1, "digest": "0" * 64, "fetched": True},
+        "feed": {"rules": 1, "digest": "../../victim", "fetched": True},
+    }
+    store.pointer_path.write_text(json.dumps(doc))
+    result = store.rollback()
+    assert outside.read_text() == "keep me"
+    assert [h.name for h in result.held] == ["feed"]  # a digest is only ever compared
+    store.publish(_image("c.example"))  # prunes with the hostile record in force
+    assert outside.read_text() == "keep me"
+    store.pointer_path.write_text('{"snapshot": "x.jgs", "lists": [1, 2]}')
+    assert store.read_record() is None and store.release(None) == []
