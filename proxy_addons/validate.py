@@ -138,17 +138,11 @@ class SizeBaseline:
         if total == 0 and high > 0:
             return f"became empty (had {last} entries)"
         if low >= SHRINK_MIN_BASE and total < low * (1 - SHRINK_MAX_LOSS):
-            return (
-                f"shrank from {low} to {total} entries (lost more than half"
-                + (f"; {last} in force" if last != low else "")
-                + ")"
-            )
+            what = "of what is in force" if low == last else f"of its usual size; {last} in force"
+            return f"shrank from {low} to {total} entries (lost more than half {what})"
         if total > high * GROWTH_MAX_FACTOR and total - high >= GROWTH_MIN_ADDED:
-            return (
-                f"grew from {high} to {total} entries (more than {GROWTH_MAX_FACTOR}x"
-                + (f" its usual {usual}" if usual != high else "")
-                + ")"
-            )
+            what = "its usual size" if high == usual else "what is in force"
+            return f"grew from {high} to {total} entries (more than {GROWTH_MAX_FACTOR}x {what})"
         return None
 
 
