@@ -29,13 +29,20 @@ EXIT_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=1, metavar="N",
-                   help="go back N snapshots (default 1)")
-    p.add_argument("--list", action="store_true",
-                   help="only list the kept snapshots and the sources held")
-    p.add_argument("--release", action="append", default=[], metavar="NAME",
-                   help="stop holding this source (repeatable): its feed's next body is "
-                        "accepted even if it is the one rolled back")
+    p.add_argument(
+        "--steps", type=int, default=1, metavar="N", help="go back N snapshots (default 1)"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="only list the kept snapshots and the sources held"
+    )
+    p.add_argument(
+        "--release",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="stop holding this source (repeatable): its feed's next body is "
+        "accepted even if it is the one rolled back",
+    )
     p.add_argument("--release-all", action="store_true", help="stop holding every source")
 
 
@@ -52,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         for s in snaps:
             print(f"{'*' if s.current else ' '} {s.name}  {s.size / 1e6:.1f} MB")
         record = store.read_record()
-        for hold in (record.holds.values() if record else ()):
+        for hold in record.holds.values() if record else ():
             print(f"held: {hold.name} ({hold.reason})")
         return EXIT_OK
     if args.release or args.release_all:
@@ -64,11 +71,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"jectguard rollback: {exc}", file=sys.stderr)
         return EXIT_INPUT
     rules = result.record.rules
-    print(f"now in force: {result.target.name}"
-          + (f" ({rules} block rules)" if rules is not None else ""))
+    print(
+        f"now in force: {result.target.name}"
+        + (f" ({rules} block rules)" if rules is not None else "")
+    )
     for hold in result.held:
-        print(f"held: {hold.name}: its rolled-back body is refused until the feed publishes "
-              f"another (release with `jectguard rollback --release {hold.name}`)")
+        print(
+            f"held: {hold.name}: its rolled-back body is refused until the feed publishes "
+            f"another (release with `jectguard rollback --release {hold.name}`)"
+        )
     for note in result.notes:
         print(f"note: {note}")
     print("running proxies switch within seconds")
@@ -82,14 +93,19 @@ def _release(store: SnapshotStore, names: list[str] | None) -> int:
     held = set(record.holds) if record else set()
     unknown = sorted(set(names or ()) - held)
     if unknown:
-        print(f"jectguard rollback: not held: {', '.join(unknown)} "
-              f"(held: {', '.join(sorted(held)) or 'none'})", file=sys.stderr)
+        print(
+            f"jectguard rollback: not held: {', '.join(unknown)} "
+            f"(held: {', '.join(sorted(held)) or 'none'})",
+            file=sys.stderr,
+        )
         return EXIT_INPUT
     gone = release_holds(store.cache_dir, names)
     for hold in gone:
-        print(f"released: {hold.name} (held since "
-              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(hold.since))}); "
-              "its feed's next body is accepted")
+        print(
+            f"released: {hold.name} (held since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(hold.since))}); "
+            "its feed's next body is accepted"
+        )
     if not gone:
         print("nothing was held")
     return EXIT_OK

@@ -403,7 +403,9 @@ class SnapshotStore:
                 if good is not None and good.digest == bad.digest:
                     continue
                 if bad.digest is None:
-                    notes.append(f"{name}: the snapshot in force does not record its body; not held")
+                    notes.append(
+                        f"{name}: the snapshot in force does not record its body; not held"
+                    )
                     continue
                 restored = good.digest if good is not None else None
                 if good is not None and good.digest is not None and bad.fetched:
@@ -411,12 +413,16 @@ class SnapshotStore:
                     if archived.exists():
                         _restore(archived, feed_body_path(self.cache_dir, name))
                     else:
-                        notes.append(f"{name}: its earlier body was not kept; no new snapshot "
-                                     "is published while only the rolled-back body is left")
+                        notes.append(
+                            f"{name}: its earlier body was not kept; no new snapshot "
+                            "is published while only the rolled-back body is left"
+                        )
                         restored = None
                 elif good is not None and not bad.fetched:
-                    notes.append(f"{name}: a local file; the rolled-back rules return when it "
-                                 "is edited (its current content is held out of rebuilds)")
+                    notes.append(
+                        f"{name}: a local file; the rolled-back rules return when it "
+                        "is edited (its current content is held out of rebuilds)"
+                    )
                 prior = holds.get(name)
                 refused = tuple(dict.fromkeys((*(prior.refused if prior else ()), bad.digest)))
                 hold = Hold(name, refused, f"rolled back from {current.snapshot}", now, restored)

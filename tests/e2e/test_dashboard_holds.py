@@ -57,10 +57,14 @@ def test_dashboard_shows_a_held_source(browser: Any, server: FeedServer, tmp_pat
     port = free_port()
     proxy = start_proxy(
         tmp_path,
-        "--sources", str(src),
-        "--refresh-role", "watch",
-        "--admin-port", str(port),
-        "--admin-token-file", str(token_file),
+        "--sources",
+        str(src),
+        "--refresh-role",
+        "watch",
+        "--admin-port",
+        str(port),
+        "--admin-token-file",
+        str(token_file),
     )
     context = browser.new_context()
     try:
