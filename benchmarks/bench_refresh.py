@@ -56,7 +56,10 @@ from proxy_addons.store import startup_engine
 _cfg = load_sources(os.environ["JG_BENCH_SOURCES"])
 _engine, _ = startup_engine(_cfg.enabled(), Path(os.environ["JG_BENCH_CACHE"]))
 _holder = EngineHolder(_engine)
-_refresh = Refresh(_holder)
+# The refresh addon make_addons already holds: a second one would be a second
+# refresher on the same cache (two compiles racing each other).
+_addons = make_addons(_holder)
+_refresh = next(a for a in _addons if isinstance(a, Refresh))
 
 
 class RefreshOnSignal:
@@ -73,7 +76,7 @@ class RefreshOnSignal:
         r.refresh_soon()
 
 
-addons = [*make_addons(_holder), _refresh, RefreshOnSignal()]
+addons = [*_addons, RefreshOnSignal()]
 """
 
 
@@ -188,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     src = work / "sources.toml"
     src.write_text(
         "".join(
-            f'[[source]]\nname = "bench_{n}"\nurl = "{base}/feed/{n}"\nformat = "{f}"\nrefresh = "1d"\n\n'
+            f'[[source]]\nname = "bench_{n}"\nurl = "{base}/feed/{n}"\nformat = "{f}"\nrefresh = "1d"\n'
+            'min_interval = "0s"\n\n'  # the refresh below follows `update` at once
             for n, f in (("domains", "hosts"), ("urls", "urls"), ("cidrs", "cidr"))
         )
     )

@@ -36,6 +36,7 @@ from .core.engine import Engine
 from .events import EVENT_KINDS, EventLog, rfc3339
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .snapshot_health import SnapshotHealth, SnapshotState
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class AdminState:
     # the refresher's per-source status (JSON-ready), and a trigger for "refresh now"
     refresh_status: Callable[[], Any] | None = None
     refresh_trigger: RefreshTrigger | None = None
+    # how the snapshot served relates to the store (stale, damaged), from the follower
+    snapshot_health: Callable[[], SnapshotHealth | None] | None = None
     # the cache whose snapshot store holds the record of what is in force (and the holds)
     cache_dir: Path | None = None
     version: str = __version__
@@ -284,10 +287,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[STATE].engine()
+    st = request.app[STATE]
+    engine = st.engine()
     if engine is None:
         return _json({"status": "not ready", "reason": "no compiled index loaded"}, status=503)
-    return _json({"status": "ready", "rules": engine.block.rule_count})
+    health = st.snapshot_health() if st.snapshot_health is not None else None
+    if health is None or health.state is SnapshotState.CURRENT:
+        return _json({"status": "ready", "rules": engine.block.rule_count})
+    # Still 200: verified rules are enforced. A stale or damaged snapshot is usually
+    # shared by every replica, so failing readiness would empty the whole pool.
+    return _json({
+        "status": health.state.value,
+        "reason": health.reason,
+        "rules": engine.block.rule_count,
+        "snapshot": health.as_dict(st.clock()),
+    })
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -402,6 +416,7 @@ async def status(request: web.Request) -> web.Response:
     engine = st.engine()
     addr = st.proxy_address()
     refresh = st.refresh_status() if st.refresh_status is not None else None
+    health = st.snapshot_health() if st.snapshot_health is not None else None
     return _json({
         "version": st.version,
         "started_at": rfc3339(st.started_at),
@@ -409,6 +424,7 @@ async def status(request: web.Request) -> web.Response:
         "ready": engine is not None,
         "proxy": f"{addr[0] or '*'}:{addr[1]}" if addr else None,
         "snapshot": snapshot_info(engine, now) if engine is not None else None,
+        "snapshot_health": health.as_dict(now) if health is not None else None,
         "lists": lists_info(engine, st.lists() if st.lists is not None else None),
         "in_force": in_force_info(st, engine),
         "refresh": refresh,
@@ -454,9 +470,12 @@ async def release_holds(request: web.Request) -> web.Response:
 
 
 async def check(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    if name is not None:
+        return _check_name(request, name.strip())
     url = request.query.get("url")
     if url is None or not url.strip():
-        return _bad_request("give the URL to check as ?url=")
+        return _bad_request("give the URL to check as ?url= (or a DNS name as ?name=)")
     url = url.strip()
     if len(url) > MAX_CHECK_URL:
         return _bad_request(f"url is longer than {MAX_CHECK_URL} characters")
@@ -466,6 +485,16 @@ async def check(request: web.Request) -> web.Response:
     if engine is None:
         return _json({"error": "no compiled index loaded yet"}, status=503)
     return _json(engine.check_url(url).as_dict())
+
+
+def _check_name(request: web.Request, name: str) -> web.Response:
+    """What DNS mode answers for a bare name: whole-host rules only."""
+    if not name or len(name) > MAX_CHECK_URL or not name.isprintable():
+        return _bad_request("give a host name or address as ?name=")
+    engine = request.app[STATE].engine()
+    if engine is None:
+        return _json({"error": "no compiled index loaded yet"}, status=503)
+    return _json({**engine.check_host(name).as_dict(), "dns": True})
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -480,7 +509,30 @@ async def refresh(request: web.Request) -> web.Response:
         return _json({"error": "no refresher in this process"}, status=501)
     if not started:
         return _json({"status": "running", "error": "a refresh is already running"}, status=409)
-    return _json({"status": "started"}, status=202)
+    body: dict[str, Any] = {"status": "started"}
+    st = request.app[STATE]
+    plan = fetch_plan(st.refresh_status() if st.refresh_status is not None else None)
+    if plan:
+        # Feeds are fetched one by one, never sooner than their min_interval or a
+        # server's Retry-After: say when each may be.
+        body["sources"] = plan
+    return _json(body, status=202)
+
+
+def fetch_plan(status: Any) -> dict[str, dict[str, Any]]:
+    """Per URL source: being fetched now, or when its next fetch is allowed (None: now)."""
+    docs = status.get("sources") if isinstance(status, dict) else status
+    plan: dict[str, dict[str, Any]] = {}
+    for doc in docs if isinstance(docs, list) else []:
+        if isinstance(doc, dict) and "next_fetch_allowed" in doc:
+            when = doc["next_fetch_allowed"]
+            allowed = when if isinstance(when, int | float) and when > time.time() else None
+            plan[str(doc.get("name"))] = {
+                "fetching": bool(doc.get("fetching")),
+                "next_fetch_allowed": rfc3339(allowed) if allowed else None,
+                "why": doc.get("next_fetch_allowed_why") if allowed else None,
+            }
+    return plan
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:

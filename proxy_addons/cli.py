@@ -95,6 +95,11 @@ def _print_verdict(v: Verdict, out: Any) -> None:
         print(f"       overrides: {o.list} line {o.line}: {o.rule}", file=out)
 
 
+def is_bare_name(text: str) -> bool:
+    """A host name or address with no scheme, path, query or fragment."""
+    return bool(text) and not any(c in text for c in "/?#@ ")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     engine, _ = engine_from_args(args)
     urls = list(args.urls)
@@ -103,10 +108,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for url in urls:
         v = engine.check_url(url)
+        # A bare name is also what a DNS client asks: say what DNS mode answers for it
+        # (whole-host rules only; a URL rule never blocks a name).
+        dns = engine.check_host(url) if is_bare_name(url) else None
         if args.json:
-            print(json.dumps(v.as_dict(), ensure_ascii=False))
+            doc = v.as_dict()
+            if dns is not None:
+                doc["dns"] = dns.action.value
+            print(json.dumps(doc, ensure_ascii=False))
         else:
             _print_verdict(v, sys.stdout)
+            if dns is not None:
+                print(f"       dns: {dns.action.value}", file=sys.stdout)
         if v.action is Action.BLOCK:
             status = EXIT_BLOCKED
         elif v.action is Action.ERROR and status == EXIT_OK:
@@ -203,6 +216,7 @@ def _add_optional_commands(sub: Any) -> None:
         ("update", "proxy_addons.update_cmd", "refresh the feeds now and publish a snapshot"),
         ("lists", "proxy_addons.lists_cmd", "show every source: state, entries, errors, next run"),
         ("rollback", "proxy_addons.rollback_cmd", "put the previous snapshot back in force"),
+        ("hunt", "proxy_addons.hunt_cmd", "find injection campaigns in recorded page views"),
     ):
         try:
             mod = importlib.import_module(module)

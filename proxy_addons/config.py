@@ -32,6 +32,37 @@ _DURATION_RE: Final = re.compile(r"(\d+)\s*([smhd])")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Feed operators rate-limit; nobody needs fresher than every 5 minutes.
 MIN_REFRESH_SECONDS: Final = 300
+# The least time between two fetches of a source (manual ones too) when the sources
+# file does not say: the scheduled floor.
+DEFAULT_MIN_INTERVAL: Final = MIN_REFRESH_SECONDS
+# Floors feed operators publish (docs/feeds.md); a sources file may not go below them.
+KNOWN_FEED_FLOORS: Final = {
+    "urlhaus.abuse.ch": 300,  # "do not fetch more often than every 5 minutes"
+    "urlhaus-api.abuse.ch": 300,
+    "feodotracker.abuse.ch": 300,
+    "sslbl.abuse.ch": 300,
+    "threatfox.abuse.ch": 300,
+    "www.spamhaus.org": 3600,  # "DO NOT auto-fetch ... more than once per hour"
+    "spamhaus.org": 3600,
+    "openphish.com": 3600,  # updated every 12 hours; more is only load on them
+    "hole.cert.pl": 300,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRules:
+    """How a URL source may be fetched: how often at most, and where it may lead."""
+
+    min_interval: int = DEFAULT_MIN_INTERVAL  # seconds between two fetches, even manual ones
+    internal: bool = False  # an internal feed server: its redirects may stay internal
+
+
+def known_floor(url: str) -> int:
+    """The minimum interval a feed's operator asks for (0 when we know none)."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return KNOWN_FEED_FLOORS.get(host, 0)
 
 
 def parse_duration(value: object, what: str) -> int:
@@ -55,9 +86,13 @@ class SourcesConfig:
     sources: tuple[ListSpec, ...]
     never_block: tuple[str, ...] = ()
     descriptions: dict[str, str] = field(default_factory=dict)
+    feed_rules: dict[str, FeedRules] = field(default_factory=dict)  # URL sources
 
     def enabled(self) -> list[ListSpec]:
         return [s for s in self.sources if s.enabled]
+
+    def rules(self, name: str) -> FeedRules:
+        return self.feed_rules.get(name, FeedRules())
 
 
 def load_sources(path: str | Path | None = None) -> SourcesConfig:
@@ -66,7 +101,9 @@ def load_sources(path: str | Path | None = None) -> SourcesConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SourceConfigError(f"{path}: cannot read sources file: {exc.strerror or exc}") from None
+        raise SourceConfigError(
+            f"{path}: cannot read sources file: {exc.strerror or exc}"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SourceConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_sources(data, base=path.parent, origin=str(path), path=path)
@@ -83,6 +120,7 @@ def parse_sources(
         raise SourceConfigError(f"{origin}: [[source]] entries must be an array of tables")
     specs: list[ListSpec] = []
     descriptions: dict[str, str] = {}
+    feed_rules: dict[str, FeedRules] = {}
     seen: set[str] = set()
     for i, entry in enumerate(entries, 1):
         where = f"{origin}: source #{i}"
@@ -98,7 +136,9 @@ def parse_sources(
         url, file = entry.get("url"), entry.get("path")
         if (url is None) == (file is None):
             raise SourceConfigError(f"{where}: give exactly one of 'url' or 'path'")
-        if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("https://", "http://"))
+        ):
             raise SourceConfigError(f"{where}: url must be an http(s) URL, got {url!r}")
         if file is not None:
             if not isinstance(file, str) or not file:
@@ -119,9 +159,17 @@ def parse_sources(
         enabled = entry.get("enabled", True)
         if not isinstance(enabled, bool):
             raise SourceConfigError(f"{where}: enabled must be true or false")
-        refresh = parse_duration(entry.get("refresh", defaults.get("refresh", "1d")), f"{where}: refresh")
+        refresh = parse_duration(
+            entry.get("refresh", defaults.get("refresh", "1d")), f"{where}: refresh"
+        )
         if url is not None and refresh < MIN_REFRESH_SECONDS:
-            raise SourceConfigError(f"{where}: refresh under {MIN_REFRESH_SECONDS}s is abusive to feeds")
+            raise SourceConfigError(
+                f"{where}: refresh under {MIN_REFRESH_SECONDS}s is abusive to feeds"
+            )
+        if url is not None:
+            feed_rules[name] = _feed_rules(entry, defaults, url, refresh, where)
+        elif "min_interval" in entry or "internal" in entry:
+            raise SourceConfigError(f"{where}: min_interval and internal apply to url sources only")
         specs.append(
             ListSpec(
                 name=name,
@@ -141,4 +189,27 @@ def parse_sources(
     never = canaries.get("never_block", []) if isinstance(canaries, dict) else None
     if not isinstance(never, list) or not all(isinstance(h, str) for h in never):
         raise SourceConfigError(f"{origin}: [canaries] never_block must be a list of hosts")
-    return SourcesConfig(path, tuple(specs), tuple(never), descriptions)
+    return SourcesConfig(path, tuple(specs), tuple(never), descriptions, feed_rules)
+
+
+def _feed_rules(
+    entry: dict[str, Any], defaults: dict[str, Any], url: str, refresh: int, where: str
+) -> FeedRules:
+    floor = known_floor(url)
+    raw = entry.get("min_interval", defaults.get("min_interval"))
+    if raw is None:
+        min_interval = max(DEFAULT_MIN_INTERVAL, floor)
+    else:
+        min_interval = parse_duration(raw, f"{where}: min_interval")
+        if min_interval < floor:
+            raise SourceConfigError(
+                f"{where}: min_interval under {floor}s, which this feed's operator asks for"
+            )
+    if refresh < min_interval:
+        raise SourceConfigError(
+            f"{where}: refresh ({refresh}s) is under its min_interval ({min_interval}s)"
+        )
+    internal = entry.get("internal", False)
+    if not isinstance(internal, bool):
+        raise SourceConfigError(f"{where}: internal must be true or false")
+    return FeedRules(min_interval=min_interval, internal=internal)

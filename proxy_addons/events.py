@@ -24,7 +24,9 @@ from proxy_addons.core.canon import scalar_text
 
 logger = logging.getLogger(__name__)
 
-EVENT_KINDS: Final = ("block", "monitor", "allow-override", "strip", "refresh-held", "error")
+EVENT_KINDS: Final = (
+    "block", "monitor", "allow-override", "strip", "refresh-held", "error", "dns-block",
+)  # fmt: skip
 # Enough for the dashboard's "recent events" and an operator's quick look; bounded memory.
 DEFAULT_CAPACITY: Final = 1000
 # The chart shows the last few hours; per-minute buckets beyond that are dropped.

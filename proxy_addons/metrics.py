@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from .snapshot_health import SnapshotFault, SnapshotHealth, SnapshotState
 
 # A verdict takes microseconds; the top buckets catch a stalled loop.
 LATENCY_BUCKETS: Final = (
@@ -26,6 +28,8 @@ NO_LABEL: Final = "-"
 
 # What the snapshot collector reads: the block index's metadata (``by_kind``, ``built_at``).
 MetaProvider = Callable[[], Mapping[str, Any] | None]
+# ... and how that snapshot relates to the store (the follower's record).
+HealthProvider = Callable[[], SnapshotHealth | None]
 
 
 def _verdict_fields(verdict: Any) -> tuple[str, str, str]:
@@ -70,6 +74,43 @@ class _SnapshotCollector(Collector):
             )
 
 
+class _HealthCollector(Collector):
+    """The follower's record of the snapshot served: state, lag behind the pointer, faults."""
+
+    def __init__(self, provider: HealthProvider, clock: Callable[[], float]) -> None:
+        self.provider = provider
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.provider()
+        if health is None:
+            return
+        state = GaugeMetricFamily(
+            "jectguard_snapshot_state",
+            "1 for the state of the snapshot served: current, stale (the pointer names one "
+            "that does not load yet) or damaged (its published file changed or vanished).",
+            labels=["state"],
+        )
+        for s in SnapshotState:
+            state.add_metric([s.value], 1.0 if health.state is s else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "jectguard_snapshot_behind_seconds",
+            "Seconds the pointer has named a snapshot this process does not serve (0: in sync).",
+            value=health.behind_seconds(self.clock()),
+        )
+        faults = CounterMetricFamily(
+            "jectguard_snapshot_faults",
+            "Snapshot faults met by this process, by kind (load_failed, changed, missing, "
+            "repaired).",
+            labels=["kind"],
+        )
+        counts = dict(health.faults)
+        for f in SnapshotFault:
+            faults.add_metric([f.value], float(counts.get(f, 0)))
+        yield faults
+
+
 class Metrics:
     """jectguard's metrics; one instance per process, shared by the addons and the admin API."""
 
@@ -106,6 +147,12 @@ class Metrics:
             "(success, failure, held_back).",
             ["source", "result"], registry=r,
         )
+        self.dns = Counter(
+            "jectguard_dns_blocked",
+            "DNS queries answered from the lists (block) or that would have been (monitor), "
+            "by list and category.",
+            ["action", "list", "category"], registry=r,
+        )
         self.errors = Counter(
             "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
         )
@@ -115,10 +162,16 @@ class Metrics:
         )
         self._snapshot = _SnapshotCollector(meta_provider or (lambda: None), clock)
         r.register(self._snapshot)
+        self._health = _HealthCollector(lambda: None, clock)
+        r.register(self._health)
 
     def set_meta_provider(self, provider: MetaProvider) -> None:
         """Read rules and snapshot age from ``provider`` (the engine in force) from now on."""
         self._snapshot.provider = provider
+
+    def set_health_provider(self, provider: HealthProvider) -> None:
+        """Read the snapshot's state, lag and faults from ``provider`` from now on."""
+        self._health.provider = provider
 
     # -- what the addons call -----------------------------------------------
 
@@ -156,6 +209,10 @@ class Metrics:
         if result not in REFRESH_RESULTS:
             raise ValueError(f"refresh result must be one of {REFRESH_RESULTS}, got {result!r}")
         self.refreshes.labels(source, result).inc()
+
+    def record_dns(self, action: str, list_name: str | None, category: str | None) -> None:
+        """Count one DNS query blocked (or, in monitor mode, that would have been)."""
+        self.dns.labels(action, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

@@ -5,7 +5,12 @@ Pure asyncio + aiohttp (no mitmproxy), used by the refresh addon and by
 
 * :class:`Refresher` fetches every enabled URL source on its own schedule (its
   interval from the sources file plus jitter, so sources do not all fire at
-  once). New bodies are validated (:mod:`.validate`), committed, and every
+  once), each as its own task with its own deadline: a hung or dripping feed
+  delays nothing but itself. Never sooner than the source's ``min_interval``
+  or a server's ``Retry-After``, manual refreshes included. Each new body is
+  handed to the rebuilder as soon as it arrives; rebuilds run one at a time,
+  and bodies that arrive during one are taken together by the next. New bodies
+  are validated (:mod:`.validate`), committed, and every
   block list is parsed and compiled into a snapshot **in a worker process**
   (``python -m proxy_addons.refresher``: a million-rule compile holds a CPU
   for seconds and, in a thread, would hold the GIL against the proxy's event
@@ -20,6 +25,7 @@ Pure asyncio + aiohttp (no mitmproxy), used by the refresh addon and by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -36,11 +42,18 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from . import __version__
-from .config import SourcesConfig
+from .config import FeedRules, SourcesConfig
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError
 from .core.formats import parse_list
-from .core.index import FORMAT_VERSION, MAGIC, compile_index
+from .core.index import (
+    FORMAT_VERSION,
+    MAGIC,
+    FileIdentity,
+    SnapshotOrigin,
+    check_published,
+    compile_index,
+)
 from .core.model import ListSpec, Mode, ParsedList
 from .feeds import (
     DEFAULT_POLICY,
@@ -48,18 +61,25 @@ from .feeds import (
     FetchResult,
     Progress,
     SourceState,
-    clean_partials,
     commit_body,
     discard,
     fetch,
     load_state,
-    make_session,
     save_state,
     state_path,
+    tidy_feed_dir,
 )
 from .inforce import Hold, InForce, ListRecord
 from .loading import ListFileError, feed_body_path, read_list_file
+from .snapshot_health import (
+    IN_SYNC,
+    SnapshotEvent,
+    SnapshotFault,
+    SnapshotHealth,
+    SnapshotState,
+)
 from .store import (
+    POINTER,
     SnapshotStore,
     StoreWriteError,
     compile_allow,
@@ -82,6 +102,12 @@ log = logging.getLogger(__name__)
 # Local list files, the snapshot pointer and allowlists are checked this often.
 POLL_SECONDS: Final = 5.0
 WATCH_POLL_SECONDS: Final = 2.0
+# A pointer's snapshot that failed to load is tried again after 2, 4, 8... s, at most this.
+RETRY_FIRST_SECONDS: Final = 2.0
+RETRY_MAX_SECONDS: Final = 60.0
+# The published file served is checksummed again this often even when its stat is
+# unchanged (a write that restored the mtime); ~10 ms and one read of the file.
+FULL_VERIFY_SECONDS: Final = 300.0
 # A failed or held-back source is tried again after min(this, its interval).
 FAILURE_RETRY_SECONDS: Final = 600
 # Up to this share of an interval (at most MAX_SCHEDULE_JITTER s) is added to it.
@@ -117,6 +143,7 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # 304, or the same content as the body in force
     HELD_BACK = "held_back"  # a body came but a check refused it; the last good one stays
     FAILED = "failed"  # no usable answer, or the new body could not be published
+    DEFERRED = "deferred"  # not fetched yet (its fetch is not allowed before a later time)
 
 
 @dataclass(slots=True)
@@ -144,7 +171,8 @@ class RefreshReport:
     @property
     def ok(self) -> bool:
         return self.not_published is None and all(
-            o.status in (Outcome.UPDATED, Outcome.UNCHANGED) for o in self.outcomes.values()
+            o.status in (Outcome.UPDATED, Outcome.UNCHANGED, Outcome.DEFERRED)
+            for o in self.outcomes.values()
         )
 
 
@@ -458,7 +486,7 @@ def _worker_main() -> int:
 
 
 def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
-    out = []
+    out: list[tuple[int, int] | None] = []
     for p in paths:
         try:
             st = p.stat()
@@ -470,13 +498,37 @@ def _file_stamps(paths: Sequence[Path]) -> tuple[tuple[int, int] | None, ...]:
 
 
 class Follower:
-    """Keeps an engine slot on the store's current snapshot and the current allowlists."""
+    """Keeps an engine slot on the store's current snapshot and the current allowlists.
 
-    def __init__(self, cache_dir: Path, specs: Sequence[ListSpec], slot: EngineSlot | None) -> None:
+    A snapshot the pointer names but that does not load (its file has not
+    arrived yet, or is corrupt) is tried again with backoff, and until then the
+    process is *stale*: it keeps serving the verified snapshot it has. The
+    published file of the snapshot served is re-verified each poll (a ``stat``;
+    the checksum when it changed, and every ``FULL_VERIFY_SECONDS``): a file
+    changed or removed under the process is *damaged*, reported, and, with
+    ``repair`` (the refresher), rewritten from the verified bytes in memory.
+    Serving never depends on that file: what is served is a private copy.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        specs: Sequence[ListSpec],
+        slot: EngineSlot | None,
+        *,
+        repair: bool = False,
+        on_health: Callable[[SnapshotHealth], None] | None = None,
+        on_event: Callable[[SnapshotEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.specs = list(specs)
         self.slot = slot
         self.store = SnapshotStore(self.cache_dir)
+        self.repair = repair
+        self.on_health = on_health
+        self.on_event = on_event
+        self.clock = clock
         self.pointer_stamp: tuple[int, int, int] | None = None
         self.allow_stamp: tuple[tuple[int, int] | None, ...] = ()
         self._allow_files = [
@@ -484,6 +536,21 @@ class Follower:
             for s in self.specs
             if s.enabled and s.allow
         ]
+        self.health = IN_SYNC
+        # the pointer's snapshot that failed to load: its name, since, tries, next try
+        self._pending: str | None = None
+        self._pending_since = 0.0
+        self._pending_error = ""
+        self._pending_file: tuple[tuple[int, int] | None, ...] = ()
+        self._attempts = 0
+        self._retry_at = 0.0
+        # the published file of the snapshot served, as last verified
+        self._origin: SnapshotOrigin | None = None
+        self._identity: FileIdentity | None = None
+        self._full_at = 0.0
+        self._damage: str | None = None
+        self._damage_since = 0.0
+        self._faults: collections.Counter[SnapshotFault] = collections.Counter()
 
     async def start(self) -> None:
         """Adopt the current snapshot unless the slot already serves it."""
@@ -491,34 +558,190 @@ class Follower:
         current = await asyncio.to_thread(self.store.current_path)
         if self.slot is not None and current is not None and self.slot.engine.block.path == current:
             self.pointer_stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            await self._verify(self.clock())
+            self._report()
             return
         await self.sync(force=True)
 
     async def sync(self, *, force: bool = False) -> bool:
-        """Swap to a newly published snapshot, or recompile changed allowlists; True if swapped."""
+        """Swap to a newly published snapshot, or recompile changed allowlists; True if swapped.
+
+        Also retries a pointer's snapshot that failed to load (when its backoff
+        ends or its file changes) and re-verifies the published file served.
+        """
+        now = self.clock()
         stamp = await asyncio.to_thread(self.store.pointer_stamp)
         allow = await asyncio.to_thread(_file_stamps, self._allow_files)
-        if stamp is not None and (force or stamp != self.pointer_stamp):
-            self.pointer_stamp, self.allow_stamp = stamp, allow
-            try:
-                engine, pointer = await asyncio.to_thread(
-                    load_engine, self.specs, self.cache_dir, require_fingerprint=True
-                )
-            except JectguardError as exc:
-                log.warning("jectguard: not switching to the new snapshot, keeping the one in force: %s", exc)
-                return False
-            self._swap(engine)
-            log.info(
-                "jectguard: now serving snapshot %s (%s block rules)",
-                pointer.get("snapshot"),
-                pointer.get("rules", engine.block.rule_count),
+        swapped = False
+        if stamp is not None and (
+            force or stamp != self.pointer_stamp or await self._retry_due(now)
+        ):
+            self.pointer_stamp = stamp
+            swapped = await self._load(now)
+            if swapped:
+                self.allow_stamp = allow
+        elif stamp is None and self.pointer_stamp is not None:
+            self.pointer_stamp = None  # the pointer vanished: report it, keep serving
+            self._load_failed(now, "the pointer file was removed", None, ())
+        if not swapped:
+            await self._verify(now)
+            if allow != self.allow_stamp and self.slot is not None:
+                self.allow_stamp = allow
+                await self._recompile_allow()
+                swapped = True
+        self._report()
+        return swapped
+
+    async def _retry_due(self, now: float) -> bool:
+        if self._pending is None:
+            return False
+        if now >= self._retry_at:
+            return True
+        # The file it names arrived or changed: no reason to wait out the backoff.
+        stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / self._pending])
+        return stamp != self._pending_file
+
+    async def _load(self, now: float) -> bool:
+        try:
+            engine, pointer = await asyncio.to_thread(
+                load_engine, self.specs, self.cache_dir, require_fingerprint=True
             )
-            return True
-        if allow != self.allow_stamp and self.slot is not None:
-            self.allow_stamp = allow
-            await self._recompile_allow()
-            return True
-        return False
+        except JectguardError as exc:
+            doc = await asyncio.to_thread(self.store.read_pointer) or {}
+            target = Path(str(doc.get("snapshot", ""))).name or None
+            stamp = await asyncio.to_thread(_file_stamps, [self.store.dir / (target or POINTER)])
+            self._load_failed(now, str(exc), target, stamp)
+            return False
+        if self._pending is not None:
+            log.warning(
+                "jectguard: snapshot %s loaded after %d failed tries (%.0f s behind the pointer)",
+                self._pending, self._attempts, now - self._pending_since,
+            )
+        self._pending = None
+        self._attempts = 0
+        self._swap(engine)
+        log.info(
+            "jectguard: now serving snapshot %s (%s block rules)",
+            pointer.get("snapshot"),
+            pointer.get("rules", engine.block.rule_count),
+        )
+        return True
+
+    def _load_failed(
+        self, now: float, error: str, target: str | None, stamp: tuple[tuple[int, int] | None, ...]
+    ) -> None:
+        if target is not None and target == self._serving():
+            # The pointer names what is served (it was rewritten, or the file is
+            # damaged): nothing to catch up with; _verify reports any damage.
+            self._pending = None
+            return
+        target = target or POINTER  # no readable pointer: wait for one
+        if target != self._pending:
+            self._pending, self._pending_since, self._attempts = target, now, 0
+            self._faults[SnapshotFault.LOAD_FAILED] += 1
+            self._event(SnapshotFault.LOAD_FAILED, target, error)
+        self._attempts += 1
+        self._pending_error = error
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._attempts - 1))
+        self._retry_at = now + delay
+        self._pending_file = stamp
+        log.warning(
+            "jectguard: not switching to snapshot %s (try %d, next in %.0f s), "
+            "serving the verified one in force: %s",
+            target, self._attempts, delay, error,
+        )
+
+    def _serving(self) -> str | None:
+        if self.slot is None:
+            return None
+        path = self.slot.engine.block.path
+        return path.name if path is not None else None
+
+    async def _verify(self, now: float) -> None:
+        """Re-verify the published file of the snapshot served; report and repair a change."""
+        origin = self.slot.engine.block.origin if self.slot is not None else None
+        if origin is not self._origin:
+            self._origin, self._damage = origin, None
+            self._identity = origin.identity if origin is not None else None
+            self._full_at = now + FULL_VERIFY_SECONDS
+        if origin is None:
+            return
+        full = now >= self._full_at
+        if full:
+            self._full_at = now + FULL_VERIFY_SECONDS
+        checked = await asyncio.to_thread(check_published, origin, self._identity, full=full)
+        if checked is None:
+            return  # not changed since it was last read: what was found then still holds
+        self._identity, problem = checked
+        if problem is None:
+            if self._damage is not None:
+                log.warning("jectguard: snapshot file %s is intact again", origin.path)
+            self._damage = None
+            return
+        if problem == self._damage:
+            return
+        fault = SnapshotFault.MISSING if problem.startswith("missing") else SnapshotFault.CHANGED
+        if self._damage is None:
+            self._damage_since = now
+        self._damage = problem
+        self._faults[fault] += 1
+        self._event(fault, origin.path.name, problem)
+        log.warning(
+            "jectguard: snapshot file %s %s; still serving its verified copy", origin.path, problem
+        )
+        if self.repair and self.slot is not None:
+            block = self.slot.engine.block
+            try:
+                repaired = await asyncio.to_thread(self.store.restore, block)
+            except OSError as exc:
+                log.warning("jectguard: cannot rewrite %s: %s", origin.path, exc.strerror or exc)
+                return
+            if repaired:
+                self._faults[SnapshotFault.REPAIRED] += 1
+                self._event(SnapshotFault.REPAIRED, origin.path.name, "rewritten from the verified copy")
+                log.warning("jectguard: rewrote %s from its verified copy", origin.path)
+                self._identity = None  # read it again next poll
+
+    def _event(self, fault: SnapshotFault, snapshot: str | None, detail: str) -> None:
+        if self.on_event is not None:
+            self.on_event(SnapshotEvent(fault, snapshot, detail))
+
+    def _report(self) -> None:
+        """Build the health record from the state above and hand it on if it changed."""
+        pointer = self._pending or self._serving()
+        since: float | None = None
+        if self._pending is not None:
+            state = SnapshotState.STALE
+            if self._pending == POINTER:
+                pointer = None
+                reason = f"the snapshot pointer is missing or unreadable: {self._pending_error}"
+            else:
+                reason = (
+                    f"the pointer names {self._pending}, which does not load: {self._pending_error}"
+                )
+            since = self._pending_since
+            if self._damage is not None:
+                since = min(since, self._damage_since)
+        elif self._damage is not None:
+            state, reason, since = SnapshotState.DAMAGED, self._damage, self._damage_since
+        else:
+            state, reason = SnapshotState.CURRENT, None
+        health = SnapshotHealth(
+            state=state,
+            serving=self._serving(),
+            pointer=pointer,
+            reason=reason,
+            since=since,
+            behind_since=self._pending_since if self._pending is not None else None,
+            attempts=self._attempts if self._pending is not None else 0,
+            next_retry=self._retry_at if self._pending is not None else None,
+            damage=self._damage,
+            faults=tuple(sorted(self._faults.items())),
+        )
+        if health != self.health:
+            self.health = health
+            if self.on_health is not None:
+                self.on_health(health)
 
     async def _recompile_allow(self) -> None:
         assert self.slot is not None
@@ -551,26 +774,76 @@ async def watch_snapshot(
     slot: EngineSlot,
     *,
     interval: float = WATCH_POLL_SECONDS,
+    on_health: Callable[[SnapshotHealth], None] | None = None,
+    on_event: Callable[[SnapshotEvent], None] | None = None,
 ) -> None:
     """Follow the snapshots another process publishes, forever (cancel to stop)."""
-    follower = Follower(cache_dir, specs, slot)
+    follower = Follower(cache_dir, specs, slot, on_health=on_health, on_event=on_event)
     await follower.start()
     while True:
         await asyncio.sleep(interval)
-        await follower.sync()
+        try:
+            await follower.sync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad poll must not end following for the process lifetime
+            log.warning("jectguard: snapshot poll failed: %s: %s", type(exc).__name__, exc)
 
 
 # -- the refresher -------------------------------------------------------------
 
 
-def next_run(spec: ListSpec, state: SourceState, now: float, *, ok: bool) -> float:
-    """When to fetch a source again: its interval (shorter after a failure) plus jitter."""
-    base = float(spec.refresh if ok else min(spec.refresh, FAILURE_RETRY_SECONDS))
+def next_run(
+    spec: ListSpec,
+    state: SourceState,
+    now: float,
+    *,
+    ok: bool,
+    permanent: bool = False,
+    min_interval: float = 0.0,
+) -> float:
+    """When to fetch a source again: its interval plus jitter; sooner after a failure that
+    may pass (not a permanent one); never before its minimum interval or a Retry-After."""
+    short = not ok and not permanent
+    base = float(min(spec.refresh, FAILURE_RETRY_SECONDS) if short else spec.refresh)
+    base = max(base, float(min_interval))
     jitter = random.uniform(0, min(base * SCHEDULE_JITTER, MAX_SCHEDULE_JITTER))
     when = now + base + jitter
     if state.not_before is not None:
         when = max(when, state.not_before)
     return when
+
+
+def fetch_allowed_at(
+    state: SourceState, rules: FeedRules, *, ignore_min_interval: bool = False
+) -> tuple[float, str]:
+    """The earliest time a source may be fetched again, and why (0.0: any time).
+
+    ``Retry-After`` always holds (the operator asked; ignoring it risks a ban);
+    the minimum interval holds unless an operator forces a manual refresh.
+    """
+    when, why = 0.0, ""
+    if state.not_before is not None:
+        when, why = state.not_before, "the feed server asked us to wait (Retry-After)"
+    if not ignore_min_interval and state.last_attempt is not None:
+        floor = state.last_attempt + rules.min_interval
+        if floor > when:
+            when, why = floor, f"min_interval {rules.min_interval}s since the last fetch"
+    return when, why
+
+
+def _clock_text(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+
+
+@dataclass(slots=True)
+class _BuildRequest:
+    """A candidate body (or a plain rebuild) waiting for the rebuilder."""
+
+    candidate: dict[str, Any] | None
+    force: bool
+    rebuild: bool
+    done: asyncio.Future[dict[str, Any]]
 
 
 class Refresher:
@@ -605,9 +878,18 @@ class Refresher:
         self.store = self.follower.store
         self.schedule: dict[str, float] = {}
         self.last_report: RefreshReport | None = None
-        self._lock = asyncio.Lock()
         self._rebuild_not_before = 0.0
         self._wake = asyncio.Event()
+        # One task per source being fetched (and validated); a second request joins it.
+        self._fetching: dict[str, asyncio.Task[tuple[SourceOutcome, dict[str, Any] | None]]] = {}
+        self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+        self._builds: list[_BuildRequest] = []
+        self._builder: asyncio.Task[None] | None = None
+        self._build_seq = 0
+        self._stale_task: asyncio.Task[None] | None = None
+        # Asked for while being fetched: fetched again once that fetch is done (it may
+        # have read the feed before the change the request is about).
+        self._again: set[str] = set()
 
     # -- one refresh ---------------------------------------------------------
 
@@ -619,9 +901,16 @@ class Refresher:
         rebuild: bool = False,
         progress: Progress | None = None,
     ) -> RefreshReport:
-        """Fetch the given URL sources (default: all) now, validate, and publish if anything changed."""
-        async with self._lock:
-            return await self._refresh(names, force=force, rebuild=rebuild, progress=progress)
+        """Fetch the given URL sources (default: all) now, each on its own, publishing each
+        change as it is validated; the report once all are done.
+
+        ``force`` accepts what the shrink guard holds back and skips the minimum
+        interval (never a Retry-After). A source already being fetched is not
+        fetched twice: its fetch in progress answers for it. ``rebuild`` compiles
+        a snapshot even if no feed changed (once the fetches are done, if none
+        published one).
+        """
+        return await self._refresh(names, force=force, rebuild=rebuild, progress=progress)
 
     async def _refresh(
         self,
@@ -632,84 +921,160 @@ class Refresher:
         progress: Progress | None,
     ) -> RefreshReport:
         specs = [s for s in self.url_specs if names is None or s.name in names]
-        states = await asyncio.to_thread(lambda: {s.name: load_state(self.cache_dir, s) for s in specs})
-        now = self.clock()
-        results: dict[str, FetchResult] = {}
-        if specs:
-            sem = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
-            async with make_session(self.policy) as session:
-
-                async def one(spec: ListSpec) -> None:
-                    async with sem:
-                        if progress:
-                            progress(spec.name, "start", {"url": spec.url})
-                        try:
-                            res = await fetch(
-                                session, spec, states[spec.name], self.cache_dir, self.policy,
-                                progress=progress,
-                            )
-                        except Exception as exc:  # a bad URL, a bug: this source fails alone
-                            res = FetchResult("failed", error=f"{type(exc).__name__}: {exc}")
-                        results[spec.name] = res
-                        if progress:
-                            progress(spec.name, "fetched", {"status": res.status, "error": res.error})
-
-                await asyncio.gather(*(one(s) for s in specs))
-        candidates = [
-            {
-                "name": n,
-                "tmp": str(r.tmp),
-                "content_type": r.content_type,
-                "previous_total": states[n].entries_total
-                if feed_body_path(self.cache_dir, n).exists()
-                else None,
-            }
-            for n, r in results.items()
-            if r.status == "new"
-        ]
+        tasks = [self._start(spec, force=force, progress=progress) for spec in specs]
+        done = await asyncio.gather(*tasks) if tasks else []
         report = RefreshReport()
-        worker: dict[str, Any] = {"validations": {}}
-        if candidates or rebuild:
+        workers = [w for _, w in done if w is not None]
+        for outcome, _ in done:
+            report.outcomes[outcome.name] = outcome
+        if rebuild and not any(w.get("snapshot") for w in workers):
+            workers.append(await self._build(None, force=force, rebuild=True))
+        _merge_workers(report, workers)
+        self.last_report = report
+        return report
+
+    def _start(
+        self, spec: ListSpec, *, force: bool = False, progress: Progress | None = None
+    ) -> asyncio.Task[tuple[SourceOutcome, dict[str, Any] | None]]:
+        """The task fetching this source: the one in progress, or a new one."""
+        task = self._fetching.get(spec.name)
+        if task is not None:
+            return task
+        task = asyncio.get_running_loop().create_task(
+            self._source(spec, force=force, progress=progress), name=f"jectguard-fetch-{spec.name}"
+        )
+        self._fetching[spec.name] = task
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            if self._fetching.get(spec.name) is t:
+                del self._fetching[spec.name]
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                # A bug or a full disk: this source tries again later, the others go on.
+                log.warning(
+                    "jectguard: refresh of %s failed: %s: %s", spec.name, type(exc).__name__, exc
+                )
+                self.schedule[spec.name] = self.clock() + FAILURE_RETRY_SECONDS
+            if spec.name in self._again:
+                self._again.discard(spec.name)
+                self.schedule[spec.name] = 0.0
+            self._wake.set()
+
+        task.add_done_callback(finished)
+        return task
+
+    async def _source(
+        self, spec: ListSpec, *, force: bool, progress: Progress | None
+    ) -> tuple[SourceOutcome, dict[str, Any] | None]:
+        """Fetch one source within its deadline, have a new body validated and published, record."""
+        st = await asyncio.to_thread(load_state, self.cache_dir, spec)
+        rules = self.cfg.rules(spec.name)
+        allowed, why = fetch_allowed_at(st, rules, ignore_min_interval=force)
+        if allowed > self.clock():
+            self.schedule[spec.name] = allowed
+            detail = f"not fetched: next fetch allowed at {_clock_text(allowed)} ({why})"
+            if progress:
+                progress(spec.name, "deferred", {"detail": detail})
+            return SourceOutcome(spec.name, Outcome.DEFERRED, detail, st.entries_total), None
+        async with self._fetch_slots:
+            if progress:
+                progress(spec.name, "start", {"url": spec.url})
+            try:
+                res = await fetch(
+                    spec,
+                    st,
+                    self.cache_dir,
+                    self.policy,
+                    internal=rules.internal,
+                    progress=progress,
+                    clock=self.clock,
+                )
+            except Exception as exc:  # a bad URL, a bug: this source fails alone
+                res = FetchResult("failed", error=f"{type(exc).__name__}: {exc}")
+            if progress:
+                progress(spec.name, "fetched", {"status": res.status, "error": res.error})
+        worker: dict[str, Any] | None = None
+        try:
+            if res.status == "new":
+                previous = (
+                    st.entries_total if feed_body_path(self.cache_dir, spec.name).exists() else None
+                )
+                candidate = {
+                    "name": spec.name,
+                    "tmp": str(res.tmp),
+                    "content_type": res.content_type,
+                    "previous_total": previous,
+                }
+                worker = await self._build(candidate, force=force, rebuild=False)
+            validation = worker["validations"].get(spec.name) if worker else None
+            outcome = self._record(spec, st, res, validation, self.clock())
+            if res.status == "new" and worker and worker.get("error"):
+                outcome.detail = f"{outcome.detail}: {worker['error']}"
+            await asyncio.to_thread(save_state, self.cache_dir, st)
+        finally:
+            await asyncio.to_thread(discard, res.tmp)
+        if self.on_report:
+            one = RefreshReport(outcomes={spec.name: outcome})
+            _merge_workers(one, [worker] if worker else [])
+            self.on_report(one)
+        return outcome, worker
+
+    # -- rebuilds: one at a time, coalescing what arrives meanwhile ----------
+
+    async def _build(
+        self, candidate: dict[str, Any] | None, *, force: bool, rebuild: bool
+    ) -> dict[str, Any]:
+        """Validate a candidate body (or just rebuild) and publish; the worker's answer."""
+        loop = asyncio.get_running_loop()
+        req = _BuildRequest(candidate, force, rebuild, loop.create_future())
+        self._builds.append(req)
+        if self._builder is None or self._builder.done():
+            self._builder = loop.create_task(self._build_all(), name="jectguard-rebuild")
+        return await req.done
+
+    async def _build_all(self) -> None:
+        while self._builds:
+            force = self._builds[0].force
+            batch = [r for r in self._builds if r.force == force and not r.done.done()]
+            self._builds = [r for r in self._builds if r.force != force and not r.done.done()]
+            if not batch:
+                continue
+            candidates = [r.candidate for r in batch if r.candidate is not None]
             job = {
                 "cache_dir": str(self.cache_dir),
                 "specs": [spec_to_dict(s) for s in self.specs],
                 "candidates": candidates,
                 "canaries": self.canaries,
                 "force": force,
-                "rebuild": rebuild,
+                "rebuild": any(r.rebuild for r in batch),
             }
             try:
                 worker = await run_rebuild(job, isolate=self.isolate)
-            except RefreshError as exc:
-                report.not_published = str(exc)
-                log.warning("jectguard: %s; keeping the snapshot in force", exc)
-            finally:
-                for c in candidates:
-                    discard(Path(c["tmp"]))
-        now = self.clock()
-        for spec in specs:
-            report.outcomes[spec.name] = self._record(
-                spec, states[spec.name], results[spec.name], worker["validations"].get(spec.name), now
-            )
-        await asyncio.to_thread(lambda: [save_state(self.cache_dir, st) for st in states.values()])
-        report.snapshot = worker.get("snapshot")
-        report.rules = worker.get("rules")
-        report.refused = worker.get("refused", 0)
-        report.compile_seconds = worker.get("seconds")
-        report.load_errors = worker.get("load_errors", {})
-        report.not_published = report.not_published or worker.get("not_published")
-        report.repaired = worker.get("repaired")
-        report.publish_error = worker.get("publish_error")
-        for name, err in report.load_errors.items():
-            log.warning("jectguard: list %s not loaded: %s", name, err)
-        if report.not_published:
-            log.warning("jectguard: %s", report.not_published)
-        if report.snapshot:
-            await self.follower.sync()
-        self.last_report = report
-        if self.on_report:
-            self.on_report(report)
-        return report
+            except asyncio.CancelledError:
+                # Nobody may go on waiting for a rebuild that will not come.
+                for r in [*batch, *self._builds]:
+                    r.done.cancel()
+                self._builds = []
+                raise
+            except Exception as exc:  # the worker died or a bug: these bodies are not taken
+                detail = (
+                    str(exc) if isinstance(exc, RefreshError) else f"{type(exc).__name__}: {exc}"
+                )
+                log.warning("jectguard: %s; keeping the snapshot in force", detail)
+                worker = {"validations": {}, "error": detail, "not_published": detail}
+            self._build_seq += 1
+            worker["seq"] = self._build_seq
+            if worker.get("snapshot"):
+                try:
+                    await self.follower.sync()
+                except Exception as exc:  # the snapshot is published; the next poll swaps to it
+                    log.warning("jectguard: not switched to the new snapshot yet: %s", exc)
+            for name, err in worker.get("load_errors", {}).items():
+                log.warning("jectguard: list %s not loaded: %s", name, err)
+            if worker.get("not_published") and not worker.get("error"):
+                log.warning("jectguard: %s", worker["not_published"])
+            for r in batch:
+                if not r.done.done():
+                    r.done.set_result(worker)
 
     def _record(
         self,
@@ -739,6 +1104,7 @@ class Refresher:
         elif v["accepted"]:
             st.last_success = now
             st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
+            st.body_sha256 = res.sha256  # the validators above describe this body only
             st.entries, st.entries_total = v["entries"], sum(v["entries"].values())
             st.rejected, st.refused = v["rejected"], v["refused"]
             st.held_back, st.last_error, st.failures = None, None, 0
@@ -756,9 +1122,18 @@ class Refresher:
             log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v["reason"])
         if res.retry_after is None and ok:
             st.not_before = None
-        st.next_run = next_run(spec, st, now, ok=ok)
+        st.permanent_error = res.status == "failed" and res.permanent
+        st.next_run = self._next_run(spec, st, now, ok=ok)
         self.schedule[spec.name] = st.next_run
         return out
+
+    def _next_run(self, spec: ListSpec, st: SourceState, now: float, *, ok: bool) -> float:
+        """Its next turn: a permanent failure waits the normal interval, and never under
+        the source's minimum interval."""
+        rules = self.cfg.rules(spec.name)
+        return next_run(
+            spec, st, now, ok=ok, permanent=st.permanent_error, min_interval=rules.min_interval
+        )
 
     # -- forever -------------------------------------------------------------
 
@@ -790,7 +1165,7 @@ class Refresher:
 
     async def run(self) -> None:
         """Refresh every URL source on its schedule, forever (cancel to stop)."""
-        await asyncio.to_thread(clean_partials, self.cache_dir)
+        await asyncio.to_thread(tidy_feed_dir, self.cache_dir)
         states = await asyncio.to_thread(
             lambda: {s.name: load_state(self.cache_dir, s) for s in self.url_specs}
         )
@@ -808,51 +1183,108 @@ class Refresher:
                 when = max(when, st.not_before)
             self.schedule[spec.name] = when
         await self.follower.start()
-        while True:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not end refreshing for the process lifetime
-                log.warning("jectguard: refresh cycle failed: %s: %s", type(exc).__name__, exc)
-            wake = min(self.schedule.values(), default=self.clock() + self.poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), max(0.05, min(wake - self.clock(), self.poll))
-                )
-            self._wake.clear()
+        try:
+            while True:
+                try:
+                    await self._tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug must not end refreshing for the process lifetime
+                    log.warning("jectguard: refresh cycle failed: %s: %s", type(exc).__name__, exc)
+                waiting = [t for n, t in self.schedule.items() if n not in self._fetching]
+                wake = min(waiting, default=self.clock() + self.poll)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), max(0.05, min(wake - self.clock(), self.poll))
+                    )
+                self._wake.clear()
+        finally:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        """Cancel fetches and the rebuild (its worker is killed); each cleans up after itself."""
+        tasks: list[asyncio.Task[Any]] = [*self._fetching.values()]
+        tasks += [t for t in (self._builder, self._stale_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def trigger(self) -> bool:
-        """Start a refresh of every source now (the admin API); False if one is running."""
-        if self._lock.locked():
-            return False
+        """Make every source due now (the admin API). Never "busy": a source being fetched
+        carries on, one whose minimum interval or Retry-After has not passed is fetched
+        when it has (its status says when)."""
         self.refresh_soon()
         return True
 
     def status(self) -> dict[str, Any]:
         """What is in force and per-source status, JSON-ready (reads small files)."""
-        return status_document(self.cfg, self.cache_dir, self.last_report)
+        doc = status_document(self.cfg, self.cache_dir, self.last_report)
+        for src in doc["sources"]:
+            if src.get("refresh_seconds") is not None:
+                src["fetching"] = src["name"] in self._fetching
+                src["scheduled"] = self.schedule.get(src["name"])
+        return doc
 
     def refresh_soon(self, *names: str) -> None:
         """Make these sources (default: all) due now and wake the loop."""
         for name in names or list(self.schedule):
             self.schedule[name] = 0.0
+            if name in self._fetching:
+                self._again.add(name)
         self._wake.set()
 
     async def _tick(self) -> None:
         now = self.clock()
-        due = [n for n, t in self.schedule.items() if t <= now]
-        if due:
-            await self.refresh(due)
-            return
-        if now >= self._rebuild_not_before and await asyncio.to_thread(self.snapshot_stale):
-            async with self._lock:
-                report = await self._refresh([], force=False, rebuild=True, progress=None)
-            if not report.snapshot:
-                # Do not rebuild every poll while a list stays broken.
-                self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
+        by_name = {s.name: s for s in self.url_specs}
+        for name, t in list(self.schedule.items()):
+            if t <= now and name not in self._fetching and name in by_name:
+                # Far off until its outcome reschedules it (a deferral sets its own time).
+                self.schedule[name] = now + self.poll + 3600
+                self._start(by_name[name])
+        idle = (self._builder is None or self._builder.done()) and not self._builds
+        stale_running = self._stale_task is not None and not self._stale_task.done()
+        may_rebuild = idle and not stale_running and now >= self._rebuild_not_before
+        if may_rebuild and await asyncio.to_thread(self.snapshot_stale):
+            self._stale_task = asyncio.get_running_loop().create_task(
+                self._rebuild_stale(now), name="jectguard-stale-rebuild"
+            )
             return
         await self.follower.sync()
+
+    async def _rebuild_stale(self, now: float) -> None:
+        worker = await self._build(None, force=False, rebuild=True)
+        if not worker.get("snapshot"):
+            # Do not rebuild every poll while a list stays broken.
+            self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
+        report = RefreshReport()
+        _merge_workers(report, [worker])
+        if report.not_published or report.repaired:
+            self.last_report = report  # what status shows of the last refresh
+        if self.on_report and (
+            worker.get("not_published") or worker.get("load_errors") or worker.get("repaired")
+        ):
+            self.on_report(report)
+
+
+def _merge_workers(report: RefreshReport, workers: Sequence[dict[str, Any]]) -> None:
+    """What the rebuilds a refresh took part in did: the latest snapshot, the latest trouble."""
+    ordered = sorted(workers, key=lambda w: w.get("seq", 0))
+    published = [w for w in ordered if w.get("snapshot")]
+    if published:
+        last = published[-1]
+        report.snapshot = last["snapshot"]
+        report.rules = last.get("rules")
+        report.refused = last.get("refused", 0)
+        report.compile_seconds = last.get("seconds")
+    if ordered:
+        report.load_errors = ordered[-1].get("load_errors", {})
+        problems = [w["not_published"] for w in ordered if w.get("not_published")]
+        if problems and (not published or ordered[-1].get("not_published")):
+            report.not_published = problems[-1]
+        report.repaired = next((w["repaired"] for w in published if w.get("repaired")), None)
+        errors = [w["publish_error"] for w in ordered if w.get("publish_error")]
+        if errors and report.not_published in errors:
+            report.publish_error = report.not_published
 
 
 def release_holds(cache_dir: Path, names: Sequence[str] | None) -> list[Hold]:
@@ -927,11 +1359,19 @@ def source_status(
             "hold": {"reason": hold.reason, "since": hold.since} if hold is not None else None,
         }
         if spec.url:
-            st = dataclasses.asdict(load_state(cache_dir, spec))
+            state = load_state(cache_dir, spec)
+            rules = cfg.rules(spec.name)
+            st = dataclasses.asdict(state)
             st.pop("name", None)
             st.pop("url", None)
             doc.update(st)
             doc["cached"] = feed_body_path(cache_dir, spec.name).exists()
+            doc["min_interval_seconds"] = rules.min_interval
+            doc["internal"] = rules.internal
+            allowed, why = fetch_allowed_at(state, rules)
+            later = allowed > time.time()
+            doc["next_fetch_allowed"] = allowed if later else None  # None: any time
+            doc["next_fetch_allowed_why"] = why if later else None
         doc["health"] = source_health(doc)
         out.append(doc)
     return out

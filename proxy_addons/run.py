@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
                    help="only these client networks may use the proxy (repeatable); "
                         "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--allow-destination", action="append", default=[], metavar="CIDR",
+                   help="let clients reach this network although it is loopback, unspecified, "
+                        "link-local, cloud metadata or this host's own (repeatable)")
+    p.add_argument("--connect-ports", action="append", default=[], metavar="SPEC",
+                   help="ports CONNECT may tunnel to, e.g. 443,8443 or 1-65535 "
+                        "(repeatable; default 443)")
     p.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
                    help="address of the admin API and dashboard (default 127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=8090, metavar="PORT",
@@ -68,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sources); watch: follow snapshots another process publishes "
                         "(scale-out replicas); off: keep the lists as started (default with "
                         "--blocklist/--allowlist files)")
+    p.add_argument("--dns-port", type=int, default=None, metavar="PORT",
+                   help="also answer DNS (UDP and TCP) on this port of --listen-host, from the "
+                        "same lists (off by default; 53 for a home network)")
+    p.add_argument("--dns-only", action="store_true",
+                   help="serve only DNS (needs --dns-port), no HTTP proxy")
     p.add_argument("--set", action="append", default=[], dest="setoptions",
                    metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
 
@@ -233,7 +244,13 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
     opts.update(flow_detail=0)
     addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
+    # DNS mode: jectguard answers a blocked name before mitmproxy's resolver asks upstream.
+    resolver = master.addons.get("dnsresolver")
+    if resolver is not None:
+        master.addons.remove(resolver)
     master.addons.add(Jectguard(addons))
+    if resolver is not None:
+        master.addons.add(resolver)
     try:
         opts.update(
             listen_host=args.listen_host,
@@ -243,6 +260,8 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_intercept=not args.no_intercept,
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
+            jg_allow_destination=list(args.allow_destination),
+            jg_connect_ports=list(args.connect_ports) or ["443"],
             jg_admin_host=args.admin_host,
             jg_admin_port=args.admin_port,
             jg_admin_token_file=args.admin_token_file,
@@ -252,6 +271,13 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_sources=str(args.sources or ""),
             jg_cache_dir=str(cache_dir),
         )
+        if args.dns_only and args.dns_port is None:
+            return _fail("--dns-only needs --dns-port PORT")
+        if args.dns_port is not None:
+            if not 0 < args.dns_port < 65536:
+                return _fail(f"--dns-port: {args.dns_port} is not a port (1-65535)")
+            dns_mode = f"dns@{args.dns_port}"
+            opts.update(mode=[dns_mode] if args.dns_only else [*opts.mode, dns_mode])
         if args.no_intercept:
             # mitmproxy's own passthrough; our next_layer hook still checks each SNI.
             opts.update(ignore_hosts=[".*"])

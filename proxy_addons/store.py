@@ -31,8 +31,10 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -46,7 +48,14 @@ import xxhash
 
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError, SnapshotError
-from .core.index import CompiledIndex, CompileStats, SnapshotImage, compile_index
+from .core.index import (
+    CompiledIndex,
+    CompileStats,
+    SnapshotImage,
+    check_published,
+    compile_index,
+    write_snapshot,
+)
 from .core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 from .inforce import Hold, InForce
 from .loading import (
@@ -57,6 +66,8 @@ from .loading import (
     feed_body_path,
     parse_spec,
 )
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR: Final = "snapshots"
 POINTER: Final = "current"
@@ -72,6 +83,9 @@ STALE_TEMP_SECONDS: Final = 3600
 POINTER_VERSION: Final = 1
 # Snapshots and pointer are readable by proxy processes running as other users.
 FILE_MODE: Final = 0o644
+# A private copy made this long ago may go (a process that maps it keeps its pages;
+# one that loads it again makes it again).
+COPY_PRUNE_SECONDS: Final = 600
 
 
 class NoSnapshot(SnapshotError):
@@ -527,13 +541,40 @@ class SnapshotStore:
         return [] if pos is None else snaps[pos + 1 :]
 
     def load_current(self) -> CompiledIndex:
-        """Map the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign."""
+        """Load the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign.
+
+        What is served is a verified private copy (:func:`snapshot_copy_dir`),
+        never the shared file itself.
+        """
         path = self.current_path()
         if path is None:
             raise NoSnapshot(f"{self.dir}: no snapshot published yet")
         if not path.exists():
             raise NoSnapshot(f"{path}: current snapshot is missing")
-        return CompiledIndex.load(path)
+        copies = snapshot_copy_dir()
+        index = CompiledIndex.load(path, copy_dir=copies)
+        if copies is not None and index.origin is not None and index.origin.residence:
+            prune_copies(copies, keep=index.origin.residence)
+        return index
+
+    def restore(self, index: CompiledIndex) -> bool:
+        """Write ``index``'s verified bytes back over its published file if that is damaged.
+
+        Only while the pointer still names it; atomic (temp file, rename), never
+        in place. True when the file was rewritten.
+        """
+        origin = index.origin
+        if origin is None or origin.path.parent != self.dir:
+            return False
+        with self.locked():
+            if self.current_path() != origin.path:
+                return False
+            checked = check_published(origin, None, full=True)
+            if checked is None or checked[1] is None:
+                return False
+            write_snapshot(origin.path, [index.image()])
+            origin.path.chmod(FILE_MODE)
+        return True
 
     def load_exceptions(self, snapshot: Path) -> list[tuple[ListSpec, ParsedList]]:
         """The ``@@`` exception rules published with ``snapshot`` (usually none)."""
@@ -566,6 +607,49 @@ class SnapshotStore:
                 out.append(SnapshotInfo(p, parts[1], parts[2], p.stat().st_size, p == current))
         out.sort(key=lambda s: s.name, reverse=True)
         return out
+
+
+def snapshot_copy_dir() -> Path | None:
+    """A local folder only this user writes, for verified private copies of snapshots.
+
+    ``$JECTGUARD_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/jectguard``, else
+    ``<tmp>/jectguard-<uid>``, plus ``/snapshots``. None when it cannot be made
+    or is not ours alone (someone else could change a copy under us): snapshots
+    are then read into process memory instead.
+    """
+    base = os.environ.get("JECTGUARD_RUNTIME_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        base = (
+            os.path.join(xdg, "jectguard")
+            if xdg
+            else os.path.join(tempfile.gettempdir(), f"jectguard-{os.getuid()}")
+        )
+    uid = os.getuid()
+    path = Path(base)
+    for d in (path, path / SNAPSHOT_DIR):
+        try:
+            d.mkdir(mode=0o700, exist_ok=True)
+            st = d.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+            return None
+    return path / SNAPSHOT_DIR
+
+
+def prune_copies(copy_dir: Path, *, keep: Path, older_than: float = COPY_PRUNE_SECONDS) -> None:
+    """Remove private copies (and leftover temp files) other than ``keep`` not touched lately.
+
+    A process still mapping a removed copy keeps its pages (unlink, not truncate).
+    """
+    now = time.time()
+    for p in [*copy_dir.glob("*.jgs"), *copy_dir.glob(".copy-*.tmp")]:
+        if p == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if now - p.lstat().st_mtime > older_than:
+                p.unlink()
 
 
 def _allow_path(snapshot: Path) -> Path:
@@ -680,27 +764,90 @@ def load_engine(
         raise NoSnapshot(f"{store.dir}: no snapshot published yet")
     if require_fingerprint and pointer.get("fingerprint") != sources_fingerprint(specs):
         raise SnapshotError("current snapshot was built from other sources")
-    block = store.load_current()
+    return _with_allow(store, store.load_current(), specs, cache_dir), pointer
+
+
+def _with_allow(
+    store: SnapshotStore, block: CompiledIndex, specs: Sequence[ListSpec], cache_dir: Path
+) -> Engine:
+    """The engine of ``block`` and the allow lists (plus its ``@@`` exceptions) compiled now."""
     try:
         exceptions = store.load_exceptions(block.path) if block.path else []
         allow, _ = compile_allow(specs, cache_dir, exceptions)
     except JectguardError:
         block.close()
         raise
-    return Engine(block, allow), pointer
+    return Engine(block, allow)
+
+
+def load_previous_engine(
+    specs: Sequence[ListSpec], cache_dir: Path
+) -> tuple[Engine, dict[str, Any]] | None:
+    """The snapshot published just before the pointer's, if built from ``specs`` and intact.
+
+    Never a newer one (after a rollback, the newer one is what was rolled back
+    from). After a rollback *and* a later publish, the one just before may be
+    the one rolled back from: the store keeps no record of that. Returns the
+    engine and what was recorded when it was published (``snapshot`` set to
+    its name), or None.
+    """
+    store = SnapshotStore(cache_dir)
+    pointer = store.read_pointer()
+    if pointer is None:
+        return None
+    named = Path(pointer["snapshot"]).name
+    older = [s for s in store.list_snapshots() if s.name < named]
+    if not older:
+        return None
+    snap = older[0]
+    info = store.snapshot_info(snap.path)
+    if info.get("fingerprint") != sources_fingerprint(specs):
+        return None
+    try:
+        block = CompiledIndex.load(snap.path, copy_dir=snapshot_copy_dir())
+        engine = _with_allow(store, block, specs, cache_dir)
+    except JectguardError:
+        return None
+    return engine, {**info, "snapshot": snap.path.name}
+
+
+def _all_lists_at_hand(specs: Sequence[ListSpec], cache_dir: Path) -> bool:
+    """Can every enabled block list be compiled here (its file, or its cached feed body)?"""
+    return all(v is not None for v in list_inputs(specs, cache_dir).values())
 
 
 def startup_engine(specs: Sequence[ListSpec], cache_dir: Path) -> tuple[Engine, LoadReport]:
     """The engine a proxy starts with, at once and offline.
 
-    The current snapshot when it was built from these sources (a map and a
+    The current snapshot when it was built from these sources (a copy and a
     checksum: well under a second for a million rules); otherwise the lists
-    compiled in memory from local files and cached feed bodies.
+    compiled in memory from local files and cached feed bodies, or, when some
+    are not at hand here, the previous snapshot of these sources (the follower
+    keeps trying the current one).
     """
     try:
         engine, pointer = load_engine(specs, cache_dir, require_fingerprint=True)
-    except SnapshotError:
-        return build_engine(specs, cache_dir=cache_dir)
+    except SnapshotError as exc:
+        # The pointer's snapshot of these sources does not load (late, damaged,
+        # gone). Compiling the lists is as good when all of them are here; a
+        # replica often has no feed bodies, and the local lists alone would
+        # protect next to nothing: then the previous snapshot serves.
+        doc = SnapshotStore(cache_dir).read_pointer()
+        previous = None
+        if (
+            doc is not None
+            and doc.get("fingerprint") == sources_fingerprint(specs)
+            and not _all_lists_at_hand(specs, cache_dir)
+        ):
+            previous = load_previous_engine(specs, cache_dir)
+        if previous is None:
+            return build_engine(specs, cache_dir=cache_dir)
+        engine, pointer = previous
+        log.warning(
+            "jectguard: the current snapshot does not load (%s); starting on the previous "
+            "verified one, %s, until it does",
+            exc, pointer["snapshot"],
+        )
     report = LoadReport()
     try:
         record = InForce.from_json(pointer)

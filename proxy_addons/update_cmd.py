@@ -1,8 +1,10 @@
 """``jectguard update``: refresh every URL source now and publish a snapshot.
 
-Exit codes: 0 every source updated or unchanged; 1 a source failed or was held
-back (its last good data stays in force); 2 bad input (sources file, names) or a
-cache that cannot be written (disk full, read-only): a message, never a traceback.
+Exit codes: 0 every source updated, unchanged, or deferred (its minimum interval
+or a server's Retry-After has not passed: the output says when it may be
+fetched); 1 a source failed or was held back (its last good data stays in
+force); 2 bad input (sources file, names) or a cache that cannot be written
+(disk full, read-only): a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ STATUS_LABELS = {
     "unchanged": "unchanged",
     "held_back": "HELD BACK",
     "failed": "FAILED",
+    "deferred": "deferred",
 }
 
 
@@ -33,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true",
         help="accept lists the size guard holds back (a feed that suddenly lost more than half "
-             "its distinct entries, became empty, or grew to more than 4 times its usual size); "
-             "the other checks still apply",
+             "its distinct entries, became empty, or grew to more than 4 times its usual size) "
+             "and fetch even within a source's min_interval; the other checks still apply, and "
+             "a server's Retry-After is always honoured",
     )
     p.add_argument(
         "--source", action="append", default=[], metavar="NAME",
@@ -58,6 +62,8 @@ class ProgressView:
             self.lines[name] = "connecting"
         elif event == "bytes":
             self.lines[name] = _bar(info["bytes"], info.get("total"))
+        elif event == "deferred":
+            self.lines[name] = info["detail"]
         elif event == "retry":
             self.lines[name] = f"retrying in {info['delay']:.0f}s: {info['error']}"
         elif event == "fetched":
@@ -68,7 +74,7 @@ class ProgressView:
             }.get(status, f"failed: {info.get('error')}")
         if self.tty:
             self.draw()
-        elif event in ("fetched", "retry"):
+        elif event in ("fetched", "retry", "deferred"):
             print(f"{name:<{self.width}}  {self.lines[name]}", file=self.out, flush=True)
 
     def draw(self) -> None:
@@ -100,6 +106,7 @@ def _size(n: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .feeds import tidy_feed_dir
     from .refresher import Refresher
     from .store import StoreWriteError
 
@@ -117,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
               f"(known: {', '.join(names) or 'none'})", file=sys.stderr)
         return EXIT_INPUT
     chosen = args.source or names
+    tidy_feed_dir(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
     try:
         report = asyncio.run(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
+from proxy_addons import feeds
 from proxy_addons.core.model import ListSpec
 from proxy_addons.feeds import (
     USER_AGENT,
@@ -20,7 +20,6 @@ from proxy_addons.feeds import (
     commit_body,
     fetch,
     load_state,
-    make_session,
     parse_retry_after,
     save_state,
     state_path,
@@ -41,9 +40,17 @@ def server() -> Iterator[FeedServer]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(FAST) as s:
-        yield s
+def session() -> None:
+    """Each fetch makes its own session now (its resolver depends on the feed's URL)."""
+    return None
+
+
+@pytest.fixture(autouse=True)
+def release_temp_bodies() -> Iterator[None]:
+    """Fetched bodies a test neither commits nor discards are released after it."""
+    yield
+    for tmp in list(feeds._HELD):
+        feeds.discard(tmp)
 
 
 class Sleeps:
@@ -62,7 +69,7 @@ async def _get(server, session, tmp_path, name, state=None, policy=FAST, sleep=N
     spec = _spec(server, name)
     state = state or SourceState(name)
     kw = {"sleep": sleep} if sleep is not None else {}
-    return await fetch(session, spec, state, tmp_path, policy, **kw)
+    return await fetch(spec, state, tmp_path, policy, **kw)
 
 
 async def test_fetch_then_304(server: FeedServer, session, tmp_path: Path) -> None:
@@ -73,7 +80,7 @@ async def test_fetch_then_304(server: FeedServer, session, tmp_path: Path) -> No
     assert server.hits_for("cond")[-1].headers["User-Agent"] == USER_AGENT
     commit_body(tmp_path, "cond", r.tmp)
     assert feed_body_path(tmp_path, "cond").read_bytes() == BODY
-    state = SourceState("cond", etag=r.etag, last_modified=r.last_modified)
+    state = SourceState("cond", etag=r.etag, last_modified=r.last_modified, body_sha256=r.sha256)
     r2 = await _get(server, session, tmp_path, "cond", state)
     assert r2.status == "not_modified" and r2.tmp is None
     sent = server.hits_for("cond")[-1].headers
@@ -175,8 +182,7 @@ async def test_session_ignores_proxy_environment(
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "")
     server.feed("direct", BODY)
-    async with make_session(FAST) as s:
-        r = await _get(server, s, tmp_path, "direct")
+    r = await _get(server, None, tmp_path, "direct")
     assert r.status == "new"
 
 

@@ -19,7 +19,10 @@ from proxy_addons.store import (
     SnapshotStore,
     list_inputs,
     load_engine,
+    prune_copies,
+    snapshot_copy_dir,
     sources_fingerprint,
+    startup_engine,
 )
 
 
@@ -240,3 +243,134 @@ def test_a_hostile_record_cannot_reach_outside_the_store(tmp_path: Path) -> None
     assert outside.read_text() == "keep me"
     store.pointer_path.write_text('{"snapshot": "x.jgs", "lists": [1, 2]}')
     assert store.read_record() is None and store.release(None) == []
+
+
+# -- loading: a private copy, never the shared file -----------------------------
+
+
+def test_load_current_serves_a_private_copy_in_a_folder_of_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JECTGUARD_RUNTIME_DIR", str(tmp_path / "run"))
+    store = SnapshotStore(tmp_path / "cache")
+    path = store.publish(_image("evil.example"))
+    idx = store.load_current()
+    assert idx.origin is not None and idx.origin.path == path
+    copy = idx.origin.residence
+    assert copy is not None and copy.parent == tmp_path / "run" / "snapshots"
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o700
+    path.write_bytes(b"")  # the shared file is emptied: what is served does not change
+    assert idx.rule_count == 1 and idx.match_host("evil.example") is not None
+    idx.close()
+
+
+@pytest.mark.parametrize("bad", ["group-writable", "symlink", "file"])
+def test_a_copy_folder_others_could_change_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    run = tmp_path / "run"
+    if bad == "group-writable":
+        run.mkdir()
+        run.chmod(0o775)
+    elif bad == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        run.symlink_to(tmp_path / "elsewhere")
+    else:
+        run.write_text("")
+    monkeypatch.setenv("JECTGUARD_RUNTIME_DIR", str(run))
+    assert snapshot_copy_dir() is None
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("evil.example"))
+    idx = store.load_current()  # read into memory instead
+    assert idx.origin is not None and idx.origin.residence is None
+    assert idx.match_host("evil.example") is not None
+    idx.close()
+
+
+def test_old_copies_are_pruned_but_not_the_one_in_use(tmp_path: Path) -> None:
+    keep, old, fresh = (tmp_path / f"{n}.jgs" for n in ("keep", "old", "fresh"))
+    for p in (keep, old, fresh):
+        p.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    os.utime(keep, (1, 1))
+    prune_copies(tmp_path, keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.jgs", "keep.jgs"]
+
+
+def test_restore_rewrites_only_a_damaged_current_file(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    path = store.publish(_image("evil.example"))
+    good = path.read_bytes()
+    idx = store.load_current()
+    assert not store.restore(idx)  # intact: nothing to do
+    inode = path.stat().st_ino
+    os.truncate(path, HEADER_SIZE)
+    assert store.restore(idx)
+    assert path.read_bytes() == good and path.stat().st_ino != inode  # a new file, renamed in
+    newer = store.publish(_image("evil.example", "other.example"))
+    os.truncate(path, 0)
+    assert not store.restore(idx)  # no longer current: not ours to rewrite
+    assert store.current_path() == newer
+    idx.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "missing"])
+def test_a_start_while_the_current_snapshot_does_not_load_uses_the_previous_one(
+    tmp_path: Path, damage: str
+) -> None:
+    """Not the local lists alone: a replica's cache may hold no feed bodies at all."""
+    spec = ListSpec("feed", url="https://feeds.example/feed.txt", format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"feed": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="feed"), info=info)
+    current = store.publish(_image("new.example", name="feed"), info=info)
+    if damage == "truncate":
+        os.truncate(current, HEADER_SIZE)
+    elif damage == "zero":
+        current.write_bytes(bytes(current.stat().st_size))
+    else:
+        current.unlink()
+    engine, report = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://old.example/").blocked
+    assert report.lists[0].loaded and report.lists[0].rules == 1
+    engine.close()
+
+
+def test_a_start_never_falls_forward_to_what_was_rolled_back_from(tmp_path: Path) -> None:
+    spec = ListSpec("feed", url="https://feeds.example/feed.txt", format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"feed": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    first = store.publish(_image("old.example", name="feed"), info=info)
+    store.publish(_image("bad.example", name="feed"), info=info)
+    assert store.rollback().target == first
+    os.truncate(first, 0)
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert not engine.check_url("http://bad.example/").blocked
+    engine.close()
+
+
+def test_a_start_with_every_list_at_hand_compiles_them(tmp_path: Path) -> None:
+    local = tmp_path / "local.txt"
+    local.write_text("local.example\n")
+    spec = ListSpec("local", path=str(local), format="domains")
+    info = {"fingerprint": sources_fingerprint([spec]), "lists": {"local": 1}}
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="local"), info=info)
+    current = store.publish(_image("local.example", name="local"), info=info)
+    os.truncate(current, 0)
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://local.example/").blocked
+    assert not engine.check_url("http://old.example/").blocked
+    engine.close()
+
+
+def test_a_start_after_the_sources_changed_compiles_the_lists(tmp_path: Path) -> None:
+    local = tmp_path / "local.txt"
+    local.write_text("local.example\n")
+    spec = ListSpec("local", path=str(local), format="domains")
+    store = SnapshotStore(tmp_path / "cache")
+    store.publish(_image("old.example", name="local"), info={"fingerprint": "other sources"})
+    engine, _ = startup_engine([spec], tmp_path / "cache")
+    assert engine.check_url("http://local.example/").blocked
+    assert not engine.check_url("http://old.example/").blocked
+    engine.close()

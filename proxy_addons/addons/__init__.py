@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
+from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
 from .observe import Observe
@@ -31,12 +32,18 @@ def make_addons(
     from ..events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
-    refresh = Refresh(holder, on_report=lambda rep: report_refresh_outcomes(events, metrics, rep))
+    refresh = Refresh(
+        holder,
+        on_report=lambda rep: report_refresh_outcomes(events, metrics, rep),
+        on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
+    )
+    metrics.set_health_provider(lambda: holder.health)
     return [
         ClientAllowList(),
         Blocking(holder),
         Strip(holder),
         refresh,
+        DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
         AdminServer(
             holder,
@@ -70,6 +77,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",

@@ -179,6 +179,7 @@ class AdminServer:
         state = AdminState(
             token=self.token.token,
             engine=lambda: self.holder.engine,
+            snapshot_health=lambda: self.holder.health,
             events=self.events,
             metrics=self.metrics,
             proxy_address=self._proxy_address,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proxy_addons.core.engine import Engine
+from proxy_addons.snapshot_health import IN_SYNC, SnapshotHealth
 
 
 class EngineHolder:
@@ -13,10 +14,16 @@ class EngineHolder:
     reads it only from the event loop.
     """
 
-    __slots__ = ("engine",)
+    __slots__ = ("engine", "health")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # How the engine's snapshot relates to the store (the follower sets it): one
+        # record that /readyz, /api/status and /metrics all read.
+        self.health: SnapshotHealth = IN_SYNC
+
+    def set_health(self, health: SnapshotHealth) -> None:
+        self.health = health
 
     def swap(self, new: Engine) -> Engine:
         """Put ``new`` in force and return the engine it replaced (close it when done)."""

@@ -28,6 +28,7 @@ from proxy_addons.config import SourcesConfig, load_sources
 from proxy_addons.core.errors import SourceConfigError
 from proxy_addons.loading import default_cache_dir
 from proxy_addons.refresher import Refresher, RefreshReport, watch_snapshot
+from proxy_addons.snapshot_health import SnapshotEvent
 
 from .holder import EngineHolder
 
@@ -45,9 +46,11 @@ class Refresh:
         self,
         holder: EngineHolder,
         on_report: Callable[[RefreshReport], None] | None = None,
+        on_snapshot_event: Callable[[SnapshotEvent], None] | None = None,
     ) -> None:
         self.holder = holder
         self.on_report = on_report
+        self.on_snapshot_event = on_snapshot_event
         self.task: asyncio.Task[None] | None = None
         self.refresher: Refresher | None = None
         self._settings: tuple[str, SourcesConfig, Path] | None = None
@@ -104,9 +107,16 @@ class Refresh:
             refresher = self.refresher = Refresher(
                 cfg, cache, slot=self.holder, on_report=self.on_report
             )
+            # The refresher owns the store: it may write a damaged snapshot back.
+            follower = refresher.follower
+            follower.repair = True
+            follower.on_health, follower.on_event = self.holder.set_health, self.on_snapshot_event
             work = refresher.run
         elif role == "watch":
-            work = functools.partial(watch_snapshot, cache, cfg.sources, self.holder)
+            work = functools.partial(
+                watch_snapshot, cache, cfg.sources, self.holder,
+                on_health=self.holder.set_health, on_event=self.on_snapshot_event,
+            )
         else:
             return
         log.info("jectguard: %s role, cache %s", role, cache)
@@ -133,7 +143,8 @@ class Refresh:
         return task
 
     def trigger(self) -> bool | None:
-        """For the admin API: None when this process does not refresh, False if busy."""
+        """For the admin API: None when this process does not refresh; else True (never
+        busy: feeds are fetched independently, see Refresher.trigger)."""
         return None if self.refresher is None else self.refresher.trigger()
 
     def status(self) -> dict[str, Any] | None:

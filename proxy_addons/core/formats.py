@@ -47,6 +47,29 @@ Formats (``fmt``):
     one DOMAIN rule per domain. ``server=/a/1.2.3.4`` forwards rather than
     blocks, ``address=/a/192.0.2.1`` redirects: both are rejected.
 
+``mixed``
+    A hand-written local list: each line is taken for what it is, a domain
+    (``*.d``, ``=host``), an IP, a network, a URL, a hosts-file line, an
+    adblock or dnsmasq rule, each parsed as its own format would. Detected
+    when a list's lines vote for more than one of these shapes.
+``rpz``
+    DNS Response Policy Zone files (URLhaus, CERT Polska, corporate DNS
+    firewalls): ``name [ttl] [class] CNAME .`` (NXDOMAIN), ``CNAME *.``
+    (NODATA), ``rpz-drop.``, a walled-garden CNAME or local ``A``/``AAAA``
+    data all block; ``rpz-passthru.`` is an exception. Owner names are
+    relative to ``$ORIGIN`` (absolute ones must end in it, which is removed);
+    ``name`` is an EXACT rule, ``*.name`` a DOMAIN rule; ``rpz-ip`` triggers
+    (``32.4.3.2.1.rpz-ip``, ``48.zz.db8.2001.rpz-ip``) become IP/CIDR rules;
+    NS and client triggers, SOA/NS records and other directives are skipped.
+
+Whole files: a file is refused as binary only when it is mostly not text
+(NUL or control characters on most lines, or in more than MAX_BINARY_RATIO of
+its first BINARY_SNIFF_BYTES); otherwise each line holding a NUL or control
+character is rejected ("control characters") and the rest is kept, as
+Pi-hole and AdGuard Home do. Spamhaus' JSON-lines DROP ends in a metadata
+line giving its record count: a file whose count does not match is refused
+(it was cut or padded in transit).
+
 Decoding: UTF-8 (a BOM is dropped; a UTF-16 BOM is honoured). Bytes that are
 not UTF-8 become U+FFFD, so a stray byte spoils only its own line, which is
 rejected as "invalid encoding"; we never guess latin-1, which would silently
@@ -97,6 +120,8 @@ FORMATS: tuple[str, ...] = (
     "ips",
     "cidr",
     "dnsmasq",
+    "mixed",
+    "rpz",
 )
 
 # Enough to show a person what went wrong; the counts cover the rest.
@@ -109,10 +134,14 @@ DETECT_SAMPLE_CHARS: Final = 256 * 1024
 MAX_REJECTED_RATIO: Final = 0.5
 # ...but only from this many entries on: a handful of lines proves nothing.
 MIN_ENTRIES_FOR_RATIO: Final = 10
-# Binary sniffing reads this many leading bytes.
-BINARY_SNIFF_BYTES: Final = 4096
-# Share of control bytes / invalid UTF-8 in the sniffed prefix that means "binary".
-MAX_BINARY_RATIO: Final = 0.10
+# Binary sniffing reads this many leading bytes: enough lines that one bad line
+# is outvoted by its neighbours.
+BINARY_SNIFF_BYTES: Final = 64 * 1024
+# Share of control bytes / invalid UTF-8 in the sniffed prefix that means "binary":
+# random bytes score about 0.6, a text list with a garbage line far below this.
+MAX_BINARY_RATIO: Final = 0.30
+# Share of the sniffed lines holding a NUL or control character that means "binary".
+MAX_BINARY_LINE_RATIO: Final = 0.5
 # Longer lines are rejected unread; no real entry comes close (URLs stop at 64 KiB).
 MAX_LINE_LENGTH: Final = 64 * 1024
 # Distinct first tokens of hosts lines whose IP check we remember.
@@ -135,6 +164,9 @@ FORWARDING_RULE: Final = "forwarding rule"
 REDIRECT_RULE: Final = "redirect rule"
 UNSUPPORTED: Final = "unsupported"
 LINE_TOO_LONG: Final = "line too long"
+CONTROL_CHARACTERS: Final = "control characters"
+UNSUPPORTED_TRIGGER: Final = "unsupported trigger"
+OUTSIDE_ORIGIN: Final = "name outside the zone"
 
 # Names every hosts file carries for the machine itself: never rules.
 _NOT_RULES: Final = frozenset(
@@ -216,7 +248,9 @@ class _Skip(Exception):
 class _Acc:
     """Accumulates one parse: rules, rejections and skips."""
 
-    __slots__ = ("rules", "rejected_count", "by_reason", "samples", "skipped", "skipped_by")
+    __slots__ = (
+        "rules", "rejected_count", "by_reason", "samples", "skipped", "skipped_by", "problem",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.rules: list[Rule] = []
@@ -225,6 +259,7 @@ class _Acc:
         self.samples: list[Rejected] = []
         self.skipped = 0
         self.skipped_by: dict[str, int] = {}  # only skips worth naming (cosmetic, header)
+        self.problem: str | None = None  # the whole list is wrong (a cut JSON DROP file)
 
     def skip(self, reason: str) -> None:
         self.skipped += 1
@@ -417,7 +452,11 @@ def _is_local_name(token: str) -> bool:
     return key in _NOT_RULES or (key.startswith("ip6-") and "." not in key)
 
 
-def _parse_domains(lines: Sequence[str], acc: _Acc) -> None:
+def _parse_domains(
+    lines: Sequence[str], acc: _Acc, careful: Callable[[str, int, _Acc], None] | None = None
+) -> None:
+    """Domain lists; ``careful`` handles each line the fast path does not take."""
+    careful = careful or _domains_line
     append = acc.rules.append
     canon, new_rule, domain, digits = canonical_host, Rule._make, _DOMAIN, _DIGITS
     local_domain = "localhost.localdomain"
@@ -443,7 +482,7 @@ def _parse_domains(lines: Sequence[str], acc: _Acc) -> None:
             ):
                 append(new_rule((domain, tok, raw, n, False)))
                 continue
-        _domains_line(raw, n, acc)
+        careful(raw, n, acc)
 
 
 def _domains_line(raw: str, n: int, acc: _Acc) -> None:
@@ -488,42 +527,77 @@ def _domains_entry(tok: str) -> tuple[RuleKind, str]:
 
 
 def _parse_networks(lines: Sequence[str], acc: _Acc) -> None:
-    append = acc.rules.append
+    records = 0  # JSON-lines DROP records seen, good or bad
+    declared: int | None = None  # the count its metadata line gives
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
-        if not line or line[0] in "#;":
-            acc.skipped += 1
-            continue
-        try:
-            if len(line) > MAX_LINE_LENGTH:
-                raise _Reject(LINE_TOO_LONG)
-            if line[0] == "{":
-                tok = _drop_json_cidr(line)
+        if line[:1] == "{":
+            try:
+                declared = _drop_metadata_records(line)
+            except _Reject:
+                records += 1  # a record: parsed below
             else:
-                tok = line.split("#", 1)[0].split(";", 1)[0].strip()
-                if " " in tok or "\t" in tok:
-                    fields = tok.split()
-                    if len(fields) != 2 or not fields[1].isdigit():
-                        raise _Reject(INVALID_NETWORK)
-                    tok = fields[0]  # "80.94.95.112<TAB>10": an address and its score (IPsum)
-            kind, key = _network_rule(tok)
-        except _Skip:
-            acc.skipped += 1
-            continue
-        except _Reject as r:
-            acc.reject(n, line, r.reason)
-            continue
-        append(Rule(kind, key, tok, n))
+                acc.skipped += 1
+                continue
+        _network_line(line, n, acc)
+    if declared is not None and declared != records:
+        acc.problem = (
+            f"its metadata line declares {declared} records but {records} are present "
+            "(cut or padded in transit)"
+        )
 
 
-def _drop_json_cidr(line: str) -> str:
-    """The network of one line of Spamhaus' JSON-lines DROP."""
+def _network_line(line: str, n: int, acc: _Acc) -> None:
+    """One stripped line of an address or network list."""
+    if not line or line[0] in "#;":
+        acc.skipped += 1
+        return
+    try:
+        if len(line) > MAX_LINE_LENGTH:
+            raise _Reject(LINE_TOO_LONG)
+        if line[0] == "{":
+            tok = _drop_json_cidr(line)
+        else:
+            tok = line.split("#", 1)[0].split(";", 1)[0].strip()
+            if " " in tok or "\t" in tok:
+                fields = tok.split()
+                if len(fields) != 2 or not fields[1].isdigit():
+                    raise _Reject(INVALID_NETWORK)
+                tok = fields[0]  # "80.94.95.112<TAB>10": an address and its score (IPsum)
+        kind, key = _network_rule(tok)
+    except _Skip:
+        acc.skipped += 1
+        return
+    except _Reject as r:
+        acc.reject(n, line, r.reason)
+        return
+    acc.rules.append(Rule(kind, key, tok, n))
+
+
+def _json_object(line: str) -> dict[str, object]:
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):
         raise _Reject(INVALID_ROW) from None
     if not isinstance(obj, dict):
         raise _Reject(INVALID_ROW)
+    return obj
+
+
+def _drop_metadata_records(line: str) -> int | None:
+    """The record count of JSON DROP's metadata line; raises _Reject for any other line."""
+    if '"metadata"' not in line:
+        raise _Reject(INVALID_ROW)
+    obj = _json_object(line)
+    if obj.get("type") != "metadata":
+        raise _Reject(INVALID_ROW)
+    records = obj.get("records")
+    return records if isinstance(records, int) and not isinstance(records, bool) else None
+
+
+def _drop_json_cidr(line: str) -> str:
+    """The network of one line of Spamhaus' JSON-lines DROP."""
+    obj = _json_object(line)
     cidr = obj.get("cidr")
     if isinstance(cidr, str):
         return cidr.strip()
@@ -533,26 +607,29 @@ def _drop_json_cidr(line: str) -> str:
 
 
 def _parse_urls(lines: Sequence[str], acc: _Acc) -> None:
-    append = acc.rules.append
     for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line[0] == "#" or line[0] == "!":
-            acc.skipped += 1
-            continue
-        try:
-            if len(line) > MAX_LINE_LENGTH:
-                raise _Reject(LINE_TOO_LONG)
-            tok = line
-            if " " in line or "\t" in line:
-                # URLs hold no blanks; what follows one must be a comment.
-                tok, rest = line.split(None, 1)
-                if rest[0] != "#":
-                    raise _Reject(INVALID_URL)
-            key = _url_key(tok)
-        except _Reject as r:
-            acc.reject(n, line, r.reason)
-            continue
-        append(Rule(_URL, key, tok, n))
+        _url_line(raw, n, acc)
+
+
+def _url_line(raw: str, n: int, acc: _Acc) -> None:
+    line = raw.strip()
+    if not line or line[0] == "#" or line[0] == "!":
+        acc.skipped += 1
+        return
+    try:
+        if len(line) > MAX_LINE_LENGTH:
+            raise _Reject(LINE_TOO_LONG)
+        tok = line
+        if " " in line or "\t" in line:
+            # URLs hold no blanks; what follows one must be a comment.
+            tok, rest = line.split(None, 1)
+            if rest[0] != "#":
+                raise _Reject(INVALID_URL)
+        key = _url_key(tok)
+    except _Reject as r:
+        acc.reject(n, line, r.reason)
+        return
+    acc.rules.append(Rule(_URL, key, tok, n))
 
 
 def _parse_urlhaus_csv(lines: Sequence[str], acc: _Acc) -> None:
@@ -791,6 +868,186 @@ def _url_key_from_pattern(url: str) -> str:
     return _url_key(url)
 
 
+# --- mixed lists ------------------------------------------------------------------
+
+
+def _parse_mixed(lines: Sequence[str], acc: _Acc) -> None:
+    """A hand-written list: plain domains take the domains fast path, every other
+    line the parser of the format its shape votes for."""
+    addresses: set[str] = set()
+
+    def careful(raw: str, n: int, acc: _Acc) -> None:
+        line = raw.strip()
+        fmt = _vote(line) if line else None
+        if fmt == "hosts":
+            _hosts_line(raw, n, acc, addresses)
+        elif fmt == "ips" or fmt == "cidr":
+            _network_line(line, n, acc)
+        elif fmt == "urls":
+            _url_line(line, n, acc)
+        elif fmt == "adblock":
+            _adblock_line(line, n, acc)
+        elif fmt == "dnsmasq":
+            _dnsmasq_line(line, n, acc)
+        else:  # domains, comments, and what no format claims (rejected with its reason)
+            _domains_line(raw, n, acc)
+
+    _parse_domains(lines, acc, careful)
+
+
+# --- RPZ zone files ---------------------------------------------------------------
+
+# Record types that carry no policy (the zone's own bookkeeping or notes).
+_RPZ_SKIP_TYPES: Final = frozenset({"SOA", "NS", "TXT", "MX", "SRV", "PTR", "HINFO", "RRSIG"})
+# Local data that replaces the answer: the name is blocked (sent to a walled garden).
+_RPZ_DATA_TYPES: Final = frozenset({"A", "AAAA", "HTTPS", "SVCB"})
+_RPZ_CLASSES: Final = frozenset({"IN", "CH", "HS", "CS"})
+_RPZ_TTL: Final = re.compile(r"\d+[smhdwSMHDW]?(?:\d+[smhdwSMHDW])*")
+_RPZ_UNENFORCED: Final = (".rpz-nsip", ".rpz-nsdname", ".rpz-client-ip")
+
+
+def _zone_line(raw: str) -> str:
+    """A zone-file line without its ``;`` comment (outside quoted strings)."""
+    if ";" not in raw:
+        return raw
+    quoted = False
+    for i, ch in enumerate(raw):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            return raw[:i]
+    return raw
+
+
+def _parse_rpz(lines: Sequence[str], acc: _Acc) -> None:
+    origin = ""  # the zone's name, lower case, no trailing dot ("" until known)
+    owner = ""  # the last owner name, for lines that start with a blank
+    depth = 0  # open parentheses: a record continued over lines (SOA)
+    for n, raw in enumerate(lines, 1):
+        line = _zone_line(raw)
+        if depth:
+            depth = max(0, depth + line.count("(") - line.count(")"))
+            acc.skipped += 1
+            continue
+        text = line.strip()
+        if not text:
+            acc.skipped += 1
+            continue
+        if len(text) > MAX_LINE_LENGTH:
+            acc.reject(n, text, LINE_TOO_LONG)
+            continue
+        depth = max(0, line.count("(") - line.count(")"))
+        tokens = line.replace("(", " ").replace(")", " ").split()
+        if text[0] == "$":
+            directive = tokens[0].upper()
+            if directive == "$ORIGIN" and len(tokens) > 1:
+                origin = tokens[1].lower().rstrip(".")
+            elif directive not in ("$TTL", "$ORIGIN"):
+                acc.reject(n, text, UNSUPPORTED)  # $INCLUDE, $GENERATE: not in a feed
+                continue
+            acc.skipped += 1
+            continue
+        if line[0] in " \t":
+            fields = tokens  # the owner of the record before
+        else:
+            owner, fields = tokens[0], tokens[1:]
+        i = 0
+        while i < len(fields) and (
+            fields[i].upper() in _RPZ_CLASSES or _RPZ_TTL.fullmatch(fields[i])
+        ):
+            i += 1
+        if i >= len(fields):
+            acc.reject(n, text, INVALID_ROW)
+            continue
+        rtype, rdata = fields[i].upper(), fields[i + 1 :]
+        if rtype == "SOA" and not origin and owner.endswith(".") and owner != ".":
+            origin = owner.lower().rstrip(".")  # no $ORIGIN: the zone is named by its SOA
+        try:
+            exception = _rpz_action(rtype, rdata)
+            trigger = _rpz_trigger(owner, origin)
+            if trigger is None:
+                raise _Skip  # the zone apex: its SOA and NS
+            kind, key = _rpz_rule(trigger)
+        except _Skip as skip:
+            acc.skip(skip.reason)
+            continue
+        except _Reject as r:
+            acc.reject(n, text, r.reason)
+            continue
+        acc.rules.append(Rule(kind, key, text, n, exception))
+
+
+def _rpz_action(rtype: str, rdata: Sequence[str]) -> bool:
+    """Whether a record is an exception (passthru); _Skip when it sets no policy."""
+    if rtype == "CNAME":
+        if len(rdata) != 1:
+            raise _Reject(INVALID_ROW)
+        target = rdata[0].lower()
+        if target == "rpz-passthru.":
+            return True
+        if target == "rpz-tcp-only.":
+            raise _Skip(UNSUPPORTED)
+        return False  # ".", "*.", "rpz-drop." or a walled garden: the name is blocked
+    if rtype in _RPZ_DATA_TYPES:
+        return False
+    if rtype in _RPZ_SKIP_TYPES:
+        raise _Skip
+    raise _Reject(UNSUPPORTED)
+
+
+def _rpz_trigger(owner: str, origin: str) -> str | None:
+    """The trigger an owner name states, relative to the zone; None at the apex."""
+    name = owner.lower()
+    if name == "@":
+        return None
+    if name.endswith("."):
+        name = name[:-1]
+        if not origin:
+            raise _Reject(OUTSIDE_ORIGIN)  # an absolute name in a zone we cannot name
+        if name == origin:
+            return None
+        if not name.endswith("." + origin):
+            raise _Reject(OUTSIDE_ORIGIN)
+        name = name[: -len(origin) - 1]
+    elif name == origin:
+        return None
+    if not name or "\\" in name:
+        raise _Reject(INVALID_HOST)
+    return name
+
+
+def _rpz_rule(trigger: str) -> tuple[RuleKind, str]:
+    if trigger.endswith(_RPZ_UNENFORCED):
+        raise _Skip(UNSUPPORTED_TRIGGER)  # name-server and client triggers: no host to block
+    if trigger.endswith(".rpz-ip"):
+        return _network_rule(_rpz_network(trigger[: -len(".rpz-ip")]))
+    if trigger.startswith("*."):
+        kind, key = _host_rule(trigger[2:])
+        if kind is not _DOMAIN:
+            raise _Reject(UNSUPPORTED_PATTERN)
+        return kind, key
+    if "*" in trigger:
+        raise _Reject(UNSUPPORTED_PATTERN)
+    kind, key = _host_rule(trigger)
+    return (_EXACT if kind is _DOMAIN else kind), key
+
+
+def _rpz_network(labels: str) -> str:
+    """``32.4.3.2.1`` to ``1.2.3.4/32``; ``48.zz.1.db8.2001`` to ``2001:db8:1::/48``."""
+    prefix, _, rest = labels.partition(".")
+    parts = rest.split(".")[::-1]
+    if not prefix.isdigit() or not rest:
+        raise _Reject(INVALID_NETWORK)
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return ".".join(parts) + "/" + prefix
+    addr = ":".join("" if p == "zz" else p for p in parts)
+    if addr.startswith(":"):
+        addr = ":" + addr
+    if addr.endswith(":"):
+        addr += ":"
+    return addr + "/" + prefix
+
+
 _PARSERS: Final[dict[str, Callable[[Sequence[str], _Acc], None]]] = {
     "hosts": _parse_hosts,
     "domains": _parse_domains,
@@ -800,6 +1057,8 @@ _PARSERS: Final[dict[str, Callable[[Sequence[str], _Acc], None]]] = {
     "ips": _parse_networks,
     "cidr": _parse_networks,
     "dnsmasq": _parse_dnsmasq,
+    "mixed": _parse_mixed,
+    "rpz": _parse_rpz,
 }
 
 
@@ -831,6 +1090,8 @@ def _vote(line: str) -> str | None:
     if not tokens:
         return None
     tok = tokens[0]
+    if c == "$" or any(t.upper() in ("CNAME", "SOA") for t in tokens[1:4]):
+        return "rpz"  # "$ORIGIN rpz.example.", "evil.example CNAME ."
     if len(tokens) == 2 and tokens[1].isdigit():
         return "ips" if _is_ip_literal(tok) else None  # an address and a count or score
     if len(tokens) > 1:
@@ -848,6 +1109,19 @@ def _vote(line: str) -> str | None:
     if tok[0] in "=*" or "." in tok.strip("."):
         return "domains"
     return None
+
+
+# The plain shapes a mixed list is mostly made of. A list voting mostly adblock or
+# dnsmasq keeps its own parser even with other shapes in it: adblock's generic rules
+# look like domains ("ads.example.com^$third-party"). A mixed list may hold a few
+# adblock or dnsmasq lines; each is parsed as its own format would.
+_SHAPES: Final = {
+    "domains": "names",
+    "ips": "nets",
+    "cidr": "nets",
+    "hosts": "hosts",
+    "urls": "urls",
+}
 
 
 def _detect_lines(lines: Iterable[str]) -> str | None:
@@ -878,6 +1152,14 @@ def _detect_lines(lines: Iterable[str]) -> str | None:
             break
     if not votes:
         return None
+    if votes.get("rpz"):
+        return "rpz"  # its $ORIGIN and SOA lines vote for other formats too
+    # A local list mixing shapes (domains with URLs, addresses with hosts lines...) is
+    # "mixed": each line is taken for what it is, not rejected for not being the rest.
+    plain = sum(count for fmt, count in votes.items() if fmt in _SHAPES)
+    shapes = {_SHAPES[fmt] for fmt in votes if fmt in _SHAPES}
+    if len(shapes) > 1 and plain > sum(votes.values()) - plain:
+        return "mixed"
     # ips and cidr share a parser: they vote as one; the list is "cidr" if it holds networks.
     ips = votes.pop("ips", 0)
     cidr = votes.pop("cidr", 0)
@@ -910,18 +1192,21 @@ _ZIP_MAGIC: Final = b"PK\x03\x04"
 _TEXT_CONTROLS: Final = frozenset("\t\n\x0b\x0c\r")
 
 
+_BAD_CHAR: Final = re.compile("[\x00-\x08\x0e-\x1f\x7f\ufffd]")
+# A NUL or control character (not tab, LF, VT, FF, CR): no entry of any format has one.
+_CONTROL: Final = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
 def _looks_binary(sample: str) -> bool:
-    """NUL, or too many control characters / undecodable bytes, in a text sample."""
+    """Mostly not text: control characters or undecodable bytes in too much of a sample,
+    or on most of its lines. One garbage line in a good list is not enough."""
     if not sample:
         return False
-    if "\x00" in sample:
+    if len(_BAD_CHAR.findall(sample)) > MAX_BINARY_RATIO * len(sample):
         return True
-    bad = sum(
-        1
-        for ch in sample
-        if (ch < " " and ch not in _TEXT_CONTROLS) or ch == "\x7f" or ch == "\ufffd"
-    )
-    return bad > MAX_BINARY_RATIO * len(sample)
+    lines = [line for line in sample.split("\n") if line.strip()]
+    bad = sum(1 for line in lines if _CONTROL.search(line))
+    return bad > MAX_BINARY_LINE_RATIO * len(lines)
 
 
 def _decode(data: bytes | str, name: str) -> str:
@@ -971,7 +1256,11 @@ def parse_list(data: bytes | str, fmt: str = "auto", *, name: str = "list") -> P
         raise ListFormatError(
             f"list {name!r}: unknown format {fmt!r} (known: {', '.join(FORMATS)})"
         )
-    lines = _split_lines(_decode(data, name))
+    text = _decode(data, name)
+    lines = _split_lines(text)
+    acc = _Acc()
+    # One search over the text (C speed) spares a million-line list the per-line walk.
+    blanked = _reject_control_lines(lines, acc) if _CONTROL.search(text) else 0
     if fmt == "auto":
         detected = _detect_lines(lines)
         if detected is None:
@@ -983,9 +1272,11 @@ def parse_list(data: bytes | str, fmt: str = "auto", *, name: str = "list") -> P
             # pick the format whose comments these are, so they count as skipped.
             detected = _comment_format(lines)
         fmt = detected
-    acc = _Acc()
     with paused_gc():
         _PARSERS[fmt](lines, acc)
+    acc.skipped -= blanked  # each parser counted the blanked lines as blank
+    if acc.problem:
+        raise ListFormatError(f"list {name!r} (format {fmt!r}): {acc.problem}")
     generic = acc.skipped_by.get(GENERIC_RULE, 0)
     if not acc.rules and generic >= MIN_ENTRIES_FOR_RATIO:
         # Skipping generic adblock rules is no fault, but a list of nothing else holds no
@@ -1011,6 +1302,18 @@ def parse_list(data: bytes | str, fmt: str = "auto", *, name: str = "list") -> P
         skipped=acc.skipped,
         skipped_by_reason=acc.skipped_by,
     )
+
+
+def _reject_control_lines(lines: list[str], acc: _Acc) -> int:
+    """Reject each line holding a control character and blank it; returns how many."""
+    blanked = 0
+    for i, line in enumerate(lines):
+        if _CONTROL.search(line):
+            shown = line.encode("unicode_escape").decode("ascii")
+            acc.reject(i + 1, shown, CONTROL_CHARACTERS)
+            lines[i] = ""
+            blanked += 1
+    return blanked
 
 
 def _comment_format(lines: Sequence[str]) -> str:

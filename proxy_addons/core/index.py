@@ -18,18 +18,30 @@ Compiling turns parsed lists into one immutable, memory-mappable byte image:
 * The **metadata** names the lists (name, category, mode), the CIDR prefix
   lengths present and the compile statistics.
 
-The file is versioned and checksummed (xxh3-64 over header and body). Loading
-maps it read-only, so several proxy processes share one copy in the page cache,
-and a lookup touches only the few pages it probes.
+The file is versioned and checksummed (xxh3-64 over header and body).
+
+Loading never maps the published file itself: a file in a shared folder can be
+truncated (a mapping then dies of SIGBUS), overwritten in place (``rsync
+--inplace``, a network volume's client) or removed under a reader, and a
+mapping would serve whatever bytes it then holds. :meth:`CompiledIndex.load`
+copies the file into a folder only this user writes (``copy_dir``), named by
+its checksum and size, verifies the *copy* and maps that read-only; processes
+of one user on one host share it in the page cache, and a lookup touches only
+the few pages it probes. Without a usable ``copy_dir`` the verified bytes are
+read into process memory. :func:`check_published` re-verifies the published
+file cheaply (a ``stat``; the checksum only when it changed or when asked), so
+a change is reported while the verified rules keep serving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import mmap
 import os
+import stat
 import struct
 import sys
 import tempfile
@@ -144,6 +156,30 @@ class CompileStats:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """A file as ``stat`` saw it: a change of any field means it must be verified again."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotOrigin:
+    """Where a loaded index came from, and where the bytes it serves live."""
+
+    path: Path  # the published file that was verified
+    identity: FileIdentity  # that file when it was verified
+    header: bytes  # its header, which carries the body's checksum
+    residence: Path | None  # the private copy mapped, or None: read into process memory
+
+
 _KEY: Final = itemgetter(1)
 _TEXT: Final = itemgetter(2)
 _LINE: Final = itemgetter(3)
@@ -211,7 +247,7 @@ def _build_image(
     pos = HEADER_SIZE
     digest = xxhash.xxh3_64()
     for name in SECTIONS:
-        data = memoryview(parts[name]).cast("B")  # type: ignore[arg-type]
+        data = memoryview(parts[name]).cast("B")
         sections.append((pos, len(data)))
         pad = b"\x00" * (_align8(len(data)) - len(data))
         chunks += (data, pad)
@@ -384,20 +420,23 @@ class CompiledIndex:
         "meta",
         "size_bytes",
         "path",
+        "origin",
         "__weakref__",
     )
 
     def __init__(
         self,
-        buf: bytes | mmap.mmap | SnapshotImage,
+        buf: bytes | bytearray | mmap.mmap | SnapshotImage,
         *,
         path: Path | None = None,
         verify: bool = True,
+        origin: SnapshotOrigin | None = None,
     ) -> None:
         if isinstance(buf, SnapshotImage):
             buf = buf.to_bytes()
         self._mm = buf if isinstance(buf, mmap.mmap) else None
         self.path = path
+        self.origin = origin
         self.size_bytes = len(buf)
         h = _read_header(buf)
         if verify:
@@ -410,7 +449,7 @@ class CompiledIndex:
             off, length = sec[name]
             if count is not None and length != count * struct.calcsize(fmt):
                 raise SnapshotError(f"snapshot section {name!r} has the wrong size")
-            return mv[off : off + length].cast(fmt)
+            return mv[off : off + length].cast(fmt)  # type: ignore[call-overload,no-any-return]
 
         self._dir = view("dir", "I", (1 << h["dir_bits"]) + 1)
         self._shift = 64 - h["dir_bits"]
@@ -435,33 +474,46 @@ class CompiledIndex:
         self.meta: dict[str, Any] = meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CompiledIndex:
-        """Map a snapshot file after checking version, size and checksum; SnapshotError if bad."""
+    def load(
+        cls, path: str | os.PathLike[str], *, copy_dir: str | os.PathLike[str] | None = None
+    ) -> CompiledIndex:
+        """Load a snapshot file after checking version, size and checksum; SnapshotError if bad.
+
+        The bytes served are a verified private copy in ``copy_dir`` (mapped
+        read-only, shared by this user's processes) or, without one, process
+        memory: never the published file, which others may change under us.
+        """
         path = Path(path)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                h = _read_header(f.read(HEADER_SIZE))
-                if HEADER_SIZE + h["body_len"] != size:
+            with open(path, "rb") as src:
+                st = os.fstat(src.fileno())
+                head = src.read(HEADER_SIZE)
+                h = _read_header(head)
+                size = HEADER_SIZE + h["body_len"]
+                if size != st.st_size:
                     raise SnapshotError(
-                        f"truncated or padded snapshot ({size} bytes, header says "
-                        f"{HEADER_SIZE + h['body_len']})"
+                        f"truncated or padded snapshot ({st.st_size} bytes, header says {size})"
                     )
-                # Verify by reading (not mapping) so the check does not pull the
-                # whole file into this process's resident set.
-                digest = xxhash.xxh3_64()
-                chunk = bytearray(CHECKSUM_CHUNK)
-                view = memoryview(chunk)
-                while n := f.readinto(chunk):
-                    digest.update(view[:n])
-                if digest.intdigest() != h["body_xxh"]:
-                    raise SnapshotError("checksum mismatch (corrupt snapshot)")
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                buf: bytearray | mmap.mmap | None = None
+                residence = None
+                if copy_dir is not None:
+                    try:
+                        buf, residence = _private_copy(src, head, h, Path(copy_dir))
+                    except OSError:
+                        buf = None  # no room or no right to write there: use memory
+                if buf is None:
+                    buf = _read_verified(src, head, h)
         except SnapshotError as exc:
             raise SnapshotError(f"{path}: {exc}") from None
         except (OSError, ValueError) as exc:
             raise SnapshotError(f"{path}: cannot read snapshot: {exc}") from None
-        return cls(mm, path=path, verify=False)
+        origin = SnapshotOrigin(path, FileIdentity.of(st), head, residence)
+        return cls(buf, path=path, verify=False, origin=origin)
+
+    def image(self) -> memoryview:
+        """The whole snapshot file as served (to write a good copy back)."""
+        view: memoryview = self._buf
+        return view
 
     # -- introspection ----------------------------------------------------
 
@@ -679,18 +731,174 @@ def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, Any]:
     }
 
 
-def _check_body(buf: bytes | mmap.mmap, h: dict[str, Any]) -> None:
+def _check_body(buf: bytes | bytearray | mmap.mmap, h: dict[str, Any]) -> None:
     if len(buf) != HEADER_SIZE + h["body_len"]:
         raise SnapshotError("truncated or padded snapshot")
     if xxhash.xxh3_64_intdigest(memoryview(buf)[HEADER_SIZE:]) != h["body_xxh"]:
         raise SnapshotError("checksum mismatch (corrupt snapshot)")
 
 
+def _body_digest(fd: int, size: int) -> int:
+    """xxh3-64 of bytes HEADER_SIZE..size of ``fd``, read (not mapped) in chunks."""
+    digest = xxhash.xxh3_64()
+    chunk = bytearray(CHECKSUM_CHUNK)
+    view = memoryview(chunk)
+    pos = HEADER_SIZE
+    while pos < size:
+        n = os.preadv(fd, [view[: min(CHECKSUM_CHUNK, size - pos)]], pos)
+        if n == 0:
+            raise SnapshotError("snapshot shrank while being read")
+        digest.update(view[:n])
+        pos += n
+    return digest.intdigest()
+
+
+def _fd_holds(fd: int, head: bytes, h: dict[str, Any]) -> bool:
+    """True when ``fd`` is exactly the snapshot whose header is ``head`` (size, header, checksum)."""
+    size = HEADER_SIZE + h["body_len"]
+    if os.fstat(fd).st_size != size or os.pread(fd, HEADER_SIZE, 0) != head:
+        return False
+    try:
+        return bool(_body_digest(fd, size) == h["body_xxh"])
+    except SnapshotError:
+        return False
+
+
+def _read_verified(src: Any, head: bytes, h: dict[str, Any]) -> bytearray:
+    """The whole snapshot read into memory and verified."""
+    size = HEADER_SIZE + h["body_len"]
+    buf = bytearray(size)
+    buf[:HEADER_SIZE] = head
+    view = memoryview(buf)
+    pos = HEADER_SIZE
+    fd = src.fileno()
+    while pos < size:
+        n = os.preadv(fd, [view[pos:size]], pos)
+        if n == 0:
+            raise SnapshotError("truncated snapshot (it shrank while being read)")
+        pos += n
+    if xxhash.xxh3_64_intdigest(view[HEADER_SIZE:]) != h["body_xxh"]:
+        raise SnapshotError("checksum mismatch (corrupt snapshot)")
+    return buf
+
+
+def copy_name(head: bytes) -> str:
+    """The private copy's file name: the body checksum and size, so equal snapshots share one."""
+    h = _read_header(head)
+    return f"{h['body_xxh']:016x}-{HEADER_SIZE + h['body_len']}.jgs"
+
+
+def _private_copy(
+    src: Any, head: bytes, h: dict[str, Any], copy_dir: Path
+) -> tuple[mmap.mmap, Path]:
+    """Map a verified copy of ``src`` in ``copy_dir``: an existing one, or a new one.
+
+    The copy is verified through the descriptor that is then mapped, so what is
+    served is what was checked. It is made read-only and never opened for
+    writing again. OSError when ``copy_dir`` cannot take it; SnapshotError when
+    the source is bad (or changed while being copied).
+    """
+    target = copy_dir / copy_name(head)
+    size = HEADER_SIZE + h["body_len"]
+    mm = _adopt_copy(src, target, head, h)
+    if mm is not None:
+        return mm, target
+    tfd, tmp = tempfile.mkstemp(prefix=".copy-", suffix=".tmp", dir=copy_dir)
+    try:
+        with os.fdopen(tfd, "wb") as out:
+            out.write(head)
+            pos = HEADER_SIZE
+            while pos < size:
+                data = os.pread(src.fileno(), min(CHECKSUM_CHUNK, size - pos), pos)
+                if not data:
+                    raise SnapshotError("truncated snapshot (it shrank while being copied)")
+                out.write(data)
+                pos += len(data)
+        os.chmod(tmp, 0o444)
+        rfd = os.open(tmp, _COPY_OPEN)
+        try:
+            if not _fd_holds(rfd, head, h):
+                raise SnapshotError("checksum mismatch (corrupt snapshot, or changed while copied)")
+            try:
+                # The first process to finish a copy wins; the others map that one,
+                # so workers started together still share one copy in the page cache.
+                os.link(tmp, target)
+            except FileExistsError:
+                mm = _adopt_copy(src, target, head, h)
+                if mm is not None:
+                    return mm, target
+                os.replace(tmp, target)  # the copy there is bad: ours replaces it
+            return mmap.mmap(rfd, 0, access=mmap.ACCESS_READ), target
+        finally:
+            os.close(rfd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+_COPY_OPEN: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _adopt_copy(src: Any, target: Path, head: bytes, h: dict[str, Any]) -> mmap.mmap | None:
+    """Map ``target`` if it is an intact copy of the snapshot ``head`` names (else None)."""
+    try:
+        fd = os.open(target, _COPY_OPEN)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None
+        raise
+    try:
+        if not (stat.S_ISREG(os.fstat(fd).st_mode) and _fd_holds(fd, head, h)):
+            return None
+        # The published file must still be good too: a damaged one is refused (and
+        # reported) even though an intact copy of it exists here.
+        if _body_digest(src.fileno(), HEADER_SIZE + h["body_len"]) != h["body_xxh"]:
+            raise SnapshotError("checksum mismatch (corrupt snapshot)")
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+
+
+def check_published(
+    origin: SnapshotOrigin, known: FileIdentity | None, *, full: bool = False
+) -> tuple[FileIdentity | None, str | None] | None:
+    """Is the published file still the snapshot that was verified?
+
+    None when its ``stat`` identity is still ``known`` and ``full`` is false
+    (nothing new to say); otherwise its header, size and checksum are read
+    again and the answer is (identity now, problem or None). A file replaced
+    by an equal copy (``rsync`` without ``--inplace``) is no problem.
+    """
+    try:
+        fd = os.open(origin.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, "missing: the file was removed"
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    try:
+        ident = FileIdentity.of(os.fstat(fd))
+        if ident == known and not full:
+            return None
+        h = _read_header(origin.header)
+        size = HEADER_SIZE + h["body_len"]
+        if ident.size != size:
+            return ident, f"changed on disk: {ident.size} bytes, the verified snapshot has {size}"
+        if os.pread(fd, HEADER_SIZE, 0) != origin.header or _body_digest(fd, size) != h["body_xxh"]:
+            return ident, "changed on disk: its bytes no longer match the verified checksum"
+        return ident, None
+    except (OSError, SnapshotError) as exc:
+        return None, f"unreadable: {exc}"
+    finally:
+        os.close(fd)
+
+
 def write_snapshot(path: str | os.PathLike[str], image: Buffer | Sequence[Buffer]) -> Path:
     """Write a snapshot atomically: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = [image] if isinstance(image, bytes | bytearray | memoryview) else image
+    chunks: Sequence[Buffer] = (
+        [image] if isinstance(image, bytes | bytearray | memoryview) else image  # type: ignore[assignment]
+    )
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -186,7 +186,8 @@
   async function loadChart() {
     const { body: tl } = await api("/api/timeline?minutes=" + CHART_MINUTES);
     if (!tl || !tl.series) return;
-    const kinds = ["block", "monitor", "strip"];
+    // DNS blocks (whole-network DNS mode) are counted apart from proxy blocks.
+    const kinds = ["block", "dns-block", "monitor", "strip"];
     const n = tl.series.block.length;
     const buckets = [];
     for (let i = 0; i < n; i += BUCKET_MINUTES) {
@@ -197,7 +198,7 @@
       buckets.push(b);
     }
     const W = 600, H = 180, PAD_L = 34, PAD_B = 20, PAD_T = 8;
-    const max = Math.max(1, ...buckets.map((b) => b.block + b.monitor + b.strip));
+    const max = Math.max(1, ...buckets.map((b) => kinds.reduce((a, k) => a + b[k], 0)));
     const root = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none" });
     const plotW = W - PAD_L, plotH = H - PAD_B - PAD_T;
     const bw = plotW / buckets.length;

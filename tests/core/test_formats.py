@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -72,6 +73,8 @@ FEED_CASES = [
     ("urlhaus_csv_online.csv", "urlhaus-csv", {"url": 10}, 9),
     ("urlhaus_hostfile.txt", "hosts", {"domain": 12}, 8),
     ("urlhaus_text_online.txt", "urls", {"url": 12}, 8),
+    ("urlhaus_rpz.txt", "rpz", {"domain": 3, "exact": 3}, 10),
+    ("certpl_rpz.txt", "rpz", {"domain": 1, "exact": 4}, 9),
 ]
 
 
@@ -464,7 +467,9 @@ def test_ranges_table_is_not_detected_as_hosts() -> None:
 
 def test_addresses_with_a_score_column() -> None:
     """IPsum: "address<TAB>number of lists"."""
-    text = "# IP\tnumber of (black)lists\n" + "".join(f"198.51.100.{i}\t{i % 9 + 1}\n" for i in range(20))
+    text = "# IP\tnumber of (black)lists\n" + "".join(
+        f"198.51.100.{i}\t{i % 9 + 1}\n" for i in range(20)
+    )
     p = parse_list(text)
     assert p.format == "ips" and len(p.rules) == 20 and p.rejected_count == 0
     assert rejected("198.51.100.1\tmany\n", "ips") == "invalid network"
@@ -713,13 +718,14 @@ def test_wrong_explicit_format_is_refused() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"a.example\n\x00\x01\x02\x03 binary",
+        b"\x00\x01\x02\x03 binary\nmore\x00\n",
         bytes(range(256)) * 4,
         b"\x89PNG\r\n\x1a\n" + bytes(200),
         b"\xff\xd8\xff\xe0" + bytes(range(128, 256)) * 8,
-        b"a.example\n\x00\x00",
+        b"a.example\n\x00\x00\n\x01b.example\n",
+        os.urandom(20000),
     ],
-    ids=["nul", "all-bytes", "png", "jpeg-ish", "nul-late"],
+    ids=["nul", "all-bytes", "png", "jpeg-ish", "nul-most-lines", "random"],
 )
 def test_binary_is_refused(data: bytes) -> None:
     with pytest.raises(ListFormatError, match="binary"):
@@ -728,7 +734,31 @@ def test_binary_is_refused(data: bytes) -> None:
 
 def test_binary_str_is_refused() -> None:
     with pytest.raises(ListFormatError, match="binary"):
-        parse_list("a.example\n\x00")
+        parse_list("a.example\n\x00\n\x01x\n")
+
+
+@pytest.mark.parametrize("fmt", ["auto", "domains", "hosts", "mixed"])
+def test_one_garbage_line_is_rejected_not_the_list(fmt: str) -> None:
+    # Pi-hole and AdGuard Home keep a good list with a damaged line; so do we.
+    good = [f"host{i}.example" for i in range(40)]
+    if fmt == "hosts":
+        good = [f"0.0.0.0 {h}" for h in good]
+    lines = [*good[:20], "\x00\x00\x13\x37junk\xff\x01", *good[20:]]
+    p = parse_list("\n".join(lines).encode("latin-1"), fmt)
+    assert len(p.rules) == 40
+    assert p.rejected_by_reason == {"control characters": 1}
+    assert p.rejected_samples[0].line == 21
+    assert "\\x00" in p.rejected_samples[0].text  # shown escaped, readable in a log
+    assert p.skipped == 0  # the blanked line is rejected, not also counted as blank
+
+
+def test_garbage_lines_still_count_towards_refusal() -> None:
+    # The rejection guard still applies: mostly damaged lines sink the list.
+    lines = ["a.example", "b.example"] + ["x\x01y.example"] * 3 + ["c.example"] * 2
+    lines = lines * 5
+    text = "\n".join(lines)
+    with pytest.raises(ListFormatError):
+        parse_list(text + "\n" + "\n".join(["z\x02.example"] * 40))
 
 
 def test_compressed_is_refused_with_a_hint() -> None:
@@ -791,8 +821,15 @@ def test_overlong_line_is_rejected_unread() -> None:
         ('{"cidr":"192.0.2.0/24"}\n', "cidr"),
         ("address=/a.example/0.0.0.0\n", "dnsmasq"),
         ("local=/a.example/\n", "dnsmasq"),
-        # mixed: the plurality wins
-        ("a.example\nb.example\nc.example\n0.0.0.0 d.example\n", "domains"),
+        # shapes mixed by hand: each line is taken for what it is
+        ("a.example\nb.example\nc.example\n0.0.0.0 d.example\n", "mixed"),
+        ("a.example\nhttp://b.example/x\n", "mixed"),
+        ("192.0.2.1\nhttp://b.example/x\n", "mixed"),
+        ("a.example\n192.0.2.1\n198.51.100.0/24\n", "mixed"),
+        # adblock keeps its parser: its generic rules look like other shapes
+        ("||a.example^\n||b.example^\nads.example.com^$third-party\n", "adblock"),
+        ("$TTL 300\n@ SOA a. b. 1 2 3 4 5\nevil.example CNAME .\n", "rpz"),
+        ("evil.example CNAME .\n*.evil.example CNAME .\n", "rpz"),
     ],
 )
 def test_detect_format(text: str, fmt: str) -> None:
@@ -830,13 +867,17 @@ def test_formats_tuple_is_the_api() -> None:
         "ips",
         "cidr",
         "dnsmasq",
+        "mixed",
+        "rpz",
     )
     for fmt in FORMATS:
         assert parse_list("", fmt).format == fmt
 
 
 def test_adblock_skips_are_counted_by_reason() -> None:
-    p = parse_list("[Adblock Plus 2.0]\n! c\n||evil.example^\nexample.com##.ad\n##.banner\n", "adblock")
+    p = parse_list(
+        "[Adblock Plus 2.0]\n! c\n||evil.example^\nexample.com##.ad\n##.banner\n", "adblock"
+    )
     assert [r.key for r in p.rules] == ["evil.example"]
     assert p.skipped == 4
     assert p.skipped_by_reason == {"cosmetic": 2, "header": 1}

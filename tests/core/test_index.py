@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from proxy_addons.core.index import (
     HEADER_SIZE,
     SECTIONS,
     CompiledIndex,
+    check_published,
     compile_index,
+    copy_name,
     write_snapshot,
 )
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
@@ -30,14 +33,21 @@ def _rules() -> list[Rule]:
         Rule(RuleKind.IP, "217.107.218.147", "217.107.218.147", 5),
         Rule(RuleKind.CIDR, "198.51.100.0/24", "198.51.100.0/24 ; SBL1", 6),
         Rule(RuleKind.CIDR, "2001:db8:100::/48", "2001:db8:100::/48", 7),
-        Rule(RuleKind.URL, url_rule_key("http://bad.example/mal/")[1], "http://bad.example/mal/", 8),
+        Rule(
+            RuleKind.URL, url_rule_key("http://bad.example/mal/")[1], "http://bad.example/mal/", 8
+        ),
     ]
 
 
 def _compile(rules: list[Rule], *, mode: Mode = Mode.ENFORCE, pad: int = 0) -> CompiledIndex:
     # pad: filler rules, so that directory buckets are shared and lookups must tell them apart
-    filler = [Rule(RuleKind.DOMAIN, f"f{i}.filler.example", f"f{i}.filler.example", 100 + i) for i in range(pad)]
-    image, _ = compile_index([(ListSpec("feed", category="malware", mode=mode), ParsedList("domains", rules + filler))])
+    filler = [
+        Rule(RuleKind.DOMAIN, f"f{i}.filler.example", f"f{i}.filler.example", 100 + i)
+        for i in range(pad)
+    ]
+    image, _ = compile_index(
+        [(ListSpec("feed", category="malware", mode=mode), ParsedList("domains", rules + filler))]
+    )
     return CompiledIndex(image)
 
 
@@ -82,7 +92,9 @@ def test_match_host_uses_host_wide_rules_only(index: CompiledIndex) -> None:
 
 
 def test_url_rule_for_root_covers_the_host() -> None:
-    idx = _compile([Rule(RuleKind.URL, url_rule_key("http://whole.example/")[1], "http://whole.example/", 1)])
+    idx = _compile(
+        [Rule(RuleKind.URL, url_rule_key("http://whole.example/")[1], "http://whole.example/", 1)]
+    )
     assert idx.match_host("whole.example") is not None
     assert _m(idx, "http://whole.example/any/thing?x") is not None
 
@@ -211,7 +223,9 @@ def test_wrong_version_is_refused_with_a_clear_message(snapshot: Path) -> None:
     struct.pack_into("<I", data, 8, FORMAT_VERSION + 1)
     data[6:8] = b"\x00\x09"
     # re-seal the header so only the version is wrong
-    struct.pack_into("<Q", data, HEADER_SIZE - 8, xxhash.xxh3_64_intdigest(bytes(data[: HEADER_SIZE - 8])))
+    struct.pack_into(
+        "<Q", data, HEADER_SIZE - 8, xxhash.xxh3_64_intdigest(bytes(data[: HEADER_SIZE - 8]))
+    )
     snapshot.write_bytes(bytes(data))
     with pytest.raises(SnapshotError, match="version"):
         CompiledIndex.load(snapshot)
@@ -259,3 +273,122 @@ def test_every_listed_domain_and_its_subdomains_match(domains: list[str], sub: s
     probe = f"zz{sub}.unlisted.example"
     if not any(probe == d or probe.endswith("." + d) for d in listed):
         assert idx.match_url(canonicalize_url(f"http://{probe}/")) is None
+
+
+# -- a snapshot changed under its reader --------------------------------------
+# The published file lives in a shared folder; whatever happens to it after it
+# was verified, the loaded index keeps answering with the verified rules.
+
+
+def _zero(p: Path) -> None:
+    with open(p, "r+b") as f:
+        f.write(b"\x00" * p.stat().st_size)
+
+
+def _flip(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    for i in range(HEADER_SIZE, len(data), 7):
+        data[i] ^= 0xFF
+    with open(p, "r+b") as f:  # in place, as rsync --inplace writes
+        f.write(data)
+
+
+def _truncate(p: Path) -> None:
+    os.truncate(p, HEADER_SIZE)
+
+
+@pytest.mark.parametrize("use_copy", [True, False], ids=["private-copy", "memory"])
+@pytest.mark.parametrize(
+    "damage", [_zero, _flip, _truncate, Path.unlink], ids=["zero", "flip", "truncate", "unlink"]
+)
+def test_a_loaded_index_never_reads_the_published_file_again(
+    snapshot: Path, tmp_path: Path, use_copy: bool, damage: object
+) -> None:
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    idx = CompiledIndex.load(snapshot, copy_dir=copies if use_copy else None)
+    assert idx.origin is not None and idx.origin.path == snapshot
+    if use_copy:
+        assert idx.origin.residence == copies / copy_name(snapshot.read_bytes()[:HEADER_SIZE])
+        assert not os.stat(idx.origin.residence).st_mode & 0o222  # never written again
+    else:
+        assert idx.origin.residence is None
+    damage(snapshot)  # type: ignore[operator]
+    assert _m(idx, "http://x.evil.example/") == ("EVIL.example.", 3, "domain")
+    assert _m(idx, "http://bad.example/mal/x") is not None
+    assert _m(idx, "http://good.example/") is None
+    idx.close()
+
+
+def test_processes_share_one_private_copy(snapshot: Path, tmp_path: Path) -> None:
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    a = CompiledIndex.load(snapshot, copy_dir=copies)
+    b = CompiledIndex.load(snapshot, copy_dir=copies)
+    assert a.origin and b.origin and a.origin.residence == b.origin.residence
+    assert [p.name for p in copies.iterdir()] == [a.origin.residence.name]  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
+def test_a_tampered_private_copy_is_replaced_not_served(snapshot: Path, tmp_path: Path) -> None:
+    first = CompiledIndex.load(snapshot, copy_dir=tmp_path)
+    assert first.origin and first.origin.residence
+    copy = first.origin.residence
+    first.close()
+    copy.chmod(0o644)
+    _zero(copy)
+    idx = CompiledIndex.load(snapshot, copy_dir=tmp_path)
+    assert _m(idx, "http://evil.example/") is not None
+    assert copy.read_bytes() == snapshot.read_bytes()
+    idx.close()
+
+
+def test_a_damaged_published_file_is_refused_even_with_a_good_copy(
+    snapshot: Path, tmp_path: Path
+) -> None:
+    CompiledIndex.load(snapshot, copy_dir=tmp_path).close()
+    data = bytearray(snapshot.read_bytes())
+    data[-1] ^= 0x01
+    snapshot.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError, match="checksum"):
+        CompiledIndex.load(snapshot, copy_dir=tmp_path)
+
+
+def test_without_a_usable_copy_dir_the_snapshot_is_read_into_memory(
+    snapshot: Path, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    idx = CompiledIndex.load(snapshot, copy_dir=not_a_dir)
+    assert idx.origin is not None and idx.origin.residence is None
+    _zero(snapshot)
+    assert _m(idx, "http://evil.example/") is not None
+
+
+def test_check_published_tells_each_change(snapshot: Path, tmp_path: Path) -> None:
+    idx = CompiledIndex.load(snapshot)
+    origin = idx.origin
+    assert origin is not None
+    known = origin.identity
+    assert check_published(origin, known) is None  # a stat, nothing new
+    assert check_published(origin, known, full=True) == (known, None)
+    # replaced by an equal copy (rsync without --inplace): a new identity, no problem
+    tmp = tmp_path / "equal.tmp"
+    tmp.write_bytes(snapshot.read_bytes())
+    os.replace(tmp, snapshot)
+    result = check_published(origin, known)
+    assert result is not None and result[0] != known and result[1] is None
+    known = result[0]
+    # changed in place with its times put back: only the periodic full check sees it
+    st = snapshot.stat()
+    _flip(snapshot)
+    os.utime(snapshot, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert check_published(origin, known) is None
+    result = check_published(origin, known, full=True)
+    assert result is not None and result[1] is not None and "checksum" in result[1]
+    _truncate(snapshot)
+    result = check_published(origin, known)
+    assert result is not None and result[1] is not None and "bytes" in result[1]
+    snapshot.unlink()
+    assert check_published(origin, known) == (None, "missing: the file was removed")

@@ -1,0 +1,405 @@
+"""Campaign detection: the next Download.Ject, before any feed lists it.
+
+A proxy in front of many browsers sees what no single site sees: the same
+never-seen script host suddenly referenced from many *unrelated* sites, in the
+same odd place, with the same shape. This module turns page views into that
+signal. Pure: page bodies and times in, findings out; the caller owns the clock
+and the storage.
+
+Two parts:
+
+- :func:`references` reads one HTML page (with the scanner's own parser, so it
+  sees the elements a browser builds) and lists every third-party reference with
+  *where* it sat: ``after-end`` (after ``</body>``/``</html>``: Download.Ject's
+  footer), ``before-start`` (before ``<html>``: Gumblar's top-of-page script),
+  ``written`` (by ``document.write``/``innerHTML``/``createElement`` in an inline
+  script), ``hidden-frame`` (a 0/1-pixel or invisible iframe), ``breaks-out``
+  (followed by what is left of the text field or attribute it broke out of:
+  LizaMoon's ``</title><script src=...></script></title>``), ``repeated`` (the same external
+  script more than once in a page: the 2008 SQL injection appended it to every
+  text field), ``in-text`` (a ``<script src>`` left as text in a title or
+  textarea: the same injection where the browser does not run it).
+- :class:`CampaignDetector` keeps, per referenced host, when it was first seen
+  here, which registrable domains (Public Suffix List) referenced it and which
+  of those did so in an anomalous position, and the shapes of those references.
+  It raises a :class:`CampaignFinding` when a host first seen recently is
+  referenced from ``min_sites`` unrelated sites in anomalous positions, and
+  those make up most of its sites.
+
+The hard negatives are designed for, not tuned away:
+
+- A new analytics tag or CDN rolled out to many sites in a week sits where tags
+  sit (``<head>``, or just *before* ``</body>``, which is where ad networks and
+  analytics go): no anomalous position, no finding, however fast it spreads.
+- Widgets every theme includes, fonts, tag managers and libraries on most of the
+  web: seen during the warm-up (a deployment learns its baseline first), so never
+  "recently first seen"; and a short list of hosts everyone uses is ignored.
+- Per-site nonces and IDs in otherwise identical tags: the shape fingerprint
+  keeps element and attribute names and the position, never values.
+- A host referenced in an odd place by one sloppy site: one site is not a
+  campaign (``min_sites`` unrelated registrable domains are needed).
+
+State is bounded: at most ``max_hosts`` hosts (least recently seen forgotten
+first) with at most ``MAX_SITES_PER_HOST`` sites each, whatever the traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Final
+
+from publicsuffixlist import PublicSuffixList
+
+from .canon import canonicalize_url
+from .errors import CanonError
+from .htmlscan import decode_script_text, parse_elements
+
+# Positions no site's own template puts third-party code in.
+STRONG: Final = frozenset({"after-end", "before-start", "breaks-out", "repeated", "in-text"})
+# Positions injections use but legitimate tags use too (ad loaders still write their
+# tags with document.write; tracking vendors load hidden 1x1 iframes): odd only
+# together, or toward a bare IP address, which no legitimate vendor serves tags from.
+WEAK: Final = frozenset({"written", "hidden-frame"})
+ANOMALOUS: Final = STRONG | WEAK
+DAY: Final = 86_400.0
+# A host first seen longer ago than this is established, whatever it does now.
+DEFAULT_WINDOW: Final = 7 * DAY
+# Unrelated sites that must carry a host in an anomalous position before it is flagged.
+DEFAULT_MIN_SITES: Final = 3
+# Share of a host's sites whose reference is anomalous: a tag rolled out normally
+# to fifty sites and odd on three is a sloppy template, not a campaign.
+MIN_ANOMALOUS_SHARE: Final = 0.5
+# Share of anomalous references that must share one shape (an injection kit writes
+# the same tag everywhere).
+MIN_SHAPE_SHARE: Final = 0.5
+# The baseline: a deployment learns for this long (and this many page views) before
+# any host counts as new.
+DEFAULT_WARMUP_SECONDS: Final = 1 * DAY
+DEFAULT_WARMUP_VIEWS: Final = 1_000
+# Bounded state: hosts tracked, and sites remembered per host (enough to decide).
+DEFAULT_MAX_HOSTS: Final = 200_000
+MAX_SITES_PER_HOST: Final = 64
+MAX_SHAPES_PER_HOST: Final = 16
+# Only this much of a page is read for positions (the scanner reads the same).
+MAX_PAGE_BYTES: Final = 4 * 1024 * 1024
+
+# Registrable domains on most of the web (fonts, tag managers, libraries, video):
+# never campaign hosts here even on a fresh deployment with no warm-up behind it.
+COMMON_THIRD_PARTIES: Final = frozenset(
+    """googletagmanager.com google-analytics.com googleapis.com gstatic.com google.com
+    googlesyndication.com doubleclick.net googleadservices.com youtube.com ytimg.com
+    facebook.net facebook.com fbcdn.net twitter.com twimg.com x.com linkedin.com licdn.com
+    cloudflare.com cloudflareinsights.com jsdelivr.net unpkg.com jquery.com bootstrapcdn.com
+    fontawesome.com typekit.net adobe.com adobedtm.com hotjar.com segment.com segment.io
+    newrelic.com nr-data.net sentry.io sentry-cdn.com stripe.com paypal.com recaptcha.net
+    hcaptcha.com vimeo.com vimeocdn.com wp.com wordpress.com gravatar.com disqus.com
+    addthis.com sharethis.com cookielaw.org onetrust.com cookiebot.com matomo.cloud
+    clarity.ms bing.com microsoft.com amazon-adsystem.com criteo.net taboola.com outbrain.com
+    polyfill.io cdnjs.com akamaihd.net akamaized.net cloudfront.net fastly.net""".split()
+)
+
+_URL_IN_SCRIPT: Final = re.compile(r"""(?:https?:)?//([^/\s"'<>\\`()]+)""", re.IGNORECASE)
+_WRITES_MARKUP: Final = re.compile(
+    r"document\s*\.\s*write|innerHTML|outerHTML|insertAdjacentHTML|createElement|\.src\s*=",
+    re.IGNORECASE,
+)
+# What is left of a text field or attribute an injection broke out of, right after the
+# injected element: "<title>Shop</title><script src=...></script></title>" (LizaMoon),
+# '<input value="x"><script src=...></script>">'. A template never leaves these.
+_STRAY_REST: Final = re.compile(rb"\s*(?:</title\s*>|</textarea\s*>|[\"']\s*/?>)", re.IGNORECASE)
+_TEXT_FIELD: Final = re.compile(
+    rb"<(title|textarea)\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL
+)
+_SCRIPT_SRC_TEXT: Final = re.compile(rb"<script[^>]*\bsrc\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
+_HIDDEN_STYLE: Final = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|(?:width|height)\s*:\s*[01](?:px)?\b",
+    re.IGNORECASE,
+)
+_TINY: Final = frozenset({"0", "1", "0px", "1px"})
+_URL_ATTRS: Final = {
+    "script": "src",
+    "iframe": "src",
+    "frame": "src",
+    "embed": "src",
+    "object": "data",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One third-party reference in a page, and where it sat."""
+
+    host: str
+    element: str
+    positions: frozenset[str]
+    shape: str  # element, attribute names and positions: never values (nonces, IDs)
+
+    @property
+    def anomalous(self) -> bool:
+        if self.positions & STRONG:
+            return True
+        weak = self.positions & WEAK
+        return len(weak) > 1 or (bool(weak) and is_ip(self.host))
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignFinding:
+    """A host referenced across unrelated sites the way injections are."""
+
+    host: str
+    first_seen: float
+    flagged_at: float
+    sites: tuple[str, ...]
+    pages: int
+    score: float
+    evidence: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "event": "campaign",
+            "host": self.host,
+            "first_seen": self.first_seen,
+            "flagged_at": self.flagged_at,
+            "sites": list(self.sites),
+            "pages": self.pages,
+            "score": round(self.score, 2),
+            "evidence": list(self.evidence),
+        }
+
+
+@cache
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def is_ip(host: str) -> bool:
+    if not (host[-1:].isdigit() or ":" in host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def registrable(host: str) -> str:
+    """The registrable domain of a host (``a.b.example.co.uk`` -> ``example.co.uk``); an
+    IP address or a bare public suffix is its own."""
+    if is_ip(host):
+        return host
+    return _psl().privatesuffix(host) or host
+
+
+def _host_of(url: str, base: str) -> str | None:
+    try:
+        cu = canonicalize_url(url if "//" in url[:8] or ":" in url[:10] else base + url)
+    except CanonError:
+        return None
+    return cu.host or None
+
+
+def _shape(element: str, attrs: Iterable[str], positions: Iterable[str]) -> str:
+    text = element + "|" + ",".join(sorted(attrs)) + "|" + ",".join(sorted(positions))
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def references(body: bytes, content_type: str | None, page_url: str) -> list[Reference]:
+    """Every reference of a page to another site's host, with its positions."""
+    try:
+        page = canonicalize_url(page_url)
+    except CanonError:
+        return []
+    site = registrable(page.host)
+    base = f"{page.scheme}://{page.host}/"
+    raw = body[:MAX_PAGE_BYTES]
+    lower = raw.lower()
+    end_marks = [i for i in (lower.rfind(b"</body"), lower.rfind(b"</html")) if i >= 0]
+    end = min(end_marks) if end_marks else -1
+    html_open = lower.find(b"<html")
+    found: list[tuple[str, str, set[str], tuple[str, ...]]] = []
+
+    def add(url: str, element: str, positions: set[str], attrs: Sequence[str]) -> None:
+        host = _host_of(url, base)
+        if host and registrable(host) != site:
+            found.append((host, element, positions, tuple(attrs)))
+
+    for el in parse_elements(raw, content_type):
+        if el.alternative:
+            continue  # the main reading is what the browser builds
+        positions: set[str] = set()
+        if el.after_html or (end >= 0 and el.start > end):
+            positions.add("after-end")
+        if html_open > 0 and el.start < html_open:
+            positions.add("before-start")
+        if _STRAY_REST.match(raw, el.end):
+            positions.add("breaks-out")
+        name = el.name.removeprefix("svg:")
+        if name in ("iframe", "frame") and (
+            el.attrs.get("width", "").strip() in _TINY
+            or el.attrs.get("height", "").strip() in _TINY
+            or _HIDDEN_STYLE.search(el.attrs.get("style", ""))
+            or "hidden" in el.attrs
+        ):
+            positions.add("hidden-frame")
+        attr = _URL_ATTRS.get(name)
+        url = el.attrs.get(attr, "").strip() if attr else ""
+        if url:
+            add(url, name, positions, list(el.attrs))
+        if name == "script" and el.text and not url:
+            text = decode_script_text(el.text)
+            if _WRITES_MARKUP.search(text):
+                for m in _URL_IN_SCRIPT.finditer(text):
+                    add("http://" + m.group(1) + "/", "script", positions | {"written"}, ["inline"])
+    for field_match in _TEXT_FIELD.finditer(raw):
+        for src in _SCRIPT_SRC_TEXT.finditer(field_match.group(2)):
+            add(src.group(1).decode("latin-1"), "script", {"in-text"}, ["src"])
+
+    counts: dict[tuple[str, str], int] = {}
+    for host, element, _, _ in found:
+        counts[(host, element)] = counts.get((host, element), 0) + 1
+    out = []
+    for host, element, positions, attrs in found:
+        if element == "script" and counts[(host, element)] > 1:
+            positions = positions | {"repeated"}
+        out.append(
+            Reference(host, element, frozenset(positions), _shape(element, attrs, positions))
+        )
+    return out
+
+
+@dataclass(slots=True)
+class _HostStats:
+    first_seen: float
+    established: bool  # first seen during the warm-up: part of the baseline
+    sites: set[str] = field(default_factory=set)
+    anomalous: dict[str, float] = field(default_factory=dict)  # site -> first odd sighting
+    positions: dict[str, int] = field(default_factory=dict)
+    shapes: dict[str, int] = field(default_factory=dict)
+    pages: int = 0
+    flagged: bool = False
+
+
+class CampaignDetector:
+    """Per-host sightings and the campaign decision; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        window: float = DEFAULT_WINDOW,
+        min_sites: int = DEFAULT_MIN_SITES,
+        warmup_seconds: float = DEFAULT_WARMUP_SECONDS,
+        warmup_views: int = DEFAULT_WARMUP_VIEWS,
+        max_hosts: int = DEFAULT_MAX_HOSTS,
+        common: frozenset[str] = COMMON_THIRD_PARTIES,
+    ) -> None:
+        if min_sites < 2:
+            raise ValueError("min_sites must be at least 2: one site is not a campaign")
+        self.window = window
+        self.min_sites = min_sites
+        self.warmup_seconds = warmup_seconds
+        self.warmup_views = warmup_views
+        self.max_hosts = max_hosts
+        self.common = common
+        self.started: float | None = None
+        self.views = 0
+        self._hosts: OrderedDict[str, _HostStats] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def warming_up(self, now: float) -> bool:
+        return (
+            self.started is None
+            or now - self.started < self.warmup_seconds
+            or self.views < self.warmup_views
+        )
+
+    def observe(
+        self, now: float, page_url: str, refs: Sequence[Reference]
+    ) -> list[CampaignFinding]:
+        """Record one page view's references; returns the hosts this view flagged."""
+        if self.started is None:
+            self.started = now
+        warming = self.warming_up(now)
+        self.views += 1
+        try:
+            site = registrable(canonicalize_url(page_url).host)
+        except CanonError:
+            return []
+        findings = []
+        seen_here: set[str] = set()
+        for ref in refs:
+            host_site = registrable(ref.host)
+            if host_site in self.common:
+                continue
+            stats = self._hosts.pop(ref.host, None)
+            if stats is None:
+                stats = _HostStats(first_seen=now, established=warming)
+            self._hosts[ref.host] = stats  # most recently seen last
+            if ref.host not in seen_here:
+                stats.pages += 1
+                seen_here.add(ref.host)
+            if len(stats.sites) < MAX_SITES_PER_HOST:
+                stats.sites.add(site)
+            if ref.anomalous:
+                if site not in stats.anomalous and len(stats.anomalous) < MAX_SITES_PER_HOST:
+                    stats.anomalous[site] = now
+                for p in ref.positions & ANOMALOUS:
+                    stats.positions[p] = stats.positions.get(p, 0) + 1
+                if ref.shape in stats.shapes or len(stats.shapes) < MAX_SHAPES_PER_HOST:
+                    stats.shapes[ref.shape] = stats.shapes.get(ref.shape, 0) + 1
+            finding = None if stats.flagged else self._judge(ref.host, stats, now)
+            if finding is not None:
+                stats.flagged = True
+                findings.append(finding)
+        while len(self._hosts) > self.max_hosts:
+            self._hosts.popitem(last=False)
+        return findings
+
+    def _judge(self, host: str, s: _HostStats, now: float) -> CampaignFinding | None:
+        if s.established or now - s.first_seen > self.window:
+            return None
+        odd = len(s.anomalous)
+        if odd < self.min_sites or odd < MIN_ANOMALOUS_SHARE * len(s.sites):
+            return None
+        shaped = sum(s.shapes.values())
+        top_shape = max(s.shapes.values(), default=0)
+        if shaped and top_shape < MIN_SHAPE_SHARE * shaped:
+            return None  # every site has its own odd tag for it: not one kit
+        bare_ip = is_ip(host)
+        score = odd + (1.0 if bare_ip else 0.0) + top_shape / max(1, shaped)
+        evidence = [
+            f"first seen {int((now - s.first_seen) // 60)} min before, referenced from "
+            f"{len(s.sites)} unrelated sites, {odd} of them in anomalous positions",
+            "positions: " + ", ".join(f"{p} x{n}" for p, n in sorted(s.positions.items())),
+            f"{top_shape} of {shaped} anomalous references share one shape",
+        ]
+        if bare_ip:
+            evidence.append("the host is a bare IP address")
+        return CampaignFinding(
+            host=host,
+            first_seen=s.first_seen,
+            flagged_at=now,
+            sites=tuple(sorted(s.anomalous)),
+            pages=s.pages,
+            score=score,
+            evidence=tuple(evidence),
+        )
+
+
+__all__ = [
+    "ANOMALOUS",
+    "COMMON_THIRD_PARTIES",
+    "CampaignDetector",
+    "CampaignFinding",
+    "Reference",
+    "is_ip",
+    "references",
+    "registrable",
+]
