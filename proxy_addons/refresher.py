@@ -928,7 +928,12 @@ class Refresher:
         for outcome, _ in done:
             report.outcomes[outcome.name] = outcome
         if rebuild and not any(w.get("snapshot") for w in workers):
-            workers.append(await self._build(None, force=force, rebuild=True))
+            extra = await self._build(None, force=force, rebuild=True)
+            workers.append(extra)
+            if self.on_report and extra.get("repaired"):  # per-source reports carry no repair
+                repaired = RefreshReport()
+                _merge_workers(repaired, [extra])
+                self.on_report(repaired)
         _merge_workers(report, workers)
         self.last_report = report
         return report
