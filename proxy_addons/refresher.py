@@ -1163,6 +1163,12 @@ class Refresher:
             return True
         problem = self.store.verify_current()
         if problem is not None:
+            slot = self.follower.slot
+            origin = getattr(slot.engine.block, "origin", None) if slot is not None else None
+            if origin is not None and origin.path == current:
+                # This process serves a verified copy of it: the follower writes that back
+                # (no recompile). Republish only what nobody here can restore.
+                return False
             log.warning("jectguard: the snapshot in force cannot be served (%s); rebuilding", problem)
             return True
         inputs = pointer.get("inputs", {})
