@@ -207,6 +207,7 @@ class AdminServer:
             refresh_trigger=self.refresh_trigger,
             hosts=self.hosts,
             retro_hits=self.retro_hits,
+            cache_dir=self.data_dir,
         )
         self.state = state
         runner = web.AppRunner(
