@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import html
 import json
 import re
@@ -77,7 +78,7 @@ import ada_url
 
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
-from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse
+from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse, data_loader
 from proxy_addons.core.signatures import Signature, match_signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
@@ -1356,6 +1357,7 @@ class _Judge:
         self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
         self.depth = 0  # srcdoc / data: documents being judged inside this one
         self.js_work = _JS_WORK_CHARS  # script text this scan may still tokenize
+        self.base_verdicts: dict[str, _Verdict | None] = {}
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -1488,14 +1490,28 @@ class _Judge:
         if kind in _JSON_LOADS:
             return self._json_loads(text, bases)
         verdict = self.references(text, bases)
+        named = verdict is not None
         if verdict is None:
-            return None
+            # <base href> at a blocked origin: the script's relative URLs load from it.
+            verdict = self._blocked_base(bases)
+            if verdict is None:
+                return None
         evidence = self._evidence(text, bases, writes=kind is ScriptKind.JAVASCRIPT_URL)
         if evidence is None:
-            return verdict.mention()
+            return verdict.mention() if named else None
         return _Verdict(
             verdict.url, verdict.reason, verdict.rule, verdict.list, verdict.removed, evidence
         )
+
+    def _blocked_base(self, bases: Sequence[str]) -> _Verdict | None:
+        for base in bases:
+            if base != self.page_url:
+                if base not in self.base_verdicts:
+                    self.base_verdicts[base] = self._url_verdict(base, "inline-reference")
+                verdict = self.base_verdicts[base]
+                if verdict is not None:
+                    return verdict
+        return None
 
     def _json_loads(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         """An import map or speculation rules: every string value is a URL that may be
@@ -2047,10 +2063,20 @@ class Scanner:
                     base = resolved
                 break
         findings: list[Finding] = []
+        data_mentions: list[tuple[int, Element]] = []
         for el in elements:
             if el.name == "base":
                 continue
             verdict = judge.judge(el, (base,))
+            if (
+                verdict is not None
+                and verdict.reason == "mention"
+                and el.name in ("script", "svg:script")
+                and el.text
+                and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
+                and script_kind(el.attrs) is ScriptKind.DATA
+            ):
+                data_mentions.append((len(findings), el))
             after = el.after_html and self.after_html != "off" and self._is_active(el)
             if verdict is None and not after:
                 continue
@@ -2073,7 +2099,53 @@ class Scanner:
                     evidence=verdict.evidence,
                 )
             )
+        if data_mentions:
+            self._data_loaded(findings, data_mentions, elements, judge, (base,))
         return findings
+
+    @staticmethod
+    def _data_loaded(
+        findings: list[Finding],
+        data_mentions: list[tuple[int, Element]],
+        elements: Sequence[Element],
+        judge: _Judge,
+        bases: Sequence[str],
+    ) -> None:
+        """Data blocks naming a blocked origin on a page whose scripts can run them.
+
+        A data block runs nothing by itself, but a script elsewhere on the page can
+        ``eval`` its text, write it, copy it into a new script or re-type it and
+        insert it again (which runs it): the payload, split from its tiny loader. The
+        block is removed (the loader alone does nothing) when such a loader exists;
+        a page that only reads its data (``JSON.parse(__NEXT_DATA__.textContent)``)
+        keeps it.
+        """
+        loader = None
+        for el in elements:
+            if (
+                el.name in ("script", "svg:script")
+                and el.text
+                and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
+                and script_kind(el.attrs) in (ScriptKind.CLASSIC, ScriptKind.MODULE)
+            ):
+                loader = data_loader(el.text)
+                if loader is not None:
+                    break
+        if loader is None:
+            return
+        for index, el in data_mentions:
+            verdict = judge.references(el.text or "", bases)
+            if verdict is None:
+                continue
+            f = findings[index]
+            if f.reason != "mention":
+                continue
+            findings[index] = dataclasses.replace(
+                f,
+                reason=verdict.reason,
+                removed=verdict.removed,
+                evidence=f"data block, run by a script on the page ({loader})",
+            )
 
     def strip(
         self, body: bytes, page_url: str, content_type: str | None = None, *, comment: bool = True
