@@ -1169,7 +1169,8 @@ def decode_script_text(text: str) -> str:
 # quote), and HTML tags being written ("<").
 _URL_REF = re.compile(
     r"(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%-]+(?:\.[A-Za-z0-9_~%-]+)*\.?)(?::\d{1,5})?"
+    r"(\[[0-9A-Fa-f:.]+\]|[\w~%-]+(?:[.\u3002\uff0e\uff61][\w~%-]+)*[.\u3002\uff0e\uff61]?)"
+    r"(?::\d{1,5})?"
     r"""[^\s"'<>\\`(){}|^]*"""
 )
 _LITERAL_REF = re.compile(
@@ -1177,6 +1178,10 @@ _LITERAL_REF = re.compile(
 )
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+# Hosts without an ASCII dot that a browser still reads as an address or a dotted
+# name: http://3647724179/ and http://0xd96bda93/ (IPv4 numbers), ideographic and
+# fullwidth full stops (UTS 46 maps them to ".").
+_DOTLESS_HOST = re.compile(r"\d+|0[xX][0-9a-fA-F]*|.*[\u3002\uff0e\uff61].*")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
 
 
@@ -1650,7 +1655,11 @@ class _Judge:
         if "//" in text:
             for m in _URL_REF.finditer(text):
                 host = m.group(1)
-                if "." not in host and not host.startswith("["):
+                if (
+                    "." not in host
+                    and not host.startswith("[")
+                    and not _DOTLESS_HOST.fullmatch(host)
+                ):
                     continue
                 ref = m.group()
                 verdict = self._ref_verdict("http:" + ref if ref.startswith("//") else ref)

@@ -184,3 +184,19 @@ def test_event_handlers_that_only_mention_are_kept() -> None:
     out, findings = strip(body)
     assert out is body
     assert [(f.element, f.reason, f.removed) for f in findings] == [("button", "mention", False)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://3647724179/",  # 217.107.218.147 as one number
+        "http://0xd96bda93/",
+        "http://gumblar\u3002cn/",  # ideographic full stop
+        "http://\uff47\uff55\uff4d\uff42\uff4c\uff41\uff52\uff0e\uff43\uff4e/",  # fullwidth
+    ],
+)
+def test_hosts_a_browser_canonicalises_are_recognised(url: str) -> None:
+    # Chromium's URL parser turns each into a blocked host; the scanner must too.
+    body = html(f"<script>location.href = '{url}'</script>")
+    out, findings = strip(body)
+    assert [f.removed for f in findings] == [True], findings
