@@ -1301,6 +1301,7 @@ _WRITTEN_URL_ATTR = re.compile(
     r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
     r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
 )
+_BASE64_BLOCK = re.compile(r"[\sA-Za-z0-9+/_-]+={0,2}\s*")
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
 
 
@@ -1308,16 +1309,21 @@ def _base64_payloads(text: str) -> list[str]:
     """Texts hidden as base64 string literals in a script that decodes base64 (``atob``)."""
     out = []
     for m in _BASE64_LITERAL.finditer(text):
-        raw = m.group(2)
-        try:
-            data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
-        except (binascii.Error, ValueError):
-            continue
-        decoded = data.decode("utf-8", "replace")
-        printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
-        if decoded and printable >= 0.9 * len(decoded):
+        decoded = _base64_text(m.group(2))
+        if decoded is not None:
             out.append(decoded)
     return out
+
+
+def _base64_text(raw: str) -> str | None:
+    """The text a base64 string encodes, if it is mostly printable."""
+    try:
+        data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    decoded = data.decode("utf-8", "replace")
+    printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
+    return decoded if decoded and printable >= 0.9 * len(decoded) else None
 
 
 def _json_strings(value: object, out: list[str]) -> None:
@@ -1490,7 +1496,7 @@ class _Judge:
 
     def _script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
         if kind is ScriptKind.DATA:
-            verdict = self.references(text, bases)
+            verdict = self.data_references(text, bases)
             return verdict.mention() if verdict is not None else None
         if kind in _JSON_LOADS:
             return self._json_loads(text, bases)
@@ -1507,6 +1513,16 @@ class _Judge:
         return _Verdict(
             verdict.url, verdict.reason, verdict.rule, verdict.list, verdict.removed, evidence
         )
+
+    def data_references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """What a data block names, also when the whole block is base64 (a payload that
+        a loader elsewhere decodes: ``eval(atob(p.text))``)."""
+        verdict = self.references(text, bases)
+        if verdict is None and len(text) >= 16 and _BASE64_BLOCK.fullmatch(text):
+            payload = _base64_text("".join(text.split()))
+            if payload is not None:
+                verdict = self.references(payload, bases)
+        return verdict
 
     def _blocked_base(self, bases: Sequence[str]) -> _Verdict | None:
         for base in bases:
@@ -2232,7 +2248,7 @@ class Scanner:
         if loader is None:
             return
         for index, el in data_mentions:
-            verdict = judge.references(el.text or "", bases)
+            verdict = judge.data_references(el.text or "", bases)
             if verdict is None:
                 continue
             f = findings[index]

