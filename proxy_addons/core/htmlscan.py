@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import dataclasses
 import html
 import json
@@ -1954,6 +1955,9 @@ class Scanner:
         if first is None:
             return []
         bases = [judge.page_url]
+        # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
+        # judged with its script; cutting it out would break a script that is kept.
+        texts: list[tuple[int, int]] = []
         for p, name in _candidates(buf):
             if name == b"base":
                 tag = _start_tag(buf, p, name)
@@ -1961,11 +1965,19 @@ class Scanner:
                 resolved = judge.resolve(judge.page_url, href) if href is not None else None
                 if resolved is not None and resolved not in bases:
                     bases.append(resolved)
+            elif name == b"script" and (not texts or p >= texts[-1][1]):
+                tag = _start_tag(buf, p, name)
+                if tag is not None:
+                    texts.append((tag.end(), _script_end(buf, tag.end())[0]))
+        text_starts = [start for start, _ in texts]
         findings: list[Finding] = []
         seen: set[int] = set()
         for m in _HANDLER_LOW.finditer(low, first.start()):
             at = m.start() - 1
             if buf[at] not in _HANDLER_AFTER:
+                continue
+            inside = bisect.bisect_right(text_starts, at) - 1
+            if inside >= 0 and at < texts[inside][1]:
                 continue
             # The value as it reads from here: most handlers name nothing blocked, and
             # are let go before their tag is looked for.

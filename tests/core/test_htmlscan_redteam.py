@@ -253,3 +253,15 @@ def test_feature_detection_is_no_load(script: str) -> None:
     body = html(f"<script>var ioc='gumblar.cn';{script}</script>")
     out, (f,) = strip(body)
     assert out is body and f.reason == "mention"
+
+
+def test_a_handler_inside_a_kept_scripts_text_is_the_scripts_business() -> None:
+    # An XSS cheat sheet's payload list: data, kept whole (no piece cut out of it).
+    body = html(
+        "<script>var payloads = ['<img src=x onerror=\"Reflect.set(window, \\'location\\', "
+        "\\'//gumblar.cn/\\')\">'];"
+        "list.textContent = payloads.join('\\n');</script>"
+    )
+    out, findings = strip(body)
+    assert out is body
+    assert [(f.element, f.reason) for f in findings] == [("script", "mention")]
