@@ -2247,16 +2247,21 @@ class Scanner:
         keeps it.
         """
         loader = None
-        for el in elements:
-            if (
-                el.name in ("script", "svg:script")
-                and el.text
-                and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
-                and script_kind(el.attrs) in (ScriptKind.CLASSIC, ScriptKind.MODULE)
-            ):
-                loader = data_loader(el.text)
-                if loader is not None:
-                    break
+        scripts = [
+            el.text
+            for el in elements
+            if el.name in ("script", "svg:script")
+            and el.text
+            and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
+            and script_kind(el.attrs) in (ScriptKind.CLASSIC, ScriptKind.MODULE)
+        ]
+        # Smallest first, within the scan's tokenizing budget (a loader is small; past
+        # the budget, the shapes of sinks in the raw text decide).
+        for text in sorted(scripts, key=len):
+            loader = data_loader(text, limit=max(0, judge.js_work))
+            judge.js_work -= len(text)
+            if loader is not None:
+                break
         if loader is None:
             return
         for index, el in data_mentions:

