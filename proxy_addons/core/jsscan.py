@@ -978,7 +978,7 @@ def data_loader(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> str | None:
     read to its end (a syntax error runs nothing) is no loader; one longer than
     ``limit`` is judged by the shapes of its sinks in the raw text (eval(, write(...).
     """
-    if _RETYPE.search(text):
+    if "type" in text and _RETYPE.search(text):
         return "type"
     if "=" in text[:256] and _json_assignments(text):
         return None
@@ -986,7 +986,7 @@ def data_loader(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> str | None:
         code = _shapes(_CODE_SHAPE, _CODE_WORDS, text)
         if code:
             return code[0].strip("(.[]\"'` ")
-        return "write" if _RAW_WRITE.search(text) else None
+        return "write" if "write" in text and _RAW_WRITE.search(text) else None
     traits = analyse(text, limit=limit)
     if traits.unreadable:
         return None
