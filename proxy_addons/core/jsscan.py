@@ -882,6 +882,8 @@ class _Sinks:
         elif not call:
             if name in _ALIASABLE and self._passed_on(i, name):
                 out.append(Sink(SinkKind.LOAD, name))  # called elsewhere, with any URL
+            elif name in _TIMER_NAMES and self._passed_on(i, name):
+                out.append(Sink(SinkKind.CODE, name))  # t = setTimeout; t("code")
             return
         elif not paren:
             if name in _LOAD_CALLS:

@@ -230,6 +230,10 @@ PASSED_ON = {
     "set-attribute-alias": F + "var a=Element.prototype.setAttribute;a.call(img,'src',u)",
     "setter": F
     + "Object.getOwnPropertyDescriptor(HTMLImageElement.prototype,'src').set.call(img,u)",
+    # A timer handed on runs a string whose sink no shape shows.
+    "timer-alias": F + "var t=setTimeout;t(\"self['loc'+'ation']=u\")",
+    "timer-call": F + "setTimeout.call(window,\"self['loc'+'ation']=u\")",
+    "timer-reflect": F + "Reflect.apply(setTimeout,window,[\"self['loc'+'ation']=u\"])",
 }
 
 
