@@ -1481,6 +1481,9 @@ class _Judge:
                     verdict = _Verdict(verdict.url, "inline-reference", verdict.rule,
                                        verdict.list, verdict.removed, el.name)  # fmt: skip
                 return verdict
+            for f in self.scanner._handlers(doc, self):  # <img onerror> in the document
+                if f.removed:
+                    return _Verdict(f.url, f.reason, f.rule, f.list, True, f.evidence)
         finally:
             self.depth -= 1
         return mention

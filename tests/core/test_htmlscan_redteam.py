@@ -276,3 +276,11 @@ def test_a_loader_padded_past_the_analysis_bound_still_counts() -> None:
     block = "<script type=\"text/plain\" id=p>location='http://gumblar.cn/'</script>"
     out, (f,) = strip(html(block + f"<script>{padding} eval(p.text)</script>"))
     assert f.removed and f.evidence is not None and "eval" in f.evidence
+
+
+def test_a_handler_in_a_srcdoc_document_removes_the_frame() -> None:
+    body = html(
+        "<iframe srcdoc=\"<img src=x onerror=&quot;top.location='http://gumblar.cn/'&quot;>\">"
+    )
+    out, (f,) = strip(body)
+    assert f.element == "iframe" and f.removed and b"gumblar" not in out
