@@ -499,6 +499,7 @@ class _Sinks:
         self.literal_keys: list[tuple[str, int]] = []  # {src: value}: (key, value index)
         self.computed_sets: list[tuple[int, int]] = []  # x[k] = v: ("[", "]") indices
         self._functions: set[str] | None = None
+        self._values: set[str] = set()  # names also assigned something else
 
     def _close_paren(self, i: int) -> int:
         """The index of the ")" matching the "(" at ``i`` (or past the end)."""
@@ -528,6 +529,7 @@ class _Sinks:
                 elif self._assigned(k + 1):
                     (names if self._function_literal(k + 2) else other).add(tok.value)
             self._functions = names - other
+            self._values = other
         return self._functions
 
     def _function_literal(self, i: int) -> bool:
@@ -865,6 +867,7 @@ class _Sinks:
                     paren
                     and self._name_at(i + 2) is not None
                     and (self._is(i + 3, ",") or self._is(i + 3, ")"))
+                    and self._name_at(i + 2) not in self._values  # (var c = p.text)
                 )
                 out.append(Sink(SinkKind.CODE, name + "(variable)" if bare else name))
         elif name in _LOAD_PROPERTIES and self._assigned(i + 1):

@@ -284,3 +284,9 @@ def test_a_handler_in_a_srcdoc_document_removes_the_frame() -> None:
     )
     out, (f,) = strip(body)
     assert f.element == "iframe" and f.removed and b"gumblar" not in out
+
+
+def test_a_timer_given_a_variable_the_script_assigned_is_a_loader() -> None:
+    block = "<script type=\"text/plain\" id=p>location='http://gumblar.cn/'</script>"
+    out, (f,) = strip(html(block + "<script>var c = p.text; setTimeout(c, 1)</script>"))
+    assert f.removed and b"gumblar" not in out
