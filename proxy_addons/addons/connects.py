@@ -49,6 +49,12 @@ def server_name_verdict(engine: Engine, hello: tls.ClientHello) -> Verdict | Non
     cannot read it (two names, bytes that are not a host name); a server may still
     route by such a name, so an extension that is there but unreadable is an error.
     """
+    if sum(t == _SERVER_NAME_EXTENSION for t, _ in hello.extensions) > 1:
+        # RFC 8446 4.2 forbids it; mitmproxy reads the first, a TLS front may route
+        # on the last (nginx's ssl_preread keeps overwriting): which one is unknowable.
+        return Verdict(
+            Action.ERROR, "(TLS server name)", error="more than one server_name extension"
+        )
     if hello.sni:
         return engine.check_host(hello.sni)
     if any(t == _SERVER_NAME_EXTENSION for t, _ in hello.extensions):

@@ -122,6 +122,13 @@ class RequestChecks:
             if why is not None:
                 what = f"{v.canonical.host} is {why}"
                 checks.append(refuse_destination(Stage.DESTINATION, url, what))
+        if path and path != "*" and not path.startswith("/"):
+            # HTTP/1's absolute-form is read into host and path by mitmproxy, but an
+            # HTTP/2 ``:path`` is kept as sent: one like ``https://blocked/x`` names a
+            # host some servers route on (Go parses it as a URL) that the URL above
+            # never shows. Refuse any target that is not origin-form (or ``*``).
+            bad = Verdict(Action.ERROR, path, error="request target is not origin-form")
+            checks.append(self._decide(Stage.REQUEST, bad, url, client))
         # Names that differ from the URL's host (cheap string tests keep the common case fast).
         hostport = f"{host}:{port}"
         raw_authority = req.data.authority
