@@ -253,10 +253,14 @@ def mitmdump_cmd(port: int, confdir: Path, *extra: str) -> list[str]:
             "--set", f"confdir={confdir}", *QUIET, *extra]
 
 
+# The origin is on loopback, on a random port: open it as for a local service.
+LOCAL_ORIGIN = ["--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535"]
+
+
 def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str) -> list[str]:
     args = [a for p in lists for a in ("--blocklist", str(p))]
     return [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
-            "--confdir", str(confdir), *args, *QUIET, *extra]
+            "--confdir", str(confdir), *args, *QUIET, *LOCAL_ORIGIN, *extra]
 
 
 def write_block_list_config(confdir: Path, n: int) -> None:

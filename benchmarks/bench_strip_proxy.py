@@ -142,6 +142,8 @@ def jectguard_cmd(port: int, tmp: Path, blocklist: Path, strip: bool) -> list[st
         "--confdir", str(tmp / "confdir"), "--cache-dir", str(tmp / "cache"),
         "--admin-port", "0", "--events-file", "", "--blocklist", str(blocklist),
         *QUIET, "--set", f"jg_strip={'true' if strip else 'false'}",
+        # the origin is on loopback, on a random port: open it as for a local service
+        "--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535",
     ]
 
 

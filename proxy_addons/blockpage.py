@@ -32,11 +32,13 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HEADER_UNSAFE_RE: Final = re.compile(r"[^\x20-\x7e]")
 _STAGES: Final = {
     "request": "the requested address",
+    "authority": "the address in the request line (or HTTP/2 :authority)",
     "host-header": "the Host header of the request",
     "sni": "the TLS server name (SNI)",
     "connect": "the CONNECT target",
     "redirect": "a redirect target",
     "address": "the server's IP address",
+    "destination": "the destination (the proxy does not connect there)",
 }
 
 
@@ -47,12 +49,17 @@ def new_request_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProceedForm:
-    """A signed "proceed anyway" form: POSTed to ``action`` with ``fields``."""
+    """A "proceed anyway" form: sent to ``action`` with ``fields``.
+
+    On a block page it is a GET to the proxy's own origin (no token); on that
+    origin's confirmation page it is the POST that carries the signed token.
+    """
 
     action: str
     fields: dict[str, str]
     minutes: int
     host: str
+    method: str = "post"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,10 @@ class BlockInfo:
     admin_contact: str = ""
     report_url: str = ""
     proceed: ProceedForm | None = field(default=None, compare=False)
+    # 403 for a block; 400/414/502 for something unreadable, which fails closed
+    status: int = 403
+    # why, when no list rule says it (a refused destination, an unreadable Host header)
+    why: str = ""
 
     @classmethod
     def from_verdict(
@@ -86,6 +97,8 @@ class BlockInfo:
         admin_contact: str = "",
         report_url: str = "",
         proceed: ProceedForm | None = None,
+        status: int = 403,
+        why: str = "",
     ) -> BlockInfo:
         m = verdict.match
         return cls(
@@ -103,7 +116,20 @@ class BlockInfo:
             admin_contact=admin_contact,
             report_url=report_url,
             proceed=proceed,
+            status=status or 403,
+            why=why,
         )
+
+    @property
+    def listed(self) -> bool:
+        """Whether a list rule decided (not a policy or an unreadable request)."""
+        return self.list is not None
+
+    @property
+    def headline(self) -> str:
+        if self.listed:
+            return "suspected malicious"
+        return "refused: " + self.why if self.why else "refused"
 
     @property
     def time_text(self) -> str:
@@ -112,7 +138,7 @@ class BlockInfo:
     def as_dict(self) -> dict[str, object]:
         return {
             "blocked": True,
-            "reason": "suspected malicious",
+            "reason": self.headline,
             "url": self.url,
             "host": self.host,
             "list": self.list,
@@ -219,14 +245,14 @@ def render(info: BlockInfo, kind: Kind) -> Rendered:
             ("Content-Security-Policy", csp),
             ("X-Frame-Options", "DENY"),
         ]
-        return Rendered(403, headers, render_html(info).encode("utf-8"))
+        return Rendered(info.status, headers, render_html(info).encode("utf-8"))
     if kind == "json":
         headers.append(("Content-Type", "application/json"))
-        return Rendered(403, headers, render_json(info).encode("ascii"))
+        return Rendered(info.status, headers, render_json(info).encode("ascii"))
     headers.append(("Content-Type", "text/plain; charset=utf-8"))
     if kind == "empty":
-        return Rendered(403, headers, b"")
-    return Rendered(403, headers, render_text(info).encode("utf-8"))
+        return Rendered(info.status, headers, b"")
+    return Rendered(info.status, headers, render_text(info).encode("utf-8"))
 
 
 def _origin(url: str) -> str:
@@ -240,7 +266,9 @@ def render_json(info: BlockInfo) -> str:
 
 def render_text(info: BlockInfo) -> str:
     lines = [
-        "Blocked by jectguard: suspected malicious site.",
+        "Blocked by jectguard: suspected malicious site."
+        if info.listed
+        else f"Refused by jectguard: {info.why or 'not allowed'}.",
         f"URL: {info.url}",
         f"Host: {info.host or '-'}",
         f"List: {info.list or '-'}",
@@ -288,10 +316,29 @@ small{color:#555}
 """
 
 
+def _title(info: BlockInfo) -> str:
+    return "Blocked: suspected malicious site" if info.listed else "Refused by jectguard"
+
+
+def _explanation(info: BlockInfo) -> str:
+    if info.listed:
+        return (
+            "<p>jectguard stopped this request because the address is on a list of\n"
+            "<strong>suspected malicious</strong> sites. Sites on such lists may have been "
+            "hacked\nto spread malware, or may host phishing or attack code. Lists can be "
+            "wrong.</p>"
+        )
+    return (
+        f"<p>jectguard refused this request: <strong>{_e(info.why or 'not allowed')}"
+        "</strong>. This is the proxy's own policy, not a list.</p>"
+    )
+
+
 def render_html(info: BlockInfo) -> str:
     """The block page: no scripts, no external resources, readable on a phone."""
     rows = [
         ("Blocked address", f"<code>{_e(info.url)}</code>"),
+        *([] if info.listed else [("Reason", _e(info.why or "not allowed"))]),
         ("Matched", _e(_STAGES.get(info.stage, info.stage))),
         ("List", _e(info.list or "-")),
         (
@@ -317,11 +364,11 @@ def render_html(info: BlockInfo) -> str:
         )
         proceed = (
             '<div class="box"><h2>Continue anyway?</h2>'
-            f"<p>Only if you are sure this site is safe. This lets this device reach "
-            f"<code>{_e(p.host)}</code> for {int(p.minutes)} minutes; "
-            "the decision is logged.</p>"
-            f'<form method="post" action="{_e(p.action)}">{hidden}'
-            '<button type="submit">Continue to the site</button></form></div>'
+            f"<p>Only if you are sure this site is safe. You will be asked to confirm on "
+            f"a page of the proxy; that lets this device reach <code>{_e(p.host)}</code> "
+            f"for {int(p.minutes)} minutes, and the decision is logged.</p>"
+            f'<form method="{_e(p.method)}" action="{_e(p.action)}">{hidden}'
+            '<button type="submit">Continue anyway…</button></form></div>'
         )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -329,15 +376,13 @@ def render_html(info: BlockInfo) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
-<title>Blocked: suspected malicious site</title>
+<title>{_e(_title(info))}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <main>
-<h1>This site was blocked</h1>
-<p>jectguard stopped this request because the address is on a list of
-<strong>suspected malicious</strong> sites. Sites on such lists may have been hacked
-to spread malware, or may host phishing or attack code. Lists can be wrong.</p>
+<h1>{"This site was blocked" if info.listed else "This request was refused"}</h1>
+{_explanation(info)}
 <div class="box"><dl>
 {details}
 </dl></div>
@@ -347,9 +392,62 @@ quote the request ID <code>{_e(info.request_id)}</code>. They can check the rule
 allow the site.</p>
 {report}
 {proceed}
-<p><small>Blocked by jectguard. Matches come from the list named above, not from a
-judgement about this particular page.</small></p>
+<p><small>{"Blocked by jectguard. Matches come from the list named above, not from a"
+"\njudgement about this particular page." if info.listed else "Refused by jectguard."}</small></p>
 </main>
 </body>
 </html>
 """
+
+
+def render_proceed_page(form: ProceedForm, url: str, return_origin: str) -> Rendered:
+    """The confirmation page on the proxy's own origin: the signed form and one button.
+
+    No web origin can read it (no CORS headers; ``Cross-Origin-Resource-Policy``),
+    frame it (``frame-ancestors 'none'``) or post to it on a person's behalf
+    (the form goes only to this origin).
+    """
+    hidden = "".join(
+        f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in form.fields.items()
+    )
+    body = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>Continue to a blocked site?</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<main>
+<h1>Continue to a blocked site?</h1>
+<div class="box"><p>The address <code>{_e(_shorten(url))}</code> is on a list of
+<strong>suspected malicious</strong> sites. Continue only if you are sure it is safe.
+This device may then reach <code>{_e(form.host)}</code> for {int(form.minutes)} minutes;
+the decision is logged.</p>
+<form method="post" action="{_e(form.action)}">{hidden}
+<button type="submit">Continue to {_e(form.host)}</button></form></div>
+<p><small>This page is served by jectguard itself, not by the site.</small></p>
+</main>
+</body>
+</html>
+"""
+    headers = [
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        # not no-referrer: that makes the browser send "Origin: null" with the POST,
+        # and the grant checks the Origin is this page's
+        ("Referrer-Policy", "same-origin"),
+        ("Content-Type", "text/html; charset=utf-8"),
+        (
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+            # the grant's 303 goes to the blocked site: form-action covers redirects
+            f"base-uri 'none'; form-action 'self' {header_value(return_origin)}",
+        ),
+        ("X-Frame-Options", "DENY"),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
+    ]
+    return Rendered(200, headers, body.encode("utf-8"))

@@ -20,6 +20,7 @@ from proxy_addons.blockpage import (
     printable,
     render,
     render_html,
+    render_proceed_page,
 )
 from proxy_addons.core.engine import Action, Verdict
 
@@ -185,3 +186,29 @@ def test_printable() -> None:
 def test_request_ids_are_unique() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(re.fullmatch(r"[0-9a-f]{12}", i) for i in ids)
+
+
+def test_refusal_without_a_list_names_its_reason_and_status() -> None:
+    i = info(list=None, rule=None, category=None, status=400,
+             why="the Host header cannot be read: not a valid URL")
+    for kind in ("html", "text", "json"):
+        r = render(i, kind)  # type: ignore[arg-type]
+        assert r.status == 400
+        assert b"the Host header cannot be read" in r.body
+        assert b"suspected malicious" not in r.body
+    assert json.loads(render(i, "json").body)["reason"].startswith("refused: ")
+
+
+def test_proceed_page_is_unreadable_by_other_origins_and_escaped() -> None:
+    form = ProceedForm("/", {"host": "evil.test", "sig": 'a"b', "return": EVIL}, 15, "evil.test")
+    r = render_proceed_page(form, "http://evil.test/x", "http://evil.test")
+    h = dict(r.headers)
+    assert r.status == 200 and h["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    assert "form-action 'self' http://evil.test" in h["Content-Security-Policy"]
+    assert h["Cross-Origin-Resource-Policy"] == "same-origin"
+    assert not any(k.lower().startswith("access-control") for k in h)
+    page = r.body.decode()
+    c = parse(page)
+    assert not any(t in ("script", "img") for t, _ in c.tags)
+    assert 'method="post" action="/"' in page

@@ -19,6 +19,7 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
@@ -42,6 +43,7 @@ def make_addons(
         ClientAllowList(),
         Blocking(holder),
         Strip(holder),
+        ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
@@ -77,6 +79,7 @@ __all__ = [
     "AdminServer",
     "Blocking",
     "ClientAllowList",
+    "ConnectionLimits",
     "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",

@@ -1,8 +1,13 @@
 """Signed, expiring, per-client "proceed anyway" tokens and the grants they buy.
 
 A token is an HMAC over (client address, host, expiry) with a secret only the
-proxy knows, so a web page cannot mint one; it is only ever sent inside a
-block page to the client it names. No mitmproxy here: the addon calls it.
+proxy knows, so a web page cannot mint one. It is never put on the blocked site's
+origin (a script there could fetch the block page and post its form): the block
+page only links to a page on the proxy's own origin, ``http://PROCEED_HOST/``,
+which the proxy answers itself and no web origin can read (no CORS, no framing).
+That page carries the token, and a grant needs a person's click on it: a
+same-origin, user-activated, top-level navigation (:func:`navigation_problem`).
+No mitmproxy here: the addon calls it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-# The path on the blocked host that the block page's form posts to.
-PROCEED_PATH: Final = "/.well-known/jectguard/proceed"
+# The proxy's own origin for the confirmation page: ``.invalid`` never resolves
+# (RFC 2606), so only the proxy can answer it and no site can share its origin.
+PROCEED_HOST: Final = "proceed.jectguard.invalid"
+PROCEED_ORIGINS: Final = frozenset({f"http://{PROCEED_HOST}", f"https://{PROCEED_HOST}"})
 # How long a block page's form stays usable.
 FORM_TTL_SECONDS: Final = 600
 # Grants held at most (a home proxy needs a handful; this bounds memory).
@@ -88,3 +96,30 @@ class ProceedSigner:
             del self.grants[(client, host)]
             return False
         return True
+
+
+def navigation_problem(header: Callable[[str], str | None], *, submit: bool) -> str | None:
+    """Why a request to the proceed origin is not a person's top-level navigation.
+
+    Fetch metadata is checked where the browser sends it (every current browser
+    does, and a page cannot forge it): a ``fetch()``, XHR, frame or image is never
+    a navigation. A grant (``submit``) must also come from a click on the proceed
+    page itself: same origin and user-activated. A form posted by another origin
+    carries its ``Origin``. Without any of these headers (curl, old browsers) the
+    signed token alone decides.
+    """
+    mode, dest = header("sec-fetch-mode"), header("sec-fetch-dest")
+    if mode is not None and mode.strip().lower() != "navigate":
+        return f"not a navigation (Sec-Fetch-Mode: {mode[:40]})"
+    if dest is not None and dest.strip().lower() != "document":
+        return f"not a top-level page (Sec-Fetch-Dest: {dest[:40]})"
+    if not submit:
+        return None
+    site, user, origin = header("sec-fetch-site"), header("sec-fetch-user"), header("origin")
+    if site is not None and site.strip().lower() != "same-origin":
+        return f"not submitted from the proceed page (Sec-Fetch-Site: {site[:40]})"
+    if mode is not None and (user or "").strip() != "?1":
+        return "not a click by a person (no Sec-Fetch-User)"
+    if origin is not None and origin.strip().lower() not in PROCEED_ORIGINS:
+        return f"posted from another origin ({origin[:80]})"
+    return None

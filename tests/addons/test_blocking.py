@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
-from proxy_addons.addons.proceed import PROCEED_PATH
+from proxy_addons.addons.proceed import PROCEED_HOST
 from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -465,6 +466,30 @@ def _form_fields(body: bytes) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
+PROCEED = f"http://{PROCEED_HOST}/"
+CLICK = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-User": "?1"}
+SUBMIT = {**CLICK, "Sec-Fetch-Site": "same-origin", "Origin": f"http://{PROCEED_HOST}"}
+
+
+def _confirmation_page(addon: Blocking, block: http.HTTPFlow) -> http.HTTPFlow:
+    """The person follows the block page's link: a page on the proxy's own origin."""
+    link = _form_fields(block.response.content)  # type: ignore[union-attr]
+    page = req(PROCEED + "?" + urllib.parse.urlencode(link), {**CLICK, "Sec-Fetch-Site": "cross-site"})
+    page.client_conn = block.client_conn
+    addon.requestheaders(page)
+    return page
+
+
+def _post(addon: Blocking, client: connection.Client, fields: dict[str, str],
+          headers: dict[str, str]) -> http.HTTPFlow:
+    f = req(PROCEED, headers, method="POST")
+    f.client_conn = client
+    f.request.urlencoded_form = fields  # type: ignore[assignment]
+    addon.requestheaders(f)
+    addon.request(f)
+    return f
+
+
 async def test_proceed_anyway_round_trip(addon: Blocking) -> None:
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jg_proceed_anyway=True, jg_proceed_minutes=5)
@@ -472,44 +497,124 @@ async def test_proceed_anyway_round_trip(addon: Blocking) -> None:
         addon.requestheaders(f)
         body = f.response.content  # type: ignore[union-attr]
         assert b"Continue anyway?" in body
-        fields = _form_fields(body)
-        assert fields["host"] == "evil.test" and fields["return"] == "http://evil.test/page?x=1"
+        # the blocked site's origin gets no token: only a link to the proxy's origin
+        assert _form_fields(body) == {"host": "evil.test", "return": "http://evil.test/page?x=1"}
+        assert f'method="get" action="{PROCEED}"'.encode() in body
 
-        # forged signature from a page: refused
-        forged = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        forged.client_conn = f.client_conn
-        forged.request.urlencoded_form = {**fields, "sig": "A" * 43}  # type: ignore[assignment]
-        addon.requestheaders(forged)
-        addon.request(forged)
+        page = _confirmation_page(addon, f)
+        assert page.response is not None and page.response.status_code == 200
+        assert "frame-ancestors 'none'" in page.response.headers["Content-Security-Policy"]
+        assert "Access-Control-Allow-Origin" not in page.response.headers
+        assert page.response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+        token = _form_fields(page.response.content)
+        assert {"host", "exp", "sig", "return"} <= set(token)
+
+        forged = _post(addon, f.client_conn, {**token, "sig": "A" * 43}, SUBMIT)
         assert forged.response.status_code == 403  # type: ignore[union-attr]
+        other_client = tflow.tclient_conn()
+        other_client.peername = ("10.9.9.9", 5555)
+        assert _post(addon, other_client, token, SUBMIT).response.status_code == 403  # type: ignore[union-attr]
 
-        # another client replaying the token: refused
-        other = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        other.client_conn.peername = ("10.9.9.9", 5555)
-        other.request.urlencoded_form = fields  # type: ignore[assignment]
-        addon.requestheaders(other)
-        addon.request(other)
-        assert other.response.status_code == 403  # type: ignore[union-attr]
-
-        # the real thing
-        ok = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
-        ok.client_conn = f.client_conn
-        ok.request.urlencoded_form = fields  # type: ignore[assignment]
-        addon.requestheaders(ok)
-        assert ok.response is None
-        addon.request(ok)
+        ok = _post(addon, f.client_conn, token, SUBMIT)
         assert ok.response.status_code == 303  # type: ignore[union-attr]
         assert ok.response.headers["Location"] == "http://evil.test/page?x=1"  # type: ignore[union-attr]
+        assert metadata(ok)["action"] == "proceed-granted"
 
         again = req("http://evil.test/page", NAV)
         again.client_conn = f.client_conn
         addon.requestheaders(again)
         assert again.response is None and metadata(again)["action"] == "proceed"
-        # only for that client
         stranger = req("http://evil.test/page", NAV)
         stranger.client_conn.peername = ("10.9.9.9", 5555)
         addon.requestheaders(stranger)
         assert stranger.response is not None
+
+
+# What a script on the compromised page can send toward the proceed origin.
+FORGED_SUBMITS = [
+    ("fetch", {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "cross-site",
+               "Origin": "http://evil.test"}),
+    ("no-cors-fetch", {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty",
+                       "Sec-Fetch-Site": "cross-site"}),
+    ("auto-submitted-form", {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+                             "Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"}),
+    ("form-in-a-frame", {**SUBMIT, "Sec-Fetch-Dest": "iframe"}),
+    ("no-click", {k: v for k, v in SUBMIT.items() if k != "Sec-Fetch-User"}),
+    ("other-origin", {"Origin": "http://evil.test"}),
+]
+
+
+@pytest.mark.parametrize(("name", "headers"), FORGED_SUBMITS, ids=[c[0] for c in FORGED_SUBMITS])
+async def test_proceed_grant_needs_a_click_on_the_proxy_origin(
+    addon: Blocking, name: str, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://evil.test/page", NAV)
+        addon.requestheaders(f)
+        token = _form_fields(_confirmation_page(addon, f).response.content)  # type: ignore[union-attr]
+        forged = _post(addon, f.client_conn, token, headers)
+        assert forged.response.status_code == 403, name  # type: ignore[union-attr]
+        assert not addon.signer.grants  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+     {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}],
+)
+async def test_proceed_page_is_never_served_to_a_fetch_or_a_frame(
+    addon: Blocking, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req(PROCEED + "?host=evil.test&return=http%3A%2F%2Fevil.test%2F", headers)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert b"sig" not in f.response.content
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://evil.test; script-src * 'unsafe-inline'/", "javascript:alert(1)", "not a url",
+     "http://example.test/", "http://198.51.100.7/"],
+)
+async def test_proceed_page_only_for_a_blocked_url_of_that_host(addon: Blocking, target: str) -> None:
+    """The return URL goes into the page's CSP and the final redirect: free text never does."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        q = urllib.parse.urlencode({"host": "evil.test", "return": target})
+        f = req(PROCEED + "?" + q, CLICK)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert "script-src" not in f.response.headers.get("Content-Security-Policy", "")
+
+
+async def test_blocked_site_origin_has_no_proceed_endpoint(addon: Blocking) -> None:
+    """The old form target on the blocked host is just another blocked URL."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://evil.test/.well-known/jectguard/proceed", {}, method="POST")
+        addon.requestheaders(f)
+        addon.request(f)
+        assert f.response is not None and metadata(f)["action"] == "block"
+
+
+async def test_grants_never_unlock_address_rules(addon: Blocking) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_proceed_anyway=True)
+        f = req("http://198.51.100.7/x", NAV)
+        addon.requestheaders(f)
+        assert b"Continue anyway" not in f.response.content  # type: ignore[union-attr]
+        page = req(PROCEED + "?host=198.51.100.7&return=http%3A%2F%2F198.51.100.7%2Fx", CLICK)
+        addon.requestheaders(page)
+        assert page.response.status_code == 403  # type: ignore[union-attr]
+        # even a grant held for that address (or a name on it) does not open an IP rule
+        addon.signer.grant("192.168.0.1", "198.51.100.7")  # type: ignore[union-attr]
+        again = req("http://198.51.100.7/x", NAV)
+        again.client_conn.peername = ("192.168.0.1", 1)
+        addon.requestheaders(again)
+        assert again.response is not None and metadata(again)["action"] == "block"
 
 
 async def test_proceed_off_by_default(addon: Blocking) -> None:
@@ -517,9 +622,9 @@ async def test_proceed_off_by_default(addon: Blocking) -> None:
         f = req("http://evil.test/", NAV)
         addon.requestheaders(f)
         assert b"Continue anyway" not in f.response.content  # type: ignore[union-attr]
-        p = req(f"http://evil.test{PROCEED_PATH}", {}, method="POST")
+        p = req(PROCEED, SUBMIT, method="POST")
         addon.requestheaders(p)
-        assert p.response is not None and p.response.status_code == 403
+        assert p.response is not None and p.response.status_code == 404
 
 
 # -- client allow-list ---------------------------------------------------------
@@ -548,3 +653,256 @@ async def test_client_allow_list_empty_allows_all() -> None:
         client.peername = ("8.8.8.8", 1)
         a.client_connected(client)
         assert client.error is None
+
+
+# -- hostile requests (issue 11) ---------------------------------------------------
+
+
+def tunnel_req(target: str, authority: str, path: str = "/x", host: str | None = None,
+               version: bytes = b"HTTP/1.1") -> http.HTTPFlow:
+    """A request inside an intercepted tunnel to ``target`` (mitmproxy sets .host from it)."""
+    headers = http.Headers([(b"Host", (host or target).encode())])
+    r = http.Request(target, 443, b"GET", b"https", authority.encode(), path.encode(), version,
+                     headers, b"", None, 0, 0)
+    f = tflow.tflow(req=r)
+    f.client_conn.sni = target
+    return f
+
+
+@pytest.mark.parametrize(
+    ("authority", "path", "stage"),
+    [
+        ("evil.test", "/x", "authority"),  # GET https://evil.test/x inside CONNECT example.test
+        ("EVIL.test.:443", "/x", "authority"),
+        ("good.test", "/bad/thing.js", "authority"),  # URL rules apply to the request line too
+        ("user@evil.test", "/", "authority"),
+    ],
+)
+async def test_absolute_form_target_in_a_tunnel_is_checked(
+    addon: Blocking, authority: str, path: str, stage: str
+) -> None:
+    with taddons.context(addon):
+        f = tunnel_req("example.test", authority, path)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert metadata(f)["stage"] == stage
+
+
+async def test_http2_authority_and_host_header_both_checked(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = tunnel_req("example.test", "example.test", host="evil.test", version=b"HTTP/2.0")
+        addon.requestheaders(f)
+        assert f.response is not None and metadata(f)["stage"] == "host-header"
+
+
+# A Host header the URL parser refuses, which nginx and Apache still route by its name.
+ROUTED_HOSTS = ["evil.test:abc", "evil.test:-1", "evil.test:80:80", "evil.test:",
+                "EVIL.test.:99999", "evil.test:8o"]
+
+
+@pytest.mark.parametrize("value", ROUTED_HOSTS)
+async def test_unreadable_host_header_routed_to_a_listed_name_is_blocked(
+    addon: Blocking, value: str
+) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/", NAV)
+        f.request.headers["Host"] = value
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert "list=malware" in f.response.headers[HEADER_NAME]
+
+
+@pytest.mark.parametrize(
+    "value", ["example.test:abc", "example.test:80:80", "exa mple.test", "[::1", "good.test:x"]
+)
+async def test_unreadable_host_header_fails_closed(addon: Blocking, value: str) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_mode="monitor")  # an unreadable request is refused in any mode
+        f = req("http://example.test/", {"Accept": "text/plain"})
+        f.request.headers["Host"] = value
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 400
+        assert b"Host header cannot be read" in f.response.content
+        assert metadata(f)["action"] == "error" and metadata(f)["stage"] == "host-header"
+
+
+async def test_unreadable_host_with_url_rule_path_is_blocked(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/bad/x.js")
+        f.request.headers["Host"] = "good.test:abc"
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+
+
+async def test_two_host_headers_fail_closed(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = req("http://example.test/")
+        f.request.headers = http.Headers([(b"Host", b"example.test"), (b"Host", b"other.test")])
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 400
+
+
+async def test_url_over_the_limit_is_refused_not_host_checked(addon: Blocking) -> None:
+    """Old behaviour: a host-only check, so the URL rule good.test/bad/ was skipped."""
+    with taddons.context(addon):
+        f = req("http://good.test/bad/" + "a" * 70_000)
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 414
+        assert metadata(f)["action"] == "error"
+
+
+async def test_ipv6_literal_request_is_checked_not_refused(addon: Blocking) -> None:
+    with taddons.context(addon):
+        ok = req("http://[2001:db8::1]:8080/x")
+        addon.requestheaders(ok)
+        assert ok.response is None
+        bad = req("http://[::ffff:198.51.100.7]/x")
+        addon.requestheaders(bad)
+        assert bad.response is not None and bad.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (302, {"Location": "\\\\evil.test/x"}),
+        (302, {"Location": "/\\evil.test/x"}),
+        (301, {"Location": " //evil.test/x"}),
+        (307, {"Location": "\t/\t/evil.test/x"}),
+        (200, {"Refresh": "0; url=http://evil.test/"}),
+        (200, {"Refresh": "5;URL='//evil.test/x'"}),
+        (200, {"Refresh": '0, "/bad/y"'}),
+        (200, {"Refresh": "1 \\\\evil.test\\x"}),
+    ],
+)
+async def test_redirects_joined_as_a_browser_joins_them(
+    addon: Blocking, status: int, headers: dict[str, str]
+) -> None:
+    with taddons.context(addon):
+        f = req("http://good.test/start", NAV)
+        addon.requestheaders(f)
+        f.response = http.Response.make(status, b"body", headers)
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.response.status_code == 403
+        assert metadata(f)["stage"] == "redirect"
+
+
+async def test_every_location_and_refresh_value_is_checked(addon: Blocking) -> None:
+    for name in ("Location", "Refresh"):
+        with taddons.context(addon):
+            f = req("http://good.test/start", NAV)
+            addon.requestheaders(f)
+            f.response = http.Response.make(302, b"")
+            first = "/fine" if name == "Location" else "0; url=/fine"
+            last = "http://evil.test/" if name == "Location" else "0; url=http://evil.test/"
+            f.response.headers = http.Headers([(name.encode(), first.encode()),
+                                               (name.encode(), last.encode())])
+            addon.responseheaders(f)
+            addon.response(f)
+            assert f.response.status_code == 403, name
+
+
+@pytest.mark.parametrize("refresh", ["0", "5; url=/fine", "nonsense url=http://evil.test/"])
+async def test_refresh_to_allowed_or_nothing_kept(addon: Blocking, refresh: str) -> None:
+    with taddons.context(addon):
+        f = req("http://good.test/start")
+        f.response = http.Response.make(200, b"ok", {"Refresh": refresh})
+        addon.responseheaders(f)
+        addon.response(f)
+        assert f.response.status_code == 200
+
+
+INTERNAL = [
+    # (127.0.0.0/31 is on the test list: these are past it, so the policy alone decides)
+    ("loopback", "http://127.0.0.9:8000/"),
+    ("loopback-decimal", "http://2130706441/"),
+    ("loopback-short", "http://127.9/"),
+    ("loopback-mapped", "http://[::ffff:127.0.0.9]/"),
+    ("loopback-nat64", "http://[64:ff9b::7f00:9]/"),
+    ("loopback-v6", "http://[::1]/"),
+    ("unspecified", "http://0.0.0.0:22/"),
+    ("unspecified-v6", "http://[::]/"),
+    ("metadata", "http://169.254.169.254/latest/meta-data/"),
+    ("metadata-v6", "http://[fd00:ec2::254]/"),
+    ("link-local", "http://169.254.1.1/"),
+    ("localhost", "http://localhost:8090/api"),
+    ("dot-localhost", "http://admin.LOCALHOST./"),
+]
+
+
+@pytest.mark.parametrize(("name", "url"), INTERNAL, ids=[c[0] for c in INTERNAL])
+async def test_internal_destinations_refused(addon: Blocking, name: str, url: str) -> None:
+    with taddons.context(addon):
+        f = req(url, {"Accept": "text/plain"})
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403, name
+        assert metadata(f)["stage"] == "destination"
+        assert b"Refused by jectguard" in f.response.content
+
+
+async def test_allow_destination_opens_a_network(addon: Blocking) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_allow_destination=["127.0.0.0/8", "::1"])
+        for url in ("http://127.0.0.9:8000/", "http://[::ffff:127.0.0.9]/", "http://localhost/"):
+            f = req(url)
+            addon.requestheaders(f)
+            assert f.response is None, url
+        f = req("http://169.254.169.254/")
+        addon.requestheaders(f)
+        assert f.response is not None
+        with pytest.raises(exceptions.OptionsError, match="jg_allow_destination"):
+            tctx.configure(addon, jg_allow_destination=["10.0.0.0/33"])
+        with pytest.raises(exceptions.OptionsError, match="jg_connect_ports"):
+            tctx.configure(addon, jg_connect_ports=["443,70000"])
+
+
+async def test_own_address_refused(addon: Blocking) -> None:
+    from tests.e2e.conftest import non_loopback_ip
+
+    ip = non_loopback_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address")
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon)  # mitmproxy configures every addon at start: own addresses read
+        f = req(f"http://{ip}:8080/")
+        addon.requestheaders(f)
+        assert f.response is not None and b"proxy host itself" in f.response.content
+
+
+@pytest.mark.parametrize(("port", "allowed"), [(443, True), (8443, False), (22, False)])
+async def test_connect_ports(addon: Blocking, port: int, allowed: bool) -> None:
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_intercept=False)
+        f = connect_flow("example.test", port)
+        addon.http_connect(f)
+        assert (f.response is None) is allowed
+        if not allowed:
+            assert f.response.status_code == 403  # type: ignore[union-attr]
+            assert b"port" in f.response.content  # type: ignore[union-attr]
+        tctx.configure(addon, jg_connect_ports=["443,8000-9000", "22"])
+        f = connect_flow("example.test", port)
+        addon.http_connect(f)
+        assert f.response is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.9", "localhost", "169.254.169.254", "::1"])
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+async def test_connect_to_internal_destination_refused_at_once(
+    addon: Blocking, host: str, mode: str
+) -> None:
+    """A 403 to the CONNECT itself, in every mode: no tunnel, so nothing relies on
+    later hooks (which let a monitor-mode tunnel through) to keep it closed."""
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_mode=mode)
+        f = connect_flow(host)
+        addon.http_connect(f)
+        assert f.response is not None and f.response.status_code == 403
+        assert b"Refused by jectguard" in f.response.content
+        assert metadata(f)["stage"] == "destination"
+
+
+async def test_unreadable_sni_fails_closed(addon: Blocking) -> None:
+    with taddons.context(addon):
+        client = tflow.tclient_conn()
+        addon.tls_clienthello(clienthello("a" * 300 + ".test", client))
+        assert client.id in addon.refused

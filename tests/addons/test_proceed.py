@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from proxy_addons.addons.proceed import FORM_TTL_SECONDS, MAX_GRANTS, ProceedSigner
+import pytest
+
+from proxy_addons.addons.proceed import (
+    FORM_TTL_SECONDS,
+    MAX_GRANTS,
+    PROCEED_HOST,
+    ProceedSigner,
+    navigation_problem,
+)
 
 
 def signer() -> ProceedSigner:
@@ -42,3 +50,26 @@ def test_grants_expire_and_are_bounded() -> None:
         s.grant("c", f"h{i}.test", now=10)
     assert len(s.grants) <= MAX_GRANTS
     assert s.granted("c", f"h{MAX_GRANTS + 4}.test", now=11)
+
+
+CLICK = {"sec-fetch-mode": "navigate", "sec-fetch-dest": "document", "sec-fetch-user": "?1",
+         "sec-fetch-site": "same-origin", "origin": f"http://{PROCEED_HOST}"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "submit", "ok"),
+    [
+        (CLICK, True, True),
+        ({}, True, True),  # curl, old browsers: the signed token alone decides
+        ({**CLICK, "sec-fetch-site": "cross-site"}, False, True),  # opening the page is fine
+        ({**CLICK, "sec-fetch-site": "cross-site"}, True, False),
+        ({**CLICK, "sec-fetch-mode": "cors"}, False, False),
+        ({**CLICK, "sec-fetch-mode": "no-cors"}, True, False),
+        ({**CLICK, "sec-fetch-dest": "iframe"}, True, False),
+        ({k: v for k, v in CLICK.items() if k != "sec-fetch-user"}, True, False),
+        ({**CLICK, "origin": "https://evil.test"}, True, False),
+        ({"origin": "null"}, True, False),
+    ],
+)
+def test_navigation_problem(headers: dict[str, str], submit: bool, ok: bool) -> None:
+    assert (navigation_problem(headers.get, submit=submit) is None) is ok

@@ -162,8 +162,21 @@ def proxy_command(entry: list[str] | None = None) -> list[str]:
     return entry or [sys.executable, str(LAUNCHER)]
 
 
+# The test origins listen on this machine (loopback and its own address) on random
+# ports: open them, as an operator would for a local service. Tests of the default
+# destination policy pass open_local=False.
+LOCAL_DESTINATIONS = [
+    "--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535",
+    *(["--allow-destination", f"{ATTACKER_IP}/32"] if ATTACKER_IP else []),
+]
+
+
 def start_proxy(
-    tmp: Path, *args: str, entry: list[str] | None = None, listen_host: str = "127.0.0.1"
+    tmp: Path,
+    *args: str,
+    entry: list[str] | None = None,
+    listen_host: str = "127.0.0.1",
+    open_local: bool = True,
 ) -> Proxy:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -173,6 +186,7 @@ def start_proxy(
         *proxy_command(entry), "run",
         "--listen-host", listen_host, "--listen-port", str(port), "--confdir", str(confdir),
         "--admin-port", str(free_port()), "--cache-dir", str(tmp / "cache"),
+        *(LOCAL_DESTINATIONS if open_local else []),
         *args,
     ]
     env = {**os.environ, "JG_TEST_HOSTS": ",".join(f"{k}={v}" for k, v in HOSTS.items())}
