@@ -89,6 +89,8 @@ async def _master(jectguard: bool, lists: list[Path]) -> Any:
         jg_admin_port=0,
         jg_events_file="",
         jg_refresh_role="off",
+        jg_allow_destination=["127.0.0.0/8"],  # the origin is local, as in bench_proxy.py
+        jg_connect_ports=["1-65535"],
     )
     return master
 

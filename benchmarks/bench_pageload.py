@@ -515,6 +515,11 @@ def main() -> int:
                         "--set",
                         "ssl_insecure=true",
                         *QUIET,
+                        # the origin is local: open what the destination policy refuses
+                        "--allow-destination",
+                        "127.0.0.0/8",
+                        "--connect-ports",
+                        str(oport),
                     ]
                 start_proxy(cfg, cmd, tmp)
             spkis = [origin_spki] + [

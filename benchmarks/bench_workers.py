@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_proxy import (  # noqa: E402 - the benchmarks folder is not a package
+    LOCAL_ORIGIN,
     QUIET,
     cpu_seconds,
     free_port,
@@ -184,6 +185,7 @@ def main() -> int:
                 "",
                 *[a for p in lists for a in ("--blocklist", str(p))],
                 *QUIET,
+                *LOCAL_ORIGIN,
                 "--workers",
                 str(n),
             ]
