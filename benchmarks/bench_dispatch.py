@@ -62,15 +62,19 @@ def _hooks(flow: Any) -> list[Any]:
 
 
 async def _master(jectguard: bool, lists: list[Path]) -> Any:
+    import tempfile
+
     from mitmproxy.addons.dumper import Dumper
     from mitmproxy.addons.termlog import TermLog
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
     opts = Options()
+    # tlsconfig's request hook needs its certificate store (the CA in confdir).
+    confdir = tempfile.mkdtemp(prefix="jg-dispatch-conf-")
     if not jectguard:
         master = DumpMaster(opts)  # what mitmdump builds
-        opts.update(flow_detail=0, termlog_verbosity="warn")
+        opts.update(flow_detail=0, termlog_verbosity="warn", confdir=confdir)
         return master
     from proxy_addons.addons import EngineHolder, Jectguard, make_addons
     from proxy_addons.cli import build_parser, engine_from_args
@@ -111,8 +115,12 @@ async def _replay(master: Any, n: int, addon: Any = None) -> float:
 
 
 async def main_async(args: argparse.Namespace, lists: list[Path]) -> None:
+    from mitmproxy import hooks
+
     plain = await _master(False, lists)
     jg = await _master(True, lists)
+    for m in (plain, jg):  # as the proxy starts: tlsconfig's CA, jectguard's heap freeze
+        await m.addons.trigger_event(hooks.RunningHook())
     logging.getLogger().setLevel(logging.WARNING)
     best = {"mitmdump": float("inf"), "jectguard": float("inf")}
     for _ in range(args.rounds):
