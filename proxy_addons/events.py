@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_KINDS: Final = (
     "block", "monitor", "allow-override", "strip", "refresh-held", "error", "dns-block",
+    "retro-hit",
 )  # fmt: skip
 # Enough for the dashboard's "recent events" and an operator's quick look; bounded memory.
 DEFAULT_CAPACITY: Final = 1000
@@ -331,6 +332,9 @@ def report_refresh_outcomes(
     not_published = getattr(report, "not_published", None)
     if not_published and events is not None:
         events.emit("error", reason=f"snapshot not published: {not_published}")
+    repaired = getattr(report, "repaired", None)
+    if repaired and events is not None:
+        events.emit("error", reason=f"snapshot repaired: {repaired}")
 
 
 __all__ = [

@@ -157,6 +157,10 @@ class Metrics:
         self.errors = Counter(
             "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
         )
+        self.retro_hits = Counter(
+            "jectguard_retro_hits", "Hosts reached before a new rule listed them (retro-hunt), "
+            "by list and category.", ["list", "category"], registry=r,
+        )
         self.latency = Histogram(
             "jectguard_verdict_seconds", "Time to reach a verdict for one request.",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -226,6 +230,9 @@ class Metrics:
     def record_dns(self, action: str, list_name: str | None, category: str | None) -> None:
         """Count one DNS query blocked (or, in monitor mode, that would have been)."""
         self.dns.labels(action, list_name or NO_LABEL, category or NO_LABEL).inc()
+
+    def record_retro_hit(self, list_name: str | None, category: str | None) -> None:
+        self.retro_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

@@ -13,16 +13,19 @@ from typing import Any
 
 from ..events import EventLog
 from ..metrics import Metrics
+from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
 from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .ledger import LedgerAddon
 from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
+from .tunnels import Tunnels
 
 
 def make_addons(
@@ -39,14 +42,21 @@ def make_addons(
         on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
     )
     metrics.set_health_provider(lambda: holder.health)
+    blocking = Blocking(holder)
+    observe = Observe(events, metrics, holder)
     return [
         ClientAllowList(),
-        Blocking(holder),
+        blocking,
+        Tunnels(blocking, on_decision=observe.connection_decision),
+        # Every resolved address meets the configured destination policy (read at each
+        # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
+        Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
         ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
-        Observe(events, metrics, holder),
+        observe,
+        ledger := LedgerAddon(holder, events, metrics),
         AdminServer(
             holder,
             events,
@@ -55,6 +65,7 @@ def make_addons(
             lists=lists_from_report(report, cache_dir) if report is not None else None,
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
+            retro_hits=ledger.recent_hits,
         ),
         FreezeStartupHeap(),
     ]
@@ -76,6 +87,7 @@ class Jectguard:
 
 
 __all__ = [
+    "Addresses",
     "AdminServer",
     "Blocking",
     "ClientAllowList",
@@ -84,8 +96,10 @@ __all__ = [
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",
+    "LedgerAddon",
     "Observe",
     "Refresh",
     "Strip",
+    "Tunnels",
     "make_addons",
 ]

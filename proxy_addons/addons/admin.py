@@ -77,6 +77,7 @@ class AdminServer:
         lists: Callable[[], list[dict[str, Any]]] | None = None,
         refresh_status: Callable[[], Any] | None = None,
         refresh_trigger: RefreshTrigger | None = None,
+        retro_hits: Callable[[float], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.holder = holder
         self.events = events
@@ -85,6 +86,7 @@ class AdminServer:
         self.lists = lists
         self.refresh_status = refresh_status
         self.refresh_trigger = refresh_trigger
+        self.retro_hits = retro_hits
         self.host = "127.0.0.1"
         self.port = 0
         self.hosts = AdminHosts()
@@ -204,6 +206,8 @@ class AdminServer:
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
             hosts=self.hosts,
+            retro_hits=self.retro_hits,
+            cache_dir=self.data_dir,
         )
         self.state = state
         runner = web.AppRunner(

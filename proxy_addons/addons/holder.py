@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from proxy_addons.core.engine import Engine
 from proxy_addons.snapshot_health import IN_SYNC, SnapshotHealth
 
@@ -14,13 +16,16 @@ class EngineHolder:
     reads it only from the event loop.
     """
 
-    __slots__ = ("engine", "health")
+    __slots__ = ("engine", "health", "on_swap")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # How the engine's snapshot relates to the store (the follower sets it): one
         # record that /readyz, /api/status and /metrics all read.
         self.health: SnapshotHealth = IN_SYNC
+        # Called with (old, new) on every swap, on the event loop: must be quick and not raise
+        # (the ledger keeps both to look up the rules the new engine adds).
+        self.on_swap: list[Callable[[Engine, Engine], None]] = []
 
     def set_health(self, health: SnapshotHealth) -> None:
         self.health = health
@@ -28,4 +33,6 @@ class EngineHolder:
     def swap(self, new: Engine) -> Engine:
         """Put ``new`` in force and return the engine it replaced (close it when done)."""
         old, self.engine = self.engine, new
+        for listener in self.on_swap:
+            listener(old, new)
         return old

@@ -68,7 +68,7 @@
 
   async function refreshAll() {
     try {
-      await Promise.all([loadStatus(), loadEvents(), loadChart()]);
+      await Promise.all([loadStatus(), loadEvents(), loadChart(), loadRetro()]);
     } catch (e) {
       if (e instanceof AuthError) showLogin("The token was rejected. Paste it again.");
       else $("summary").textContent = "Cannot reach the admin API: " + e.message;
@@ -88,6 +88,7 @@
         age(snap.age_seconds) + " ago" + (snap.refused_by_guard ? "; " + snap.refused_by_guard +
         " refused by the poison guard" : "")
       : "No index loaded.";
+    showInForce(s.in_force);
     const refreshBySource = {};
     const r = s.refresh;
     const sources = r && (Array.isArray(r) ? r : r.sources);
@@ -105,7 +106,29 @@
       tr.appendChild(healthCell(l, refreshBySource[l.name]));
       tbody.appendChild(tr);
     }
+    const last = r && !Array.isArray(r) ? r.last_refresh : null;
+    $("refresh-msg").textContent = last && last.not_published
+      ? "Last refresh not published: " + last.not_published : $("refresh-msg").textContent;
     $("refresh").hidden = !s.refresh_available;
+  }
+
+  // The store's record of what is in force (the same one `jectguard lists` shows): which
+  // snapshot, whether this process serves it, a rollback and the sources it holds, a repair.
+  function showInForce(rec) {
+    const box = $("in-force");
+    clear(box);
+    if (!rec) { box.hidden = true; return; }
+    box.hidden = false;
+    const lines = ["In force: " + rec.snapshot + (rec.serving === false ? " (this process " +
+      "does not serve it yet)" : "")];
+    if (rec.rolled_back_from) lines.push("Rolled back from " + rec.rolled_back_from + ".");
+    const holds = rec.holds || {};
+    for (const name of Object.keys(holds)) {
+      lines.push("Held: " + name + " (" + holds[name].reason + "); release with " +
+        "`jectguard rollback --release " + name + "`.");
+    }
+    if (rec.repaired) lines.push("Repaired: " + rec.repaired);
+    for (const line of lines) box.appendChild(el("div", line));
   }
 
   function healthCell(list, src) {
@@ -116,8 +139,11 @@
     if (info.held_back || info.held_back_reason) { state = "refresh-held"; text = "held back"; }
     if (info.last_error || info.error) { state = "error"; text = "error"; }
     if (info.loaded === false) { state = "error"; text = "not loaded"; }
+    const hold = info.held || (info.hold && info.hold.reason);
+    if (hold) { state = "refresh-held"; text = "held (rollback)"; }
     td.appendChild(el("span", text, "badge " + state));
-    const why = info.held_back_reason || info.last_error || info.error;
+    const why = (hold ? "held: " + hold : null) || info.held_back || info.held_back_reason ||
+      info.last_error || info.error;
     if (why) td.appendChild(el("div", why, "muted"));
     const ageS = info.age_seconds !== undefined ? info.age_seconds : null;
     if (ageS !== null) td.appendChild(el("div", "updated " + age(ageS) + " ago", "muted"));
@@ -147,6 +173,33 @@
       tr.appendChild(el("td", ev.url || ev.source || ev.reason || "", "url"));
       tr.appendChild(el("td", [ev.list, ev.rule].filter(Boolean).join(": ")));
       tr.appendChild(el("td", ev.request_id || ""));
+      tbody.appendChild(tr);
+    }
+  }
+
+  // Retro-hunt: every field is text (textContent), never markup: hosts and users come from traffic.
+  async function loadRetro() {
+    const { body } = await api("/api/retro?days=30");
+    const tbody = $("retro").tBodies[0];
+    clear(tbody);
+    const hits = (body && body.hits) || [];
+    if (!hits.length) {
+      const tr = document.createElement("tr");
+      const td = el("td", body && body.enabled === false ? "The ledger is off (jg_ledger)." : "No retro-hunt hits.", "muted");
+      td.colSpan = 4;
+      tr.appendChild(td);
+      tbody.appendChild(tr);
+    }
+    for (const h of hits) {
+      const tr = document.createElement("tr");
+      const t = new Date(h.found_at);
+      tr.appendChild(el("td", isNaN(t) ? h.found_at : t.toLocaleString()));
+      tr.appendChild(el("td", h.host, "url"));
+      tr.appendChild(el("td", [h.list, h.rule].filter(Boolean).join(": ")));
+      const who = (h.clients || []).map(function (c) {
+        return (c.user ? c.user + " @ " : "") + (c.client || "?") + " ×" + c.count + " (" + c.first + " … " + c.last + ")";
+      });
+      tr.appendChild(el("td", who.join("; ")));
       tbody.appendChild(tr);
     }
   }

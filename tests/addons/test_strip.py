@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +101,10 @@ def holder() -> EngineHolder:
 
 
 @pytest.fixture
-def addon(holder: EngineHolder) -> Strip:
-    return Strip(holder)
+async def addon(holder: EngineHolder) -> AsyncIterator[Strip]:
+    strip = Strip(holder)
+    yield strip
+    await strip.done()  # bodies over INLINE_SCAN_BYTES start worker processes: stop them
 
 
 def response_flow(
@@ -539,8 +541,8 @@ async def test_large_page_scanned_off_the_loop(addon: Strip) -> None:
     with strip_context(addon) as tctx:
         tctx.configure(addon, jg_strip_comment=False)
         await through(addon, f)
-        assert addon._worker is not None  # the worker thread did it
-        addon.done()
+        assert addon._pool is not None and addon._pool.pids  # a worker process did it
+        await addon.done()
     assert f.response.raw_content == big.encode()  # type: ignore[union-attr]
     assert f.response.headers["etag"] == 'W/"big"'  # type: ignore[union-attr]
 
@@ -773,7 +775,7 @@ async def test_the_not_html_shortcut_decides_as_the_scan_does(
         addon.responseheaders(f)
         if PLAN_KEY not in f.metadata:
             return  # not a candidate at all (decided before the shortcut)
-        scanner = addon._new_scanner(addon.holder.engine)
+        scanner = addon._scanner(addon.holder.engine)
         _, expected = scanner.strip(body.encode(), PAGE, scan_content_type(content_type))
         await respond(addon, f)
     stripped = f.response.raw_content != body.encode()  # type: ignore[union-attr]
