@@ -63,6 +63,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import dataclasses
 import html
 import json
 import re
@@ -77,7 +79,7 @@ import ada_url
 
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
-from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse
+from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse, data_loader
 from proxy_addons.core.signatures import Signature, match_signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
@@ -118,6 +120,9 @@ _MAX_JSON_STRINGS = 10000
 # of mentions cannot make a scan slow).
 _JS_WORK_CHARS = 1024 * 1024
 _OVER_BUDGET = "not analysed (work budget)"
+# Script text tokenized per scan to find a loader for data blocks that name a blocked
+# origin (only on such pages): ~0.1 s at worst; past it, raw sink shapes decide.
+_LOADER_WORK_CHARS = 64 * 1024
 
 
 class BodyTooLarge(JectguardError, ValueError):
@@ -1169,7 +1174,8 @@ def decode_script_text(text: str) -> str:
 # quote), and HTML tags being written ("<").
 _URL_REF = re.compile(
     r"(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
-    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%-]+(?:\.[A-Za-z0-9_~%-]+)*\.?)(?::\d{1,5})?"
+    r"(\[[0-9A-Fa-f:.]+\]|[\w~%-]+(?:[.\u3002\uff0e\uff61][\w~%-]+)*[.\u3002\uff0e\uff61]?)"
+    r"(?::\d{1,5})?"
     r"""[^\s"'<>\\`(){}|^]*"""
 )
 _LITERAL_REF = re.compile(
@@ -1177,6 +1183,10 @@ _LITERAL_REF = re.compile(
 )
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+# Hosts without an ASCII dot that a browser still reads as an address or a dotted
+# name: http://3647724179/ and http://0xd96bda93/ (IPv4 numbers), ideographic and
+# fullwidth full stops (UTS 46 maps them to ".").
+_DOTLESS_HOST = re.compile(r"\d+|0[xX][0-9a-fA-F]*|.*[\u3002\uff0e\uff61].*")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
 
 
@@ -1296,6 +1306,7 @@ _WRITTEN_URL_ATTR = re.compile(
     r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
     r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
 )
+_BASE64_BLOCK = re.compile(r"[\sA-Za-z0-9+/_-]+={0,2}\s*")
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
 
 
@@ -1303,16 +1314,21 @@ def _base64_payloads(text: str) -> list[str]:
     """Texts hidden as base64 string literals in a script that decodes base64 (``atob``)."""
     out = []
     for m in _BASE64_LITERAL.finditer(text):
-        raw = m.group(2)
-        try:
-            data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
-        except (binascii.Error, ValueError):
-            continue
-        decoded = data.decode("utf-8", "replace")
-        printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
-        if decoded and printable >= 0.9 * len(decoded):
+        decoded = _base64_text(m.group(2))
+        if decoded is not None:
             out.append(decoded)
     return out
+
+
+def _base64_text(raw: str) -> str | None:
+    """The text a base64 string encodes, if it is mostly printable."""
+    try:
+        data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    decoded = data.decode("utf-8", "replace")
+    printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
+    return decoded if decoded and printable >= 0.9 * len(decoded) else None
 
 
 def _json_strings(value: object, out: list[str]) -> None:
@@ -1357,6 +1373,7 @@ class _Judge:
         self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
         self.depth = 0  # srcdoc / data: documents being judged inside this one
         self.js_work = _JS_WORK_CHARS  # script text this scan may still tokenize
+        self.base_verdicts: dict[str, _Verdict | None] = {}
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -1465,6 +1482,9 @@ class _Judge:
                     verdict = _Verdict(verdict.url, "inline-reference", verdict.rule,
                                        verdict.list, verdict.removed, el.name)  # fmt: skip
                 return verdict
+            for f in self.scanner._handlers(doc, self):  # <img onerror> in the document
+                if f.removed:
+                    return _Verdict(f.url, f.reason, f.rule, f.list, True, f.evidence)
         finally:
             self.depth -= 1
         return mention
@@ -1484,19 +1504,43 @@ class _Judge:
 
     def _script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
         if kind is ScriptKind.DATA:
-            verdict = self.references(text, bases)
+            verdict = self.data_references(text, bases)
             return verdict.mention() if verdict is not None else None
         if kind in _JSON_LOADS:
             return self._json_loads(text, bases)
         verdict = self.references(text, bases)
+        named = verdict is not None
         if verdict is None:
-            return None
+            # <base href> at a blocked origin: the script's relative URLs load from it.
+            verdict = self._blocked_base(bases)
+            if verdict is None:
+                return None
         evidence = self._evidence(text, bases, writes=kind is ScriptKind.JAVASCRIPT_URL)
         if evidence is None:
-            return verdict.mention()
+            return verdict.mention() if named else None
         return _Verdict(
             verdict.url, verdict.reason, verdict.rule, verdict.list, verdict.removed, evidence
         )
+
+    def data_references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """What a data block names, also when the whole block is base64 (a payload that
+        a loader elsewhere decodes: ``eval(atob(p.text))``)."""
+        verdict = self.references(text, bases)
+        if verdict is None and len(text) >= 16 and _BASE64_BLOCK.fullmatch(text):
+            payload = _base64_text("".join(text.split()))
+            if payload is not None:
+                verdict = self.references(payload, bases)
+        return verdict
+
+    def _blocked_base(self, bases: Sequence[str]) -> _Verdict | None:
+        for base in bases:
+            if base != self.page_url:
+                if base not in self.base_verdicts:
+                    self.base_verdicts[base] = self._url_verdict(base, "inline-reference")
+                verdict = self.base_verdicts[base]
+                if verdict is not None:
+                    return verdict
+        return None
 
     def _json_loads(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         """An import map or speculation rules: every string value is a URL that may be
@@ -1635,7 +1679,11 @@ class _Judge:
         if "//" in text:
             for m in _URL_REF.finditer(text):
                 host = m.group(1)
-                if "." not in host and not host.startswith("["):
+                if (
+                    "." not in host
+                    and not host.startswith("[")
+                    and not _DOTLESS_HOST.fullmatch(host)
+                ):
                     continue
                 ref = m.group()
                 verdict = self._ref_verdict("http:" + ref if ref.startswith("//") else ref)
@@ -1715,6 +1763,14 @@ _FAST_FOREIGN: dict[bytes, re.Pattern[bytes]] = {
     )
     for name in (b"svg", b"math")
 }
+# An event handler attribute (a candidate: confirmed by the start tag around it).
+_HANDLER_LOW = re.compile(rb"on[a-z]+[\t\n\f\r ]*=")  # in the lower-cased body
+_HANDLER_AFTER = frozenset(b"\t\n\f\r \"'/")  # what precedes an attribute's name
+_HANDLER_VALUE = re.compile(rb"""[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]++)""")
+# How far back the start tag around a handler is looked for ("<" inside earlier
+# attribute values make several candidates).
+_HANDLER_LOOKBACK_TAGS = 16
+_HANDLER_LOOKBACK_BYTES = 16384
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -1883,9 +1939,101 @@ class Scanner:
 
     def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
         judge = _Judge(self, page_url)
+        handlers = self._handlers(doc, judge)
         if self.fast_path and self._fast_clean(doc, judge):
+            return handlers
+        findings = self._precise(doc, judge)
+        if handlers:
+            findings = sorted([*findings, *handlers], key=lambda f: (f.start, f.end))
+        return findings
+
+    def _handlers(self, doc: _Doc, judge: _Judge) -> list[Finding]:
+        """Event handler attributes (``<img src=x onerror="...">``, ``<svg onload>``).
+
+        A handler is inline JavaScript like a script's text, judged the same way;
+        when it loads or injects a blocked origin its start tag is removed (the
+        element's content, if any, stays: the parser opens what it needs). Every
+        ``on...=`` in the body is tried inside the earliest start tag around it that
+        covers it, whatever the tree builder makes of it: a superset.
+        """
+        buf = doc.buf
+        low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
+        first = _HANDLER_LOW.search(low, 1)
+        if first is None:
             return []
-        return self._precise(doc, judge)
+        bases = [judge.page_url]
+        # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
+        # judged with its script; cutting it out would break a script that is kept.
+        texts: list[tuple[int, int]] = []
+        for p, name in _candidates(buf):
+            if name == b"base":
+                tag = _start_tag(buf, p, name)
+                href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
+                resolved = judge.resolve(judge.page_url, href) if href is not None else None
+                if resolved is not None and resolved not in bases:
+                    bases.append(resolved)
+            elif name == b"script" and (not texts or p >= texts[-1][1]):
+                tag = _start_tag(buf, p, name)
+                if tag is not None:
+                    texts.append((tag.end(), _script_end(buf, tag.end())[0]))
+        text_starts = [start for start, _ in texts]
+        findings: list[Finding] = []
+        seen: set[int] = set()
+        for m in _HANDLER_LOW.finditer(low, first.start()):
+            at = m.start() - 1
+            if buf[at] not in _HANDLER_AFTER:
+                continue
+            inside = bisect.bisect_right(text_starts, at) - 1
+            if inside >= 0 and at < texts[inside][1]:
+                continue
+            # The value as it reads from here: most handlers name nothing blocked, and
+            # are let go before their tag is looked for.
+            value = _HANDLER_VALUE.match(buf, m.end())
+            raw = doc.text(*value.span(1)) if value is not None else ""
+            if raw[:1] in ("'", '"') and raw[-1:] == raw[:1] and len(raw) > 1:
+                raw = raw[1:-1]
+            if not raw or judge.script_text(unescape_attr(raw), bases, ScriptKind.CLASSIC) is None:
+                continue
+            found: tuple[int, re.Match[bytes]] | None = None
+            k = at + 1
+            for _ in range(_HANDLER_LOOKBACK_TAGS):
+                k = buf.rfind(b"<", max(0, at - _HANDLER_LOOKBACK_BYTES), k)
+                if k < 0:
+                    break
+                tag = _TAG.match(buf, k)
+                if tag is not None and not tag.group(1) and tag.end() > at:
+                    found = (k, tag)
+                    # An earlier tag may hold this "<" in a value (alt="a<b"): only
+                    # then is there another "<" since the last ">".
+                    if buf.find(b"<", buf.rfind(b">", 0, k) + 1, k) < 0:
+                        break
+            if found is None or found[0] in seen:
+                continue
+            start, tag = found
+            seen.add(start)
+            attrs = parse_attrs(doc.text(*tag.span(3)))
+            for key, code in attrs.items():
+                if not key.startswith("on") or len(key) < 3 or not code:
+                    continue
+                verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
+                if verdict is None:
+                    continue
+                findings.append(
+                    Finding(
+                        start=doc.offset(start),
+                        end=doc.offset(tag.end()),
+                        element=tag.group(2).decode("latin-1").lower(),
+                        url=verdict.url,
+                        reason=verdict.reason,
+                        rule=verdict.rule,
+                        list=verdict.list,
+                        removed=verdict.removed,
+                        evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
+                    )
+                )
+                if verdict.removed:
+                    break
+        return findings
 
     def _fast_clean(self, doc: _Doc, judge: _Judge) -> bool | None:
         """True if no reading of the document can hold a finding; None: let the precise scan decide.
@@ -2048,10 +2196,20 @@ class Scanner:
                     base = resolved
                 break
         findings: list[Finding] = []
+        data_mentions: list[tuple[int, Element]] = []
         for el in elements:
             if el.name == "base":
                 continue
             verdict = judge.judge(el, (base,))
+            if (
+                verdict is not None
+                and verdict.reason == "mention"
+                and el.name in ("script", "svg:script")
+                and el.text
+                and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
+                and script_kind(el.attrs) is ScriptKind.DATA
+            ):
+                data_mentions.append((len(findings), el))
             after = el.after_html and self.after_html != "off" and self._is_active(el)
             if verdict is None and not after:
                 continue
@@ -2074,7 +2232,59 @@ class Scanner:
                     evidence=verdict.evidence,
                 )
             )
+        if data_mentions:
+            self._data_loaded(findings, data_mentions, elements, judge, (base,))
         return findings
+
+    @staticmethod
+    def _data_loaded(
+        findings: list[Finding],
+        data_mentions: list[tuple[int, Element]],
+        elements: Sequence[Element],
+        judge: _Judge,
+        bases: Sequence[str],
+    ) -> None:
+        """Data blocks naming a blocked origin on a page whose scripts can run them.
+
+        A data block runs nothing by itself, but a script elsewhere on the page can
+        ``eval`` its text, write it, copy it into a new script or re-type it and
+        insert it again (which runs it): the payload, split from its tiny loader. The
+        block is removed (the loader alone does nothing) when such a loader exists;
+        a page that only reads its data (``JSON.parse(__NEXT_DATA__.textContent)``)
+        keeps it.
+        """
+        loader = None
+        scripts = [
+            el.text
+            for el in elements
+            if el.name in ("script", "svg:script")
+            and el.text
+            and not any(k in el.attrs for k in ("src", "href", "xlink:href"))
+            and script_kind(el.attrs) in (ScriptKind.CLASSIC, ScriptKind.MODULE)
+        ]
+        # Smallest first, within a tokenizing budget (a loader is small; past the
+        # budget, the shapes of sinks in the raw text decide).
+        budget = _LOADER_WORK_CHARS
+        for text in sorted(scripts, key=len):
+            loader = data_loader(text, limit=max(0, budget))
+            budget -= len(text)
+            if loader is not None:
+                break
+        if loader is None:
+            return
+        for index, el in data_mentions:
+            verdict = judge.data_references(el.text or "", bases)
+            if verdict is None:
+                continue
+            f = findings[index]
+            if f.reason != "mention":
+                continue
+            findings[index] = dataclasses.replace(
+                f,
+                reason=verdict.reason,
+                removed=verdict.removed,
+                evidence=f"data block, run by a script on the page ({loader})",
+            )
 
     def strip(
         self, body: bytes, page_url: str, content_type: str | None = None, *, comment: bool = True

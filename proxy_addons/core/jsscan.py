@@ -143,13 +143,41 @@ _ACTIVE_ELEMENTS = frozenset(
 _URL_ATTRIBUTES = frozenset(
     {"src", "href", "xlink:href", "data", "action", "formaction", "codebase", "srcset"}
 )
+# Calls that copy an object's properties onto another (an element, window, location):
+# with one of them in a script, an object literal's ``src:``/``location:`` is a load.
+_COPIERS = frozenset({"assign", "attr", "prop", "extend", "defineProperty", "defineProperties"})
+# An attribute node set on an element (its value is set with ``.value =``).
+_ATTRIBUTE_NODES = frozenset({"setAttributeNode", "setAttributeNodeNS", "setNamedItem",
+                              "setNamedItemNS"})  # fmt: skip
+_ATTRIBUTE_VALUES = frozenset({"value", "nodeValue"})
+_ATTRIBUTE_READS = frozenset({"attributes", "getAttributeNode", "getAttributeNodeNS",
+                              "getNamedItem", "getNamedItemNS", "createAttribute"})  # fmt: skip
+# Functions that load a URL and may be called through an alias, a bind, call/apply or
+# another function (``[u].map(fetch)``); "open" and "load" are too common as plain
+# properties to count as a value, only when bound or assigned alone.
+_ALIASABLE = frozenset(
+    {"fetch", "sendBeacon", "Worker", "SharedWorker", "WebSocket", "EventSource",
+     "importScripts", "setAttribute", "setAttributeNS", "open", "getScript", "Request"}
+)  # fmt: skip
+_PROPERTY_LIKE = frozenset({"open"})
+# Calls that hand out a property's setter.
+_DESCRIPTORS = frozenset({"getOwnPropertyDescriptor", "__lookupSetter__"})
+# Objects whose computed property set may navigate (window[k] = u: k = "location").
+_WINDOWS = frozenset({"window", "self", "top", "parent", "globalThis", "frames", "opener",
+                      "document", "location", "content"})  # fmt: skip
+# Values that are never a URL or code (an assignment of one through a computed key
+# loads nothing).
+_INERT_VALUES = frozenset({"true", "false", "null", "undefined", "void", "typeof"})
+# Properties that load, run or write when set (a string naming one makes x[k] = v a sink).
+_SETTABLE = _LOAD_PROPERTIES | _CONSTANT_LOAD_PROPERTIES | _MARKUP_NAMES | {"text", "textContent"}
 # Names the sink pass looks at (every other name is skipped at once).
 _INTERESTING_NAMES = (
     _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
     | _CONSTANT_LOAD_PROPERTIES
     | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
+    | _COPIERS | _ATTRIBUTE_NODES | _ATTRIBUTE_VALUES | _ALIASABLE | _DESCRIPTORS
     | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
-       "setAttributeNS"}
+       "setAttributeNS", "set", "with"}
 )  # fmt: skip
 # Strings that name a sink (called by name: window["eval"]).
 _NAMED_STRINGS = _CODE_NAMES | _MARKUP_NAMES
@@ -314,10 +342,40 @@ def _regex_allowed(tokens: list[Token]) -> bool:
         return True
     prev = tokens[-1]
     if prev.kind is Kind.PUNCT:
-        return prev.value not in (")", "]")
+        if prev.value == ")":
+            return _after_condition(tokens)
+        return prev.value != "]"
     if prev.kind is Kind.NAME:
         return prev.value in _KEYWORDS_BEFORE_EXPRESSION
     return prev.kind is Kind.TEMPLATE and prev.open_substitution
+
+
+# Statements whose parenthesised head may be followed by a regular expression
+# (``if (a) /re/.test(b)``): reading that "/" as division would let an attacker hide
+# the code after it inside what the tokenizer takes for a string.
+_CONDITION_KEYWORDS = frozenset({"if", "while", "for", "with"})
+_PAREN_LOOKBACK = 4096
+
+
+def _after_condition(tokens: list[Token]) -> bool:
+    """Whether the ")" ending ``tokens`` closes an ``if``/``while``/``for``/``with`` head."""
+    depth = 0
+    for k in range(len(tokens) - 1, max(-1, len(tokens) - 1 - _PAREN_LOOKBACK), -1):
+        tok = tokens[k]
+        if tok.kind is not Kind.PUNCT:
+            continue
+        if tok.value == ")":
+            depth += 1
+        elif tok.value == "(":
+            depth -= 1
+            if depth == 0:
+                before = tokens[k - 1] if k else None
+                return (
+                    before is not None
+                    and before.kind is Kind.NAME
+                    and before.value in _CONDITION_KEYWORDS
+                )
+    return False
 
 
 # Raw-text shapes of the strongest sinks, for what the tokenizer may not see. (No
@@ -339,7 +397,8 @@ _LOAD_WORDS = ("src", "href", "action", "location", "import", "open", "Worker", 
 _LOAD_SHAPE = re.compile(
     r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|location\s*\+?=(?!=)"
     r"|(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
-    r"|EventSource|WebSocket)\s*\("
+    r"|EventSource|WebSocket)\s*[(`]"
+    r"|\[\s*[\"'`](?:src|href|action|location)[\"'`]\s*\]\s*\+?=(?!=)"
     r"|location\s*\.\s*(?:assign|replace)\s*\("
     r"|setAttribute(?:NS\s*\([^,)]*,|\s*\()\s*[\"'`](?:src|href|xlink:href|data|action|formaction"
     r"|codebase|srcset)[\"'`]"
@@ -431,7 +490,16 @@ class _Sinks:
         self.out = out
         self.strings = strings
         self.jquery = any(t.kind is Kind.NAME and t.value in _JQUERY for t in tokens)
+        # with (location) href = u: a bare name may be any object's property.
+        self.with_ = any(
+            t.kind is Kind.NAME and t.value == "with" and self._is(k + 1, "(")
+            for k, t in enumerate(tokens)
+        )
+        self.copies = False  # the script calls Object.assign, $.attr, ... (see _COPIERS)
+        self.literal_keys: list[tuple[str, int]] = []  # {src: value}: (key, value index)
+        self.computed_sets: list[tuple[int, int]] = []  # x[k] = v: ("[", "]") indices
         self._functions: set[str] | None = None
+        self._values: set[str] = set()  # names also assigned something else
 
     def _close_paren(self, i: int) -> int:
         """The index of the ")" matching the "(" at ``i`` (or past the end)."""
@@ -461,6 +529,7 @@ class _Sinks:
                 elif self._assigned(k + 1):
                     (names if self._function_literal(k + 2) else other).add(tok.value)
             self._functions = names - other
+            self._values = other
         return self._functions
 
     def _function_literal(self, i: int) -> bool:
@@ -574,6 +643,8 @@ class _Sinks:
                     self._computed(brackets.pop(), i)
                 continue
             if kind is STRING or kind is TEMPLATE:
+                if kind is STRING and self._object_key(i):
+                    self.literal_keys.append((tok.value, i + 2))
                 if i <= chained_to:
                     continue
                 if (i < last and t[i + 1].value == "+" and t[i + 1].kind is PUNCT) or (
@@ -593,6 +664,8 @@ class _Sinks:
             if kind is not NAME:
                 continue
             name = tok.value
+            if self._object_key(i):
+                self.literal_keys.append((name, i + 2))
             if name not in _INTERESTING_NAMES:
                 continue
             if name in ("import", "export"):
@@ -605,9 +678,130 @@ class _Sinks:
                 continue
             if name in _JQUERY and self._is(i + 1, "("):
                 out.append(Sink(SinkKind.MARKUP, name + "()"))
+                if len(self._arguments(i + 1)) > 1:
+                    self.copies = True  # $('<img>', {src: u})
                 continue
             member = self._is(i - 1, ".") or self._is(i - 1, "?.")
             self._named(name, i, i - 2 if member else -1)
+        if self.copies:
+            for key, at in self.literal_keys:
+                self._property(key, at)
+        if self.computed_sets:
+            names_a_property = any(s.strip() in _SETTABLE for s in strings)
+            for open_bracket, close in self.computed_sets:
+                if names_a_property or self._hidden_key(open_bracket, close):
+                    self._load("computed assignment", close + 2)
+
+    def _hidden_key(self, open_bracket: int, close: int) -> bool:
+        """Whether ``x[key] = v`` may set ``location`` or an element's ``src``: the key is
+        computed (a call, a concatenation: ``self[atob('bG9j...')]``), or the object is
+        a window or ``location``. A plain name (``counts[host] = n``) is not, unless the
+        script holds the name of such a property as a string (checked by the caller)."""
+        t = self.t
+        owner = self._name_at(open_bracket - 1)
+        if owner in _WINDOWS and not self._is(open_bracket - 2, "."):
+            return True
+        # A key made of names and indices only (i, row.id, hosts[i]) holds a value the
+        # script computed from its data; a call, a literal or an operator may build any
+        # name.
+        return any(
+            not (
+                t[k].kind in (Kind.NAME, Kind.NUMBER)
+                or self._is(k, ".")
+                or self._is(k, "[")
+                or self._is(k, "]")
+            )  # fmt: skip
+            for k in range(open_bracket + 1, close)
+        )
+
+    def _object_key(self, i: int) -> bool:
+        """Whether the name or string at ``i`` is an object literal's key (``{src: v}``)."""
+        return self._is(i + 1, ":") and (self._is(i - 1, "{") or self._is(i - 1, ","))
+
+    def _property(self, key: str, at: int) -> None:
+        """A property ``key`` set to the value at ``at`` on an object that may be an
+        element, ``window`` or ``location`` (copied by Object.assign, $.attr...)."""
+        low = key.strip()
+        if low in _LOAD_PROPERTIES or low.lower() in _URL_ATTRIBUTES:
+            self._load(low, at)
+        elif low in _CONSTANT_LOAD_PROPERTIES:
+            url, complete, _ = self.constant(at)
+            if url is not None:
+                self.out.append(Sink(SinkKind.LOAD, low, url, complete))
+        elif low.lower().startswith("on"):
+            self.out.append(Sink(SinkKind.CODE, low))
+        elif low in _MARKUP_NAMES or low in ("html", "text/html"):
+            self.out.append(Sink(SinkKind.MARKUP, low))
+
+    def _passed_on(self, i: int, name: str) -> bool:
+        """Whether the function named at ``i`` is bound, called through ``call``/``apply``
+        or handed on as a value (``f = fetch``, ``.then(fetch)``, ``Reflect.apply(fetch,
+        ...)``) rather than called or tested (``if (window.fetch)``, ``typeof fetch``)."""
+        if self._is(i + 1, ".") and self._name_at(i + 2) in ("bind", "call", "apply"):
+            return True
+        t = self.t
+        if name in _PROPERTY_LIKE:  # only alone: var o = x.open;
+            k = i
+            while self._is(k - 1, ".") and self._name_at(k - 2) is not None:
+                k -= 2
+            return self._is(k - 1, "=") and (self._is(i + 1, ";") or self._is(i + 1, ","))
+        nxt = t[i + 1] if i + 1 < len(t) else None
+        if not (
+            nxt is None or nxt.newline_before
+            or (nxt.kind is Kind.PUNCT and nxt.value in (",", ")", "]", ";", "}"))
+        ):  # fmt: skip
+            return False
+        k = i
+        while self._is(k - 1, ".") and self._name_at(k - 2) is not None:
+            k -= 2
+        if k == 0:
+            return False
+        prev = t[k - 1]
+        if prev.kind is Kind.NAME:
+            return prev.value == "return"
+        if prev.kind is not Kind.PUNCT or prev.value not in ("=", "(", ",", "[", ":", "?"):
+            return False
+        return not (prev.value == "(" and self._name_at(k - 2) in _CONDITION_KEYWORDS)
+
+    def _inert(self, i: int) -> bool:
+        """Whether the value at ``i`` is a number, a boolean, null or undefined."""
+        t = self.t
+        if not 0 <= i < len(t):
+            return True
+        tok = t[i]
+        if tok.kind is Kind.NUMBER:
+            return True
+        if tok.kind is Kind.NAME:
+            return tok.value in _INERT_VALUES
+        return tok.kind is Kind.PUNCT and tok.value in ("!", "-", "~")
+
+    def _destructured(self, i: int) -> bool:
+        """Whether the name at ``i`` is a target inside ``[a, b] = ...``/``({a: b} = ...)``."""
+        if not (self._is(i - 1, "[") or self._is(i - 1, ",") or self._is(i - 1, ":")
+                or self._is(i - 1, "{") or self._is(i - 1, "...")):  # fmt: skip
+            return False
+        t = self.t
+        depth = 0
+        for k in range(i + 1, min(len(t), i + 256)):
+            if t[k].kind is not Kind.PUNCT:
+                continue
+            v = t[k].value
+            if v in ("(", "[", "{"):
+                depth += 1
+            elif v in (")", "]", "}"):
+                depth -= 1
+                if depth < 0:
+                    if v == ")":
+                        return False
+                    if self._is(k + 1, "="):
+                        return True
+                    if self._is(k + 1, ",") or self._is(k + 1, "]") or self._is(k + 1, "}"):
+                        depth = 0  # a nested pattern: look at the enclosing one
+                        continue
+                    return False
+            elif v in (";", "=>") and depth == 0:
+                return False
+        return False
 
     def _computed(self, open_bracket: int, close: int) -> None:
         """``x[key]`` followed by a call or an assignment."""
@@ -623,6 +817,8 @@ class _Sinks:
             key, complete, _ = self.constant(open_bracket + 1)
             if key is not None and complete:
                 self._named(key, close, open_bracket - 1)
+            elif not self._inert(close + 2):
+                self.computed_sets.append((open_bracket, close))
 
     def _string(self, value: str) -> None:
         """A constant string: a sink's name held as data may be called by name."""
@@ -638,7 +834,19 @@ class _Sinks:
         """``name`` at token ``i`` (the name, or a computed key's ``]``); ``owner`` is
         the index of the object it is a member of (-1: a plain identifier)."""
         out = self.out
-        call = self._is(i + 1, "(")
+        # f(x) or a tagged template f`x` (f is called with the template's strings).
+        paren = self._is(i + 1, "(")
+        call = paren or (i + 1 < len(self.t) and self.t[i + 1].kind is Kind.TEMPLATE)
+        arg = i + 2 if paren else i + 1
+        if call and name in _COPIERS:
+            self.copies = True
+        if (
+            name in _LOAD_PROPERTIES and not call and not self._assigned(i + 1)
+            and not self._is(i + 1, ":")
+            and (name == "location" or owner >= 0 or self.with_) and self._destructured(i)
+        ):  # fmt: skip
+            out.append(Sink(SinkKind.LOAD, name))  # [location] = [u]
+            return
         if name == "constructor":
             # [].constructor.constructor("code")(), f.constructor("code"): not a class's
             # constructor() method, which is no member access.
@@ -652,17 +860,62 @@ class _Sinks:
         elif name in _MARKUP_NAMES:
             out.append(Sink(SinkKind.MARKUP, name))
         elif name in _TIMER_NAMES and call:
-            if not self._function_at(i + 2):
-                out.append(Sink(SinkKind.CODE, name))  # a string (or what may be one) runs
+            if not (paren and self._function_at(i + 2)):
+                # A string (or what may be one) runs. "(variable)": a bare name, most
+                # often a callback parameter (see htmlscan's data-block loaders).
+                bare = (
+                    paren
+                    and self._name_at(i + 2) is not None
+                    and (self._is(i + 3, ",") or self._is(i + 3, ")"))
+                    and self._name_at(i + 2) not in self._values  # (var c = p.text)
+                )
+                out.append(Sink(SinkKind.CODE, name + "(variable)" if bare else name))
         elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
-            if name == "location" or owner >= 0:
+            if name == "location" or owner >= 0 or self.with_:
+                self._load(name, i + 2)
+        elif name in _ATTRIBUTE_VALUES and owner >= 0 and self._assigned(i + 1):
+            # el.attributes.src.value = u, el.getAttributeNode('src').value = u
+            back = range(max(0, owner - 8), owner + 1)
+            if any(self._name_at(k) in _ATTRIBUTE_READS for k in back):
                 self._load(name, i + 2)
         elif name in _CONSTANT_LOAD_PROPERTIES and owner >= 0 and self._assigned(i + 1):
             url, complete, _ = self.constant(i + 2)
             if url is not None:  # obj.data = "http://...": judged; obj.data = state: not
                 self.out.append(Sink(SinkKind.LOAD, name, url, complete))
         elif not call:
+            if name in _ALIASABLE and self._passed_on(i, name):
+                out.append(Sink(SinkKind.LOAD, name))  # called elsewhere, with any URL
+            elif name in _TIMER_NAMES and self._passed_on(i, name):
+                out.append(Sink(SinkKind.CODE, name))  # t = setTimeout; t("code")
             return
+        elif not paren:
+            if name in _LOAD_CALLS:
+                self._load(name, arg)  # fetch`//host/c`
+        elif name in _DESCRIPTORS:
+            # Object.getOwnPropertyDescriptor(HTMLImageElement.prototype, 'src').set
+            for at in self._arguments(i + 1):
+                key, complete, _ = self.constant(at)
+                if key is not None and complete and key.strip() in _SETTABLE:
+                    out.append(Sink(SinkKind.LOAD, f"{name}({key.strip()})"))
+                    break
+        elif name in _ATTRIBUTE_NODES:
+            out.append(Sink(SinkKind.LOAD, name))  # its value was set elsewhere
+        elif name == "set" and self._name_at(owner) == "Reflect":
+            args = self._arguments(i + 1)
+            if len(args) > 2:
+                key, complete, _ = self.constant(args[1])
+                if key is None or not complete:
+                    self._load("Reflect.set", args[2])
+                else:
+                    self._property(key, args[2])
+        elif name in ("attr", "prop") and self.jquery:
+            args = self._arguments(i + 1)
+            key, complete, _ = self.constant(args[0])
+            if len(args) > 1:
+                if key is None or not complete:
+                    self._load(name, args[1])
+                else:
+                    self._property(key, args[1])
         elif name in ("createElement", "createElementNS"):
             args = self._arguments(i + 1)
             at = args[1] if name == "createElementNS" and len(args) > 1 else args[0]
@@ -681,7 +934,14 @@ class _Sinks:
                 self._load(name, args[0])
         elif name in _LOAD_CALLS:
             self._load(name, i + 2)
-        elif name in _LOCATION_CALLS and self._name_at(owner) == "location":
+        elif name in _LOCATION_CALLS and (
+            self._name_at(owner) == "location"
+            or (owner < 0 and self.with_)
+            or len(self._arguments(i + 1)) == 1
+            and not self._is(i + 2, ")")
+        ):
+            # location.replace(u); l.replace(u) with one argument (a string's replace
+            # takes two): l may be location.
             self._load("location." + name, i + 2)
         elif name in _JQUERY_LOADS and self._name_at(owner) in _JQUERY:
             self._load(name, i + 2)
@@ -703,3 +963,43 @@ class _Sinks:
             self.out.append(Sink(SinkKind.MARKUP, f"{name}(srcdoc)"))
         elif low in _URL_ATTRIBUTES:
             self._load(f"{name}({low})", args[k + 1])
+
+
+# A script that re-types a data block (which then runs when inserted again) or sets a
+# created script's text.
+_RETYPE = re.compile(r"\.\s*type\s*=(?!=)|(?:setAttribute|removeAttribute)\s*\(\s*[\"'`]type[\"'`]")
+_RAW_WRITE = re.compile(r"\bwrite(?:ln)?\s*\(")
+_SCRIPT_TEXT = re.compile(
+    r"\.\s*(?:text|textContent|innerText|innerHTML)\s*\+?=(?!=)|createTextNode\s*\("
+)
+
+
+def data_loader(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> str | None:
+    """How a script may run the text of another element (a data block), or None.
+
+    An eval-like sink (not a timer given a bare name, most often a callback), a
+    ``document.write``, a created element given text, or a re-typed element
+    (``p.type = 'text/javascript'``, inserted again, runs). A script that cannot be
+    read to its end (a syntax error runs nothing) is no loader; one longer than
+    ``limit`` is judged by the shapes of its sinks in the raw text (eval(, write(...).
+    """
+    if "type" in text and _RETYPE.search(text):
+        return "type"
+    if "=" in text[:256] and _json_assignments(text):
+        return None
+    if len(text) > min(limit, MAX_TOKENIZED_CHARS):
+        code = _shapes(_CODE_SHAPE, _CODE_WORDS, text)
+        if code:
+            return code[0].strip("(.[]\"'` ")
+        return "write" if "write" in text and _RAW_WRITE.search(text) else None
+    traits = analyse(text, limit=limit)
+    if traits.unreadable:
+        return None
+    for sink in traits.sinks:
+        if sink.kind is SinkKind.CODE and not sink.name.endswith("(variable)"):
+            return sink.name
+        if sink.kind is SinkKind.MARKUP and sink.name in ("write", "writeln"):
+            return sink.name
+        if sink.kind is SinkKind.CREATE and _SCRIPT_TEXT.search(text):
+            return sink.name
+    return None
