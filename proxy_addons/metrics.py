@@ -7,6 +7,7 @@ kinds: all bounded by the configuration, never by traffic.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
@@ -168,6 +169,18 @@ class Metrics:
         r.register(self._snapshot)
         self._health = _HealthCollector(lambda: None, clock)
         r.register(self._health)
+        # ``jectguard run --workers N``: prometheus_client keeps each worker's counters in
+        # files of its own under this directory (it reads the variable when imported);
+        # the exposition sums every worker's instead of showing this process's share.
+        self._exposed = r
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._exposed = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self._exposed, path=multiproc_dir)  # type: ignore[no-untyped-call]
+            self._exposed.register(self._snapshot)
+            self._exposed.register(self._health)
 
     def set_meta_provider(self, provider: MetaProvider) -> None:
         """Read rules and snapshot age from ``provider`` (the engine in force) from now on."""
@@ -226,9 +239,13 @@ class Metrics:
 
     # -- exposition ---------------------------------------------------------
 
+    def add_collector(self, collector: Collector) -> None:
+        """Expose ``collector``'s series on ``/metrics`` too (the per-worker series)."""
+        self._exposed.register(collector)
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition (every worker's counters summed)."""
+        return generate_latest(self._exposed)
 
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "REFRESH_RESULTS", "Metrics"]

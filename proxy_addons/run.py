@@ -85,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "same lists (off by default; 53 for a home network)")
     p.add_argument("--dns-only", action="store_true",
                    help="serve only DNS (needs --dns-port), no HTTP proxy")
+    p.add_argument("--workers", default="1", metavar="N",
+                   help="proxy processes sharing the port (SO_REUSEPORT), one per core with "
+                        "'auto'; one refreshes and serves the admin API (default 1)")
     p.add_argument("--set", action="append", default=[], dest="setoptions",
                    metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
 
@@ -255,6 +258,9 @@ def main(args: argparse.Namespace) -> int:
     problem = _early_exposure_problem(args)
     if problem:
         return _fail(problem)
+    workers = _workers_hook(args)
+    if workers is not None:
+        return workers
 
     from .cli import engine_from_args
 
@@ -264,6 +270,23 @@ def main(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(args, engine, report))
     finally:
         engine.close()
+
+
+def _workers_hook(args: argparse.Namespace) -> int | None:
+    """``--workers N`` (N > 1): supervise N copies of this command; None to serve here."""
+    from .workers import WorkerContext, parse_workers, supervise
+
+    if WorkerContext.from_env() is not None:
+        return None  # a worker itself
+    try:
+        n = parse_workers(str(args.workers))
+    except ValueError as exc:
+        return _fail(str(exc))
+    if n == 1:
+        return None
+    if args.dns_port is not None:
+        return _fail("--workers: DNS (--dns-port) is served by a single process; drop one")
+    return supervise(n, refresh_role(args))
 
 
 def _startup_message(
@@ -350,6 +373,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
 
     from .addons import EngineHolder, Jectguard, make_addons
     from .loading import default_cache_dir
+    from .workers import prepare_worker
 
     # As mitmproxy's own entry point does: the termlog addon filters by verbosity.
     logging.getLogger().setLevel(logging.DEBUG)
@@ -366,6 +390,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
     master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
     opts.update(flow_detail=0)
     addons = make_addons(EngineHolder(engine), report=report, cache_dir=cache_dir)
+    prepare_worker(addons)  # --workers: share the port, report every worker; else nothing
     # DNS mode: jectguard answers a blocked name before mitmproxy's resolver asks upstream.
     resolver = master.addons.get("dnsresolver")
     if resolver is not None:

@@ -755,3 +755,28 @@ async def test_observe_turns_findings_into_events(holder: EngineHolder) -> None:
     assert event["url"] == PAGE and event["element"] == "script"
     assert event["list"] == "malware" and event["removed"] is True
     assert event["element_url"] == findings(f)[0]["url"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
+@pytest.mark.parametrize("encoding", [None, " ", "identity"])
+@pytest.mark.parametrize(
+    "body", [injected(), "  \n" + injected(), "<!-- x -->" + FOOTER, "ok", "<p>" + FOOTER]
+)
+async def test_the_not_html_shortcut_decides_as_the_scan_does(
+    addon: Strip, content_type: str | None, encoding: str | None, body: str
+) -> None:
+    """Unencoded bodies that do not sniff as HTML skip the scan job (issue 16): any body the
+    scanner itself would strip is still stripped, whatever the type and coding headers say."""
+    from proxy_addons.addons.strip import scan_content_type
+
+    headers = [("Content-Encoding", encoding)] if encoding is not None else []
+    f = response_flow(body.encode(), headers, content_type=content_type)
+    with strip_context(addon):
+        addon.responseheaders(f)
+        if PLAN_KEY not in f.metadata:
+            return  # not a candidate at all (decided before the shortcut)
+        scanner = addon._scanner(addon.holder.engine)
+        _, expected = scanner.strip(body.encode(), PAGE, scan_content_type(content_type))
+        await respond(addon, f)
+    stripped = f.response.raw_content != body.encode()  # type: ignore[union-attr]
+    assert stripped == any(x.removed for x in expected), (content_type, encoding, body[:40])
