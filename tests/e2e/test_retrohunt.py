@@ -27,6 +27,7 @@ import pytest
 from tests.e2e.conftest import (
     ATTACKER_IP,
     HOSTS,
+    LOCAL_DESTINATIONS,
     ROOT,
     ByteCounter,
     Proxy,
@@ -89,6 +90,7 @@ def _run_proxy(
         "--sources", str(lists / "sources.toml"), "--refresh-role", "watch",
         "--events-file", str(tmp_path / "events.jsonl"),
         "--set", f"proxyauth={USER}:{PASSWORD}",
+        *LOCAL_DESTINATIONS,  # the origins are on loopback and this host's own address
         *(["--set", f"jg_ledger_url={ledger_url}", "--set", "jg_ledger_hunt=on"] if ledger_url else []),
     ]  # fmt: skip
     env = {
