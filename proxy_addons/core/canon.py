@@ -381,6 +381,83 @@ def url_path_expressions(cu: CanonicalURL) -> list[str]:
     return out
 
 
+# A URL rule matches its whole subtree at any depth; paths deeper than this many
+# directories are probed for rules up to this depth (a rule is never this deep).
+MAX_RULE_DEPTH: Final = 256
+
+
+def _resolve_dots(path: str) -> str:
+    out: list[str] = []
+    parts = path.split("/")[1:]
+    for i, seg in enumerate(parts):
+        last = i == len(parts) - 1
+        if seg == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg == ".":
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+def _same_file_paths(path: str) -> list[str]:
+    """Paths that IIS or Tomcat map to the same file as ``path`` (canonical form).
+
+    IIS reads ``\\`` (``%5C``) as ``/`` and drops trailing dots and spaces from each
+    name; Tomcat drops ``;parameters`` from each segment. A rule written for the file
+    must match every spelling the server accepts, so each is probed too.
+    """
+    out = []
+    slashed = _resolve_dots(path.replace("%5C", "/")) if "%5C" in path else path
+    for p in (slashed,):
+        segs = p.split("/")
+        no_params = "/".join(seg.split(";", 1)[0] for seg in segs)
+        trimmed = "/".join(
+            seg if seg in (".", "..") else _strip_dots_spaces(seg) for seg in no_params.split("/")
+        )
+        for variant in (p, no_params, trimmed):
+            if variant != path and variant not in out:
+                out.append(variant)
+    return out
+
+
+def _strip_dots_spaces(seg: str) -> str:
+    while seg.endswith((".", "%20")):
+        seg = seg[:-1] if seg.endswith(".") else seg[:-3]
+    return seg
+
+
+def url_match_paths(cu: CanonicalURL) -> list[str]:
+    """Every path expression a URL rule may match, for the engine (not Safe Browsing's list).
+
+    Safe Browsing's expressions (:func:`url_path_expressions`) first; then every
+    directory prefix at any depth (a rule ``/a/b/c/d/`` matches ``/a/b/c/d/e/f``),
+    each also without its slash (a rule ``/mal`` covers ``/mal/x.exe``, never
+    ``/malware``); then the same for the spellings a server maps to the same file
+    (:func:`_same_file_paths`). Letter case is kept: paths match as written.
+    """
+    out = url_path_expressions(cu)
+    seen = set(out)
+    for path in (cu.path, *_same_file_paths(cu.path)):
+        if path not in seen:
+            seen.add(path)
+            out.append(path)
+        i = path.find("/", 1)
+        depth = 0
+        while i != -1 and depth < MAX_RULE_DEPTH:
+            for prefix in (path[: i + 1], path[:i]):
+                if prefix not in seen:
+                    seen.add(prefix)
+                    out.append(prefix)
+            i = path.find("/", i + 1)
+            depth += 1
+    return out
+
+
 def url_rule_key(text: str) -> tuple[str, str]:
     """Canonicalize a URL rule; returns (host, "host/path[?query]" expression key)."""
     cu = canonicalize_url(text)

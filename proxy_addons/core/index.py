@@ -56,7 +56,7 @@ from typing import Any, Final
 
 import xxhash
 
-from .canon import CanonicalURL, host_kind, url_host_expressions, url_path_expressions
+from .canon import CanonicalURL, host_kind, url_host_expressions, url_match_paths
 from .errors import SnapshotError
 from .gcpause import paused_gc
 from .guard import PoisonGuard
@@ -609,7 +609,7 @@ class CompiledIndex:
         best, final, url_hosts = self._match_host(cu.host, cu.host_kind, probes)
         if final or not url_hosts:
             return best
-        paths = url_path_expressions(cu)
+        paths = url_match_paths(cu)
         for host in url_host_expressions(cu):
             if host not in url_hosts:
                 continue
