@@ -32,7 +32,7 @@ from mitmproxy import connection, ctx, exceptions
 
 from proxy_addons.blockpage import HEADER_NAME, block_header
 from proxy_addons.core.destinations import DEFAULT_CONNECT_PORTS, DestinationPolicy
-from proxy_addons.core.engine import Verdict
+from proxy_addons.core.engine import Engine, Verdict
 
 from .connects import ConnectChecks
 from .decide import ADDRESS_KINDS, PageSettings
@@ -148,6 +148,11 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
             "jectguard: ports CONNECT may tunnel to: ports and ranges, e.g. '443,8443' "
             "or '1-65535' (repeatable; default 443).",
         )
+        loader.add_option(
+            "jg_url_case_insensitive", bool, False,
+            "jectguard: URL rules match paths in any letter case, as IIS and Windows "
+            "servers serve them (/MAL/X.EXE for a rule on /mal/x.exe).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
@@ -198,6 +203,7 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
             )
         self.enforce = o.jg_mode == "enforce"
         self.intercept = o.jg_intercept
+        Engine.fold_case = o.jg_url_case_insensitive  # process-wide, as jg_nat64_prefixes
         self.block_page = o.jg_block_page
         self.check_resolved = o.jg_check_resolved
         self.admin_contact = contact

@@ -109,6 +109,8 @@ class Engine:
     # NAT64 prefixes configured by the operator (``jg_nat64_prefixes``), besides the
     # well-known ones: process-wide, as a translator is a property of the network.
     nat64: ClassVar[tuple[ipaddress.IPv6Network, ...]] = ()
+    # Paths match rules in any letter case (``jg_url_case_insensitive``; IIS does so).
+    fold_case: ClassVar[bool] = False
 
     def __init__(self, block: CompiledIndex, allow: CompiledIndex) -> None:
         self.block = block
@@ -144,7 +146,7 @@ class Engine:
 
     def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:
         probes = host_probes(cu.host, cu.host_kind)  # hashed once, asked of both indexes
-        blocked = self.block.match_url(cu, probes)
+        blocked = self.block.match_url(cu, probes, fold_case=self.fold_case)  # allow: as written
         allowed = None if self.allow.empty else self.allow.match_url(cu, probes)
         v = self._decide(
             original if original is not None else cu.url, cu, cu.host, blocked, allowed

@@ -81,6 +81,10 @@ _MASK64: Final = (1 << 64) - 1
 NS_HOST: Final = 1  # domain / exact-host / IP rules and URL-host markers, keyed by host
 NS_URL: Final = 2  # URL rules, keyed by "host/path[?query]"
 NS_NET: Final = 3  # CIDR rules, keyed by packed (network, prefix length)
+# Every URL rule again, keyed by its lower-cased expression: probed only when paths
+# are matched without regard to letter case (``jg_url_case_insensitive``: IIS serves
+# /MAL/X.EXE for /mal/x.exe). Same record columns, so provenance is the rule's own.
+NS_URL_FOLDED: Final = 4
 
 _NONE: Final[list[int]] = []  # shared empty result; never mutated
 _NAMESPACE: Final = {
@@ -309,6 +313,7 @@ def _compile(
     v4: set[int] = set()
     v6: set[int] = set()
     infos = []
+    folded: list[tuple[int, list[Rule], list[str]]] = []
     by_kind = [0] * 6
     if len(lists) >= _MARKER_LIST:
         raise ValueError(f"at most {_MARKER_LIST - 1} lists")
@@ -363,6 +368,8 @@ def _compile(
                     url_hosts.update(k.partition("/")[0] for k in rule_keys)
                 keys.extend(map(str.encode, rule_keys))
             n = len(rules)
+            if kind is RuleKind.URL:
+                folded.append((list_id, rules, rule_keys))
             by_kind[kind] += n
             ns.extend(repeat(_NAMESPACE[kind], n))
             kinds.extend(repeat(kind, n))
@@ -375,6 +382,14 @@ def _compile(
                 ]
             )
             stats.exceptions += sum(map(_EXCEPTION, rules))
+    for list_id, rules, rule_keys in folded:  # not rules of their own: not counted
+        n = len(rules)
+        ns.extend(repeat(NS_URL_FOLDED, n))
+        kinds.extend(repeat(RuleKind.URL, n))
+        list_ids.extend(repeat(list_id, n))
+        lines.extend(map(_LINE, rules))
+        keys.extend(k.lower().encode() for k in rule_keys)
+        texts.extend(t.encode("utf-8", "replace")[:MAX_TEXT_BYTES] for t in map(_TEXT, rules))
     m = len(url_hosts)
     ns.extend(repeat(NS_HOST, m))
     kinds.extend(repeat(URLHOST, m))
@@ -598,11 +613,14 @@ class CompiledIndex:
                 best = self._match(pos, key)
         return best, False
 
-    def match_url(self, cu: CanonicalURL, probes: Probes | None = None) -> Match | None:
+    def match_url(
+        self, cu: CanonicalURL, probes: Probes | None = None, *, fold_case: bool = False
+    ) -> Match | None:
         """The rule that matches this canonical URL, enforce rules first, or None.
 
         ``probes`` are the host's hashed lookup keys (``host_probes``), passed in
-        when several indexes are asked about the same URL.
+        when several indexes are asked about the same URL. ``fold_case``: paths
+        also match rules written in another letter case.
         """
         if probes is None:
             probes = host_probes(cu.host, cu.host_kind)
@@ -620,6 +638,13 @@ class CompiledIndex:
                     best, final = self._pick(found, expr, best)
                     if final:
                         return best
+                if fold_case:
+                    low = expr.lower()
+                    found = self._find(NS_URL_FOLDED, low.encode())
+                    if found:
+                        best, final = self._pick(found, low, best)
+                        if final:
+                            return best
         return best
 
     def match_host(self, host: str, probes: Probes | None = None) -> Match | None:

@@ -64,3 +64,41 @@ def test_safe_browsing_expressions_are_unchanged() -> None:
 def test_probes_are_bounded_on_hostile_paths() -> None:
     cu = canonicalize_url("http://a.example/" + "a/" * 5000)
     assert len(url_match_paths(cu)) < 4 * 256 + 10
+
+
+def test_case_insensitive_paths_are_an_option() -> None:
+    rules = "http://iis.example/Scripts/Dot.php\nhttp://iis.example/mal/\n"
+    e = Engine.from_lists([(ListSpec(name="t"), parse_list(rules, "urls"))])[0]
+    urls = ["http://iis.example/scripts/dot.php", "http://iis.example/SCRIPTS/DOT.PHP?x=1",
+            "http://iis.example/MAL/x.exe", "http://iis.example/Mal./X.exe"]  # fmt: skip
+    assert [e.check_url(u).action for u in urls] == [Action.PASS] * 4  # as written: default
+    try:
+        Engine.fold_case = True
+        verdicts = [e.check_url(u) for u in urls]
+        assert [v.action for v in verdicts] == [Action.BLOCK] * 4
+        assert (
+            verdicts[0].match is not None
+            and verdicts[0].match.rule == "http://iis.example/Scripts/Dot.php"
+        )
+        assert e.check_url("http://iis.example/other/").action is Action.PASS
+    finally:
+        Engine.fold_case = False
+    # folded entries are no rules of their own: counts are unchanged
+    assert e.block.meta["rules"] == 2
+
+
+def test_the_option_turns_case_folding_on(engine: Engine) -> None:
+    from mitmproxy.test import taddons
+
+    from proxy_addons.addons.blocking import Blocking
+    from proxy_addons.addons.holder import EngineHolder
+
+    addon = Blocking(EngineHolder(engine))
+    try:
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, jg_url_case_insensitive=True)
+            assert engine.check_url("http://evil.example/X/1").action is Action.BLOCK
+            tctx.configure(addon, jg_url_case_insensitive=False)
+            assert engine.check_url("http://evil.example/X/1").action is Action.PASS
+    finally:
+        Engine.fold_case = False
