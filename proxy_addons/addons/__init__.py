@@ -15,6 +15,7 @@ from ..events import EventLog
 from ..metrics import Metrics
 from .admin import AdminServer
 from .blocking import Blocking
+from .campaign import Campaign
 from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
@@ -38,10 +39,12 @@ def make_addons(
         on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
     )
     metrics.set_health_provider(lambda: holder.health)
+    campaign = Campaign(holder, events, metrics, cache_dir=cache_dir)
     return [
         ClientAllowList(),
         Blocking(holder),
         Strip(holder),
+        campaign,  # after the stripper: it reads the page the browser gets
         refresh,
         DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
@@ -53,6 +56,7 @@ def make_addons(
             lists=lists_from_report(report, cache_dir) if report is not None else None,
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
+            campaigns=campaign,
         ),
         FreezeStartupHeap(),
     ]
@@ -76,6 +80,7 @@ class Jectguard:
 __all__ = [
     "AdminServer",
     "Blocking",
+    "Campaign",
     "ClientAllowList",
     "DnsFilter",
     "EngineHolder",

@@ -21,6 +21,7 @@ from mitmproxy import ctx, exceptions
 from proxy_addons.admin import (
     AdminState,
     AdminToken,
+    CampaignControl,
     RefreshTrigger,
     TokenError,
     create_app,
@@ -76,6 +77,7 @@ class AdminServer:
         lists: Callable[[], list[dict[str, Any]]] | None = None,
         refresh_status: Callable[[], Any] | None = None,
         refresh_trigger: RefreshTrigger | None = None,
+        campaigns: CampaignControl | None = None,
     ) -> None:
         self.holder = holder
         self.events = events
@@ -84,6 +86,7 @@ class AdminServer:
         self.lists = lists
         self.refresh_status = refresh_status
         self.refresh_trigger = refresh_trigger
+        self.campaigns = campaigns
         self.host = "127.0.0.1"
         self.port = 0
         self.token: AdminToken | None = None
@@ -186,6 +189,7 @@ class AdminServer:
             lists=self.lists,
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
+            campaigns=self.campaigns,
         )
         runner = web.AppRunner(
             create_app(state),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proxy_addons.core.engine import Engine
+from proxy_addons.core.index import CompiledIndex
 from proxy_addons.snapshot_health import IN_SYNC, SnapshotHealth
 
 
@@ -14,18 +15,28 @@ class EngineHolder:
     reads it only from the event loop.
     """
 
-    __slots__ = ("engine", "health")
+    __slots__ = ("engine", "health", "extra")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # How the engine's snapshot relates to the store (the follower sets it): one
         # record that /readyz, /api/status and /metrics all read.
         self.health: SnapshotHealth = IN_SYNC
+        # The proxy's own small block lists (the campaign list): kept across every swap,
+        # so a refresh never drops a host the proxy blocked itself.
+        self.extra: CompiledIndex | None = None
 
     def set_health(self, health: SnapshotHealth) -> None:
         self.health = health
 
     def swap(self, new: Engine) -> Engine:
         """Put ``new`` in force and return the engine it replaced (close it when done)."""
+        if new.extra is not self.extra:
+            new = new.with_extra(self.extra)
         old, self.engine = self.engine, new
         return old
+
+    def set_extra(self, extra: CompiledIndex | None) -> None:
+        """Put the proxy's own block lists in force, in this engine and every later one."""
+        self.extra = extra
+        self.engine = self.engine.with_extra(extra)
