@@ -154,6 +154,8 @@ def serve(
     parent_pid: int,
 ) -> None:
     """The process's main loop (a ``multiprocessing`` target)."""
+    from .addons import strip  # noqa: F401 - imported now, not on the first page
+
     path = Path(state_path) if state_path else None
     det, note = load_detector(settings, path)
     if note:
