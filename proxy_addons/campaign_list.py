@@ -75,10 +75,13 @@ class CampaignFiles:
     def lock_path(self) -> Path:
         return self.dir / "list.lock"
 
-    @property
-    def state_path(self) -> Path:
-        """The detector's state (:meth:`CampaignDetector.to_state`), written by its process."""
-        return self.dir / "detector.json"
+    def state_path(self, listen_port: int | None = None) -> Path:
+        """The detector's state (:meth:`CampaignDetector.to_state`), written by its process.
+
+        One a listening port: proxy processes sharing a cache directory each keep their
+        own detector (each sees its share of the traffic) and never overwrite another's.
+        """
+        return self.dir / (f"detector-{listen_port}.json" if listen_port else "detector.json")
 
 
 @dataclass(frozen=True, slots=True)

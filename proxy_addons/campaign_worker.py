@@ -141,7 +141,10 @@ def observe_view(det: CampaignDetector, view: PageView) -> list[dict[str, Any]]:
     except (BodyTooLarge, UndecodableBody):
         return []
     refs = references(body, view.content_type, view.url)
-    return [f.as_dict() for f in det.observe(view.time, view.url, refs)]
+    return [
+        {**f.as_dict(), "clients": f.clients}
+        for f in det.observe(view.time, view.url, refs, view.client or None)
+    ]
 
 
 def serve(

@@ -17,6 +17,7 @@ is unblocked here too, and its clearance reaches this process's detector.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -72,6 +73,11 @@ DEFAULT_MAX_BYTES: Final = 1024 * 1024
 COLLECT_SECONDS: Final = 0.2
 LIST_POLL_SECONDS: Final = 2.0
 DEFAULT_SAVE_SECONDS: Final = 60
+# Hosts listed automatically in one hour at most: beyond, findings are reported only (a
+# flood of findings is an attack on the detector, not a flood of campaigns).
+MAX_LISTED_PER_HOUR: Final = 20
+# Distinct clients that must meet a host before enforce mode lists it (see _held_back).
+DEFAULT_ENFORCE_MIN_CLIENTS: Final = 2
 # A worker that died is started again no sooner than this.
 RESTART_SECONDS: Final = 30.0
 STOP_TIMEOUT: Final = 5.0
@@ -114,6 +120,8 @@ class Campaign:
         self._list_seen: tuple[int, int, int] | None | bool = False
         self._list = CampaignList()
         self._cleared_sent: dict[str, float] = {}
+        self.enforce_min_clients = DEFAULT_ENFORCE_MIN_CLIENTS
+        self._listed_at: collections.deque[float] = collections.deque()  # monotonic times
 
     # -- options ------------------------------------------------------------
 
@@ -132,6 +140,14 @@ class Campaign:
             "jectguard: 'monitor' reports a campaign (event, dashboard); 'enforce' also puts "
             "its host on the local 'campaign' list, which blocks and strips it.",
             choices=ACTIONS,
+        )
+        loader.add_option(
+            "jg_campaign_enforce_min_clients",
+            int,
+            DEFAULT_ENFORCE_MIN_CLIENTS,
+            "jectguard: in enforce mode, distinct clients that must meet a flagged host before "
+            "it is listed (blocked); fewer: reported only. 1 trusts every client (a single "
+            "infected client could then get any new host blocked).",
         )
         loader.add_option(
             "jg_campaign_min_sites",
@@ -196,6 +212,7 @@ class Campaign:
             )
         checks = {
             "jg_campaign_min_sites": (2, 64),
+            "jg_campaign_enforce_min_clients": (1, 16),
             "jg_campaign_window": (60, 365 * int(DAY)),
             "jg_campaign_warmup_seconds": (0, 365 * int(DAY)),
             "jg_campaign_warmup_views": (0, 10**9),
@@ -228,6 +245,7 @@ class Campaign:
         self.settings, self.files = settings, files
         self.enabled = o.jg_campaign
         self.action = o.jg_campaign_action
+        self.enforce_min_clients = o.jg_campaign_enforce_min_clients
         self.max_bytes = o.jg_campaign_max_bytes
         self.queue_size = o.jg_campaign_queue
         self.save_seconds = float(o.jg_campaign_save_seconds)
@@ -269,7 +287,7 @@ class Campaign:
         self._proc = mp.Process(
             target=worker.serve,
             args=(self._views, self._control, self._out, self.settings,
-                  str(self.files.state_path), self.save_seconds, os.getpid()),
+                  str(self.files.state_path(_listen_port())), self.save_seconds, os.getpid()),
             name="jectguard-campaign", daemon=True,
         )  # fmt: skip
         self.files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -365,12 +383,15 @@ class Campaign:
             entry.flagged_at - self._list.cleared[entry.host] < self.settings.window
         ):
             return  # cleared by an operator; the detector has not heard of it yet
-        enforce = self.action == "enforce"
+        held = self._held_back(finding) if self.action == "enforce" else None
+        enforce = self.action == "enforce" and held is None
         if enforce and self.files is not None:
             files = self.files
             await asyncio.to_thread(update_list, files, lambda lst: lst.add(entry))
+            self._listed_at.append(time.monotonic())
             await self._sync_list()
-        self.metrics.record_campaign_finding(self.action)
+        action = "enforce" if enforce else "monitor"
+        self.metrics.record_campaign_finding(action)
         self.events.emit(
             "campaign",
             verdict="block" if enforce else "monitor",
@@ -384,14 +405,40 @@ class Campaign:
             pages=entry.pages,
             score=round(entry.score, 2),
             evidence=list(entry.evidence),
-            action=self.action,
+            clients=finding.get("clients"),
+            action=action,
+            held_back=held,
         )
         logger.warning(
             "jectguard: campaign: %s referenced from %d unrelated sites in injected positions%s",
             entry.host,
             len(entry.sites),
-            " (blocked: on the campaign list)" if enforce else "",
+            " (blocked: on the campaign list)"
+            if enforce
+            else f" (not listed: {held})"
+            if held
+            else "",
         )
+
+    def _held_back(self, finding: dict[str, Any]) -> str | None:
+        """Why an enforce-mode finding is only reported, or None to list it.
+
+        Clients may run malware, and malware can fetch pages of its own making through
+        the proxy: three cheap domains whose pages reference a host after ``</html>`` are
+        enough to flag it. Listing (blocking for everyone) therefore needs the host met
+        by several distinct clients, and at most MAX_LISTED_PER_HOUR hosts an hour.
+        """
+        clients = finding.get("clients")
+        n = clients if isinstance(clients, int) and not isinstance(clients, bool) else 0
+        if n < self.enforce_min_clients:
+            return (f"met by {n} distinct client(s), fewer than jg_campaign_enforce_min_clients "
+                    f"({self.enforce_min_clients})")  # fmt: skip
+        hour_ago = time.monotonic() - 3600
+        while self._listed_at and self._listed_at[0] < hour_ago:
+            self._listed_at.popleft()
+        if len(self._listed_at) >= MAX_LISTED_PER_HOUR:
+            return f"{MAX_LISTED_PER_HOUR} hosts listed in the last hour already"
+        return None
 
     async def _sync_list(self) -> None:
         """Read the list file when it changed: the block index in force, clearances to the
@@ -465,6 +512,11 @@ class Campaign:
         was: bool = await asyncio.to_thread(update_list, files, change)
         await self._sync_list()
         return was
+
+
+def _listen_port() -> int | None:
+    o = ctx.options
+    return int(o.listen_port) if "listen_port" in o and o.listen_port else None
 
 
 def _cache_dir_option() -> Path:

@@ -54,6 +54,7 @@ import hashlib
 import ipaddress
 import math
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ DEFAULT_WARMUP_VIEWS: Final = 1_000
 DEFAULT_MAX_HOSTS: Final = 200_000
 MAX_SITES_PER_HOST: Final = 64
 MAX_SHAPES_PER_HOST: Final = 16
+# Distinct clients remembered per host (enough to tell one infected client replaying pages
+# from a campaign many browsers meet). Kept as salted hashes, never addresses.
+MAX_CLIENTS_PER_HOST: Final = 16
 # Clearances remembered (each for ``window`` seconds): an operator clears a handful.
 MAX_CLEARED: Final = 10_000
 # The version of :meth:`CampaignDetector.to_state`'s document.
@@ -169,6 +173,9 @@ class CampaignFinding:
     pages: int
     score: float
     evidence: tuple[str, ...]
+    # distinct clients whose page views put the host in an anomalous position (0: unknown,
+    # as in a replay without clients); not in as_dict, whose fields the replay prints
+    clients: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -293,6 +300,7 @@ class _HostStats:
     shapes: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     flagged: bool = False
+    clients: set[str] = field(default_factory=set)  # salted hashes
 
 
 class CampaignDetector:
@@ -320,6 +328,7 @@ class CampaignDetector:
         self.views = 0
         self._hosts: OrderedDict[str, _HostStats] = OrderedDict()
         self._cleared: OrderedDict[str, float] = OrderedDict()  # host -> cleared at
+        self._salt = secrets.token_hex(16)  # for the client hashes; kept with the state
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -332,9 +341,12 @@ class CampaignDetector:
         )
 
     def observe(
-        self, now: float, page_url: str, refs: Sequence[Reference]
+        self, now: float, page_url: str, refs: Sequence[Reference], client: str | None = None
     ) -> list[CampaignFinding]:
-        """Record one page view's references; returns the hosts this view flagged."""
+        """Record one page view's references; returns the hosts this view flagged.
+
+        ``client`` (an address or user) is only counted, as a salted hash: how many
+        distinct clients met the host in an anomalous position."""
         if self.started is None:
             self.started = now
         warming = self.warming_up(now)
@@ -344,6 +356,7 @@ class CampaignDetector:
         except CanonError:
             return []
         findings = []
+        tag = self._client_tag(client) if client else None
         seen_here: set[str] = set()
         for ref in refs:
             host_site = registrable(ref.host)
@@ -365,6 +378,8 @@ class CampaignDetector:
                     stats.positions[p] = stats.positions.get(p, 0) + 1
                 if ref.shape in stats.shapes or len(stats.shapes) < MAX_SHAPES_PER_HOST:
                     stats.shapes[ref.shape] = stats.shapes.get(ref.shape, 0) + 1
+                if tag is not None and len(stats.clients) < MAX_CLIENTS_PER_HOST:
+                    stats.clients.add(tag)
             finding = None if stats.flagged else self._judge(ref.host, stats, now)
             if finding is not None:
                 stats.flagged = True
@@ -373,6 +388,10 @@ class CampaignDetector:
         while len(self._hosts) > self.max_hosts:
             self._hosts.popitem(last=False)
         return findings
+
+    def _client_tag(self, client: str) -> str:
+        digest = hashlib.blake2b(client.encode(), key=self._salt.encode(), digest_size=6)
+        return digest.hexdigest()
 
     def clear(self, host: str, now: float) -> None:
         """An operator cleared ``host``: no finding for it for ``window`` seconds."""
@@ -394,6 +413,7 @@ class CampaignDetector:
         """Everything the detector knows, as JSON data (hosts least recently seen first)."""
         return {
             "version": STATE_VERSION,
+            "salt": self._salt,
             "started": self.started,
             "views": self.views,
             "hosts": [
@@ -407,9 +427,10 @@ class CampaignDetector:
                     s.shapes,
                     s.pages,
                     s.flagged,
+                    sorted(s.clients),
                 ]
                 for host, s in self._hosts.items()
-            ],  # fmt: skip
+            ],
             "cleared": dict(self._cleared),
         }
 
@@ -429,6 +450,10 @@ class CampaignDetector:
             raise ValueError("'views' must be a whole number")
         if not isinstance(hosts, list) or not isinstance(cleared, dict):
             raise ValueError("'hosts' must be a list and 'cleared' an object")
+        salt = state.get("salt")
+        if not isinstance(salt, str) or not 16 <= len(salt) <= 64:
+            raise ValueError("'salt' must be a string of 16 to 64 characters")
+        det._salt = salt
         det.started, det.views = (float(started) if started is not None else None), views
         for row in hosts[-det.max_hosts :]:
             host, stats = _stats_from_row(row)
@@ -460,6 +485,8 @@ class CampaignDetector:
         ]
         if bare_ip:
             evidence.append("the host is a bare IP address")
+        if s.clients:
+            evidence.append(f"met by {len(s.clients)} distinct client(s)")
         return CampaignFinding(
             host=host,
             first_seen=s.first_seen,
@@ -468,6 +495,7 @@ class CampaignDetector:
             pages=s.pages,
             score=score,
             evidence=tuple(evidence),
+            clients=len(s.clients),
         )
 
 
@@ -488,9 +516,11 @@ def _counts(v: object, limit: int, what: str) -> dict[str, int]:
 
 def _stats_from_row(row: object) -> tuple[str, _HostStats]:
     """One host of a state document, checked (a file on disk is input like any other)."""
-    if not isinstance(row, list) or len(row) != 9:
-        raise ValueError("a host is a list of 9 fields")
-    host, first_seen, established, sites, anomalous, positions, shapes, pages, flagged = row
+    if not isinstance(row, list) or len(row) != 10:
+        raise ValueError("a host is a list of 10 fields")
+    host, first_seen, established, sites, anomalous, positions, shapes, pages, flagged, clients = (
+        row
+    )
     if not isinstance(host, str) or not host or not _is_num(first_seen):
         raise ValueError("a host needs a name and a first-seen time")
     if not isinstance(established, bool) or not isinstance(flagged, bool):
@@ -503,6 +533,8 @@ def _stats_from_row(row: object) -> tuple[str, _HostStats]:
         raise ValueError(f"{host}: 'anomalous' maps sites to times")
     if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
         raise ValueError(f"{host}: 'pages' is a whole number")
+    if not isinstance(clients, list) or not all(isinstance(x, str) for x in clients):
+        raise ValueError(f"{host}: 'clients' is a list of hashes")
     return host, _HostStats(
         first_seen=float(first_seen),
         established=established,
@@ -512,6 +544,7 @@ def _stats_from_row(row: object) -> tuple[str, _HostStats]:
         shapes=_counts(shapes, MAX_SHAPES_PER_HOST, f"{host}: shapes"),
         pages=pages,
         flagged=flagged,
+        clients=set(clients[:MAX_CLIENTS_PER_HOST]),
     )
 
 

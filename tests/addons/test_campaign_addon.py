@@ -136,6 +136,10 @@ def _good_state() -> dict[str, Any]:
         lambda s: s["hosts"][0].__setitem__(5, {"after-end": -1}),
         lambda s: s["hosts"][0].__setitem__(6, {f"s{i}": 1 for i in range(100)}),
         lambda s: s["hosts"][0].__setitem__(7, 1.5),
+        lambda s: s["hosts"][0].__setitem__(9, "10.0.0.1"),
+        lambda s: s["hosts"][0].pop(),
+        lambda s: s.pop("salt"),
+        lambda s: s.update(salt="short"),
     ],
 )
 def test_a_spoiled_state_is_refused(spoil: Any) -> None:
@@ -166,6 +170,24 @@ def test_a_cleared_host_is_not_flagged_again_within_the_window() -> None:
     late = T0 + later.window + 60
     flagged = [f for i, s in enumerate(sites) for f in feed(later, late + i, infected(s))]
     assert [f.host for f in flagged] == [EVIL]
+
+
+def test_clients_are_counted_as_salted_hashes() -> None:
+    det = quick()
+    for i, site in enumerate(["a.example", "b.example"]):
+        url, body = infected(site)
+        det.observe(T0 + i, url, references(body, CT, url), client=f"10.0.0.{i + 1}")
+    url, body = infected("c.example")
+    (found,) = det.observe(T0 + 5, url, references(body, CT, url), client="10.0.0.1")
+    assert found.clients == 2 and "met by 2 distinct client(s)" in found.evidence
+    text = json.dumps(det.to_state())
+    assert "10.0.0.1" not in text and "10.0.0.2" not in text
+    # the salt stays with the state: the same client is still one client after a restart
+    again = CampaignDetector.from_state(json.loads(text), warmup_seconds=0, warmup_views=0)
+    row = next(r for r in again.to_state()["hosts"] if r[0] == EVIL)
+    assert len(row[9]) == 2
+    assert again._client_tag("10.0.0.1") in row[9]
+    assert quick()._client_tag("10.0.0.1") not in row[9]  # another deployment's salt
 
 
 # -- the campaign list and the engine ---------------------------------------------------
@@ -356,7 +378,7 @@ async def test_monitor_reports_without_listing(addon: Campaign) -> None:
 async def test_enforce_lists_blocks_and_clear_unblocks(addon: Campaign, tmp_path: Path) -> None:
     addon.action = "enforce"
     addon._control = queue.Queue()
-    await addon.report(finding())
+    await addon.report({**finding(), "clients": 3})
     v = addon.holder.engine.check_url(f"http://{EVIL}/x.js")
     assert v.action is Action.BLOCK and v.match.category == "campaign"  # type: ignore[union-attr]
     assert list(read_list(CampaignFiles.under(tmp_path)).hosts) == [EVIL]
@@ -370,6 +392,30 @@ async def test_enforce_lists_blocks_and_clear_unblocks(addon: Campaign, tmp_path
     assert addon.holder.engine.check_url(f"http://{EVIL}/x.js").action is Action.PASS
     with pytest.raises(ValueError):
         await addon.clear("not a host")
+
+
+async def test_enforce_needs_several_clients(addon: Campaign, tmp_path: Path) -> None:
+    """One client (perhaps infected, fetching pages it made) cannot get a host blocked."""
+    addon.action = "enforce"
+    addon.enforce_min_clients = 2
+    await addon.report({**finding(), "clients": 1})
+    assert addon.holder.engine.check_url(f"http://{EVIL}/").action is Action.PASS
+    (ev,) = addon.events.recent(10, ["campaign"])
+    assert ev["verdict"] == "monitor" and ev["action"] == "monitor"
+    assert "jg_campaign_enforce_min_clients" in ev["held_back"]
+    await addon.report({**finding("other.example"), "clients": 2})
+    assert addon.holder.engine.check_url("http://other.example/").action is Action.BLOCK
+
+
+async def test_enforce_lists_at_most_a_few_hosts_an_hour(addon: Campaign) -> None:
+    from proxy_addons.addons.campaign import MAX_LISTED_PER_HOUR
+
+    addon.action = "enforce"
+    for i in range(MAX_LISTED_PER_HOUR + 2):
+        await addon.report({**finding(f"h{i}.example"), "clients": 5})
+    assert len(read_list(addon.files).hosts) == MAX_LISTED_PER_HOUR  # type: ignore[arg-type]
+    last = addon.events.recent(1, ["campaign"])[0]
+    assert last["action"] == "monitor" and "last hour" in last["held_back"]
 
 
 async def test_a_list_changed_elsewhere_is_picked_up(addon: Campaign, tmp_path: Path) -> None:

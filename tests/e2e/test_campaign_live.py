@@ -140,6 +140,7 @@ def _live(tmp: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, action: s
         "--set", "jg_campaign_warmup_views=0",
         "--set", "jg_campaign_warmup_seconds=0",
         "--set", "jg_campaign_min_sites=3",
+        "--set", "jg_campaign_enforce_min_clients=1",  # one browser here
     )  # fmt: skip
     return Live(proxy, port, tmp / "cache")
 
