@@ -75,13 +75,13 @@ class CampaignFiles:
     def lock_path(self) -> Path:
         return self.dir / "list.lock"
 
-    def state_path(self, listen_port: int | None = None) -> Path:
+    @property
+    def state_path(self) -> Path:
         """The detector's state (:meth:`CampaignDetector.to_state`), written by its process.
 
-        One a listening port: proxy processes sharing a cache directory each keep their
-        own detector (each sees its share of the traffic) and never overwrite another's.
-        """
-        return self.dir / (f"detector-{listen_port}.json" if listen_port else "detector.json")
+        Proxy processes sharing a cache directory: the first detector to lock it keeps
+        it; the others keep theirs in memory (see ``campaign_worker.serve``)."""
+        return self.dir / "detector.json"
 
 
 @dataclass(frozen=True, slots=True)

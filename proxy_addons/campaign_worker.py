@@ -11,7 +11,9 @@ The detector's state is written as JSON to ``state_path`` every
 keeps the baseline and the hosts being watched. A file that does not load is
 set aside (``.bad``) and the detector starts afresh, with a note.
 
-The process ends on its own when the proxy that started it is gone.
+At the stop, the pages still queued are read first, and the findings they raise are
+sent before the process ends (the proxy reads them in its ``done``). The process ends
+on its own when the proxy that started it is gone.
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ def serve(
     from .addons import strip  # noqa: F401 - imported now, not on the first page
 
     path = Path(state_path) if state_path else None
+    if path is not None and not _lock_state(path):
+        out.put(Note(f"another proxy process keeps the campaign state in {path}; this "
+                     "one keeps its own in memory only"))  # fmt: skip
+        path = None
     det, note = load_detector(settings, path)
     if note:
         out.put(Note(note))
@@ -194,8 +200,40 @@ def serve(
         if path is not None and dirty and time.monotonic() - last_save >= save_every:
             _save(det, path, out)
             last_save, dirty = time.monotonic(), False
+    # The pages already queued are read before the state is saved (the queue is bounded:
+    # this ends); their findings go out too, and the proxy reads them before it ends.
+    while True:
+        try:
+            view = views.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            break
+        if isinstance(view, PageView):
+            with contextlib.suppress(Exception):
+                for finding in observe_view(det, view):
+                    out.put(Found(finding))
     if path is not None:
         _save(det, path, out)
+
+
+_held_locks: list[Any] = []  # open for the life of the process: the lock lasts as long
+
+
+def _lock_state(path: Path) -> bool:
+    """Take the state file for this process (released when it ends, however it ends)."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        f = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held on purpose
+    except OSError:
+        return False
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return False
+    _held_locks.append(f)
+    return True
 
 
 def _save(det: CampaignDetector, path: Path, out: Any) -> None:

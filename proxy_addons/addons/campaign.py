@@ -277,7 +277,9 @@ class Campaign:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.to_thread(self._stop_worker)
+        await asyncio.to_thread(self._stop_worker, close=False)
+        await self._collect()  # what the worker found while it stopped
+        self._close_queues()
 
     def _start_worker(self) -> None:
         assert self.files is not None
@@ -287,7 +289,7 @@ class Campaign:
         self._proc = mp.Process(
             target=worker.serve,
             args=(self._views, self._control, self._out, self.settings,
-                  str(self.files.state_path(_listen_port())), self.save_seconds, os.getpid()),
+                  str(self.files.state_path), self.save_seconds, os.getpid()),
             name="jectguard-campaign", daemon=True,
         )  # fmt: skip
         self.files.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -296,17 +298,22 @@ class Campaign:
         self._cleared_sent = {}  # the new process hears every clearance again
         logger.info("jectguard: campaign detector started (pid %s)", self._proc.pid)
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, *, close: bool = True) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):
-            self._control.put(worker.Stop())
-        proc.join(STOP_TIMEOUT)
-        if proc.is_alive():
-            proc.terminate()
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                self._control.put(worker.Stop())
             proc.join(STOP_TIMEOUT)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(STOP_TIMEOUT)
+        if close:
+            self._close_queues()
+
+    def _close_queues(self) -> None:
         for q in (self._views, self._control, self._out):
+            if q is None:
+                continue
             with contextlib.suppress(Exception):
                 q.cancel_join_thread()  # pages still queued are not worth a hang
                 q.close()
@@ -512,11 +519,6 @@ class Campaign:
         was: bool = await asyncio.to_thread(update_list, files, change)
         await self._sync_list()
         return was
-
-
-def _listen_port() -> int | None:
-    o = ctx.options
-    return int(o.listen_port) if "listen_port" in o and o.listen_port else None
 
 
 def _cache_dir_option() -> Path:

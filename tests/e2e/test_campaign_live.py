@@ -123,7 +123,9 @@ class Live:
         return dict(body)
 
 
-def _live(tmp: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, action: str) -> Live:
+def _live(
+    tmp: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, action: str, *extra: str
+) -> Live:
     for host in (*SITES, INJECT_HOST):
         monkeypatch.setitem(HOSTS, host, "127.0.0.1")
     token_file = tmp / "admin-token"
@@ -141,8 +143,19 @@ def _live(tmp: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, action: s
         "--set", "jg_campaign_warmup_seconds=0",
         "--set", "jg_campaign_min_sites=3",
         "--set", "jg_campaign_enforce_min_clients=1",  # one browser here
+        *extra,
     )  # fmt: skip
-    return Live(proxy, port, tmp / "cache")
+    live = Live(proxy, port, tmp / "cache")
+    deadline = time.monotonic() + 30
+    while True:  # the admin API starts just after the proxy port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return live
+        except OSError:
+            if time.monotonic() > deadline or not proxy.alive():
+                proxy.stop()
+                raise
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -255,3 +268,86 @@ def test_enforce_lists_the_host_and_clearing_unblocks_it(
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 401
     err.value.close()
+
+
+# -- without a browser: restarts and a stalled detector ---------------------------------
+
+
+def fetch(live: Live, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": live.proxy.url}))
+    try:
+        with opener.open(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def restart(live: Live, tmp: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Live:
+    """Stop the proxy (SIGTERM: a clean stop) and start it again on the same cache."""
+    assert live.proxy.stop() == 0
+    return _live(tmp, lists_dir, monkeypatch, "enforce")
+
+
+def test_state_and_list_survive_restarts(
+    tmp_path: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, origin: Origin
+) -> None:
+    tmp = tmp_path / "restarts"
+    live = _live(tmp, lists_dir, monkeypatch, "enforce")
+    try:
+        for site in SITES[:2]:
+            assert fetch(live, f"http://{site}:{origin.port}/")[0] == 200
+        # no wait: a clean stop reads the pages still queued before it saves
+        live = restart(live, tmp, lists_dir, monkeypatch)
+        state = tmp / "cache" / "campaign" / "detector.json"
+        assert state.exists()
+        # the third site flags the host: the two before the restart were remembered
+        assert fetch(live, f"http://{SITES[2]}:{origin.port}/")[0] == 200
+        ev = live.wait_for("campaign")
+        assert set(ev["sites"]) == set(SITES[:3]) and ev["action"] == "enforce"
+        live = restart(live, tmp, lists_dir, monkeypatch)
+        # blocked from the start, before any page is seen
+        assert live.verdict(f"http://{INJECT_HOST}/x.js")["list"] == "campaign"
+        status, _ = fetch(live, f"http://{INJECT_HOST}:{origin.port}/x.js")
+        assert status == 403
+    finally:
+        live.proxy.stop()
+
+
+def test_a_stalled_detector_never_stalls_the_proxy(
+    tmp_path: Path, lists_dir: Path, monkeypatch: pytest.MonkeyPatch, origin: Origin
+) -> None:
+    import os
+    import re
+    import signal
+
+    live = _live(tmp_path / "stalled", lists_dir, monkeypatch, "monitor",
+                 "--set", "jg_campaign_queue=2")  # fmt: skip
+    pid = None
+    try:
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while pid is None and time.monotonic() < deadline:
+            m = re.search(r"campaign detector started \(pid (\d+)\)", live.proxy.output())
+            pid = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        assert pid is not None, live.proxy.output()
+        os.kill(pid, signal.SIGSTOP)  # the detector's process, which this proxy started
+        t0 = time.monotonic()
+        for i in range(30):
+            site = SITES[i % len(SITES)]
+            status, body = fetch(live, f"http://{site}:{origin.port}/p{i}", timeout=10)
+            assert status == 200 and b"</html>" in body
+        elapsed = time.monotonic() - t0
+        req = urllib.request.Request(f"http://127.0.0.1:{live.admin_port}/metrics",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+        dropped = re.search(r'jectguard_campaign_pages_total\{result="dropped"\} (\S+)', text)
+        assert dropped is not None and float(dropped.group(1)) >= 20, text[-2000:]
+        # generous: 30 local pages take well under a second unloaded; a waiting loop would
+        # hang on the first full queue for good
+        assert elapsed < 20, elapsed
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        live.proxy.stop()
