@@ -26,7 +26,7 @@ import queue
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from .core.campaign import (
     DEFAULT_MAX_HOSTS,
@@ -162,10 +162,27 @@ def serve(
     from .addons import strip  # noqa: F401 - imported now, not on the first page
 
     path = Path(state_path) if state_path else None
-    if path is not None and not _lock_state(path):
+    lock = _lock_state(path) if path is not None else None
+    if path is not None and lock is None:
         out.put(Note(f"another proxy process keeps the campaign state in {path}; this "
                      "one keeps its own in memory only"))  # fmt: skip
         path = None
+    try:
+        _serve(views, control, out, settings, path, save_every, parent_pid)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _serve(
+    views: Any,
+    control: Any,
+    out: Any,
+    settings: DetectorSettings,
+    path: Path | None,
+    save_every: float,
+    parent_pid: int,
+) -> None:
     det, note = load_detector(settings, path)
     if note:
         out.put(Note(note))
@@ -215,25 +232,22 @@ def serve(
         _save(det, path, out)
 
 
-_held_locks: list[Any] = []  # open for the life of the process: the lock lasts as long
-
-
-def _lock_state(path: Path) -> bool:
-    """Take the state file for this process (released when it ends, however it ends)."""
+def _lock_state(path: Path) -> IO[str] | None:
+    """Take the state file for this loop: the open lock file (closing it, or the process
+    ending however it ends, lets it go), or None when another process holds it."""
     import fcntl
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         f = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held on purpose
     except OSError:
-        return False
+        return None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        return False
-    _held_locks.append(f)
-    return True
+        return None
+    return f
 
 
 def _save(det: CampaignDetector, path: Path, out: Any) -> None:

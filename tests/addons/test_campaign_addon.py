@@ -481,3 +481,17 @@ async def test_admin_campaign_routes_without_the_addon(aiohttp_client: Any) -> N
     client = await aiohttp_client(create_app(state))
     r = await client.get("/api/campaigns", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status == 501
+
+
+def test_a_second_process_on_the_same_state_keeps_its_own(tmp_path: Path) -> None:
+    state = tmp_path / "detector.json"
+    held = worker._lock_state(state)  # as another proxy process's detector holds it
+    assert held is not None
+    try:
+        out = run_worker([view(infected("a.example"), T0)], state, worker.DetectorSettings())
+        assert any(isinstance(m, worker.Note) and "another proxy process" in m.text for m in out)
+        assert not state.exists()  # never overwritten by the second one
+    finally:
+        held.close()
+    run_worker([], state, worker.DetectorSettings())
+    assert state.exists()  # released: the next one keeps it
