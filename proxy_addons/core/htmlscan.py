@@ -62,11 +62,14 @@ UTF-8 whatever the document encoding.
 from __future__ import annotations
 
 import base64
+import binascii
 import html
+import json
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from html.entities import html5 as _HTML5_ENTITIES
 from typing import Protocol, SupportsIndex, TypeVar
 
@@ -74,6 +77,7 @@ import ada_url
 
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
+from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse
 from proxy_addons.core.signatures import Signature, match_signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
@@ -101,7 +105,19 @@ _PER_SCAN_ENTRIES = 4096
 _COMMENT_RULE_CHARS = 80
 
 AFTER_HTML_POLICIES = ("off", "log", "strip")
-REASONS = ("blocked-url", "inline-reference", "signature", "after-html")
+# "mention": a blocked host or URL (or a signature) in text that does not load it:
+# a data block, or a script with no way to load or inject it. Reported, never removed.
+REASONS = ("blocked-url", "inline-reference", "signature", "after-html", "mention")
+# srcdoc and data: documents are scanned as documents this many levels deep; deeper
+# ones are judged by the URLs they name (err towards removal).
+_MAX_DOCUMENT_DEPTH = 3
+# String values read from an import map or speculation rules (a bound on work).
+_MAX_JSON_STRINGS = 10000
+# Script text tokenized per scan to decide mention or load (jsscan reads ~0.5-1 MB/s);
+# past it, a script naming a blocked host is removed as before (a hostile page full
+# of mentions cannot make a scan slow).
+_JS_WORK_CHARS = 1024 * 1024
+_OVER_BUDGET = "not analysed (work budget)"
 
 
 class BodyTooLarge(JectguardError, ValueError):
@@ -127,7 +143,9 @@ class Finding:
     ``object`` without an end tag, past the start tag only, so its fallback
     content survives). ``removed`` says whether ``strip()`` removes it: false
     for ``after_html="log"`` findings and for matches from a list in monitor
-    mode (``match.mode == "monitor"``).
+    mode (``match.mode == "monitor"``), and for mentions (``reason ==
+    "mention"``). ``evidence`` names what made an inline script's reference a
+    load or an injection (``document.write``, ``eval``, ``src``...).
     """
 
     start: int
@@ -138,6 +156,7 @@ class Finding:
     rule: str
     list: str
     removed: bool = True
+    evidence: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -149,6 +168,7 @@ class Finding:
             "start": self.start,
             "end": self.end,
             "removed": self.removed,
+            "evidence": self.evidence,
         }
 
 
@@ -542,6 +562,8 @@ class _Walk:
         self.select_open = False
         self.foreign_root = pos
         self.work = 0
+        # For a scripting-off reading queued by the main reading: its <noscript> tag.
+        self.noscript_at = -1
 
     # ---- output
 
@@ -692,17 +714,18 @@ class _Walk:
                 return
             text_end, el_end = _raw_end(buf, end, name)
             # Scripting off reads the same bytes as markup: scan that reading too.
-            self.s.queue_alt(
-                _Walk(
-                    self.s,
-                    end,
-                    fstack=self.fstack.fresh(),
-                    scripting=False,
-                    alternative=self.alternative or "noscript",
-                    clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
-                    after_html=self.after_html,
-                )
+            walk = _Walk(
+                self.s,
+                end,
+                fstack=self.fstack.fresh(),
+                scripting=False,
+                alternative=self.alternative or "noscript",
+                clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
+                after_html=self.after_html,
             )
+            if not self.alternative:
+                walk.noscript_at = p
+            self.s.queue_alt(walk)
             self.pos = el_end
         elif name == b"plaintext":
             self.pos = self.n
@@ -983,6 +1006,19 @@ class _Shared:
         self._ignoring_from: int | None = None
         self.open_guesses: dict[tuple[int, str], bool] = {}
         self.ignored_texts = 0
+        # Spans read by scripting-off readings before they met the main reading again.
+        self.offline: list[tuple[int, int]] = []
+
+    def superseded(self, walk: _Walk) -> bool:
+        """Whether an earlier scripting-off reading read over this one's ``<noscript>`` tag.
+
+        With scripting off the whole document is read that way: a ``<noscript>``
+        that the main (scripting-on) reading sees as a tag may, with scripting off,
+        sit inside an earlier noscript's script text, comment or foreign content.
+        Then the reading from it is no browser's and is not scanned.
+        """
+        at = walk.noscript_at
+        return at >= 0 and any(start < at < stop for start, stop in self.offline)
 
     def may_ignore(self, p: int) -> bool:
         """Whether a tree builder may ignore a start tag at ``p`` (an over-approximation):
@@ -1022,8 +1058,12 @@ def _walk_document(doc: _Doc) -> list[Element]:
             shared.elements.extend(_candidate_elements(doc))
             break
         walk = shared.alts.pop(0)
+        if shared.superseded(walk):
+            continue
         walk.run()
         spent += max(0, walk.pos - walk.origin) + walk.work
+        if walk.noscript_at >= 0:
+            shared.offline.append((walk.origin, walk.pos))
     seen: set[tuple[int, str]] = set()
     result: list[Element] = []
     for el in sorted(shared.elements, key=lambda e: (e.start, e.alternative != "")):
@@ -1181,6 +1221,118 @@ def _data_url_text(url: str) -> str | None:
     return raw.decode("utf-8", "replace")
 
 
+class ScriptKind(StrEnum):
+    """What a browser does with a ``<script>`` element's text (HTML "prepare the script element")."""
+
+    CLASSIC = "classic"
+    MODULE = "module"
+    IMPORTMAP = "importmap"
+    SPECULATION_RULES = "speculationrules"
+    WEBBUNDLE = "webbundle"  # Chromium's subresource Web Bundles: JSON naming a bundle URL
+    DATA = "data"  # JSON, JSON-LD, templates, unknown types: never run
+    # Not a <script>: the code of a javascript: URL, whose string result the browser
+    # renders as a document (javascript:'<script src=...>' injects without a write).
+    JAVASCRIPT_URL = "javascript-url"
+
+
+# Script kinds whose text is JSON naming URLs the browser loads.
+_JSON_LOADS = (ScriptKind.IMPORTMAP, ScriptKind.SPECULATION_RULES, ScriptKind.WEBBUNDLE)
+
+
+# The HTML standard's JavaScript MIME type essences.
+_JS_MIME_TYPES = frozenset(
+    """application/ecmascript application/javascript application/x-ecmascript
+    application/x-javascript text/ecmascript text/javascript text/javascript1.0
+    text/javascript1.1 text/javascript1.2 text/javascript1.3 text/javascript1.4
+    text/javascript1.5 text/jscript text/livescript text/x-ecmascript
+    text/x-javascript""".split()
+)
+_JS_VERSIONED = re.compile(r"text/javascript1\.[0-9]")
+
+
+def _runs_as(type_string: str) -> ScriptKind:
+    # Erring towards "runs": surrounding Unicode whitespace stripped (Chromium strips
+    # more than ASCII whitespace), MIME parameters ignored (Chromium then runs
+    # nothing, but a script judged as code is still removed only on evidence), any
+    # text/javascript1.x.
+    value = type_string.strip("\t\n\f\r ").strip().lower()
+    essence = value.partition(";")[0].strip()
+    if essence in _JS_MIME_TYPES or _JS_VERSIONED.fullmatch(essence):
+        return ScriptKind.CLASSIC
+    for kind in (ScriptKind.MODULE, *_JSON_LOADS):
+        if value == kind.value:
+            return kind
+    return ScriptKind.DATA
+
+
+def script_kind(attrs: dict[str, str]) -> ScriptKind:
+    """The script's type as the HTML standard decides it from ``type`` and ``language``."""
+    type_ = attrs.get("type")
+    if type_ is not None:
+        if not type_.strip("\t\n\f\r ").strip():
+            return ScriptKind.CLASSIC  # empty (whitespace: erring towards "runs")
+        return _runs_as(type_)
+    language = attrs.get("language")
+    if not language:
+        return ScriptKind.CLASSIC
+    return _runs_as("text/" + language)
+
+
+# Markup that runs code or loads a frame, a script or a style sheet when it is
+# written into a document (``document.write``, ``innerHTML``...).
+_ACTIVE_MARKUP = re.compile(
+    r"<(?i:script|iframe|frame|object|embed|meta|base|link|portal|fencedframe|style|svg|math"
+    r"|applet)[\s/>]|<[A-Za-z][^>]*?[\s/\"'](?i:on[a-z]+)\s*=|(?i:javascript):"
+)
+# Any tag with a URL attribute, for "a write of markup carrying a blocked URL".
+_URL_TAG_REF = re.compile(r"<(?!(?i:a|area)[\s/>])[A-Za-z][A-Za-z0-9-]*[\s/]")
+_URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcset", "codebase")
+# A URL attribute in written markup, whatever the tag (its name may be split across
+# strings joined at run time): the URL, or nothing when the value is added later
+# ('ipt src="' + u + '">'). Not href: that is mostly a link, which loads nothing. An
+# attribute follows a space, a quote or "/" (not "?data=" in a URL's query).
+_WRITTEN_URL_ATTR = re.compile(
+    r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
+    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
+)
+_BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
+
+
+def _base64_payloads(text: str) -> list[str]:
+    """Texts hidden as base64 string literals in a script that decodes base64 (``atob``)."""
+    out = []
+    for m in _BASE64_LITERAL.finditer(text):
+        raw = m.group(2)
+        try:
+            data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "==", validate=False)
+        except (binascii.Error, ValueError):
+            continue
+        decoded = data.decode("utf-8", "replace")
+        printable = sum(1 for c in decoded if c.isprintable() or c in "\t\n\r")
+        if decoded and printable >= 0.9 * len(decoded):
+            out.append(decoded)
+    return out
+
+
+def _json_strings(value: object, out: list[str]) -> None:
+    """The string values (not keys) in a JSON document, depth first, up to a bound."""
+    stack = [value]
+    while stack and len(out) < _MAX_JSON_STRINGS:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# A constant URL prefix whose origin is already decided: "scheme://host/..." or a
+# relative reference (path, query, fragment).
+_FIXED_ORIGIN = re.compile(r"[\t\n\f\r ]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
+_RELATIVE = re.compile(r"[\t\n\f\r ]*(?:/(?![/\\])|\\(?![/\\])|\?|#|\.\.?/)")
+
+
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     url: str | None
@@ -1188,6 +1340,10 @@ class _Verdict:
     rule: str
     list: str
     removed: bool
+    evidence: str | None = None
+
+    def mention(self) -> _Verdict:
+        return _Verdict(self.url, "mention", self.rule, self.list, False)
 
 
 class _Judge:
@@ -1198,6 +1354,8 @@ class _Judge:
         self.page_url = page_url
         # Without cross-scan caches, still judge each URL or text once per scan.
         self.caches = scanner._caches if scanner._caches.entries > 0 else _Caches(_PER_SCAN_ENTRIES)
+        self.depth = 0  # srcdoc / data: documents being judged inside this one
+        self.js_work = _JS_WORK_CHARS  # script text this scan may still tokenize
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
@@ -1245,51 +1403,223 @@ class _Judge:
         return [a[k] for k in keys if k in a]
 
     def judge(self, el: Element, bases: Sequence[str]) -> _Verdict | None:
+        """Whether an element loads, runs or injects a blocked URL (or only mentions one)."""
+        script = el.name in ("script", "svg:script")
         for ref in self.element_urls(el):
             for base in bases:
                 url = self.resolve(base, ref)
                 if url is None:
                     continue
+                # A script's src is judged whatever its type: a script on the page
+                # can change the type and insert the element again, which then loads
+                # (it never "started"); no page needs a data block with such a src.
                 verdict = self._url_verdict(url, "blocked-url")
                 if verdict is not None:
                     return verdict
-                inline = self._embedded(url, bases)
+                inline = self._embedded(url, bases, script=script)
                 if inline is not None:
                     return inline
         if el.name == "iframe" and "srcdoc" in el.attrs:
-            verdict = self.inline(el.attrs["srcdoc"], bases)
+            verdict = self.document(el.attrs["srcdoc"], bases)
             if verdict is not None:
                 return verdict
-        if el.text and el.name in ("script", "svg:script"):
-            return self.inline(el.text, bases)
+        if el.text and script:
+            # With a src, the element's text is never run: the fetched script is.
+            kind = ScriptKind.DATA if "src" in el.attrs else script_kind(el.attrs)
+            if el.name == "svg:script" and ("href" in el.attrs or "xlink:href" in el.attrs):
+                kind = ScriptKind.DATA
+            return self.script_text(el.text, bases, kind)
         return None
 
-    def _embedded(self, url: str, bases: Sequence[str]) -> _Verdict | None:
-        """Code carried inside the URL itself (``javascript:``, ``data:``)."""
+    def _embedded(self, url: str, bases: Sequence[str], *, script: bool) -> _Verdict | None:
+        """Code or a document carried inside the URL itself (``javascript:``, ``data:``)."""
         low = url[:11].lower()
         if low.startswith("javascript:"):
-            return self.inline(urllib.parse.unquote(url[11:]), bases)
+            code = urllib.parse.unquote(url[11:])
+            return self.script_text(code, bases, ScriptKind.JAVASCRIPT_URL)
         if low.startswith("data:"):
             text = _data_url_text(url)
             if text:
-                return self.inline(text, bases)
+                if script:
+                    return self.script_text(text, bases, ScriptKind.CLASSIC)
+                return self.document(text, bases)
         return None
 
-    def inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
-        """Judge script (or written HTML) text: referenced URLs and hosts, then signatures."""
+    def document(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """Judge an HTML document held in an attribute or URL (``srcdoc``, ``data:text/html``)."""
+        if self.depth >= _MAX_DOCUMENT_DEPTH:
+            return self.references(text, bases)
+        doc = _Doc(text.encode("utf-8", "surrogatepass"), Charset("utf-8", "header"))
+        mention: _Verdict | None = None
+        self.depth += 1
+        try:
+            for el in _walk_document(doc):
+                verdict = self.judge(el, bases)
+                if verdict is None:
+                    continue
+                if verdict.reason == "mention":
+                    mention = mention or verdict
+                    continue
+                if verdict.reason == "blocked-url":  # loaded by the embedded document
+                    verdict = _Verdict(verdict.url, "inline-reference", verdict.rule,
+                                       verdict.list, verdict.removed, el.name)  # fmt: skip
+                return verdict
+        finally:
+            self.depth -= 1
+        return mention
+
+    def script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
+        """Judge a script's text by what the browser does with it (cached)."""
         if len(text) > _INLINE_CACHE_MAX_CHARS:
-            return self._inline(text, bases)
-        key = (text, self.page_url, tuple(bases))
+            return self._script_text(text, bases, kind)
+        key = (text, kind, self.page_url, tuple(bases))
         cache = self.caches.inline
         if key in cache:
             return cache[key]
-        verdict = self._inline(text, bases)
-        self.caches.put(cache, key, verdict)
+        verdict = self._script_text(text, bases, kind)
+        if verdict is None or verdict.evidence != _OVER_BUDGET:  # (another scan has its own)
+            self.caches.put(cache, key, verdict)
         return verdict
 
-    def _inline(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+    def _script_text(self, text: str, bases: Sequence[str], kind: ScriptKind) -> _Verdict | None:
+        if kind is ScriptKind.DATA:
+            verdict = self.references(text, bases)
+            return verdict.mention() if verdict is not None else None
+        if kind in _JSON_LOADS:
+            return self._json_loads(text, bases)
+        verdict = self.references(text, bases)
+        if verdict is None:
+            return None
+        evidence = self._evidence(text, bases, writes=kind is ScriptKind.JAVASCRIPT_URL)
+        if evidence is None:
+            return verdict.mention()
+        return _Verdict(
+            verdict.url, verdict.reason, verdict.rule, verdict.list, verdict.removed, evidence
+        )
+
+    def _json_loads(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """An import map or speculation rules: every string value is a URL that may be
+        loaded (a module when imported, a page Chromium prefetches or prerenders)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None  # the browser ignores it; judged as if every URL in it loaded
+        if data is None:
+            verdict = self.references(text, bases)
+            if verdict is None:
+                return None
+            return _Verdict(verdict.url, verdict.reason, verdict.rule, verdict.list,
+                            verdict.removed, "unreadable JSON")  # fmt: skip
+        strings: list[str] = []
+        _json_strings(data, strings)
+        for value in strings:
+            for base in bases:
+                url = self.resolve(base, value)
+                if url is None:
+                    continue
+                verdict = self._url_verdict(url, "blocked-url")
+                if verdict is not None:
+                    return verdict
+        verdict = self.references(text, bases)
+        return verdict.mention() if verdict is not None else None
+
+    def _evidence(self, text: str, bases: Sequence[str], *, writes: bool) -> str | None:
+        """What makes a script that names a blocked host load or inject it, or None (data).
+
+        ``writes``: the script's result is written as a document (a javascript: URL).
+        """
+        budget = self.js_work
+        traits = analyse(text, limit=budget)
+        self.js_work -= len(text)
+        if traits.unreadable:
+            if len(text) > MAX_TOKENIZED_CHARS:
+                return "not analysed (too long)"
+            return _OVER_BUDGET if len(text) > budget else "unreadable script"
+        for kind in (SinkKind.CODE, SinkKind.CREATE):
+            sink = traits.first(kind)
+            if sink is not None:
+                return sink.name
+        markup = traits.first(SinkKind.MARKUP)
+        name = markup.name if markup is not None else "javascript: URL" if writes else None
+        if name is not None and self._writes_active(text, traits.strings, bases):
+            return name
+        for sink in traits.sinks:
+            if sink.kind is SinkKind.LOAD and self._may_load_blocked(
+                sink.url, sink.complete, bases
+            ):
+                return sink.name
+        return None
+
+    def _writes_active(self, text: str, strings: Sequence[str], bases: Sequence[str]) -> bool:
+        """Whether the script holds markup that, written, runs code or loads a blocked URL.
+
+        ``strings`` are its string constants: a URL attribute is looked for there,
+        not in the code (``var src = "..."`` is no markup).
+        """
+        variants = [text, decode_script_text(text)]
+        payloads = _base64_payloads(text) if "atob" in text or "base64" in text.lower() else []
+        variants.extend(payloads)
+        if any(_ACTIVE_MARKUP.search(v) for v in variants):
+            return True
+        constants = [
+            decode_script_text(c) if "%" in c else c for c in strings if "=" in c or "<" in c
+        ]
+        constants.extend(payloads)
+        if "fromCharCode" in text:
+            constants.extend(_char_codes(m) for m in _FROM_CHAR_CODE.finditer(text))
+        for constant in constants:
+            for m in _WRITTEN_URL_ATTR.finditer(constant):
+                ref = m.group(1)
+                if not ref:
+                    return True  # the value is added at run time: it may be the blocked one
+                if self._blocked_ref(ref, bases):
+                    return True
+            if "<" not in constant:
+                continue
+            for m in _URL_TAG_REF.finditer(constant):
+                tag = _TAG_TEXT.match(constant, m.start(), m.start() + 4096)
+                if tag is None:
+                    continue
+                attrs = parse_attrs(tag.group(3))
+                if any(self._blocked_ref(attrs[k], bases) for k in _URL_TAG_ATTRS if k in attrs):
+                    return True
+        return False
+
+    def _blocked_ref(self, ref: str, bases: Sequence[str]) -> bool:
+        for base in bases:
+            url = self.resolve(base, ref)
+            if url is not None and self.check(url) is not None:
+                return True
+        return False
+
+    def _may_load_blocked(self, prefix: str | None, complete: bool, bases: Sequence[str]) -> bool:
+        """Whether a load sink's URL argument (its constant prefix) may be a blocked URL."""
+        if prefix is None:
+            return True  # built at run time: it may be the blocked one the script names
+        if not complete:
+            fixed = _FIXED_ORIGIN.match(prefix)
+            if fixed is not None:
+                prefix = prefix[: fixed.end()]
+            elif _RELATIVE.match(prefix):
+                prefix = prefix.partition("?")[0].partition("#")[0] or "."
+            else:
+                return True  # "http://" + host: the origin is decided at run time
+        for base in bases:
+            url = self.resolve(base, prefix)
+            if url is None:
+                continue
+            if url[:11].lower().startswith("javascript:") or url[:5].lower() == "data:":
+                return True
+            if self._url_verdict(url, "blocked-url") is not None:
+                return True
+        return False
+
+    def references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
+        """The first blocked host or URL the text names (decoded too), then signatures."""
         decoded = decode_script_text(text)
-        variants = (text,) if decoded == text else (text, decoded)
+        variants = [text] if decoded == text else [text, decoded]
+        if "atob" in text or "base64" in text.lower():
+            variants.extend(_base64_payloads(text))
         for variant in variants:
             verdict = self._references(variant, bases)
             if verdict is not None:
@@ -1367,7 +1697,9 @@ _FAST_SCRIPT = re.compile(
     rb"(?P<text>(?:[^<]++|<(?!!--|/(?i:script)[\t\n\f\r />]))*+)"
     rb"(?P<close></(?i:script)(?=[\t\n\f\r />])" + _ATTRS + rb"/?>)?+"
 )
-_SRC_OR_HREF = re.compile(rb"(?i:src|href)")
+# Attributes that change how a script element is judged (what it loads, whether its
+# text runs): a tag without any of them is judged with no attributes.
+_SCRIPT_ATTRS = re.compile(rb"(?i:src|href|type|language)")
 _REFRESH = re.compile(rb"(?i:refresh)")
 _FOREIGN_END: dict[bytes, re.Pattern[bytes]] = {
     b"svg": re.compile(rb"</(?i:svg)"),
@@ -1470,7 +1802,7 @@ class _Caches:
         self.entries = entries
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
-        self.inline: dict[tuple[str, str, tuple[str, ...]], _Verdict | None] = {}
+        self.inline: dict[tuple[str, ScriptKind, str, tuple[str, ...]], _Verdict | None] = {}
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
@@ -1624,7 +1956,7 @@ class Scanner:
                         return False
                     continue
                 text = _norm(doc.text(end, text_end))
-                if _SRC_OR_HREF.search(buf, p, end) is not None:
+                if _SCRIPT_ATTRS.search(buf, p, end) is not None:
                     attrs = parse_attrs(doc.text(*fast.span("attrs")))
                 else:
                     attrs = {}
@@ -1647,8 +1979,8 @@ class Scanner:
                     tag = _start_tag(buf, p, name)
                     if tag is None:
                         continue
-                    close = _FOREIGN_END[name].search(buf, tag.end())
-                    guess = buf.find(b">", close.end()) + 1 if close is not None else 0
+                    foreign_end = _FOREIGN_END[name].search(buf, tag.end())
+                    guess = buf.find(b">", foreign_end.end()) + 1 if foreign_end else 0
                 svg_key = (doc.raw_slice(p, guess), key_bases) if guess > 0 else None
                 if svg_key is not None:
                     cached = cache.get(svg_key)
@@ -1686,7 +2018,9 @@ class Scanner:
                         return False
                     continue
                 attrs = parse_attrs(doc.text(*tag.span(3)))
-                suspect = judge.judge(Element(name.decode(), p, el_end, attrs, None), bases) is not None
+                suspect = (
+                    judge.judge(Element(name.decode(), p, el_end, attrs, None), bases) is not None
+                )
                 if el_end - p <= _ELEMENT_CACHE_MAX_BYTES:
                     self._caches.put(cache, key, suspect)
                 if suspect:
@@ -1697,6 +2031,10 @@ class Scanner:
     def _is_active(el: Element) -> bool:
         if el.name == "meta":
             return el.attrs.get("http-equiv", "").strip().lower() == "refresh"
+        if el.name in ("script", "svg:script") and not any(
+            k in el.attrs for k in ("src", "href", "xlink:href")
+        ):
+            return script_kind(el.attrs) is not ScriptKind.DATA  # a data block runs nothing
         return el.name in _ACTIVE
 
     def _precise(self, doc: _Doc, judge: _Judge) -> list[Finding]:
@@ -1716,7 +2054,8 @@ class Scanner:
             after = el.after_html and self.after_html != "off" and self._is_active(el)
             if verdict is None and not after:
                 continue
-            if verdict is None:
+            if verdict is None or (after and verdict.reason == "mention"):
+                # (A mention is no reason to remove; where it sits may be, by policy.)
                 verdict = _Verdict(
                     None, "after-html", "active content after </html>", "jectguard", False
                 )
@@ -1731,6 +2070,7 @@ class Scanner:
                     rule=verdict.rule,
                     list=verdict.list,
                     removed=removed,
+                    evidence=verdict.evidence,
                 )
             )
         return findings
@@ -1749,7 +2089,9 @@ class Scanner:
         if doc is None:
             return body, []
         findings = self._scan_doc(doc, page_url)
-        spans = sorted(((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1]))
+        spans = sorted(
+            ((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1])
+        )
         if not spans:
             return body, findings
         out: list[bytes] = []

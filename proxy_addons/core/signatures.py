@@ -12,7 +12,9 @@ A signatures file is TOML with one ``[[signature]]`` table per rule::
 
 A signature is matched, case-insensitively, against the decoded text of inline
 scripts (``script``: after JS escapes are undone and literal concatenations
-joined) and against the resolved URLs of active elements (``url``).
+joined) and against the resolved URLs of active elements (``url``). A ``script``
+match removes the script only when it can load or inject (the HTML scanner
+decides, ``proxy_addons/core/jsscan.py``); in data it is a reported mention.
 ``parse_signatures`` is pure: it takes the file's text and raises
 ``ListFormatError`` (with the 1-based line of the offending table) on a bad file.
 """

