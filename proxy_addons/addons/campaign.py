@@ -374,6 +374,8 @@ class Campaign:
                 msg = self._out.get_nowait()
             except queue.Empty:
                 return
+            except (EOFError, OSError, ValueError):
+                return  # the worker died mid-message: _check_worker starts a new one
             if isinstance(msg, worker.Note):
                 logger.warning("jectguard: %s", msg.text)
             elif isinstance(msg, worker.Found):

@@ -495,3 +495,14 @@ def test_a_second_process_on_the_same_state_keeps_its_own(tmp_path: Path) -> Non
         held.close()
     run_worker([], state, worker.DetectorSettings())
     assert state.exists()  # released: the next one keeps it
+
+
+async def test_status_lists_the_campaign_list(aiohttp_client: Any) -> None:
+    lst = CampaignList()
+    lst.add(Listed.from_finding(finding()))
+    engine = base_engine().with_extra(compile_list(lst))
+    state = AdminState(token=TOKEN, engine=lambda: engine, events=EventLog(), metrics=Metrics())
+    client = await aiohttp_client(create_app(state))
+    r = await client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    lists = {x["name"]: x for x in (await r.json())["lists"]}
+    assert lists["campaign"]["category"] == "campaign" and not lists["campaign"]["allow"]
