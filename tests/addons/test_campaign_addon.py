@@ -506,3 +506,28 @@ async def test_status_lists_the_campaign_list(aiohttp_client: Any) -> None:
     r = await client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     lists = {x["name"]: x for x in (await r.json())["lists"]}
     assert lists["campaign"]["category"] == "campaign" and not lists["campaign"]["allow"]
+
+
+def test_hook_skips_what_is_no_page(addon: Campaign) -> None:
+    addon._views = queue.Queue(10)
+    head = html_flow()
+    head.request.method = "HEAD"
+    partial = html_flow()
+    partial.response.status_code = 206
+    streamed = html_flow()
+    streamed.response.stream = True
+    nosniff = html_flow(ctype="text/plain")
+    nosniff.response.headers["X-Content-Type-Options"] = "nosniff"
+    empty = html_flow(b"")
+    for f in (head, partial, streamed, nosniff, empty):
+        addon.response(f)
+    assert addon._views.qsize() == 0
+    addon.enabled = False
+    addon.response(html_flow())
+    assert addon._views.qsize() == 0
+    addon.enabled = True
+    gz = html_flow(ctype="text/html; charset=utf-8")
+    gz.response.headers["Content-Encoding"] = "gzip"
+    addon.response(gz)
+    v = addon._views.get_nowait()
+    assert v.content_encoding == "gzip" and v.content_type == "text/html; charset=utf-8"
