@@ -334,10 +334,9 @@ class Campaign:
         raw = resp.raw_content
         if not raw:
             return
-        peer = flow.client_conn.peername
         view = worker.PageView(
             time=self.clock(),
-            client=str(peer[0]) if peer else "",
+            client=_client_of(flow),
             url=scalar_text(flow.request.pretty_url),
             content_type=resp.headers.get("content-type"),
             content_encoding=resp.headers.get("content-encoding", ""),
@@ -521,6 +520,16 @@ class Campaign:
         was: bool = await asyncio.to_thread(update_list, files, change)
         await self._sync_list()
         return was
+
+
+def _client_of(flow: http.HTTPFlow) -> str:
+    """Who met the page: the proxyauth user when there is one (behind NAT or a load
+    balancer, addresses are shared), else the address. Only ever counted, as a hash."""
+    auth = flow.metadata.get("proxyauth")
+    if isinstance(auth, tuple | list) and auth and isinstance(auth[0], str) and auth[0]:
+        return "user:" + auth[0]
+    peer = flow.client_conn.peername
+    return str(peer[0]) if peer else ""
 
 
 def _cache_dir_option() -> Path:

@@ -531,3 +531,14 @@ def test_hook_skips_what_is_no_page(addon: Campaign) -> None:
     addon.response(gz)
     v = addon._views.get_nowait()
     assert v.content_encoding == "gzip" and v.content_type == "text/html; charset=utf-8"
+
+
+def test_hook_names_the_user_when_there_is_one(addon: Campaign) -> None:
+    addon._views = queue.Queue(10)
+    f = html_flow()
+    f.metadata["proxyauth"] = ("alice", "secret")
+    addon.response(f)
+    addon.response(html_flow())
+    users = [addon._views.get_nowait().client for _ in range(2)]
+    assert users[0] == "user:alice" and "secret" not in users[0]
+    assert users[1] == str(html_flow().client_conn.peername[0])
