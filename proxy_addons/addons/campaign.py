@@ -115,6 +115,7 @@ class Campaign:
         self._out: Any = None
         self._started_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
         self._running = False
         # the list file last read (False: none read yet)
         self._list_seen: tuple[int, int, int] | None | bool = False
@@ -250,10 +251,19 @@ class Campaign:
         self.queue_size = o.jg_campaign_queue
         self.save_seconds = float(o.jg_campaign_save_seconds)
         if self._running and restart:
-            self._stop_worker()
-            self._list_seen = False
-            if self.enabled:
-                self._start_worker()
+            # Stopping the process waits for it: never here, on the event loop.
+            self._restart_task = asyncio.get_running_loop().create_task(
+                self._restart(), name="jectguard-campaign-restart"
+            )
+
+    async def _restart(self) -> None:
+        """The worker again with the settings now in force (its state carries over)."""
+        await asyncio.to_thread(self._stop_worker, close=False)
+        await self._collect()
+        self._close_queues()
+        self._list_seen = False
+        if self.enabled and self._running:
+            self._start_worker()
 
     # -- lifetime -----------------------------------------------------------
 
@@ -272,6 +282,10 @@ class Campaign:
 
     async def done(self) -> None:
         self._running = False
+        restart, self._restart_task = self._restart_task, None
+        if restart is not None:
+            with contextlib.suppress(Exception):
+                await restart
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -542,3 +542,25 @@ def test_hook_names_the_user_when_there_is_one(addon: Campaign) -> None:
     users = [addon._views.get_nowait().client for _ in range(2)]
     assert users[0] == "user:alice" and "secret" not in users[0]
     assert users[1] == str(html_flow().client_conn.peername[0])
+
+
+async def test_lifecycle_with_the_real_process(tmp_path: Path) -> None:
+    """running() starts the detector's process, an option change restarts it off the event
+    loop (the state carries over), done() stops it and the state is on disk."""
+    a = Campaign(EngineHolder(base_engine()), EventLog(), Metrics(), cache_dir=tmp_path)
+    with taddons.context(a) as tctx:
+        tctx.configure(a, jg_campaign_warmup_views=0, jg_campaign_warmup_seconds=0)
+        await a.running()
+        try:
+            first = a._proc
+            assert first is not None and first.is_alive()
+            tctx.configure(a, jg_campaign_min_sites=4)
+            assert a._restart_task is not None
+            await a._restart_task
+            assert not first.is_alive() and a._proc is not None and a._proc.is_alive()
+            assert a._proc.pid != first.pid
+        finally:
+            await a.done()
+    assert a._proc is None
+    state = json.loads((tmp_path / "campaign" / "detector.json").read_text())
+    assert state["version"] == 1
