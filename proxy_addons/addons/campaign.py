@@ -116,6 +116,7 @@ class Campaign:
         self._started_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
         self._running = False
         # the list file last read (False: none read yet)
         self._list_seen: tuple[int, int, int] | None | bool = False
@@ -257,13 +258,16 @@ class Campaign:
             )
 
     async def _restart(self) -> None:
-        """The worker again with the settings now in force (its state carries over)."""
-        await asyncio.to_thread(self._stop_worker, close=False)
-        await self._collect()
-        self._close_queues()
-        self._list_seen = False
-        if self.enabled and self._running:
-            self._start_worker()
+        """The worker again with the settings now in force (its state carries over).
+
+        One restart at a time: two quick option changes must not leave two workers."""
+        async with self._restart_lock:
+            await asyncio.to_thread(self._stop_worker, close=False)
+            await self._collect()
+            self._close_queues()
+            self._list_seen = False
+            if self.enabled and self._running:
+                self._start_worker()
 
     # -- lifetime -----------------------------------------------------------
 
@@ -286,6 +290,8 @@ class Campaign:
         if restart is not None:
             with contextlib.suppress(Exception):
                 await restart
+        async with self._restart_lock:  # an earlier restart still running
+            pass
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -555,8 +555,15 @@ async def test_lifecycle_with_the_real_process(tmp_path: Path) -> None:
             first = a._proc
             assert first is not None and first.is_alive()
             tctx.configure(a, jg_campaign_min_sites=4)
+            tctx.configure(a, jg_campaign_min_sites=5)  # a second change at once
             assert a._restart_task is not None
             await a._restart_task
+            import multiprocessing
+
+            workers = [
+                c for c in multiprocessing.active_children() if c.name == "jectguard-campaign"
+            ]
+            assert workers == [a._proc]  # one worker, not two
             assert not first.is_alive() and a._proc is not None and a._proc.is_alive()
             assert a._proc.pid != first.pid
         finally:
