@@ -173,6 +173,76 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+_LOOPBACK_NAMES: Final = frozenset({"localhost"})
+_LOOPBACK_ADDRESSES: Final = frozenset({"127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class AdminHosts:
+    """The Host header values the admin server answers to (DNS rebinding defence).
+
+    A page on ``http://attacker.example/`` whose name the attacker re-points at
+    this server reaches it with ``Host: attacker.example``: names must be listed.
+    An IP literal cannot be re-pointed, but the listen address is the one to
+    accept; on a wildcard listen address every address of the host is, so any
+    literal is. No Host at all comes from scripts and health checks (HAProxy's
+    HTTP/1.0 checks), never from a browser, and is accepted.
+    """
+
+    names: frozenset[str] = _LOOPBACK_NAMES
+    addresses: frozenset[str] = _LOOPBACK_ADDRESSES
+    any_address: bool = False
+
+    @classmethod
+    def for_listener(cls, listen_host: str, extra_names: tuple[str, ...] = ()) -> AdminHosts:
+        names = set(_LOOPBACK_NAMES) | {_canonical_name(n) for n in extra_names}
+        addresses = set(_LOOPBACK_ADDRESSES)
+        try:
+            ip = ipaddress.ip_address(listen_host.strip("[]"))
+        except ValueError:
+            names.add(_canonical_name(listen_host))  # bound by name: that name
+            return cls(frozenset(names), frozenset(addresses))
+        addresses.add(str(ip))
+        return cls(frozenset(names), frozenset(addresses), any_address=ip.is_unspecified)
+
+    def allows(self, host_header: str | None) -> bool:
+        if not host_header:
+            return True
+        host = _host_of(host_header)
+        if host is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return _canonical_name(host) in self.names
+        return self.any_address or str(ip) in self.addresses
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.names | self.addresses)) + (
+            " and any address of this host" if self.any_address else ""
+        )
+
+
+def _canonical_name(name: str) -> str:
+    return name.strip().lower().rstrip(".")
+
+
+def _host_of(host_header: str) -> str | None:
+    """The host of a Host header (no port, no brackets); None when it is malformed."""
+    value = host_header.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1 :] and not re.fullmatch(r":\d{1,5}", value[end + 1 :])):
+            return None
+        return value[1:end]
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    elif not port.isdigit() or ":" in host:
+        return None
+    return host or None
+
+
 @dataclass(slots=True)
 class AdminState:
     """Everything the admin routes read; the providers are plugged in by the addons."""
@@ -188,6 +258,8 @@ class AdminState:
     # the refresher's per-source status (JSON-ready), and a trigger for "refresh now"
     refresh_status: Callable[[], Any] | None = None
     refresh_trigger: RefreshTrigger | None = None
+    # Host header values answered to; anything else is 421 (DNS rebinding)
+    hosts: AdminHosts = field(default_factory=AdminHosts)
     # how the snapshot served relates to the store (stale, damaged), from the follower
     snapshot_health: Callable[[], SnapshotHealth | None] | None = None
     # the campaign detector's findings and list (None: not loaded in this process)
@@ -242,6 +314,21 @@ def _load_static() -> dict[str, bytes]:
 
 
 # -- middleware and signals ---------------------------------------------------
+
+
+@web.middleware
+async def host_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A Host this server does not go by is a rebound name: answer nothing (every route)."""
+    host = request.headers.get("Host")
+    if not request.app[STATE].hosts.allows(host):
+        return _json(
+            {"error": "misdirected request: this admin server does not answer to that Host; "
+                      "add the name to jg_admin_hostnames if it is yours"},
+            status=421,
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -623,7 +710,10 @@ def create_app(state: AdminState) -> web.Application:
     """The admin application for ``state``."""
     if len(state.token) < MIN_TOKEN_LENGTH:
         raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} characters")
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, host_middleware, auth_middleware],
+        client_max_size=64 * 1024,
+    )
     app[STATE] = state
     app[STATIC] = _load_static()
     app.add_routes(ROUTES)
@@ -632,6 +722,7 @@ def create_app(state: AdminState) -> web.Application:
 
 
 __all__ = [
+    "AdminHosts",
     "AdminState",
     "AdminToken",
     "CampaignControl",

@@ -11,9 +11,12 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .core.engine import Engine
@@ -51,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
                    help="only these client networks may use the proxy (repeatable); "
                         "required with a non-loopback --listen-host unless proxyauth is set")
+    p.add_argument("--trusted-proxies", action="append", default=[], metavar="CIDR",
+                   help="load balancers that send a PROXY protocol header naming the real "
+                        "client (repeatable); connections from them must send one")
     p.add_argument("--allow-destination", action="append", default=[], metavar="CIDR",
                    help="let clients reach this network although it is loopback, unspecified, "
                         "link-local, cloud metadata or this host's own (repeatable)")
@@ -83,24 +89,118 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
 
 
-def is_loopback_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
+# Modes where mitmproxy's proxyauth asks every client for credentials before it relays
+# anything (HTTP proxy and SOCKS5 logins). Elsewhere (transparent, reverse, WireGuard,
+# DNS) traffic flows without a login, so only --allow-clients can close the listener.
+PROXYAUTH_MODES: Final = frozenset({"regular", "upstream", "socks5"})
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address mitmproxy will listen on, as its server instance computes it."""
+
+    mode: str  # the mode's type name, e.g. "regular"
+    description: str  # mitmproxy's own, e.g. "HTTP(S) proxy"
+    host: str  # what mitmproxy binds: "" is every interface
+    port: int
+    addresses: tuple[str, ...]  # what the host resolves to; () when it does not resolve
+
+    @property
+    def loopback_only(self) -> bool:
+        return bool(self.addresses) and all(_is_loopback_ip(a) for a in self.addresses)
+
+    @property
+    def where(self) -> str:
+        if not self.host:
+            return f"*:{self.port} (all interfaces)"
+        bare = self.host.strip("[]")
+        shown = f"[{bare}]" if ":" in bare else bare
+        extra = ""
+        if self.addresses and [bare] != list(self.addresses):
+            extra = f" ({', '.join(self.addresses)})"
+        return f"{shown}:{self.port}{extra}"
+
+
+def _is_loopback_ip(address: str) -> bool:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
-def exposure_problem(listen_host: str, proxyauth: str, allow_clients: list[str]) -> str | None:
-    """Why listening here would make an open proxy, or None when it is fine."""
-    if is_loopback_host(listen_host) or proxyauth or allow_clients:
+def _bind_addresses(host: str, port: int) -> tuple[str, ...]:
+    """The addresses ``asyncio.start_server(host=...)`` binds: a name binds all it resolves to."""
+    if not host:
+        return ("0.0.0.0", "::")
+    try:
+        return (str(ipaddress.ip_address(host.strip("[]"))),)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError):
+        return ()
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def plan_listeners(
+    modes: Sequence[str], listen_host: str, listen_port: int | None, server: bool = True
+) -> list[Listener]:
+    """Every address mitmproxy's proxyserver will bind for these options (ValueError: bad mode).
+
+    Uses mitmproxy's own parser and its ``listen_host``/``listen_port`` rules, so a
+    ``mode=socks5@0.0.0.0:1080`` is seen exactly as mitmproxy will bind it. Modes that
+    bind no port (local, tun) intercept this machine's own traffic: no listener.
+    """
+    from mitmproxy.proxy import mode_specs
+
+    if not server:
+        return []
+    out = []
+    for spec in modes:
+        mode = mode_specs.ProxyMode.parse(spec)
+        port = mode.listen_port(listen_port)
+        if port is None:
+            continue
+        host = mode.listen_host(listen_host)
+        out.append(
+            Listener(mode.type_name, mode.description, host, port, _bind_addresses(host, port))
+        )
+    return out
+
+
+def exposure_problem(
+    listeners: Sequence[Listener], proxyauth: str, allow_clients: Sequence[str]
+) -> str | None:
+    """Why these listeners would make an open proxy, or None when they are fine.
+
+    ``--allow-clients`` closes every listener (the client allow-list runs on each
+    connection whatever the mode); proxyauth only those modes that ask for a login.
+    """
+    if allow_clients:
         return None
-    where = listen_host or "all interfaces"
+    open_ = [
+        lst for lst in listeners
+        if not lst.loopback_only and not (proxyauth and lst.mode in PROXYAUTH_MODES)
+    ]
+    if not open_:
+        return None
+    where = "; ".join(f"{lst.description} on {lst.where}" for lst in open_)
+    unresolved = [lst.host for lst in open_ if not lst.addresses]
+    hint = f" ({', '.join(unresolved)} does not resolve)" if unresolved else ""
+    login = (
+        "Require a login with --set proxyauth=USER:PASS (or another mitmproxy proxyauth "
+        "method; HTTP and SOCKS5 modes only), or name"
+        if any(lst.mode in PROXYAUTH_MODES for lst in open_) else "Name"
+    )
     return (
-        f"refusing to listen on {where}: anyone who can reach that port could use this "
-        "proxy. Require a login with --set proxyauth=USER:PASS (or another mitmproxy "
-        "proxyauth method), or name the client networks allowed with --allow-clients CIDR "
+        f"refusing to listen on {where}{hint}: anyone who can reach that port could use "
+        f"this proxy. {login} the client networks allowed with --allow-clients CIDR "
         "(repeatable), or listen on 127.0.0.1."
     )
 
@@ -112,6 +212,20 @@ def _set_value(setoptions: list[str], name: str) -> str:
         if key.strip() == name:
             value = val.strip()
     return value
+
+
+def _early_exposure_problem(args: argparse.Namespace) -> str | None:
+    """The exposure check on the command line alone, parsed as mitmproxy will parse it."""
+    from mitmproxy import exceptions
+    from mitmproxy.options import Options
+
+    opts = Options(listen_host=args.listen_host, listen_port=args.listen_port)
+    try:
+        opts.set(*args.setoptions, defer=True)  # jg_ and addon options are not known yet
+        found = plan_listeners(opts.mode, opts.listen_host, opts.listen_port, opts.server)
+    except (exceptions.OptionsError, ValueError):
+        return None  # reported with mitmproxy's own message once the addons are loaded
+    return exposure_problem(found, _set_value(args.setoptions, "proxyauth"), args.allow_clients)
 
 
 def refresh_role(args: argparse.Namespace) -> str:
@@ -129,18 +243,16 @@ def _fail(message: str) -> int:
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.listen_port < 65536:
         return _fail(f"--listen-port must be between 1 and 65535, got {args.listen_port}")
-    for spec in args.allow_clients:
-        try:
-            ipaddress.ip_network(spec, strict=False)
-        except ValueError:
-            return _fail(f"--allow-clients: not an IP network: {spec!r}")
-    # Fail fast on the obvious case, before building a large engine; re-checked on the
-    # final options (a config.yaml may set proxyauth or listen_host).
-    problem = exposure_problem(
-        _set_value(args.setoptions, "listen_host") or args.listen_host,
-        _set_value(args.setoptions, "proxyauth"),
-        args.allow_clients,
-    )
+    for flag, specs in (("--allow-clients", args.allow_clients),
+                        ("--trusted-proxies", args.trusted_proxies)):
+        for spec in specs:
+            try:
+                ipaddress.ip_network(spec, strict=False)
+            except ValueError:
+                return _fail(f"{flag}: not an IP network: {spec!r}")
+    # Fail fast, before building a large engine; re-checked on the final options
+    # (a config.yaml may set proxyauth, mode or listen_host).
+    problem = _early_exposure_problem(args)
     if problem:
         return _fail(problem)
 
@@ -155,13 +267,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _startup_message(
-    opts: Any, args: argparse.Namespace, report: LoadReport, addons: list[Any]
+    opts: Any, listeners: list[Listener], report: LoadReport, addons: list[Any]
 ) -> str:
     confdir = Path(os.path.expanduser(opts.confdir))
-    host = opts.listen_host or "0.0.0.0"
     mode = "enforce" if opts.jg_mode == "enforce" else "MONITOR ONLY: nothing is blocked"
-    if opts.server:
-        lines = [f"jectguard: proxy on {host}:{opts.listen_port} ({mode})"]
+    if listeners:
+        first, *others = listeners
+        kind = "" if first.mode == "regular" else f" as {first.description}"
+        lines = [f"jectguard: proxy on {first.where}{kind} ({mode})"]
+        lines += [f"  also on {lst.where} as {lst.description}" for lst in others]
+        exposed = [lst.where for lst in listeners if not lst.loopback_only]
+        if exposed:
+            lines.append(f"  reachable from the network: {', '.join(exposed)}")
     else:
         lines = [f"jectguard: no proxy listener (server=false); refresh role {opts.jg_refresh_role}"]
     if opts.jg_intercept:
@@ -177,6 +294,11 @@ def _startup_message(
         ]
     if opts.jg_allow_clients:
         lines.append(f"  clients allowed from: {', '.join(opts.jg_allow_clients)} (and loopback)")
+    if opts.jg_trusted_proxies:
+        lines.append(
+            f"  PROXY protocol required from: {', '.join(opts.jg_trusted_proxies)} "
+            "(the client it names is the client)"
+        )
     if opts.proxyauth:
         lines.append("  proxy authentication required (proxyauth)")
     admin = next((a for a in addons if getattr(a, "name", "") == "jectguard_admin"), None)
@@ -260,6 +382,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
             jg_intercept=not args.no_intercept,
             jg_admin_contact=args.admin_contact,
             jg_allow_clients=list(args.allow_clients),
+            jg_trusted_proxies=list(args.trusted_proxies),
             jg_allow_destination=list(args.allow_destination),
             jg_connect_ports=list(args.connect_ports) or ["443"],
             jg_admin_host=args.admin_host,
@@ -285,11 +408,15 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
         opts.set(*args.setoptions)
     except exceptions.OptionsError as exc:
         return _fail(str(exc))
-    problem = exposure_problem(opts.listen_host, opts.proxyauth or "", list(opts.jg_allow_clients))
+    try:
+        listeners = plan_listeners(opts.mode, opts.listen_host, opts.listen_port, opts.server)
+    except ValueError as exc:
+        return _fail(f"mode: {exc}")
+    problem = exposure_problem(listeners, opts.proxyauth or "", list(opts.jg_allow_clients))
     if problem:
         return _fail(problem)
 
-    print(_startup_message(opts, args, report, addons), file=sys.stderr, flush=True)
+    print(_startup_message(opts, listeners, report, addons), file=sys.stderr, flush=True)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -535,3 +535,51 @@ def test_admin_app_does_not_import_mitmproxy() -> None:
 
     code = "import sys, proxy_addons.admin; assert 'mitmproxy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- Host header (DNS rebinding) ----------------------------------------------------
+
+REBOUND_HOSTS = [
+    "attacker.example",
+    "attacker.example:8090",
+    "localhost.attacker.example",
+    "127.0.0.1.attacker.example",
+    "127.0.0.1.",  # a name, not the address
+    "10.1.2.3:8090",  # an address this server does not listen on
+    "[::2]:8090",
+    "localhost:80:80",
+    "[::1",
+    "user@localhost",
+]
+
+
+@pytest.mark.parametrize("host", REBOUND_HOSTS)
+@pytest.mark.parametrize("path", ["/healthz", "/proxy.pac", "/", "/api/status", "/metrics"])
+async def test_other_host_headers_are_refused(client: Any, host: str, path: str) -> None:
+    """A page whose name was re-pointed at this server reads nothing, public routes included."""
+    r = await client.get(path, headers={"Host": host, "Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 421
+    assert "misdirected" in (await r.json())["error"]
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.1:8090", "localhost:8090", "LOCALHOST.", "[::1]:8090", ""],
+)
+async def test_own_host_headers_are_served(client: Any, host: str) -> None:
+    r = await client.get("/healthz", headers={"Host": host})
+    assert r.status == 200
+
+
+def test_admin_hosts_for_listener() -> None:
+    named = admin.AdminHosts.for_listener("127.0.0.1", ("jg.corp.example",))
+    assert named.allows("jg.corp.example:8090") and named.allows("JG.corp.example.")
+    assert not named.allows("other.corp.example")
+    lan = admin.AdminHosts.for_listener("10.0.0.5")
+    assert lan.allows("10.0.0.5:8090") and lan.allows("127.0.0.1")
+    assert not lan.allows("10.0.0.6:8090")
+    anywhere = admin.AdminHosts.for_listener("0.0.0.0")
+    assert anywhere.allows("10.0.0.6:8090") and anywhere.allows("[fd00::1]:8090")
+    assert not anywhere.allows("prometheus-target.example")  # names still must be listed
+    by_name = admin.AdminHosts.for_listener("jectguard.lan")
+    assert by_name.allows("jectguard.lan:8090") and not by_name.allows("10.0.0.5")
+    assert admin.AdminHosts().allows(None)  # scripts and HTTP/1.0 health checks

@@ -43,7 +43,7 @@ import pytest
 from aiohttp import web
 
 from proxy_addons.cli import build_parser
-from proxy_addons.run import exposure_problem
+from proxy_addons.run import exposure_problem, plan_listeners
 from tests.feedserver import FeedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,8 @@ TOKEN_ENV = "JECTGUARD_ADMIN_TOKEN"
 START_TIMEOUT = 30.0
 PROPAGATE_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+# The test's own clients: loopback (allowed), but not the load balancer's address.
+DIRECT_SOURCE = "127.0.0.2"
 
 
 # -- reading the files ------------------------------------------------------------
@@ -299,8 +301,9 @@ def test_never_an_open_proxy(source: str) -> None:
     for spec in args.allow_clients:
         net = ipaddress.ip_network(spec)
         assert net.is_private and not net.is_global, f"{spec} is not a private network"
-    assert exposure_problem(args.listen_host, "", args.allow_clients) is None
-    assert exposure_problem(args.listen_host, "", []) is not None
+    listeners = plan_listeners(["regular"], args.listen_host, args.listen_port)
+    assert exposure_problem(listeners, "", args.allow_clients) is None
+    assert exposure_problem(listeners, "", []) is not None
 
 
 def test_roles_one_refresher_per_deployment() -> None:
@@ -391,6 +394,11 @@ def test_scale_out_wiring() -> None:
     (target,) = re.findall(r"^\s*server-template\s+\S+\s+\d+\s+(\S+)\s*$", cfg, re.M)
     assert target == f"proxy:{args.listen_port}"
     assert re.search(rf"^\s*default-server\s+check\s+port\s+{args.admin_port}\b", cfg, re.M)
+    # HAProxy names each client in a PROXY v2 header, trusted from HAProxy's address only.
+    assert re.search(r"^\s*default-server\s.*\bsend-proxy-v2\b", cfg, re.M)
+    (haproxy_ip,) = {n["ipv4_address"] for n in haproxy["networks"].values()}
+    assert args.trusted_proxies == [f"{haproxy_ip}/32"]
+    assert "scale" in proxy["networks"]
 
 
 def test_haproxy_cfg_shape() -> None:
@@ -561,6 +569,9 @@ class Stack:
         if set_options(args).get("server") != "false":
             proxy_port = free_port()
             flags |= {"--listen-host": "127.0.0.1", "--listen-port": str(proxy_port)}
+        if args.trusted_proxies:
+            # HAProxy connects from 127.0.0.1; the test's own clients use DIRECT_SOURCE.
+            flags["--trusted-proxies"] = "127.0.0.1/32"
         argv = localize(service_argv(service), flags)
         out, err = self.tmp / f"{name}.stdout", self.tmp / f"{name}.stderr"
         with out.open("wb") as o, err.open("wb") as e:
@@ -609,8 +620,13 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str, *procs: Proc
 
 
 def proxy_get(port: int, url: str) -> tuple[int, dict[str, str], str]:
-    """GET an absolute URL through the HTTP proxy on ``port`` (a new connection each time)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    """GET an absolute URL through the HTTP proxy on ``port`` (a new connection each time).
+
+    From DIRECT_SOURCE, not 127.0.0.1: that is HAProxy's address, which must send a
+    PROXY header (HAProxy's own requests come from 127.0.0.1 and name this address).
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(DIRECT_SOURCE, 0))
     try:
         conn.request("GET", url, headers={"Connection": "close"})
         resp = conn.getresponse()
@@ -628,6 +644,15 @@ def block_events(p: Proc) -> int:
         with contextlib.suppress(ValueError):
             n += json.loads(line).get("event") == "block"
     return n
+
+
+def event_clients(p: Proc) -> set[str]:
+    """The ``client`` of every event in a process's JSON event stream."""
+    out = set()
+    for line in p.stdout.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            out.add(str(json.loads(line).get("client")))
+    return out
 
 
 def blocked(port: int, host: str) -> bool:
@@ -786,6 +811,9 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
         10, "HAProxy did not spread connections over both replicas (block events on stdout)",
         haproxy,
     )
+    # Through HAProxy, each replica names the real client (PROXY v2), never HAProxy.
+    for p in replicas:
+        assert DIRECT_SOURCE in event_clients(p) and "127.0.0.1" not in event_clients(p)
 
     # A new entry, refreshed once, reaches both replicas without a restart.
     s.local_list.write_text("local-one.test\nlocal-two.test\n")

@@ -20,6 +20,7 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
@@ -45,6 +46,7 @@ def make_addons(
         Blocking(holder),
         Strip(holder),
         campaign,  # after the stripper: it reads the page the browser gets
+        ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
@@ -82,6 +84,7 @@ __all__ = [
     "Blocking",
     "Campaign",
     "ClientAllowList",
+    "ConnectionLimits",
     "DnsFilter",
     "EngineHolder",
     "FreezeStartupHeap",

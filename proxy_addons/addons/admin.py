@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +19,7 @@ from aiohttp import web
 from mitmproxy import ctx, exceptions
 
 from proxy_addons.admin import (
+    AdminHosts,
     AdminState,
     AdminToken,
     CampaignControl,
@@ -89,6 +90,8 @@ class AdminServer:
         self.campaigns = campaigns
         self.host = "127.0.0.1"
         self.port = 0
+        self.hosts = AdminHosts()
+        self.state: AdminState | None = None
         self.token: AdminToken | None = None
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None  # where the server really listens
@@ -108,6 +111,12 @@ class AdminServer:
             "jectguard: port of the admin API and dashboard (0: off).",
         )
         loader.add_option(
+            "jg_admin_hostnames", Sequence[str], [],
+            "jectguard: host names the admin API and dashboard are reached by, besides "
+            "localhost and its listen address (a request naming any other Host is refused "
+            "with 421, against DNS rebinding).",
+        )
+        loader.add_option(
             "jg_admin_token_file", str, "",
             "jectguard: file holding the admin API's bearer token. Default: the "
             "JECTGUARD_ADMIN_TOKEN environment variable, else a token generated on first "
@@ -120,6 +129,11 @@ class AdminServer:
             host = parse_admin_host(o.jg_admin_host)
         except ValueError as exc:
             raise exceptions.OptionsError(f"jg_admin_host: {exc}") from None
+        names = []
+        for name in o.jg_admin_hostnames:
+            if not _HOSTNAME_RE.fullmatch(name.strip()):
+                raise exceptions.OptionsError(f"jg_admin_hostnames: not a host name: {name!r}")
+            names.append(name.strip())
         if not 0 <= o.jg_admin_port <= 65535:
             raise exceptions.OptionsError(
                 f"jg_admin_port: must be between 0 (off) and 65535, got {o.jg_admin_port}"
@@ -137,6 +151,9 @@ class AdminServer:
             except TokenError as exc:
                 raise exceptions.OptionsError(f"jg_admin_token_file: {exc}") from None
         self.host, self.port = host, o.jg_admin_port
+        self.hosts = AdminHosts.for_listener(host, tuple(names))
+        if self.state is not None:
+            self.state.hosts = self.hosts
         if self.port and not is_loopback(host) and updated & {"jg_admin_host", "jg_admin_port"}:
             logger.warning(
                 "jectguard: the admin API listens on %s, reachable from the network; "
@@ -190,7 +207,9 @@ class AdminServer:
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
             campaigns=self.campaigns,
+            hosts=self.hosts,
         )
+        self.state = state
         runner = web.AppRunner(
             create_app(state),
             access_log=None,  # requests are not events; keep mitmproxy's log readable

@@ -57,6 +57,7 @@ from proxy_addons.core.errors import CanonError
 from proxy_addons.events import EventLog, rfc3339
 from proxy_addons.metrics import Metrics
 
+from .clients import client_address
 from .holder import EngineHolder
 from .strip import NO_STRIP_STATUSES, html_plan
 
@@ -549,8 +550,7 @@ def _client_of(flow: http.HTTPFlow) -> str:
     auth = flow.metadata.get("proxyauth")
     if isinstance(auth, tuple | list) and auth and isinstance(auth[0], str) and auth[0]:
         return "user:" + auth[0]
-    peer = flow.client_conn.peername
-    return str(peer[0]) if peer else ""
+    return client_address(flow.client_conn)
 
 
 def _cache_dir_option() -> Path:

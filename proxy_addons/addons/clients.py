@@ -1,4 +1,10 @@
-"""Client allow-list: connections from addresses outside the configured networks are closed."""
+"""Client allow-list: connections from addresses outside the configured networks are closed.
+
+"The client" is ``Client.peername``: behind a load balancer in ``jg_trusted_proxies``
+the connection front (``limits.py``) has already replaced the balancer's address
+with the one its PROXY protocol header names, before mitmproxy built the Client.
+Name a client with :func:`client_address`, never by reading the socket.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,25 @@ def parse_networks(specs: Sequence[str]) -> tuple[Network, ...]:
         except ValueError:
             raise ValueError(f"not an IP network: {spec!r}") from None
     return tuple(out)
+
+
+def client_address(client: connection.Client) -> str:
+    """The client's IP address as text ("" when unknown); IPv4-mapped IPv6 as IPv4.
+
+    The one way to name a client (allow-list, proceed grants, event ``client``
+    fields): it is the real client's address behind a trusted load balancer.
+    """
+    peer = client.peername
+    if not peer:
+        return ""
+    address = str(peer[0])
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return address
 
 
 def client_allowed(address: str, networks: Sequence[Network]) -> bool:
@@ -63,7 +88,7 @@ class ClientAllowList:
     def client_connected(self, client: connection.Client) -> None:
         if not self.networks or client.error:
             return
-        addr = str(client.peername[0]) if client.peername else ""
+        addr = client_address(client)
         if not client_allowed(addr, self.networks):
             logger.warning("jectguard: client %s is not in jg_allow_clients; disconnected", addr)
             client.error = "Connection killed: client not in jg_allow_clients."

@@ -437,3 +437,28 @@ async def test_token_stored_in_jg_cache_dir_when_that_option_exists(
     with taddons.context(b) as tctx:
         tctx.configure(b)
         assert b.token is not None and b.token.path == tmp_path / "env-cache" / "admin-token"
+
+
+async def test_admin_answers_only_its_own_host_names(admin: AdminServer) -> None:
+    """DNS rebinding: a request naming another host is refused; jg_admin_hostnames adds names."""
+    port = free_port()
+    with taddons.context(admin) as tctx:
+        tctx.configure(admin, jg_admin_port=port, jg_admin_hostnames=["jg.corp.example"])
+        with pytest.raises(exceptions.OptionsError, match="jg_admin_hostnames"):
+            tctx.configure(admin, jg_admin_hostnames=["not a name!"])
+        await asyncio.wait_for(admin.running(), 10)
+        url = f"http://127.0.0.1:{port}/proxy.pac"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+                async with s.get(url, headers={"Host": f"rebound.example:{port}"}) as r:
+                    assert r.status == 421
+                    assert "PROXY" not in await r.text()
+                async with s.get(url, headers={"Host": f"jg.corp.example:{port}"}) as r:
+                    assert r.status == 200
+                async with s.get(url) as r:
+                    assert r.status == 200
+                tctx.configure(admin, jg_admin_hostnames=[])
+                async with s.get(url, headers={"Host": f"jg.corp.example:{port}"}) as r:
+                    assert r.status == 421
+        finally:
+            await asyncio.wait_for(admin.done(), 10)

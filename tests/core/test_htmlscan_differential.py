@@ -53,6 +53,13 @@ def _agree(doc: str) -> None:
     elements = parse_elements(doc.encode("utf-8"), "text/html; charset=utf-8")
     ref = reference(doc)
     ambiguous = any(el.alternative in ("foreign-end", "select", "ignored") for el in elements)
+    # A raw-text element inside <select> within a scripting-off <noscript> reading: the
+    # two readings combine (pre-2025 parsers ignore <style> in select and build the
+    # <script> after it; Lexbor reads it as raw text). The scanner reports the element
+    # under "noscript": a safe over-report, checked like the other ambiguous readings.
+    ambiguous = ambiguous or (
+        "<select" in doc.lower() and any(el.alternative == "noscript" for el in elements)
+    )
     mine = scanner_keys(elements)
     if ambiguous:
         everything = scanner_keys(
@@ -170,6 +177,7 @@ _documents = st.lists(st.one_of(_tag(), st.sampled_from(_ATOMS)), max_size=40).m
 @example("<script><!--<script></script>-->x</script>")
 @example("<math><script/></script><script>")
 @example("<noscript><svg></noscript><script>x</script>")
+@example("<noscript><select><style><script>")
 def test_generated_documents_agree_with_lexbor(doc: str) -> None:
     _agree(doc)
 
