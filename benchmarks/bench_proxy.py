@@ -259,8 +259,10 @@ LOCAL_ORIGIN = ["--allow-destination", "127.0.0.0/8", "--connect-ports", "1-6553
 
 def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str) -> list[str]:
     args = [a for p in lists for a in ("--blocklist", str(p))]
+    # its own cache (the sightings ledger lives there), never the user's
     return [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
-            "--confdir", str(confdir), *args, *QUIET, *LOCAL_ORIGIN, *extra]
+            "--confdir", str(confdir), "--cache-dir", str(confdir / "jg-cache"), *args, *QUIET,
+            *LOCAL_ORIGIN, *extra]
 
 
 def write_block_list_config(confdir: Path, n: int) -> None:
@@ -355,6 +357,12 @@ def main() -> int:
                     ("HTTP  mitmdump", mitmdump_cmd, tmp / "c1", url),
                     ("HTTP  mitmdump + block_list (1,000 entries)", mitmdump_cmd, tmp / "c2", url),
                     ("HTTP  jectguard (allowed)", None, tmp / "c3", url),
+                    # the same without the sightings ledger: what the ledger costs
+                    ("HTTP  jectguard (allowed, jg_ledger=false)",
+                     lambda port, confdir: jectguard_cmd(port, confdir, lists,
+                                                         "--set", "jg_ledger=false",
+                                                         "--admin-port", "0"),
+                     tmp / "c4", url),
                     ("HTTP  jectguard (blocked, 403 from proxy)", None, tmp / "c3",
                      f"http://{blocked_host}/x.js"),
                 ]

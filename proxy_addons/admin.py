@@ -264,6 +264,8 @@ class AdminState:
     snapshot_health: Callable[[], SnapshotHealth | None] | None = None
     # the campaign detector's findings and list (None: not loaded in this process)
     campaigns: CampaignControl | None = None
+    # retro-hunt hits found since a time (blocking: run in a thread), from the ledger addon
+    retro_hits: Callable[[float], list[dict[str, Any]]] | None = None
     version: str = __version__
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
@@ -587,6 +589,18 @@ async def events(request: web.Request) -> web.Response:
     return _json({"events": request.app[STATE].events.recent(limit, kinds)})
 
 
+async def retro(request: web.Request) -> web.Response:
+    """Hosts reached before a new rule listed them, found in the last ``days`` (default 30)."""
+    days = _int_param(request, "days", 30, 1, 3660)
+    if days is None:
+        return _bad_request("days must be a whole number from 1 to 3660")
+    st = request.app[STATE]
+    if st.retro_hits is None:
+        return _json({"enabled": False, "hits": []})
+    hits = await asyncio.to_thread(st.retro_hits, st.clock() - days * 86_400)
+    return _json({"enabled": True, "hits": hits})
+
+
 async def timeline(request: web.Request) -> web.Response:
     minutes = _int_param(request, "minutes", 180, 1, MAX_TIMELINE_MINUTES)
     if minutes is None:
@@ -699,6 +713,7 @@ ROUTES: Final = [
     web.get("/api/timeline", timeline),
     web.get("/api/campaigns", campaigns),
     web.delete("/api/campaigns/{host}", clear_campaign),
+    web.get("/api/retro", retro),
     web.get("/proxy.pac", proxy_pac),
     web.get("/", _static("dashboard.html")),
     web.get("/static/dashboard.css", _static("dashboard.css")),

@@ -7,6 +7,14 @@ detector over recorded page views, one JSON object a line: ``time`` (RFC 3339),
 ``host``, ``first_seen``, ``flagged_at``, ``sites``, ``pages``, ``score``,
 ``evidence``), else a readable summary. Exit 0 when it ran, 2 on bad input (the
 line number is named).
+
+``jectguard hunt retro [--since DAYS] [--json]`` lists the retro-hunt's hits: hosts
+that clients reached before a snapshot listed them, stored in the ledger by the
+proxy when the snapshot came into force, with who reached each and when.
+``jectguard hunt host NAME [--json]`` answers who reached a host (and its
+subdomains) and when. Both read the sightings ledger: the SQLite file in the
+cache directory, or ``--ledger-url postgresql://...`` (default
+``$JECTGUARD_LEDGER_URL``). Exit 1 when the ledger cannot be read.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -29,9 +39,13 @@ from .core.campaign import (
     CampaignFinding,
     references,
 )
-from .core.errors import JectguardError
+from .core.canon import canonical_host, host_kind
+from .core.errors import CanonError, JectguardError
+from .ledger import Ledger, LedgerError, ledger_target, rfc3339, since_days
+from .loading import default_cache_dir
 
 EXIT_OK = 0
+EXIT_LEDGER = 1
 EXIT_INPUT = 2
 
 
@@ -68,6 +82,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--warmup-views", type=int, default=DEFAULT_WARMUP_VIEWS,
                    help=f"...and at least this many page views (default {DEFAULT_WARMUP_VIEWS})")  # fmt: skip
+    r.set_defaults(hunt_main=main_replay)
+    rr = sub.add_parser("retro", help="hosts reached before a new snapshot listed them")
+    rr.add_argument("--since", type=float, default=30.0, metavar="DAYS",
+                    help="hits found in the last DAYS days (default 30)")  # fmt: skip
+    rr.set_defaults(hunt_main=main_retro)
+    h = sub.add_parser("host", help="who reached a host (and its subdomains), and when")
+    h.add_argument("name", metavar="NAME", help="a host name or IP address")
+    h.set_defaults(hunt_main=main_host)
+    for q in (rr, h):
+        q.add_argument("--json", action="store_true", help="one JSON object a line")
+        # also after the subcommand (its own dest: a subparser default would hide the parent's)
+        q.add_argument("--cache-dir", dest="ledger_cache_dir", metavar="DIR",
+                       help="the cache directory holding the SQLite ledger")  # fmt: skip
+        q.add_argument("--ledger-url", default=os.environ.get("JECTGUARD_LEDGER_URL", ""),
+                       help="postgresql://... (default: the SQLite ledger in the cache "
+                       "directory, or $JECTGUARD_LEDGER_URL)")  # fmt: skip
 
 
 def _time(value: object, n: int) -> float:
@@ -127,6 +157,85 @@ def _print(f: CampaignFinding, as_json: bool, out: IO[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    run: Callable[[argparse.Namespace], int] = args.hunt_main
+    return run(args)
+
+
+def _open_ledger(args: argparse.Namespace) -> Ledger | None:
+    given = getattr(args, "ledger_cache_dir", None) or getattr(args, "cache_dir", None)
+    cache = Path(given) if given else default_cache_dir()
+    target = ledger_target(args.ledger_url, cache)
+    if not args.ledger_url and not Path(target).is_file():
+        print(f"jectguard: no ledger at {target} (is jg_ledger on?)", file=sys.stderr)
+        return None
+    try:
+        return Ledger(target)
+    except LedgerError as exc:
+        print(f"jectguard: {exc}", file=sys.stderr)
+        return None
+
+
+def _safe(text: str) -> str:
+    """Text for a terminal: rules come from feeds, hosts and users from traffic."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def main_retro(args: argparse.Namespace) -> int:
+    """List the retro-hunt's hits found in the last ``--since`` days."""
+    if not args.since > 0:
+        print("jectguard: --since must be a positive number of days", file=sys.stderr)
+        return EXIT_INPUT
+    ledger = _open_ledger(args)
+    if ledger is None:
+        return EXIT_LEDGER
+    try:
+        hits = ledger.hits(since_days(args.since))
+    finally:
+        ledger.close()
+    for hit in hits:
+        doc = hit.as_dict()
+        if args.json:
+            print(json.dumps(doc, ensure_ascii=False), flush=True)
+            continue
+        print(
+            _safe(
+                f"{doc['found_at']}  {hit.host}  listed by {hit.list} ({hit.category}): {hit.rule}"
+            )
+        )
+        for s in hit.sightings:
+            print(_safe(f"    {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
+                        f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
+    if not hits and not args.json:
+        print(f"no retro-hunt hits in the last {args.since:g} days")
+    return EXIT_OK
+
+
+def main_host(args: argparse.Namespace) -> int:
+    """Who reached a host (and its subdomains), and when."""
+    try:
+        host = canonical_host(args.name)
+    except CanonError as exc:
+        print(f"jectguard: {args.name!r}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    ledger = _open_ledger(args)
+    if ledger is None:
+        return EXIT_LEDGER
+    try:
+        rows = ledger.sightings(host, subdomains=host_kind(host) == "domain")
+    finally:
+        ledger.close()
+    for s in rows:
+        if args.json:
+            print(json.dumps(s.as_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(_safe(f"{s.host}  {s.client or '-'}  user {s.user or '-'}  {s.count}x  "
+                        f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
+    if not rows and not args.json:
+        print(f"nobody reached {host} in the ledger's days")
+    return EXIT_OK
+
+
+def main_replay(args: argparse.Namespace) -> int:
     det = CampaignDetector(
         window=args.window_days * 86_400,
         min_sites=args.min_sites,

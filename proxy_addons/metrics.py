@@ -167,6 +167,10 @@ class Metrics:
             "Campaigns flagged, by action (monitor: reported; enforce: listed and blocked).",
             ["action"], registry=r,
         )
+        self.retro_hits = Counter(
+            "jectguard_retro_hits", "Hosts reached before a new rule listed them (retro-hunt), "
+            "by list and category.", ["list", "category"], registry=r,
+        )
         self.latency = Histogram(
             "jectguard_verdict_seconds", "Time to reach a verdict for one request.",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -231,6 +235,8 @@ class Metrics:
 
     def record_campaign_finding(self, action: str) -> None:
         self.campaign_findings.labels(action).inc()
+    def record_retro_hit(self, list_name: str | None, category: str | None) -> None:
+        self.retro_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_error(self, kind: str) -> None:
         self.errors.labels(kind).inc()

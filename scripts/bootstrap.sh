@@ -66,8 +66,9 @@ MSG
 # Installed from Debian's packages when missing and we are root (as in CI).
 # An entry is PROGRAM:PACKAGE, or just PACKAGE for one that installs no program.
 # docker-compose (v1, from Debian) validates docker-compose.yml; there is no Docker engine.
+# postgresql: the shared ledger's tests run a real server (its programs are off PATH).
 JG_TEST_PROGRAMS=("chromium:chromium" "fonts-liberation" "haproxy:haproxy" "curl:curl"
-                  "docker-compose:docker-compose")
+                  "docker-compose:docker-compose" "postgresql")
 
 jg_system_packages() {
     local missing=() item prog pkg

@@ -228,9 +228,9 @@ def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def test_compose_services_and_profiles() -> None:
     compose = load_compose()
     services = compose["services"]
-    assert set(services) == {"jectguard", "refresher", "proxy", "haproxy"}
+    assert set(services) == {"jectguard", "refresher", "proxy", "haproxy", "ledger-db"}
     assert services["jectguard"]["profiles"] == ["home"]
-    for name in ("refresher", "proxy", "haproxy"):
+    for name in ("refresher", "proxy", "haproxy", "ledger-db"):
         assert services[name]["profiles"] == ["scale"], name
     assert "version" not in compose  # obsolete in the compose spec
 
@@ -340,7 +340,7 @@ def test_ports_on_loopback_as_documented() -> None:
 def test_volumes_declared_and_shared_read_only() -> None:
     compose = load_compose()
     declared = set(compose["volumes"])
-    assert declared == {"jectguard-cache", "jectguard-ca"}
+    assert declared == {"jectguard-cache", "jectguard-ca", "jectguard-ledger"}
     services = compose["services"]
     want_mode = {"jectguard": "rw", "refresher": "rw", "proxy": "ro"}
     for name, mode in want_mode.items():

@@ -20,6 +20,7 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
 from .holder import EngineHolder
+from .ledger import LedgerAddon
 from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
@@ -50,6 +51,7 @@ def make_addons(
         refresh,
         DnsFilter(holder, events, metrics),
         Observe(events, metrics, holder),
+        ledger := LedgerAddon(holder, events, metrics),
         AdminServer(
             holder,
             events,
@@ -59,6 +61,7 @@ def make_addons(
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
             campaigns=campaign,
+            retro_hits=ledger.recent_hits,
         ),
         FreezeStartupHeap(),
     ]
@@ -89,6 +92,7 @@ __all__ = [
     "EngineHolder",
     "FreezeStartupHeap",
     "Jectguard",
+    "LedgerAddon",
     "Observe",
     "Refresh",
     "Strip",

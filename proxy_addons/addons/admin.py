@@ -79,6 +79,7 @@ class AdminServer:
         refresh_status: Callable[[], Any] | None = None,
         refresh_trigger: RefreshTrigger | None = None,
         campaigns: CampaignControl | None = None,
+        retro_hits: Callable[[float], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.holder = holder
         self.events = events
@@ -88,6 +89,7 @@ class AdminServer:
         self.refresh_status = refresh_status
         self.refresh_trigger = refresh_trigger
         self.campaigns = campaigns
+        self.retro_hits = retro_hits
         self.host = "127.0.0.1"
         self.port = 0
         self.hosts = AdminHosts()
@@ -208,6 +210,7 @@ class AdminServer:
             refresh_trigger=self.refresh_trigger,
             campaigns=self.campaigns,
             hosts=self.hosts,
+            retro_hits=self.retro_hits,
         )
         self.state = state
         runner = web.AppRunner(

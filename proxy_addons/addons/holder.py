@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.index import CompiledIndex
 from proxy_addons.snapshot_health import IN_SYNC, SnapshotHealth
@@ -15,7 +17,7 @@ class EngineHolder:
     reads it only from the event loop.
     """
 
-    __slots__ = ("engine", "health", "extra")
+    __slots__ = ("engine", "health", "extra", "on_swap")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -25,6 +27,9 @@ class EngineHolder:
         # The proxy's own small block lists (the campaign list): kept across every swap,
         # so a refresh never drops a host the proxy blocked itself.
         self.extra: CompiledIndex | None = None
+        # Called with (old, new) on every swap, on the event loop: must be quick and not raise
+        # (the ledger keeps both to look up the rules the new engine adds).
+        self.on_swap: list[Callable[[Engine, Engine], None]] = []
 
     def set_health(self, health: SnapshotHealth) -> None:
         self.health = health
@@ -34,6 +39,8 @@ class EngineHolder:
         if new.extra is not self.extra:
             new = new.with_extra(self.extra)
         old, self.engine = self.engine, new
+        for listener in self.on_swap:
+            listener(old, new)
         return old
 
     def set_extra(self, extra: CompiledIndex | None) -> None:

@@ -29,6 +29,7 @@ from proxy_addons.metrics import Metrics
 
 from .blocking import METADATA_KEY
 from .holder import EngineHolder
+from .ledger import flow_user
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class Observe:
         v = v if isinstance(v, Mapping) else {}
         fields: dict[str, Any] = {
             "client": _client(flow),
+            "user": flow_user(flow),
             "method": flow.request.method,
             "url": v.get("canonical_url") or v.get("url"),
             "verdict": v.get("verdict"),
@@ -223,7 +225,7 @@ class Observe:
         self.metrics.record_checked("block")
         self.metrics.record_block(list_name, category)
         self.events.emit(
-            "block", client=_client(flow), method=flow.request.method,
+            "block", client=_client(flow), user=flow_user(flow), method=flow.request.method,
             url=flow.request.pretty_url, verdict="block", list=list_name,
             rule=m["rule"] if m["rule"] != "-" else None, category=category,
             request_id=m["rid"], stage="address", host=m["host"], address=m["addr"],
@@ -242,6 +244,7 @@ class Observe:
             findings, skipped = record, None
         base = {
             "client": _client(flow),
+            "user": flow_user(flow),
             "method": flow.request.method,
             "url": flow.request.pretty_url,
         }

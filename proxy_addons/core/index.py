@@ -525,6 +525,16 @@ class CompiledIndex:
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))
 
+    @property
+    def key_hashes(self) -> memoryview:
+        """The sorted 64-bit key hashes; position i is record i (read-only; for diffs)."""
+        view: memoryview = self._table
+        return view
+
+    def record_at(self, pos: int, key: str = "") -> Match | None:
+        """The rule at table position ``pos`` (None for a URL-host marker); ``key`` if no text."""
+        return None if self._kinds[pos] == URLHOST else self._match(pos, key)
+
     def close(self) -> None:
         """Release the mapping (only when no lookup can still be running)."""
         for v in (

@@ -68,7 +68,7 @@
 
   async function refreshAll() {
     try {
-      await Promise.all([loadStatus(), loadEvents(), loadChart(), loadCampaigns()]);
+      await Promise.all([loadStatus(), loadEvents(), loadChart(), loadCampaigns(), loadRetro()]);
     } catch (e) {
       if (e instanceof AuthError) showLogin("The token was rejected. Paste it again.");
       else $("summary").textContent = "Cannot reach the admin API: " + e.message;
@@ -199,6 +199,33 @@
         act.appendChild(b);
       }
       tr.appendChild(act);
+      tbody.appendChild(tr);
+    }
+  }
+
+  // Retro-hunt: every field is text (textContent), never markup: hosts and users come from traffic.
+  async function loadRetro() {
+    const { body } = await api("/api/retro?days=30");
+    const tbody = $("retro").tBodies[0];
+    clear(tbody);
+    const hits = (body && body.hits) || [];
+    if (!hits.length) {
+      const tr = document.createElement("tr");
+      const td = el("td", body && body.enabled === false ? "The ledger is off (jg_ledger)." : "No retro-hunt hits.", "muted");
+      td.colSpan = 4;
+      tr.appendChild(td);
+      tbody.appendChild(tr);
+    }
+    for (const h of hits) {
+      const tr = document.createElement("tr");
+      const t = new Date(h.found_at);
+      tr.appendChild(el("td", isNaN(t) ? h.found_at : t.toLocaleString()));
+      tr.appendChild(el("td", h.host, "url"));
+      tr.appendChild(el("td", [h.list, h.rule].filter(Boolean).join(": ")));
+      const who = (h.clients || []).map(function (c) {
+        return (c.user ? c.user + " @ " : "") + (c.client || "?") + " ×" + c.count + " (" + c.first + " … " + c.last + ")";
+      });
+      tr.appendChild(el("td", who.join("; ")));
       tbody.appendChild(tr);
     }
   }
