@@ -266,6 +266,8 @@ class AdminState:
     campaigns: CampaignControl | None = None
     # retro-hunt hits found since a time (blocking: run in a thread), from the ledger addon
     retro_hits: Callable[[float], list[dict[str, Any]]] | None = None
+    # the cache whose snapshot store holds the record of what is in force (and the holds)
+    cache_dir: Path | None = None
     version: str = __version__
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
@@ -445,16 +447,23 @@ def lists_info(engine: Engine | None, extra: list[dict[str, Any]] | None) -> lis
 def lists_from_report(
     report: Any, cache_dir: Path | None = None, clock: Callable[[], float] = time.time
 ) -> Callable[[], list[dict[str, Any]]]:
-    """A ``lists`` provider from a :class:`~proxy_addons.loading.LoadReport` (start-up load).
+    """A ``lists`` provider: the lists configured at start-up, counted from the record in force.
 
-    Ages are the modification times of the list files (or cached feed bodies), read
-    when asked: one ``stat`` per list.
+    Rule counts and holds come from the store's record of what is in force
+    (read when asked), so they follow every publish and rollback; the start-up
+    :class:`~proxy_addons.loading.LoadReport` only names the lists and says why
+    one did not load. Ages are the modification times of the list files (or
+    cached feed bodies): one ``stat`` per list.
     """
     from .loading import feed_body_path
+    from .store import SnapshotStore
+
+    store = SnapshotStore(cache_dir) if cache_dir is not None else None
 
     def provider() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         now = clock()
+        record = store.read_record() if store is not None else None
         for st in report.lists:
             item: dict[str, Any] = {
                 "name": st.name,
@@ -465,6 +474,12 @@ def lists_from_report(
                 "format": st.format,
                 "error": st.error,
             }
+            if record is not None:
+                lst = record.lists.get(st.name)
+                if lst is not None:
+                    item.update(loaded=True, rules=lst.rules, error=None)
+                hold = record.holds.get(st.name)
+                item["held"] = hold.reason if hold is not None else None
             is_url = st.source.startswith(("http://", "https://"))
             path = feed_body_path(cache_dir, st.name) if is_url and cache_dir else (
                 None if is_url else Path(st.source)
@@ -476,6 +491,22 @@ def lists_from_report(
         return out
 
     return provider
+
+
+def in_force_info(st: AdminState, engine: Engine | None) -> dict[str, Any] | None:
+    """The store's record of what is in force, and whether this process serves it."""
+    if st.cache_dir is None:
+        return None
+    from .store import SnapshotStore
+
+    record = SnapshotStore(st.cache_dir).read_record()
+    if record is None:
+        return None
+    doc = record.as_dict()
+    doc.pop("inputs", None)
+    served = engine.block.path if engine is not None else None
+    doc["serving"] = served is not None and served.name == record.snapshot
+    return doc
 
 
 async def status(request: web.Request) -> web.Response:
@@ -494,10 +525,47 @@ async def status(request: web.Request) -> web.Response:
         "snapshot": snapshot_info(engine, now) if engine is not None else None,
         "snapshot_health": health.as_dict(now) if health is not None else None,
         "lists": lists_info(engine, st.lists() if st.lists is not None else None),
+        "in_force": in_force_info(st, engine),
         "refresh": refresh,
         "refresh_available": st.refresh_trigger is not None,
         "events": st.events.totals(),
     })
+
+
+async def lists(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    engine = st.engine()
+    refresh = st.refresh_status() if st.refresh_status is not None else None
+    return _json({
+        "in_force": in_force_info(st, engine),
+        "lists": lists_info(engine, st.lists() if st.lists is not None else None),
+        "sources": refresh.get("sources") if isinstance(refresh, dict) else None,
+    })
+
+
+async def release_holds(request: web.Request) -> web.Response:
+    """Stop holding sources a rollback holds: ``?name=`` (repeatable) or ``?all=1``."""
+    st = request.app[STATE]
+    if st.cache_dir is None:
+        return _json({"error": "no snapshot store in this process"}, status=501)
+    from .refresher import release_holds
+    from .store import SnapshotStore, StoreWriteError
+
+    names = request.query.getall("name", [])
+    everything = request.query.get("all") in ("1", "true")
+    if not names and not everything:
+        return _bad_request("name the sources to release (?name=, repeatable) or give ?all=1")
+    store = SnapshotStore(st.cache_dir)
+    record = await asyncio.to_thread(store.read_record)
+    held = set(record.holds) if record is not None else set()
+    unknown = sorted(set(names) - held)
+    if unknown:
+        return _json({"error": f"not held: {', '.join(unknown)}", "held": sorted(held)}, status=404)
+    try:
+        gone = await asyncio.to_thread(release_holds, st.cache_dir, None if everything else names)
+    except StoreWriteError as exc:
+        return _json({"error": str(exc)}, status=507)
+    return _json({"released": [h.name for h in gone]})
 
 
 async def check(request: web.Request) -> web.Response:
@@ -707,6 +775,8 @@ ROUTES: Final = [
     web.get("/readyz", readyz),
     web.get("/metrics", metrics),
     web.get("/api/status", status),
+    web.get("/api/lists", lists),
+    web.post("/api/holds/release", release_holds),
     web.get("/api/check", check),
     web.post("/api/refresh", refresh),
     web.get("/api/events", events),

@@ -333,6 +333,9 @@ def report_refresh_outcomes(
     not_published = getattr(report, "not_published", None)
     if not_published and events is not None:
         events.emit("error", reason=f"snapshot not published: {not_published}")
+    repaired = getattr(report, "repaired", None)
+    if repaired and events is not None:
+        events.emit("error", reason=f"snapshot repaired: {repaired}")
 
 
 __all__ = [

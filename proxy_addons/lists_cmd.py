@@ -48,25 +48,29 @@ def ago(t: float | None, now: float) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+# How each health (refresher.Health) reads in the table.
+HEALTH_LABELS = {
+    "ok": "ok",
+    "held": "HELD (rollback)",
+    "held_back": "HELD BACK",
+    "failed": "FAILED",
+    "failed_no_data": "FAILED, no data",
+    "not_fetched": "not fetched",
+    "local": "local",
+    "disabled": "disabled",
+}
+
+
 def _status(doc: dict[str, Any]) -> str:
-    if not doc["enabled"]:
-        return "disabled"
-    if doc["source"] and not str(doc["source"]).startswith(("http://", "https://")):
-        return "local"
-    if doc.get("held_back"):
-        return "HELD BACK"
-    if doc.get("last_error"):
-        return "FAILED" if doc.get("cached") else "FAILED, no data"
-    if not doc.get("cached"):
-        return "not fetched"
-    return "ok"
+    return HEALTH_LABELS.get(str(doc["health"]), str(doc["health"]))
 
 
 def _entries(doc: dict[str, Any]) -> str:
+    """The rules in force (the record), by kind when the last download says how they split."""
     by_kind = doc.get("entries") or {}
-    if by_kind:
-        return ", ".join(f"{k} {n}" for k, n in by_kind.items())
     n = doc.get("rules_in_snapshot")
+    if by_kind and (n is None or sum(by_kind.values()) == n):
+        return ", ".join(f"{k} {c}" for k, c in by_kind.items())
     return f"{n} rules" if n is not None else "-"
 
 
@@ -117,28 +121,18 @@ def _campaign_section(cache: Path, now: float) -> tuple[dict[str, Any], list[str
 
 
 def main(args: argparse.Namespace) -> int:
-    from .refresher import source_status
-    from .store import SnapshotStore
+    from .refresher import status_document
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if args.clear_campaign:
         return _clear_campaigns(cache, args.clear_campaign)
     cfg = load_sources(args.sources)
-    docs = source_status(cfg, cache)
-    store = SnapshotStore(cache)
-    pointer = store.read_pointer()
-    snaps = store.list_snapshots()
+    status = status_document(cfg, cache)
+    docs = status["sources"]
+    record = status["in_force"]
     campaign_doc, campaign_lines = _campaign_section(cache, time.time())
     if args.json:
-        print(json.dumps({
-            "cache_dir": str(cache),
-            "sources": docs,
-            "snapshot": pointer,
-            "snapshots": [
-                {"name": s.name, "size": s.size, "current": s.current} for s in snaps
-            ],
-            "campaign": campaign_doc,
-        }, indent=1))
+        print(json.dumps({**status, "snapshot": record, "campaign": campaign_doc}, indent=1))
         return EXIT_OK
     now = time.time()
     rows = [("SOURCE", "KIND", "STATUS", "ENTRIES", "LAST ATTEMPT", "LAST SUCCESS", "NEXT RUN")]
@@ -155,6 +149,10 @@ def main(args: argparse.Namespace) -> int:
     details = []
     for d in docs:
         lines = []
+        if d.get("hold"):
+            lines.append(f"held by a rollback since {_iso(d['hold']['since'])} "
+                         f"({d['hold']['reason']}): its rolled-back body is refused until the feed "
+                         f"publishes another; `jectguard rollback --release {d['name']}` ends it")
         if d.get("held_back"):
             lines.append(f"held back: {d['held_back']}")
         if d.get("last_error"):
@@ -169,11 +167,15 @@ def main(args: argparse.Namespace) -> int:
         print()
         print("\n".join(details))
     print()
-    if pointer:
-        rolled = f" (rolled back from {pointer['rolled_back_from']})" if pointer.get("rolled_back_from") else ""
-        print(f"snapshot in force: {pointer['snapshot']}{rolled}, "
-              f"{pointer.get('rules', '?')} block rules, published {_iso(pointer.get('published_at'))}")
-        print(f"kept for rollback: {max(0, len(snaps) - 1)}   cache: {cache}")
+    if record:
+        rolled = (f" (rolled back from {record['rolled_back_from']})"
+                  if record.get("rolled_back_from") else "")
+        rules = record["rules"] if record.get("rules") is not None else "?"
+        print(f"snapshot in force: {record['snapshot']}{rolled}, "
+              f"{rules} block rules, published {_iso(record.get('published_at'))}")
+        if record.get("repaired"):
+            print(f"repaired: {record['repaired']}")
+        print(f"kept for rollback: {status['rollback_targets']}   cache: {cache}")
     else:
         print(f"no snapshot published yet (run `jectguard update`)   cache: {cache}")
     print()

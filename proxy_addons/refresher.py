@@ -28,21 +28,32 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from . import __version__
 from .config import FeedRules, SourcesConfig
 from .core.engine import Engine, split_exceptions
 from .core.errors import JectguardError, ListFormatError
-from .core.index import MAGIC, FileIdentity, SnapshotOrigin, check_published, compile_index
+from .core.formats import parse_list
+from .core.index import (
+    FORMAT_VERSION,
+    MAGIC,
+    FileIdentity,
+    SnapshotOrigin,
+    check_published,
+    compile_index,
+)
 from .core.model import ListSpec, Mode, ParsedList
 from .feeds import (
     DEFAULT_POLICY,
@@ -55,9 +66,11 @@ from .feeds import (
     fetch,
     load_state,
     save_state,
+    state_path,
     tidy_feed_dir,
 )
-from .loading import ListFileError, feed_body_path, parse_spec
+from .inforce import Hold, InForce, ListRecord
+from .loading import ListFileError, feed_body_path, read_list_file
 from .snapshot_health import (
     IN_SYNC,
     SnapshotEvent,
@@ -68,12 +81,21 @@ from .snapshot_health import (
 from .store import (
     POINTER,
     SnapshotStore,
+    StoreWriteError,
     compile_allow,
     list_inputs,
     load_engine,
     sources_fingerprint,
+    writing,
 )
-from .validate import DEFAULT_CANARIES, Canaries, Validation, validate_body
+from .validate import (
+    DEFAULT_CANARIES,
+    Canaries,
+    SizeBaseline,
+    Validation,
+    distinct_count,
+    validate_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +136,20 @@ class EngineSlot(Protocol):
     def swap(self, new: Engine) -> Engine: ...
 
 
+class Outcome(StrEnum):
+    """What one refresh did with one source (the metrics' result is derived from it)."""
+
+    UPDATED = "updated"  # a new body is in force
+    UNCHANGED = "unchanged"  # 304, or the same content as the body in force
+    HELD_BACK = "held_back"  # a body came but a check refused it; the last good one stays
+    FAILED = "failed"  # no usable answer, or the new body could not be published
+    DEFERRED = "deferred"  # not fetched yet (its fetch is not allowed before a later time)
+
+
 @dataclass(slots=True)
 class SourceOutcome:
     name: str
-    status: str  # "updated" | "unchanged" | "held_back" | "failed" | "deferred" (not fetched yet)
+    status: Outcome
     detail: str | None = None
     entries: int | None = None
 
@@ -131,11 +163,16 @@ class RefreshReport:
     compile_seconds: float | None = None
     load_errors: dict[str, str] = field(default_factory=dict)
     not_published: str | None = None
+    # The snapshot in force could not be served (corrupt, missing) and was republished.
+    repaired: str | None = None
+    # The cache could not be written (disk full, read-only): nothing new is in force.
+    publish_error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.not_published is None and all(
-            o.status in ("updated", "unchanged", "deferred") for o in self.outcomes.values()
+            o.status in (Outcome.UPDATED, Outcome.UNCHANGED, Outcome.DEFERRED)
+            for o in self.outcomes.values()
         )
 
 
@@ -163,20 +200,79 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Validate candidate bodies, commit the accepted ones, compile every block list, publish.
 
     ``job`` and the result are JSON documents, so this runs the same in a
-    thread or in the worker process.
+    thread or in the worker process. The store stays locked from reading the
+    record in force to publishing, so a rollback cannot slip in between.
     """
     cache = Path(job["cache_dir"])
+    out: dict[str, Any] = {"validations": {}, "snapshot": None, "load_errors": {}}
+    store = SnapshotStore(cache)
+    if not job["candidates"] and not job.get("rebuild"):
+        return out
+    try:
+        with store.locked():
+            _run_locked(job, store, out)
+    except StoreWriteError as exc:
+        out["snapshot"] = None
+        out["not_published"] = out["publish_error"] = str(exc)
+    if out.get("not_published"):
+        # A list that passed every check but is not in force is not "updated".
+        for v in out["validations"].values():
+            if v["accepted"] and not v.get("same"):
+                v["error"] = f"accepted, but not published: {out['not_published']}"
+    return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _validation_doc(v: Validation, **extra: Any) -> dict[str, Any]:
+    return {
+        "accepted": v.accepted,
+        "reason": v.reason,
+        "entries": v.entries,
+        "rejected": v.rejected,
+        "refused": v.refused,
+        "forced": v.forced,
+        "distinct": v.distinct,
+        **extra,
+    }
+
+
+def _held_reason(hold: Hold) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(hold.since))
+    return (
+        f"held since {when}: the feed still serves the body a rollback took out "
+        f"({hold.reason}); `jectguard rollback --release {hold.name}` accepts it"
+    )
+
+
+def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) -> None:
+    cache = store.cache_dir
     specs = [spec_from_dict(d) for d in job["specs"]]
     by_name = {s.name: s for s in specs}
     canaries = Canaries(job["canaries"])
-    out: dict[str, Any] = {"validations": {}, "snapshot": None, "load_errors": {}}
-    accepted: dict[str, ParsedList] = {}
+    force = bool(job.get("force", False))
+    in_force = store.read_record()
+    holds = dict(in_force.holds) if in_force is not None else {}
+    before = in_force.lists if in_force is not None else {}
+    # name -> (parsed, digest, distinct, history) of each body accepted now
+    accepted: dict[str, tuple[ParsedList, str, int, tuple[int, ...]]] = {}
+    released: list[str] = []
     for c in job["candidates"]:
         name, tmp = c["name"], Path(c["tmp"])
         try:
             data = tmp.read_bytes()
         except OSError as exc:
             v = Validation(False, f"downloaded body unreadable: {exc.strerror or exc}")
+            out["validations"][name] = _validation_doc(v)
+            continue
+        digest = _sha256(data)
+        prev = before.get(name)
+        baseline = prev.baseline if prev is not None else None
+        hold = holds.get(name)
+        if hold is not None and digest in hold.refused:
+            v = Validation(False, _held_reason(hold))
         else:
             v = validate_body(
                 data,
@@ -184,68 +280,168 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 name=name,
                 content_type=c.get("content_type"),
                 previous_total=c.get("previous_total"),
+                baseline=baseline,
                 canaries=canaries,
-                force=job.get("force", False),
+                force=force,
             )
-            del data
+        del data
+        same = False
         if v.accepted:
-            commit_body(cache, name, tmp)
             assert v.parsed is not None
-            accepted[name] = v.parsed
+            body = feed_body_path(cache, name)
+            same = prev is not None and prev.digest == digest and _file_digest(body) == digest
+            if same:
+                discard(tmp)  # the body in force, byte for byte: nothing to commit
+            else:
+                with writing("keep the new body", body.parent):
+                    commit_body(cache, name, tmp)
+            history = (baseline.after(v.distinct) if baseline else SizeBaseline.of([v.distinct])).history
+            accepted[name] = (v.parsed, digest, v.distinct, prev.history if same and prev else history)
+            if hold is not None:
+                holds.pop(name)
+                released.append(name)
         else:
             discard(tmp)
-        out["validations"][name] = {
-            "accepted": v.accepted,
-            "reason": v.reason,
-            "entries": v.entries,
-            "rejected": v.rejected,
-            "refused": v.refused,
-            "forced": v.forced,
-        }
-    if not accepted and not job.get("rebuild"):
-        return out
-    store = SnapshotStore(cache)
-    previous = store.read_pointer() or {}
+        out["validations"][name] = _validation_doc(v, same=same)
+    if all(v.get("same") or not v["accepted"] for v in out["validations"].values()) and not (
+        job.get("rebuild") or released
+    ):
+        return
+
     lists: list[tuple[ListSpec, ParsedList]] = []
-    counts: dict[str, int] = {}
+    records: dict[str, ListRecord] = {}
+    bodies: dict[str, Path] = {}
     for spec in specs:
         if not spec.enabled or spec.allow:
             continue
-        parsed = accepted.get(spec.name)
-        if parsed is None:
+        prev = before.get(spec.name)
+        src = Path(spec.path) if spec.path is not None else feed_body_path(cache, spec.name)
+        if spec.name in accepted:
+            parsed, digest, distinct, history = accepted[spec.name]
+        else:
+            if spec.url is not None and not src.exists():
+                kept = _kept_body(store, spec.name, prev.digest if prev else None)
+                if kept is None:
+                    if prev is not None:  # in force, but its body is gone: do not drop it
+                        out["load_errors"][spec.name] = f"{src}: its cached body is missing"
+                    continue  # not fetched yet
+                src = kept  # the body in force was deleted: compile the copy kept with it
             try:
-                parsed, status = parse_spec(spec, cache)
-            except (ListFileError, ListFormatError) as exc:
+                data = read_list_file(src)
+            except ListFileError as exc:
                 out["load_errors"][spec.name] = str(exc)
                 continue
-            if parsed is None:
-                if spec.url is None or feed_body_path(cache, spec.name).exists():
-                    out["load_errors"][spec.name] = status.error or "not loaded"
+            digest = _sha256(data)
+            hold = holds.get(spec.name)
+            if hold is not None and digest in hold.refused:
+                # A rolled-back body still on disk (a local file, or a body not kept):
+                # compile the one the rollback restored, or leave the list out.
+                kept = _kept_body(store, spec.name, hold.restored)
+                if kept is None and prev is not None:
+                    # In force, but only the rolled-back body is left: neither drop the
+                    # list nor bring the bad rules back; keep the snapshot in force.
+                    out["load_errors"][spec.name] = (
+                        f"held by a rollback and its earlier body was not kept ({hold.reason})"
+                    )
+                    continue
+                if kept is None:  # not in the snapshot rolled back to: stays out
+                    out.setdefault("held_out", []).append(spec.name)
+                    continue
+                src, digest = kept, hold.restored or digest
+                data = kept.read_bytes()
+            elif hold is not None and digest != hold.restored:
+                # New content that did not come by download: a local list edited. Its
+                # edit ends the hold (a fetched body's hold ends when a download is accepted).
+                holds.pop(spec.name)
+                released.append(spec.name)
+            try:
+                parsed = parse_list(data, spec.format, name=spec.name)
+            except ListFormatError as exc:
+                out["load_errors"][spec.name] = f"{src}: {exc}"
                 continue
+            del data
+            if prev is not None and prev.digest == digest:
+                distinct, history = prev.rules, prev.history
+            else:
+                distinct = distinct_count(parsed)
+                base = prev.baseline if prev is not None else SizeBaseline()
+                history = base.after(distinct).history
         lists.append((spec, parsed))
-        counts[spec.name] = len(parsed.rules)
-    lost = sorted(n for n in out["load_errors"] if n in previous.get("lists", {}))
-    if lost and not job.get("force"):
+        bodies[spec.name] = src
+        records[spec.name] = ListRecord(spec.name, distinct, digest, history, spec.url is not None)
+    if released:
+        out["released"] = released
+    lost = sorted(n for n in out["load_errors"] if n in before)
+    if lost and not force:
         out["not_published"] = (
             f"not published: {', '.join(lost)} could not be loaded and the snapshot in force "
             "has it (a new snapshot would protect less)"
         )
-        return out
+        return
+    fingerprint = sources_fingerprint(specs)
+    content = content_digest(fingerprint, records.values())
+    repaired = None
+    if in_force is not None and in_force.content == content:
+        problem = store.verify_current()
+        if problem is None:
+            # Identical content: publish nothing (no history churn); keep the record current.
+            record = replace(
+                in_force.with_holds(holds.values()), inputs=list_inputs(specs, cache)
+            )
+            if record != in_force:
+                store.rewrite_record(record)
+            return
+        repaired = f"{in_force.snapshot} could not be served ({problem}); republished"
+        out["repaired"] = repaired
     block, exceptions = split_exceptions(lists)
     image, stats = compile_index(block)
-    info = {
-        "fingerprint": sources_fingerprint(specs),
-        "inputs": list_inputs(specs, cache),
-        "lists": counts,
-        "rules": stats.rules,
-        "by_kind": stats.by_kind,
-        "refused_count": stats.refused_count,
-        "compile_seconds": round(stats.seconds, 3),
-        "published_at": time.time(),
-    }
-    out["snapshot"] = str(store.publish(image, exceptions=exceptions, info=info))
+    record = InForce(
+        snapshot="",
+        published_at=time.time(),
+        content=content,
+        fingerprint=fingerprint,
+        inputs=list_inputs(specs, cache),
+        rules=stats.rules,
+        by_kind=stats.by_kind,
+        refused_count=stats.refused_count,
+        compile_seconds=round(stats.seconds, 3),
+        lists=records,
+        holds={n: h for n, h in holds.items() if n in records or n in out.get("held_out", [])},
+        repaired=repaired,
+    )
+    out["snapshot"] = str(store.publish(image, exceptions=exceptions, record=record, bodies=bodies))
+    if repaired and in_force is not None:
+        # A damaged file is no rollback target; a proxy that maps it keeps its pages.
+        store.discard(in_force.snapshot)
     out.update(rules=stats.rules, refused=stats.refused_count, seconds=stats.seconds)
-    return out
+
+
+def _kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
+    """The body of ``name`` kept with a snapshot, if there is one (a bad digest: none)."""
+    if not digest:
+        return None
+    try:
+        path = store.body_path(name, digest)
+    except ValueError:
+        return None
+    return path if path.exists() else None
+
+
+def content_digest(fingerprint: str, lists: Iterable[ListRecord]) -> str:
+    """What a snapshot is built from: equal digests compile to the same rules."""
+    doc = [FORMAT_VERSION, __version__, fingerprint, sorted((r.name, r.digest) for r in lists)]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 async def run_rebuild(job: dict[str, Any], *, isolate: bool = True) -> dict[str, Any]:
@@ -732,7 +928,12 @@ class Refresher:
         for outcome, _ in done:
             report.outcomes[outcome.name] = outcome
         if rebuild and not any(w.get("snapshot") for w in workers):
-            workers.append(await self._build(None, force=force, rebuild=True))
+            extra = await self._build(None, force=force, rebuild=True)
+            workers.append(extra)
+            if self.on_report and extra.get("repaired"):  # per-source reports carry no repair
+                repaired = RefreshReport()
+                _merge_workers(repaired, [extra])
+                self.on_report(repaired)
         _merge_workers(report, workers)
         self.last_report = report
         return report
@@ -778,7 +979,7 @@ class Refresher:
             detail = f"not fetched: next fetch allowed at {_clock_text(allowed)} ({why})"
             if progress:
                 progress(spec.name, "deferred", {"detail": detail})
-            return SourceOutcome(spec.name, "deferred", detail, st.entries_total), None
+            return SourceOutcome(spec.name, Outcome.DEFERRED, detail, st.entries_total), None
         async with self._fetch_slots:
             if progress:
                 progress(spec.name, "start", {"url": spec.url})
@@ -894,28 +1095,35 @@ class Refresher:
         if res.status == "not_modified":
             st.last_success, st.last_error, st.held_back, st.failures = now, None, None, 0
             st.etag, st.last_modified = res.etag, res.last_modified
-            out = SourceOutcome(spec.name, "unchanged", "304 Not Modified", st.entries_total)
+            out = SourceOutcome(spec.name, Outcome.UNCHANGED, "304 Not Modified", st.entries_total)
             ok = True
-        elif res.status == "failed" or v is None:
-            st.last_error = res.error or "validation did not run (rebuild worker failed)"
+        elif res.status == "failed" or v is None or v.get("error"):
+            st.last_error = res.error or (v or {}).get("error") or (
+                "validation did not run (rebuild worker failed)"
+            )
             st.failures += 1
             if res.retry_after is not None:
                 st.not_before = now + res.retry_after
-            out = SourceOutcome(spec.name, "failed", st.last_error, st.entries_total)
+            out = SourceOutcome(spec.name, Outcome.FAILED, st.last_error, st.entries_total)
             log.warning("jectguard: feed %s failed, serving its last good data: %s", spec.name, st.last_error)
         elif v["accepted"]:
-            st.last_success = st.last_change = now
+            st.last_success = now
             st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
             st.body_sha256 = res.sha256  # the validators above describe this body only
             st.entries, st.entries_total = v["entries"], sum(v["entries"].values())
             st.rejected, st.refused = v["rejected"], v["refused"]
             st.held_back, st.last_error, st.failures = None, None, 0
-            detail = f"{st.entries_total} entries" + (" (shrink guard overridden)" if v["forced"] else "")
-            out = SourceOutcome(spec.name, "updated", detail, st.entries_total)
+            if v.get("same"):
+                detail = f"{st.entries_total} entries (same content as the list in force)"
+                out = SourceOutcome(spec.name, Outcome.UNCHANGED, detail, st.entries_total)
+            else:
+                st.last_change = now
+                detail = f"{st.entries_total} entries" + (" (size guard overridden)" if v["forced"] else "")
+                out = SourceOutcome(spec.name, Outcome.UPDATED, detail, st.entries_total)
             ok = True
         else:
             st.held_back, st.last_error = v["reason"], None
-            out = SourceOutcome(spec.name, "held_back", v["reason"], st.entries_total)
+            out = SourceOutcome(spec.name, Outcome.HELD_BACK, v["reason"], st.entries_total)
             log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v["reason"])
         if res.retry_after is None and ok:
             st.not_before = None
@@ -935,7 +1143,12 @@ class Refresher:
     # -- forever -------------------------------------------------------------
 
     def snapshot_stale(self) -> bool:
-        """True when the current snapshot was not built from the configured lists as they are."""
+        """True when the current snapshot must be rebuilt: built from other lists, or unusable.
+
+        Unusable includes a current file that is missing, truncated or fails its
+        checksum (read again only when the file changed), so a damaged snapshot
+        is republished instead of "nothing changed".
+        """
         pointer = self.store.read_pointer()
         if pointer is None:
             return True
@@ -948,8 +1161,16 @@ class Refresher:
                     return True  # written by another jectguard version: this one cannot load it
         except OSError:
             return True
-        if pointer.get("rolled_back_from"):
-            return False  # an operator chose this one; the next feed change replaces it
+        problem = self.store.verify_current()
+        if problem is not None:
+            slot = self.follower.slot
+            origin = getattr(slot.engine.block, "origin", None) if slot is not None else None
+            if origin is not None and origin.path == current:
+                # This process serves a verified copy of it: the follower writes that back
+                # (no recompile). Republish only what nobody here can restore.
+                return False
+            log.warning("jectguard: the snapshot in force cannot be served (%s); rebuilding", problem)
+            return True
         inputs = pointer.get("inputs", {})
         return bool(inputs != list_inputs(self.specs, self.cache_dir))
 
@@ -1006,14 +1227,14 @@ class Refresher:
         self.refresh_soon()
         return True
 
-    def status(self) -> list[dict[str, Any]]:
-        """Per-source status, JSON-ready (reads small state files)."""
-        out = source_status(self.cfg, self.cache_dir)
-        for doc in out:
-            if doc.get("refresh_seconds") is not None:
-                doc["fetching"] = doc["name"] in self._fetching
-                doc["scheduled"] = self.schedule.get(doc["name"])
-        return out
+    def status(self) -> dict[str, Any]:
+        """What is in force and per-source status, JSON-ready (reads small files)."""
+        doc = status_document(self.cfg, self.cache_dir, self.last_report)
+        for src in doc["sources"]:
+            if src.get("refresh_seconds") is not None:
+                src["fetching"] = src["name"] in self._fetching
+                src["scheduled"] = self.schedule.get(src["name"])
+        return doc
 
     def refresh_soon(self, *names: str) -> None:
         """Make these sources (default: all) due now and wake the loop."""
@@ -1046,9 +1267,13 @@ class Refresher:
         if not worker.get("snapshot"):
             # Do not rebuild every poll while a list stays broken.
             self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
-        if self.on_report and (worker.get("not_published") or worker.get("load_errors")):
-            report = RefreshReport()
-            _merge_workers(report, [worker])
+        report = RefreshReport()
+        _merge_workers(report, [worker])
+        if report.not_published or report.repaired:
+            self.last_report = report  # what status shows of the last refresh
+        if self.on_report and (
+            worker.get("not_published") or worker.get("load_errors") or worker.get("repaired")
+        ):
             self.on_report(report)
 
 
@@ -1067,14 +1292,71 @@ def _merge_workers(report: RefreshReport, workers: Sequence[dict[str, Any]]) -> 
         problems = [w["not_published"] for w in ordered if w.get("not_published")]
         if problems and (not published or ordered[-1].get("not_published")):
             report.not_published = problems[-1]
+        report.repaired = next((w["repaired"] for w in published if w.get("repaired")), None)
+        errors = [w["publish_error"] for w in ordered if w.get("publish_error")]
+        if errors and report.not_published in errors:
+            report.publish_error = report.not_published
 
 
-def source_status(cfg: SourcesConfig, cache_dir: Path) -> list[dict[str, Any]]:
-    """What `jectguard lists` shows: per source, its config, its state and its rules in force."""
-    pointer = SnapshotStore(cache_dir).read_pointer() or {}
-    in_snapshot = pointer.get("lists", {})
+def release_holds(cache_dir: Path, names: Sequence[str] | None) -> list[Hold]:
+    """Stop holding these sources (None: all) and forget the validators of their downloads.
+
+    Without the validators the next fetch takes the feed's body as it is now
+    (a 304 would keep the restored body in force although the hold is gone).
+    """
+    store = SnapshotStore(cache_dir)
+    gone = store.release(names)
+    for hold in gone:
+        path = state_path(cache_dir, hold.name)
+        try:
+            st = SourceState.from_json(hold.name, path.read_bytes())
+        except (OSError, ValueError, TypeError):
+            continue  # no state: nothing to forget
+        st.etag = st.last_modified = None
+        with writing("save the feed state", path.parent):
+            save_state(cache_dir, st)
+    return gone
+
+
+class Health(StrEnum):
+    """One word for a source's state, decided here for every status surface."""
+
+    OK = "ok"
+    HELD = "held"  # a rollback holds it: the body rolled back is refused
+    HELD_BACK = "held_back"  # its last download was refused; the last good data stays
+    FAILED = "failed"  # its last download (or publish) failed; the last good data stays
+    FAILED_NO_DATA = "failed_no_data"
+    NOT_FETCHED = "not_fetched"
+    LOCAL = "local"
+    DISABLED = "disabled"
+
+
+def source_health(doc: dict[str, Any]) -> Health:
+    if not doc["enabled"]:
+        return Health.DISABLED
+    if doc.get("hold"):
+        return Health.HELD
+    if doc["source"] and not str(doc["source"]).startswith(("http://", "https://")):
+        return Health.LOCAL
+    if doc.get("held_back"):
+        return Health.HELD_BACK
+    if doc.get("last_error"):
+        return Health.FAILED if doc.get("cached") else Health.FAILED_NO_DATA
+    if not doc.get("cached"):
+        return Health.NOT_FETCHED
+    return Health.OK
+
+
+def source_status(
+    cfg: SourcesConfig, cache_dir: Path, record: InForce | None = None
+) -> list[dict[str, Any]]:
+    """Per source: its config, its state file and what of it is in force (from ``record``)."""
+    if record is None:
+        record = SnapshotStore(cache_dir).read_record()
     out = []
     for spec in cfg.sources:
+        lst = record.lists.get(spec.name) if record is not None else None
+        hold = record.holds.get(spec.name) if record is not None else None
         doc: dict[str, Any] = {
             "name": spec.name,
             "kind": "allow" if spec.allow else "block",
@@ -1084,7 +1366,8 @@ def source_status(cfg: SourcesConfig, cache_dir: Path) -> list[dict[str, Any]]:
             "category": spec.category,
             "mode": spec.mode.value,
             "refresh_seconds": spec.refresh if spec.url else None,
-            "rules_in_snapshot": in_snapshot.get(spec.name),
+            "rules_in_snapshot": lst.rules if lst is not None else None,
+            "hold": {"reason": hold.reason, "since": hold.since} if hold is not None else None,
         }
         if spec.url:
             state = load_state(cache_dir, spec)
@@ -1100,8 +1383,37 @@ def source_status(cfg: SourcesConfig, cache_dir: Path) -> list[dict[str, Any]]:
             later = allowed > time.time()
             doc["next_fetch_allowed"] = allowed if later else None  # None: any time
             doc["next_fetch_allowed_why"] = why if later else None
+        doc["health"] = source_health(doc)
         out.append(doc)
     return out
+
+
+def status_document(
+    cfg: SourcesConfig, cache_dir: Path, last_report: RefreshReport | None = None
+) -> dict[str, Any]:
+    """The one status document: the record in force, every source, the rollback history.
+
+    ``jectguard lists --json``, ``/api/status`` (``refresh``), ``/api/lists`` and
+    the dashboard all show this.
+    """
+    store = SnapshotStore(cache_dir)
+    record = store.read_record()
+    snaps = store.list_snapshots()
+    return {
+        "cache_dir": str(cache_dir),
+        "in_force": record.as_dict() if record is not None else None,
+        "sources": source_status(cfg, cache_dir, record),
+        "snapshots": [{"name": s.name, "size": s.size, "current": s.current} for s in snaps],
+        "rollback_targets": len(store.rollback_targets()),
+        "last_refresh": None
+        if last_report is None
+        else {
+            "snapshot": last_report.snapshot,
+            "not_published": last_report.not_published,
+            "publish_error": last_report.publish_error,
+            "repaired": last_report.repaired,
+        },
+    }
 
 
 if __name__ == "__main__":

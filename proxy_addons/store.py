@@ -5,12 +5,19 @@ proxy process. Layout under ``<cache>/snapshots/``::
 
     block-20250101T120000123456Z-1a2b3c4d.jgs         the compiled block index
     block-20250101T120000123456Z-1a2b3c4d.allow.json  ``@@`` exceptions found in block feeds
-    block-20250101T120000123456Z-1a2b3c4d.info.json   what it was built from (lists, counts)
+    block-20250101T120000123456Z-1a2b3c4d.info.json   what it was built from (:class:`InForce`)
+    body-<list>-<sha256 prefix>                       the list bodies kept snapshots were built from
     current                                           JSON pointer to the snapshot in force
+
+The pointer carries the :class:`~proxy_addons.inforce.InForce` record of the
+snapshot it names, plus the sources a rollback holds: the one record every
+status surface reads.
 
 Every file is written atomically (temp file, fsync, rename), the pointer last,
 so a reader sees the old snapshot or the new one, never half of one. The
-previous few snapshots are kept for ``jectguard rollback``.
+previous few snapshots are kept for ``jectguard rollback``, with the list bodies
+they were compiled from: a rollback puts those bodies back, so the next rebuild
+(another feed changing) compiles the rolled-back-to content, not the bad one.
 
 Allow lists are small: they are never part of the snapshot but compiled in
 memory when an engine is assembled (:func:`load_engine`), so editing the
@@ -20,16 +27,19 @@ allowlist never rebuilds the big index.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -47,6 +57,7 @@ from .core.index import (
     write_snapshot,
 )
 from .core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
+from .inforce import Hold, InForce
 from .loading import (
     ListFileError,
     ListStatus,
@@ -61,6 +72,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT_DIR: Final = "snapshots"
 POINTER: Final = "current"
 LOCK: Final = ".lock"
+BODY_PREFIX: Final = "body-"
+# Digest characters in an archived body's name: unique enough among a list's few kept bodies.
+BODY_DIGEST_CHARS: Final = 16
 # Snapshots kept besides the current one: enough to roll back a bad day, few
 # enough that a 36 MB index does not fill the disk.
 KEEP_PREVIOUS: Final = 3
@@ -76,6 +90,47 @@ COPY_PRUNE_SECONDS: Final = 600
 
 class NoSnapshot(SnapshotError):
     """Nothing has been published yet (or the pointer names a missing file)."""
+
+
+class StoreWriteError(JectguardError):
+    """The cache cannot be written (disk full, read-only, permissions); nothing changed in force.
+
+    The operator's environment, not a bug: an "input" error (exit code 2) with a
+    message that says what to fix.
+    """
+
+    hint = "input"
+
+    @classmethod
+    def wrap(cls, exc: OSError, what: str, where: Path) -> StoreWriteError:
+        why = exc.strerror or str(exc)
+        fix = {
+            errno.ENOSPC: "free some space",
+            errno.EDQUOT: "free some space (quota)",
+            errno.EROFS: "the file system is read-only; use a writable --cache-dir",
+            errno.EACCES: "check the owner and permissions, or use another --cache-dir",
+            errno.EPERM: "check the owner and permissions, or use another --cache-dir",
+        }.get(exc.errno or 0, "check the cache directory")
+        return cls(f"cannot {what} in {where}: {why} ({fix}); the snapshot in force is unchanged")
+
+
+@contextlib.contextmanager
+def writing(what: str, where: Path) -> Iterator[None]:
+    """Turn an OSError while writing the cache into a StoreWriteError that says what to fix."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreWriteError.wrap(exc, what, where) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    """What a rollback put in force and what it holds."""
+
+    target: Path
+    record: InForce
+    held: tuple[Hold, ...]
+    notes: tuple[str, ...] = field(default=())  # what it could not restore, and why
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,21 +207,53 @@ class SnapshotStore:
         self.cache_dir = Path(cache_dir)
         self.dir = self.cache_dir / SNAPSHOT_DIR
         self.keep = keep
+        self._lock_depth = 0
+        self._thread_lock = threading.RLock()
+        # (path, inode, size, mtime_ns, ctime_ns) of the last current file that verified
+        self._verified: tuple[object, ...] | None = None
 
     @property
     def pointer_path(self) -> Path:
         return self.dir / POINTER
 
+    def body_path(self, name: str, digest: str) -> Path:
+        """Where the body of list ``name`` with this sha256 is kept for rollback.
+
+        Names and digests come from records on disk: nothing in them may lead
+        out of the store (ValueError).
+        """
+        tag = digest[:BODY_DIGEST_CHARS]
+        if not _plain_name(name) or len(tag) != BODY_DIGEST_CHARS or not _is_hex(tag):
+            raise ValueError(f"not a list body: {name!r} {digest!r}")
+        return self.dir / f"{BODY_PREFIX}{name}-{tag}"
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise writers (a refresher and a `jectguard update` may overlap)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / LOCK, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        """Serialise writers (a refresher, `jectguard update` and `rollback` may overlap).
+
+        Re-entrant within one store object: a rebuild holds the lock from reading
+        the record in force to publishing, and publish takes it again (a second
+        flock on a new descriptor would wait for ourselves).
+        """
+        with self._thread_lock:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with writing("lock the snapshot store", self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
+                f = open(self.dir / LOCK, "a+b")  # noqa: SIM115 (closed below)
+            with f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # -- writing ------------------------------------------------------------
 
@@ -176,11 +263,16 @@ class SnapshotStore:
         *,
         exceptions: Sequence[tuple[ListSpec, ParsedList]] = (),
         info: dict[str, Any] | None = None,
+        record: InForce | None = None,
+        bodies: dict[str, Path] | None = None,
     ) -> Path:
         """Write a snapshot and make it current; returns its path.
 
-        ``info`` (JSON-able) is kept in the pointer: the refresher records the
-        sources fingerprint and inputs there.
+        ``record`` (or a plain ``info`` document) says what it was built from; it
+        is written beside the snapshot and into the pointer (its ``snapshot`` is
+        set here). ``bodies`` maps list names to the files compiled, kept as
+        ``body-<list>-<digest>`` (the digest in the record) so a rollback can restore them.
+        StoreWriteError when the cache cannot be written (the old snapshot stays).
         """
         digest = xxhash.xxh3_64()
         for chunk in image.chunks:
@@ -188,24 +280,58 @@ class SnapshotStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         base = f"block-{stamp}-{digest.hexdigest()[:8]}"
         path = self.dir / f"{base}.jgs"
-        with self.locked():
-            image.write(path)
-            path.chmod(FILE_MODE)
-            if exceptions:
-                atomic_write(self.dir / f"{base}.allow.json", _dump_lists(exceptions))
-            atomic_write(_info_path(path), json.dumps(info or {}).encode())
-            self._point_to(path, info or {})
+        if record is None:
+            record = InForce.from_json({**(info or {}), "snapshot": path.name})
+        record = replace(record, snapshot=path.name)
+        with self.locked(), writing("write a snapshot", self.dir):
+            try:
+                image.write(path)
+                path.chmod(FILE_MODE)
+                if exceptions:
+                    atomic_write(self.dir / f"{base}.allow.json", _dump_lists(exceptions))
+                self._archive(record, bodies or {})
+                atomic_write(_info_path(path), json.dumps(record.as_dict()).encode())
+            except BaseException:
+                # A half-published snapshot would take a rollback slot; the pointer never named it.
+                for p in (path, _allow_path(path), _info_path(path)):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                raise
+            self._point_to(record)
             self._prune()
         return path
 
-    def _point_to(self, path: Path, info: dict[str, Any]) -> None:
-        doc = {
-            "version": POINTER_VERSION,
-            "snapshot": path.name,
-            "pointed_at": time.time(),
-            **{k: v for k, v in info.items() if k not in ("version", "snapshot", "pointed_at")},
-        }
+    def _archive(self, record: InForce, bodies: dict[str, Path]) -> None:
+        """Keep each compiled body under its digest (a hard link while it is the body in force)."""
+        for name, src in bodies.items():
+            lst = record.lists.get(name)
+            if lst is None or lst.digest is None or not _plain_name(name):
+                continue
+            dest = self.body_path(name, lst.digest)
+            if dest.exists():
+                continue
+            tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                # Feed bodies are replaced by rename, never rewritten: a link costs no space
+                # while the body is in force. A local list may be edited in place: copy it.
+                if not lst.fetched:
+                    raise OSError(errno.EXDEV, "copy local lists")
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+
+    def _point_to(self, record: InForce) -> None:
+        doc = {"version": POINTER_VERSION, "pointed_at": time.time(), **record.as_dict()}
         atomic_write(self.pointer_path, json.dumps(doc, indent=1).encode())
+        self._verified = None
+
+    def rewrite_record(self, record: InForce) -> None:
+        """Replace the record in force (same snapshot): holds released, inputs refreshed."""
+        with self.locked(), writing("update the snapshot pointer", self.dir):
+            self._point_to(record)
 
     def _prune(self) -> None:
         snaps = self.list_snapshots()
@@ -226,15 +352,46 @@ class SnapshotStore:
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
                     tmp.unlink()
+        # Bodies no kept snapshot (nor the record in force) was built from.
+        wanted: set[Path] = set()
+        records = [self.record_of(p) for p in keep]
+        records.append(self.read_record())
+        for rec in records:
+            if rec is None:
+                continue
+            for n, r in rec.lists.items():
+                with contextlib.suppress(ValueError):
+                    wanted.add(self.body_path(n, r.digest or ""))
+        for body in self.dir.glob(BODY_PREFIX + "*"):
+            if body not in wanted and not body.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    body.unlink()
 
-    def rollback(self, steps: int = 1) -> Path:
-        """Point ``current`` at the snapshot ``steps`` older than the current one.
+    def discard(self, name: str) -> None:
+        """Remove a snapshot that is not current (a damaged one) and its side files."""
+        path = self.dir / Path(name).name
+        with self.locked():
+            if path == self.current_path():
+                return
+            for p in (path, _allow_path(path), _info_path(path)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def rollback(
+        self, steps: int = 1, *, specs: Sequence[ListSpec] | None = None, clock: Any = time.time
+    ) -> RollbackResult:
+        """Put the snapshot ``steps`` older than the current one back in force, and make it stick.
 
         The target is verified first; SnapshotError if there is none or it is corrupt.
+        Every list whose body differs between the two snapshots gets its target body
+        back (so a rebuild compiles it) and is *held*: the body rolled back is
+        refused until its source publishes a different one, or an operator releases
+        it. With ``specs`` the record's inputs are refreshed so the restored bodies
+        count as built (no rebuild for them).
         """
         if steps < 1:
             raise SnapshotError("rollback: steps must be at least 1")
-        with self.locked():
+        with self.locked(), writing("roll back", self.dir):
             snaps = self.list_snapshots()
             pos = next((i for i, s in enumerate(snaps) if s.current), None)
             if pos is None:
@@ -246,9 +403,68 @@ class SnapshotStore:
                 )
             target = snaps[pos + steps].path
             CompiledIndex.load(target).close()  # refuse a corrupt target before pointing at it
-            pointer = {**self.snapshot_info(target), "rolled_back_from": snaps[pos].name}
-            self._point_to(target, pointer)
-        return target
+            now = clock()
+            current = self.read_record() or InForce(snaps[pos].name)
+            wanted = self.record_of(target) or InForce(target.name)
+            holds = dict(current.holds)
+            held: list[Hold] = []
+            notes: list[str] = []
+            for name, bad in current.lists.items():
+                if not _plain_name(name):
+                    notes.append(f"{name!r}: not a list name; skipped")
+                    continue
+                good = wanted.lists.get(name)
+                if good is not None and good.digest == bad.digest:
+                    continue
+                if bad.digest is None:
+                    notes.append(
+                        f"{name}: the snapshot in force does not record its body; not held"
+                    )
+                    continue
+                restored = good.digest if good is not None else None
+                if good is not None and good.digest is not None and bad.fetched:
+                    archived = self.body_path(name, good.digest)
+                    if archived.exists():
+                        _restore(archived, feed_body_path(self.cache_dir, name))
+                    else:
+                        notes.append(
+                            f"{name}: its earlier body was not kept; no new snapshot "
+                            "is published while only the rolled-back body is left"
+                        )
+                        restored = None
+                elif good is not None and not bad.fetched:
+                    notes.append(
+                        f"{name}: a local file; the rolled-back rules return when it "
+                        "is edited (its current content is held out of rebuilds)"
+                    )
+                prior = holds.get(name)
+                refused = tuple(dict.fromkeys((*(prior.refused if prior else ()), bad.digest)))
+                hold = Hold(name, refused, f"rolled back from {current.snapshot}", now, restored)
+                holds[name] = hold
+                held.append(hold)
+            inputs = list_inputs(specs, self.cache_dir) if specs is not None else wanted.inputs
+            record = replace(
+                wanted.with_holds(holds.values()),
+                inputs=inputs,
+                rolled_back_from=current.snapshot,
+                rolled_back_at=now,
+                repaired=None,
+            )
+            self._point_to(record)
+        return RollbackResult(target, record, tuple(held), tuple(notes))
+
+    def release(self, names: Iterable[str] | None) -> list[Hold]:
+        """Stop holding these sources (None: all); returns the holds released."""
+        with self.locked(), writing("update the snapshot pointer", self.dir):
+            record = self.read_record()
+            if record is None:
+                return []
+            chosen = set(record.holds) if names is None else set(names)
+            gone = [h for n, h in record.holds.items() if n in chosen]
+            if gone:
+                kept = [h for n, h in record.holds.items() if n not in chosen]
+                self._point_to(record.with_holds(kept))
+            return gone
 
     # -- reading ------------------------------------------------------------
 
@@ -270,12 +486,59 @@ class SnapshotStore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
+    def read_record(self) -> InForce | None:
+        """The record of what is in force (None: nothing published, or unreadable)."""
+        doc = self.read_pointer()
+        if doc is None:
+            return None
+        try:
+            return InForce.from_json(doc)
+        except (ValueError, TypeError):
+            return None
+
+    def record_of(self, snapshot: Path) -> InForce | None:
+        """The record written with ``snapshot`` (None if missing or unreadable)."""
+        try:
+            return InForce.from_json(self.snapshot_info(snapshot), snapshot.name)
+        except (ValueError, TypeError):
+            return None
+
     def current_path(self) -> Path | None:
         doc = self.read_pointer()
         if doc is None:
             return None
         name = Path(doc["snapshot"]).name  # never follow a path out of the store
         return self.dir / name
+
+    def verify_current(self) -> str | None:
+        """Why the current snapshot file cannot be served (missing, truncated, corrupt), or None.
+
+        The checksum is read again only when the file's inode, size, mtime or ctime
+        changed since it last verified (ctime cannot be set back by a writer).
+        """
+        path = self.current_path()
+        if path is None:
+            return "no snapshot published"
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return f"{path.name}: {exc.strerror or exc}"
+        stamp = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if stamp == self._verified:
+            return None
+        try:
+            CompiledIndex.load(path).close()
+        except SnapshotError as exc:
+            self._verified = None
+            return str(exc)
+        self._verified = stamp
+        return None
+
+    def rollback_targets(self) -> list[SnapshotInfo]:
+        """The kept snapshots older than the current one: what `rollback` can go back to."""
+        snaps = self.list_snapshots()
+        pos = next((i for i, s in enumerate(snaps) if s.current), None)
+        return [] if pos is None else snaps[pos + 1 :]
 
     def load_current(self) -> CompiledIndex:
         """Load the current snapshot; SnapshotError (NoSnapshot) if absent, corrupt or foreign.
@@ -395,6 +658,28 @@ def _allow_path(snapshot: Path) -> Path:
 
 def _info_path(snapshot: Path) -> Path:
     return snapshot.with_name(snapshot.stem + ".info.json")
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and not name.startswith(".") and "\0" not in name
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _restore(archived: Path, body: Path) -> None:
+    """Make an archived body the body in force again (a link renamed into place)."""
+    body.parent.mkdir(parents=True, exist_ok=True)
+    tmp = body.with_name(body.name + f".restore-{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(archived, tmp)
+    except OSError:
+        shutil.copyfile(archived, tmp)
+    os.replace(tmp, body)
+    fsync_dir(body.parent)
 
 
 def _dump_lists(lists: Sequence[tuple[ListSpec, ParsedList]]) -> bytes:
@@ -564,20 +849,24 @@ def startup_engine(specs: Sequence[ListSpec], cache_dir: Path) -> tuple[Engine, 
             exc, pointer["snapshot"],
         )
     report = LoadReport()
-    counts = pointer.get("lists", {})
+    try:
+        record = InForce.from_json(pointer)
+    except (ValueError, TypeError):
+        record = InForce(str(pointer.get("snapshot")))
     for spec in specs:
         if not spec.enabled:
             continue
         where = spec.path or spec.url or ""
+        lst = record.lists.get(spec.name)
         if spec.allow:
             report.lists.append(ListStatus(spec.name, where, True))
-        elif spec.name in counts:
-            report.lists.append(ListStatus(spec.name, where, True, int(counts[spec.name])))
+        elif lst is not None:
+            report.lists.append(ListStatus(spec.name, where, True, lst.rules))
         else:
             report.lists.append(ListStatus(spec.name, where, False, error="not in the snapshot"))
     report.block_stats = CompileStats(
         rules=engine.block.rule_count,
-        by_kind=dict(pointer.get("by_kind", {})),
-        refused_count=int(pointer.get("refused_count", 0)),
+        by_kind=dict(record.by_kind),
+        refused_count=record.refused_count,
     )
     return engine, report

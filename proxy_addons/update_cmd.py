@@ -3,7 +3,8 @@
 Exit codes: 0 every source updated, unchanged, or deferred (its minimum interval
 or a server's Retry-After has not passed: the output says when it may be
 fetched); 1 a source failed or was held back (its last good data stays in
-force); 2 bad input (sources file, names).
+force); 2 bad input (sources file, names) or a cache that cannot be written
+(disk full, read-only): a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ STATUS_LABELS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true",
-        help="accept lists the shrink guard holds back (a feed that lost more than half its "
-             "entries or became empty) and fetch even within a source's min_interval; the "
-             "other checks still apply, and a server's Retry-After is always honoured",
+        help="accept lists the size guard holds back (a feed that suddenly lost more than half "
+             "its distinct entries, became empty, or grew to more than 4 times its usual size) "
+             "and fetch even within a source's min_interval; the other checks still apply, and "
+             "a server's Retry-After is always honoured",
     )
     p.add_argument(
         "--source", action="append", default=[], metavar="NAME",
@@ -106,6 +108,7 @@ def _size(n: float) -> str:
 def main(args: argparse.Namespace) -> int:
     from .feeds import tidy_feed_dir
     from .refresher import Refresher
+    from .store import StoreWriteError
 
     if args.blocklist or args.allowlist:
         print("jectguard update: works on the sources file (--sources), not on "
@@ -123,9 +126,14 @@ def main(args: argparse.Namespace) -> int:
     chosen = args.source or names
     tidy_feed_dir(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
-    report = asyncio.run(
-        refresher.refresh(chosen, force=args.force, rebuild=refresher.snapshot_stale(), progress=view)
-    )
+    try:
+        report = asyncio.run(
+            refresher.refresh(
+                chosen, force=args.force, rebuild=refresher.snapshot_stale(), progress=view
+            )
+        )
+    except OSError as exc:  # a state file or a download could not be written
+        raise StoreWriteError.wrap(exc, "write", cache) from None
     width = view.width
     if view.tty:
         view.draw()
@@ -135,6 +143,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {STATUS_LABELS[o.status]:<10} {o.detail or ''}")
     for name, err in report.load_errors.items():
         print(f"{name:<{width}}  {'NOT LOADED':<10} {err}")
+    if report.repaired:
+        print(f"\nrepaired: {report.repaired}")
     if report.snapshot:
         print(f"\nsnapshot {Path(report.snapshot).name}: {report.rules} block rules"
               + (f", {report.refused} refused by the poison guard" if report.refused else "")
@@ -144,4 +154,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"\n{report.not_published}")
     else:
         print("\nnothing changed; the snapshot in force stays")
+    if report.publish_error:
+        print(f"jectguard update: {report.publish_error}", file=sys.stderr)
+        return EXIT_INPUT
     return EXIT_OK if report.ok else EXIT_NOT_ALL

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..events import EventLog
 from ..metrics import Metrics
+from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
 from .campaign import Campaign
@@ -25,6 +26,7 @@ from .limits import ConnectionLimits
 from .observe import Observe
 from .refresh import Refresh
 from .strip import Strip
+from .tunnels import Tunnels
 
 
 def make_addons(
@@ -41,16 +43,22 @@ def make_addons(
         on_snapshot_event=lambda ev: events.emit("error", **ev.as_dict()),
     )
     metrics.set_health_provider(lambda: holder.health)
+    blocking = Blocking(holder)
+    observe = Observe(events, metrics, holder)
     campaign = Campaign(holder, events, metrics, cache_dir=cache_dir)
     return [
         ClientAllowList(),
-        Blocking(holder),
+        blocking,
+        Tunnels(blocking, on_decision=observe.connection_decision),
+        # Every resolved address meets the configured destination policy (read at each
+        # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
+        Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
         campaign,  # after the stripper: it reads the page the browser gets
         ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
-        Observe(events, metrics, holder),
+        observe,
         ledger := LedgerAddon(holder, events, metrics),
         AdminServer(
             holder,
@@ -83,6 +91,7 @@ class Jectguard:
 
 
 __all__ = [
+    "Addresses",
     "AdminServer",
     "Blocking",
     "Campaign",
@@ -96,5 +105,6 @@ __all__ = [
     "Observe",
     "Refresh",
     "Strip",
+    "Tunnels",
     "make_addons",
 ]

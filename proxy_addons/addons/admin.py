@@ -211,6 +211,7 @@ class AdminServer:
             campaigns=self.campaigns,
             hosts=self.hosts,
             retro_hits=self.retro_hits,
+            cache_dir=self.data_dir,
         )
         self.state = state
         runner = web.AppRunner(

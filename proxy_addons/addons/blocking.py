@@ -8,8 +8,10 @@
   (:mod:`.requests`); the proceed-anyway site (:mod:`.proceedsite`).
 - ``responseheaders``: a redirect (``Location``, ``Refresh``) to a blocked URL
   becomes the block page (:mod:`.requests`).
-- ``server_connect``: the addresses the server name resolves to, so a host on an
-  IP/CIDR list receives no byte at all.
+- a tunnel's content (:mod:`.tunnels`) and the addresses a server name resolves to
+  (:mod:`.addresses`: resolved once, checked against the lists and the destination
+  policy, connected to as checked) are guarded by their own addons, which read this
+  one's options, ``refused`` and ``policy``.
 
 Every check goes through one decision function (:func:`.decide.decide`) and one
 renderer (:func:`.decide.respond`). Decisions are recorded in
@@ -18,7 +20,6 @@ renderer (:func:`.decide.respond`). Decisions are recorded in
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import socket
@@ -27,19 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from mitmproxy import connection, ctx, exceptions, tls
-from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.proxy import commands, events, layer, layers, mode_specs, server_hooks
-from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy import connection, ctx, exceptions
 
-from proxy_addons.blockpage import HEADER_NAME, block_header, printable
-from proxy_addons.core.canon import canonical_host
+from proxy_addons.blockpage import HEADER_NAME, block_header
 from proxy_addons.core.destinations import DEFAULT_CONNECT_PORTS, DestinationPolicy
-from proxy_addons.core.engine import Action, Engine, Verdict
-from proxy_addons.core.errors import CanonError
+from proxy_addons.core.engine import Verdict
 
 from .connects import ConnectChecks
-from .decide import ADDRESS_KINDS, PageSettings, new_request_id
+from .decide import ADDRESS_KINDS, PageSettings
 from .holder import EngineHolder
 from .proceed import MIN_SECRET_LENGTH, ProceedSigner, random_secret
 from .proceedsite import ProceedSite
@@ -47,17 +43,11 @@ from .requests import METADATA_KEY, Refusal, RequestChecks, client_ip
 
 logger = logging.getLogger(__name__)
 
-# A resolver slower than this is left to mitmproxy's own connect (and its error).
-RESOLVE_TIMEOUT_SECONDS: Final = 10.0
 # Longest admin contact shown on a page (an email address or a URL).
 MAX_CONTACT_LENGTH: Final = 200
 # Where the kernel lists this host's own addresses (Linux); read once per configure.
 _PROC_FIB_TRIE: Final = Path("/proc/net/fib_trie")
 _PROC_IF_INET6: Final = Path("/proc/net/if_inet6")
-
-
-def _client_ip(client: connection.Client) -> str:
-    return client_ip(client)
 
 
 def own_addresses() -> set[str]:
@@ -84,14 +74,6 @@ def own_addresses() -> set[str]:
     return out
 
 
-class RefuseLayer(layer.Layer):
-    """Closes the client connection at once; nothing is forwarded anywhere."""
-
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Start):
-            yield commands.CloseConnection(self.context.client)
-
-
 class Blocking(RequestChecks, ConnectChecks, ProceedSite):
     """Blocks requests, tunnels and connections toward listed hosts, URLs and addresses."""
 
@@ -113,7 +95,6 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
         self.refused: dict[str, Refusal] = {}
         # client connection ids whose TLS handshake must fail (blocked SNI, no interception)
         self.fail_tls: set[str] = set()
-        self._ip_rules: tuple[Engine | None, bool] = (None, True)
 
     # -- options ------------------------------------------------------------
 
@@ -183,7 +164,11 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
         report = o.jg_report_url
         if report:
             parts = urllib.parse.urlsplit(report)
-            if parts.scheme not in ("http", "https") or not parts.netloc or not report.isprintable():
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or not report.isprintable()
+            ):
                 raise exceptions.OptionsError(
                     f"jg_report_url: must be an http(s) URL, got {report[:80]!r}"
                 )
@@ -230,166 +215,12 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
         self.refused.pop(client.id, None)
         self.fail_tls.discard(client.id)
 
-    def _has_ip_rules(self, engine: Engine) -> bool:
-        cached, answer = self._ip_rules
-        if cached is engine:
-            return answer
-        by_kind = getattr(engine.block, "meta", {}).get("by_kind")
-        answer = not isinstance(by_kind, dict) or bool(by_kind.get("ip") or by_kind.get("cidr"))
-        self._ip_rules = (engine, answer)
-        return answer
-
     def _granted(self, client: connection.Client, v: Verdict) -> bool:
         """A proceed-anyway grant covers this verdict: a name's, never an address rule's."""
         m = v.match
         if self.signer is None or (m is not None and m.kind in ADDRESS_KINDS):
             return False
-        return self.signer.granted(_client_ip(client), v.host)
-
-    def _log(self, v: Verdict, what: str, stage: str, client: connection.Client, rid: str) -> None:
-        m = v.match
-        logger.info(
-            "jectguard: %s %s (stage %s, list %s, rule %r, client %s, id %s)",
-            what,
-            printable(v.input[:500]),
-            stage,
-            m.list if m else "-",
-            m.rule if m else "-",
-            _client_ip(client),
-            rid,
-        )
-
-    # -- connections passed through untouched, and the server connection ---------
-
-    def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        """Connections passed through untouched (ignore_hosts, --no-intercept): check the SNI.
-
-        mitmproxy's own next_layer addon runs first and picks a raw TCP layer for
-        ignored hosts; the ClientHello is in the buffered client data, not yet sent.
-        """
-        if not isinstance(nextlayer.layer, layers.TCPLayer):
-            return
-        client = nextlayer.context.client
-        refusal = self.refused.get(client.id)
-        if refusal is None:
-            data = nextlayer.data_client()
-            if not starts_like_tls_record(data):
-                return
-            try:
-                hello = parse_client_hello(data)
-            except ValueError:
-                return
-            if hello is None or not hello.sni:
-                return
-            v = self.holder.engine.check_host(hello.sni)
-            if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
-                return
-            rid = new_request_id()
-            if self._granted(client, v):
-                self._log(v, "allowed by proceed-anyway grant", "sni", client, rid)
-                return
-            if v.action is Action.MONITOR or not self.enforce:
-                self._log(v, "monitor: would block", "sni", client, rid)
-                return
-            self._log(v, "blocked (connection closed)", "sni", client, rid)
-            self.refused[client.id] = (v, "sni", f"https://{hello.sni}/")
-        elif not self.enforce:
-            return
-        nextlayer.layer = RefuseLayer(nextlayer.context)
-
-    def tls_start_client(self, data: tls.TlsData) -> None:
-        if data.context.client.id in self.fail_tls:
-            data.ssl_conn = None  # mitmproxy then closes the client connection
-
-    # -- the server connection ----------------------------------------------
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        server, client = data.server, data.client
-        if server.error or not server.address:
-            return
-        refusal = self.refused.get(client.id)
-        if refusal is not None and self.enforce:
-            v, stage, url = refusal
-            m = v.match
-            server.error = (
-                f"jectguard: {printable(url)} is blocked ({stage}; list {m.list if m else '-'}); "
-                "no connection was made"
-            )
-            return
-        if not self.check_resolved or isinstance(client.proxy_mode, mode_specs.UpstreamMode):
-            return  # upstream mode: the upstream proxy resolves the name, not us
-        engine = self.holder.engine
-        if not self._has_ip_rules(engine):
-            return
-        host, port = server.address[0], server.address[1]
-        addresses = await self._resolve(host, port)
-        for addr in addresses:
-            v = engine.check_host(addr)
-            if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
-                continue
-            rid = new_request_id()
-            what = f"{host} at" if addr != host else "address"
-            if self._granted(client, v) or self._granted_name(client, host):
-                self._log(v, f"allowed by proceed-anyway grant: {what}", "address", client, rid)
-                continue
-            if v.action is Action.MONITOR or not self.enforce:
-                self._log(v, f"monitor: would refuse connection to {what}", "address", client, rid)
-                continue
-            self._log(v, f"refused connection to {what}", "address", client, rid)
-            m = v.match
-            server.error = (
-                f"jectguard: {printable(host)} resolves to {addr}, which is blocked "
-                f"(list {m.list if m else '-'}, rule {m.rule if m else '-'}, id {rid}); "
-                "no connection was made"
-            )
-            return
-
-    def _granted_name(self, client: connection.Client, host: str) -> bool:
-        if self.signer is None:
-            return False
-        try:
-            name = canonical_host(host)
-        except CanonError:
-            return False
-        return self.signer.granted(_client_ip(client), name)
-
-    @staticmethod
-    async def _resolve(host: str, port: int) -> list[str]:
-        """The addresses a connection to ``host`` may use (the IP itself for an IP)."""
-        try:
-            return [str(ipaddress.ip_address(host.partition("%")[0]))]
-        except ValueError:
-            pass
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_SECONDS
-            )
-        except (OSError, TimeoutError, UnicodeError, ValueError):
-            return []  # mitmproxy's own connect reports the failure
-        out: list[str] = []
-        for info in infos:
-            addr = str(info[4][0]).partition("%")[0]
-            if addr not in out:
-                out.append(addr)
-        return out
-
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Warn when the connected address is listed (the name's DNS changed after our check)."""
-        peer = data.server.peername
-        if not peer or not self.check_resolved or not self.enforce:
-            return
-        engine = self.holder.engine
-        if not self._has_ip_rules(engine):
-            return
-        v = engine.check_host(str(peer[0]).partition("%")[0])
-        if v.action is Action.BLOCK and not self._granted(data.client, v):
-            logger.warning(
-                "jectguard: connected to %s at listed address %s after the resolve check "
-                "passed (DNS changed in between)",
-                data.server.address, peer[0],
-            )
+        return self.signer.granted(client_ip(client), v.host)
 
 
-
-__all__ = ["HEADER_NAME", "METADATA_KEY", "Blocking", "block_header"]
+__all__ = ["HEADER_NAME", "METADATA_KEY", "Blocking", "block_header", "own_addresses"]

@@ -10,12 +10,13 @@ The SNI of a TLS ClientHello is checked the same way; an unreadable one fails cl
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import mode_specs
 
-from proxy_addons.core.engine import Action, Verdict
+from proxy_addons.core.authority import url_host
+from proxy_addons.core.engine import Action, Engine, Verdict
 
 from .decide import (
     Act,
@@ -35,6 +36,26 @@ if TYPE_CHECKING:
     from proxy_addons.core.destinations import DestinationPolicy
 
     from .holder import EngineHolder
+
+
+# TLS extension 0 (RFC 6066): server_name.
+_SERVER_NAME_EXTENSION: Final = 0
+
+
+def server_name_verdict(engine: Engine, hello: tls.ClientHello) -> Verdict | None:
+    """The SNI's verdict, or None when the ClientHello names no server.
+
+    mitmproxy's ``ClientHello.sni`` is None both without the extension and when it
+    cannot read it (two names, bytes that are not a host name); a server may still
+    route by such a name, so an extension that is there but unreadable is an error.
+    """
+    if hello.sni:
+        return engine.check_host(hello.sni)
+    if any(t == _SERVER_NAME_EXTENSION for t, _ in hello.extensions):
+        return Verdict(
+            Action.ERROR, "(TLS server name)", error="the server_name extension cannot be read"
+        )
+    return None
 
 
 class ConnectChecks:
@@ -75,7 +96,11 @@ class ConnectChecks:
             if not self.policy.connect_port_allowed(req.port):
                 why = f"CONNECT to port {req.port} is not allowed (--connect-ports)"
                 checks.append(refuse_destination(Stage.CONNECT, url, why))
-        d = checks[0] if len(checks) == 1 else worst(checks)
+        self.answer_connect(flow, checks[0] if len(checks) == 1 else worst(checks))
+
+    def answer_connect(self, flow: http.HTTPFlow, d: Decision) -> None:
+        """Record a CONNECT's decision and answer it when it refuses (the addresses addon too)."""
+        client = flow.client_conn
         if d.action is Act.PASS:
             flow.metadata[METADATA_KEY] = {"action": "pass"}
             return
@@ -93,7 +118,7 @@ class ConnectChecks:
             # Open the tunnel to ourselves only: the block page is served inside it,
             # and server_connect refuses any connection for this client.
             log_decision(d, client_ip(client), rid, " (tunnel kept local for the block page)")
-            self.refused[client.id] = (v, d.stage.value, d.url)
+            self.refused[client.id] = (d.checked, d.stage.value, d.url)
             # One visit, one event: the block page's request, or this CONNECT if
             # the client sends none (e.g. it does not trust the CA).
             flow.metadata[METADATA_KEY]["deferred"] = True
@@ -118,10 +143,11 @@ class ConnectChecks:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
-        sni = data.client_hello.sni
-        if sni and client.id not in self.refused:
-            v = self.holder.engine.check_host(sni)
-            url = f"https://{sni}/"
+        v = None
+        if client.id not in self.refused:
+            v = server_name_verdict(self.holder.engine, data.client_hello)
+        if v is not None:
+            url = f"https://{url_host(data.client_hello.sni or v.input)}/"
             d = self._decide(Stage.SNI, v, url, client)
             if d.action is not Act.PASS and d.action is not Act.ALLOW:
                 log_decision(d, client_ip(client), new_request_id())

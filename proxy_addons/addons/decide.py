@@ -46,6 +46,7 @@ class Stage(enum.StrEnum):
     REDIRECT = "redirect"  # Location or Refresh of a response
     ADDRESS = "address"  # an address the server name resolves to
     DESTINATION = "destination"  # a destination refused by policy, not by a list
+    TUNNEL = "tunnel"  # what a tunnel carries (neither TLS nor HTTP, or never shown)
 
 
 class Act(enum.StrEnum):
@@ -174,6 +175,7 @@ _NAMES: Final = {
     Stage.REDIRECT: "the redirect target",
     Stage.ADDRESS: "the server address",
     Stage.DESTINATION: "the destination",
+    Stage.TUNNEL: "the tunnel's content",
 }
 
 _LOG_WHAT: Final = {

@@ -153,6 +153,26 @@ async def forward(servers: Sequence[NameServer], request: dns.DNSMessage) -> dns
     raise OSError("no upstream name server answered: " + ("; ".join(problems) or "none set"))
 
 
+class InvalidMessageThrottle(logging.Filter):
+    """mitmproxy logs every malformed DNS packet; a flood would flood the log. At most
+    ``LogBudget.per_minute`` such lines a minute pass, then one saying how many did not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget = LogBudget()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "sent an invalid message" not in str(record.msg):
+            return True
+        ok, held = self.budget.take(record.created)
+        if ok and held:
+            record.msg = f"{record.msg} ({held} more invalid messages not logged)"
+        return ok
+
+
+_SERVER_LOGGER: Final = "mitmproxy.proxy.server"
+
+
 class DnsFilter:
     """Answers DNS from the lists; see the module docstring."""
 
@@ -171,6 +191,15 @@ class DnsFilter:
         self._upstream_log = LogBudget()
 
     # -- options ------------------------------------------------------------
+
+    def running(self) -> None:
+        self._throttle = InvalidMessageThrottle()
+        logging.getLogger(_SERVER_LOGGER).addFilter(self._throttle)
+
+    def done(self) -> None:
+        throttle = getattr(self, "_throttle", None)
+        if throttle is not None:
+            logging.getLogger(_SERVER_LOGGER).removeFilter(throttle)
 
     def load(self, loader: Any) -> None:
         loader.add_option(

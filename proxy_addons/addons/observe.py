@@ -8,6 +8,8 @@ It reads, never decides:
 - ``flow.metadata["jectguard_strip"]`` (the stripping addon): ``{"findings":
   [Finding.as_dict(), ...], "skipped": reason or None}``.
 - a flow error starting ``jectguard:`` naming a refused resolved address.
+- :meth:`Observe.connection_decision`, called by the tunnels addon for decisions on
+  connections that carry no flow (unclassifiable content, a relayed SNI).
 
 Load it after the addons it observes. Each decision (one request id) is
 recorded once, however many hooks see it. A blocked CONNECT whose tunnel the
@@ -28,6 +30,7 @@ from proxy_addons.events import EventLog, open_sink
 from proxy_addons.metrics import Metrics
 
 from .blocking import METADATA_KEY
+from .decide import Act, Decision
 from .holder import EngineHolder
 from .ledger import flow_user
 
@@ -230,6 +233,38 @@ class Observe:
             rule=m["rule"] if m["rule"] != "-" else None, category=category,
             request_id=m["rid"], stage="address", host=m["host"], address=m["addr"],
         )
+
+    # -- decisions no flow carries ----------------------------------------------
+
+    def connection_decision(self, d: Decision, client: str, request_id: str) -> None:
+        """A decision on a connection without a flow (a tunnel's content, a relayed SNI)."""
+        if d.action is Act.PASS or d.action is Act.ALLOW:
+            return
+        v = d.as_dict(request_id)["verdict"]
+        v = v if isinstance(v, Mapping) else {}
+        fields: dict[str, Any] = {
+            "client": client or None,
+            "url": v.get("canonical_url") or v.get("url") or d.url,
+            "verdict": v.get("verdict"),
+            "list": v.get("list"),
+            "rule": v.get("rule"),
+            "category": self._category_of(v.get("list")),
+            "request_id": request_id,
+            "stage": d.stage.value,
+            "host": v.get("host"),
+        }
+        self.metrics.record_checked(d.action.value)
+        if d.action is Act.BLOCK:
+            self._emit_block(v, fields)
+        elif d.action is Act.MONITOR:
+            self.metrics.record_monitor(fields["list"], fields["category"])
+            self.events.emit("monitor", **fields)
+        elif d.action is Act.PROCEED:
+            self.metrics.record_override(fields["list"], "proceed-anyway")
+            self.events.emit("allow-override", reason="proceed-anyway", **fields)
+        else:
+            self.metrics.record_error(d.stage.value)
+            self.events.emit("error", reason=d.reason or v.get("error"), **fields)
 
     # -- strips -------------------------------------------------------------
 

@@ -147,7 +147,7 @@ class Refresh:
         busy: feeds are fetched independently, see Refresher.trigger)."""
         return None if self.refresher is None else self.refresher.trigger()
 
-    def status(self) -> list[dict[str, Any]] | None:
+    def status(self) -> dict[str, Any] | None:
         return None if self.refresher is None else self.refresher.status()
 
     async def done(self) -> None:

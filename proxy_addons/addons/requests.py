@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
+from proxy_addons.core.authority import request_url
 from proxy_addons.core.engine import Action, Verdict
 from proxy_addons.core.targets import join_target, refresh_target, routed_name
 
@@ -52,15 +53,6 @@ Refusal = tuple[Verdict, str, str]
 def client_ip(client: connection.Client) -> str:
     peer = client.peername
     return str(peer[0]) if peer else ""
-
-
-def request_url(scheme: str, host: str, port: int, path: str) -> str:
-    """The URL the proxy forwards, with an IPv6 host in brackets (mitmproxy leaves them out)."""
-    if ":" in host:
-        host = f"[{host}]"
-    if port != (443 if scheme in ("https", "wss") else 80):
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}{path if path.startswith('/') else '/'}"
 
 
 class RequestChecks:

@@ -12,11 +12,13 @@ users swap one reference.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Final, NamedTuple
+from typing import ClassVar, Final, NamedTuple
 
 from .canon import CanonicalURL, canonical_host, canonicalize_url, host_kind
+from .embedding import carried_ipv4
 from .errors import CanonError
 from .guard import PoisonGuard
 from .index import CompiledIndex, CompileStats, compile_index, host_probes
@@ -92,10 +94,24 @@ def split_exceptions(
     return block, allow
 
 
+# Which verdict wins when an IPv6 address and the IPv4 it carries disagree.
+_RANK: Final = {
+    Action.PASS: 0,
+    Action.ALLOW: 1,
+    Action.MONITOR: 2,
+    Action.BLOCK: 3,
+    Action.ERROR: 4,
+}
+
+
 class Engine:
     """Answers "is this blocked, and why?" for URLs, hosts and IP addresses."""
 
     __slots__ = ("block", "allow", "extra")
+
+    # NAT64 prefixes configured by the operator (``jg_nat64_prefixes``), besides the
+    # well-known ones: process-wide, as a translator is a property of the network.
+    nat64: ClassVar[tuple[ipaddress.IPv6Network, ...]] = ()
 
     def __init__(
         self, block: CompiledIndex, allow: CompiledIndex, extra: CompiledIndex | None = None
@@ -138,9 +154,16 @@ class Engine:
         if blocked is None and self.extra is not None:
             blocked = self.extra.match_url(cu, probes)
         allowed = None if self.allow.empty else self.allow.match_url(cu, probes)
-        return self._decide(
+        v = self._decide(
             original if original is not None else cu.url, cu, cu.host, blocked, allowed
         )
+        if cu.host_kind == "ipv6" and (v.action is Action.PASS or v.action is Action.MONITOR):
+            # An IPv6 address that carries an IPv4 one (6to4, NAT64, Teredo) reaches it.
+            for v4 in carried_ipv4(ipaddress.IPv6Address(cu.host), self.nat64):
+                v2 = self.check_canonical(cu._replace(host=str(v4), host_kind="ipv4"), v.input)
+                if _RANK[v2.action] > _RANK[v.action]:
+                    v = v2
+        return v
 
     def check_host(self, host: str) -> Verdict:
         """Verdict for a bare host (CONNECT target, SNI, resolved IP): whole-host rules only."""
@@ -153,7 +176,13 @@ class Engine:
         if blocked is None and self.extra is not None:
             blocked = self.extra.match_host(canon, probes)
         allowed = None if self.allow.empty else self.allow.match_host(canon, probes)
-        return self._decide(host, None, canon, blocked, allowed)
+        v = self._decide(host, None, canon, blocked, allowed)
+        if ":" in canon and (v.action is Action.PASS or v.action is Action.MONITOR):
+            for v4 in carried_ipv4(ipaddress.IPv6Address(canon), self.nat64):
+                v2 = self.check_host(str(v4))
+                if _RANK[v2.action] > _RANK[v.action]:
+                    v = v2._replace(input=host)
+        return v
 
     @staticmethod
     def _decide(

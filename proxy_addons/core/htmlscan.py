@@ -328,10 +328,11 @@ _BREAKOUT = _names(
     "i img li listing menu meta nobr ol p pre ruby s small span strong strike sub sup "
     "table tt u ul var"
 )
-# HTML elements that cannot be open around foreign content: void elements and
-# those whose content is text (their end tag is found by the tokenizer).
+# HTML elements that cannot be open around foreign content: void elements, those
+# whose content is text (their end tag is found by the tokenizer), and svg and math,
+# which are never HTML elements (an unmatched </math> under <svg> closes nothing).
 _NEVER_OPEN = _VOID | _names(
-    "script style xmp iframe noembed noframes noscript textarea title plaintext"
+    "script style xmp iframe noembed noframes noscript textarea title plaintext svg math"
 )
 # End tags whose insertion-mode rules look past MathML/SVG integration points: "in
 # head" closes a template anywhere on the stack; the table modes use table scope,

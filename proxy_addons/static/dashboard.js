@@ -88,6 +88,7 @@
         age(snap.age_seconds) + " ago" + (snap.refused_by_guard ? "; " + snap.refused_by_guard +
         " refused by the poison guard" : "")
       : "No index loaded.";
+    showInForce(s.in_force);
     const refreshBySource = {};
     const r = s.refresh;
     const sources = r && (Array.isArray(r) ? r : r.sources);
@@ -105,7 +106,29 @@
       tr.appendChild(healthCell(l, refreshBySource[l.name]));
       tbody.appendChild(tr);
     }
+    const last = r && !Array.isArray(r) ? r.last_refresh : null;
+    $("refresh-msg").textContent = last && last.not_published
+      ? "Last refresh not published: " + last.not_published : $("refresh-msg").textContent;
     $("refresh").hidden = !s.refresh_available;
+  }
+
+  // The store's record of what is in force (the same one `jectguard lists` shows): which
+  // snapshot, whether this process serves it, a rollback and the sources it holds, a repair.
+  function showInForce(rec) {
+    const box = $("in-force");
+    clear(box);
+    if (!rec) { box.hidden = true; return; }
+    box.hidden = false;
+    const lines = ["In force: " + rec.snapshot + (rec.serving === false ? " (this process " +
+      "does not serve it yet)" : "")];
+    if (rec.rolled_back_from) lines.push("Rolled back from " + rec.rolled_back_from + ".");
+    const holds = rec.holds || {};
+    for (const name of Object.keys(holds)) {
+      lines.push("Held: " + name + " (" + holds[name].reason + "); release with " +
+        "`jectguard rollback --release " + name + "`.");
+    }
+    if (rec.repaired) lines.push("Repaired: " + rec.repaired);
+    for (const line of lines) box.appendChild(el("div", line));
   }
 
   function healthCell(list, src) {
@@ -116,8 +139,11 @@
     if (info.held_back || info.held_back_reason) { state = "refresh-held"; text = "held back"; }
     if (info.last_error || info.error) { state = "error"; text = "error"; }
     if (info.loaded === false) { state = "error"; text = "not loaded"; }
+    const hold = info.held || (info.hold && info.hold.reason);
+    if (hold) { state = "refresh-held"; text = "held (rollback)"; }
     td.appendChild(el("span", text, "badge " + state));
-    const why = info.held_back_reason || info.last_error || info.error;
+    const why = (hold ? "held: " + hold : null) || info.held_back || info.held_back_reason ||
+      info.last_error || info.error;
     if (why) td.appendChild(el("div", why, "muted"));
     const ageS = info.age_seconds !== undefined ? info.age_seconds : null;
     if (ageS !== null) td.appendChild(el("div", "updated " + age(ageS) + " ago", "muted"));

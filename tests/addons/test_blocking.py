@@ -18,12 +18,15 @@ with warnings.catch_warnings():
 from mitmproxy import connection, exceptions, http, tls
 from mitmproxy.proxy import context as proxy_context
 from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
+from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
 from proxy_addons.addons.proceed import PROCEED_HOST
+from proxy_addons.addons.tunnels import Tunnels
 from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
@@ -361,7 +364,9 @@ async def test_connect_blocked_with_interception_keeps_tunnel_local(addon: Block
         assert f.client_conn.id in addon.refused
         # no connection to the origin, ever
         server = connection.Server(address=("evil.test", 443))
-        await addon.server_connect(server_hooks.ServerConnectionHookData(server, f.client_conn))
+        await Addresses(addon, refuses=None).server_connect(
+            server_hooks.ServerConnectionHookData(server, f.client_conn)
+        )
         assert server.error and "blocked" in server.error
         # the request inside the tunnel gets the page, even with an innocent Host header
         inner = req("https://evil.test/", NAV)
@@ -394,6 +399,7 @@ def clienthello(sni: str | None, client: connection.Client) -> tls.ClientHelloDa
 
     hello = _Hello()
     hello.sni = sni  # type: ignore[attr-defined]
+    hello.extensions = [] if sni is None else [(0, b"")]  # type: ignore[attr-defined]
     return tls.ClientHelloData(ctx, hello)  # type: ignore[arg-type]
 
 
@@ -416,7 +422,7 @@ async def test_sni_blocked_without_interception_fails_tls(addon: Blocking) -> No
         assert not data.ignore_connection and client.id in addon.fail_tls
         start = tls.TlsData(client, data.context)
         start.ssl_conn = object()  # type: ignore[assignment]
-        addon.tls_start_client(start)
+        Tunnels(addon).tls_start_client(start)
         assert start.ssl_conn is None
 
 
@@ -426,36 +432,6 @@ async def test_sni_allowed_without_interception_passes_through(addon: Blocking) 
         data = clienthello("example.test", tflow.tclient_conn())
         addon.tls_clienthello(data)
         assert data.ignore_connection
-
-
-@pytest.mark.parametrize(
-    ("address", "refused"),
-    [
-        (("198.51.100.7", 80), True),
-        (("203.0.113.200", 443), True),
-        (("localhost", 80), True),  # resolves to 127.0.0.1, inside 127.0.0.0/31
-        (("192.0.2.1", 80), False),
-        (("no-such-host.invalid", 80), False),  # resolution fails: mitmproxy reports it
-    ],
-)
-async def test_server_connect_checks_resolved_address(
-    addon: Blocking, address: tuple[str, int], refused: bool
-) -> None:
-    with taddons.context(addon):
-        server = connection.Server(address=address)
-        client = tflow.tclient_conn()
-        await addon.server_connect(server_hooks.ServerConnectionHookData(server, client))
-        assert bool(server.error) is refused
-
-
-async def test_server_connect_monitor_only_logs(addon: Blocking) -> None:
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, jg_mode="monitor")
-        server = connection.Server(address=("198.51.100.7", 80))
-        await addon.server_connect(
-            server_hooks.ServerConnectionHookData(server, tflow.tclient_conn())
-        )
-        assert server.error is None
 
 
 # -- proceed anyway ------------------------------------------------------------
@@ -906,3 +882,22 @@ async def test_unreadable_sni_fails_closed(addon: Blocking) -> None:
         client = tflow.tclient_conn()
         addon.tls_clienthello(clienthello("a" * 300 + ".test", client))
         assert client.id in addon.refused
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+@pytest.mark.parametrize("intercept", [True, False])
+async def test_sni_extension_mitmproxy_cannot_read_fails_closed(
+    addon: Blocking, mode: str, intercept: bool
+) -> None:
+    """A server_name mitmproxy reads as None (not a host name) is no SNI-less hello."""
+    from .test_tunnels import client_hello
+
+    hello = parse_client_hello(client_hello("exa%mple.test"))
+    assert hello is not None and hello.sni is None and hello.extensions
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jg_mode=mode, jg_intercept=intercept)
+        client = tflow.tclient_conn()
+        data = tls.ClientHelloData(proxy_context.Context(client, tctx.options), hello)
+        addon.tls_clienthello(data)
+        assert client.id in addon.refused and not data.ignore_connection
+        assert (client.id in addon.fail_tls) is not intercept

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +101,10 @@ def holder() -> EngineHolder:
 
 
 @pytest.fixture
-def addon(holder: EngineHolder) -> Strip:
-    return Strip(holder)
+async def addon(holder: EngineHolder) -> AsyncIterator[Strip]:
+    strip = Strip(holder)
+    yield strip
+    await strip.done()  # bodies over INLINE_SCAN_BYTES start worker processes: stop them
 
 
 def response_flow(
@@ -539,8 +541,8 @@ async def test_large_page_scanned_off_the_loop(addon: Strip) -> None:
     with strip_context(addon) as tctx:
         tctx.configure(addon, jg_strip_comment=False)
         await through(addon, f)
-        assert addon._worker is not None  # the worker thread did it
-        addon.done()
+        assert addon._pool is not None and addon._pool.pids  # a worker process did it
+        await addon.done()
     assert f.response.raw_content == big.encode()  # type: ignore[union-attr]
     assert f.response.headers["etag"] == 'W/"big"'  # type: ignore[union-attr]
 

@@ -32,6 +32,7 @@ it asserts exact agreement.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections import Counter
@@ -40,6 +41,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.utils.conventions import not_set
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _reference import Key, reference, scanner_keys  # noqa: E402
@@ -167,9 +169,14 @@ _ATOMS = [
 _documents = st.lists(st.one_of(_tag(), st.sampled_from(_ATOMS)), max_size=40).map("".join)
 
 
+# The same 1,500 documents on every run, so CI never fails on a document no one saw;
+# JG_EXPLORE=1 draws new ones (how the cases in the @examples below were found: each
+# new find goes into tests/data/html/hostile.txt and an @example).
 @settings(
     max_examples=1500,
     deadline=None,
+    derandomize=not os.environ.get("JG_EXPLORE"),
+    database=None if not os.environ.get("JG_EXPLORE") else not_set,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(_documents)
@@ -178,6 +185,7 @@ _documents = st.lists(st.one_of(_tag(), st.sampled_from(_ATOMS)), max_size=40).m
 @example("<math><script/></script><script>")
 @example("<noscript><svg></noscript><script>x</script>")
 @example("<noscript><select><style><script>")
+@example("</script<math><svg></math><iframe>")
 def test_generated_documents_agree_with_lexbor(doc: str) -> None:
     _agree(doc)
 

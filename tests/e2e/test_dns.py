@@ -251,6 +251,13 @@ def test_garbage_never_crashes_and_service_goes_on(dnsproxy: tuple[Proxy, int, P
     assert answers(ask(port, "www.good.example")) == [("A", "192.0.2.10")]
     assert answers(ask(port, "evil.example", tcp=True)) == [("A", "0.0.0.0")]
     assert "Traceback" not in proxy.output()
+    # Malformed packets from 40 source ports (each its own "connection" to mitmproxy):
+    # the log says so a bounded number of times a minute, and the service goes on.
+    for _ in range(40):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"\x01\x02\x03", ("127.0.0.1", port))
+    assert answers(ask(port, "www.good.example")) == [("A", "192.0.2.10")]
+    assert 0 < proxy.output().count("sent an invalid message") <= 10
 
 
 @pytest.mark.parametrize(

@@ -464,21 +464,31 @@ def test_curl_passthrough(proxy_passthrough: Proxy, origin: Origin) -> None:
 def test_resolved_address_gets_zero_bytes(
     proxy: Proxy, proxy_passthrough: Proxy, attacker: ByteCounter, scheme: str
 ) -> None:
-    """attacker.test resolves to an address on the IP list (this machine's own)."""
+    """attacker.test resolves to an address on the IP list (this machine's own): the
+    block page names the address (not mitmproxy's 502), and the address gets nothing."""
     if scheme == "http":
-        resp = get(proxy, f"http://attacker.test:{attacker.port}/payload.js")
-        assert status_of(resp) == 502
-        assert b"jectguard" in resp and str(ATTACKER_IP).encode() in resp
+        resp = get(proxy, f"http://attacker.test:{attacker.port}/payload.js", NAV)
+        assert status_of(resp) == 403
+        assert "list=e2e-ips" in (header_of(resp, "X-Jectguard-Block") or "")
+        assert str(ATTACKER_IP).encode() in resp and b"IP address" in resp
     else:
-        for p in (proxy, proxy_passthrough):
-            resp = raw_exchange(
-                p.port, f"CONNECT attacker.test:{attacker.port} HTTP/1.1\r\n\r\n".encode()
-            )
-            assert status_of(resp) == 502, resp
+        ctx = client_ssl(proxy.ca)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(f"CONNECT attacker.test:{attacker.port} HTTP/1.1\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")  # kept local for the page
+            with ctx.wrap_socket(s, server_hostname="attacker.test") as tls:
+                tls.sendall(b"GET /x HTTP/1.1\r\nHost: attacker.test\r\nAccept: */*\r\n\r\n")
+                page = tls.recv(65536)
+        assert status_of(page) == 403 and str(ATTACKER_IP).encode() in page
+        resp = raw_exchange(
+            proxy_passthrough.port,
+            f"CONNECT attacker.test:{attacker.port} HTTP/1.1\r\n\r\n".encode(),
+        )
+        assert status_of(resp) == 403, resp
+        assert "list=e2e-ips" in (header_of(resp, "X-Jectguard-Block") or "")
     time.sleep(0.3)
     assert attacker.connections == 0
     assert attacker.received == b""
-    assert f"resolves to {ATTACKER_IP}" in proxy.output()
 
 
 def test_direct_ip_of_attacker_blocked_at_request(proxy: Proxy, attacker: ByteCounter) -> None:

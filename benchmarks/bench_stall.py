@@ -1,0 +1,299 @@
+"""Does scanning a big page stall other connections? ``jectguard run`` vs plain mitmdump, one run.
+
+    python benchmarks/bench_stall.py [--rounds 3] [--loads 2] [--quick]
+
+One origin (its own process) serves pages with megabytes of inline script, the
+shape of a server-rendered app's state:
+
+  js 1.3 MB / js 5 MB      ``<script>window.__STATE__ = {...}</script>`` (JavaScript: judged
+                           by its text), new bytes on every load (no cache can help)
+  json 1.3 MB / json 5 MB  ``<script id="__NEXT_DATA__" type="application/json">``, new bytes
+  js 5 MB, repeated        the same bytes every load (a site's shell served to every client)
+
+and a small page (2 KB HTML). For each proxy in turn (a real ``jectguard run`` with
+stripping on, and plain ``mitmdump`` with no addons), one client loads the big pages
+one after another while a second client sends small requests back to back over
+keep-alive; the proxies alternate for ``--rounds`` rounds. Printed: the small
+requests' p50/p99/max latency while big pages were in flight, for both proxies and
+the difference, and each big page's median load time and the time jectguard adds.
+
+Issue 17's targets: no small request waits more than 50 ms longer because a big
+page is scanned; a page with 5 MB of inline script adds at most 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_strip_proxy import QUIET, free_port, jectguard_cmd, start, stop  # noqa: E402
+
+REQUEST_TIMEOUT = 60.0
+SMALL = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>small</title>"
+    b'<script src="/static/app.js"></script></head><body><h1>Small</h1>'
+    + b"<p>lorem ipsum dolor sit amet</p>" * 50
+    + b"<script>window.ok = 1;</script></body></html>"
+)
+BIG = {
+    # name: (kind, bytes of state, new bytes each load)
+    "js 1.3 MB": ("js", 1_300_000, True),
+    "js 5 MB": ("js", 5_000_000, True),
+    "json 1.3 MB": ("json", 1_300_000, True),
+    "json 5 MB": ("json", 5_000_000, True),
+    "js 5 MB, repeated": ("js", 5_000_000, False),
+}
+QUICK = ("js 1.3 MB", "js 5 MB", "js 5 MB, repeated")
+
+
+def app_state(size: int, seed: int = 1) -> bytes:
+    """JSON app state: posts with image URLs, author links and text (~9k URLs per 5 MB)."""
+    rnd = random.Random(seed)
+    items: list[str] = []
+    n = 0
+    for i in itertools.count():
+        item = json.dumps(
+            {
+                "id": i,
+                "slug": f"post-{i}-{rnd.randrange(10**6)}",
+                "title": "lorem ipsum dolor sit amet",
+                "image": f"https://cdn{i % 7}.example.com/img/{i}/{rnd.randrange(10**9)}.jpg",
+                "author": {"name": "A. Writer", "href": f"/authors/{i % 500}"},
+                "body": "lorem ipsum dolor sit amet consectetur " * 10,
+            }
+        )
+        items.append(item)
+        n += len(item) + 1
+        if n >= size:
+            break
+    return b'{"props":{"pageProps":{"items":[' + ",".join(items).encode() + b"]}}}"
+
+
+def big_page(kind: str, state: bytes) -> bytes:
+    if kind == "json":
+        script = b'<script id="__NEXT_DATA__" type="application/json">' + state + b"</script>"
+    else:
+        script = b"<script>window.__STATE__ = " + state + b";</script>"
+    return (
+        b"<!doctype html><html><head><meta charset=utf-8><title>app</title></head>"
+        b'<body><div id="root"><h1>App</h1></div>' + script + b"</body></html>"
+    )
+
+
+def _response(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+async def serve_origin(port: int) -> None:
+    pages = {name: big_page(kind, app_state(size)) for name, (kind, size, _) in BIG.items()}
+    paths = {f"/big{i}".encode(): name for i, name in enumerate(BIG)}
+    counter = itertools.count()
+
+    async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ", 2)[1]
+                path = b"/" + target.split(b"/", 3)[-1] if target.startswith(b"http") else target
+                name = paths.get(path)
+                if name is None:
+                    writer.write(_response(SMALL))
+                else:
+                    body = pages[name]
+                    if BIG[name][2]:  # new bytes: a nonce in every item's slug
+                        nonce = b"n%d-" % next(counter)
+                        body = body.replace(b'"slug": "post-', b'"slug": "' + nonce + b"post-")
+                    writer.write(_response(body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(conn, "127.0.0.1", port, backlog=64)
+    async with server:
+        await server.serve_forever()
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection to a proxy, one request at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def get(self, url: str) -> tuple[float, int, bytes]:
+        host = url.split("/")[2]
+        t0 = time.perf_counter()
+        self.sock.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._recv()
+        head = bytes(self.buf[:end])
+        del self.buf[: end + 4]
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self.buf) < length:
+            self._recv()
+        body = bytes(self.buf[:length])
+        del self.buf[:length]
+        return time.perf_counter() - t0, status, body
+
+    def _recv(self) -> None:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("proxy closed the connection")
+        self.buf += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def phase(
+    port: int, base: str, names: list[str], loads: int
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Big pages loaded one after another while small requests run back to back."""
+    small: list[float] = []
+    stop_small = threading.Event()
+    started = threading.Event()
+
+    def small_client() -> None:
+        c = Client(port)
+        try:
+            c.get(base + "/small")
+            started.set()
+            while not stop_small.is_set():
+                t, status, _ = c.get(base + "/small")
+                assert status == 200, status
+                small.append(t)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=small_client, daemon=True)
+    t.start()
+    started.wait(REQUEST_TIMEOUT)
+    big: dict[str, list[float]] = {n: [] for n in names}
+    c = Client(port)
+    try:
+        for _ in range(loads):
+            for n in names:
+                elapsed, status, body = c.get(f"{base}/big{list(BIG).index(n)}")
+                assert status == 200 and len(body) > 1_000_000, (n, status, body[:200])
+                big[n].append(elapsed)
+    finally:
+        stop_small.set()
+        t.join(REQUEST_TIMEOUT)
+        c.close()
+    return small, big
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f}"
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loads", type=int, default=2, help="loads of each big page per phase")
+    parser.add_argument("--workers", type=int, default=2, help="jg_strip_workers")
+    parser.add_argument("--quick", action="store_true", help="js pages only, one round")
+    parser.add_argument("--serve-origin", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_origin:
+        asyncio.run(serve_origin(args.serve_origin))
+        return
+    names = list(QUICK if args.quick else BIG)
+    rounds = 1 if args.quick else args.rounds
+
+    with tempfile.TemporaryDirectory(prefix="jg_stall_bench_") as t:
+        tmp = Path(t)
+        blocklist = tmp / "block.txt"
+        blocklist.write_text("".join(f"bad{i}.example\n" for i in range(10_000)))
+        oport = free_port()
+        procs = []
+        try:
+            procs.append(
+                start(
+                    [sys.executable, __file__, "--serve-origin", str(oport)],
+                    tmp / "origin.log",
+                    oport,
+                )
+            )
+            ports: dict[str, int] = {}
+            jport = free_port()
+            (tmp / "jg").mkdir()
+            cmd = jectguard_cmd(jport, tmp / "jg", blocklist, True)
+            cmd += ["--set", f"jg_strip_workers={args.workers}"]
+            procs.append(start(cmd, tmp / "jg" / "proxy.log", jport))
+            ports["jectguard"] = jport
+            mport = free_port()
+            mitmdump = [
+                sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
+                "--listen-host", "127.0.0.1", "--listen-port", str(mport),
+                "--set", f"confdir={tmp / 'mitm'}", *QUIET,
+            ]  # fmt: skip
+            procs.append(start(mitmdump, tmp / "mitmdump.log", mport))
+            ports["mitmdump"] = mport
+            base = f"http://127.0.0.1:{oport}"
+            small: dict[str, list[float]] = {p: [] for p in ports}
+            big: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
+            for port in ports.values():  # warm-up: workers started, the repeated page seen once
+                phase(port, base, names, 1)
+            for r in range(rounds):
+                order = list(ports) if r % 2 == 0 else list(reversed(ports))
+                for p in order:
+                    s, b = phase(ports[p], base, names, args.loads)
+                    small[p] += s
+                    for n in names:
+                        big[p][n] += b[n]
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+
+    print(
+        f"{rounds} round(s) x {args.loads} load(s) of each big page per proxy; small requests "
+        f"(2 KB HTML) back to back meanwhile; jg_strip_workers={args.workers}"
+    )
+    print(f"{'small requests (ms)':28s} | {'n':>6s} {'p50':>8s} {'p99':>8s} {'max':>8s}")
+    for p in ("mitmdump", "jectguard"):
+        xs = small[p]
+        print(f"{p:28s} | {len(xs):6d} {ms(pct(xs, 0.5))} {ms(pct(xs, 0.99))} {ms(max(xs))}")
+    j, m = small["jectguard"], small["mitmdump"]
+    print(
+        f"{'added by jectguard':28s} | {'':6s} {ms(pct(j, 0.5) - pct(m, 0.5))} "
+        f"{ms(pct(j, 0.99) - pct(m, 0.99))} {ms(max(j) - max(m))}"
+    )
+    print()
+    print(f"{'big page load, median (ms)':28s} | {'mitmdump':>9s} {'jectguard':>9s} {'added':>8s}")
+    for n in names:
+        mm, jj = statistics.median(big["mitmdump"][n]), statistics.median(big["jectguard"][n])
+        print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
+
+
+if __name__ == "__main__":
+    main()
