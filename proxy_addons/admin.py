@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -76,6 +76,14 @@ REFRESH_TRIGGER_TIMEOUT: Final = 5.0
 # What a refresh trigger answers: True when a refresh started, False when one is already
 # running, None when this process has no refresher (yet).
 RefreshTrigger = Callable[[], bool | None | Awaitable[bool | None]]
+
+
+class CampaignControl(Protocol):
+    """The campaign addon, as the admin routes use it."""
+
+    def listing(self) -> dict[str, Any]: ...
+
+    async def clear(self, host: str) -> bool: ...
 
 
 class TokenError(Exception):
@@ -254,6 +262,8 @@ class AdminState:
     hosts: AdminHosts = field(default_factory=AdminHosts)
     # how the snapshot served relates to the store (stale, damaged), from the follower
     snapshot_health: Callable[[], SnapshotHealth | None] | None = None
+    # the campaign detector's findings and list (None: not loaded in this process)
+    campaigns: CampaignControl | None = None
     # retro-hunt hits found since a time (blocking: run in a thread), from the ledger addon
     retro_hits: Callable[[float], list[dict[str, Any]]] | None = None
     # the cache whose snapshot store holds the record of what is in force (and the holds)
@@ -419,8 +429,8 @@ def lists_info(engine: Engine | None, extra: list[dict[str, Any]] | None) -> lis
     """The lists the engine knows, merged with per-list details from a provider (by name)."""
     out: dict[str, dict[str, Any]] = {}
     if engine is not None:
-        for index in (engine.block, engine.allow):
-            for info in index.lists:
+        for index in (engine.block, engine.allow, engine.extra):
+            for info in index.lists if index is not None else ():
                 out.setdefault(info.name, {
                     "name": info.name,
                     "category": info.category,
@@ -666,6 +676,30 @@ async def timeline(request: web.Request) -> web.Response:
     return _json(request.app[STATE].events.timeline(minutes))
 
 
+# -- campaigns (the campaign addon) --------------------------------------------------
+
+
+async def campaigns(request: web.Request) -> web.Response:
+    control = request.app[STATE].campaigns
+    if control is None:
+        return _json({"error": "campaign detection is not loaded in this process"}, status=501)
+    return _json(control.listing())
+
+
+async def clear_campaign(request: web.Request) -> web.Response:
+    control = request.app[STATE].campaigns
+    if control is None:
+        return _json({"error": "campaign detection is not loaded in this process"}, status=501)
+    host = request.match_info["host"]
+    if not host or len(host) > 253 or not host.isprintable():
+        return _bad_request("give a host name or address")
+    try:
+        was_listed = await control.clear(host)
+    except ValueError as exc:
+        return _bad_request(f"not a host: {exc}")
+    return _json({"cleared": host, "was_listed": was_listed})
+
+
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "*"})
 
 
@@ -747,6 +781,8 @@ ROUTES: Final = [
     web.post("/api/refresh", refresh),
     web.get("/api/events", events),
     web.get("/api/timeline", timeline),
+    web.get("/api/campaigns", campaigns),
+    web.delete("/api/campaigns/{host}", clear_campaign),
     web.get("/api/retro", retro),
     web.get("/proxy.pac", proxy_pac),
     web.get("/", _static("dashboard.html")),
@@ -774,6 +810,7 @@ __all__ = [
     "AdminHosts",
     "AdminState",
     "AdminToken",
+    "CampaignControl",
     "PUBLIC_PATHS",
     "ROUTES",
     "STATE",

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_KINDS: Final = (
     "block", "monitor", "allow-override", "strip", "refresh-held", "error", "dns-block",
+    "campaign",
     "retro-hit",
 )  # fmt: skip
 # Enough for the dashboard's "recent events" and an operator's quick look; bounded memory.

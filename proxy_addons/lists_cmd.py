@@ -1,9 +1,15 @@
-"""``jectguard lists``: every configured source, its state and its rules in force."""
+"""``jectguard lists``: every configured source, its state and its rules in force.
+
+Also the local ``campaign`` list (hosts the campaign detector flagged in enforce
+mode, with their evidence); ``--clear-campaign HOST`` takes a host off it, and
+every running proxy on this cache directory unblocks it within seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +19,16 @@ from .config import load_sources
 from .loading import default_cache_dir
 
 EXIT_OK = 0
+EXIT_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document (times as Unix seconds)")
+    p.add_argument(
+        "--clear-campaign", metavar="HOST", action="append", default=[],
+        help="take HOST off the local campaign list (and keep the detector from flagging it "
+        "again for its window); repeatable",
+    )
 
 
 def ago(t: float | None, now: float) -> str:
@@ -66,16 +78,61 @@ def _iso(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
 
 
+def _clear_campaigns(cache: Path, hosts: list[str]) -> int:
+    from .campaign_list import CampaignFiles, CampaignList, canonical_campaign_host, update_list
+    from .core.errors import CanonError
+
+    files = CampaignFiles.under(cache)
+    try:
+        canon = [canonical_campaign_host(h) for h in hosts]
+    except CanonError as exc:
+        print(f"jectguard: --clear-campaign: not a host: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    now = time.time()
+    for host in canon:
+
+        def change(lst: CampaignList, host: str = host) -> bool:
+            return lst.clear(host, now)
+
+        was = update_list(files, change)
+        print(f"campaign list: {host} {'cleared' if was else 'was not listed (clearance noted)'}")
+    return EXIT_OK
+
+
+def _campaign_section(cache: Path, now: float) -> tuple[dict[str, Any], list[str]]:
+    """The campaign list as JSON and as lines to print."""
+    from .campaign_list import CampaignFiles, CampaignListError, read_list
+
+    files = CampaignFiles.under(cache)
+    try:
+        lst = read_list(files)
+    except CampaignListError as exc:
+        return {"error": str(exc)}, [f"campaign list: unreadable: {exc}"]
+    doc = lst.as_dict()
+    if not lst.hosts:
+        return doc, [f"campaign list: empty   ({files.list_path})"]
+    lines = [f"campaign list: {len(lst.hosts)} host(s) blocked   ({files.list_path})"]
+    for e in reversed(lst.hosts.values()):
+        lines.append(f"  {e.host}  flagged {ago(e.flagged_at, now)}  score {e.score:.1f}  "
+                     f"sites: {', '.join(e.sites[:8])}{' ...' if len(e.sites) > 8 else ''}")
+        lines.extend(f"      {line}" for line in e.evidence)
+    lines.append("  clear one with: jectguard lists --clear-campaign HOST")
+    return doc, lines
+
+
 def main(args: argparse.Namespace) -> int:
     from .refresher import status_document
 
-    cfg = load_sources(args.sources)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.clear_campaign:
+        return _clear_campaigns(cache, args.clear_campaign)
+    cfg = load_sources(args.sources)
     status = status_document(cfg, cache)
     docs = status["sources"]
     record = status["in_force"]
+    campaign_doc, campaign_lines = _campaign_section(cache, time.time())
     if args.json:
-        print(json.dumps({**status, "snapshot": record}, indent=1))
+        print(json.dumps({**status, "snapshot": record, "campaign": campaign_doc}, indent=1))
         return EXIT_OK
     now = time.time()
     rows = [("SOURCE", "KIND", "STATUS", "ENTRIES", "LAST ATTEMPT", "LAST SUCCESS", "NEXT RUN")]
@@ -121,4 +178,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"kept for rollback: {status['rollback_targets']}   cache: {cache}")
     else:
         print(f"no snapshot published yet (run `jectguard update`)   cache: {cache}")
+    print()
+    print("\n".join(campaign_lines))
     return EXIT_OK

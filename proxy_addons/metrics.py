@@ -157,6 +157,17 @@ class Metrics:
         self.errors = Counter(
             "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
         )
+        self.campaign_pages = Counter(
+            "jectguard_campaign_pages",
+            "HTML pages handed to the campaign detector (queued) or dropped because its "
+            "queue was full (dropped).",
+            ["result"], registry=r,
+        )
+        self.campaign_findings = Counter(
+            "jectguard_campaign_findings",
+            "Campaigns flagged, by action (monitor: reported; enforce: listed and blocked).",
+            ["action"], registry=r,
+        )
         self.retro_hits = Counter(
             "jectguard_retro_hits", "Hosts reached before a new rule listed them (retro-hunt), "
             "by list and category.", ["list", "category"], registry=r,
@@ -231,6 +242,12 @@ class Metrics:
         """Count one DNS query blocked (or, in monitor mode, that would have been)."""
         self.dns.labels(action, list_name or NO_LABEL, category or NO_LABEL).inc()
 
+    def record_campaign_page(self, result: str) -> None:
+        """One HTML page ``queued`` for the campaign detector, or ``dropped``."""
+        self.campaign_pages.labels(result).inc()
+
+    def record_campaign_finding(self, action: str) -> None:
+        self.campaign_findings.labels(action).inc()
     def record_retro_hit(self, list_name: str | None, category: str | None) -> None:
         self.retro_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
 

@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
+from .campaign import Campaign
 from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
@@ -44,6 +45,7 @@ def make_addons(
     metrics.set_health_provider(lambda: holder.health)
     blocking = Blocking(holder)
     observe = Observe(events, metrics, holder)
+    campaign = Campaign(holder, events, metrics, cache_dir=cache_dir)
     return [
         ClientAllowList(),
         blocking,
@@ -52,6 +54,7 @@ def make_addons(
         # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
         Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
         Strip(holder),
+        campaign,  # after the stripper: it reads the page the browser gets
         ConnectionLimits(),  # after the deciders: its next_layer sees their choice
         refresh,
         DnsFilter(holder, events, metrics),
@@ -65,6 +68,7 @@ def make_addons(
             lists=lists_from_report(report, cache_dir) if report is not None else None,
             refresh_status=refresh.status,
             refresh_trigger=refresh.trigger,
+            campaigns=campaign,
             retro_hits=ledger.recent_hits,
         ),
         FreezeStartupHeap(),
@@ -90,6 +94,7 @@ __all__ = [
     "Addresses",
     "AdminServer",
     "Blocking",
+    "Campaign",
     "ClientAllowList",
     "ConnectionLimits",
     "DnsFilter",

@@ -22,6 +22,7 @@ from proxy_addons.admin import (
     AdminHosts,
     AdminState,
     AdminToken,
+    CampaignControl,
     RefreshTrigger,
     TokenError,
     create_app,
@@ -77,6 +78,7 @@ class AdminServer:
         lists: Callable[[], list[dict[str, Any]]] | None = None,
         refresh_status: Callable[[], Any] | None = None,
         refresh_trigger: RefreshTrigger | None = None,
+        campaigns: CampaignControl | None = None,
         retro_hits: Callable[[float], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.holder = holder
@@ -86,6 +88,7 @@ class AdminServer:
         self.lists = lists
         self.refresh_status = refresh_status
         self.refresh_trigger = refresh_trigger
+        self.campaigns = campaigns
         self.retro_hits = retro_hits
         self.host = "127.0.0.1"
         self.port = 0
@@ -205,6 +208,7 @@ class AdminServer:
             lists=self.lists,
             refresh_status=self.refresh_status,
             refresh_trigger=self.refresh_trigger,
+            campaigns=self.campaigns,
             hosts=self.hosts,
             retro_hits=self.retro_hits,
             cache_dir=self.data_dir,

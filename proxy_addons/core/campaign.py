@@ -41,18 +41,25 @@ The hard negatives are designed for, not tuned away:
 
 State is bounded: at most ``max_hosts`` hosts (least recently seen forgotten
 first) with at most ``MAX_SITES_PER_HOST`` sites each, whatever the traffic.
+:meth:`CampaignDetector.to_state` / :meth:`CampaignDetector.from_state` turn it
+into plain JSON data and back (never pickle: the file is read back into a process
+that parses hostile pages, and a pickle runs code), with the same bounds applied
+on the way in. A host an operator cleared (:meth:`CampaignDetector.clear`) is not
+flagged again for ``window`` seconds, even when it is forgotten and seen anew.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Final
+from typing import Any, Final
 
 from publicsuffixlist import PublicSuffixList
 
@@ -86,6 +93,13 @@ DEFAULT_WARMUP_VIEWS: Final = 1_000
 DEFAULT_MAX_HOSTS: Final = 200_000
 MAX_SITES_PER_HOST: Final = 64
 MAX_SHAPES_PER_HOST: Final = 16
+# Distinct clients remembered per host (enough to tell one infected client replaying pages
+# from a campaign many browsers meet). Kept as salted hashes, never addresses.
+MAX_CLIENTS_PER_HOST: Final = 16
+# Clearances remembered (each for ``window`` seconds): an operator clears a handful.
+MAX_CLEARED: Final = 10_000
+# The version of :meth:`CampaignDetector.to_state`'s document.
+STATE_VERSION: Final = 1
 # Only this much of a page is read for positions (the scanner reads the same).
 MAX_PAGE_BYTES: Final = 4 * 1024 * 1024
 
@@ -159,6 +173,9 @@ class CampaignFinding:
     pages: int
     score: float
     evidence: tuple[str, ...]
+    # distinct clients whose page views put the host in an anomalous position (0: unknown,
+    # as in a replay without clients); not in as_dict, whose fields the replay prints
+    clients: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -283,6 +300,7 @@ class _HostStats:
     shapes: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     flagged: bool = False
+    clients: set[str] = field(default_factory=set)  # salted hashes
 
 
 class CampaignDetector:
@@ -309,6 +327,8 @@ class CampaignDetector:
         self.started: float | None = None
         self.views = 0
         self._hosts: OrderedDict[str, _HostStats] = OrderedDict()
+        self._cleared: OrderedDict[str, float] = OrderedDict()  # host -> cleared at
+        self._salt = secrets.token_hex(16)  # for the client hashes; kept with the state
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -321,9 +341,12 @@ class CampaignDetector:
         )
 
     def observe(
-        self, now: float, page_url: str, refs: Sequence[Reference]
+        self, now: float, page_url: str, refs: Sequence[Reference], client: str | None = None
     ) -> list[CampaignFinding]:
-        """Record one page view's references; returns the hosts this view flagged."""
+        """Record one page view's references; returns the hosts this view flagged.
+
+        ``client`` (an address or user) is only counted, as a salted hash: how many
+        distinct clients met the host in an anomalous position."""
         if self.started is None:
             self.started = now
         warming = self.warming_up(now)
@@ -333,6 +356,7 @@ class CampaignDetector:
         except CanonError:
             return []
         findings = []
+        tag = self._client_tag(client) if client else None
         seen_here: set[str] = set()
         for ref in refs:
             host_site = registrable(ref.host)
@@ -354,13 +378,92 @@ class CampaignDetector:
                     stats.positions[p] = stats.positions.get(p, 0) + 1
                 if ref.shape in stats.shapes or len(stats.shapes) < MAX_SHAPES_PER_HOST:
                     stats.shapes[ref.shape] = stats.shapes.get(ref.shape, 0) + 1
+                if tag is not None and len(stats.clients) < MAX_CLIENTS_PER_HOST:
+                    stats.clients.add(tag)
             finding = None if stats.flagged else self._judge(ref.host, stats, now)
             if finding is not None:
                 stats.flagged = True
-                findings.append(finding)
+                if not self.cleared_recently(ref.host, now):
+                    findings.append(finding)
         while len(self._hosts) > self.max_hosts:
             self._hosts.popitem(last=False)
         return findings
+
+    def _client_tag(self, client: str) -> str:
+        digest = hashlib.blake2b(client.encode(), key=self._salt.encode(), digest_size=6)
+        return digest.hexdigest()
+
+    def clear(self, host: str, now: float) -> None:
+        """An operator cleared ``host``: no finding for it for ``window`` seconds."""
+        self._cleared.pop(host, None)
+        self._cleared[host] = now
+        stats = self._hosts.get(host)
+        if stats is not None:
+            stats.flagged = True  # judged, and answered
+        while len(self._cleared) > MAX_CLEARED:
+            self._cleared.popitem(last=False)
+
+    def cleared_recently(self, host: str, now: float) -> bool:
+        at = self._cleared.get(host)
+        return at is not None and now - at < self.window
+
+    # -- state ----------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the detector knows, as JSON data (hosts least recently seen first)."""
+        return {
+            "version": STATE_VERSION,
+            "salt": self._salt,
+            "started": self.started,
+            "views": self.views,
+            "hosts": [
+                [
+                    host,
+                    s.first_seen,
+                    s.established,
+                    sorted(s.sites),
+                    s.anomalous,
+                    s.positions,
+                    s.shapes,
+                    s.pages,
+                    s.flagged,
+                    sorted(s.clients),
+                ]
+                for host, s in self._hosts.items()
+            ],
+            "cleared": dict(self._cleared),
+        }
+
+    @classmethod
+    def from_state(cls, state: object, **settings: Any) -> CampaignDetector:
+        """A detector with ``settings`` (as for the constructor) and the knowledge in
+        ``state``; ValueError when it is not a document :meth:`to_state` wrote. The
+        bounds of ``settings`` apply (a bigger document keeps its most recent hosts)."""
+        det = cls(**settings)
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError("not a campaign detector state (or another version)")
+        started, views = state.get("started"), state.get("views")
+        hosts, cleared = state.get("hosts"), state.get("cleared")
+        if started is not None and not _is_num(started):
+            raise ValueError("'started' must be a number")
+        if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+            raise ValueError("'views' must be a whole number")
+        if not isinstance(hosts, list) or not isinstance(cleared, dict):
+            raise ValueError("'hosts' must be a list and 'cleared' an object")
+        salt = state.get("salt")
+        if not isinstance(salt, str) or not 16 <= len(salt) <= 64:
+            raise ValueError("'salt' must be a string of 16 to 64 characters")
+        det._salt = salt
+        det.started, det.views = (float(started) if started is not None else None), views
+        for row in hosts[-det.max_hosts :]:
+            host, stats = _stats_from_row(row)
+            det._hosts.pop(host, None)
+            det._hosts[host] = stats
+        for host, at in list(cleared.items())[-MAX_CLEARED:]:
+            if not isinstance(host, str) or not _is_num(at):
+                raise ValueError("'cleared' maps hosts to times")
+            det._cleared[host] = float(at)
+        return det
 
     def _judge(self, host: str, s: _HostStats, now: float) -> CampaignFinding | None:
         if s.established or now - s.first_seen > self.window:
@@ -382,6 +485,8 @@ class CampaignDetector:
         ]
         if bare_ip:
             evidence.append("the host is a bare IP address")
+        if s.clients:
+            evidence.append(f"met by {len(s.clients)} distinct client(s)")
         return CampaignFinding(
             host=host,
             first_seen=s.first_seen,
@@ -390,7 +495,57 @@ class CampaignDetector:
             pages=s.pages,
             score=score,
             evidence=tuple(evidence),
+            clients=len(s.clients),
         )
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _counts(v: object, limit: int, what: str) -> dict[str, int]:
+    if not isinstance(v, dict) or len(v) > limit:
+        raise ValueError(f"{what}: at most {limit} names and counts")
+    out = {}
+    for k, n in v.items():
+        if not isinstance(k, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"{what}: names and counts")
+        out[k] = n
+    return out
+
+
+def _stats_from_row(row: object) -> tuple[str, _HostStats]:
+    """One host of a state document, checked (a file on disk is input like any other)."""
+    if not isinstance(row, list) or len(row) != 10:
+        raise ValueError("a host is a list of 10 fields")
+    host, first_seen, established, sites, anomalous, positions, shapes, pages, flagged, clients = (
+        row
+    )
+    if not isinstance(host, str) or not host or not _is_num(first_seen):
+        raise ValueError("a host needs a name and a first-seen time")
+    if not isinstance(established, bool) or not isinstance(flagged, bool):
+        raise ValueError(f"{host}: 'established' and 'flagged' are true or false")
+    if not isinstance(sites, list) or not all(isinstance(x, str) for x in sites):
+        raise ValueError(f"{host}: 'sites' is a list of names")
+    if not isinstance(anomalous, dict) or not all(
+        isinstance(k, str) and _is_num(t) for k, t in anomalous.items()
+    ):
+        raise ValueError(f"{host}: 'anomalous' maps sites to times")
+    if not isinstance(pages, int) or isinstance(pages, bool) or pages < 0:
+        raise ValueError(f"{host}: 'pages' is a whole number")
+    if not isinstance(clients, list) or not all(isinstance(x, str) for x in clients):
+        raise ValueError(f"{host}: 'clients' is a list of hashes")
+    return host, _HostStats(
+        first_seen=float(first_seen),
+        established=established,
+        sites=set(sites[:MAX_SITES_PER_HOST]),
+        anomalous={k: float(t) for k, t in list(anomalous.items())[:MAX_SITES_PER_HOST]},
+        positions=_counts(positions, len(ANOMALOUS), f"{host}: positions"),
+        shapes=_counts(shapes, MAX_SHAPES_PER_HOST, f"{host}: shapes"),
+        pages=pages,
+        flagged=flagged,
+        clients=set(clients[:MAX_CLIENTS_PER_HOST]),
+    )
 
 
 __all__ = [

@@ -2,8 +2,11 @@
 
 The block index is compiled from the (possibly huge) feeds; the allow index
 from allowlists and ``@@`` exception rules. They are separate so that editing
-the small allowlist never rebuilds the big index. An :class:`Engine` is
-immutable: a refresh builds a new one and its users swap one reference.
+the small allowlist never rebuilds the big index. A third, optional small
+block index (``extra``: lists the proxy writes itself, such as the campaign
+list) is consulted when the big one has no match, so it too changes without a
+rebuild. An :class:`Engine` is immutable: a refresh builds a new one and its
+users swap one reference.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ _RANK: Final = {
 class Engine:
     """Answers "is this blocked, and why?" for URLs, hosts and IP addresses."""
 
-    __slots__ = ("block", "allow")
+    __slots__ = ("block", "allow", "extra")
 
     # NAT64 prefixes configured by the operator (``jg_nat64_prefixes``), besides the
     # well-known ones: process-wide, as a translator is a property of the network.
@@ -112,9 +115,12 @@ class Engine:
     # Paths match rules in any letter case (``jg_url_case_insensitive``; IIS does so).
     fold_case: ClassVar[bool] = False
 
-    def __init__(self, block: CompiledIndex, allow: CompiledIndex) -> None:
+    def __init__(
+        self, block: CompiledIndex, allow: CompiledIndex, extra: CompiledIndex | None = None
+    ) -> None:
         self.block = block
         self.allow = allow
+        self.extra = extra  # small block lists of the proxy's own (None: none)
 
     @classmethod
     def from_lists(
@@ -147,6 +153,9 @@ class Engine:
     def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:
         probes = host_probes(cu.host, cu.host_kind)  # hashed once, asked of both indexes
         blocked = self.block.match_url(cu, probes, fold_case=self.fold_case)  # allow: as written
+        if self.extra is not None and (blocked is None or blocked.mode is Mode.MONITOR):
+            # the proxy's own lists (campaign) enforce where a feed only monitors
+            blocked = self.extra.match_url(cu, probes, fold_case=self.fold_case) or blocked
         allowed = None if self.allow.empty else self.allow.match_url(cu, probes)
         v = self._decide(
             original if original is not None else cu.url, cu, cu.host, blocked, allowed
@@ -167,6 +176,8 @@ class Engine:
             return Verdict(Action.ERROR, host, error=str(exc))
         probes = host_probes(canon, host_kind(canon))
         blocked = self.block.match_host(canon, probes)
+        if self.extra is not None and (blocked is None or blocked.mode is Mode.MONITOR):
+            blocked = self.extra.match_host(canon, probes) or blocked
         allowed = None if self.allow.empty else self.allow.match_host(canon, probes)
         v = self._decide(host, None, canon, blocked, allowed)
         if ":" in canon and (v.action is Action.PASS or v.action is Action.MONITOR):
@@ -193,7 +204,11 @@ class Engine:
 
     def with_allow(self, allow: CompiledIndex) -> Engine:
         """A new engine sharing this block index, with another allow index."""
-        return Engine(self.block, allow)
+        return Engine(self.block, allow, self.extra)
+
+    def with_extra(self, extra: CompiledIndex | None) -> Engine:
+        """A new engine sharing both indexes, with another extra block index."""
+        return Engine(self.block, self.allow, extra)
 
     def close(self) -> None:
         self.block.close()

@@ -68,7 +68,7 @@
 
   async function refreshAll() {
     try {
-      await Promise.all([loadStatus(), loadEvents(), loadChart(), loadRetro()]);
+      await Promise.all([loadStatus(), loadEvents(), loadChart(), loadCampaigns(), loadRetro()]);
     } catch (e) {
       if (e instanceof AuthError) showLogin("The token was rejected. Paste it again.");
       else $("summary").textContent = "Cannot reach the admin API: " + e.message;
@@ -177,6 +177,58 @@
     }
   }
 
+  // Campaigns: the listed hosts (enforce) and the recent findings (monitor), one row a host.
+  async function loadCampaigns() {
+    const { status, body } = await api("/api/campaigns");
+    const panel = $("campaigns-panel");
+    if (status !== 200 || !body) { panel.hidden = true; return; }
+    panel.hidden = false;
+    $("campaign-mode").textContent = "(" + (body.enabled === false ? "off" : body.action) + ")";
+    const rows = [];
+    const seen = new Set();
+    for (const c of body.listed || []) { rows.push([c, "blocked"]); seen.add(c.host); }
+    const cleared = body.cleared || {};
+    for (const f of body.findings || []) {
+      if (seen.has(f.host)) continue;
+      seen.add(f.host);
+      rows.push([f, f.host in cleared ? "cleared" : "reported"]);
+    }
+    const tbody = $("campaigns").tBodies[0];
+    clear(tbody);
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      const td = el("td", "No campaign seen.", "muted");
+      td.colSpan = 7;
+      tr.appendChild(td);
+      tbody.appendChild(tr);
+    }
+    for (const [c, state] of rows) {
+      const tr = document.createElement("tr");
+      tr.appendChild(el("td", c.host, "url"));
+      const st = document.createElement("td");
+      st.appendChild(el("span", state, "badge " + (state === "blocked" ? "block" : "monitor")));
+      tr.appendChild(st);
+      const t = new Date(c.flagged_at);
+      tr.appendChild(el("td", isNaN(t) ? c.flagged_at : t.toLocaleString()));
+      tr.appendChild(el("td", (c.sites || []).join(", ")));
+      tr.appendChild(el("td", c.score, "num"));
+      const ev = document.createElement("td");
+      for (const line of c.evidence || []) ev.appendChild(el("div", line, "muted"));
+      tr.appendChild(ev);
+      const act = document.createElement("td");
+      if (state !== "cleared") {
+        const b = el("button", state === "blocked" ? "Clear (unblock)" : "Dismiss");
+        b.type = "button";
+        b.className = "campaign-clear";
+        b.dataset.host = c.host;
+        b.addEventListener("click", () => onClearCampaign(c.host));
+        act.appendChild(b);
+      }
+      tr.appendChild(act);
+      tbody.appendChild(tr);
+    }
+  }
+
   // Retro-hunt: every field is text (textContent), never markup: hosts and users come from traffic.
   async function loadRetro() {
     const { body } = await api("/api/retro?days=30");
@@ -201,6 +253,19 @@
       });
       tr.appendChild(el("td", who.join("; ")));
       tbody.appendChild(tr);
+    }
+  }
+
+  async function onClearCampaign(host) {
+    const msg = $("campaign-msg");
+    try {
+      const { status, body } = await api("/api/campaigns/" + encodeURIComponent(host),
+        { method: "DELETE" });
+      msg.textContent = status === 200 ? host + " cleared." : (body && body.error) || "HTTP " + status;
+      await loadCampaigns();
+    } catch (e) {
+      if (e instanceof AuthError) showLogin("The token was rejected. Paste it again.");
+      else msg.textContent = e.message;
     }
   }
 
