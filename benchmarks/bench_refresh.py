@@ -220,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
              "--listen-port", str(pport), "--set", f"confdir={work / 'confdir'}",
              "--set", "jg_refresh_role=refresh", "--set", f"jg_sources={src}",
              "--set", f"jg_cache_dir={cache}", "--set", "jg_admin_port=0",
-             "--set", "termlog_verbosity=info", "--set", "flow_detail=0"],
+             "--set", "termlog_verbosity=info", "--set", "flow_detail=0",
+             # the origin is on loopback: open it as for a local service
+             "--set", "jg_allow_destination=127.0.0.0/8", "--set", "jg_connect_ports=1-65535"],
             stdout=f, stderr=subprocess.STDOUT, env=env,
         )
     try:
