@@ -164,6 +164,14 @@ class Tunnels:
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         chosen = nextlayer.layer
+        if chosen is None:
+            # Loaded before mitmproxy's own layer choice (`mitmdump -s` runs script addons
+            # first): let it choose, so a regular proxy connection gets its regular HTTP
+            # layer and only what it would relay raw is ours to judge.
+            own = ctx.master.addons.get("nextlayer")
+            if own is not None and own is not self:
+                own.next_layer(nextlayer)
+                chosen = nextlayer.layer
         if chosen is not None and not isinstance(chosen, RELAY_LAYERS):
             return  # TLS or HTTP: those layers check what they carry
         ctx_ = nextlayer.context
