@@ -218,12 +218,9 @@ def _add_optional_commands(sub: Any) -> None:
         ("rollback", "proxy_addons.rollback_cmd", "put the previous snapshot back in force"),
         ("hunt", "proxy_addons.hunt_cmd", "find injection campaigns in recorded page views"),
     ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+        # Every command ships with the package: a module that fails to import is a broken
+        # install, reported as such (never a command silently missing from --help).
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=helptext)
         add_list_arguments(p)
         mod.add_arguments(p)

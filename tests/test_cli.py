@@ -216,3 +216,15 @@ def test_settings_file_run_section_parses_into_run_options(tmp_path: Path) -> No
     assert args.allow_clients == ["10.0.0.0/8"]
     # file options first, command-line ones after (the last one wins in mitmproxy)
     assert args.setoptions == ["proxyauth=@/etc/htpasswd", "ssl_insecure=true", "ssl_insecure=false"]
+
+
+def test_a_missing_command_module_is_an_error_not_a_missing_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A broken install (a command module not shipped) must fail loudly, not drop the
+    # command from --help so that `jectguard update` is "invalid choice".
+    from proxy_addons import cli
+
+    monkeypatch.setitem(sys.modules, "proxy_addons.hunt_cmd", None)
+    with pytest.raises(ImportError):
+        cli.build_parser()

@@ -143,3 +143,22 @@ async def test_changing_role_restarts_the_task(sources, tmp_path: Path) -> None:
         await asyncio.gather(first, return_exceptions=True)
         assert first.cancelled()
         await addon.done()
+
+
+@pytest.mark.parametrize("to", ["watch", "off"])
+async def test_leaving_the_refresh_role_drops_the_refresher(sources, tmp_path: Path, to: str) -> None:
+    # The admin API asks this addon to refresh: once this process no longer refreshes it
+    # must answer "not here" (None), not "started" from a refresher whose task was cancelled.
+    addon = Refresh(empty_holder())
+    with taddons.context(addon) as tctx:
+        tctx.configure(
+            addon, jg_refresh_role="refresh", jg_sources=str(sources[1]), jg_cache_dir=str(tmp_path)
+        )
+        await addon.running()
+        assert addon.trigger() is True and addon.status() is not None
+        first = addon.task
+        tctx.configure(addon, jg_refresh_role=to)
+        await asyncio.gather(first, return_exceptions=True)
+        assert addon.refresher is None
+        assert addon.trigger() is None and addon.status() is None
+        await addon.done()

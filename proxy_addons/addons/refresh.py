@@ -97,6 +97,8 @@ class Refresh:
 
     def _start(self) -> None:
         self._cancel()
+        # The cancelled refresher must not answer trigger()/status() for a later role.
+        self.refresher = None
         if self._settings is None:
             return
         role, cfg, cache = self._settings

@@ -10,6 +10,7 @@ and the ``Refresh`` header, joined to the request URL as a browser joins them (W
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Final
 
 from mitmproxy import connection, http
@@ -160,14 +161,19 @@ class RequestChecks:
         v, stage, url = refusal
         return self._decide(Stage(stage), v, url, client)
 
-    def _apply(self, flow: http.HTTPFlow, d: Decision) -> None:
-        """Record a decision on the flow, log it, and answer when it refuses."""
+    def _apply(self, flow: http.HTTPFlow, d: Decision, seconds: float | None = None) -> None:
+        """Record a decision (and the time it took) on the flow, log it, answer a refusal."""
         if d.action is Act.PASS:
-            flow.metadata[METADATA_KEY] = {"action": "pass"}
+            flow.metadata[METADATA_KEY] = (
+                {"action": "pass"} if seconds is None else {"action": "pass", "seconds": seconds}
+            )
             return
         rid = new_request_id()
         client = flow.client_conn
-        flow.metadata[METADATA_KEY] = d.as_dict(rid)
+        meta = d.as_dict(rid)
+        if seconds is not None:
+            meta["seconds"] = seconds  # jectguard_verdict_seconds (the observe addon)
+        flow.metadata[METADATA_KEY] = meta
         log_decision(d, client_ip(client), rid)
         if d.refuses:
             h = flow.request.headers
@@ -188,7 +194,9 @@ class RequestChecks:
         if flow.request.host == PROCEED_HOST:
             self._proceed_site(flow)  # the proxy's own origin: answered, never forwarded
             return
-        self._apply(flow, self.check_request(flow))
+        t0 = time.perf_counter()
+        d = self.check_request(flow)
+        self._apply(flow, d, time.perf_counter() - t0)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response

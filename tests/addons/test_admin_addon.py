@@ -411,14 +411,22 @@ async def test_strip_record_becomes_events_and_metrics(
         assert metric(metrics, "jectguard_elements_stripped_total", list="watch") == 0
 
 
-async def test_latency_from_metadata(pair: tuple[Blocking, Observe], metrics: Metrics) -> None:
-    _, observe = pair
-    with taddons.context(observe) as tctx:
+async def test_verdict_time_measured_by_the_blocking_addon(
+    pair: tuple[Blocking, Observe], metrics: Metrics
+) -> None:
+    # Nothing injected: the blocking addon times its own decision, observe records it once.
+    blocking, observe = pair
+    with taddons.context(blocking, observe) as tctx:
         tctx.configure(observe, jg_events_file="")
-        f = req("http://fine.test/")
-        f.metadata[METADATA_KEY] = {"action": "pass", "seconds": 3e-6}
-        observe.requestheaders(f)
-        assert metric(metrics, "jectguard_verdict_seconds_count") == 1
+        for url in ("http://fine.test/", "http://evil.test/", "http://watch.test/"):
+            f = req(url)
+            blocking.requestheaders(f)
+            observe.requestheaders(f)
+            observe.response(f)
+            seconds = f.metadata[METADATA_KEY]["seconds"]
+            assert isinstance(seconds, float) and 0 < seconds < 60
+        assert metric(metrics, "jectguard_verdict_seconds_count") == 3
+        assert metric(metrics, "jectguard_verdict_seconds_sum") > 0
 
 
 async def test_token_stored_in_jg_cache_dir_when_that_option_exists(
