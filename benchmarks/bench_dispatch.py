@@ -78,7 +78,7 @@ async def _master(jectguard: bool, lists: list[Path]) -> Any:
         return master
     from proxy_addons.addons import EngineHolder, Jectguard, make_addons
     from proxy_addons.cli import build_parser, engine_from_args
-    from proxy_addons.run import drop_legacy_log_events
+    from proxy_addons.cli.run import drop_legacy_log_events
 
     args = build_parser().parse_args(["run", *[a for p in lists for a in ("--blocklist", str(p))]])
     engine, report = engine_from_args(args)

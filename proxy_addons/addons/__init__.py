@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..events import EventLog
-from ..metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
+
 from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
@@ -33,8 +34,8 @@ def make_addons(
     holder: EngineHolder, *, report: Any = None, cache_dir: Path | None = None
 ) -> list[object]:
     """The addons ``jectguard run`` loads: client checks first, observers after deciders."""
-    from ..admin import lists_from_report
-    from ..events import report_refresh_outcomes
+    from proxy_addons.admin.app import lists_from_report
+    from proxy_addons.telemetry.events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
     refresh = Refresh(

@@ -29,7 +29,7 @@ from typing import Final
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from proxy_addons.blockpage import printable
+from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.authority import request_url
 from proxy_addons.core.embedding import parse_nat64_prefix
 from proxy_addons.core.engine import Action, Engine

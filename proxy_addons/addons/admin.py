@@ -1,6 +1,6 @@
 """The admin addon: serves the admin API and dashboard inside mitmproxy's event loop.
 
-The application itself is :func:`proxy_addons.admin.create_app`; this addon
+The application itself is :func:`proxy_addons.admin.app.create_app`; this addon
 only owns its options, its token and the server's lifetime (``running`` starts
 it, ``done`` stops it).
 """
@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from mitmproxy import ctx, exceptions
 
-from proxy_addons.admin import (
+from proxy_addons.admin.app import (
     AdminHosts,
     AdminState,
     AdminToken,
@@ -28,8 +28,8 @@ from proxy_addons.admin import (
     create_app,
     load_or_create_token,
 )
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 from .holder import EngineHolder
 
@@ -143,7 +143,7 @@ class AdminServer:
         if o.jg_admin_port and (self.token is None or "jg_admin_token_file" in updated):
             data_dir = self.data_dir
             if data_dir is None:
-                from proxy_addons.loading import default_cache_dir
+                from proxy_addons.lists.files import default_cache_dir
 
                 # the refresh addon's jg_cache_dir, when loaded and set
                 cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""

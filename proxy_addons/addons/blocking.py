@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions
 
-from proxy_addons.blockpage import HEADER_NAME, block_header
+from proxy_addons.addons.blockpage import HEADER_NAME, block_header
 from proxy_addons.core.destinations import DEFAULT_CONNECT_PORTS, DestinationPolicy
 from proxy_addons.core.engine import Engine, Verdict
 

@@ -40,8 +40,8 @@ from proxy_addons.core.dnspolicy import (
     parse_name_server,
 )
 from proxy_addons.core.engine import Action, Verdict
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 from .holder import EngineHolder
 

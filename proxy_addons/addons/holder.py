@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.index import CompiledIndex
-from proxy_addons.snapshot_health import IN_SYNC, SnapshotHealth
+from proxy_addons.lists.health import IN_SYNC, SnapshotHealth
 
 
 class EngineHolder:

@@ -27,8 +27,9 @@ from mitmproxy.proxy import server_hooks
 
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.retro import retro_matches
-from proxy_addons.events import EventLog
-from proxy_addons.ledger import (
+from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.ledger import (
     DEFAULT_DAYS,
     FLUSH_KEYS,
     FLUSH_SECONDS,
@@ -40,8 +41,7 @@ from proxy_addons.ledger import (
     hit_rows,
     ledger_target,
 )
-from proxy_addons.loading import default_cache_dir
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.metrics import Metrics
 
 from .holder import EngineHolder
 

@@ -26,8 +26,8 @@ from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http
 
-from proxy_addons.events import EventLog, open_sink
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog, open_sink
+from proxy_addons.telemetry.metrics import Metrics
 
 from .blocking import METADATA_KEY
 from .decide import Act, Decision

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 import ada_url
 from mitmproxy import connection, http
 
-from proxy_addons.blockpage import ProceedForm, printable, render_proceed_page
+from proxy_addons.addons.blockpage import ProceedForm, printable, render_proceed_page
 from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.engine import Action
 

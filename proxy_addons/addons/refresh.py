@@ -9,7 +9,7 @@
 - ``off``: the engine stays as started (tests, ``--blocklist`` files).
 
 The work runs as one owned task started in ``running()`` and cancelled in
-``done()``; the logic lives in :mod:`proxy_addons.refresher`.
+``done()``; the logic lives in :mod:`proxy_addons.refresh.refresher`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any, Final
 
 from mitmproxy import ctx, exceptions
 
-from proxy_addons.config import SourcesConfig, load_sources
 from proxy_addons.core.errors import SourceConfigError
-from proxy_addons.loading import default_cache_dir
-from proxy_addons.refresher import Refresher, RefreshReport, watch_snapshot
-from proxy_addons.snapshot_health import SnapshotEvent
+from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.lists.health import SnapshotEvent
+from proxy_addons.lists.sources import SourcesConfig, load_sources
+from proxy_addons.refresh.refresher import Refresher, RefreshReport, watch_snapshot
 
 from .holder import EngineHolder
 

@@ -34,7 +34,7 @@ from .decide import (
 from .proceed import PROCEED_HOST
 
 if TYPE_CHECKING:
-    from proxy_addons.blockpage import ProceedForm
+    from proxy_addons.addons.blockpage import ProceedForm
     from proxy_addons.core.destinations import DestinationPolicy
 
     from .decide import PageSettings

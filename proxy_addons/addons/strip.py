@@ -38,8 +38,7 @@ import brotli
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding as mitm_encoding
 
-from proxy_addons.blockpage import printable
-from proxy_addons.config import SHIPPED_LISTS
+from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.charset import extract_mime_type, is_html, mime_essence
 from proxy_addons.core.engine import Action, Engine
@@ -47,6 +46,7 @@ from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
 from proxy_addons.core.model import Match
 from proxy_addons.core.signatures import Signature, parse_signatures
+from proxy_addons.lists.sources import SHIPPED_LISTS
 
 from .holder import EngineHolder
 from .observe import STRIP_KEY

@@ -14,8 +14,8 @@ from mitmproxy.test import taddons, tflow
 from proxy_addons.addons import EngineHolder
 from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
+from proxy_addons.addons.blockpage import HEADER_NAME
 from proxy_addons.addons.observe import _ADDRESS_REFUSAL_RE
-from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.destinations import DestinationPolicy
 
 from .test_blocking import NAV, connect_flow, make_engine, req

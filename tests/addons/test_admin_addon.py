@@ -27,8 +27,8 @@ from proxy_addons.addons.blocking import METADATA_KEY, Blocking
 from proxy_addons.addons.observe import STRIP_KEY, Observe
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 TOKEN = "addon-test-token-0123456789"
 SECRET = "s3cr3t-cookie-value"

@@ -25,9 +25,9 @@ from mitmproxy.test import taddons, tflow
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
 from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
+from proxy_addons.addons.blockpage import HEADER_NAME
 from proxy_addons.addons.proceed import PROCEED_HOST
 from proxy_addons.addons.tunnels import Tunnels
-from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind

@@ -16,8 +16,8 @@ from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.formats import parse_list
 from proxy_addons.core.model import ListSpec
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 
 def engine(text: str) -> Engine:
