@@ -327,6 +327,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

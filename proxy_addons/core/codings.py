@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
-import brotli  # type: ignore[import-untyped]
+import brotli  # untyped: see [[tool.mypy.overrides]] in pyproject.toml
 
 try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
