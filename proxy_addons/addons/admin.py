@@ -98,7 +98,10 @@ class AdminServer:
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None  # where the server really listens
         self._master: Any = None
-        metrics.set_meta_provider(lambda: holder.engine.block.meta)
+        # The metrics' snapshot series, from the index's typed fields (never its raw meta).
+        metrics.set_meta_provider(
+            lambda: {"by_kind": holder.engine.block.by_kind, "built_at": holder.engine.block.built_at}
+        )
 
     # -- options ------------------------------------------------------------
 
@@ -143,11 +146,11 @@ class AdminServer:
         if o.jg_admin_port and (self.token is None or "jg_admin_token_file" in updated):
             data_dir = self.data_dir
             if data_dir is None:
-                from proxy_addons.lists.files import default_cache_dir
+                from proxy_addons.lists.layout import cache_dir_from
 
                 # the refresh addon's jg_cache_dir, when loaded and set
                 cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""
-                data_dir = Path(cache).expanduser() if cache else default_cache_dir()
+                data_dir = cache_dir_from(cache)
             try:
                 self.token = load_or_create_token(o.jg_admin_token_file or None, data_dir)
             except TokenError as exc:

@@ -554,11 +554,11 @@ def _client_of(flow: http.HTTPFlow) -> str:
 
 
 def _cache_dir_option() -> Path:
-    from proxy_addons.lists.files import default_cache_dir
+    from proxy_addons.lists.layout import cache_dir_from
 
     o = ctx.options
     cache = o.jg_cache_dir if "jg_cache_dir" in o else ""
-    return Path(cache).expanduser() if cache else default_cache_dir()
+    return cache_dir_from(cache)
 
 
 __all__ = ["Campaign"]

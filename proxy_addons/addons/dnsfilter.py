@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 METADATA_KEY: Final = "jectguard_dns"
 # One upstream gets this long to answer before the next is tried.
 UPSTREAM_TIMEOUT_SECONDS: Final = 4.0
-# Largest DNS message over TCP (its length prefix is 16 bits).
-MAX_TCP_MESSAGE: Final = 65_535
 # Answers that name another host or carry an address: what the response check reads.
 _ADDRESS_TYPES: Final = frozenset({types.A, types.AAAA})
 _NAME_TYPES: Final = frozenset({types.CNAME, types.DNAME})
@@ -339,7 +337,7 @@ class DnsFilter:
                 flow.metadata[METADATA_KEY] = {"action": "refused", "error": v.error}
                 return True
             return False  # an odd alias name is only checked; the lookup itself was allowed
-        if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
+        if not v.listed:
             return False
         q = flow.request.question
         assert q is not None

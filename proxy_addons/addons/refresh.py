@@ -25,8 +25,8 @@ from typing import Any, Final
 from mitmproxy import ctx, exceptions
 
 from proxy_addons.core.errors import SourceConfigError
-from proxy_addons.lists.files import default_cache_dir
 from proxy_addons.lists.health import SnapshotEvent
+from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.lists.sources import SourcesConfig, load_sources
 from proxy_addons.refresh.refresher import Refresher, RefreshReport, watch_snapshot
 
@@ -86,7 +86,7 @@ class Refresh:
             cfg = load_sources(o.jg_sources or None)
         except SourceConfigError as exc:
             raise exceptions.OptionsError(f"jg_sources: {exc}") from None
-        cache = Path(o.jg_cache_dir).expanduser() if o.jg_cache_dir else default_cache_dir()
+        cache = cache_dir_from(o.jg_cache_dir)
         self._settings = (o.jg_refresh_role, cfg, cache)
         if self._running:
             self._start()

@@ -1,3 +1,5 @@
+# One module on purpose (~820 lines): the aiohttp app is one route table over one typed
+# state; the handlers are small and read best beside the table.
 """The admin API and dashboard: a small aiohttp application on its own (loopback) port.
 
 :func:`create_app` builds the application from an :class:`AdminState`; the
@@ -34,6 +36,7 @@ from aiohttp import web
 from proxy_addons import __version__
 from proxy_addons.core.engine import Engine
 from proxy_addons.lists.health import SnapshotHealth, SnapshotState
+from proxy_addons.lists.layout import CacheLayout
 from proxy_addons.telemetry.events import EVENT_KINDS, EventLog, rfc3339
 from proxy_addons.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy_addons.telemetry.metrics import Metrics
@@ -41,7 +44,6 @@ from proxy_addons.telemetry.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV: Final = "JECTGUARD_ADMIN_TOKEN"
-TOKEN_FILE_NAME: Final = "admin-token"
 # A shorter token is guessable; the generated ones are 43 characters.
 MIN_TOKEN_LENGTH: Final = 16
 # Longest token file read (a token is one short line).
@@ -149,7 +151,7 @@ def load_or_create_token(
                 "characters without spaces"
             )
         return AdminToken(from_env, "env")
-    path = data_dir / TOKEN_FILE_NAME
+    path = CacheLayout(data_dir).admin_token
     if path.exists():
         return AdminToken(_read_token(path), "stored", path)
     token = secrets.token_urlsafe(32)
@@ -410,16 +412,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 def snapshot_info(engine: Engine, now: float) -> dict[str, Any]:
     """What the status shows of the compiled indexes in force."""
-    meta = engine.block.meta
-    built_at = meta.get("built_at")
-    path = engine.block.path
+    block = engine.block
+    built_at = block.built_at
+    path = block.path
     return {
-        "rules": engine.block.rule_count,
+        "rules": block.rule_count,
         "allow_rules": engine.allow.rule_count,
-        "by_kind": meta.get("by_kind", {}),
-        "refused_by_guard": meta.get("refused_count", 0),
-        "built_at": rfc3339(built_at) if isinstance(built_at, int | float) else None,
-        "age_seconds": round(now - built_at, 1) if isinstance(built_at, int | float) else None,
+        "by_kind": block.by_kind,
+        "refused_by_guard": block.refused_count,
+        "built_at": rfc3339(built_at) if built_at is not None else None,
+        "age_seconds": round(now - built_at, 1) if built_at is not None else None,
         "path": str(path) if path else None,
         "size_bytes": engine.block.size_bytes,
     }

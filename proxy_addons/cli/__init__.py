@@ -1,178 +1,50 @@
-"""The ``jectguard`` command line.
+"""The ``jectguard`` command line: one module per command, each ``add_arguments`` + ``main``.
 
-Exit codes: 0 success (for ``check``: nothing blocked), 1 a checked URL is
-blocked, 2 bad input or configuration (a missing list file, a refused list),
-3 an internal or environment failure.
+This module only dispatches: it builds the parser from :data:`COMMANDS`, applies
+the settings file, runs the command and turns a :class:`JectguardError` into a
+message and an exit code (:class:`~proxy_addons.cli.common.Exit`: 0 success, 1
+the command found what it reports, 2 bad input or configuration, 3 an internal
+or environment failure). Command modules import mitmproxy only inside ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from proxy_addons import __version__
-from proxy_addons.core.engine import Action, Engine, Verdict
+from proxy_addons.cli.common import Exit, add_list_arguments, engine_from_args
 from proxy_addons.core.errors import JectguardError
-from proxy_addons.core.formats import FORMATS, parse_list
-from proxy_addons.core.model import RuleKind
-from proxy_addons.lists.files import (
-    LoadReport,
-    build_engine,
-    default_cache_dir,
-    read_list_file,
-    specs_from_files,
+
+
+class Command(NamedTuple):
+    name: str
+    module: str  # has add_arguments(parser) and main(args) -> int
+    help: str
+    lists: bool = True  # takes --blocklist/--allowlist/--sources/--cache-dir
+
+
+# Adding a command: a module in this package, and one row here.
+COMMANDS: tuple[Command, ...] = (
+    Command("check", "proxy_addons.cli.check", "is this URL blocked, and why?"),
+    Command("inspect", "proxy_addons.cli.inspect", "show what a list file parses to", lists=False),
+    Command("run", "proxy_addons.cli.run", "run the proxy (default 127.0.0.1:8080)"),
+    Command("strip", "proxy_addons.cli.strip", "strip injected scripts from an HTML file"),
+    Command("update", "proxy_addons.cli.update", "refresh the feeds now and publish a snapshot"),
+    Command("lists", "proxy_addons.cli.lists", "show every source: state, entries, errors, next run"),
+    Command("rollback", "proxy_addons.cli.rollback", "put the previous snapshot back in force"),
+    Command("hunt", "proxy_addons.cli.hunt", "find injection campaigns in recorded page views"),
 )
-from proxy_addons.lists.sources import load_sources
-
-EXIT_OK = 0
-EXIT_BLOCKED = 1
-EXIT_INPUT = 2
-EXIT_INTERNAL = 3
 
 
-def add_list_arguments(p: argparse.ArgumentParser) -> None:
-    """--blocklist/--allowlist/--sources/--cache-dir, shared by check, strip, run."""
-    p.add_argument(
-        "--blocklist",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="use this block list file instead of the configured sources (repeatable)",
-    )
-    p.add_argument(
-        "--allowlist",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="use this allowlist file (repeatable); entries win over block rules",
-    )
-    p.add_argument(
-        "--sources",
-        metavar="FILE",
-        default=None,
-        help="sources file (default: the shipped blocklists/sources.toml)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=None,
-        help="where fetched feeds and snapshots live (default: a per-user data directory)",
-    )
-
-
-def engine_from_args(args: argparse.Namespace) -> tuple[Engine, LoadReport]:
-    """Build the engine the way every command does: files given, or configured sources."""
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    if args.blocklist or args.allowlist:
-        specs = specs_from_files(args.blocklist, args.allowlist)
-        return build_engine(specs, cache_dir=cache, strict=True)
-    from proxy_addons.lists.store import (
-        startup_engine,  # the published snapshot, when it matches the sources
-    )
-
-    cfg = load_sources(args.sources)
-    return startup_engine(cfg.enabled(), cache)
-
-
-def _print_verdict(v: Verdict, out: Any) -> None:
-    m = v.match
-    if v.action is Action.ERROR:
-        print(f"error  {v.input}\n       {v.error}", file=out)
-        return
-    print(f"{v.action.value:<7}{v.input}", file=out)
-    print(f"       canonical: {v.canonical.url if v.canonical else '-'}  host: {v.host}", file=out)
-    if m is not None:
-        print(
-            f"       list: {m.list}  rule: {m.rule}  line: {m.line}  kind: {m.kind.label}"
-            f"  category: {m.category}  mode: {m.mode.value}",
-            file=out,
-        )
-    if v.overridden is not None:
-        o = v.overridden
-        print(f"       overrides: {o.list} line {o.line}: {o.rule}", file=out)
-
-
-def is_bare_name(text: str) -> bool:
-    """A host name or address with no scheme, path, query or fragment."""
-    return bool(text) and not any(c in text for c in "/?#@ ")
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    engine, _ = engine_from_args(args)
-    urls = list(args.urls)
-    if not urls or urls == ["-"]:
-        urls = [line.strip() for line in sys.stdin if line.strip()]
-    status = EXIT_OK
-    for url in urls:
-        v = engine.check_url(url)
-        # A bare name is also what a DNS client asks: say what DNS mode answers for it
-        # (whole-host rules only; a URL rule never blocks a name).
-        dns = engine.check_host(url) if is_bare_name(url) else None
-        if args.json:
-            doc = v.as_dict()
-            if dns is not None:
-                doc["dns"] = dns.action.value
-            print(json.dumps(doc, ensure_ascii=False))
-        else:
-            _print_verdict(v, sys.stdout)
-            if dns is not None:
-                print(f"       dns: {dns.action.value}", file=sys.stdout)
-        if v.action is Action.BLOCK:
-            status = EXIT_BLOCKED
-        elif v.action is Action.ERROR and status == EXIT_OK:
-            status = EXIT_INPUT
-    return status
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    data = read_list_file(args.file)
-    parsed = parse_list(data, args.format, name=Path(args.file).name)
-    kinds = {
-        "domains": RuleKind.DOMAIN,
-        "exact_hosts": RuleKind.EXACT,
-        "urls": RuleKind.URL,
-        "ips": RuleKind.IP,
-        "cidrs": RuleKind.CIDR,
-    }
-    if args.json:
-        doc: dict[str, object] = {"file": args.file, "format": parsed.format}
-        for key, kind in kinds.items():
-            doc[key] = [r.key for r in parsed.rules if r.kind is kind and not r.exception]
-        doc["exceptions"] = [r.key for r in parsed.rules if r.exception]
-        doc["rejected"] = [
-            {"line": r.line, "text": r.text, "reason": r.reason} for r in parsed.rejected_samples
-        ]
-        doc["rejected_count"] = parsed.rejected_count
-        doc["rejected_by_reason"] = parsed.rejected_by_reason
-        doc["skipped"] = parsed.skipped
-        doc["skipped_by_reason"] = parsed.skipped_by_reason
-        print(json.dumps(doc, ensure_ascii=False))
-        return EXIT_OK
-    print(f"{args.file}: format {parsed.format}")
-    for key, kind in kinds.items():
-        print(f"  {key:<12} {parsed.count(kind)}")
-    print(f"  {'exceptions':<12} {sum(1 for r in parsed.rules if r.exception)}")
-    print(f"  {'skipped':<12} {parsed.skipped}")
-    for reason, n in sorted(parsed.skipped_by_reason.items(), key=lambda kv: -kv[1]):
-        print(f"    {n:>8}  {reason}")
-    print(f"  {'rejected':<12} {parsed.rejected_count}")
-    for reason, n in sorted(parsed.rejected_by_reason.items(), key=lambda kv: -kv[1]):
-        print(f"    {n:>8}  {reason}")
-    for r in parsed.rejected_samples:
-        print(f"    line {r.line}: {r.text!r} ({r.reason})")
-    return EXIT_OK
-
-
-def _lazy(module: str, attr: str) -> Callable[[argparse.Namespace], int]:
+def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), attr)
+        fn: Callable[[argparse.Namespace], int] = importlib.import_module(module).main
         return fn(args)
 
     return run
@@ -191,42 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.config/jectguard/config.toml if present); command-line flags win",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("check", help="is this URL blocked, and why?")
-    p.add_argument("urls", nargs="*", metavar="URL", help="URLs to check ('-' or none: read stdin)")
-    p.add_argument("--json", action="store_true", help="one JSON object per URL per line")
-    add_list_arguments(p)
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("inspect", help="show what a list file parses to")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS))
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.set_defaults(func=cmd_inspect)
-
-    _add_optional_commands(sub)
-    return parser
-
-
-def _add_optional_commands(sub: Any) -> None:
-    """Commands in their own modules; those modules import mitmproxy only inside main()."""
-    import importlib
-
-    for name, module, helptext in (
-        ("run", "proxy_addons.cli.run", "run the proxy (default 127.0.0.1:8080)"),
-        ("strip", "proxy_addons.cli.strip", "strip injected scripts from an HTML file"),
-        ("update", "proxy_addons.cli.update", "refresh the feeds now and publish a snapshot"),
-        ("lists", "proxy_addons.cli.lists", "show every source: state, entries, errors, next run"),
-        ("rollback", "proxy_addons.cli.rollback", "put the previous snapshot back in force"),
-        ("hunt", "proxy_addons.cli.hunt", "find injection campaigns in recorded page views"),
-    ):
+    for cmd in COMMANDS:
         # Every command ships with the package: a module that fails to import is a broken
         # install, reported as such (never a command silently missing from --help).
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=helptext)
-        add_list_arguments(p)
+        mod = importlib.import_module(cmd.module)
+        p = sub.add_parser(cmd.name, help=cmd.help)
+        if cmd.lists:
+            add_list_arguments(p)
         mod.add_arguments(p)
-        p.set_defaults(func=_lazy(module, "main"))
+        p.set_defaults(func=_lazy(cmd.module))
+    return parser
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -315,15 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_config(parser, path)
     except JectguardError as exc:
         print(f"jectguard: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except JectguardError as exc:
         print(f"jectguard: {exc}", file=sys.stderr)
-        return EXIT_INPUT if exc.hint == "input" else EXIT_INTERNAL
+        return Exit.INPUT if exc.hint == "input" else Exit.INTERNAL
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
+        return Exit.OK
 
+
+__all__ = ["COMMANDS", "Command", "ConfigError", "build_parser", "engine_from_args", "main"]

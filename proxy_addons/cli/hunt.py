@@ -14,7 +14,8 @@ proxy when the snapshot came into force, with who reached each and when.
 ``jectguard hunt host NAME [--json]`` answers who reached a host (and its
 subdomains) and when. Both read the sightings ledger: the SQLite file in the
 cache directory, or ``--ledger-url postgresql://...`` (default
-``$JECTGUARD_LEDGER_URL``). Exit 1 when the ledger cannot be read.
+``$JECTGUARD_LEDGER_URL``). Exit 3 when the ledger cannot be read (an environment
+failure, as for every command).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from proxy_addons.cli.common import Exit
 from proxy_addons.core.campaign import (
     DEFAULT_MIN_SITES,
     DEFAULT_WARMUP_SECONDS,
@@ -41,12 +43,8 @@ from proxy_addons.core.campaign import (
 )
 from proxy_addons.core.canon import canonical_host, host_kind
 from proxy_addons.core.errors import CanonError, JectguardError
-from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.telemetry.ledger import Ledger, LedgerError, ledger_target, rfc3339, since_days
-
-EXIT_OK = 0
-EXIT_LEDGER = 1
-EXIT_INPUT = 2
 
 
 class TraceError(JectguardError):
@@ -163,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _open_ledger(args: argparse.Namespace) -> Ledger | None:
     given = getattr(args, "ledger_cache_dir", None) or getattr(args, "cache_dir", None)
-    cache = Path(given) if given else default_cache_dir()
+    cache = cache_dir_from(given)
     target = ledger_target(args.ledger_url, cache)
     if not args.ledger_url and not Path(target).is_file():
         print(f"jectguard: no ledger at {target} (is jg_ledger on?)", file=sys.stderr)
@@ -184,10 +182,10 @@ def main_retro(args: argparse.Namespace) -> int:
     """List the retro-hunt's hits found in the last ``--since`` days."""
     if not args.since > 0:
         print("jectguard: --since must be a positive number of days", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     ledger = _open_ledger(args)
     if ledger is None:
-        return EXIT_LEDGER
+        return Exit.INTERNAL
     try:
         hits = ledger.hits(since_days(args.since))
     finally:
@@ -207,7 +205,7 @@ def main_retro(args: argparse.Namespace) -> int:
                         f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
     if not hits and not args.json:
         print(f"no retro-hunt hits in the last {args.since:g} days")
-    return EXIT_OK
+    return Exit.OK
 
 
 def main_host(args: argparse.Namespace) -> int:
@@ -216,10 +214,10 @@ def main_host(args: argparse.Namespace) -> int:
         host = canonical_host(args.name)
     except CanonError as exc:
         print(f"jectguard: {args.name!r}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     ledger = _open_ledger(args)
     if ledger is None:
-        return EXIT_LEDGER
+        return Exit.INTERNAL
     try:
         rows = ledger.sightings(host, subdomains=host_kind(host) == "domain")
     finally:
@@ -232,7 +230,7 @@ def main_host(args: argparse.Namespace) -> int:
                         f"{rfc3339(s.first)} .. {rfc3339(s.last)}"))  # fmt: skip
     if not rows and not args.json:
         print(f"nobody reached {host} in the ledger's days")
-    return EXIT_OK
+    return Exit.OK
 
 
 def main_replay(args: argparse.Namespace) -> int:
@@ -248,7 +246,7 @@ def main_replay(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         print(f"jectguard: {args.trace}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     try:
         with stream:
             for n, line in enumerate(stream, 1):
@@ -259,8 +257,8 @@ def main_replay(args: argparse.Namespace) -> int:
                     _print(f, args.json, sys.stdout)
     except TraceError as exc:
         print(f"jectguard: {args.trace}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     except UnicodeDecodeError as exc:
         print(f"jectguard: {args.trace}: not UTF-8 text ({exc.reason})", file=sys.stderr)
-        return EXIT_INPUT
-    return EXIT_OK
+        return Exit.INPUT
+    return Exit.OK

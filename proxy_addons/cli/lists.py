@@ -15,11 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.cli.common import Exit
+from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.lists.sources import load_sources
-
-EXIT_OK = 0
-EXIT_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +90,7 @@ def _clear_campaigns(cache: Path, hosts: list[str]) -> int:
         canon = [canonical_campaign_host(h) for h in hosts]
     except CanonError as exc:
         print(f"jectguard: --clear-campaign: not a host: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     now = time.time()
     for host in canon:
 
@@ -101,7 +99,7 @@ def _clear_campaigns(cache: Path, hosts: list[str]) -> int:
 
         was = update_list(files, change)
         print(f"campaign list: {host} {'cleared' if was else 'was not listed (clearance noted)'}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _campaign_section(cache: Path, now: float) -> tuple[dict[str, Any], list[str]]:
@@ -128,7 +126,7 @@ def _campaign_section(cache: Path, now: float) -> tuple[dict[str, Any], list[str
 def main(args: argparse.Namespace) -> int:
     from proxy_addons.refresh.refresher import status_document
 
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = cache_dir_from(args.cache_dir)
     if args.clear_campaign:
         return _clear_campaigns(cache, args.clear_campaign)
     cfg = load_sources(args.sources)
@@ -138,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     campaign_doc, campaign_lines = _campaign_section(cache, time.time())
     if args.json:
         print(json.dumps({**status, "snapshot": record, "campaign": campaign_doc}, indent=1))
-        return EXIT_OK
+        return Exit.OK
     now = time.time()
     rows = [("SOURCE", "KIND", "STATUS", "ENTRIES", "LAST ATTEMPT", "LAST SUCCESS", "NEXT RUN")]
     for d in docs:
@@ -185,4 +183,4 @@ def main(args: argparse.Namespace) -> int:
         print(f"no snapshot published yet (run `jectguard update`)   cache: {cache}")
     print()
     print("\n".join(campaign_lines))
-    return EXIT_OK
+    return Exit.OK

@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proxy_addons.cli.common import Exit
 from proxy_addons.core.errors import SnapshotError
-from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.lists.layout import cache_dir_from
 
 if TYPE_CHECKING:
     from proxy_addons.lists.store import SnapshotStore
 
-EXIT_OK = 0
-EXIT_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     from proxy_addons.lists.sources import load_sources
     from proxy_addons.lists.store import SnapshotStore
 
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = cache_dir_from(args.cache_dir)
     store = SnapshotStore(cache)
     if args.list:
         snaps = store.list_snapshots()
@@ -61,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         record = store.read_record()
         for hold in record.holds.values() if record else ():
             print(f"held: {hold.name} ({hold.reason})")
-        return EXIT_OK
+        return Exit.OK
     if args.release or args.release_all:
         return _release(store, None if args.release_all else args.release)
     cfg = load_sources(args.sources)
@@ -69,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         result = store.rollback(args.steps, specs=cfg.sources)
     except SnapshotError as exc:
         print(f"jectguard rollback: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     rules = result.record.rules
     print(
         f"now in force: {result.target.name}"
@@ -83,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print("running proxies switch within seconds")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _release(store: SnapshotStore, names: list[str] | None) -> int:
@@ -98,7 +96,7 @@ def _release(store: SnapshotStore, names: list[str] | None) -> int:
             f"(held: {', '.join(sorted(held)) or 'none'})",
             file=sys.stderr,
         )
-        return EXIT_INPUT
+        return Exit.INPUT
     gone = release_holds(store.cache_dir, names)
     for hold in gone:
         print(
@@ -108,4 +106,4 @@ def _release(store: SnapshotStore, names: list[str] | None) -> int:
         )
     if not gone:
         print("nothing was held")
-    return EXIT_OK
+    return Exit.OK

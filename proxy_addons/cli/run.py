@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from proxy_addons.cli.common import Exit
+
 if TYPE_CHECKING:
     from proxy_addons.core.engine import Engine
     from proxy_addons.lists.files import LoadReport
 
-EXIT_OK = 0
-EXIT_INPUT = 2
+EXIT_OK = Exit.OK
+EXIT_INPUT = Exit.INPUT
 
 
 def default_confdir() -> Path:
@@ -262,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
     if workers is not None:
         return workers
 
-    from proxy_addons.cli import engine_from_args
+    from proxy_addons.cli.common import engine_from_args
 
     engine, report = engine_from_args(args)  # before the event loop starts: may take seconds
     # The start-up heap leaves the cyclic GC's reach once the proxy runs (FreezeStartupHeap).
@@ -373,7 +375,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
 
     from proxy_addons.addons import EngineHolder, Jectguard, make_addons
     from proxy_addons.cli.workers import prepare_worker
-    from proxy_addons.lists.files import default_cache_dir
+    from proxy_addons.lists.layout import cache_dir_from
 
     # As mitmproxy's own entry point does: the termlog addon filters by verbosity.
     logging.getLogger().setLevel(logging.DEBUG)
@@ -381,7 +383,7 @@ async def _serve(args: argparse.Namespace, engine: Engine, report: LoadReport) -
         logging.getLogger(name).setLevel(logging.WARNING)
 
     confdir = Path(args.confdir) if args.confdir else default_confdir()
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache_dir = cache_dir_from(args.cache_dir)
     opts = Options()
     # stdout carries only the JSON event stream (for a SIEM); people read stderr,
     # where mitmproxy's flow lines go too (off unless --set flow_detail=1 or more).

@@ -14,21 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
-from proxy_addons.core.engine import Action, Engine
-from proxy_addons.core.errors import JectguardError
+from proxy_addons.cli.common import Exit
+from proxy_addons.core.engine import blocked_by
 from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, MAX_SCAN_BYTES, BodyTooLarge, Scanner
-from proxy_addons.core.model import Match
-from proxy_addons.core.signatures import Signature, parse_signatures
-from proxy_addons.lists.sources import SHIPPED_LISTS
-
-EXIT_OK = 0
-EXIT_REMOVED = 1
-EXIT_INPUT = 2
-DEFAULT_SIGNATURES = SHIPPED_LISTS / "signatures.toml"
+from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _fail(message: str) -> int:
     print(f"jectguard: {message}", file=sys.stderr)
-    return EXIT_INPUT
+    return Exit.INPUT
 
 
 def _read(name: str, limit: int) -> bytes:
@@ -62,39 +53,21 @@ def _read(name: str, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
-def _signatures(path: str) -> list[Signature]:
-    if not path:
-        return []
-    return parse_signatures(Path(path).read_text(encoding="utf-8"), source=path)
-
-
-def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
-    """The scanner's ``is_blocked`` for one engine: the block or monitor match, else None."""
-
-    def is_blocked(url: str) -> Match | None:
-        v = engine.check_url(url)
-        return v.match if v.action in (Action.BLOCK, Action.MONITOR) else None
-
-    return is_blocked
-
-
 def main(args: argparse.Namespace, stdout: BinaryIO | None = None) -> int:
     if args.max_bytes < 1:
         return _fail(f"--max-bytes must be positive, got {args.max_bytes}")
     if not args.url.startswith(("http://", "https://")):
         return _fail(f"--url must be an http(s) URL, got {args.url[:200]!r}")
     try:
-        signatures = _signatures(args.signatures)
-    except OSError as exc:
-        return _fail(f"--signatures: cannot read {args.signatures}: {exc.strerror or exc}")
-    except (JectguardError, UnicodeDecodeError) as exc:
+        signatures = read_signatures(args.signatures)[1] if args.signatures else []
+    except ValueError as exc:
         return _fail(f"--signatures: {exc}")
     try:
         body = _read(args.file, args.max_bytes)
     except OSError as exc:
         return _fail(f"{args.file}: {exc.strerror or exc}")
 
-    from proxy_addons.cli import engine_from_args
+    from proxy_addons.cli.common import engine_from_args
 
     engine, _ = engine_from_args(args)
     try:
@@ -118,4 +91,4 @@ def main(args: argparse.Namespace, stdout: BinaryIO | None = None) -> int:
     out = stdout or sys.stdout.buffer
     out.write(new)
     out.flush()
-    return EXIT_REMOVED if any(f.removed for f in findings) else EXIT_OK
+    return Exit.FOUND if any(f.removed for f in findings) else Exit.OK

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from proxy_addons.lists.files import default_cache_dir
+from proxy_addons.cli.common import Exit
+from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.lists.sources import load_sources
 
-EXIT_OK = 0
-EXIT_NOT_ALL = 1
-EXIT_INPUT = 2
 BAR_WIDTH = 20
 STATUS_LABELS = {
     "updated": "updated",
@@ -113,16 +111,16 @@ def main(args: argparse.Namespace) -> int:
     if args.blocklist or args.allowlist:
         print("jectguard update: works on the sources file (--sources), not on "
               "--blocklist/--allowlist files", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     cfg = load_sources(args.sources)
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = cache_dir_from(args.cache_dir)
     refresher = Refresher(cfg, cache, isolate=False)
     names = [s.name for s in refresher.url_specs]
     unknown = [n for n in args.source if n not in names]
     if unknown:
         print(f"jectguard update: no enabled URL source named {', '.join(unknown)} "
               f"(known: {', '.join(names) or 'none'})", file=sys.stderr)
-        return EXIT_INPUT
+        return Exit.INPUT
     chosen = args.source or names
     tidy_feed_dir(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
@@ -156,5 +154,5 @@ def main(args: argparse.Namespace) -> int:
         print("\nnothing changed; the snapshot in force stays")
     if report.publish_error:
         print(f"jectguard update: {report.publish_error}", file=sys.stderr)
-        return EXIT_INPUT
-    return EXIT_OK if report.ok else EXIT_NOT_ALL
+        return Exit.INPUT
+    return Exit.OK if report.ok else Exit.FOUND

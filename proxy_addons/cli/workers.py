@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from proxy_addons.cli.common import Exit
+
 ENV_INDEX: Final = "JECTGUARD_WORKER_INDEX"
 ENV_COUNT: Final = "JECTGUARD_WORKER_COUNT"
 ENV_DIR: Final = "JECTGUARD_WORKER_DIR"
 # prometheus_client reads this when it is imported: counters live in per-process files.
 ENV_PROMETHEUS: Final = "PROMETHEUS_MULTIPROC_DIR"
 STATUS_FILE: Final = "workers.json"
-EXIT_INPUT: Final = 2  # a worker that rejects its command line: restarting will not help
 STOP_TIMEOUT: Final = 15.0  # seconds a worker gets to drain after SIGTERM before SIGKILL
 # A worker that dies again and again is restarted after a growing pause, up to this
 # long, so a crash loop does not eat the CPU the other workers are serving with.
@@ -250,7 +251,7 @@ class Supervisor:
             if w.proc is not None and (rc := w.proc.poll()) is not None:
                 w.proc = None
                 w.exits.append(rc)
-                if rc == EXIT_INPUT:
+                if rc == Exit.INPUT:
                     self.say(f"worker {w.index} refused its options (exit {rc}); stopping")
                     return rc
                 up = now - w.started_at

@@ -34,6 +34,7 @@ from proxy_addons.core.errors import CanonError, JectguardError
 from proxy_addons.core.formats import parse_list
 from proxy_addons.core.index import CompiledIndex, compile_index
 from proxy_addons.core.model import ListSpec, Mode
+from proxy_addons.lists.layout import CacheLayout
 
 LIST_NAME: Final = "campaign"
 CATEGORY: Final = "campaign"
@@ -65,7 +66,7 @@ class CampaignFiles:
 
     @classmethod
     def under(cls, cache_dir: Path) -> CampaignFiles:
-        return cls(cache_dir / "campaign")
+        return cls(CacheLayout(cache_dir).campaign)
 
     @property
     def list_path(self) -> Path:

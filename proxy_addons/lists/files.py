@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
-
-import platformdirs
 
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.errors import JectguardError, ListFormatError
@@ -16,26 +13,19 @@ from proxy_addons.core.formats import parse_list
 from proxy_addons.core.gcpause import paused_gc
 from proxy_addons.core.index import CompileStats
 from proxy_addons.core.model import ListSpec, ParsedList
-from proxy_addons.lists.sources import SHIPPED_LISTS
+from proxy_addons.lists.layout import CacheLayout, default_cache_dir
 
 # A list file bigger than this is refused before reading (real feeds are < 200 MB).
 MAX_LIST_BYTES: Final = 512 * 1024 * 1024
-BUILTIN_LIST: Final = SHIPPED_LISTS / "builtin.txt"
-SHIPPED_ALLOWLIST: Final = SHIPPED_LISTS / "allowlist.txt"
 
 
 class ListFileError(JectguardError):
     """A list file named on the command line is missing or unreadable."""
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("JECTGUARD_CACHE_DIR")
-    return Path(env) if env else Path(platformdirs.user_data_dir("jectguard", appauthor=False))
-
-
 def feed_body_path(cache_dir: Path, name: str) -> Path:
     """Where the last good body of a URL source is kept."""
-    return cache_dir / "feeds" / f"{name}.body"
+    return CacheLayout(cache_dir).feed_body(name)
 
 
 @dataclass(slots=True)

@@ -1,3 +1,5 @@
+# One module on purpose (~870 lines): everything that writes or reads the snapshots folder
+# under one lock discipline (publish, pointer, rollback, prune, private copies).
 """The snapshot store: compiled block snapshots on disk, and which one is current.
 
 The compiled block snapshot is the contract between the refresher and every
@@ -66,10 +68,10 @@ from proxy_addons.lists.files import (
     parse_spec,
 )
 from proxy_addons.lists.inforce import Hold, InForce
+from proxy_addons.lists.layout import SNAPSHOT_DIR, CacheLayout
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_DIR: Final = "snapshots"
 POINTER: Final = "current"
 LOCK: Final = ".lock"
 BODY_PREFIX: Final = "body-"
@@ -205,7 +207,7 @@ class SnapshotStore:
 
     def __init__(self, cache_dir: str | os.PathLike[str], *, keep: int = KEEP_PREVIOUS) -> None:
         self.cache_dir = Path(cache_dir)
-        self.dir = self.cache_dir / SNAPSHOT_DIR
+        self.dir = CacheLayout(self.cache_dir).snapshots
         self.keep = keep
         self._lock_depth = 0
         self._thread_lock = threading.RLock()

@@ -1,3 +1,5 @@
+# One module on purpose (~750 lines): one fetch of one feed, its validators and its
+# state file; the streaming, decoding and commit steps share the temp-file protocol.
 """Fetching feeds over HTTP (aiohttp), and each source's state on disk.
 
 One conditional GET per source per run, retried with exponential backoff and
@@ -73,6 +75,7 @@ from proxy_addons import __version__
 from proxy_addons.core.codings import ACCEPT_ENCODING, CodingError, decoder_for
 from proxy_addons.core.model import ListSpec
 from proxy_addons.lists.files import feed_body_path
+from proxy_addons.lists.layout import CacheLayout
 from proxy_addons.lists.store import FILE_MODE, atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,6 @@ USER_AGENT: Final = f"jectguard/{__version__} (+https://github.com/jectguard)"
 MAX_FEED_BYTES: Final = 256 * 1024 * 1024
 # Body bytes gathered before one write to the temp file (in a worker thread).
 SPOOL_CHUNK: Final = 1024 * 1024
-STATE_SUFFIX: Final = ".state.json"
 # A temp body this young may belong to a writer that has not locked it yet.
 PARTIAL_GRACE_SECONDS: Final = 60.0
 # A server may ask us to wait (Retry-After), but not to stop a feed for days.
@@ -177,7 +179,7 @@ class SourceState:
 
 
 def state_path(cache_dir: Path, name: str) -> Path:
-    return cache_dir / "feeds" / f"{name}{STATE_SUFFIX}"
+    return CacheLayout(cache_dir).feed_state(name)
 
 
 def load_state(cache_dir: Path, spec: ListSpec) -> SourceState:
@@ -645,7 +647,7 @@ async def _spool(
 ) -> tuple[Path, int, str]:
     """Stream the body, decoded, to a locked temp file in the feeds folder, fsynced; it must
     prove it is whole (transfer length and every coding's end) or nothing is kept."""
-    folder = cache_dir / "feeds"
+    folder = CacheLayout(cache_dir).feeds
     f, tmp = await asyncio.to_thread(_open_temp, folder, name)
     try:
         size = raw = 0
@@ -719,7 +721,7 @@ def clean_partials(cache_dir: Path, grace: float = PARTIAL_GRACE_SECONDS) -> int
     """Remove temp bodies left by killed runs; never one a live fetch holds (its lock says so)."""
     now = time.time()
     removed = 0
-    for p in (cache_dir / "feeds").glob("*.body.*.part"):
+    for p in CacheLayout(cache_dir).feeds.glob("*.body.*.part"):
         try:
             if now - p.lstat().st_mtime < grace:
                 continue
@@ -746,7 +748,7 @@ def tidy_feed_dir(cache_dir: Path) -> None:
     version wrote 0600 the mode every cache file has (a proxy running as another user
     must read them, or it silently drops an allowlist)."""
     clean_partials(cache_dir)
-    for body in (cache_dir / "feeds").glob("*.body"):
+    for body in CacheLayout(cache_dir).feeds.glob("*.body"):
         with contextlib.suppress(OSError):  # not ours, or gone: leave it
             st = body.lstat()
             if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != FILE_MODE:

@@ -1,3 +1,6 @@
+# One module on purpose (~1,400 lines): the refresher, its compile worker and the follower
+# share one snapshot contract (docs/architecture.md); splitting the worker out is a
+# follow-up once the refresh-swap work on this file has landed.
 """Refresh orchestration: fetch -> validate -> keep body -> compile -> publish -> swap.
 
 Pure asyncio + aiohttp (no mitmproxy), used by the refresh addon and by

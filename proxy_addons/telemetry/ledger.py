@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from proxy_addons.core.errors import JectguardError
+from proxy_addons.lists.layout import LEDGER_FILE, CacheLayout
 
 # Distinct (day, host, client, user) keys held between two flushes. A key is ~200 bytes
 # with its list: 100k keys is ~20 MB, about 50k requests/s of new keys at a 2 s interval.
@@ -39,7 +40,6 @@ PRUNE_SECONDS: Final = 3600.0
 DEFAULT_DAYS: Final = 30
 # SQLite waits this long for another process's write (workers share one file).
 SQLITE_BUSY_MS: Final = 5000
-LEDGER_FILE: Final = "ledger.sqlite3"
 # The longest host kept (DNS names are at most 253 characters); longer is cut.
 MAX_HOST_CHARS: Final = 255
 MAX_USER_CHARS: Final = 128
@@ -344,7 +344,7 @@ class Ledger:
 
 def ledger_target(url: str, cache_dir: Path) -> str:
     """Where the ledger lives: ``url`` if set, else the SQLite file in ``cache_dir``."""
-    return url or str(cache_dir / LEDGER_FILE)
+    return url or str(CacheLayout(cache_dir).ledger)
 
 
 def since_days(days: float, now: float | None = None) -> float:

@@ -228,3 +228,28 @@ def test_a_missing_command_module_is_an_error_not_a_missing_command(
     monkeypatch.setitem(sys.modules, "proxy_addons.cli.hunt", None)
     with pytest.raises(ImportError):
         cli.build_parser()
+
+
+@pytest.mark.parametrize("how", ["settings file", "flag", "environment"])
+def test_a_tilde_cache_dir_names_the_same_directory_everywhere(tmp_path: Path, how: str) -> None:
+    # The proxy expands ~ in jg_cache_dir; a command given the same text must write the
+    # same directory, not a folder literally named "~" under its working directory.
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "JECTGUARD_CACHE_DIR"}
+    env["HOME"] = str(home)
+    args = ["lists", "--clear-campaign", "evil.example"]
+    if how == "settings file":
+        (tmp_path / "c.toml").write_text('cache_dir = "~/jgc"\n')
+        args = ["--config", str(tmp_path / "c.toml"), *args]
+    elif how == "flag":
+        args = [*args, "--cache-dir", "~/jgc"]  # as a script or a unit file passes it
+    else:
+        env["JECTGUARD_CACHE_DIR"] = "~/jgc"
+    res = subprocess.run(
+        [str(JECTGUARD), *args], capture_output=True, text=True, timeout=60, env=env, cwd=work
+    )
+    assert res.returncode == 0, res.stderr
+    assert (home / "jgc" / "campaign").is_dir()
+    assert not (work / "~").exists()

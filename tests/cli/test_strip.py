@@ -142,3 +142,20 @@ def test_does_not_import_mitmproxy(tmp_path: Path, lists: Path) -> None:
     env = {**os.environ, "JECTGUARD_CACHE_DIR": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_signatures_file_read_as_the_proxy_reads_it(tmp_path: Path, lists: Path) -> None:
+    # One reader for the addon and the command: a file the proxy refuses (over its size
+    # cap, or not UTF-8) is refused here too, not stripped with differently.
+    from proxy_addons.lists.signatures import MAX_SIGNATURES_FILE_BYTES
+
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"# padding\n" * (MAX_SIGNATURES_FILE_BYTES // 10 + 1))
+    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--signatures", str(huge), "-",
+              stdin=CLEAN, cache=tmp_path)
+    assert res.returncode == 2 and b"--signatures" in res.stderr and b"larger" in res.stderr
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# caf\xe9\n")
+    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--signatures", str(latin), "-",
+              stdin=CLEAN, cache=tmp_path)
+    assert res.returncode == 2 and b"UTF-8" in res.stderr
