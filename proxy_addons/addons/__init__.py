@@ -53,7 +53,11 @@ def make_addons(
         Tunnels(blocking, on_decision=observe.connection_decision),
         # Every resolved address meets the configured destination policy (read at each
         # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
-        Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
+        Addresses(
+            blocking,
+            refuses=lambda ip: blocking.policy.refuses(ip),
+            on_refusal=observe.address_refusal,
+        ),
         Strip(holder),
         campaign,  # after the stripper: it reads the page the browser gets
         ConnectionLimits(),  # after the deciders: its next_layer sees their choice
