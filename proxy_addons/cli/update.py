@@ -19,14 +19,19 @@ from typing import Any, TextIO
 from proxy_addons.cli.common import Exit
 from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.lists.sources import load_sources
+from proxy_addons.refresh.outcome import Fetch, Outcome
 
 BAR_WIDTH = 20
-STATUS_LABELS = {
-    "updated": "updated",
-    "unchanged": "unchanged",
-    "held_back": "HELD BACK",
-    "failed": "FAILED",
-    "deferred": "deferred",
+STATUS_LABELS: dict[str, str] = {
+    Outcome.UPDATED: "updated",
+    Outcome.UNCHANGED: "unchanged",
+    Outcome.HELD_BACK: "HELD BACK",
+    Outcome.FAILED: "FAILED",
+    Outcome.DEFERRED: "deferred",
+}
+FETCH_LABELS: dict[str, str] = {
+    Fetch.NEW: "downloaded, validating",
+    Fetch.NOT_MODIFIED: "not modified (304)",
 }
 
 
@@ -66,10 +71,7 @@ class ProgressView:
             self.lines[name] = f"retrying in {info['delay']:.0f}s: {info['error']}"
         elif event == "fetched":
             status = info["status"]
-            self.lines[name] = {
-                "new": "downloaded, validating",
-                "not_modified": "not modified (304)",
-            }.get(status, f"failed: {info.get('error')}")
+            self.lines[name] = FETCH_LABELS.get(status, f"failed: {info.get('error')}")
         if self.tty:
             self.draw()
         elif event in ("fetched", "retry", "deferred"):

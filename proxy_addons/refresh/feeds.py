@@ -77,6 +77,7 @@ from proxy_addons.core.model import ListSpec
 from proxy_addons.lists.files import feed_body_path
 from proxy_addons.lists.layout import CacheLayout
 from proxy_addons.lists.store import FILE_MODE, atomic_write, fsync_dir
+from proxy_addons.refresh.outcome import Fetch
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +380,7 @@ class FetchError(Exception):
 class FetchResult:
     """What one fetch run produced."""
 
-    status: str  # "new" | "not_modified" | "failed"
+    status: Fetch
     tmp: Path | None = None  # the candidate body (status "new"); caller commits or discards
     content_type: str | None = None
     etag: str | None = None
@@ -447,7 +448,7 @@ async def fetch(
 ) -> FetchResult:
     """Fetch one URL source with retries, within its deadline; never raises for network or server trouble."""
     assert spec.url is not None
-    result = FetchResult("failed")
+    result = FetchResult(Fetch.FAILED)
     reach = url_reach(spec.url, internal=internal, policy=policy)
     headers = await asyncio.to_thread(conditional_headers, cache_dir, state, clock())
     loop = asyncio.get_running_loop()
@@ -502,7 +503,7 @@ async def fetch(
         last = f" (last: {result.error})" if result.error else ""
         result.error = f"no complete answer within the {policy.total_timeout:g}s deadline{last}"
         result.permanent = False
-    result.status = "failed"
+    result.status = Fetch.FAILED
     if result.permanent:
         result.error = f"{result.error} (permanent: next try at the regular interval)"
     return result
@@ -588,7 +589,7 @@ async def _answer(
     now = clock()
     date = resp.headers.get("Date")
     if resp.status == 304 and headers:
-        result.status = "not_modified"
+        result.status = Fetch.NOT_MODIFIED
         result.etag = resp.headers.get("ETag", state.etag)
         lm = resp.headers.get("Last-Modified", state.last_modified)
         result.last_modified = usable_last_modified(lm, now=now, date=date)
@@ -623,7 +624,7 @@ async def _answer(
     tmp, size, digest = await _spool(
         resp, spec.name, cache_dir, policy, progress, decoder, declared
     )
-    result.status = "new"
+    result.status = Fetch.NEW
     result.tmp = tmp
     result.bytes = size
     result.sha256 = digest

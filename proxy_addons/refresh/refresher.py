@@ -91,6 +91,7 @@ from proxy_addons.refresh.feeds import (
     state_path,
     tidy_feed_dir,
 )
+from proxy_addons.refresh.outcome import Fetch, Outcome
 from proxy_addons.refresh.validate import (
     DEFAULT_CANARIES,
     Canaries,
@@ -137,16 +138,6 @@ class EngineSlot(Protocol):
     engine: Engine
 
     def swap(self, new: Engine) -> Engine: ...
-
-
-class Outcome(StrEnum):
-    """What one refresh did with one source (the metrics' result is derived from it)."""
-
-    UPDATED = "updated"  # a new body is in force
-    UNCHANGED = "unchanged"  # 304, or the same content as the body in force
-    HELD_BACK = "held_back"  # a body came but a check refused it; the last good one stays
-    FAILED = "failed"  # no usable answer, or the new body could not be published
-    DEFERRED = "deferred"  # not fetched yet (its fetch is not allowed before a later time)
 
 
 @dataclass(slots=True)
@@ -997,7 +988,7 @@ class Refresher:
                     clock=self.clock,
                 )
             except Exception as exc:  # a bad URL, a bug: this source fails alone
-                res = FetchResult("failed", error=f"{type(exc).__name__}: {exc}")
+                res = FetchResult(Fetch.FAILED, error=f"{type(exc).__name__}: {exc}")
             if progress:
                 progress(spec.name, "fetched", {"status": res.status, "error": res.error})
         worker: dict[str, Any] | None = None

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TextIO
 
 from proxy_addons.core.canon import scalar_text
+from proxy_addons.refresh.outcome import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -311,21 +312,12 @@ def report_refresh(
     events.emit(kind, list=source, source=source, reason=reason, result=result, **fields)
 
 
-# A refresher's per-source outcome -> the metrics' refresh result.
-_OUTCOME_RESULTS: Final = {
-    "updated": "success",
-    "unchanged": "success",
-    "held_back": "held_back",
-    "failed": "failure",
-}
-
-
 def report_refresh_outcomes(
     events: EventLog | None, metrics: RefreshCounter | None, report: Any
 ) -> None:
     """Events and counts for a ``proxy_addons.refresh.refresher.RefreshReport`` (its ``on_report``)."""
     for outcome in getattr(report, "outcomes", {}).values():
-        result = _OUTCOME_RESULTS.get(outcome.status)
+        result = Outcome(outcome.status).result
         if result is not None:
             report_refresh(
                 events, metrics, outcome.name, result, outcome.detail, entries=outcome.entries

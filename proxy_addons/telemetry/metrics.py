@@ -18,12 +18,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from proxy_addons.lists.health import SnapshotFault, SnapshotHealth, SnapshotState
+from proxy_addons.refresh.outcome import Result
 
 # A verdict takes microseconds; the top buckets catch a stalled loop.
 LATENCY_BUCKETS: Final = (
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1,
 )
-REFRESH_RESULTS: Final = ("success", "failure", "held_back")
+REFRESH_RESULTS: Final = tuple(r.value for r in Result)
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 NO_LABEL: Final = "-"
 

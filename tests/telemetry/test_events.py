@@ -263,3 +263,18 @@ def test_report_refresh_outcomes_from_a_refresher_report() -> None:
         ("error", None), ("error", "d"), ("refresh-held", "c")
     ]
     assert log.recent()[2]["entries"] == 3
+
+
+def test_one_refresh_vocabulary() -> None:
+    # Every outcome the refresher reports maps to the metrics' result in one place, and
+    # every result is a label the metrics accept (a new outcome cannot go uncounted).
+    from proxy_addons.refresh.outcome import Outcome, Result
+    from proxy_addons.telemetry.metrics import REFRESH_RESULTS, Metrics
+
+    assert set(REFRESH_RESULTS) == set(Result)
+    counted = {o for o in Outcome if o.result is not None}
+    assert counted == set(Outcome) - {Outcome.DEFERRED}
+    m = Metrics()
+    for o in counted:
+        assert o.result is not None
+        m.record_refresh("s", o.result)
