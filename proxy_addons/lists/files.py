@@ -93,21 +93,23 @@ def parse_spec(spec: ListSpec, cache_dir: Path | None) -> tuple[ParsedList | Non
     )
 
 
-def build_engine(
+def parse_lists(
     specs: Sequence[ListSpec],
+    cache_dir: Path | None,
     *,
-    cache_dir: Path | None = None,
     strict: bool = False,
-) -> tuple[Engine, LoadReport]:
-    """Parse and compile the given lists in memory.
+    allow: bool | None = None,
+) -> tuple[list[tuple[ListSpec, ParsedList]], list[ListStatus]]:
+    """Parse every enabled list (only allow or only block lists when ``allow`` says so).
 
-    With ``strict`` any unreadable or refused list raises (command-line files);
-    otherwise it is reported and skipped, and the others still load.
+    The one loop from configured lists to parsed ones: with ``strict`` any
+    unreadable or refused list raises (command-line files); otherwise it is
+    reported in its status and skipped, and the others still load.
     """
-    report = LoadReport()
     parsed: list[tuple[ListSpec, ParsedList]] = []
+    statuses: list[ListStatus] = []
     for spec in specs:
-        if not spec.enabled:
+        if not spec.enabled or (allow is not None and spec.allow is not allow):
             continue
         try:
             with paused_gc():
@@ -117,9 +119,21 @@ def build_engine(
                 raise
             status = ListStatus(spec.name, spec.path or spec.url or "", False, error=str(exc))
             result = None
-        report.lists.append(status)
+        statuses.append(status)
         if result is not None:
             parsed.append((spec, result))
+    return parsed, statuses
+
+
+def build_engine(
+    specs: Sequence[ListSpec],
+    *,
+    cache_dir: Path | None = None,
+    strict: bool = False,
+) -> tuple[Engine, LoadReport]:
+    """Parse and compile the given lists in memory (no snapshot: files, tests, a cold start)."""
+    parsed, statuses = parse_lists(specs, cache_dir, strict=strict)
+    report = LoadReport(lists=statuses)
     engine, report.block_stats, report.allow_stats = Engine.from_lists(parsed)
     return engine, report
 

@@ -49,7 +49,7 @@ from typing import Any, Final
 import xxhash
 
 from proxy_addons.core.engine import Engine, split_exceptions
-from proxy_addons.core.errors import JectguardError, ListFormatError, SnapshotError
+from proxy_addons.core.errors import JectguardError, SnapshotError
 from proxy_addons.core.index import (
     CompiledIndex,
     CompileStats,
@@ -60,12 +60,11 @@ from proxy_addons.core.index import (
 )
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 from proxy_addons.lists.files import (
-    ListFileError,
     ListStatus,
     LoadReport,
     build_engine,
     feed_body_path,
-    parse_spec,
+    parse_lists,
 )
 from proxy_addons.lists.inforce import Hold, InForce
 from proxy_addons.lists.layout import SNAPSHOT_DIR, CacheLayout
@@ -723,20 +722,9 @@ class AllowResult:
 
 def parse_allow_lists(specs: Sequence[ListSpec], cache_dir: Path) -> AllowResult:
     """Parse the enabled allow lists (small); a broken one is reported and skipped."""
-    result = AllowResult([], {})
-    for spec in specs:
-        if not spec.enabled or not spec.allow:
-            continue
-        try:
-            parsed, status = parse_spec(spec, cache_dir)
-        except (ListFileError, ListFormatError) as exc:
-            result.errors[spec.name] = str(exc)
-            continue
-        if parsed is None:
-            result.errors[spec.name] = status.error or "not loaded"
-        else:
-            result.lists.append((spec, parsed))
-    return result
+    parsed, statuses = parse_lists(specs, cache_dir, allow=True)
+    errors = {s.name: s.error or "not loaded" for s in statuses if not s.loaded}
+    return AllowResult(parsed, errors)
 
 
 def compile_allow(
