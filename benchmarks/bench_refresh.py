@@ -76,7 +76,46 @@ class RefreshOnSignal:
         r.refresh_soon()
 
 
-addons = [*_addons, RefreshOnSignal()]
+class StallWatch:
+    # With JG_BENCH_WATCHDOG=1: when the event loop stops ticking for 50 ms, print
+    # what every thread was doing (the loop's own callback, or a thread holding the GIL).
+
+    name = "bench_stall_watch"
+
+    async def running(self):
+        if not os.environ.get("JG_BENCH_WATCHDOG"):
+            return
+        import sys, threading, time, traceback
+        loop = asyncio.get_running_loop()
+        main = threading.get_ident()
+        last = [time.perf_counter()]
+
+        def tick():
+            last[0] = time.perf_counter()
+            loop.call_later(0.005, tick)
+
+        def watch():
+            reported = 0.0
+            while True:
+                time.sleep(0.01)
+                late = time.perf_counter() - last[0]
+                if late > 0.05 and last[0] != reported:
+                    reported = last[0]
+                    frames = sys._current_frames()
+                    out = [f"STALL loop late {late * 1000:.0f} ms"]
+                    for ident, frame in frames.items():
+                        if ident == threading.get_ident():
+                            continue
+                        tag = "LOOP" if ident == main else f"thread {ident}"
+                        out.append(f"-- {tag}:\\n" + "".join(traceback.format_stack(frame)[-12:]))
+                    with open(os.environ["JG_BENCH_WATCHDOG"], "a") as f:
+                        f.write(f"{time.time():.3f} " + "\\n".join(out) + "\\n")
+
+        tick()
+        threading.Thread(target=watch, daemon=True).start()
+
+
+addons = [*_addons, RefreshOnSignal(), StallWatch()]
 """
 
 
@@ -319,6 +358,15 @@ async def measure(
         ok = qd <= 2 * qb and stalls == 0
         print(f"p99 during / before = {qd / qb:.2f} (target <= 2); requests over {STALL_MS:.0f} ms: {stalls}"
               f" -> {'PASS' if ok else 'FAIL'}")
+    if os.environ.get("JG_BENCH_WATCHDOG"):
+        text = Path(os.environ["JG_BENCH_WATCHDOG"]).read_text(errors="replace")
+        stalls_seen = text.split("STALL ")[1:]
+        print(f"\nproxy event-loop stalls over 50 ms: {len(stalls_seen)}")
+        for block in stalls_seen:
+            # The loop thread's stack says what ran on the loop (or waited for the GIL).
+            head, _, rest = block.partition("\n")
+            loop_stack = rest.split("-- LOOP:", 1)[-1].split("\n-- thread", 1)[0] if "-- LOOP:" in rest else ""
+            print("STALL " + head + "\n" + loop_stack.rstrip()[-3000:])
     return 0
 
 
