@@ -359,7 +359,7 @@ async def measure(
         print(f"p99 during / before = {qd / qb:.2f} (target <= 2); requests over {STALL_MS:.0f} ms: {stalls}"
               f" -> {'PASS' if ok else 'FAIL'}")
     if os.environ.get("JG_BENCH_WATCHDOG"):
-        text = Path(os.environ["JG_BENCH_WATCHDOG"]).read_text(errors="replace")
+        text = await asyncio.to_thread(Path(os.environ["JG_BENCH_WATCHDOG"]).read_text, errors="replace")
         stalls_seen = text.split("STALL ")[1:]
         print(f"\nproxy event-loop stalls over 50 ms: {len(stalls_seen)}")
         for block in stalls_seen:
