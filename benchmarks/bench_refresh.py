@@ -28,6 +28,7 @@ import asyncio
 import gc
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -108,6 +109,8 @@ class StallWatch:
                             continue
                         tag = "LOOP" if ident == main else f"thread {ident}"
                         out.append(f"-- {tag}:\\n" + "".join(traceback.format_stack(frame)[-12:]))
+                    # Frames keep their locals alive (a snapshot's memoryviews): drop them now.
+                    del frames, frame
                     with open(os.environ["JG_BENCH_WATCHDOG"], "a") as f:
                         f.write(f"{time.time():.3f} " + "\\n".join(out) + "\\n")
 
@@ -283,6 +286,10 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proxy.kill()
         helper.kill()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # ~130 MB of feeds and snapshots
 
 
 async def loop_lag(stop: asyncio.Event, lags: list[tuple[float, float]]) -> None:
@@ -316,6 +323,7 @@ async def measure(
     served = await asyncio.to_thread(swaps_logged, log)
     proxy.send_signal(signal.SIGUSR1)
     trigger = time.perf_counter()
+    trigger_wall = time.time()
     deadline = trigger + 120
     while await asyncio.to_thread(swaps_logged, log) <= served:
         if time.perf_counter() > deadline:
@@ -362,9 +370,11 @@ async def measure(
         text = await asyncio.to_thread(Path(os.environ["JG_BENCH_WATCHDOG"]).read_text, errors="replace")
         stalls_seen = text.split("STALL ")[1:]
         print(f"\nproxy event-loop stalls over 50 ms: {len(stalls_seen)}")
-        for block in stalls_seen:
+        for stamp, block in zip(text.split("STALL ")[:-1], stalls_seen, strict=True):
             # The loop thread's stack says what ran on the loop (or waited for the GIL).
             head, _, rest = block.partition("\n")
+            at = float(stamp.rsplit("\n", 1)[-1].strip() or "nan") - trigger_wall
+            head = f"{head} at {at:+.1f} s from the refresh signal"
             loop_stack = rest.split("-- LOOP:", 1)[-1].split("\n-- thread", 1)[0] if "-- LOOP:" in rest else ""
             print("STALL " + head + "\n" + loop_stack.rstrip()[-3000:])
     return 0
@@ -376,6 +386,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--before", type=float, default=10.0, help="seconds measured before the refresh")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (feeds, cache, logs)")
     ap.add_argument("--in-thread", action="store_true", help="compile in a thread instead of a process")
     return run(ap.parse_args())
 
