@@ -28,6 +28,7 @@ import asyncio
 import gc
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -76,7 +77,48 @@ class RefreshOnSignal:
         r.refresh_soon()
 
 
-addons = [*_addons, RefreshOnSignal()]
+class StallWatch:
+    # With JG_BENCH_WATCHDOG=1: when the event loop stops ticking for 50 ms, print
+    # what every thread was doing (the loop's own callback, or a thread holding the GIL).
+
+    name = "bench_stall_watch"
+
+    async def running(self):
+        if not os.environ.get("JG_BENCH_WATCHDOG"):
+            return
+        import sys, threading, time, traceback
+        loop = asyncio.get_running_loop()
+        main = threading.get_ident()
+        last = [time.perf_counter()]
+
+        def tick():
+            last[0] = time.perf_counter()
+            loop.call_later(0.005, tick)
+
+        def watch():
+            reported = 0.0
+            while True:
+                time.sleep(0.01)
+                late = time.perf_counter() - last[0]
+                if late > 0.05 and last[0] != reported:
+                    reported = last[0]
+                    frames = sys._current_frames()
+                    out = [f"STALL loop late {late * 1000:.0f} ms"]
+                    for ident, frame in frames.items():
+                        if ident == threading.get_ident():
+                            continue
+                        tag = "LOOP" if ident == main else f"thread {ident}"
+                        out.append(f"-- {tag}:\\n" + "".join(traceback.format_stack(frame)[-12:]))
+                    # Frames keep their locals alive (a snapshot's memoryviews): drop them now.
+                    del frames, frame
+                    with open(os.environ["JG_BENCH_WATCHDOG"], "a") as f:
+                        f.write(f"{time.time():.3f} " + "\\n".join(out) + "\\n")
+
+        tick()
+        threading.Thread(target=watch, daemon=True).start()
+
+
+addons = [*_addons, RefreshOnSignal(), StallWatch()]
 """
 
 
@@ -244,6 +286,10 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proxy.kill()
         helper.kill()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)  # ~130 MB of feeds and snapshots
 
 
 async def loop_lag(stop: asyncio.Event, lags: list[tuple[float, float]]) -> None:
@@ -277,6 +323,7 @@ async def measure(
     served = await asyncio.to_thread(swaps_logged, log)
     proxy.send_signal(signal.SIGUSR1)
     trigger = time.perf_counter()
+    trigger_wall = time.time()
     deadline = trigger + 120
     while await asyncio.to_thread(swaps_logged, log) <= served:
         if time.perf_counter() > deadline:
@@ -319,6 +366,17 @@ async def measure(
         ok = qd <= 2 * qb and stalls == 0
         print(f"p99 during / before = {qd / qb:.2f} (target <= 2); requests over {STALL_MS:.0f} ms: {stalls}"
               f" -> {'PASS' if ok else 'FAIL'}")
+    if os.environ.get("JG_BENCH_WATCHDOG"):
+        text = await asyncio.to_thread(Path(os.environ["JG_BENCH_WATCHDOG"]).read_text, errors="replace")
+        stalls_seen = text.split("STALL ")[1:]
+        print(f"\nproxy event-loop stalls over 50 ms: {len(stalls_seen)}")
+        for stamp, block in zip(text.split("STALL ")[:-1], stalls_seen, strict=True):
+            # The loop thread's stack says what ran on the loop (or waited for the GIL).
+            head, _, rest = block.partition("\n")
+            at = float(stamp.rsplit("\n", 1)[-1].strip() or "nan") - trigger_wall
+            head = f"{head} at {at:+.1f} s from the refresh signal"
+            loop_stack = rest.split("-- LOOP:", 1)[-1].split("\n-- thread", 1)[0] if "-- LOOP:" in rest else ""
+            print("STALL " + head + "\n" + loop_stack.rstrip()[-3000:])
     return 0
 
 
@@ -328,6 +386,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--before", type=float, default=10.0, help="seconds measured before the refresh")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (feeds, cache, logs)")
     ap.add_argument("--in-thread", action="store_true", help="compile in a thread instead of a process")
     return run(ap.parse_args())
 
