@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
 
@@ -21,7 +22,6 @@ from .campaign import Campaign
 from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .heap import FreezeStartupHeap
-from .holder import EngineHolder
 from .ledger import LedgerAddon
 from .limits import ConnectionLimits
 from .observe import Observe

@@ -28,10 +28,9 @@ from proxy_addons.admin.app import (
     create_app,
     load_or_create_token,
 )
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
-
-from .holder import EngineHolder
 
 logger = logging.getLogger(__name__)
 

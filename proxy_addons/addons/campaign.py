@@ -54,11 +54,11 @@ from proxy_addons.lists.campaign import (
     read_list,
     update_list,
 )
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog, rfc3339
 from proxy_addons.telemetry.metrics import Metrics
 
 from .clients import client_address
-from .holder import EngineHolder
 from .strip import NO_STRIP_STATUSES, html_plan
 
 logger = logging.getLogger(__name__)

@@ -40,10 +40,9 @@ from proxy_addons.core.dnspolicy import (
     parse_name_server,
 )
 from proxy_addons.core.engine import Action, Verdict
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
-
-from .holder import EngineHolder
 
 logger = logging.getLogger(__name__)
 

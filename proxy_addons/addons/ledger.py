@@ -26,6 +26,7 @@ from mitmproxy.proxy import server_hooks
 
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.retro import retro_matches
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.ledger import (
@@ -41,8 +42,6 @@ from proxy_addons.telemetry.ledger import (
     ledger_target,
 )
 from proxy_addons.telemetry.metrics import Metrics
-
-from .holder import EngineHolder
 
 log = logging.getLogger(__name__)
 

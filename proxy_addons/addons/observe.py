@@ -27,12 +27,12 @@ from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http
 
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog, open_sink
 from proxy_addons.telemetry.metrics import Metrics
 
 from .blocking import METADATA_KEY
 from .decide import Act, Decision
-from .holder import EngineHolder
 from .ledger import flow_user
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from .proceed import PROCEED_HOST, ProceedSigner, navigation_problem
 from .requests import METADATA_KEY, client_ip
 
 if TYPE_CHECKING:
-    from .holder import EngineHolder
+    from proxy_addons.lists.holder import EngineHolder
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,10 @@ from mitmproxy import ctx, exceptions
 
 from proxy_addons.core.errors import SourceConfigError
 from proxy_addons.lists.health import SnapshotEvent
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.lists.layout import cache_dir_from
 from proxy_addons.lists.sources import SourcesConfig, load_sources
 from proxy_addons.refresh.refresher import Refresher, RefreshReport, watch_snapshot
-
-from .holder import EngineHolder
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from .proceed import PROCEED_HOST
 if TYPE_CHECKING:
     from proxy_addons.addons.blockpage import ProceedForm
     from proxy_addons.core.destinations import DestinationPolicy
+    from proxy_addons.lists.holder import EngineHolder
 
     from .decide import PageSettings
-    from .holder import EngineHolder
 
 METADATA_KEY: Final = "jectguard"
 # The redirect response held back while its (small) body is read, then swapped for the page.

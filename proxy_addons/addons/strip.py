@@ -46,9 +46,9 @@ from proxy_addons.core.engine import Engine, blocked_by
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
 from proxy_addons.core.signatures import Signature
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
 
-from .holder import EngineHolder
 from .observe import STRIP_KEY
 from .strip_worker import Reply, ScanError, ScanFailed, ScanPool, WorkerConfig
 

@@ -23,7 +23,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy_addons.addons import campaign_worker as worker
 from proxy_addons.addons.campaign import Campaign
-from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.admin.app import AdminState, create_app
 from proxy_addons.core.campaign import CampaignDetector, references
 from proxy_addons.core.engine import Action, Engine
@@ -37,6 +36,7 @@ from proxy_addons.lists.campaign import (
     read_list,
     update_list,
 )
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
 
