@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from proxy_addons import __version__
 from proxy_addons.core.engine import Engine, split_exceptions
@@ -65,6 +65,7 @@ from proxy_addons.lists.health import (
     SnapshotHealth,
     SnapshotState,
 )
+from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.lists.inforce import Hold, InForce, ListRecord
 from proxy_addons.lists.sources import FeedRules, SourcesConfig
 from proxy_addons.lists.store import (
@@ -130,14 +131,6 @@ class RefreshError(JectguardError):
     """The rebuild worker failed; the snapshot in force is unchanged."""
 
     hint = "state"
-
-
-class EngineSlot(Protocol):
-    """Where the engine in force lives (the proxy's EngineHolder)."""
-
-    engine: Engine
-
-    def swap(self, new: Engine) -> Engine: ...
 
 
 @dataclass(slots=True)
@@ -508,7 +501,7 @@ class Follower:
         self,
         cache_dir: Path,
         specs: Sequence[ListSpec],
-        slot: EngineSlot | None,
+        slot: EngineHolder | None,
         *,
         repair: bool = False,
         on_health: Callable[[SnapshotHealth], None] | None = None,
@@ -765,7 +758,7 @@ class Follower:
 async def watch_snapshot(
     cache_dir: Path,
     specs: Sequence[ListSpec],
-    slot: EngineSlot,
+    slot: EngineHolder,
     *,
     interval: float = WATCH_POLL_SECONDS,
     on_health: Callable[[SnapshotHealth], None] | None = None,
@@ -848,7 +841,7 @@ class Refresher:
         cfg: SourcesConfig,
         cache_dir: Path,
         *,
-        slot: EngineSlot | None = None,
+        slot: EngineHolder | None = None,
         policy: FetchPolicy = DEFAULT_POLICY,
         isolate: bool = True,
         startup_spread: float = STARTUP_SPREAD,
