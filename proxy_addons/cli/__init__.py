@@ -36,7 +36,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("run", "proxy_addons.cli.run", "run the proxy (default 127.0.0.1:8080)"),
     Command("strip", "proxy_addons.cli.strip", "strip injected scripts from an HTML file"),
     Command("update", "proxy_addons.cli.update", "refresh the feeds now and publish a snapshot"),
-    Command("lists", "proxy_addons.cli.lists", "show every source: state, entries, errors, next run"),
+    Command(
+        "lists", "proxy_addons.cli.lists", "show every source: state, entries, errors, next run"
+    ),
     Command("rollback", "proxy_addons.cli.rollback", "put the previous snapshot back in force"),
     Command("hunt", "proxy_addons.cli.hunt", "find injection campaigns in recorded page views"),
 )

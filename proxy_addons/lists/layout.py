@@ -38,7 +38,11 @@ TOKEN_FILE_NAME: Final = "admin-token"
 def default_cache_dir() -> Path:
     """``$JECTGUARD_CACHE_DIR``, else the per-user data directory."""
     env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("jectguard", appauthor=False))
+    return (
+        Path(env).expanduser()
+        if env
+        else Path(platformdirs.user_data_dir("jectguard", appauthor=False))
+    )
 
 
 def cache_dir_from(setting: str | os.PathLike[str] | None) -> Path:

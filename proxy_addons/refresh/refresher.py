@@ -56,7 +56,7 @@ from proxy_addons.core.index import (
     check_published,
     compile_index,
 )
-from proxy_addons.core.model import ListSpec, Mode, ParsedList
+from proxy_addons.core.model import ListSpec, ParsedList
 from proxy_addons.lists.files import ListFileError, feed_body_path, read_list_file
 from proxy_addons.lists.health import (
     IN_SYNC,
@@ -92,6 +92,7 @@ from proxy_addons.refresh.feeds import (
     state_path,
     tidy_feed_dir,
 )
+from proxy_addons.refresh.job import Candidate, CompileJob, CompileResult, ValidationReport
 from proxy_addons.refresh.outcome import Fetch, Outcome
 from proxy_addons.refresh.validate import (
     DEFAULT_CANARIES,
@@ -166,16 +167,6 @@ class RefreshReport:
 # -- the rebuild job (in the worker) ---------------------------------------------
 
 
-def spec_to_dict(spec: ListSpec) -> dict[str, Any]:
-    d = dataclasses.asdict(spec)
-    d["mode"] = spec.mode.value
-    return d
-
-
-def spec_from_dict(d: dict[str, Any]) -> ListSpec:
-    return ListSpec(**{**d, "mode": Mode(d["mode"])})
-
-
 def canary_names(cfg: SourcesConfig, own_names: Sequence[str] = OWN_NAMES) -> list[str]:
     from urllib.parse import urlsplit
 
@@ -183,29 +174,28 @@ def canary_names(cfg: SourcesConfig, own_names: Sequence[str] = OWN_NAMES) -> li
     return [*DEFAULT_CANARIES, *cfg.never_block, *feed_hosts, *own_names]
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
+def run_job(job: CompileJob) -> CompileResult:
     """Validate candidate bodies, commit the accepted ones, compile every block list, publish.
 
-    ``job`` and the result are JSON documents, so this runs the same in a
-    thread or in the worker process. The store stays locked from reading the
-    record in force to publishing, so a rollback cannot slip in between.
+    The job and the result cross to the worker process as JSON (refresh/job.py), so
+    this runs the same in a thread or there. The store stays locked from reading
+    the record in force to publishing, so a rollback cannot slip in between.
     """
-    cache = Path(job["cache_dir"])
-    out: dict[str, Any] = {"validations": {}, "snapshot": None, "load_errors": {}}
-    store = SnapshotStore(cache)
-    if not job["candidates"] and not job.get("rebuild"):
+    out = CompileResult()
+    store = SnapshotStore(Path(job.cache_dir))
+    if not job.candidates and not job.rebuild:
         return out
     try:
         with store.locked():
             _run_locked(job, store, out)
     except StoreWriteError as exc:
-        out["snapshot"] = None
-        out["not_published"] = out["publish_error"] = str(exc)
-    if out.get("not_published"):
+        out.snapshot = None
+        out.not_published = out.publish_error = str(exc)
+    if out.not_published:
         # A list that passed every check but is not in force is not "updated".
-        for v in out["validations"].values():
-            if v["accepted"] and not v.get("same"):
-                v["error"] = f"accepted, but not published: {out['not_published']}"
+        for v in out.validations.values():
+            if v.accepted and not v.same:
+                v.error = f"accepted, but not published: {out.not_published}"
     return out
 
 
@@ -213,17 +203,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _validation_doc(v: Validation, **extra: Any) -> dict[str, Any]:
-    return {
-        "accepted": v.accepted,
-        "reason": v.reason,
-        "entries": v.entries,
-        "rejected": v.rejected,
-        "refused": v.refused,
-        "forced": v.forced,
-        "distinct": v.distinct,
-        **extra,
-    }
+def _validation_doc(v: Validation, *, same: bool = False) -> ValidationReport:
+    return ValidationReport(
+        accepted=v.accepted,
+        reason=v.reason,
+        entries=dict(v.entries),
+        rejected=v.rejected,
+        refused=v.refused,
+        forced=v.forced,
+        distinct=v.distinct,
+        same=same,
+    )
 
 
 def _held_reason(hold: Hold) -> str:
@@ -234,25 +224,25 @@ def _held_reason(hold: Hold) -> str:
     )
 
 
-def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) -> None:
+def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> None:
     cache = store.cache_dir
-    specs = [spec_from_dict(d) for d in job["specs"]]
+    specs = list(job.specs)
     by_name = {s.name: s for s in specs}
-    canaries = Canaries(job["canaries"])
-    force = bool(job.get("force", False))
+    canaries = Canaries(job.canaries)
+    force = job.force
     in_force = store.read_record()
     holds = dict(in_force.holds) if in_force is not None else {}
     before = in_force.lists if in_force is not None else {}
     # name -> (parsed, digest, distinct, history) of each body accepted now
     accepted: dict[str, tuple[ParsedList, str, int, tuple[int, ...]]] = {}
     released: list[str] = []
-    for c in job["candidates"]:
-        name, tmp = c["name"], Path(c["tmp"])
+    for c in job.candidates:
+        name, tmp = c.name, Path(c.tmp)
         try:
             data = tmp.read_bytes()
         except OSError as exc:
             v = Validation(False, f"downloaded body unreadable: {exc.strerror or exc}")
-            out["validations"][name] = _validation_doc(v)
+            out.validations[name] = _validation_doc(v)
             continue
         digest = _sha256(data)
         prev = before.get(name)
@@ -265,8 +255,8 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 data,
                 fmt=by_name[name].format,
                 name=name,
-                content_type=c.get("content_type"),
-                previous_total=c.get("previous_total"),
+                content_type=c.content_type,
+                previous_total=c.previous_total,
                 baseline=baseline,
                 canaries=canaries,
                 force=force,
@@ -289,9 +279,9 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 released.append(name)
         else:
             discard(tmp)
-        out["validations"][name] = _validation_doc(v, same=same)
-    if all(v.get("same") or not v["accepted"] for v in out["validations"].values()) and not (
-        job.get("rebuild") or released
+        out.validations[name] = _validation_doc(v, same=same)
+    if all(v.same or not v.accepted for v in out.validations.values()) and not (
+        job.rebuild or released
     ):
         return
 
@@ -310,13 +300,13 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 kept = _kept_body(store, spec.name, prev.digest if prev else None)
                 if kept is None:
                     if prev is not None:  # in force, but its body is gone: do not drop it
-                        out["load_errors"][spec.name] = f"{src}: its cached body is missing"
+                        out.load_errors[spec.name] = f"{src}: its cached body is missing"
                     continue  # not fetched yet
                 src = kept  # the body in force was deleted: compile the copy kept with it
             try:
                 data = read_list_file(src)
             except ListFileError as exc:
-                out["load_errors"][spec.name] = str(exc)
+                out.load_errors[spec.name] = str(exc)
                 continue
             digest = _sha256(data)
             hold = holds.get(spec.name)
@@ -327,12 +317,12 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 if kept is None and prev is not None:
                     # In force, but only the rolled-back body is left: neither drop the
                     # list nor bring the bad rules back; keep the snapshot in force.
-                    out["load_errors"][spec.name] = (
+                    out.load_errors[spec.name] = (
                         f"held by a rollback and its earlier body was not kept ({hold.reason})"
                     )
                     continue
                 if kept is None:  # not in the snapshot rolled back to: stays out
-                    out.setdefault("held_out", []).append(spec.name)
+                    out.held_out.append(spec.name)
                     continue
                 src, digest = kept, hold.restored or digest
                 data = kept.read_bytes()
@@ -344,7 +334,7 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
             try:
                 parsed = parse_list(data, spec.format, name=spec.name)
             except ListFormatError as exc:
-                out["load_errors"][spec.name] = f"{src}: {exc}"
+                out.load_errors[spec.name] = f"{src}: {exc}"
                 continue
             del data
             if prev is not None and prev.digest == digest:
@@ -356,11 +346,10 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         lists.append((spec, parsed))
         bodies[spec.name] = src
         records[spec.name] = ListRecord(spec.name, distinct, digest, history, spec.url is not None)
-    if released:
-        out["released"] = released
-    lost = sorted(n for n in out["load_errors"] if n in before)
+    out.released = released
+    lost = sorted(n for n in out.load_errors if n in before)
     if lost and not force:
-        out["not_published"] = (
+        out.not_published = (
             f"not published: {', '.join(lost)} could not be loaded and the snapshot in force "
             "has it (a new snapshot would protect less)"
         )
@@ -379,7 +368,7 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
                 store.rewrite_record(record)
             return
         repaired = f"{in_force.snapshot} could not be served ({problem}); republished"
-        out["repaired"] = repaired
+        out.repaired = repaired
     block, exceptions = split_exceptions(lists)
     image, stats = compile_index(block)
     record = InForce(
@@ -393,14 +382,14 @@ def _run_locked(job: dict[str, Any], store: SnapshotStore, out: dict[str, Any]) 
         refused_count=stats.refused_count,
         compile_seconds=round(stats.seconds, 3),
         lists=records,
-        holds={n: h for n, h in holds.items() if n in records or n in out.get("held_out", [])},
+        holds={n: h for n, h in holds.items() if n in records or n in out.held_out},
         repaired=repaired,
     )
-    out["snapshot"] = str(store.publish(image, exceptions=exceptions, record=record, bodies=bodies))
+    out.snapshot = str(store.publish(image, exceptions=exceptions, record=record, bodies=bodies))
     if repaired and in_force is not None:
         # A damaged file is no rollback target; a proxy that maps it keeps its pages.
         store.discard(in_force.snapshot)
-    out.update(rules=stats.rules, refused=stats.refused_count, seconds=stats.seconds)
+    out.rules, out.refused, out.seconds = stats.rules, stats.refused_count, stats.seconds
 
 
 def _kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
@@ -431,7 +420,7 @@ def _file_digest(path: Path) -> str | None:
     return h.hexdigest()
 
 
-async def run_rebuild(job: dict[str, Any], *, isolate: bool = True) -> dict[str, Any]:
+async def run_rebuild(job: CompileJob, *, isolate: bool = True) -> CompileResult:
     """Run a rebuild job in a worker process (``isolate``) or a thread."""
     if not isolate:
         return await asyncio.to_thread(run_job, job)
@@ -444,7 +433,7 @@ async def run_rebuild(job: dict[str, Any], *, isolate: bool = True) -> dict[str,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        stdout, stderr = await proc.communicate(json.dumps(job).encode())
+        stdout, stderr = await proc.communicate(job.to_json().encode())
     except BaseException:  # cancelled: the worker must not outlive its owner
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -454,18 +443,16 @@ async def run_rebuild(job: dict[str, Any], *, isolate: bool = True) -> dict[str,
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RefreshError(f"rebuild worker exited with {proc.returncode}: {' '.join(tail)}")
     try:
-        result: dict[str, Any] = json.loads(stdout)
-    except ValueError as exc:
+        return CompileResult.from_json(stdout)
+    except (ValueError, TypeError) as exc:
         raise RefreshError(f"rebuild worker answered garbage: {exc}") from None
-    return result
 
 
 def _worker_main() -> int:
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
-    job = json.loads(sys.stdin.buffer.read())
-    result = run_job(job)
-    sys.stdout.write(json.dumps(result))
+    job = CompileJob.from_json(sys.stdin.buffer.read())
+    sys.stdout.write(run_job(job).to_json())
     return 0
 
 
@@ -827,10 +814,10 @@ def _clock_text(t: float) -> str:
 class _BuildRequest:
     """A candidate body (or a plain rebuild) waiting for the rebuilder."""
 
-    candidate: dict[str, Any] | None
+    candidate: Candidate | None
     force: bool
     rebuild: bool
-    done: asyncio.Future[dict[str, Any]]
+    done: asyncio.Future[CompileResult]
 
 
 class Refresher:
@@ -868,7 +855,7 @@ class Refresher:
         self._rebuild_not_before = 0.0
         self._wake = asyncio.Event()
         # One task per source being fetched (and validated); a second request joins it.
-        self._fetching: dict[str, asyncio.Task[tuple[SourceOutcome, dict[str, Any] | None]]] = {}
+        self._fetching: dict[str, asyncio.Task[tuple[SourceOutcome, CompileResult | None]]] = {}
         self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
         self._builds: list[_BuildRequest] = []
         self._builder: asyncio.Task[None] | None = None
@@ -914,10 +901,10 @@ class Refresher:
         workers = [w for _, w in done if w is not None]
         for outcome, _ in done:
             report.outcomes[outcome.name] = outcome
-        if rebuild and not any(w.get("snapshot") for w in workers):
+        if rebuild and not any(w.snapshot for w in workers):
             extra = await self._build(None, force=force, rebuild=True)
             workers.append(extra)
-            if self.on_report and extra.get("repaired"):  # per-source reports carry no repair
+            if self.on_report and extra.repaired:  # per-source reports carry no repair
                 repaired = RefreshReport()
                 _merge_workers(repaired, [extra])
                 self.on_report(repaired)
@@ -927,7 +914,7 @@ class Refresher:
 
     def _start(
         self, spec: ListSpec, *, force: bool = False, progress: Progress | None = None
-    ) -> asyncio.Task[tuple[SourceOutcome, dict[str, Any] | None]]:
+    ) -> asyncio.Task[tuple[SourceOutcome, CompileResult | None]]:
         """The task fetching this source: the one in progress, or a new one."""
         task = self._fetching.get(spec.name)
         if task is not None:
@@ -956,7 +943,7 @@ class Refresher:
 
     async def _source(
         self, spec: ListSpec, *, force: bool, progress: Progress | None
-    ) -> tuple[SourceOutcome, dict[str, Any] | None]:
+    ) -> tuple[SourceOutcome, CompileResult | None]:
         """Fetch one source within its deadline, have a new body validated and published, record."""
         st = await asyncio.to_thread(load_state, self.cache_dir, spec)
         rules = self.cfg.rules(spec.name)
@@ -984,23 +971,18 @@ class Refresher:
                 res = FetchResult(Fetch.FAILED, error=f"{type(exc).__name__}: {exc}")
             if progress:
                 progress(spec.name, "fetched", {"status": res.status, "error": res.error})
-        worker: dict[str, Any] | None = None
+        worker: CompileResult | None = None
         try:
-            if res.status == "new":
+            if res.status == Fetch.NEW:
                 previous = (
                     st.entries_total if feed_body_path(self.cache_dir, spec.name).exists() else None
                 )
-                candidate = {
-                    "name": spec.name,
-                    "tmp": str(res.tmp),
-                    "content_type": res.content_type,
-                    "previous_total": previous,
-                }
+                candidate = Candidate(spec.name, str(res.tmp), res.content_type, previous)
                 worker = await self._build(candidate, force=force, rebuild=False)
-            validation = worker["validations"].get(spec.name) if worker else None
+            validation = worker.validations.get(spec.name) if worker else None
             outcome = self._record(spec, st, res, validation, self.clock())
-            if res.status == "new" and worker and worker.get("error"):
-                outcome.detail = f"{outcome.detail}: {worker['error']}"
+            if res.status == Fetch.NEW and worker and worker.error:
+                outcome.detail = f"{outcome.detail}: {worker.error}"
             await asyncio.to_thread(save_state, self.cache_dir, st)
         finally:
             await asyncio.to_thread(discard, res.tmp)
@@ -1013,8 +995,8 @@ class Refresher:
     # -- rebuilds: one at a time, coalescing what arrives meanwhile ----------
 
     async def _build(
-        self, candidate: dict[str, Any] | None, *, force: bool, rebuild: bool
-    ) -> dict[str, Any]:
+        self, candidate: Candidate | None, *, force: bool, rebuild: bool
+    ) -> CompileResult:
         """Validate a candidate body (or just rebuild) and publish; the worker's answer."""
         loop = asyncio.get_running_loop()
         req = _BuildRequest(candidate, force, rebuild, loop.create_future())
@@ -1031,14 +1013,14 @@ class Refresher:
             if not batch:
                 continue
             candidates = [r.candidate for r in batch if r.candidate is not None]
-            job = {
-                "cache_dir": str(self.cache_dir),
-                "specs": [spec_to_dict(s) for s in self.specs],
-                "candidates": candidates,
-                "canaries": self.canaries,
-                "force": force,
-                "rebuild": any(r.rebuild for r in batch),
-            }
+            job = CompileJob(
+                cache_dir=str(self.cache_dir),
+                specs=tuple(self.specs),
+                candidates=tuple(candidates),
+                canaries=tuple(self.canaries),
+                force=force,
+                rebuild=any(r.rebuild for r in batch),
+            )
             try:
                 worker = await run_rebuild(job, isolate=self.isolate)
             except asyncio.CancelledError:
@@ -1052,18 +1034,18 @@ class Refresher:
                     str(exc) if isinstance(exc, RefreshError) else f"{type(exc).__name__}: {exc}"
                 )
                 log.warning("jectguard: %s; keeping the snapshot in force", detail)
-                worker = {"validations": {}, "error": detail, "not_published": detail}
+                worker = CompileResult(error=detail, not_published=detail)
             self._build_seq += 1
-            worker["seq"] = self._build_seq
-            if worker.get("snapshot"):
+            worker.seq = self._build_seq
+            if worker.snapshot:
                 try:
                     await self.follower.sync()
                 except Exception as exc:  # the snapshot is published; the next poll swaps to it
                     log.warning("jectguard: not switched to the new snapshot yet: %s", exc)
-            for name, err in worker.get("load_errors", {}).items():
+            for name, err in worker.load_errors.items():
                 log.warning("jectguard: list %s not loaded: %s", name, err)
-            if worker.get("not_published") and not worker.get("error"):
-                log.warning("jectguard: %s", worker["not_published"])
+            if worker.not_published and not worker.error:
+                log.warning("jectguard: %s", worker.not_published)
             for r in batch:
                 if not r.done.done():
                     r.done.set_result(worker)
@@ -1073,19 +1055,19 @@ class Refresher:
         spec: ListSpec,
         st: SourceState,
         res: FetchResult,
-        v: dict[str, Any] | None,
+        v: ValidationReport | None,
         now: float,
     ) -> SourceOutcome:
         """Update a source's state from one fetch and its validation; the outcome to report."""
         st.last_attempt = now
         ok = False
-        if res.status == "not_modified":
+        if res.status == Fetch.NOT_MODIFIED:
             st.last_success, st.last_error, st.held_back, st.failures = now, None, None, 0
             st.etag, st.last_modified = res.etag, res.last_modified
             out = SourceOutcome(spec.name, Outcome.UNCHANGED, "304 Not Modified", st.entries_total)
             ok = True
-        elif res.status == "failed" or v is None or v.get("error"):
-            st.last_error = res.error or (v or {}).get("error") or (
+        elif res.status == Fetch.FAILED or v is None or v.error:
+            st.last_error = res.error or (v.error if v is not None else None) or (
                 "validation did not run (rebuild worker failed)"
             )
             st.failures += 1
@@ -1093,28 +1075,28 @@ class Refresher:
                 st.not_before = now + res.retry_after
             out = SourceOutcome(spec.name, Outcome.FAILED, st.last_error, st.entries_total)
             log.warning("jectguard: feed %s failed, serving its last good data: %s", spec.name, st.last_error)
-        elif v["accepted"]:
+        elif v.accepted:
             st.last_success = now
             st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
             st.body_sha256 = res.sha256  # the validators above describe this body only
-            st.entries, st.entries_total = v["entries"], sum(v["entries"].values())
-            st.rejected, st.refused = v["rejected"], v["refused"]
+            st.entries, st.entries_total = v.entries, sum(v.entries.values())
+            st.rejected, st.refused = v.rejected, v.refused
             st.held_back, st.last_error, st.failures = None, None, 0
-            if v.get("same"):
+            if v.same:
                 detail = f"{st.entries_total} entries (same content as the list in force)"
                 out = SourceOutcome(spec.name, Outcome.UNCHANGED, detail, st.entries_total)
             else:
                 st.last_change = now
-                detail = f"{st.entries_total} entries" + (" (size guard overridden)" if v["forced"] else "")
+                detail = f"{st.entries_total} entries" + (" (size guard overridden)" if v.forced else "")
                 out = SourceOutcome(spec.name, Outcome.UPDATED, detail, st.entries_total)
             ok = True
         else:
-            st.held_back, st.last_error = v["reason"], None
-            out = SourceOutcome(spec.name, Outcome.HELD_BACK, v["reason"], st.entries_total)
-            log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v["reason"])
+            st.held_back, st.last_error = v.reason, None
+            out = SourceOutcome(spec.name, Outcome.HELD_BACK, v.reason, st.entries_total)
+            log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v.reason)
         if res.retry_after is None and ok:
             st.not_before = None
-        st.permanent_error = res.status == "failed" and res.permanent
+        st.permanent_error = res.status == Fetch.FAILED and res.permanent
         st.next_run = self._next_run(spec, st, now, ok=ok)
         self.schedule[spec.name] = st.next_run
         return out
@@ -1251,7 +1233,7 @@ class Refresher:
 
     async def _rebuild_stale(self, now: float) -> None:
         worker = await self._build(None, force=False, rebuild=True)
-        if not worker.get("snapshot"):
+        if not worker.snapshot:
             # Do not rebuild every poll while a list stays broken.
             self._rebuild_not_before = now + FAILURE_RETRY_SECONDS
         report = RefreshReport()
@@ -1259,28 +1241,28 @@ class Refresher:
         if report.not_published or report.repaired:
             self.last_report = report  # what status shows of the last refresh
         if self.on_report and (
-            worker.get("not_published") or worker.get("load_errors") or worker.get("repaired")
+            worker.not_published or worker.load_errors or worker.repaired
         ):
             self.on_report(report)
 
 
-def _merge_workers(report: RefreshReport, workers: Sequence[dict[str, Any]]) -> None:
+def _merge_workers(report: RefreshReport, workers: Sequence[CompileResult]) -> None:
     """What the rebuilds a refresh took part in did: the latest snapshot, the latest trouble."""
-    ordered = sorted(workers, key=lambda w: w.get("seq", 0))
-    published = [w for w in ordered if w.get("snapshot")]
+    ordered = sorted(workers, key=lambda w: w.seq)
+    published = [w for w in ordered if w.snapshot]
     if published:
         last = published[-1]
-        report.snapshot = last["snapshot"]
-        report.rules = last.get("rules")
-        report.refused = last.get("refused", 0)
-        report.compile_seconds = last.get("seconds")
+        report.snapshot = last.snapshot
+        report.rules = last.rules
+        report.refused = last.refused
+        report.compile_seconds = last.seconds
     if ordered:
-        report.load_errors = ordered[-1].get("load_errors", {})
-        problems = [w["not_published"] for w in ordered if w.get("not_published")]
-        if problems and (not published or ordered[-1].get("not_published")):
+        report.load_errors = ordered[-1].load_errors
+        problems = [w.not_published for w in ordered if w.not_published]
+        if problems and (not published or ordered[-1].not_published):
             report.not_published = problems[-1]
-        report.repaired = next((w["repaired"] for w in published if w.get("repaired")), None)
-        errors = [w["publish_error"] for w in ordered if w.get("publish_error")]
+        report.repaired = next((w.repaired for w in published if w.repaired), None)
+        errors = [w.publish_error for w in ordered if w.publish_error]
         if errors and report.not_published in errors:
             report.publish_error = report.not_published
 

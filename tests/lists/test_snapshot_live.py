@@ -29,7 +29,8 @@ import pytest
 from proxy_addons.core.index import HEADER_SIZE
 from proxy_addons.lists.sources import load_sources
 from proxy_addons.lists.store import SnapshotStore
-from proxy_addons.refresh.refresher import run_job, spec_to_dict
+from proxy_addons.refresh.job import CompileJob
+from proxy_addons.refresh.refresher import run_job
 from tests.e2e.conftest import HOSTS, ROOT, Proxy, free_port, proxy_command, wait_for_port
 
 TOKEN = "t" * 40
@@ -112,17 +113,9 @@ class Live:
 def publish(lists: Path, cache: Path) -> Path:
     """Compile the lists as they are now and publish them (what the refresher does)."""
     cfg = load_sources(lists / "sources.toml")
-    out = run_job(
-        {
-            "cache_dir": str(cache),
-            "specs": [spec_to_dict(s) for s in cfg.sources],
-            "candidates": [],
-            "canaries": [],
-            "rebuild": True,
-        }
-    )
-    assert out["snapshot"], out
-    return Path(out["snapshot"])
+    out = run_job(CompileJob(str(cache), tuple(cfg.sources), rebuild=True))
+    assert out.snapshot, out
+    return Path(out.snapshot)
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ from proxy_addons.lists.health import (
 )
 from proxy_addons.lists.sources import load_sources
 from proxy_addons.lists.store import SnapshotStore
+from proxy_addons.refresh.job import CompileJob
 from proxy_addons.refresh.refresher import (
     FULL_VERIFY_SECONDS,
     RETRY_MAX_SECONDS,
     Follower,
     run_job,
-    spec_to_dict,
 )
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
@@ -69,16 +69,9 @@ def blocked(slot: Slot, host: str) -> bool:
 def publish(root: Path, hosts: str) -> Path:
     (root / "block.txt").write_text(hosts)
     cfg = load_sources(root / "sources.toml")
-    out = run_job(
-        {
-            "cache_dir": str(root / "cache"),
-            "specs": [spec_to_dict(s) for s in cfg.sources],
-            "candidates": [],
-            "canaries": [],
-            "rebuild": True,
-        }
-    )
-    return Path(out["snapshot"])
+    out = run_job(CompileJob(str(root / "cache"), tuple(cfg.sources), rebuild=True))
+    assert out.snapshot, out
+    return Path(out.snapshot)
 
 
 @pytest.fixture

@@ -445,6 +445,7 @@ async def test_rebuilds_are_coalesced(
 ) -> None:
     """One rebuild at a time; the changes that arrive while it runs are taken by one more."""
     import proxy_addons.refresh.refresher as refresher_mod
+    from proxy_addons.refresh.job import CompileJob, CompileResult
 
     names = [unique(request, f"c{i}") for i in range(4)]
     for i, n in enumerate(names):
@@ -455,8 +456,8 @@ async def test_rebuilds_are_coalesced(
     real = refresher_mod.run_rebuild
     jobs: list[list[str]] = []
 
-    async def held_first(job: dict, *, isolate: bool = True) -> dict:
-        jobs.append(sorted(c["name"] for c in job["candidates"]))
+    async def held_first(job: CompileJob, *, isolate: bool = True) -> CompileResult:
+        jobs.append(sorted(c.name for c in job.candidates))
         if len(jobs) == 1:  # keep the first rebuild busy until every other change is queued
             async with asyncio.timeout(10):
                 while len(jobs[0]) + len(r._builds) < 4:  # noqa: ASYNC110 - another task's progress

@@ -328,7 +328,8 @@ CRASH_CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from proxy_addons.refresh.refresher import run_job, spec_to_dict, canary_names
+    from proxy_addons.refresh.job import Candidate, CompileJob
+    from proxy_addons.refresh.refresher import run_job, canary_names
     from proxy_addons.lists.sources import load_sources
 
     src, cache, a, b = sys.argv[1:5]
@@ -341,11 +342,10 @@ CRASH_CHILD = textwrap.dedent(
     while True:
         tmp = cache / "feeds" / f"crash.body.{i}.part"
         tmp.write_bytes(bodies[i % 2])
-        run_job({
-            "cache_dir": str(cache), "specs": [spec_to_dict(s) for s in cfg.sources],
-            "candidates": [{"name": "crash", "tmp": str(tmp)}],
-            "canaries": canary_names(cfg), "force": True,
-        })
+        run_job(CompileJob(
+            str(cache), tuple(cfg.sources), candidates=(Candidate("crash", str(tmp)),),
+            canaries=tuple(canary_names(cfg)), force=True,
+        ))
         i += 1
     """
 )
