@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,18 @@ def test_every_command_is_one_module_in_the_table() -> None:
     for c in COMMANDS:
         mod = importlib.import_module(c.module)
         assert callable(mod.add_arguments) and callable(mod.main), c.module
+
+
+@pytest.mark.parametrize("package", ["core", "lists", "refresh", "telemetry", "admin"])
+def test_only_addons_and_cli_import_mitmproxy(package: str) -> None:
+    # The refresher's worker, the commands and the admin app run without mitmproxy (a
+    # worker process starts faster, `jectguard strip` stays light, the app is tested alone).
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"import proxy_addons.{package} as p\n"
+        "for m in pkgutil.iter_modules(p.__path__):\n"
+        f"    importlib.import_module('proxy_addons.{package}.' + m.name)\n"
+        "assert 'mitmproxy' not in sys.modules, 'mitmproxy imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
