@@ -63,6 +63,10 @@ def parse_admin_host(value: str) -> str:
     return host
 
 
+# The options the admin token is read from.
+_TOKEN_INPUTS: Final = frozenset({"jg_admin_port", "jg_admin_token_file", "jg_cache_dir"})
+
+
 class AdminServer:
     """The admin API on ``jg_admin_host:jg_admin_port`` (0 turns it off)."""
 
@@ -140,7 +144,11 @@ class AdminServer:
             raise exceptions.OptionsError(
                 f"jg_admin_port: must be between 0 (off) and 65535, got {o.jg_admin_port}"
             )
-        if o.jg_admin_port and (self.token is None or "jg_admin_token_file" in updated):
+        # Only when an input of the token changed: mitmproxy re-sends other options (one
+        # addon's configure setting another's) and rolls back on an error, so raising here
+        # for an unchanged bad file made every nested update fail again (a RecursionError
+        # traceback before the message).
+        if o.jg_admin_port and updated & _TOKEN_INPUTS:
             data_dir = self.data_dir
             if data_dir is None:
                 from proxy_addons.loading import default_cache_dir
