@@ -99,6 +99,8 @@ class AdminServer:
         self.hosts = AdminHosts()
         self.state: AdminState | None = None
         self.token: AdminToken | None = None
+        # (token file, data dir) whose reading failed and was reported.
+        self._token_failed: tuple[str, str] | None = None
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None  # where the server really listens
         self._master: Any = None
@@ -144,11 +146,7 @@ class AdminServer:
             raise exceptions.OptionsError(
                 f"jg_admin_port: must be between 0 (off) and 65535, got {o.jg_admin_port}"
             )
-        # Only when an input of the token changed: mitmproxy re-sends other options (one
-        # addon's configure setting another's) and rolls back on an error, so raising here
-        # for an unchanged bad file made every nested update fail again (a RecursionError
-        # traceback before the message).
-        if o.jg_admin_port and updated & _TOKEN_INPUTS:
+        if o.jg_admin_port and (self.token is None or "jg_admin_token_file" in updated):
             data_dir = self.data_dir
             if data_dir is None:
                 from proxy_addons.loading import default_cache_dir
@@ -156,10 +154,19 @@ class AdminServer:
                 # the refresh addon's jg_cache_dir, when loaded and set
                 cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""
                 data_dir = Path(cache).expanduser() if cache else default_cache_dir()
+            key = (o.jg_admin_token_file, str(data_dir))
             try:
                 self.token = load_or_create_token(o.jg_admin_token_file or None, data_dir)
             except TokenError as exc:
-                raise exceptions.OptionsError(f"jg_admin_token_file: {exc}") from None
+                # Raised once per bad value: mitmproxy re-sends other options (one addon's
+                # configure setting another's) and rolls back on an error, so raising again
+                # in every nested update recursed (a RecursionError traceback before the
+                # message). The server never starts without a token (running()).
+                if key != self._token_failed or updated & _TOKEN_INPUTS:
+                    self._token_failed = key
+                    raise exceptions.OptionsError(f"jg_admin_token_file: {exc}") from None
+            else:
+                self._token_failed = None
         self.host, self.port = host, o.jg_admin_port
         self.hosts = AdminHosts.for_listener(host, tuple(names))
         if self.state is not None:
@@ -203,6 +210,8 @@ class AdminServer:
             except exceptions.OptionsError as exc:
                 logger.error("jectguard: cannot start the admin API: %s", exc)
                 return
+        if self.port and self.token is None:
+            logger.error("jectguard: cannot start the admin API: its token cannot be read")
         if not self.port or self.token is None:
             return
         self._master = getattr(ctx, "master", None)
