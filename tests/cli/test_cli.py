@@ -253,3 +253,15 @@ def test_a_tilde_cache_dir_names_the_same_directory_everywhere(tmp_path: Path, h
     assert res.returncode == 0, res.stderr
     assert (home / "jgc" / "campaign").is_dir()
     assert not (work / "~").exists()
+
+
+def test_run_with_a_missing_admin_token_file_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """A bad option is one clear line and exit 2, not a RecursionError traceback first."""
+    r = run(
+        "run", "--listen-port", "1", "--admin-token-file", str(tmp_path / "missing-token"),
+        cache=tmp_path / "cache",
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "missing-token" in out and "no such file" in out
+    assert "Traceback" not in out and "RecursionError" not in out
