@@ -20,9 +20,11 @@ class Exit(enum.IntEnum):
     # element removed, ``update`` a source not updated.
     FOUND = 1
     # The caller's data or configuration: a missing list file, a refused list, a bad
-    # option value, nothing to roll back to (``JectguardError.hint == "input"``).
+    # option value, nothing to roll back to, a cache it cannot write
+    # (``JectguardError.hint == "input"``).
     INPUT = 2
-    # The environment or jectguard itself: an unwritable cache, an unreadable ledger.
+    # The environment or jectguard itself: an unreadable ledger, a damaged store
+    # (``hint == "state"``/``"runtime"``).
     INTERNAL = 3
     INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
