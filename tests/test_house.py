@@ -93,3 +93,20 @@ def test_only_addons_and_cli_import_mitmproxy(package: str) -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+LAYERS = ("core", "lists", "refresh", "telemetry", "admin", "addons", "cli")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_packages_import_only_the_layers_below(path: Path) -> None:
+    # core <- lists <- refresh <- telemetry <- admin <- addons <- cli: a reader can take
+    # the packages in this order, and a cycle (lists importing refresh) cannot come back.
+    own = _rel(path).split("/", 1)[0]
+    if own not in LAYERS:
+        return
+    imported = re.findall(
+        r"^\s*(?:from|import) proxy_addons\.(\w+)", path.read_text(encoding="utf-8"), re.M
+    )
+    above = [p for p in imported if p in LAYERS and LAYERS.index(p) > LAYERS.index(own)]
+    assert above == [], f"{_rel(path)} imports {above}"

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy_addons.refresh.validate import SizeBaseline
-
 
 @dataclass(frozen=True, slots=True)
 class ListRecord:
@@ -28,10 +26,6 @@ class ListRecord:
         int, ...
     ] = ()  # distinct counts accepted, oldest first: the size guard's baseline
     fetched: bool = False  # a URL source (its body is archived for rollback)
-
-    @property
-    def baseline(self) -> SizeBaseline:
-        return SizeBaseline.of(self.history or (self.rules,))
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -246,7 +246,7 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
             continue
         digest = _sha256(data)
         prev = before.get(name)
-        baseline = prev.baseline if prev is not None else None
+        baseline = SizeBaseline.of_record(prev) if prev is not None else None
         hold = holds.get(name)
         if hold is not None and digest in hold.refused:
             v = Validation(False, _held_reason(hold))
@@ -341,7 +341,7 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
                 distinct, history = prev.rules, prev.history
             else:
                 distinct = distinct_count(parsed)
-                base = prev.baseline if prev is not None else SizeBaseline()
+                base = SizeBaseline.of_record(prev) if prev is not None else SizeBaseline()
                 history = base.after(distinct).history
         lists.append((spec, parsed))
         bodies[spec.name] = src

@@ -44,6 +44,7 @@ from proxy_addons.core.errors import CanonError, ListFormatError
 from proxy_addons.core.formats import parse_list
 from proxy_addons.core.guard import PoisonGuard
 from proxy_addons.core.model import ParsedList, RuleKind
+from proxy_addons.lists.inforce import ListRecord
 
 # Names that must keep working whatever a feed says: mitmproxy's certificate
 # page (served by the proxy itself) and a few top sites, used even when the
@@ -117,6 +118,11 @@ class SizeBaseline:
     @classmethod
     def of(cls, history: Iterable[int] | None) -> SizeBaseline:
         return cls(tuple(int(n) for n in history or ())[-SIZE_HISTORY:])
+
+    @classmethod
+    def of_record(cls, record: ListRecord) -> SizeBaseline:
+        """The baseline of a list in force (its history, else its one count)."""
+        return cls.of(record.history or (record.rules,))
 
     def after(self, accepted: int) -> SizeBaseline:
         """The baseline once ``accepted`` distinct rules are in force."""
