@@ -45,7 +45,7 @@ class Refresh:
         self,
         holder: EngineHolder,
         on_report: Callable[[RefreshReport], None] | None = None,
-        on_snapshot_event: Callable[[SnapshotEvent], None] | None = None,
+        on_snapshot_event: Callable[[SnapshotEvent], object] | None = None,
     ) -> None:
         self.holder = holder
         self.on_report = on_report

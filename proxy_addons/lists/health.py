@@ -34,7 +34,7 @@ class SnapshotEvent:
     snapshot: str | None  # the file concerned
     detail: str
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, str | None]:
         """The fields of its ``error`` event."""
         return {
             "source": "snapshot",

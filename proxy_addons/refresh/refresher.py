@@ -492,7 +492,7 @@ class Follower:
         *,
         repair: bool = False,
         on_health: Callable[[SnapshotHealth], None] | None = None,
-        on_event: Callable[[SnapshotEvent], None] | None = None,
+        on_event: Callable[[SnapshotEvent], object] | None = None,  # its result is ignored
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache_dir = Path(cache_dir)
@@ -749,7 +749,7 @@ async def watch_snapshot(
     *,
     interval: float = WATCH_POLL_SECONDS,
     on_health: Callable[[SnapshotHealth], None] | None = None,
-    on_event: Callable[[SnapshotEvent], None] | None = None,
+    on_event: Callable[[SnapshotEvent], object] | None = None,  # its result is ignored
 ) -> None:
     """Follow the snapshots another process publishes, forever (cancel to stop)."""
     follower = Follower(cache_dir, specs, slot, on_health=on_health, on_event=on_event)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TextIO
 
 from proxy_addons.core.canon import scalar_text
-from proxy_addons.refresh.outcome import Outcome
+from proxy_addons.refresh.outcome import Outcome, Result
 
 logger = logging.getLogger(__name__)
 
@@ -298,18 +298,19 @@ def report_refresh(
     source: str,
     result: str,
     reason: str | None = None,
-    **fields: object,
+    *,
+    entries: int | None = None,
 ) -> None:
     """What the refresher calls after each source: count it; a held-back or failed one is an event.
 
-    ``result`` is ``success``, ``failure`` or ``held_back``.
+    ``result`` is ``success``, ``failure`` or ``held_back`` (:class:`~proxy_addons.refresh.outcome.Result`).
     """
     if metrics is not None:
         metrics.record_refresh(source, result)
-    if events is None or result == "success":
+    if events is None or result == Result.SUCCESS:
         return
-    kind = "refresh-held" if result == "held_back" else "error"
-    events.emit(kind, list=source, source=source, reason=reason, result=result, **fields)
+    kind = "refresh-held" if result == Result.HELD_BACK else "error"
+    events.emit(kind, list=source, source=source, reason=reason, result=result, entries=entries)
 
 
 def report_refresh_outcomes(
