@@ -13,13 +13,15 @@ sensitive to other load on the machine than a socket benchmark. The difference
 between the two is what jectguard adds above the sockets and the HTTP parsing.
 
 ``--by-addon`` also times each top-level addon's share (mitmproxy's
-``invoke_addon`` for that addon alone, with the same flows).
+``invoke_addon`` for that addon alone, with the same flows), and each of
+jectguard's children alone (its hook methods called directly).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import sys
 import time
@@ -99,14 +101,20 @@ async def _master(jectguard: bool, lists: list[Path]) -> Any:
     return master
 
 
-async def _replay(master: Any, n: int, addon: Any = None) -> float:
-    """CPU seconds for ``n`` requests' hooks (through one addon only when given)."""
+async def _replay(master: Any, n: int, addon: Any = None, child: Any = None) -> float:
+    """CPU seconds for ``n`` requests' hooks (through one addon, or one child, when given)."""
     steps = [_hooks(_flow()) for _ in range(n)]
     t0 = time.process_time()
     for hooks in steps:
         for hook in hooks:
             if callable(hook):
                 hook()
+            elif child is not None:  # the child's own method, without any dispatch
+                method = getattr(child, hook.name, None)
+                if method is not None:
+                    result = method(*hook.args())
+                    if result is not None and inspect.isawaitable(result):
+                        await result
             elif addon is None:
                 await master.addons.handle_lifecycle(hook)
             else:
@@ -149,6 +157,11 @@ async def main_async(args: argparse.Namespace, lists: list[Path]) -> None:
                 f"  {name:<22}{t.get('mitmdump', 0) * 1e6:>12.1f}"
                 f"{t.get('jectguard', 0) * 1e6:>13.1f}"
             )
+        parent = jg.addons.get("jectguard")
+        print("  jectguard's children, their own hooks called directly (no dispatch):")
+        for child in getattr(parent, "children", ()):
+            t = min([await _replay(jg, n, child=child) for _ in range(3)]) / n
+            print(f"    {type(child).__name__:<22}{t * 1e6:>10.1f} us")
 
 
 def main() -> int:
