@@ -389,6 +389,12 @@ def main() -> int:
                     ("HTTP  jectguard (blocked, 403 from proxy)", None, tmp / "c3",
                      f"http://{blocked_host}/x.js"),
                 ]
+                if args.compare is not None:
+                    tree = args.compare.resolve()
+                    configs.insert(3, (
+                        f"HTTP  jectguard at {_commit(tree)} (allowed)",
+                        lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=tree),
+                        tmp / "c5", url))
                 procs: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
                 try:
                     jg: tuple[subprocess.Popen[bytes], int] | None = None
