@@ -390,10 +390,10 @@ def main() -> int:
                      f"http://{blocked_host}/x.js"),
                 ]
                 if args.compare is not None:
-                    tree = args.compare.resolve()
+                    other = args.compare.resolve()
                     configs.insert(3, (
-                        f"HTTP  jectguard at {_commit(tree)} (allowed)",
-                        lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=tree),
+                        f"HTTP  jectguard at {_commit(other)} (allowed)",
+                        lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=other),
                         tmp / "c5", url))
                 procs: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
                 try:
