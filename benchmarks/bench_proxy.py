@@ -269,10 +269,13 @@ def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str,
     # A checkout from before the destination policy (--compare) has no such flags.
     local = LOCAL_ORIGIN if "--allow-destination" in (tree / "proxy_addons" / "run.py").read_text(
         ) else []
+    # The admin server runs (as it does for users) on a port of its own: two proxies of
+    # one run, or another user's, must not meet on the default 8090.
+    admin = [] if "--admin-port" in extra else ["--admin-port", str(free_port())]
     # its own cache (the sightings ledger lives there), never the user's
     return [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
             "--confdir", str(confdir), "--cache-dir", str(confdir / "jg-cache"), *args, *QUIET,
-            *local, *extra]
+            *local, *admin, *extra]
 
 
 def write_block_list_config(confdir: Path, n: int) -> None:
