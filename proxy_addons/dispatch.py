@@ -1,4 +1,4 @@
-"""mitmproxy's event dispatch, same semantics, a third of the CPU (``jectguard run`` only).
+"""mitmproxy's event dispatch, same semantics, a fraction of the CPU (``jectguard run`` only).
 
 Half of a proxy's event-loop time on a small allowed request is mitmproxy's
 ``AddonManager.trigger_event`` (py-spy; README "Where the allowed path's CPU
@@ -9,7 +9,10 @@ context manager, an ``invoke_addon`` coroutine, an ``_iter_hooks`` and a
 every handler: ~2 us per addon per event, whether the addon handles the event
 or not. :class:`FastDispatch` does the same walk with plain loops, one
 ``try`` per top-level addon, the event's arguments read once per event, and an
-``await`` only for a handler that returned an awaitable.
+``await`` only for a handler that returned an awaitable. ``bench_dispatch.py``
+(CPU of one allowed request's hooks and dispatch, no sockets): plain mitmdump's
+chain 564 us; jectguard's (one more addon, its hooks) 678 us under mitmproxy's
+dispatch, 138 us under this one.
 
 What stays exactly as in mitmproxy 12 (``tests/test_dispatch_manager.py``
 runs both managers on the same cases): addons and their ``addons`` children in
