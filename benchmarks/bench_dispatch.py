@@ -97,7 +97,8 @@ async def _master(jectguard: bool, lists: list[Path], fast_dispatch: bool = True
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         drop_legacy_log_events()
         master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
-    addons = make_addons(EngineHolder(engine), report=report)
+    # A cache of its own (the campaign state, the ledger), never the user's.
+    addons = make_addons(EngineHolder(engine), report=report, cache_dir=Path(confdir) / "cache")
     master.addons.add(Jectguard(addons))
     opts.update(
         flow_detail=0,
@@ -107,6 +108,7 @@ async def _master(jectguard: bool, lists: list[Path], fast_dispatch: bool = True
         jg_refresh_role="off",
         jg_allow_destination=["127.0.0.0/8"],  # the origin is local, as in bench_proxy.py
         jg_connect_ports=["1-65535"],
+        confdir=confdir,
     )
     return master
 
