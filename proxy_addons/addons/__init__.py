@@ -231,5 +231,7 @@ __all__ = [
     "Refresh",
     "Strip",
     "Tunnels",
+    "addon_name",
+    "chain",
     "make_addons",
 ]
