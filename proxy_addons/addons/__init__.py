@@ -10,7 +10,7 @@ flow hooks under mitmproxy's own dispatch, ``update`` events not counted).
 ``Jectguard`` instead builds, once, one callable per hook name from the
 children that define it (the child's own bound method when only one does), so
 mitmproxy sees one addon with one attribute per hook. ``jectguard run`` also
-replaces mitmproxy's per-event dispatch itself (``proxy_addons.dispatch``).
+replaces mitmproxy's per-event dispatch itself (``proxy_addons.cli.dispatch``).
 """
 
 from __future__ import annotations

@@ -378,7 +378,7 @@ def make_master(opts: Any) -> Any:
     from mitmproxy.addons.termlog import TermLog
     from mitmproxy.tools.dump import DumpMaster
 
-    from proxy_addons.dispatch import install as install_fast_dispatch
+    from proxy_addons.cli.dispatch import install as install_fast_dispatch
 
     master: Any = DumpMaster(opts, with_termlog=False, with_dumper=False)
     install_fast_dispatch(master)

@@ -14,7 +14,7 @@ or not. :class:`FastDispatch` does the same walk with plain loops, one
 chain 564 us; jectguard's (one more addon, its hooks) 678 us under mitmproxy's
 dispatch, 138 us under this one.
 
-What stays exactly as in mitmproxy 12 (``tests/test_dispatch_manager.py``
+What stays exactly as in mitmproxy 12 (``tests/cli/test_dispatch.py``
 runs both managers on the same cases): addons and their ``addons`` children in
 order, walked afresh on every event (scripts come and go); a handler attribute
 that is neither callable nor a module is an error; an exception in one

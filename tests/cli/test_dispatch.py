@@ -14,8 +14,8 @@ from mitmproxy.addonmanager import AddonManager
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.test import taddons, tflow
 
-from proxy_addons import dispatch
-from proxy_addons.dispatch import FastDispatch, install
+from proxy_addons.cli import dispatch
+from proxy_addons.cli.dispatch import FastDispatch, install
 
 Log = list[str]
 
