@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.telemetry.events import EventLog
@@ -30,6 +30,7 @@ from .blocking import Blocking
 from .campaign import Campaign
 from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
+from .failclosed import LIFECYCLE, FailClosed, guarded
 from .heap import FreezeStartupHeap
 from .ledger import LedgerAddon
 from .limits import ConnectionLimits
@@ -87,6 +88,12 @@ def make_addons(
         ),
         FreezeStartupHeap(),
     ]
+
+
+# The children whose hooks decide what traffic may pass: an exception in one of their
+# traffic hooks refuses that traffic. The others observe (events, metrics, ledger,
+# campaign detection, admin, refresh): their errors are logged and traffic goes on.
+DECIDERS: Final = (ClientAllowList, Blocking, Tunnels, Addresses, Strip, ConnectionLimits, DnsFilter)
 
 
 class Handler(Protocol):
@@ -159,8 +166,11 @@ class Jectguard:
     finds a child, its commands are collected) and ``done`` unregisters them, as
     ``AddonManager.remove`` does, once every child's ``done`` has run. Options,
     ``configure``, ``running`` and every traffic hook reach the children in order;
-    an exception in one child's hook ends that event for the children after it
-    (mitmproxy logs it) and the proxy keeps serving.
+    an exception in a deciding child's traffic hook refuses that traffic (the flow
+    killed, the connection closed or never opened, see :mod:`.failclosed`) and the
+    children after it still run; an exception in an observer's hook or in a
+    lifecycle hook ends that event for the children after it (mitmproxy logs it).
+    The proxy keeps serving either way.
     """
 
     name = "jectguard"
@@ -169,8 +179,20 @@ class Jectguard:
         # Not ``self.addons``: mitmproxy would walk that list on every event.
         self.children: tuple[object, ...] = tuple(addons)
         self.hooks: dict[str, Handler] = {}
+        # A decider's traffic hook that raises refuses what it decided on (failclosed.py).
+        self.fail_closed = FailClosed()
         for hook in sorted(_hook_names()):
-            handlers = [h for h in (getattr(a, hook, None) for a in self.children) if callable(h)]
+            handlers: list[Handler] = []
+            own = getattr(self.fail_closed, hook, None) if hook not in LIFECYCLE else None
+            if callable(own):
+                handlers.append(own)
+            for a in self.children:
+                h = getattr(a, hook, None)
+                if not callable(h):
+                    continue
+                if hook not in LIFECYCLE and isinstance(a, DECIDERS):
+                    h = guarded(h, hook, addon_name(a), self.fail_closed)
+                handlers.append(h)
             if handlers:
                 self.hooks[hook] = chain(handlers)
                 if hook not in ("load", "done"):  # those two are methods: they (un)register
