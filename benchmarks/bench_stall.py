@@ -222,6 +222,10 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=2, help="loads of each big page per phase")
     parser.add_argument("--workers", type=int, default=2, help="jg_strip_workers")
     parser.add_argument("--quick", action="store_true", help="js pages only, one round")
+    parser.add_argument(
+        "--no-strip", action="store_true",
+        help="jectguard with jg_strip=false: what the proxy adds without any scan",
+    )  # fmt: skip
     parser.add_argument("--serve-origin", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_origin:
@@ -247,7 +251,7 @@ def main() -> None:
             ports: dict[str, int] = {}
             jport = free_port()
             (tmp / "jg").mkdir()
-            cmd = jectguard_cmd(jport, tmp / "jg", blocklist, True)
+            cmd = jectguard_cmd(jport, tmp / "jg", blocklist, not args.no_strip)
             cmd += ["--set", f"jg_strip_workers={args.workers}"]
             procs.append(start(cmd, tmp / "jg" / "proxy.log", jport))
             ports["jectguard"] = jport
@@ -278,6 +282,7 @@ def main() -> None:
     print(
         f"{rounds} round(s) x {args.loads} load(s) of each big page per proxy; small requests "
         f"(2 KB HTML) back to back meanwhile; jg_strip_workers={args.workers}"
+        + (", jg_strip=false" if args.no_strip else "")
     )
     print(f"{'small requests (ms)':28s} | {'n':>6s} {'p50':>8s} {'p99':>8s} {'max':>8s}")
     for p in ("mitmdump", "jectguard"):
