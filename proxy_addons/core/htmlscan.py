@@ -1732,13 +1732,15 @@ class _Judge:
                     and not _DOTLESS_HOST.fullmatch(host)
                 ):
                     continue
-                verdict = self._ref_verdict(_url_scheme(text, m.start()) + m.group())
+                at = m.start()
+                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
+                verdict = self._absolute_verdict(scheme + m.group())
                 if verdict is not None:
                     return verdict
         if "." in text:
             for lit in _host_literals(text):
                 if _TLD.search(lit) or _IPV4.fullmatch(lit):
-                    verdict = self._ref_verdict("http://" + lit + "/")
+                    verdict = self._absolute_verdict("http://" + lit + "/")
                     if verdict is not None:
                         return verdict
         if "<" in text:
@@ -1750,6 +1752,20 @@ class _Judge:
                             return verdict
         return None
 
+    def _absolute_verdict(self, ref: str) -> _Verdict | None:
+        """``_ref_verdict`` of an absolute reference, remembered by its text (its URL
+        depends on no base: one lookup per reference, thousands in big app state)."""
+        cache = self.caches.absolute
+        hit = cache.get(ref)
+        if hit is None:
+            url = _resolve(self.page_url, ref)
+            hit = (url, None if url is None else self.check(url))
+            self.caches.put(cache, ref, hit)
+        url, match = hit
+        if url is None or match is None:
+            return None
+        return self._match_verdict(url, match)
+
     def _ref_verdict(self, ref: str, *, resolved: bool = False) -> _Verdict | None:
         url = ref if resolved else self.resolve(self.page_url, ref)
         if url is None:
@@ -1757,6 +1773,10 @@ class _Judge:
         match = self.check(url)
         if match is None:
             return None
+        return self._match_verdict(url, match)
+
+    @staticmethod
+    def _match_verdict(url: str, match: MatchLike) -> _Verdict:
         monitor = str(getattr(match, "mode", "")) == "monitor"
         return _Verdict(url, "inline-reference", match.rule, match.list, not monitor)
 
@@ -1907,6 +1927,8 @@ class _Caches:
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
         self.inline: dict[tuple[str, ScriptKind, str, tuple[str, ...]], _Verdict | None] = {}
+        # Absolute references in script text -> (their URL, its match).
+        self.absolute: dict[str, tuple[str | None, MatchLike | None]] = {}
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
