@@ -207,6 +207,40 @@ def phase(
     return small, big
 
 
+def scan_times(names: list[str], blocklist: str, repeats: int = 5) -> None:
+    """Each big page scanned in this process (the worker's work, without the proxy):
+    CPU time, new bytes every scan; "cold" with a new Scanner each time (no URL
+    verdict remembered: URLs the worker never saw), "warm" with one Scanner."""
+    from proxy_addons.addons.strip import DEFAULT_SIGNATURES, blocked_by, load_signatures
+    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.formats import parse_list
+    from proxy_addons.core.htmlscan import Scanner
+    from proxy_addons.core.model import ListSpec
+
+    engine, _, _ = Engine.from_lists(
+        [(ListSpec(name="bench", category="malware"), parse_list(blocklist, name="bench"))]
+    )
+    signatures = load_signatures(str(DEFAULT_SIGNATURES))
+    nonce = itertools.count()
+    print(f"{'scan in one process, CPU (ms)':28s} | {'cold':>9s} {'warm':>9s}  (best of {repeats})")
+    for n in names:
+        kind, size, new = BIG[n]
+        page = big_page(kind, app_state(size))
+        warm = Scanner(blocked_by(engine), signatures)
+        times: dict[str, list[float]] = {"cold": [], "warm": []}
+        for _ in range(repeats + 1):  # (the first warms the warm scanner)
+            for label in ("cold", "warm"):
+                scanner = warm if label == "warm" else Scanner(blocked_by(engine), signatures)
+                body = page
+                if new:
+                    body = page.replace(b'"slug": "post-', b'"slug": "c%d-post-' % next(nonce))
+                t0 = time.process_time()
+                found = scanner.scan(body, "http://127.0.0.1/big", "text/html; charset=utf-8")
+                times[label].append(time.process_time() - t0)
+                assert found == [], found
+        print(f"{n:28s} | {ms(min(times['cold']))}  {ms(min(times['warm'][1:]))}")
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f}"
 
@@ -226,6 +260,10 @@ def main() -> None:
         "--no-strip", action="store_true",
         help="jectguard with jg_strip=false: what the proxy adds without any scan",
     )  # fmt: skip
+    parser.add_argument(
+        "--scan-only", action="store_true",
+        help="only scan the big pages in this process (CPU time: robust to machine load)",
+    )  # fmt: skip
     parser.add_argument("--serve-origin", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_origin:
@@ -233,11 +271,14 @@ def main() -> None:
         return
     names = list(QUICK if args.quick else BIG)
     rounds = 1 if args.quick else args.rounds
+    blocklist = "".join(f"bad{i}.example\n" for i in range(10_000))
+    if args.scan_only:
+        scan_times(names, blocklist)
+        return
 
     with tempfile.TemporaryDirectory(prefix="jg_stall_bench_") as t:
         tmp = Path(t)
-        blocklist = tmp / "block.txt"
-        blocklist.write_text("".join(f"bad{i}.example\n" for i in range(10_000)))
+        (tmp / "block.txt").write_text(blocklist)
         oport = free_port()
         procs = []
         try:
@@ -251,7 +292,7 @@ def main() -> None:
             ports: dict[str, int] = {}
             jport = free_port()
             (tmp / "jg").mkdir()
-            cmd = jectguard_cmd(jport, tmp / "jg", blocklist, not args.no_strip)
+            cmd = jectguard_cmd(jport, tmp / "jg", tmp / "block.txt", not args.no_strip)
             cmd += ["--set", f"jg_strip_workers={args.workers}"]
             procs.append(start(cmd, tmp / "jg" / "proxy.log", jport))
             ports["jectguard"] = jport
@@ -298,6 +339,9 @@ def main() -> None:
     for n in names:
         mm, jj = statistics.median(big["mitmdump"][n]), statistics.median(big["jectguard"][n])
         print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
+    if not args.no_strip:
+        print()
+        scan_times(names, blocklist)
 
 
 if __name__ == "__main__":
