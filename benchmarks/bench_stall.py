@@ -1,6 +1,6 @@
 """Does scanning a big page stall other connections? ``jectguard run`` vs plain mitmdump, one run.
 
-    python benchmarks/bench_stall.py [--rounds 3] [--loads 2] [--quick]
+    python benchmarks/bench_stall.py [--rounds 3] [--loads 2] [--quick] [--no-strip] [--scan-only]
 
 One origin (its own process) serves pages with megabytes of inline script, the
 shape of a server-rendered app's state:
@@ -13,9 +13,13 @@ shape of a server-rendered app's state:
 and a small page (2 KB HTML). For each proxy in turn (a real ``jectguard run`` with
 stripping on, and plain ``mitmdump`` with no addons), one client loads the big pages
 one after another while a second client sends small requests back to back over
-keep-alive; the proxies alternate for ``--rounds`` rounds. Printed: the small
-requests' p50/p99/max latency while big pages were in flight, for both proxies and
-the difference, and each big page's median load time and the time jectguard adds.
+keep-alive, then loads them alone; the proxies alternate for ``--rounds`` rounds.
+Printed: the small requests' p50/p99/max latency while big pages were in flight, for
+both proxies and the difference; each big page's median load time and the time
+jectguard adds, with the small requests running (the proxy's own CPU saturated: the
+scan worker competes with it) and alone; and each page's scan in this process (CPU
+time, cold and warm verdict caches: the worker's work, robust to machine load).
+Timings through the proxies depend on the machine's load: state it with each figure.
 
 Issue 17's targets: no small request waits more than 50 ms longer because a big
 page is scanned; a page with 5 MB of inline script adds at most 100 ms.
@@ -170,9 +174,11 @@ class Client:
 
 
 def phase(
-    port: int, base: str, names: list[str], loads: int
+    port: int, base: str, names: list[str], loads: int, *, with_small: bool = True
 ) -> tuple[list[float], dict[str, list[float]]]:
-    """Big pages loaded one after another while small requests run back to back."""
+    """Big pages loaded one after another while small requests run back to back
+    (``with_small``; without, the big pages alone: what a page costs on a proxy
+    that is not also saturated by a client hammering it)."""
     small: list[float] = []
     stop_small = threading.Event()
     started = threading.Event()
@@ -190,8 +196,9 @@ def phase(
             c.close()
 
     t = threading.Thread(target=small_client, daemon=True)
-    t.start()
-    started.wait(REQUEST_TIMEOUT)
+    if with_small:
+        t.start()
+        started.wait(REQUEST_TIMEOUT)
     big: dict[str, list[float]] = {n: [] for n in names}
     c = Client(port)
     try:
@@ -202,7 +209,8 @@ def phase(
                 big[n].append(elapsed)
     finally:
         stop_small.set()
-        t.join(REQUEST_TIMEOUT)
+        if with_small:
+            t.join(REQUEST_TIMEOUT)
         c.close()
     return small, big
 
@@ -307,6 +315,7 @@ def main() -> None:
             base = f"http://127.0.0.1:{oport}"
             small: dict[str, list[float]] = {p: [] for p in ports}
             big: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
+            alone: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
             for port in ports.values():  # warm-up: workers started, the repeated page seen once
                 phase(port, base, names, 1)
             for r in range(rounds):
@@ -314,8 +323,10 @@ def main() -> None:
                 for p in order:
                     s, b = phase(ports[p], base, names, args.loads)
                     small[p] += s
+                    _, a = phase(ports[p], base, names, args.loads, with_small=False)
                     for n in names:
                         big[p][n] += b[n]
+                        alone[p][n] += a[n]
         finally:
             for proc in reversed(procs):
                 stop(proc)
@@ -334,11 +345,18 @@ def main() -> None:
         f"{'added by jectguard':28s} | {'':6s} {ms(pct(j, 0.5) - pct(m, 0.5))} "
         f"{ms(pct(j, 0.99) - pct(m, 0.99))} {ms(max(j) - max(m))}"
     )
-    print()
-    print(f"{'big page load, median (ms)':28s} | {'mitmdump':>9s} {'jectguard':>9s} {'added':>8s}")
-    for n in names:
-        mm, jj = statistics.median(big["mitmdump"][n]), statistics.median(big["jectguard"][n])
-        print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
+    for title, loads in (("with small requests", big), ("alone", alone)):
+        print()
+        print(
+            f"{'big page load, median (ms)':28s} | {'mitmdump':>9s} {'jectguard':>9s} "
+            f"{'added':>8s}  ({title})"
+        )
+        for n in names:
+            mm, jj = (
+                statistics.median(loads["mitmdump"][n]),
+                statistics.median(loads["jectguard"][n]),
+            )
+            print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
     if not args.no_strip:
         print()
         scan_times(names, blocklist)
