@@ -247,6 +247,22 @@ def scan_times(names: list[str], blocklist: str, repeats: int = 5) -> None:
                 times[label].append(time.process_time() - t0)
                 assert found == [], found
         print(f"{n:28s} | {ms(min(times['cold']))}  {ms(min(times['warm'][1:]))}")
+    # The worst case for a body scanned on the event loop (INLINE_SCAN_BYTES): script
+    # text dense with URLs none of which was judged before.
+    for size in (32 * 1024, 256 * 1024):
+        best = float("inf")
+        for _ in range(repeats):
+            urls = []
+            while sum(map(len, urls)) < size:
+                i = next(nonce)
+                urls.append(f'"https://cdn{i % 13}.example{i % 5}.com/a/{i}/app.{i * 7919}.js",')
+            body = f"<html><script>var u=[{''.join(urls)}];</script></html>".encode()
+            scanner = Scanner(blocked_by(engine), signatures)
+            t0 = time.process_time()
+            scanner.scan(body, "http://127.0.0.1/dense", "text/html")
+            best = min(best, time.process_time() - t0)
+        label = f"{size // 1024} KB, {len(urls)} new URLs"
+        print(f"{label:28s} | {ms(best)}")
 
 
 def ms(seconds: float) -> str:
