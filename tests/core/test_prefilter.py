@@ -20,6 +20,7 @@ from proxy_addons.core.htmlscan import (
     _URL_REF,
     Scanner,
     _host_literals,
+    _join_literals,
     _url_scheme,
 )
 from proxy_addons.core.prefilter import fold_ascii_case, required_literals
@@ -102,6 +103,30 @@ def test_host_literals_shapes() -> None:
     assert list(_host_literals(long_label)) == []  # (the old regex: the same)
     many = '"' + "a." * 300 + 'com"'
     assert list(_host_literals(many)) == [m.group(2) for m in OLD_LITERAL_REF.finditer(many)]
+
+
+OLD_CONCAT = re.compile(r"""(["'`])\s*\+\s*(["'`])""")
+CONCATISH = st.text(alphabet=st.sampled_from(list("+'\"` \t\n\u2028\xa0ab")), max_size=40)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(CONCATISH)
+def test_literal_joins_are_the_old_ones(text: str) -> None:
+    assert _join_literals(text) == OLD_CONCAT.sub("", text)
+
+
+@pytest.mark.parametrize(
+    ("text", "joined"),
+    [
+        ("'<scr' + 'ipt src=' + \"//evil.example\"", "'<script src=//evil.example\""),
+        ("'a'+'b'+'c'", "'abc'"),
+        ("'+'+'", "+'"),
+        ("x + 1 + 'a' +\n 'b'", "x + 1 + 'ab'"),
+        ("no plus", "no plus"),
+    ],
+)
+def test_literal_joins(text: str, joined: str) -> None:
+    assert _join_literals(text) == joined == OLD_CONCAT.sub("", text)
 
 
 # ---- signatures: a literal prefilter, sound under re.IGNORECASE
