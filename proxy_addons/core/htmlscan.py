@@ -1163,16 +1163,53 @@ def decode_script_text(text: str) -> str:
     """Undo the common JS obfuscations: escapes, unescape("%.."), fromCharCode, "a" + "b"."""
     out = text
     if "\\" in out:
-        out = _JS_ESCAPE.sub(_js_escape, out)
+        out = _undo_escapes(out)
     if "%" in out:
         out = _PERCENT.sub(_percent, out)
         if "\\" in out:
-            out = _JS_ESCAPE.sub(_js_escape, out)
+            out = _undo_escapes(out)
     if "fromCharCode" in out:
         out = _FROM_CHAR_CODE.sub(_char_codes, out)
     if "+" in out:
         out = _join_literals(out)
     return out
+
+
+# Escapes undone in bulk (see _undo_escapes): the escapes common in serialized state,
+# replaced as plain strings (none stands for a backslash, which a later step would
+# read as the start of another escape).
+_COMMON_ESCAPES = (
+    ("\\/", "/"), ('\\"', '"'), ("\\'", "'"), ("\\n", "\n"), ("\\r", "\r"), ("\\t", "\t"),
+)  # fmt: skip
+# The HTML-safe ones of Rails, Next.js, PHP (looked for only where "\\u00" is).
+_COMMON_U00_ESCAPES = (
+    ("\\u003c", "<"), ("\\u003e", ">"), ("\\u0026", "&"), ("\\u003C", "<"), ("\\u003E", ">"),
+)  # fmt: skip
+# Stands for an escaped backslash meanwhile (undone last); a text that holds it is
+# undone the plain way.
+_BACKSLASH_MARK = "\x00"
+
+
+def _undo_escapes(text: str) -> str:
+    """``text`` with JS escapes undone, as ``_JS_ESCAPE.sub(_js_escape, text)`` would.
+
+    JSON app state holds hundreds of thousands of escapes (\\" \\/ \\n \\u003c): a
+    Python callback for each cost ~0.4 us (110 ms for 5 MB of Rails-style state).
+    Escaped backslashes are set aside first (``str.replace`` pairs them left to
+    right, as the regex does), so every backslash left starts an escape and the
+    common ones can be replaced as strings; a regex undoes the rest.
+    """
+    if _BACKSLASH_MARK in text:
+        return _JS_ESCAPE.sub(_js_escape, text)
+    out = text.replace("\\\\", _BACKSLASH_MARK)
+    escapes = _COMMON_ESCAPES + _COMMON_U00_ESCAPES if "\\u00" in out else _COMMON_ESCAPES
+    for escape, plain in escapes:
+        if escape in out:
+            out = out.replace(escape, plain)
+    if "\\" not in out:
+        return out.replace(_BACKSLASH_MARK, "\\")
+    # (an escape may stand for the mark itself: \\0, \\x00; no escape spans a mark)
+    return "\\".join(_JS_ESCAPE.sub(_js_escape, piece) for piece in out.split(_BACKSLASH_MARK))
 
 
 def _join_literals(text: str) -> str:

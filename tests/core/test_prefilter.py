@@ -17,10 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy_addons.core.htmlscan import (
+    _JS_ESCAPE,
     _URL_REF,
     Scanner,
     _host_literals,
     _join_literals,
+    _js_escape,
+    _undo_escapes,
     _url_scheme,
 )
 from proxy_addons.core.prefilter import fold_ascii_case, required_literals
@@ -103,6 +106,37 @@ def test_host_literals_shapes() -> None:
     assert list(_host_literals(long_label)) == []  # (the old regex: the same)
     many = '"' + "a." * 300 + 'com"'
     assert list(_host_literals(many)) == [m.group(2) for m in OLD_LITERAL_REF.finditer(many)]
+
+
+ESCAPISH = st.lists(
+    st.sampled_from(
+        ["\\", "\\", "u003c", "u003C", "u003e", "u0026", "x", "u", "{", "}", "0", "1", "7",
+         "8", "a", "F", '"', "'", "/", "n", "r", "t", "\n", "\r", "\u2028", "\x00", "\xe9", " "]
+    ),
+    max_size=40,
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=5000, deadline=None)
+@given(ESCAPISH)
+def test_escapes_are_undone_as_before(text: str) -> None:
+    assert _undo_escapes(text) == _JS_ESCAPE.sub(_js_escape, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "undone"),
+    [
+        ('\\x3cscript src=\\"\\/\\/evil.example\\/\\">', '<script src="//evil.example/">'),
+        ("\\u0064ocument\\u{77}rite", "documentwrite"),
+        ("\\\\u0041", "\\u0041"),  # an escaped backslash, then plain text
+        ("\\101\\0\\8", "A\x008"),
+        ("\\u{1234567}", "u{1234567}"),
+        ("end\\", "end\\"),
+        ("\\\\\\", "\\\\"),
+    ],
+)
+def test_escapes(text: str, undone: str) -> None:
+    assert _undo_escapes(text) == undone == _JS_ESCAPE.sub(_js_escape, text)
 
 
 OLD_CONCAT = re.compile(r"""(["'`])\s*\+\s*(["'`])""")
