@@ -73,12 +73,13 @@ INLINE_SCAN_BYTES: Final = 32 * 1024
 DEFAULT_WORKERS: Final = 2
 MAX_WORKERS: Final = 64
 # A page waits at most this long for a free worker, and a worker that has not answered this
-# long after taking the page is killed and the page refused. A 10 MB page scans in ~1-2 s
-# of CPU, but a worker runs at nice +10: on a saturated machine it waits for the CPU (a
-# 5 MB page took over 10 s at load 9 on 2 cores), so the bound is generous.
+# long after taking the page is killed and the page refused. A 10 MB page scans in
+# ~0.1-0.5 s of CPU (more when dense with new URLs or text past the tokenizer's bound),
+# but a worker runs at nice +10: on a saturated machine it waits for the CPU (before
+# issue 17's speed work a 5 MB page took over 10 s at load 9 on 2 cores): a generous bound.
 DEFAULT_SCAN_TIMEOUT: Final = 30
 # Outcomes of clean big bodies remembered by digest: a site serves the same large shell
-# (inline bundle, app state) to every client, and rescanning it costs ~50-100 ms per MB.
+# (inline bundle, app state) to every client, and rescanning it costs ~11-30 ms per MB.
 OUTCOME_CACHE_ENTRIES: Final = 64
 DEFAULT_SIGNATURES: Final = SHIPPED_LISTS / "signatures.toml"
 # A signatures file is small and hand-written.
