@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy_addons.core.canon import CanonError, canonicalize_url
 from proxy_addons.core.htmlscan import (
     _JS_ESCAPE,
     _URL_REF,
@@ -23,6 +24,7 @@ from proxy_addons.core.htmlscan import (
     _host_literals,
     _join_literals,
     _js_escape,
+    _resolve,
     _undo_escapes,
     _url_scheme,
 )
@@ -236,3 +238,41 @@ def test_scanner_signature_is_match_signature(text: str) -> None:
 def test_scanner_signature_is_match_signature_random(text: str) -> None:
     scanner = Scanner(lambda url: None, SIGNATURES)
     assert scanner._signature(text, "script") == match_signature(SIGNATURES, text, "script")
+
+
+# ---- absolute references are asked as written (joined only for the finding)
+
+HOSTISH = st.lists(
+    st.sampled_from(
+        list("aZ09-_~%.")
+        + ["%2e", "%41", "xn--", "\u3002", "\uff0e", "\xe9", "0x7f", "127", "256", "[::1]",
+           "[::ffff:1.2.3.4]", "@", ":", "EVIL", "example", "com", "\x01"]
+    ),
+    min_size=1,
+    max_size=12,
+).map("".join)  # fmt: skip
+PATHISH = st.lists(
+    st.sampled_from(
+        list("/aZ.%?#&=;:@!$*,+-_~\x01\x7f") + ["..", "%2e%2e", "%2F", "\xe9", "//", "/./"]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["", "http:", "https:", "ws:", "wss:", "ftp:", "xhttp:"]), HOSTISH, PATHISH)
+def test_a_reference_canonicalizes_as_its_joined_url(scheme: str, host: str, path: str) -> None:
+    """The engine canonicalizes what the scanner asks: asking the reference as written
+    is asking its joined URL (WHATWG parsing is idempotent)."""
+    text = f"'{scheme}//{host}{path}'"
+    for m in _URL_REF.finditer(text):
+        ref = _url_scheme(text, m.start()) + m.group()
+        url = _resolve("http://page.example/a/b", ref)
+        assert canon(ref) == (canon(url) if url is not None else "error"), (ref, url)
+
+
+def canon(url: str) -> object:
+    try:
+        return canonicalize_url(url)
+    except CanonError:
+        return "error"
