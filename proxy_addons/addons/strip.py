@@ -64,9 +64,9 @@ DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
 # A cap above this would let one response hold a gigabyte of memory.
 MAX_MAX_BYTES: Final = 1024 * 1024 * 1024
 # Bodies up to this size (decoded) are scanned on the event loop; bigger ones in a worker
-# process. A scan costs up to ~0.27 ms per KB when the body is dense with URLs never
-# judged before (each ~13 us: join, canonicalize, look up; CPU time 32 KB 8.7 ms, 256 KB
-# 69 ms: `benchmarks/bench_stall.py --scan-only`), and every other flow waits while the
+# process. A scan costs up to ~0.22 ms per KB when the body is dense with URLs never
+# judged before (each ~10 us: canonicalize, look up; CPU time 32 KB 7.0 ms, 256 KB
+# 52 ms: `benchmarks/bench_stall.py --scan-only`), and every other flow waits while the
 # loop scans: 32 KB keeps that wait well under 50 ms, even on a loaded machine.
 INLINE_SCAN_BYTES: Final = 32 * 1024
 # Worker processes for bodies over INLINE_SCAN_BYTES (each scans one body at a time).
