@@ -1776,14 +1776,15 @@ class _Judge:
         """The first blocked host or URL the text names (decoded too), then signatures."""
         decoded = decode_script_text(text)
         variants = [text] if decoded == text else [text, decoded]
-        if "atob" in text or "base64" in text.lower():
+        low = fold_ascii_case(text)  # (once: the signatures read it too)
+        if "atob" in text or "base64" in low:
             variants.extend(_base64_payloads(text))
         for variant in variants:
             verdict = self._references(variant, bases)
             if verdict is not None:
                 return verdict
         for variant in variants:
-            sig = self.scanner._signature(variant, "script")
+            sig = self.scanner._signature(variant, "script", low if variant is text else None)
             if sig is not None:
                 return _Verdict(None, "signature", sig.name, "signatures", True)
         return None
@@ -2044,9 +2045,9 @@ class Scanner:
             for target in ("script", "url")
         }
 
-    def _signature(self, text: str, target: str) -> Signature | None:
-        """The first signature for ``target`` that matches ``text``."""
-        low: str | None = None
+    def _signature(self, text: str, target: str, low: str | None = None) -> Signature | None:
+        """The first signature for ``target`` that matches ``text`` (``low``: its
+        ``fold_ascii_case``, when the caller has it)."""
         for sig, literals in self._sig_filters[target]:
             if literals is not None:
                 if low is None:
