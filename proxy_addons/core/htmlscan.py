@@ -1,4 +1,4 @@
-# One module on purpose (~2,300 lines): the tokenizer states, the tree walker, the judging
+# One module on purpose (~2,500 lines): the tokenizer states, the tree walker, the judging
 # of elements and the fast path share one cursor and per-scan state in hot loops; split
 # along its section banners it would pay a module attribute lookup per token and let the
 # parts drift from the one HTML5 model they implement. A split (document, tokens, walker,
@@ -75,7 +75,7 @@ import itertools
 import json
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from html.entities import html5 as _HTML5_ENTITIES
