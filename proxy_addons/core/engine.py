@@ -168,6 +168,29 @@ class Engine:
                     v = v2
         return v
 
+    @property
+    def url_rules_on_addresses(self) -> bool:
+        """Whether a block URL rule names an IP address (see :meth:`check_at_address`)."""
+        return self.block.url_rules_on_addresses or (
+            self.extra is not None and self.extra.url_rules_on_addresses
+        )
+
+    def check_at_address(self, cu: CanonicalURL, address: str) -> Verdict:
+        """Verdict for a request as the server at ``address`` receives it.
+
+        A name that resolves to an address reaches the files a rule written for that
+        address names (``http://192.0.2.2/bins/x`` for ``http://any-name/bins/x``, as
+        nip.io-style wildcard DNS makes it): the proxy checks each request again with
+        the host replaced by the address it connects to. Only the proxy can: ``check``
+        does not resolve names.
+        """
+        try:
+            addr = canonical_host(address)
+        except CanonError as exc:
+            return Verdict(Action.ERROR, address, error=str(exc))
+        at = cu._replace(host=addr, host_kind=host_kind(addr))
+        return self.check_canonical(at)
+
     def check_host(self, host: str) -> Verdict:
         """Verdict for a bare host (CONNECT target, SNI, resolved IP): whole-host rules only."""
         try:
