@@ -15,8 +15,13 @@ Compiling turns parsed lists into one immutable, memory-mappable byte image:
   touched unless it matches, and the key itself need not be stored (the caller
   has it). With 64-bit hashes a false match needs a collision, about one in
   10^19 per probe for a million rules.
+* Besides rules, the table holds **markers** (records of a kind that is no
+  rule): "some URL rule has this host" (so most URLs cost one probe), every URL
+  rule again lower-cased, and a block URL rule's other spellings (a query rule
+  at its bare path, any rule at its path's stems), each pointing back to its rule.
 * The **metadata** names the lists (name, category, mode), the CIDR prefix
-  lengths present and the compile statistics.
+  lengths present, how many markers of each sort there are (lookups skip the
+  probes for a sort that has none) and the compile statistics.
 
 The file is versioned and checksummed (xxh3-64 over header and body).
 
