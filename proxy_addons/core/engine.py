@@ -188,7 +188,16 @@ class Engine:
             addr = canonical_host(address)
         except CanonError as exc:
             return Verdict(Action.ERROR, address, error=str(exc))
-        at = cu._replace(host=addr, host_kind=host_kind(addr))
+        kind = host_kind(addr)
+        at = cu._replace(host=addr, host_kind=kind)
+        # The address's own IP and CIDR rules were checked with the resolution: unless a
+        # URL rule names it (or the IPv4 address it carries), there is nothing to add.
+        hosts = [addr]
+        if kind == "ipv6":
+            hosts += map(str, carried_ipv4(ipaddress.IPv6Address(addr), self.nat64))
+        indexes = (self.block,) if self.extra is None else (self.block, self.extra)
+        if not any(ix.has_url_rules_on(h) for ix in indexes for h in hosts):
+            return Verdict(Action.PASS, at.url, at, addr)
         return self.check_canonical(at)
 
     def check_host(self, host: str) -> Verdict:

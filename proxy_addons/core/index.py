@@ -584,6 +584,11 @@ class CompiledIndex:
         """Whether some URL rule's host is an IP address (then worth checking at the address)."""
         return bool(self.meta.get("url_ip_hosts", 1))
 
+    def has_url_rules_on(self, host: str) -> bool:
+        """Whether some URL rule is written for exactly this canonical host (one probe)."""
+        h = xxhash.xxh3_64_intdigest(host.encode(), NS_HOST)
+        return any(self._kinds[pos] == URLHOST for pos in self._find_hash(h))
+
     @property
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))
