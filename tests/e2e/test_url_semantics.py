@@ -151,9 +151,9 @@ def fetch_tls(proxy: Proxy, host: str, port: int, path: str) -> int:
         conn.close()
 
 
-def check_cli(rules: Path, url: str) -> str:
+def check_cli(rules: Path, url: str, *flags: str) -> str:
     out = subprocess.run(
-        [sys.executable, str(LAUNCHER), "check", "--blocklist", str(rules), "--json", url],
+        [sys.executable, str(LAUNCHER), "check", "--blocklist", str(rules), "--json", *flags, url],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     verdict: str = json.loads(out.stdout)["verdict"]
@@ -242,3 +242,37 @@ def test_query_rule_inside_an_intercepted_tunnel(url_proxy: Proxy, origin: Origi
     port = origin.tls_port
     assert fetch_tls(url_proxy, "good.test", port, "/uc?confirm=t&id=X&export=download") == 403
     assert fetch_tls(url_proxy, "good.test", port, "/uc?id=Y&export=download") == 200
+
+
+# -- letter case: the proxy's option and `check`'s flag agree (red team 2, finding 4) ----
+
+CASES = [
+    ("/DL.PHP?ID=7&utm=1", 403),
+    ("/Dl/Payload", 403),
+    ("/dl.php?id=7", 403),
+    ("/DL.PHP?id=8", 200),
+]
+
+
+@pytest.fixture(scope="module")
+def folding_proxy(tmp_path_factory: pytest.TempPathFactory, rules: Path) -> Iterator[Proxy]:
+    p = start_proxy(
+        tmp_path_factory.mktemp("urlsem-fold"),
+        "--blocklist", str(rules), "--set", "jg_url_case_insensitive=true",
+    )  # fmt: skip
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("path, status", CASES)
+def test_case_insensitive_proxy_and_check_agree(
+    folding_proxy: Proxy, origin: Origin, rules: Path, path: str, status: int
+) -> None:
+    url = f"http://good.test:{origin.port}{path}"
+    assert fetch(folding_proxy, url) == status
+    want = "block" if status == 403 else "pass"
+    assert check_cli(rules, url, "--url-case-insensitive") == want
+    if path != path.lower():
+        assert check_cli(rules, url) == "pass"  # without the flag, as the default proxy
