@@ -729,7 +729,13 @@ def pac_host(configured: str, request_host: str | None) -> str | None:
 
 
 def pac_file(host: str, port: int) -> str:
-    """A PAC file sending everything but local names and addresses through the proxy."""
+    """A PAC file sending everything but local names and addresses through the proxy.
+
+    An address goes DIRECT only when the host IS a loopback literal: the browser hands
+    the PAC the URL's host canonicalized (``2130706433`` is ``127.0.0.1`` by then), so
+    a whole-string dotted-quad test suffices, and a name such as ``127.evil.example``
+    (anyone owning a domain can make one) still goes through the proxy.
+    """
     proxy = f"PROXY {host}:{port}"
     return f"""\
 // jectguard proxy auto-configuration
@@ -739,7 +745,7 @@ function FindProxyForURL(url, host) {{
       host === "localhost" || dnsDomainIs(host, ".localhost") ||
       dnsDomainIs(host, ".local") ||
       host === "[::1]" || host === "::1" ||
-      /^127\\./.test(host)) {{
+      /^127\\.\\d{{1,3}}\\.\\d{{1,3}}\\.\\d{{1,3}}$/.test(host)) {{
     return "DIRECT";
   }}
   return "{proxy}";

@@ -403,7 +403,9 @@ function dnsDomainIs(h, d) { return h.length >= d.length && h.substring(h.length
 const cases = [["http://example.com/", "example.com"], ["http://localhost:3000/", "localhost"],
   ["http://127.0.0.1/", "127.0.0.1"], ["http://intranet/", "intranet"],
   ["http://printer.local/", "printer.local"], ["https://EVIL.test/", "EVIL.test"],
-  ["http://[::1]/", "::1"]];
+  ["http://[::1]/", "::1"], ["http://127.evil.test/", "127.evil.test"],
+  ["http://127.0.0.1.evil.test/", "127.0.0.1.evil.test"], ["http://127.1.2.3/", "127.1.2.3"],
+  ["http://127.0.0.1x/", "127.0.0.1x"], ["http://1270.0.0.1.test/", "1270.0.0.1.test"]];
 console.log(JSON.stringify(cases.map(([u, h]) => FindProxyForURL(u, h))));
 """
     script = tmp_path / "pac_test.js"
@@ -412,6 +414,9 @@ console.log(JSON.stringify(cases.map(([u, h]) => FindProxyForURL(u, h))));
     assert json.loads(out.stdout) == [
         "PROXY 192.0.2.9:3128", "DIRECT", "DIRECT", "DIRECT", "DIRECT", "PROXY 192.0.2.9:3128",
         "DIRECT",
+        # a NAME that starts like a loopback address is anyone's: through the proxy
+        "PROXY 192.0.2.9:3128", "PROXY 192.0.2.9:3128", "DIRECT",
+        "PROXY 192.0.2.9:3128", "PROXY 192.0.2.9:3128",
     ]
 
 

@@ -216,3 +216,15 @@ def test_settings_file_run_section_parses_into_run_options(tmp_path: Path) -> No
     assert args.allow_clients == ["10.0.0.0/8"]
     # file options first, command-line ones after (the last one wins in mitmproxy)
     assert args.setoptions == ["proxyauth=@/etc/htpasswd", "ssl_insecure=true", "ssl_insecure=false"]
+
+
+def test_run_with_a_missing_admin_token_file_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """A bad option is one clear line and exit 2, not a RecursionError traceback first."""
+    r = run(
+        "run", "--listen-port", "1", "--admin-token-file", str(tmp_path / "missing-token"),
+        cache=tmp_path / "cache",
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "missing-token" in out and "no such file" in out
+    assert "Traceback" not in out and "RecursionError" not in out

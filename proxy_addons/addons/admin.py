@@ -63,6 +63,10 @@ def parse_admin_host(value: str) -> str:
     return host
 
 
+# The options the admin token is read from.
+_TOKEN_INPUTS: Final = frozenset({"jg_admin_port", "jg_admin_token_file", "jg_cache_dir"})
+
+
 class AdminServer:
     """The admin API on ``jg_admin_host:jg_admin_port`` (0 turns it off)."""
 
@@ -95,6 +99,8 @@ class AdminServer:
         self.hosts = AdminHosts()
         self.state: AdminState | None = None
         self.token: AdminToken | None = None
+        # (token file, data dir) whose reading failed and was reported.
+        self._token_failed: tuple[str, str] | None = None
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None  # where the server really listens
         self._master: Any = None
@@ -148,10 +154,19 @@ class AdminServer:
                 # the refresh addon's jg_cache_dir, when loaded and set
                 cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""
                 data_dir = Path(cache).expanduser() if cache else default_cache_dir()
+            key = (o.jg_admin_token_file, str(data_dir))
             try:
                 self.token = load_or_create_token(o.jg_admin_token_file or None, data_dir)
             except TokenError as exc:
-                raise exceptions.OptionsError(f"jg_admin_token_file: {exc}") from None
+                # Raised once per bad value: mitmproxy re-sends other options (one addon's
+                # configure setting another's) and rolls back on an error, so raising again
+                # in every nested update recursed (a RecursionError traceback before the
+                # message). The server never starts without a token (running()).
+                if key != self._token_failed or updated & _TOKEN_INPUTS:
+                    self._token_failed = key
+                    raise exceptions.OptionsError(f"jg_admin_token_file: {exc}") from None
+            else:
+                self._token_failed = None
         self.host, self.port = host, o.jg_admin_port
         self.hosts = AdminHosts.for_listener(host, tuple(names))
         if self.state is not None:
@@ -195,6 +210,8 @@ class AdminServer:
             except exceptions.OptionsError as exc:
                 logger.error("jectguard: cannot start the admin API: %s", exc)
                 return
+        if self.port and self.token is None:
+            logger.error("jectguard: cannot start the admin API: its token cannot be read")
         if not self.port or self.token is None:
             return
         self._master = getattr(ctx, "master", None)

@@ -47,6 +47,7 @@ class Stage(enum.StrEnum):
     ADDRESS = "address"  # an address the server name resolves to
     DESTINATION = "destination"  # a destination refused by policy, not by a list
     TUNNEL = "tunnel"  # what a tunnel carries (neither TLS nor HTTP, or never shown)
+    UPGRADE = "upgrade"  # a 101 switch to a protocol the proxy cannot read
 
 
 class Act(enum.StrEnum):
@@ -156,6 +157,18 @@ def refuse_destination(stage: Stage, url: str, reason: str) -> Decision:
     return Decision(stage, Action.BLOCK, Act.BLOCK, url, None, reason, 403)
 
 
+def refuse_upgrade(url: str, protocol: str) -> Decision:
+    """A 101 to anything but a WebSocket the proxy reads: refused in every mode.
+
+    After a 101 mitmproxy relays raw bytes (its ``rawtcp``), so every request that
+    follows on the connection (HTTP/2 after ``h2c``, HTTP/1 after ``foo``) would
+    reach the server unchecked. It is the server's answer, hence 502.
+    """
+    named = protocol or "no protocol named"
+    reason = f"the server switched to {named!r}, which the proxy cannot check (only WebSocket)"
+    return Decision(Stage.UPGRADE, Action.BLOCK, Act.BLOCK, url, None, reason, 502)
+
+
 def worst(decisions: Iterable[Decision]) -> Decision:
     """The strongest of several decisions on one request (the first among equals)."""
     best: Decision | None = None
@@ -176,6 +189,7 @@ _NAMES: Final = {
     Stage.ADDRESS: "the server address",
     Stage.DESTINATION: "the destination",
     Stage.TUNNEL: "the tunnel's content",
+    Stage.UPGRADE: "the protocol upgrade",
 }
 
 _LOG_WHAT: Final = {
@@ -258,6 +272,7 @@ __all__ = [
     "log_decision",
     "new_request_id",
     "refuse_destination",
+    "refuse_upgrade",
     "respond",
     "worst",
 ]

@@ -27,6 +27,7 @@ from .decide import (
     log_decision,
     new_request_id,
     refuse_destination,
+    refuse_upgrade,
     respond,
     worst,
 )
@@ -231,6 +232,16 @@ class RequestChecks:
         pending = flow.metadata.pop(PENDING_KEY, None)
         if pending is not None:
             flow.response = pending
+        resp = flow.response
+        # mitmproxy marks the upgrades it reads as WebSocket (``flow.websocket``) before
+        # this hook; any other 101 would become a raw relay nobody checks.
+        if resp is not None and resp.status_code == 101 and flow.websocket is None:
+            req = flow.request
+            url = request_url(req.scheme, req.host, req.port, req.path)
+            self._apply(flow, refuse_upgrade(url, resp.headers.get("upgrade", "")))
+            if flow.response is not None:
+                # The server has switched protocols on its side: this connection is done.
+                flow.response.headers["connection"] = "close"
 
 
 __all__ = [
