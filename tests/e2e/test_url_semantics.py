@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import shutil
 import ssl
 import subprocess
 import sys
@@ -31,8 +32,10 @@ from .conftest import (
     Origin,
     Proxy,
     client_ssl,
+    free_port,
     make_cert,
     start_proxy,
+    wait_for_port,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -276,3 +279,65 @@ def test_case_insensitive_proxy_and_check_agree(
     assert check_cli(rules, url, "--url-case-insensitive") == want
     if path != path.lower():
         assert check_cli(rules, url) == "pass"  # without the flag, as the default proxy
+
+
+# -- a real Apache with MultiViews (red team 2, finding 3) ----------------------------
+
+APACHE = shutil.which("apache2") or "/usr/sbin/apache2"
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+APACHE_CONF = """\
+ServerRoot "{root}"
+PidFile {root}/httpd.pid
+LoadModule mpm_event_module {modules}/mod_mpm_event.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+LoadModule mime_module {modules}/mod_mime.so
+LoadModule negotiation_module {modules}/mod_negotiation.so
+Listen 127.0.0.1:{port}
+ServerName good.test
+ErrorLog {root}/error.log
+TypesConfig /etc/mime.types
+DocumentRoot {root}/docs
+<Directory {root}/docs>
+  Options +MultiViews
+  Require all granted
+</Directory>
+"""
+
+
+@pytest.fixture(scope="module")
+def multiviews(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    if not (Path(APACHE).exists() and (APACHE_MODULES / "mod_negotiation.so").exists()):
+        pytest.skip("needs Apache httpd with mod_negotiation (apt install apache2)")
+    root = tmp_path_factory.mktemp("apache")
+    (root / "docs" / "dl").mkdir(parents=True)
+    (root / "docs" / "dl" / "payload.exe").write_bytes(b"MZ payload")
+    port = free_port()
+    conf = root / "httpd.conf"
+    conf.write_text(APACHE_CONF.format(root=root, modules=APACHE_MODULES, port=port))
+    proc = subprocess.Popen(
+        [APACHE, "-f", str(conf), "-X"],  # one process in the foreground: ours to stop
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        (root / "error.log").touch()
+        wait_for_port(port, proc, root / "error.log", 10.0)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_apache_multiviews_serves_the_file_without_its_extension(
+    url_proxy: Proxy, multiviews: int
+) -> None:
+    # the control: Apache itself serves payload.exe for /dl/payload
+    direct = http.client.HTTPConnection("127.0.0.1", multiviews, timeout=TIMEOUT)
+    try:
+        direct.request("GET", "/dl/payload", headers={"Host": "good.test"})
+        resp = direct.getresponse()
+        assert resp.status == 200 and resp.read() == b"MZ payload"
+    finally:
+        direct.close()
+    assert fetch(url_proxy, f"http://good.test:{multiviews}/dl/payload") == 403
+    assert fetch(url_proxy, f"http://good.test:{multiviews}/dl/payload.exe") == 403
+    assert fetch(url_proxy, f"http://good.test:{multiviews}/dl/payload.html") == 404
