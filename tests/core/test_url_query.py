@@ -264,3 +264,27 @@ def test_a_url_without_one_of_the_rule_parameters_passes(
     kept = [p for p in rule_params if p != missing] + [p for p in extra if p != missing]
     url = f"http://rule.test{path}?{'&'.join(kept)}"
     assert engine_of(rule + "\n").check_url(url).action is Action.PASS, (rule, url)
+
+
+@FAST
+@given(
+    path=st.lists(_SEGMENT, min_size=1, max_size=3).map(lambda s: "/" + "/".join(s) + ".aspx"),
+    rule_params=st.lists(_PARAM, min_size=1, max_size=3, unique_by=lambda p: p.split("=")[0]),
+    extra=st.lists(_PARAM, max_size=2),
+    flips=st.lists(st.booleans(), min_size=64, max_size=64),
+    stem=st.booleans(),
+)
+def test_with_the_option_any_letter_case_is_blocked(
+    path: str, rule_params: list[str], extra: list[str], flips: list[bool], stem: bool
+) -> None:
+    rule = f"http://rule.test{path}?{'&'.join(rule_params)}"
+    e = engine_of(rule + "\n")
+    target = (path_stems(path)[-1] if stem else path) + "?" + "&".join([*extra, *rule_params])
+    flipped = "".join(c.swapcase() if flips[i % len(flips)] else c for i, c in enumerate(target))
+    Engine.fold_case = True
+    try:
+        v = e.check_url("http://rule.test" + flipped)
+    finally:
+        Engine.fold_case = False
+    assert v.action is Action.BLOCK, (rule, flipped)
+    assert v.match is not None and v.match.rule == rule
