@@ -47,8 +47,16 @@ from proxy_addons.core.errors import CanonError
 from proxy_addons.core.resolution import RefusePredicate, Resolution, judge
 
 from .blocking import Blocking
-from .decide import Decision, Stage, log_decision, new_request_id, refuse_destination, worst
-from .requests import client_ip
+from .decide import (
+    Act,
+    Decision,
+    Stage,
+    log_decision,
+    new_request_id,
+    refuse_destination,
+    worst,
+)
+from .requests import METADATA_KEY, client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +281,9 @@ class Addresses:
         if not verdicts:
             return
         d = worst(self.blocking._decide(Stage.ADDRESS, v, url, client) for v in verdicts)
-        meta = flow.metadata.get("jectguard")
-        if d.refuses or not meta or meta.get("action") == "pass":
+        meta = flow.metadata.get(METADATA_KEY)
+        if d.refuses or not meta or meta.get("action") == Act.PASS.value:
+            # a refusal answers; a monitor or a grant is recorded where nothing else was
             self.blocking._apply(flow, d)
 
     def _answer_connect(self, flow: http.HTTPFlow, found: Resolution) -> None:
