@@ -3,23 +3,27 @@
     python benchmarks/bench_dispatch.py [--requests 3000] [--rounds 5] [--small]
 
 Builds the same addon chain as ``mitmdump`` (DumpMaster with termlog and dumper)
-and as ``jectguard run`` (plus the Jectguard addon and its children, with the
-1.11M-rule lists by default), then replays the hooks mitmproxy triggers for one
+and as ``jectguard run`` (``run.make_master``, plus the Jectguard addon and its
+children, with the 1.11M-rule lists by default; once more with mitmproxy's own
+event dispatch instead of ``proxy_addons.dispatch``), then replays the hooks mitmproxy triggers for one
 allowed HTTP request on a kept-alive connection (requestheaders, request,
 responseheaders, response; each followed by mitmproxy's ``update`` event) on a
 fresh flow, ``--requests`` times. Timed with ``time.process_time`` (CPU, not wall
 time), alternating the two chains, best of ``--rounds``: the figure is much less
 sensitive to other load on the machine than a socket benchmark. The difference
-between the two is what jectguard adds above the sockets and the HTTP parsing.
+between mitmdump and "jectguard, mitmproxy's dispatch" is what jectguard's hooks add;
+"jectguard run" is what the proxy pays.
 
 ``--by-addon`` also times each top-level addon's share (mitmproxy's
-``invoke_addon`` for that addon alone, with the same flows).
+``invoke_addon`` for that addon alone, with the same flows), and each of
+jectguard's children alone (its hook methods called directly).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import sys
 import time
@@ -39,6 +43,10 @@ def _flow() -> Any:
     f.response.headers["content-type"] = "text/plain"
     f.response.content = b"ok"
     f.live = True  # hooks skip flows that are not live (replays)
+    # A plain-HTTP client and server, as in bench_proxy.py (tflow's have TLS and an SNI,
+    # which the request check would look up as one more name).
+    for conn in (f.client_conn, f.server_conn):
+        conn.sni = conn.tls_version = conn.alpn = conn.cipher = None
     return f
 
 
@@ -61,11 +69,9 @@ def _hooks(flow: Any) -> list[Any]:
     ]
 
 
-async def _master(jectguard: bool, lists: list[Path]) -> Any:
+async def _master(jectguard: bool, lists: list[Path], fast_dispatch: bool = True) -> Any:
     import tempfile
 
-    from mitmproxy.addons.dumper import Dumper
-    from mitmproxy.addons.termlog import TermLog
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -78,14 +84,21 @@ async def _master(jectguard: bool, lists: list[Path]) -> Any:
         return master
     from proxy_addons.addons import EngineHolder, Jectguard, make_addons
     from proxy_addons.cli import build_parser, engine_from_args
-    from proxy_addons.run import drop_legacy_log_events
+    from proxy_addons.run import drop_legacy_log_events, make_master
 
     args = build_parser().parse_args(["run", *[a for p in lists for a in ("--blocklist", str(p))]])
     engine, report = engine_from_args(args)
-    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    drop_legacy_log_events()
-    master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
-    addons = make_addons(EngineHolder(engine), report=report)
+    if fast_dispatch:
+        master = make_master(opts)  # exactly as `jectguard run` builds it
+    else:  # mitmproxy's own dispatch, for the comparison
+        from mitmproxy.addons.dumper import Dumper
+        from mitmproxy.addons.termlog import TermLog
+
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        drop_legacy_log_events()
+        master.addons.add(TermLog(out=sys.stderr), Dumper(outfile=sys.stderr))
+    # A cache of its own (the campaign state, the ledger), never the user's.
+    addons = make_addons(EngineHolder(engine), report=report, cache_dir=Path(confdir) / "cache")
     master.addons.add(Jectguard(addons))
     opts.update(
         flow_detail=0,
@@ -95,18 +108,25 @@ async def _master(jectguard: bool, lists: list[Path]) -> Any:
         jg_refresh_role="off",
         jg_allow_destination=["127.0.0.0/8"],  # the origin is local, as in bench_proxy.py
         jg_connect_ports=["1-65535"],
+        confdir=confdir,
     )
     return master
 
 
-async def _replay(master: Any, n: int, addon: Any = None) -> float:
-    """CPU seconds for ``n`` requests' hooks (through one addon only when given)."""
+async def _replay(master: Any, n: int, addon: Any = None, child: Any = None) -> float:
+    """CPU seconds for ``n`` requests' hooks (through one addon, or one child, when given)."""
     steps = [_hooks(_flow()) for _ in range(n)]
     t0 = time.process_time()
     for hooks in steps:
         for hook in hooks:
             if callable(hook):
                 hook()
+            elif child is not None:  # the child's own method, without any dispatch
+                method = getattr(child, hook.name, None)
+                if method is not None:
+                    result = method(*hook.args())
+                    if result is not None and inspect.isawaitable(result):
+                        await result
             elif addon is None:
                 await master.addons.handle_lifecycle(hook)
             else:
@@ -118,24 +138,28 @@ async def main_async(args: argparse.Namespace, lists: list[Path]) -> None:
     from mitmproxy import hooks
 
     plain = await _master(False, lists)
+    jg_stock = await _master(True, lists, fast_dispatch=False)
     jg = await _master(True, lists)
-    for m in (plain, jg):  # as the proxy starts: tlsconfig's CA, jectguard's heap freeze
+    masters = {"mitmdump": plain, "jectguard, mitmproxy's dispatch": jg_stock,
+               "jectguard run": jg}  # fmt: skip
+    for m in masters.values():  # as the proxy starts: tlsconfig's CA, jectguard's heap freeze
         await m.addons.trigger_event(hooks.RunningHook())
     logging.getLogger().setLevel(logging.WARNING)
-    best = {"mitmdump": float("inf"), "jectguard": float("inf")}
+    best = dict.fromkeys(masters, float("inf"))
     for _ in range(args.rounds):
-        for name, m in (("mitmdump", plain), ("jectguard", jg)):
+        for name, m in masters.items():
             best[name] = min(best[name], await _replay(m, args.requests) / args.requests)
     print(
         f"addon chain: mitmdump {len(plain.addons.chain)} top-level addons, "
         f"jectguard {len(jg.addons.chain)}"
     )
+    base = best["mitmdump"]
     for name, s in best.items():
         print(
-            f"{name:<12}{s * 1e6:8.1f} us CPU per request (hooks + dispatch, best of "
-            f"{args.rounds} x {args.requests})"
+            f"{name:<34}{s * 1e6:8.1f} us CPU per request ({(s - base) * 1e6:+7.1f} us; "
+            f"hooks + dispatch, best of {args.rounds} x {args.requests})"
         )
-    print(f"{'difference':<12}{(best['jectguard'] - best['mitmdump']) * 1e6:8.1f} us")
+    jg = jg_stock  # per addon: mitmproxy's invoke_addon, the same in both
     if args.by_addon:
         n = args.requests // 3
         shares: dict[str, dict[str, float]] = {}
@@ -149,6 +173,11 @@ async def main_async(args: argparse.Namespace, lists: list[Path]) -> None:
                 f"  {name:<22}{t.get('mitmdump', 0) * 1e6:>12.1f}"
                 f"{t.get('jectguard', 0) * 1e6:>13.1f}"
             )
+        parent = jg.addons.get("jectguard")
+        print("  jectguard's children, their own hooks called directly (no dispatch):")
+        for child in getattr(parent, "children", ()):
+            t = min([await _replay(jg, n, child=child) for _ in range(3)]) / n
+            print(f"    {type(child).__name__:<22}{t * 1e6:>10.1f} us")
 
 
 def main() -> int:

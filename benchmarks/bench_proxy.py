@@ -1,6 +1,7 @@
 """The allowed path through the real proxy: plain mitmdump vs block_list vs jectguard.
 
     python benchmarks/bench_proxy.py [--seconds 8] [--clients 32] [--small] [--data DIR]
+                                     [--compare TREE]
 
 Everything runs on loopback: a tiny origin (separate process, keep-alive, 2-byte
 bodies), the proxy under test (separate process), and an asyncio load generator
@@ -12,6 +13,8 @@ Configurations:
   HTTP:     mitmdump | mitmdump + block_list with 1,000 entries | jectguard run
             (with the synthetic lists from gen_lists.py, 1.11M rules by default),
             plus jectguard answering blocked requests (CPU per blocked request).
+  --compare TREE adds jectguard run from another checkout (e.g. ``git worktree add
+  /tmp/old df36b6e``), so "before" is measured beside "now" on the same machine.
   Configurations run one after another, --rounds times, and each reports its best
   round: other load on the machine only ever makes a configuration look slower.
   CONNECT:  mitmdump --ignore-hosts '.*' | jectguard run --no-intercept: each
@@ -235,9 +238,12 @@ async def connect_load(
 # -- configurations ---------------------------------------------------------------------
 
 
-def start(cmd: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], log: Path, port: int, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start a proxy; ``tree`` is the checkout whose ``proxy_addons`` it runs (``-m`` takes
+    the working directory first, then PYTHONPATH)."""
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree != ROOT else None
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env)
     t0 = time.monotonic()
     wait_port(port, proc, STARTUP_TIMEOUT, log)
     print(f"  started {Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} "
@@ -257,12 +263,19 @@ def mitmdump_cmd(port: int, confdir: Path, *extra: str) -> list[str]:
 LOCAL_ORIGIN = ["--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535"]
 
 
-def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str) -> list[str]:
+def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str,
+                  tree: Path = ROOT) -> list[str]:
     args = [a for p in lists for a in ("--blocklist", str(p))]
+    # A checkout from before the destination policy (--compare) has no such flags.
+    local = LOCAL_ORIGIN if "--allow-destination" in (tree / "proxy_addons" / "run.py").read_text(
+        ) else []
+    # The admin server runs (as it does for users) on a port of its own: two proxies of
+    # one run, or another user's, must not meet on the default 8090.
+    admin = [] if "--admin-port" in extra else ["--admin-port", str(free_port())]
     # its own cache (the sightings ledger lives there), never the user's
     return [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
             "--confdir", str(confdir), "--cache-dir", str(confdir / "jg-cache"), *args, *QUIET,
-            *LOCAL_ORIGIN, *extra]
+            *local, *admin, *extra]
 
 
 def write_block_list_config(confdir: Path, n: int) -> None:
@@ -293,6 +306,16 @@ def measure_connect(proc: subprocess.Popen[bytes], name: str, port: int, tls_por
     return r
 
 
+def _commit(tree: Path) -> str:
+    """The short commit a checkout is at (for the configuration's name)."""
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return tree.name
+    return out.stdout.strip()
+
+
 def best_of(runs: dict[str, list[Result]]) -> list[Result]:
     """Per configuration, the round with the highest throughput (the least disturbed one)."""
     return [max(rs, key=lambda r: r.rps) for rs in runs.values()]
@@ -321,6 +344,9 @@ def main() -> int:
     ap.add_argument("--only", choices=("http", "connect"), default=None)
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate the configurations this many times; report each one's best")
+    ap.add_argument("--compare", type=Path, default=None, metavar="TREE",
+                    help="also run jectguard from another checkout (a git worktree of an older "
+                         "commit) in the same rounds: before and after, side by side")
     ap.add_argument("--serve-origin", nargs=4, metavar=("PORT", "TLS_PORT", "CERT", "KEY"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -366,6 +392,12 @@ def main() -> int:
                     ("HTTP  jectguard (blocked, 403 from proxy)", None, tmp / "c3",
                      f"http://{blocked_host}/x.js"),
                 ]
+                if args.compare is not None:
+                    other = args.compare.resolve()
+                    configs.insert(3, (
+                        f"HTTP  jectguard at {_commit(other)} (allowed)",
+                        lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=other),
+                        tmp / "c5", url))
                 procs: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
                 try:
                     jg: tuple[subprocess.Popen[bytes], int] | None = None
@@ -376,7 +408,10 @@ def main() -> int:
                         port = free_port()
                         cmd = (maker(port, confdir) if maker is not None
                                else jectguard_cmd(port, confdir, lists))
-                        proc = start(cmd, tmp / f"{len(procs)}.log", port)
+                        tree = ROOT
+                        if args.compare is not None and " at " in name:
+                            tree = args.compare.resolve()
+                        proc = start(cmd, tmp / f"{len(procs)}.log", port, tree)
                         if maker is None:
                             jg = (proc, port)
                         procs.append((name, proc, port, target))

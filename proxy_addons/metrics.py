@@ -19,9 +19,24 @@ from prometheus_client.registry import Collector
 
 from .snapshot_health import SnapshotFault, SnapshotHealth, SnapshotState
 
+# Labelled series remembered per process (label values are bounded by the configuration;
+# past this many, ``labels()`` is asked each time instead of growing the table).
+MAX_CACHED_SERIES: Final = 4096
 # A verdict takes microseconds; the top buckets catch a stalled loop.
 LATENCY_BUCKETS: Final = (
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1,
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    5e-3,
+    0.025,
+    0.1,
 )
 REFRESH_RESULTS: Final = ("success", "failure", "held_back")
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -121,61 +136,80 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.checked = Counter(
-            "jectguard_requests_checked", "Requests and tunnels checked, by verdict.",
-            ["verdict"], registry=r,
+            "jectguard_requests_checked",
+            "Requests and tunnels checked, by verdict.",
+            ["verdict"],
+            registry=r,
         )
         self.blocked = Counter(
-            "jectguard_requests_blocked", "Requests and tunnels blocked, by list and category.",
-            ["list", "category"], registry=r,
+            "jectguard_requests_blocked",
+            "Requests and tunnels blocked, by list and category.",
+            ["list", "category"],
+            registry=r,
         )
         self.monitor_hits = Counter(
             "jectguard_monitor_hits",
             "Matches that would have blocked (monitor mode), by list and category.",
-            ["list", "category"], registry=r,
+            ["list", "category"],
+            registry=r,
         )
         self.overrides = Counter(
             "jectguard_allow_overrides",
             "Blocks overridden by an allowlist entry or a proceed-anyway grant, by list.",
-            ["list", "reason"], registry=r,
+            ["list", "reason"],
+            registry=r,
         )
         self.stripped = Counter(
             "jectguard_elements_stripped",
             "Active elements removed from HTML responses, by list and category.",
-            ["list", "category"], registry=r,
+            ["list", "category"],
+            registry=r,
         )
         self.refreshes = Counter(
-            "jectguard_refreshes", "Source refreshes by source and result "
-            "(success, failure, held_back).",
-            ["source", "result"], registry=r,
+            "jectguard_refreshes",
+            "Source refreshes by source and result (success, failure, held_back).",
+            ["source", "result"],
+            registry=r,
         )
         self.dns = Counter(
             "jectguard_dns_blocked",
             "DNS queries answered from the lists (block) or that would have been (monitor), "
             "by list and category.",
-            ["action", "list", "category"], registry=r,
+            ["action", "list", "category"],
+            registry=r,
         )
         self.errors = Counter(
-            "jectguard_errors", "Error events, by kind.", ["kind"], registry=r,
+            "jectguard_errors",
+            "Error events, by kind.",
+            ["kind"],
+            registry=r,
         )
         self.campaign_pages = Counter(
             "jectguard_campaign_pages",
             "HTML pages handed to the campaign detector (queued) or dropped because its "
             "queue was full (dropped).",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.campaign_findings = Counter(
             "jectguard_campaign_findings",
             "Campaigns flagged, by action (monitor: reported; enforce: listed and blocked).",
-            ["action"], registry=r,
+            ["action"],
+            registry=r,
         )
         self.retro_hits = Counter(
-            "jectguard_retro_hits", "Hosts reached before a new rule listed them (retro-hunt), "
-            "by list and category.", ["list", "category"], registry=r,
+            "jectguard_retro_hits",
+            "Hosts reached before a new rule listed them (retro-hunt), by list and category.",
+            ["list", "category"],
+            registry=r,
         )
         self.latency = Histogram(
-            "jectguard_verdict_seconds", "Time to reach a verdict for one request.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "jectguard_verdict_seconds",
+            "Time to reach a verdict for one request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
+        self._series: dict[tuple[Counter, tuple[str, ...]], Any] = {}
         self._snapshot = _SnapshotCollector(meta_provider or (lambda: None), clock)
         r.register(self._snapshot)
         self._health = _HealthCollector(lambda: None, clock)
@@ -201,58 +235,74 @@ class Metrics:
         """Read the snapshot's state, lag and faults from ``provider`` from now on."""
         self._health.provider = provider
 
+    def _labelled(self, counter: Counter, *labels: str) -> Any:
+        """``counter.labels(*labels)``, remembered: every allowed request counts one.
+
+        ``labels()`` validates and looks the series up under a lock each time (~1.5 us;
+        a dict hit is ~0.05 us); it returns the same series object for the same values,
+        so remembering it changes nothing but the cost.
+        """
+        key = (counter, labels)
+        series = self._series.get(key)
+        if series is None:
+            series = counter.labels(*labels)
+            if len(self._series) < MAX_CACHED_SERIES:
+                self._series[key] = series
+        return series
+
     # -- what the addons call -----------------------------------------------
 
     def observe_verdict(self, verdict: Any, seconds: float | None = None) -> None:
         """Count one checked request (a Verdict or its ``as_dict()``) and its latency."""
         action, lst, category = _verdict_fields(verdict)
-        self.checked.labels(action).inc()
+        self._labelled(self.checked, action).inc()
         if action == "block":
-            self.blocked.labels(lst, category).inc()
+            self._labelled(self.blocked, lst, category).inc()
         elif action == "monitor":
-            self.monitor_hits.labels(lst, category).inc()
+            self._labelled(self.monitor_hits, lst, category).inc()
         if seconds is not None and seconds >= 0:
             self.latency.observe(seconds)
 
     def record_checked(self, action: str) -> None:
         """Count a checked request that passed (no verdict record to hand)."""
-        self.checked.labels(action).inc()
+        self._labelled(self.checked, action).inc()
 
     def record_block(self, list_name: str | None, category: str | None) -> None:
-        self.blocked.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
+        self._labelled(self.blocked, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_monitor(self, list_name: str | None, category: str | None) -> None:
-        self.monitor_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
+        self._labelled(self.monitor_hits, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_override(self, list_name: str | None, reason: str) -> None:
-        self.overrides.labels(list_name or NO_LABEL, reason).inc()
+        self._labelled(self.overrides, list_name or NO_LABEL, reason).inc()
 
     def record_strip(self, list_name: str | None, category: str | None, count: int = 1) -> None:
         """Count ``count`` elements removed from a page because of ``list_name``."""
         if count > 0:
-            self.stripped.labels(list_name or NO_LABEL, category or NO_LABEL).inc(count)
+            self._labelled(self.stripped, list_name or NO_LABEL, category or NO_LABEL).inc(count)
 
     def record_refresh(self, source: str, result: str) -> None:
         """Count one refresh of ``source``: ``success``, ``failure`` or ``held_back``."""
         if result not in REFRESH_RESULTS:
             raise ValueError(f"refresh result must be one of {REFRESH_RESULTS}, got {result!r}")
-        self.refreshes.labels(source, result).inc()
+        self._labelled(self.refreshes, source, result).inc()
 
     def record_dns(self, action: str, list_name: str | None, category: str | None) -> None:
         """Count one DNS query blocked (or, in monitor mode, that would have been)."""
-        self.dns.labels(action, list_name or NO_LABEL, category or NO_LABEL).inc()
+        self._labelled(self.dns, action, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_campaign_page(self, result: str) -> None:
         """One HTML page ``queued`` for the campaign detector, or ``dropped``."""
-        self.campaign_pages.labels(result).inc()
+        self._labelled(self.campaign_pages, result).inc()
 
     def record_campaign_finding(self, action: str) -> None:
-        self.campaign_findings.labels(action).inc()
+        self._labelled(self.campaign_findings, action).inc()
+
     def record_retro_hit(self, list_name: str | None, category: str | None) -> None:
-        self.retro_hits.labels(list_name or NO_LABEL, category or NO_LABEL).inc()
+        self._labelled(self.retro_hits, list_name or NO_LABEL, category or NO_LABEL).inc()
 
     def record_error(self, kind: str) -> None:
-        self.errors.labels(kind).inc()
+        self._labelled(self.errors, kind).inc()
 
     # -- exposition ---------------------------------------------------------
 

@@ -533,6 +533,23 @@ def test_hook_skips_what_is_no_page(addon: Campaign) -> None:
     assert v.content_encoding == "gzip" and v.content_type == "text/html; charset=utf-8"
 
 
+def test_hook_skips_bodies_a_browser_shows_as_text(addon: Campaign) -> None:
+    """Only what may be parsed as HTML reaches the detector (the stripper's first decision)."""
+    addon._views = queue.Queue(10)
+    addon.response(html_flow(b"ok", "text/plain"))  # a plain answer: shown as text
+    addon.response(html_flow(b"just words", ""))  # unlabelled, sniffs as text
+    addon.response(html_flow(b"\x00\x01binary", "application/octet-stream"))
+    assert addon._views.qsize() == 0
+    assert metric(addon.metrics, "jectguard_campaign_pages_total", result="queued") == 0
+    sniffed = html_flow(b"  <html><script src=//x.test/a.js></script>", "text/plain")
+    unlabelled = html_flow(b"<!DOCTYPE html><p>x", "")
+    coded = html_flow(b"\x1f\x8b not readable before decoding", "")
+    coded.response.headers["Content-Encoding"] = "gzip"  # judged by the worker, once decoded
+    for f in (sniffed, unlabelled, coded):
+        addon.response(f)
+    assert addon._views.qsize() == 3
+
+
 def test_hook_names_the_user_when_there_is_one(addon: Campaign) -> None:
     addon._views = queue.Queue(10)
     f = html_flow()
