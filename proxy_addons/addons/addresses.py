@@ -252,10 +252,6 @@ class Addresses:
         """The request's URL at every address it may be sent to, against URL rules."""
         if not self.blocking.check_resolved:
             return
-        try:
-            cu = canonicalize_url(url)
-        except CanonError:
-            return  # refused already: the request check reads the same URL
         req, client = flow.request, flow.client_conn
         key = (req.host, req.port)
         checked = self._checked.setdefault(client.id, {})
@@ -264,13 +260,17 @@ class Addresses:
             # The first request to this name on this connection (or the last lookup
             # failed): new connections for it pin from this resolution from now on.
             checked[key] = kept = found
-        addresses = dict.fromkeys(
-            (
-                *kept.addresses,
-                *found.addresses,
-                *self._peers.get(client.id, {}).get(key, {}).values(),
-            )
-        )
+        candidates = [*kept.addresses, *self._peers.get(client.id, {}).get(key, {}).values()]
+        if found is not kept:
+            candidates += found.addresses
+        # Most addresses have no URL rule: one probe each, before building anything.
+        addresses = [a for a in dict.fromkeys(candidates) if engine.url_rules_at(a)]
+        if not addresses:
+            return
+        try:
+            cu = canonicalize_url(url)
+        except CanonError:
+            return  # refused already: the request check reads the same URL
         verdicts: list[Verdict] = []
         for addr in addresses:
             if addr == cu.host:

@@ -175,6 +175,21 @@ class Engine:
             self.extra is not None and self.extra.url_rules_on_addresses
         )
 
+    def url_rules_at(self, address: str) -> bool:
+        """Whether a block URL rule names this address (or the IPv4 address it carries).
+
+        One hash probe an index: cheap enough to ask before building anything.
+        """
+        try:
+            addr = canonical_host(address)
+        except CanonError:
+            return True  # let check_at_address say why
+        hosts = [addr]
+        if ":" in addr:
+            hosts += map(str, carried_ipv4(ipaddress.IPv6Address(addr), self.nat64))
+        indexes = (self.block,) if self.extra is None else (self.block, self.extra)
+        return any(ix.has_url_rules_on(h) for ix in indexes for h in hosts)
+
     def check_at_address(self, cu: CanonicalURL, address: str) -> Verdict:
         """Verdict for a request as the server at ``address`` receives it.
 
@@ -188,15 +203,10 @@ class Engine:
             addr = canonical_host(address)
         except CanonError as exc:
             return Verdict(Action.ERROR, address, error=str(exc))
-        kind = host_kind(addr)
-        at = cu._replace(host=addr, host_kind=kind)
+        at = cu._replace(host=addr, host_kind=host_kind(addr))
         # The address's own IP and CIDR rules were checked with the resolution: unless a
-        # URL rule names it (or the IPv4 address it carries), there is nothing to add.
-        hosts = [addr]
-        if kind == "ipv6":
-            hosts += map(str, carried_ipv4(ipaddress.IPv6Address(addr), self.nat64))
-        indexes = (self.block,) if self.extra is None else (self.block, self.extra)
-        if not any(ix.has_url_rules_on(h) for ix in indexes for h in hosts):
+        # URL rule names it, there is nothing to add.
+        if not self.url_rules_at(addr):
             return Verdict(Action.PASS, at.url, at, addr)
         return self.check_canonical(at)
 
