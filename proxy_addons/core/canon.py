@@ -468,12 +468,25 @@ def query_params(query: str | None) -> frozenset[str]:
     Split at ``&`` and at ``;`` (CGI's other separator), empty ones dropped (``?id=7&``),
     ``+`` read as the space it means in a form-encoded query. Order and repeats do not
     matter: a query rule matches a URL whose query holds each of the rule's parameters.
+    Names are read as PHP reads them: leading spaces dropped, spaces and dots inside
+    turned into ``_`` (``?%20i.d=7`` is ``$_GET['i_d']``).
     """
     if not query:
         return frozenset()
     if "+" in query:
         query = query.replace("+", "%20")
-    return frozenset(p for p in query.replace(";", "&").split("&") if p)
+    out = set()
+    for param in query.replace(";", "&").split("&"):
+        if not param:
+            continue
+        name, sep, value = param.partition("=")
+        if "%20" in name or "." in name:
+            while name.startswith("%20"):
+                name = name[3:]
+            name = name.replace("%20", "_").replace(".", "_")
+            param = name + sep + value
+        out.add(param)
+    return frozenset(out)
 
 
 def path_stems(path: str) -> list[str]:

@@ -70,6 +70,8 @@ def fold_case() -> Iterator[None]:
         "http://good.test/dl.php?x=1;id=7",
         "http://good.test/dl.php?i%64=%37",
         "http://good.test/dl.php?id=7#frag",
+        "http://good.test/dl.php?%20id=7",  # PHP drops a name's leading spaces
+        "http://good.test/dl.php?+id=7",
         # the same-file path spellings every other URL rule gets
         "http://good.test/dl.php;jsessionid=1?id=7",
         "http://good.test/dl.php.?id=7",
@@ -176,6 +178,7 @@ def test_pure_helpers() -> None:
     assert query_params("b=2&a=1&&a=1;c") == {"a=1", "b=2", "c"}
     assert query_params("q=a+b") == query_params("q=a%20b")
     assert query_params(None) == frozenset() == query_params("")
+    assert query_params("%20a.b%20c=1.2") == {"a_b_c=1.2"}  # PHP's names; values as they are
     assert path_stems("/d/a.tar.gz") == ["/d/a.tar", "/d/a"]
     assert path_stems("/d/.hidden") == [] and path_stems("/d/") == [] and path_stems("/a.b/c") == []
     assert url_rule_alternates("h/d/x.php?id=1") == [("h/d/x.php", "?id=1"), ("h/d/x", ".php?id=1")]
