@@ -85,9 +85,9 @@ class Addresses:
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)
         self._pinned: dict[str, connection.Address] = {}  # server id -> the name's address
-        # Only while some URL rule names an address: per client, per (name, port), the
-        # resolution its requests were checked against (new connections pin from it) and
-        # the address of each open connection (server id -> address).
+        # Per client, per (name, port): the resolution its requests were checked against
+        # while some URL rule names an address (new connections pin from it), and the
+        # address of each open connection (server id -> address).
         self._checked: dict[str, dict[connection.Address, Resolution]] = {}
         self._peers: dict[str, dict[connection.Address, dict[str, str]]] = {}
 
@@ -333,9 +333,8 @@ class Addresses:
                 server.error = f"jectguard: {self._why(d, host, rid)}; no connection was made"
                 return
         pin = found.addresses[0]
-        if engine.url_rules_on_addresses:
-            conns = self._peers.setdefault(client.id, {}).setdefault((host, port), {})
-            conns[server.id] = pin
+        # Always (a dict entry a connection): lists that name addresses may arrive later.
+        self._peers.setdefault(client.id, {}).setdefault((host, port), {})[server.id] = pin
         if pin != host:
             if len(self._pinned) >= MAX_PENDING_PINS:
                 self._pinned.pop(next(iter(self._pinned)))

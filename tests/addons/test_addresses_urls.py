@@ -167,3 +167,25 @@ async def test_the_option_to_skip_resolved_checks_skips_these_too(dns: FakeDNS) 
         f = req("http://innocent.test:18211/bins/mozi.m", NAV)
         await run_check(addresses, f)
         assert f.response is None
+
+
+async def test_connections_opened_before_a_refresh_are_checked_at_their_address(
+    dns: FakeDNS,
+) -> None:
+    """The lists that name the address arrive while the connection is open."""
+    dns.answers = [(LISTED,), ("192.0.2.9",)]
+    ip_rules = Engine.from_lists([(ListSpec(name="ips"), parse_list("198.51.100.7\n", "ips"))])
+    holder = EngineHolder(ip_rules[0])
+    blocking = Blocking(holder)
+    addresses = Addresses(blocking, refuses=None)
+    client = tflow.tclient_conn()
+    with taddons.context(blocking, addresses):
+        server = connection.Server(address=("moving.test", 18211))
+        await addresses.server_connect(hook(server, client))
+        server.state = ConnectionState.OPEN
+        addresses.server_connected(hook(server, client))
+        holder.engine = url_engine()  # a refresh
+        addresses._cache.clear()
+        f = on(client, "http://moving.test:18211/bins/mozi.m")
+        await run_check(addresses, f)
+        assert f.response is not None and f.response.status_code == 403
