@@ -1,6 +1,6 @@
 """Does scanning a big page stall other connections? ``jectguard run`` vs plain mitmdump, one run.
 
-    python benchmarks/bench_stall.py [--rounds 3] [--loads 2] [--quick]
+    python benchmarks/bench_stall.py [--rounds 3] [--loads 2] [--quick] [--no-strip] [--scan-only]
 
 One origin (its own process) serves pages with megabytes of inline script, the
 shape of a server-rendered app's state:
@@ -13,9 +13,13 @@ shape of a server-rendered app's state:
 and a small page (2 KB HTML). For each proxy in turn (a real ``jectguard run`` with
 stripping on, and plain ``mitmdump`` with no addons), one client loads the big pages
 one after another while a second client sends small requests back to back over
-keep-alive; the proxies alternate for ``--rounds`` rounds. Printed: the small
-requests' p50/p99/max latency while big pages were in flight, for both proxies and
-the difference, and each big page's median load time and the time jectguard adds.
+keep-alive, then loads them alone; the proxies alternate for ``--rounds`` rounds.
+Printed: the small requests' p50/p99/max latency while big pages were in flight, for
+both proxies and the difference; each big page's median load time and the time
+jectguard adds, with the small requests running (the proxy's own CPU saturated: the
+scan worker competes with it) and alone; and each page's scan in this process (CPU
+time, cold and warm verdict caches: the worker's work, robust to machine load).
+Timings through the proxies depend on the machine's load: state it with each figure.
 
 Issue 17's targets: no small request waits more than 50 ms longer because a big
 page is scanned; a page with 5 MB of inline script adds at most 100 ms.
@@ -80,6 +84,30 @@ def app_state(size: int, seed: int = 1) -> bytes:
         if n >= size:
             break
     return b'{"props":{"pageProps":{"items":[' + ",".join(items).encode() + b"]}}}"
+
+
+def escaped_state(size: int, seed: int = 1) -> bytes:
+    """App state as Rails, PHP or Next.js embed it: quotes, newlines, slashes and "<"
+    escaped in every item (~270k escapes per 5 MB: the text is read raw and decoded)."""
+    rnd = random.Random(seed)
+    items: list[str] = []
+    n = 0
+    for i in itertools.count():
+        item = json.dumps(
+            {
+                "id": i,
+                "title": 'He said "lorem" & <b>ipsum</b>',
+                "image": f"https://cdn{i % 7}.example.com/img/{i}/{rnd.randrange(10**9)}.jpg",
+                "html": f'<p class="x">lorem ipsum dolor</p>\n<a href="/p/{i}">more</a>',
+                "body": "lorem ipsum dolor sit amet consectetur\n" * 8,
+            }
+        )
+        item = item.replace("<", "\\u003c").replace("/", "\\/")
+        items.append(item)
+        n += len(item) + 1
+        if n >= size:
+            break
+    return ("[" + ",".join(items) + "]").encode()
 
 
 def big_page(kind: str, state: bytes) -> bytes:
@@ -170,9 +198,11 @@ class Client:
 
 
 def phase(
-    port: int, base: str, names: list[str], loads: int
+    port: int, base: str, names: list[str], loads: int, *, with_small: bool = True
 ) -> tuple[list[float], dict[str, list[float]]]:
-    """Big pages loaded one after another while small requests run back to back."""
+    """Big pages loaded one after another while small requests run back to back
+    (``with_small``; without, the big pages alone: what a page costs on a proxy
+    that is not also saturated by a client hammering it)."""
     small: list[float] = []
     stop_small = threading.Event()
     started = threading.Event()
@@ -190,8 +220,9 @@ def phase(
             c.close()
 
     t = threading.Thread(target=small_client, daemon=True)
-    t.start()
-    started.wait(REQUEST_TIMEOUT)
+    if with_small:
+        t.start()
+        started.wait(REQUEST_TIMEOUT)
     big: dict[str, list[float]] = {n: [] for n in names}
     c = Client(port)
     try:
@@ -202,9 +233,75 @@ def phase(
                 big[n].append(elapsed)
     finally:
         stop_small.set()
-        t.join(REQUEST_TIMEOUT)
+        if with_small:
+            t.join(REQUEST_TIMEOUT)
         c.close()
     return small, big
+
+
+def scan_times(names: list[str], blocklist: str, repeats: int = 5) -> None:
+    """Each big page scanned in this process (the worker's work, without the proxy):
+    CPU time, new bytes every scan; "cold" with a new Scanner each time (no URL
+    verdict remembered: URLs the worker never saw), "warm" with one Scanner."""
+    from proxy_addons.addons.strip import DEFAULT_SIGNATURES, blocked_by, load_signatures
+    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.formats import parse_list
+    from proxy_addons.core.htmlscan import Scanner
+    from proxy_addons.core.model import ListSpec
+
+    engine, _, _ = Engine.from_lists(
+        [(ListSpec(name="bench", category="malware"), parse_list(blocklist, name="bench"))]
+    )
+    signatures = load_signatures(str(DEFAULT_SIGNATURES))
+    nonce = itertools.count()
+    print(f"{'scan in one process, CPU (ms)':28s} | {'cold':>9s} {'warm':>9s}  (best of {repeats})")
+    for n in names:
+        kind, size, new = BIG[n]
+        page = big_page(kind, app_state(size))
+        warm = Scanner(blocked_by(engine), signatures)
+        times: dict[str, list[float]] = {"cold": [], "warm": []}
+        for _ in range(repeats + 1):  # (the first warms the warm scanner)
+            for label in ("cold", "warm"):
+                scanner = warm if label == "warm" else Scanner(blocked_by(engine), signatures)
+                body = page
+                if new:
+                    body = page.replace(b'"slug": "post-', b'"slug": "c%d-post-' % next(nonce))
+                t0 = time.process_time()
+                found = scanner.scan(body, "http://127.0.0.1/big", "text/html; charset=utf-8")
+                times[label].append(time.process_time() - t0)
+                assert found == [], found
+        print(f"{n:28s} | {ms(min(times['cold']))}  {ms(min(times['warm'][1:]))}")
+    # Serialized state with escapes everywhere (read twice: raw and decoded).
+    for size in (1_300_000, 5_000_000):
+        page = big_page("js", escaped_state(size))
+        best = {"cold": float("inf"), "warm": float("inf")}
+        warm = Scanner(blocked_by(engine), signatures)
+        for r in range(repeats + 1):
+            for label in ("cold", "warm"):
+                scanner = warm if label == "warm" else Scanner(blocked_by(engine), signatures)
+                body = page.replace(b'"id": ', b'"id": %d' % next(nonce), 1)
+                t0 = time.process_time()
+                scanner.scan(body, "http://127.0.0.1/big", "text/html; charset=utf-8")
+                if r or label == "cold":
+                    best[label] = min(best[label], time.process_time() - t0)
+        label = f"js {size / 1e6:.1f} MB, escaped"
+        print(f"{label:28s} | {ms(best['cold'])}  {ms(best['warm'])}")
+    # The worst case for a body scanned on the event loop (INLINE_SCAN_BYTES): script
+    # text dense with URLs none of which was judged before.
+    for size in (32 * 1024, 256 * 1024):
+        best = float("inf")
+        for _ in range(repeats):
+            urls = []
+            while sum(map(len, urls)) < size:
+                i = next(nonce)
+                urls.append(f'"https://cdn{i % 13}.example{i % 5}.com/a/{i}/app.{i * 7919}.js",')
+            body = f"<html><script>var u=[{''.join(urls)}];</script></html>".encode()
+            scanner = Scanner(blocked_by(engine), signatures)
+            t0 = time.process_time()
+            scanner.scan(body, "http://127.0.0.1/dense", "text/html")
+            best = min(best, time.process_time() - t0)
+        label = f"{size // 1024} KB, {len(urls)} new URLs"
+        print(f"{label:28s} | {ms(best)}")
 
 
 def ms(seconds: float) -> str:
@@ -222,6 +319,14 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=2, help="loads of each big page per phase")
     parser.add_argument("--workers", type=int, default=2, help="jg_strip_workers")
     parser.add_argument("--quick", action="store_true", help="js pages only, one round")
+    parser.add_argument(
+        "--no-strip", action="store_true",
+        help="jectguard with jg_strip=false: what the proxy adds without any scan",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scan-only", action="store_true",
+        help="only scan the big pages in this process (CPU time: robust to machine load)",
+    )  # fmt: skip
     parser.add_argument("--serve-origin", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_origin:
@@ -229,11 +334,14 @@ def main() -> None:
         return
     names = list(QUICK if args.quick else BIG)
     rounds = 1 if args.quick else args.rounds
+    blocklist = "".join(f"bad{i}.example\n" for i in range(10_000))
+    if args.scan_only:
+        scan_times(names, blocklist)
+        return
 
     with tempfile.TemporaryDirectory(prefix="jg_stall_bench_") as t:
         tmp = Path(t)
-        blocklist = tmp / "block.txt"
-        blocklist.write_text("".join(f"bad{i}.example\n" for i in range(10_000)))
+        (tmp / "block.txt").write_text(blocklist)
         oport = free_port()
         procs = []
         try:
@@ -247,7 +355,7 @@ def main() -> None:
             ports: dict[str, int] = {}
             jport = free_port()
             (tmp / "jg").mkdir()
-            cmd = jectguard_cmd(jport, tmp / "jg", blocklist, True)
+            cmd = jectguard_cmd(jport, tmp / "jg", tmp / "block.txt", not args.no_strip)
             cmd += ["--set", f"jg_strip_workers={args.workers}"]
             procs.append(start(cmd, tmp / "jg" / "proxy.log", jport))
             ports["jectguard"] = jport
@@ -262,6 +370,7 @@ def main() -> None:
             base = f"http://127.0.0.1:{oport}"
             small: dict[str, list[float]] = {p: [] for p in ports}
             big: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
+            alone: dict[str, dict[str, list[float]]] = {p: {n: [] for n in names} for p in ports}
             for port in ports.values():  # warm-up: workers started, the repeated page seen once
                 phase(port, base, names, 1)
             for r in range(rounds):
@@ -269,8 +378,10 @@ def main() -> None:
                 for p in order:
                     s, b = phase(ports[p], base, names, args.loads)
                     small[p] += s
+                    _, a = phase(ports[p], base, names, args.loads, with_small=False)
                     for n in names:
                         big[p][n] += b[n]
+                        alone[p][n] += a[n]
         finally:
             for proc in reversed(procs):
                 stop(proc)
@@ -278,6 +389,7 @@ def main() -> None:
     print(
         f"{rounds} round(s) x {args.loads} load(s) of each big page per proxy; small requests "
         f"(2 KB HTML) back to back meanwhile; jg_strip_workers={args.workers}"
+        + (", jg_strip=false" if args.no_strip else "")
     )
     print(f"{'small requests (ms)':28s} | {'n':>6s} {'p50':>8s} {'p99':>8s} {'max':>8s}")
     for p in ("mitmdump", "jectguard"):
@@ -288,11 +400,21 @@ def main() -> None:
         f"{'added by jectguard':28s} | {'':6s} {ms(pct(j, 0.5) - pct(m, 0.5))} "
         f"{ms(pct(j, 0.99) - pct(m, 0.99))} {ms(max(j) - max(m))}"
     )
-    print()
-    print(f"{'big page load, median (ms)':28s} | {'mitmdump':>9s} {'jectguard':>9s} {'added':>8s}")
-    for n in names:
-        mm, jj = statistics.median(big["mitmdump"][n]), statistics.median(big["jectguard"][n])
-        print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
+    for title, loads in (("with small requests", big), ("alone", alone)):
+        print()
+        print(
+            f"{'big page load, median (ms)':28s} | {'mitmdump':>9s} {'jectguard':>9s} "
+            f"{'added':>8s}  ({title})"
+        )
+        for n in names:
+            mm, jj = (
+                statistics.median(loads["mitmdump"][n]),
+                statistics.median(loads["jectguard"][n]),
+            )
+            print(f"{n:28s} | {ms(mm)}  {ms(jj)} {ms(jj - mm)}")
+    if not args.no_strip:
+        print()
+        scan_times(names, blocklist)
 
 
 if __name__ == "__main__":

@@ -64,20 +64,22 @@ DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
 # A cap above this would let one response hold a gigabyte of memory.
 MAX_MAX_BYTES: Final = 1024 * 1024 * 1024
 # Bodies up to this size (decoded) are scanned on the event loop; bigger ones in a worker
-# process. A scan costs up to ~0.5 ms per KB when the body is dense with distinct URLs in
-# script text (measured: 32 KB 12-18 ms, 256 KB 84-141 ms on a loaded 2-CPU machine), and
-# every other flow waits while the loop scans: 32 KB keeps that wait well under 50 ms.
+# process. A scan costs up to ~0.22 ms per KB when the body is dense with URLs never
+# judged before (each ~10 us: canonicalize, look up; CPU time 32 KB 7.0 ms, 256 KB
+# 52 ms: `benchmarks/bench_stall.py --scan-only`), and every other flow waits while the
+# loop scans: 32 KB keeps that wait well under 50 ms, even on a loaded machine.
 INLINE_SCAN_BYTES: Final = 32 * 1024
 # Worker processes for bodies over INLINE_SCAN_BYTES (each scans one body at a time).
 DEFAULT_WORKERS: Final = 2
 MAX_WORKERS: Final = 64
 # A page waits at most this long for a free worker, and a worker that has not answered this
-# long after taking the page is killed and the page refused. A 10 MB page scans in ~1-2 s
-# of CPU, but a worker runs at nice +10: on a saturated machine it waits for the CPU (a
-# 5 MB page took over 10 s at load 9 on 2 cores), so the bound is generous.
+# long after taking the page is killed and the page refused. A 10 MB page scans in
+# ~0.1-0.5 s of CPU (more when dense with new URLs or text past the tokenizer's bound),
+# but a worker runs at nice +10: on a saturated machine it waits for the CPU (before
+# issue 17's speed work a 5 MB page took over 10 s at load 9 on 2 cores): a generous bound.
 DEFAULT_SCAN_TIMEOUT: Final = 30
 # Outcomes of clean big bodies remembered by digest: a site serves the same large shell
-# (inline bundle, app state) to every client, and rescanning it costs ~50-100 ms per MB.
+# (inline bundle, app state) to every client, and rescanning it costs ~11-30 ms per MB.
 OUTCOME_CACHE_ENTRIES: Final = 64
 DEFAULT_SIGNATURES: Final = SHIPPED_LISTS / "signatures.toml"
 # A signatures file is small and hand-written.

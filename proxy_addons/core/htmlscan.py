@@ -66,6 +66,7 @@ import binascii
 import bisect
 import dataclasses
 import html
+import itertools
 import json
 import re
 import urllib.parse
@@ -80,7 +81,8 @@ import ada_url
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse, data_loader
-from proxy_addons.core.signatures import Signature, match_signature
+from proxy_addons.core.prefilter import fold_ascii_case, required_literals
+from proxy_addons.core.signatures import Signature
 
 # Bigger bodies are streamed through unscanned: scanning buffers the whole body.
 MAX_SCAN_BYTES = 10 * 1024 * 1024
@@ -1120,7 +1122,11 @@ _JS_ESCAPE = re.compile(
 )
 _PERCENT = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
 _FROM_CHAR_CODE = re.compile(r"fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")
-_CONCAT = re.compile(r"""(["'`])\s*\+\s*(["'`])""")
+# The rest of a literal concatenation from its "+": spaces and the next opening quote
+# (the part before the "+" is read back; a pattern starting with a quote class would
+# be tried at every character: ~20 ms per 5 MB of script).
+_CONCAT_REST = re.compile(r"""\s*["'`]""")
+_QUOTES = frozenset("\"'`")
 _SIMPLE_ESC = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\x00"}
 
 
@@ -1157,30 +1163,101 @@ def decode_script_text(text: str) -> str:
     """Undo the common JS obfuscations: escapes, unescape("%.."), fromCharCode, "a" + "b"."""
     out = text
     if "\\" in out:
-        out = _JS_ESCAPE.sub(_js_escape, out)
+        out = _undo_escapes(out)
     if "%" in out:
         out = _PERCENT.sub(_percent, out)
         if "\\" in out:
-            out = _JS_ESCAPE.sub(_js_escape, out)
+            out = _undo_escapes(out)
     if "fromCharCode" in out:
         out = _FROM_CHAR_CODE.sub(_char_codes, out)
     if "+" in out:
-        out = _CONCAT.sub("", out)
+        out = _join_literals(out)
     return out
 
 
-# Candidate references in script text, each pass anchored on a cheap prefix:
-# absolute or protocol-relative URLs ("//"), host-like string literals (a
-# quote), and HTML tags being written ("<").
+# Escapes undone in bulk (see _undo_escapes): the escapes common in serialized state,
+# replaced as plain strings (none stands for a backslash, which a later step would
+# read as the start of another escape).
+_COMMON_ESCAPES = (
+    ("\\/", "/"), ('\\"', '"'), ("\\'", "'"), ("\\n", "\n"), ("\\r", "\r"), ("\\t", "\t"),
+)  # fmt: skip
+# The HTML-safe ones of Rails, Next.js, PHP (looked for only where "\\u00" is).
+_COMMON_U00_ESCAPES = (
+    ("\\u003c", "<"), ("\\u003e", ">"), ("\\u0026", "&"), ("\\u003C", "<"), ("\\u003E", ">"),
+)  # fmt: skip
+# Stands for an escaped backslash meanwhile (undone last); a text that holds it is
+# undone the plain way.
+_BACKSLASH_MARK = "\x00"
+
+
+def _undo_escapes(text: str) -> str:
+    """``text`` with JS escapes undone, as ``_JS_ESCAPE.sub(_js_escape, text)`` would.
+
+    JSON app state holds hundreds of thousands of escapes (\\" \\/ \\n \\u003c): a
+    Python callback for each cost ~0.4 us (110 ms for 5 MB of Rails-style state).
+    Escaped backslashes are set aside first (``str.replace`` pairs them left to
+    right, as the regex does), so every backslash left starts an escape and the
+    common ones can be replaced as strings; a regex undoes the rest.
+    """
+    if _BACKSLASH_MARK in text:
+        return _JS_ESCAPE.sub(_js_escape, text)
+    out = text.replace("\\\\", _BACKSLASH_MARK)
+    escapes = _COMMON_ESCAPES + _COMMON_U00_ESCAPES if "\\u00" in out else _COMMON_ESCAPES
+    for escape, plain in escapes:
+        if escape in out:
+            out = out.replace(escape, plain)
+    if "\\" not in out:
+        return out.replace(_BACKSLASH_MARK, "\\")
+    # (an escape may stand for the mark itself: \\0, \\x00; no escape spans a mark)
+    return "\\".join(_JS_ESCAPE.sub(_js_escape, piece) for piece in out.split(_BACKSLASH_MARK))
+
+
+def _join_literals(text: str) -> str:
+    """``text`` with every ``'`` ``+`` ``'`` (any quotes, spaces around the ``+``) removed,
+    left to right, as ``re.sub(r"([\"'`])\\s*\\+\\s*([\"'`])", "", text)`` would."""
+    pieces: list[str] = []
+    done = 0  # end of the text copied or removed so far
+    floor = 0  # a match's first quote is at or after this
+    find = text.find
+    plus = find("+")
+    while plus >= 0:
+        quote = floor + len(text[floor:plus].rstrip()) - 1
+        if quote >= floor and text[quote] in _QUOTES:
+            rest = _CONCAT_REST.match(text, plus + 1)
+            if rest is not None:
+                pieces.append(text[done:quote])
+                done = floor = rest.end()
+                plus = find("+", done)
+                continue
+        floor = plus + 1
+        plus = find("+", floor)
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+# Candidate references in script text, each pass anchored on a literal that
+# ``re`` finds at memory speed (a pattern that starts with anything else is tried
+# at every position: 50-300 ms for 5 MB of script): absolute or protocol-relative
+# URLs from their "//" (the scheme before it is read back), host-like string
+# literals from the "." of their last label (the literal is then matched from its
+# opening quote), and HTML tags being written ("<").
 _URL_REF = re.compile(
-    r"(?:(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):)?//"
+    r"//"
     r"(\[[0-9A-Fa-f:.]+\]|[\w~%-]+(?:[.\u3002\uff0e\uff61][\w~%-]+)*[.\u3002\uff0e\uff61]?)"
     r"(?::\d{1,5})?"
     r"""[^\s"'<>\\`(){}|^]*"""
 )
+# The schemes a reference keeps (any other is read as "http:"), longest first.
+_URL_SCHEMES = ("https:", "http:", "wss:", "ftp:", "ws:")
+_SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
 _LITERAL_REF = re.compile(
     r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?\1"""
 )
+# The end of a host-like literal: its last label and closing quote.
+_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?["'`]""")
+_HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 # Hosts without an ASCII dot that a browser still reads as an address or a dotted
@@ -1188,6 +1265,42 @@ _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 # fullwidth full stops (UTS 46 maps them to ".").
 _DOTLESS_HOST = re.compile(r"\d+|0[xX][0-9a-fA-F]*|.*[\u3002\uff0e\uff61].*")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
+
+
+def _url_scheme(text: str, slashes: int) -> str:
+    """The scheme written before the "//" at ``slashes`` (one of _URL_SCHEMES, not
+    preceded by a scheme character), else "http:"."""
+    for scheme in _URL_SCHEMES:
+        at = slashes - len(scheme)
+        if (
+            at >= 0
+            and text.startswith(scheme, at)
+            and (at == 0 or text[at - 1] not in _SCHEME_CHARS)
+        ):
+            return scheme
+    return "http:"
+
+
+def _host_literals(text: str) -> Iterator[str]:
+    """The host-like string literals in ``text`` ("evil.example", 'a.b.c'), in order.
+
+    Each is found from its end (_LITERAL_END), its opening quote is the character
+    before the host characters that precede it, and _LITERAL_REF confirms it from there. Every match of
+    ``_LITERAL_REF.finditer`` is found, and a literal whose opening quote closes
+    another one too. Linear: each search reads back only to the previous end.
+    """
+    floor = 0
+    for m in _LITERAL_END.finditer(text):
+        start = m.start()
+        # The characters before the last label, less the host characters that end
+        # them: what is left ends with the opening quote, or this is no literal.
+        quote = floor + len(text[floor:start].rstrip(_HOST_CHARS)) - 1
+        floor = m.end() - 1  # (the closing quote may open the next literal)
+        if quote < 0 or quote == start - 1 or text[quote] not in "\"'`":
+            continue
+        r = _LITERAL_REF.match(text, quote, m.end())
+        if r is not None:
+            yield r.group(2)
 
 
 def _resolve(base: str, ref: str) -> str | None:
@@ -1663,14 +1776,15 @@ class _Judge:
         """The first blocked host or URL the text names (decoded too), then signatures."""
         decoded = decode_script_text(text)
         variants = [text] if decoded == text else [text, decoded]
-        if "atob" in text or "base64" in text.lower():
+        low = fold_ascii_case(text)  # (once: the signatures read it too)
+        if "atob" in text or "base64" in low:
             variants.extend(_base64_payloads(text))
         for variant in variants:
             verdict = self._references(variant, bases)
             if verdict is not None:
                 return verdict
         for variant in variants:
-            sig = self.scanner._signature(variant, "script")
+            sig = self.scanner._signature(variant, "script", low if variant is text else None)
             if sig is not None:
                 return _Verdict(None, "signature", sig.name, "signatures", True)
         return None
@@ -1685,15 +1799,15 @@ class _Judge:
                     and not _DOTLESS_HOST.fullmatch(host)
                 ):
                     continue
-                ref = m.group()
-                verdict = self._ref_verdict("http:" + ref if ref.startswith("//") else ref)
+                at = m.start()
+                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
+                verdict = self._absolute_verdict(scheme + m.group())
                 if verdict is not None:
                     return verdict
         if "." in text:
-            for m in _LITERAL_REF.finditer(text):
-                lit = m.group(2)
+            for lit in _host_literals(text):
                 if _TLD.search(lit) or _IPV4.fullmatch(lit):
-                    verdict = self._ref_verdict("http://" + lit + "/")
+                    verdict = self._absolute_verdict("http://" + lit + "/")
                     if verdict is not None:
                         return verdict
         if "<" in text:
@@ -1705,6 +1819,20 @@ class _Judge:
                             return verdict
         return None
 
+    def _absolute_verdict(self, ref: str) -> _Verdict | None:
+        """``_ref_verdict`` of an absolute reference (its URL depends on no base).
+
+        ``is_blocked`` parses a URL as a browser does, and a URL parsed again once
+        serialized is the same URL: the reference itself is asked, and joined (for the
+        finding) only when blocked. Saves a third of the work per distinct URL, which
+        big app state holds by the thousand.
+        """
+        match = self.check(ref)
+        if match is None:
+            return None
+        url = self.resolve(self.page_url, ref)
+        return None if url is None else self._match_verdict(url, match)
+
     def _ref_verdict(self, ref: str, *, resolved: bool = False) -> _Verdict | None:
         url = ref if resolved else self.resolve(self.page_url, ref)
         if url is None:
@@ -1712,6 +1840,10 @@ class _Judge:
         match = self.check(url)
         if match is None:
             return None
+        return self._match_verdict(url, match)
+
+    @staticmethod
+    def _match_verdict(url: str, match: MatchLike) -> _Verdict:
         monitor = str(getattr(match, "mode", "")) == "monitor"
         return _Verdict(url, "inline-reference", match.rule, match.list, not monitor)
 
@@ -1771,6 +1903,8 @@ _HANDLER_VALUE = re.compile(rb"""[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]++
 # attribute values make several candidates).
 _HANDLER_LOOKBACK_TAGS = 16
 _HANDLER_LOOKBACK_BYTES = 16384
+# Bodies up to this size are searched for a handler whole before their script texts are found.
+_HANDLER_QUICK_BYTES = 65536
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -1900,23 +2034,29 @@ class Scanner:
         self.max_bytes = max_bytes
         self._caches = _Caches(cache_entries)
         self.fast_path = fast_path
-        # One combined search per text rules out every signature at once.
-        self._sig_prefilter: dict[str, re.Pattern[str] | None] = {}
-        for target in ("script", "url"):
-            patterns = [f"(?:{s.regex.pattern})" for s in self.signatures if target in s.targets]
-            try:
-                union = (
-                    re.compile("|".join(patterns), re.IGNORECASE | re.DOTALL) if patterns else None
-                )
-            except re.error:  # e.g. duplicate group names across signatures
-                union = None
-            self._sig_prefilter[target] = union
+        # Per target, each signature with the literals one of which every match of it
+        # contains: a plain substring search in the case-folded text rules most out.
+        self._sig_filters: dict[str, tuple[tuple[Signature, frozenset[str] | None], ...]] = {
+            target: tuple(
+                (s, required_literals(s.regex.pattern, s.regex.flags))
+                for s in self.signatures
+                if target in s.targets
+            )
+            for target in ("script", "url")
+        }
 
-    def _signature(self, text: str, target: str) -> Signature | None:
-        prefilter = self._sig_prefilter.get(target)
-        if prefilter is not None and prefilter.search(text) is None:
-            return None
-        return match_signature(self.signatures, text, target)
+    def _signature(self, text: str, target: str, low: str | None = None) -> Signature | None:
+        """The first signature for ``target`` that matches ``text`` (``low``: its
+        ``fold_ascii_case``, when the caller has it)."""
+        for sig, literals in self._sig_filters[target]:
+            if literals is not None:
+                if low is None:
+                    low = fold_ascii_case(text)
+                if not any(lit in low for lit in literals):
+                    continue
+            if sig.regex.search(text) is not None:
+                return sig
+        return None
 
     def _prepare(self, body: bytes, content_type: str | None) -> _Doc | None:
         if len(body) > self.max_bytes:
@@ -1958,9 +2098,8 @@ class Scanner:
         """
         buf = doc.buf
         low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
-        first = _HANDLER_LOW.search(low, 1)
-        if first is None:
-            return []
+        if len(low) <= _HANDLER_QUICK_BYTES and _HANDLER_LOW.search(low, 1) is None:
+            return []  # (a big body is searched between its script texts only, below)
         bases = [judge.page_url]
         # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
         # judged with its script; cutting it out would break a script that is kept.
@@ -1979,7 +2118,14 @@ class Scanner:
         text_starts = [start for start, _ in texts]
         findings: list[Finding] = []
         seen: set[int] = set()
-        for m in _HANDLER_LOW.finditer(low, first.start()):
+        # Searched between script texts only (megabytes of inline script hold many an
+        # "on" that is no handler: "consectetur"; ~10 ms per 5 MB): a handler never
+        # spans the ">" that ends a script's start tag.
+        gaps = zip([0] + [end for _, end in texts], [*text_starts, len(low)], strict=True)
+        matches = itertools.chain.from_iterable(
+            _HANDLER_LOW.finditer(low, max(lo, 1), hi) for lo, hi in gaps if hi > lo
+        )
+        for m in matches:
             at = m.start() - 1
             if buf[at] not in _HANDLER_AFTER:
                 continue
