@@ -102,6 +102,8 @@ def is_bare_name(text: str) -> bool:
 
 def cmd_check(args: argparse.Namespace) -> int:
     engine, _ = engine_from_args(args)
+    # Process-wide, as in the proxy: this process checks nothing else.
+    Engine.fold_case = bool(getattr(args, "url_case_insensitive", False))
     urls = list(args.urls)
     if not urls or urls == ["-"]:
         urls = [line.strip() for line in sys.stdin if line.strip()]
@@ -193,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="is this URL blocked, and why?")
     p.add_argument("urls", nargs="*", metavar="URL", help="URLs to check ('-' or none: read stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per URL per line")
+    p.add_argument(
+        "--url-case-insensitive",
+        action="store_true",
+        help="match URL paths in any letter case, as the proxy's jg_url_case_insensitive does",
+    )
     add_list_arguments(p)
     p.set_defaults(func=cmd_check)
 
