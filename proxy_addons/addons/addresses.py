@@ -13,6 +13,15 @@ A listed address is found before the request goes anywhere: at ``CONNECT``
 each plain-HTTP request (the block page replaces the response). A checked
 resolution is reused for ``RESOLVE_CACHE_SECONDS``: the address connected to is
 always one that was checked, so the cache changes freshness, never safety.
+
+URL rules written for an address (``http://192.0.2.2/bins/x``, URLhaus' usual shape)
+are checked here too, when a list has any: each request again, with its host replaced
+by every address it may be sent to (a name that resolves there, nip.io-style, reaches
+the same files). Which connection carries a request is chosen after the last hook, so
+the candidates are all of them: the addresses of this client's open connections to the
+name, and the resolution a new connection will use. That resolution is kept for the
+client's connection to the name (``_checked``) and ``server_connect`` pins from it,
+never from a fresher one that no request was checked against.
 """
 
 from __future__ import annotations
@@ -31,13 +40,23 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.authority import request_url
+from proxy_addons.core.canon import canonicalize_url
 from proxy_addons.core.embedding import parse_nat64_prefix
-from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.engine import Action, Engine, Verdict
+from proxy_addons.core.errors import CanonError
 from proxy_addons.core.resolution import RefusePredicate, Resolution, judge
 
 from .blocking import Blocking
-from .decide import Decision, Stage, log_decision, new_request_id, refuse_destination, worst
-from .requests import client_ip
+from .decide import (
+    Act,
+    Decision,
+    Stage,
+    log_decision,
+    new_request_id,
+    refuse_destination,
+    worst,
+)
+from .requests import METADATA_KEY, client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +94,11 @@ class Addresses:
         self._cache: OrderedDict[tuple[str, int], Resolution] = OrderedDict()
         self._ip_rules: tuple[Engine | None, bool] = (None, True)
         self._pinned: dict[str, connection.Address] = {}  # server id -> the name's address
+        # Per client, per (name, port): the resolution its requests were checked against
+        # while some URL rule names an address (new connections pin from it), and the
+        # address of each open connection (server id -> address).
+        self._checked: dict[str, dict[connection.Address, Resolution]] = {}
+        self._peers: dict[str, dict[connection.Address, dict[str, str]]] = {}
 
     # -- options -----------------------------------------------------------------
 
@@ -104,12 +128,14 @@ class Addresses:
     # -- when to look -----------------------------------------------------------
 
     def _has_ip_rules(self, engine: Engine) -> bool:
+        """Rules that an address can match: IP and CIDR rules, URL rules on an address."""
         cached, answer = self._ip_rules
         if cached is engine:
             return answer
         # Every image this format version loads records its rules by kind.
         by_kind = engine.block.by_kind
         answer = bool(by_kind.get("ip") or by_kind.get("cidr"))
+        answer = answer or engine.url_rules_on_addresses
         self._ip_rules = (engine, answer)
         return answer
 
@@ -226,6 +252,49 @@ class Addresses:
         d = self._decision(found, url, flow.client_conn)
         if d is not None and d.refuses:  # monitor and grants are logged at server_connect
             self.blocking._apply(flow, d)
+            return
+        if found.engine is not None and found.engine.url_rules_on_addresses:
+            self._check_at_addresses(flow, url, found, found.engine)
+
+    def _check_at_addresses(
+        self, flow: http.HTTPFlow, url: str, found: Resolution, engine: Engine
+    ) -> None:
+        """The request's URL at every address it may be sent to, against URL rules."""
+        if not self.blocking.check_resolved:
+            return
+        req, client = flow.request, flow.client_conn
+        key = (req.host, req.port)
+        checked = self._checked.setdefault(client.id, {})
+        kept = checked.get(key)
+        if kept is None or kept.error is not None:
+            # The first request to this name on this connection (or the last lookup
+            # failed): new connections for it pin from this resolution from now on.
+            checked[key] = kept = found
+        candidates = [*kept.addresses, *self._peers.get(client.id, {}).get(key, {}).values()]
+        if found is not kept:
+            candidates += found.addresses
+        # Most addresses have no URL rule: one probe each, before building anything.
+        addresses = [a for a in dict.fromkeys(candidates) if engine.url_rules_at(a)]
+        if not addresses:
+            return
+        try:
+            cu = canonicalize_url(url)
+        except CanonError:
+            return  # refused already: the request check reads the same URL
+        verdicts: list[Verdict] = []
+        for addr in addresses:
+            if addr == cu.host:
+                continue  # the URL itself was checked at this address already
+            v = engine.check_at_address(cu, addr)
+            if v.action is not Action.PASS and v.action is not Action.ALLOW:
+                verdicts.append(v._replace(input=url))
+        if not verdicts:
+            return
+        d = worst(self.blocking._decide(Stage.ADDRESS, v, url, client) for v in verdicts)
+        meta = flow.metadata.get(METADATA_KEY)
+        if d.refuses or not meta or meta.get("action") == Act.PASS.value:
+            # a refusal answers; a monitor or a grant is recorded where nothing else was
+            self.blocking._apply(flow, d)
 
     def _answer_connect(self, flow: http.HTTPFlow, found: Resolution) -> None:
         req = flow.request
@@ -257,7 +326,11 @@ class Addresses:
         if engine is None:
             return  # nothing to check: mitmproxy resolves and connects as usual
         host, port = str(server.address[0]), int(server.address[1])
-        found = await self._resolution(host, port, engine)
+        found = self._checked.get(client.id, {}).get((host, port))
+        if found is None:
+            found = await self._resolution(host, port, engine)
+        elif found.engine is not engine:  # refreshed lists: the same addresses, new verdicts
+            found = self._judge(found.addresses, engine, found.expires, found.error)
         if found.error is not None:
             # Never leave the name to mitmproxy's own lookup: it may answer differently.
             server.error = f"jectguard: {found.error}; no connection was made"
@@ -272,6 +345,8 @@ class Addresses:
                     self.on_refusal(server.id, d, rid, host)
                 return
         pin = found.addresses[0]
+        # Always (a dict entry a connection): lists that name addresses may arrive later.
+        self._peers.setdefault(client.id, {}).setdefault((host, port), {})[server.id] = pin
         if pin != host:
             if len(self._pinned) >= MAX_PENDING_PINS:
                 self._pinned.pop(next(iter(self._pinned)))
@@ -295,6 +370,25 @@ class Addresses:
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._unpin(data.server)
+        self._forget_peer(data.client, data.server)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._forget_peer(data.client, data.server)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._checked.pop(client.id, None)
+        self._peers.pop(client.id, None)
+
+    def _forget_peer(self, client: connection.Client, server: connection.Server) -> None:
+        conns = self._peers.get(client.id)
+        if conns is None or not server.address:
+            return
+        key = (str(server.address[0]), int(server.address[1]))
+        peers = conns.get(key)
+        if peers is not None:
+            peers.pop(server.id, None)
+            if not peers:
+                del conns[key]
 
     def _unpin(self, server: connection.Server) -> None:
         name = self._pinned.pop(server.id, None)

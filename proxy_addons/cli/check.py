@@ -13,12 +13,17 @@ import sys
 from typing import TextIO
 
 from proxy_addons.cli.common import Exit, engine_from_args
-from proxy_addons.core.engine import Action, Verdict
+from proxy_addons.core.engine import Action, Engine, Verdict
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("urls", nargs="*", metavar="URL", help="URLs to check ('-' or none: read stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per URL per line")
+    p.add_argument(
+        "--url-case-insensitive",
+        action="store_true",
+        help="match URL paths in any letter case, as the proxy's jg_url_case_insensitive does",
+    )
 
 
 def _print_verdict(v: Verdict, out: TextIO) -> None:
@@ -46,6 +51,8 @@ def is_bare_name(text: str) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     engine, _ = engine_from_args(args)
+    # Process-wide, as in the proxy: this process checks nothing else.
+    Engine.fold_case = bool(getattr(args, "url_case_insensitive", False))
     urls = list(args.urls)
     if not urls or urls == ["-"]:
         urls = [line.strip() for line in sys.stdin if line.strip()]

@@ -447,6 +447,73 @@ def url_match_paths(cu: CanonicalURL) -> list[str]:
     return out
 
 
+# A rule's file without its extensions (Apache MultiViews): at most this many stems.
+MAX_PATH_STEMS: Final = 4
+
+
+def query_params(query: str | None) -> frozenset[str]:
+    """The ``name=value`` parameters of a canonical query, as a server reads them.
+
+    Split at ``&`` and at ``;`` (CGI's other separator), empty ones dropped (``?id=7&``),
+    ``+`` read as the space it means in a form-encoded query. Order and repeats do not
+    matter: a query rule matches a URL whose query holds each of the rule's parameters.
+    Names are read as PHP reads them: leading spaces dropped, spaces and dots inside
+    turned into ``_`` (``?%20i.d=7`` is ``$_GET['i_d']``).
+    """
+    if not query:
+        return frozenset()
+    if "+" in query:
+        query = query.replace("+", "%20")
+    out = set()
+    for param in query.replace(";", "&").split("&"):
+        if not param:
+            continue
+        name, sep, value = param.partition("=")
+        if "%20" in name or "." in name:
+            while name.startswith("%20"):
+                name = name[3:]
+            name = name.replace("%20", "_").replace(".", "_")
+            param = name + sep + value
+        out.add(param)
+    return frozenset(out)
+
+
+def path_stems(path: str) -> list[str]:
+    """The path with each extension of its last segment removed, longest first.
+
+    Apache's MultiViews serves ``/dl/payload.exe`` for ``/dl/payload`` (content
+    negotiation picks among ``payload.*``), and ``payload.tar.gz`` for ``payload.tar``
+    too; never ``payload.exe`` for ``payload.exe.txt``. A name that starts with its
+    only dot (``.htaccess``) has no stem.
+    """
+    head, sep, last = path.rpartition("/")
+    out: list[str] = []
+    i = last.rfind(".")
+    while i > 0 and len(out) < MAX_PATH_STEMS:
+        last = last[:i]
+        out.append(f"{head}{sep}{last}")
+        i = last.rfind(".")
+    return out
+
+
+def url_rule_alternates(key: str) -> list[tuple[str, str]]:
+    """Where a URL rule (its "host/path[?query]" key) must also be looked for.
+
+    Pairs (``host/path`` probed, suffix that makes the rule's key again): a rule with
+    a query at its path (the query is then a set of parameters the URL must hold,
+    :func:`query_params`); and any rule at each stem of its path (:func:`path_stems`).
+    A rule without a query and without an extension has none: its key is probed as is.
+    """
+    base, sep, query = key.partition("?")
+    suffix = sep + query
+    out = [(base, suffix)] if sep else []
+    host, slash, path = base.partition("/")
+    if slash:
+        for stem in path_stems(slash + path):
+            out.append((host + stem, base[len(host) + len(stem) :] + suffix))
+    return out
+
+
 def url_rule_key(text: str) -> tuple[str, str]:
     """Canonicalize a URL rule; returns (host, "host/path[?query]" expression key)."""
     cu = canonicalize_url(text)

@@ -188,6 +188,48 @@ class Engine:
                     v = v2
         return v
 
+    @property
+    def url_rules_on_addresses(self) -> bool:
+        """Whether a block URL rule names an IP address (see :meth:`check_at_address`)."""
+        return self.block.url_rules_on_addresses or (
+            self.extra is not None and self.extra.url_rules_on_addresses
+        )
+
+    def url_rules_at(self, address: str) -> bool:
+        """Whether a block URL rule names this address (or the IPv4 address it carries).
+
+        One hash probe an index: cheap enough to ask before building anything.
+        """
+        try:
+            addr = canonical_host(address)
+        except CanonError:
+            return True  # let check_at_address say why
+        hosts = [addr]
+        if ":" in addr:
+            hosts += map(str, carried_ipv4(ipaddress.IPv6Address(addr), self.nat64))
+        indexes = (self.block,) if self.extra is None else (self.block, self.extra)
+        return any(ix.has_url_rules_on(h) for ix in indexes for h in hosts)
+
+    def check_at_address(self, cu: CanonicalURL, address: str) -> Verdict:
+        """Verdict for a request as the server at ``address`` receives it.
+
+        A name that resolves to an address reaches the files a rule written for that
+        address names (``http://192.0.2.2/bins/x`` for ``http://any-name/bins/x``, as
+        nip.io-style wildcard DNS makes it): the proxy checks each request again with
+        the host replaced by the address it connects to. Only the proxy can: ``check``
+        does not resolve names.
+        """
+        try:
+            addr = canonical_host(address)
+        except CanonError as exc:
+            return Verdict(Action.ERROR, address, error=str(exc))
+        at = cu._replace(host=addr, host_kind=host_kind(addr))
+        # The address's own IP and CIDR rules were checked with the resolution: unless a
+        # URL rule names it, there is nothing to add.
+        if not self.url_rules_at(addr):
+            return Verdict(Action.PASS, at.url, at, addr)
+        return self.check_canonical(at)
+
     def check_host(self, host: str) -> Verdict:
         """Verdict for a bare host (CONNECT target, SNI, resolved IP): whole-host rules only."""
         try:

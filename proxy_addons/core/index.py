@@ -17,8 +17,13 @@ Compiling turns parsed lists into one immutable, memory-mappable byte image:
   touched unless it matches, and the key itself need not be stored (the caller
   has it). With 64-bit hashes a false match needs a collision, about one in
   10^19 per probe for a million rules.
+* Besides rules, the table holds **markers** (records of a kind that is no
+  rule): "some URL rule has this host" (so most URLs cost one probe), every URL
+  rule again lower-cased, and a block URL rule's other spellings (a query rule
+  at its bare path, any rule at its path's stems), each pointing back to its rule.
 * The **metadata** names the lists (name, category, mode), the CIDR prefix
-  lengths present and the compile statistics.
+  lengths present, how many markers of each sort there are (lookups skip the
+  probes for a sort that has none) and the compile statistics.
 
 The file is versioned and checksummed (xxh3-64 over header and body).
 
@@ -58,7 +63,14 @@ from typing import Any, Final
 
 import xxhash
 
-from .canon import CanonicalURL, host_kind, url_host_expressions, url_match_paths
+from .canon import (
+    CanonicalURL,
+    host_kind,
+    query_params,
+    url_host_expressions,
+    url_match_paths,
+    url_rule_alternates,
+)
 from .errors import SnapshotError
 from .gcpause import paused_gc
 from .guard import PoisonGuard
@@ -67,8 +79,8 @@ from .model import ListSpec, Match, Mode, ParsedList, Rule, RuleKind
 if sys.byteorder != "little":  # the table is mapped as native 64-bit integers
     raise ImportError("jectguard snapshots need a little-endian machine")
 
-MAGIC: Final = b"JGSNAP\x00\x06"
-FORMAT_VERSION: Final = 6
+MAGIC: Final = b"JGSNAP\x00\x07"
+FORMAT_VERSION: Final = 7
 # At most 2**28 directory buckets (1 GiB of directory); about one per rule below that.
 MAX_DIR_BITS: Final = 28
 # Read the file in chunks of this size to verify its checksum without mapping it all.
@@ -86,6 +98,13 @@ NS_NET: Final = 3  # CIDR rules, keyed by packed (network, prefix length)
 # are matched without regard to letter case (``jg_url_case_insensitive``: IIS serves
 # /MAL/X.EXE for /mal/x.exe). Same record columns, so provenance is the rule's own.
 NS_URL_FOLDED: Final = 4
+# Other spellings of a block rule's file (``url_rule_alternates``): a query rule at its
+# bare path, any rule at each stem of its path (MultiViews). Keyed by "host/path", the
+# record's text is the suffix that makes the rule's key again, so a hit is checked (the
+# URL holds the rule's query parameters) and then resolved to the rule's own record.
+# Allow lists get none: an exception matches as written, never more widely.
+NS_URL_ALT: Final = 5
+NS_URL_ALT_FOLDED: Final = 6  # the same, lower-cased (``jg_url_case_insensitive``)
 
 _NONE: Final[list[int]] = []  # shared empty result; never mutated
 _NAMESPACE: Final = {
@@ -97,6 +116,9 @@ _NAMESPACE: Final = {
 }
 # A record kind that is not a rule: "some URL rule has this host".
 URLHOST: Final = 0
+# A record kind that is not a rule either: another spelling of a URL rule (NS_URL_ALT*).
+URLALT: Final = 7
+_MARKERS: Final = frozenset({URLHOST, URLALT})
 _MARKER_LIST: Final = 0xFFFF
 
 # Sections, in file order. Each is (offset, length) in the header.
@@ -315,6 +337,7 @@ def _compile(
     v6: set[int] = set()
     infos = []
     folded: list[tuple[int, list[Rule], list[str]]] = []
+    alternates: list[tuple[int, int, str, str]] = []  # list id, line, "host/path", suffix
     by_kind = [0] * 6
     if len(lists) >= _MARKER_LIST:
         raise ValueError(f"at most {_MARKER_LIST - 1} lists")
@@ -371,6 +394,11 @@ def _compile(
             n = len(rules)
             if kind is RuleKind.URL:
                 folded.append((list_id, rules, rule_keys))
+                if not spec.allow:
+                    for rule, k in zip(rules, rule_keys, strict=True):
+                        if "?" in k or "." in k[k.rfind("/") :]:  # cheap test first
+                            for probe, suffix in url_rule_alternates(k):
+                                alternates.append((list_id, rule.line, probe, suffix))
             by_kind[kind] += n
             ns.extend(repeat(_NAMESPACE[kind], n))
             kinds.extend(repeat(kind, n))
@@ -391,6 +419,14 @@ def _compile(
         lines.extend(map(_LINE, rules))
         keys.extend(k.lower().encode() for k in rule_keys)
         texts.extend(t.encode("utf-8", "replace")[:MAX_TEXT_BYTES] for t in map(_TEXT, rules))
+    for folding in (False, True):  # markers, not rules: not counted either
+        ns.extend(repeat(NS_URL_ALT_FOLDED if folding else NS_URL_ALT, len(alternates)))
+        kinds.extend(repeat(URLALT, len(alternates)))
+        for list_id, line, probe, suffix in alternates:
+            list_ids.append(list_id)
+            lines.append(line)
+            keys.append((probe.lower() if folding else probe).encode())
+            texts.append(suffix.encode("utf-8", "surrogateescape"))
     m = len(url_hosts)
     ns.extend(repeat(NS_HOST, m))
     kinds.extend(repeat(URLHOST, m))
@@ -410,6 +446,11 @@ def _compile(
         "by_kind": stats.by_kind,
         "refused_count": stats.refused_count,
         "refused": stats.refused,
+        # Lookups skip the other-spellings probes when there are none.
+        "url_alternates": len(alternates),
+        # URL rules on an IP address: the proxy also checks each request at the address it
+        # connects to (a name that resolves there reaches the same files).
+        "url_ip_hosts": sum(1 for h in url_hosts if host_kind(h) != "domain"),
     }
     image = _build_image(ns, kinds, list_ids, lines, keys, texts, meta)
     stats.seconds = time.perf_counter() - t0
@@ -433,6 +474,7 @@ class CompiledIndex:
         "_lists",
         "_v4",
         "_v6",
+        "_alternates",
         "meta",
         "size_bytes",
         "path",
@@ -485,6 +527,7 @@ class CompiledIndex:
             )
             self._v4 = tuple(int(p) for p in meta["v4_prefixes"] if 0 <= int(p) <= 32)
             self._v6 = tuple(int(p) for p in meta["v6_prefixes"] if 0 <= int(p) <= 128)
+            self._alternates = bool(meta["url_alternates"])
         except (ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"snapshot metadata unreadable: {exc}") from None
         self.meta: dict[str, Any] = meta
@@ -538,6 +581,16 @@ class CompiledIndex:
         return self._lists
 
     @property
+    def url_rules_on_addresses(self) -> bool:
+        """Whether some URL rule's host is an IP address (then worth checking at the address)."""
+        return bool(self.meta.get("url_ip_hosts", 1))
+
+    def has_url_rules_on(self, host: str) -> bool:
+        """Whether some URL rule is written for exactly this canonical host (one probe)."""
+        h = xxhash.xxh3_64_intdigest(host.encode(), NS_HOST)
+        return any(self._kinds[pos] == URLHOST for pos in self._find_hash(h))
+
+    @property
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))
 
@@ -576,8 +629,8 @@ class CompiledIndex:
         return view
 
     def record_at(self, pos: int, key: str = "") -> Match | None:
-        """The rule at table position ``pos`` (None for a URL-host marker); ``key`` if no text."""
-        return None if self._kinds[pos] == URLHOST else self._match(pos, key)
+        """The rule at table position ``pos`` (None for a marker); ``key`` if no text."""
+        return None if self._kinds[pos] in _MARKERS else self._match(pos, key)
 
     def close(self) -> None:
         """Release the mapping (only when no lookup can still be running)."""
@@ -660,6 +713,8 @@ class CompiledIndex:
         if final or not url_hosts:
             return best
         paths = url_match_paths(cu)
+        alternates = self._alternates
+        params: frozenset[str] | None = None  # the URL's query parameters, when first needed
         for host in url_host_expressions(cu):
             if host not in url_hosts:
                 continue
@@ -670,14 +725,62 @@ class CompiledIndex:
                     best, final = self._pick(found, expr, best)
                     if final:
                         return best
+                low = expr.lower() if fold_case else ""
                 if fold_case:
-                    low = expr.lower()
                     found = self._find(NS_URL_FOLDED, low.encode())
                     if found:
                         best, final = self._pick(found, low, best)
                         if final:
                             return best
+                if not alternates:
+                    continue
+                for ns, probe in ((NS_URL_ALT, expr), (NS_URL_ALT_FOLDED, low)):
+                    if not probe:
+                        continue
+                    found = self._find(ns, probe.encode())
+                    if not found:
+                        continue
+                    if params is None:
+                        params = query_params(cu.query)
+                    folded = ns == NS_URL_ALT_FOLDED
+                    best, final = self._pick_alternate(found, probe, params, folded, best)
+                    if final:
+                        return best
         return best
+
+    def _pick_alternate(
+        self,
+        found: list[int],
+        probe: str,
+        params: frozenset[str],
+        folded: bool,
+        best: Match | None,
+    ) -> tuple[Match | None, bool]:
+        """The rules behind other-spelling markers at ``probe`` that the URL satisfies.
+
+        ``folded``: ``probe`` is lower-cased and so are the rule's path and parameters.
+        """
+        for pos in found:
+            if self._kinds[pos] != URLALT:
+                continue  # a hash collision with a record of another kind
+            suffix = bytes(self._texts[self._text_offs[pos] : self._text_offs[pos + 1]])
+            rest, sep, query = suffix.decode("utf-8", "surrogateescape").partition("?")
+            if sep:
+                wanted = query_params(query)
+                have = params
+                if folded:
+                    wanted = frozenset(p.lower() for p in wanted)
+                    have = frozenset(p.lower() for p in params)
+                if not wanted <= have:
+                    continue
+            key = probe + rest + sep + query
+            ns = NS_URL
+            if folded:
+                key, ns = key.lower(), NS_URL_FOLDED
+            best, final = self._pick(self._find(ns, key.encode()), key, best)
+            if final:
+                return best, True
+        return best, False
 
     def match_host(self, host: str, probes: Probes | None = None) -> Match | None:
         """Rules that match every URL on ``host`` (a CONNECT target, an SNI name, an IP)."""
