@@ -5,7 +5,7 @@
 Builds the same addon chain as ``mitmdump`` (DumpMaster with termlog and dumper)
 and as ``jectguard run`` (``run.make_master``, plus the Jectguard addon and its
 children, with the 1.11M-rule lists by default; once more with mitmproxy's own
-event dispatch instead of ``proxy_addons.dispatch``), then replays the hooks mitmproxy triggers for one
+event dispatch instead of ``proxy_addons.cli.dispatch``), then replays the hooks mitmproxy triggers for one
 allowed HTTP request on a kept-alive connection (requestheaders, request,
 responseheaders, response; each followed by mitmproxy's ``update`` event) on a
 fresh flow, ``--requests`` times. Timed with ``time.process_time`` (CPU, not wall
@@ -84,7 +84,7 @@ async def _master(jectguard: bool, lists: list[Path], fast_dispatch: bool = True
         return master
     from proxy_addons.addons import EngineHolder, Jectguard, make_addons
     from proxy_addons.cli import build_parser, engine_from_args
-    from proxy_addons.run import drop_legacy_log_events, make_master
+    from proxy_addons.cli.run import drop_legacy_log_events, make_master
 
     args = build_parser().parse_args(["run", *[a for p in lists for a in ("--blocklist", str(p))]])
     engine, report = engine_from_args(args)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from mitmproxy.test import taddons, tflow
 
-from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.addons.ledger import LedgerAddon
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
 from proxy_addons.core.retro import retro_matches
-from proxy_addons.events import EventLog
-from proxy_addons.ledger import Ledger, SightingBatch
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.ledger import Ledger, SightingBatch
+from proxy_addons.telemetry.metrics import Metrics
 
 
 def _engine(hosts: list[str]) -> Engine:

@@ -51,8 +51,8 @@ import asyncio, os, signal
 from pathlib import Path
 from proxy_addons.addons import EngineHolder, make_addons
 from proxy_addons.addons.refresh import Refresh
-from proxy_addons.config import load_sources
-from proxy_addons.store import startup_engine
+from proxy_addons.lists.sources import load_sources
+from proxy_addons.lists.store import startup_engine
 
 _cfg = load_sources(os.environ["JG_BENCH_SOURCES"])
 _engine, _ = startup_engine(_cfg.enabled(), Path(os.environ["JG_BENCH_CACHE"]))

@@ -54,7 +54,7 @@ MSG
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "jectguard: installing dependencies into $JG_VENV" >&2
         "$JG_VENV/bin/python" -m pip install -q --disable-pip-version-check -U 'pip>=25.1'
-        "$JG_VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$JG_ROOT" --group "$JG_ROOT/pyproject.toml:test"
+        "$JG_VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$JG_ROOT" --group "$JG_ROOT/pyproject.toml:test" --group "$JG_ROOT/pyproject.toml:lint"
         echo "$want" >"$stamp"
     fi
     export PATH="$JG_VENV/bin:$PATH"

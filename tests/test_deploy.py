@@ -43,7 +43,7 @@ import pytest
 from aiohttp import web
 
 from proxy_addons.cli import build_parser
-from proxy_addons.run import exposure_problem, plan_listeners
+from proxy_addons.cli.run import exposure_problem, plan_listeners
 from tests.feedserver import FeedServer
 
 ROOT = Path(__file__).resolve().parents[1]

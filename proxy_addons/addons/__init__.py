@@ -10,7 +10,7 @@ flow hooks under mitmproxy's own dispatch, ``update`` events not counted).
 ``Jectguard`` instead builds, once, one callable per hook name from the
 children that define it (the child's own bound method when only one does), so
 mitmproxy sees one addon with one attribute per hook. ``jectguard run`` also
-replaces mitmproxy's per-event dispatch itself (``proxy_addons.dispatch``).
+replaces mitmproxy's per-event dispatch itself (``proxy_addons.cli.dispatch``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from ..events import EventLog
-from ..metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
+
 from .addresses import Addresses
 from .admin import AdminServer
 from .blocking import Blocking
@@ -30,7 +32,6 @@ from .clients import ClientAllowList
 from .dnsfilter import DnsFilter
 from .failclosed import LIFECYCLE, FailClosed, guarded
 from .heap import FreezeStartupHeap
-from .holder import EngineHolder
 from .ledger import LedgerAddon
 from .limits import ConnectionLimits
 from .observe import Observe
@@ -43,8 +44,8 @@ def make_addons(
     holder: EngineHolder, *, report: Any = None, cache_dir: Path | None = None
 ) -> list[object]:
     """The addons ``jectguard run`` loads: client checks first, observers after deciders."""
-    from ..admin import lists_from_report
-    from ..events import report_refresh_outcomes
+    from proxy_addons.admin.app import lists_from_report
+    from proxy_addons.telemetry.events import report_refresh_outcomes
 
     events, metrics = EventLog(), Metrics()
     refresh = Refresh(
@@ -62,7 +63,11 @@ def make_addons(
         Tunnels(blocking, on_decision=observe.connection_decision),
         # Every resolved address meets the configured destination policy (read at each
         # use: `configure` replaces ``blocking.policy``); reverse mode is exempt there.
-        Addresses(blocking, refuses=lambda ip: blocking.policy.refuses(ip)),
+        Addresses(
+            blocking,
+            refuses=lambda ip: blocking.policy.refuses(ip),
+            on_refusal=observe.address_refusal,
+        ),
         Strip(holder),
         campaign,  # after the stripper: it reads the page the browser gets
         ConnectionLimits(),  # after the deciders: its next_layer sees their choice
@@ -202,7 +207,7 @@ class Jectguard:
         names = [addon_name(a) for a in self.children]
         for name in names:
             if name in master.addons.lookup or names.count(name) > 1:
-                raise exceptions.AddonManagerError(  # type: ignore[no-untyped-call]
+                raise exceptions.AddonManagerError(
                     f"An addon called '{name}' already exists."
                 )
         self._load(loader)

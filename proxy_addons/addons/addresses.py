@@ -38,7 +38,7 @@ from typing import Final
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from proxy_addons.blockpage import printable
+from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.authority import request_url
 from proxy_addons.core.canon import canonicalize_url
 from proxy_addons.core.embedding import parse_nat64_prefix
@@ -76,8 +76,17 @@ class Addresses:
 
     name = "jectguard_addresses"
 
-    def __init__(self, blocking: Blocking, *, refuses: RefusePredicate | None) -> None:
+    def __init__(
+        self,
+        blocking: Blocking,
+        *,
+        refuses: RefusePredicate | None,
+        on_refusal: Callable[[str, Decision, str, str], None] | None = None,
+    ) -> None:
         self.blocking = blocking
+        # (server connection id, decision, request id, host name) of each refused
+        # connection: the observe addon's event, handed over typed.
+        self.on_refusal = on_refusal
         # The destination policy, applied to every resolved address (in `_judge`, the one
         # call site); None: no policy, only the lists. ``make_addons`` passes a function
         # that reads ``Blocking.policy`` at each use, so `configure` changes apply.
@@ -123,8 +132,9 @@ class Addresses:
         cached, answer = self._ip_rules
         if cached is engine:
             return answer
-        by_kind = getattr(engine.block, "meta", {}).get("by_kind")
-        answer = not isinstance(by_kind, dict) or bool(by_kind.get("ip") or by_kind.get("cidr"))
+        # Every image this format version loads records its rules by kind.
+        by_kind = engine.block.by_kind
+        answer = bool(by_kind.get("ip") or by_kind.get("cidr"))
         answer = answer or engine.url_rules_on_addresses
         self._ip_rules = (engine, answer)
         return answer
@@ -331,6 +341,8 @@ class Addresses:
             log_decision(d, client_ip(client), rid, f" (connection to {printable(host)})")
             if d.refuses:
                 server.error = f"jectguard: {self._why(d, host, rid)}; no connection was made"
+                if self.on_refusal is not None:
+                    self.on_refusal(server.id, d, rid, host)
                 return
         pin = found.addresses[0]
         # Always (a dict entry a connection): lists that name addresses may arrive later.
@@ -343,7 +355,7 @@ class Addresses:
 
     @staticmethod
     def _why(d: Decision, host: str, rid: str) -> str:
-        """The refusal as mitmproxy's error text (the observe addon reads a list block's)."""
+        """The refusal as mitmproxy's error text, for people (observe gets the decision)."""
         v = d.checked
         if v is None or v.match is None:
             return f"{printable(d.reason or 'refused')} (id {rid})"

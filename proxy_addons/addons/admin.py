@@ -1,6 +1,6 @@
 """The admin addon: serves the admin API and dashboard inside mitmproxy's event loop.
 
-The application itself is :func:`proxy_addons.admin.create_app`; this addon
+The application itself is :func:`proxy_addons.admin.app.create_app`; this addon
 only owns its options, its token and the server's lifetime (``running`` starts
 it, ``done`` stops it).
 """
@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from mitmproxy import ctx, exceptions
 
-from proxy_addons.admin import (
+from proxy_addons.admin.app import (
     AdminHosts,
     AdminState,
     AdminToken,
@@ -28,10 +28,9 @@ from proxy_addons.admin import (
     create_app,
     load_or_create_token,
 )
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
-
-from .holder import EngineHolder
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,10 @@ class AdminServer:
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None  # where the server really listens
         self._master: Any = None
-        metrics.set_meta_provider(lambda: holder.engine.block.meta)
+        # The metrics' snapshot series, from the index's typed fields (never its raw meta).
+        metrics.set_meta_provider(
+            lambda: {"by_kind": holder.engine.block.by_kind, "built_at": holder.engine.block.built_at}
+        )
 
     # -- options ------------------------------------------------------------
 
@@ -149,11 +151,11 @@ class AdminServer:
         if o.jg_admin_port and (self.token is None or "jg_admin_token_file" in updated):
             data_dir = self.data_dir
             if data_dir is None:
-                from proxy_addons.loading import default_cache_dir
+                from proxy_addons.lists.layout import cache_dir_from
 
                 # the refresh addon's jg_cache_dir, when loaded and set
                 cache = getattr(o, "jg_cache_dir", "") if "jg_cache_dir" in o else ""
-                data_dir = Path(cache).expanduser() if cache else default_cache_dir()
+                data_dir = cache_dir_from(cache)
             key = (o.jg_admin_token_file, str(data_dir))
             try:
                 self.token = load_or_create_token(o.jg_admin_token_file or None, data_dir)

@@ -30,13 +30,13 @@ from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions
 
-from proxy_addons.blockpage import HEADER_NAME, block_header
+from proxy_addons.addons.blockpage import HEADER_NAME, block_header
 from proxy_addons.core.destinations import DEFAULT_CONNECT_PORTS, DestinationPolicy
 from proxy_addons.core.engine import Engine, Verdict
+from proxy_addons.lists.holder import EngineHolder
 
 from .connects import ConnectChecks
 from .decide import ADDRESS_KINDS, PageSettings
-from .holder import EngineHolder
 from .proceed import MIN_SECRET_LENGTH, ProceedSigner, random_secret
 from .proceedsite import ProceedSite
 from .requests import METADATA_KEY, Refusal, RequestChecks, client_ip

@@ -1,13 +1,13 @@
 """The campaign addon: every HTML page the proxy serves feeds the campaign detector.
 
 The detector (``core/campaign.py``) and the page reading it needs run in one
-process of their own (``campaign_worker.py``): the event loop only puts the
+process of their own (``addons/campaign_worker.py``): the event loop only puts the
 page's raw body (cut at ``jg_campaign_max_bytes``, after the stripper has had
 it) on a bounded queue and never waits; a full queue drops the page and counts
 it (``jectguard_campaign_pages{result="dropped"}``). One owned task reads the
 findings back and turns each into a ``campaign`` event and a metric; with
 ``jg_campaign_action=enforce`` the host also goes on the local ``campaign``
-list (``campaign_list.py``), which blocks and strips like any list.
+list (``lists/campaign.py``), which blocks and strips like any list.
 
 The list file is polled (every ``LIST_POLL_SECONDS``): a host cleared through
 ``jectguard lists --clear-campaign``, the admin API or another proxy process
@@ -30,8 +30,19 @@ from typing import Any, Final
 
 from mitmproxy import ctx, exceptions, http
 
-from proxy_addons import campaign_worker as worker
-from proxy_addons.campaign_list import (
+from proxy_addons.addons import campaign_worker as worker
+from proxy_addons.core.campaign import (
+    DAY,
+    DEFAULT_MAX_HOSTS,
+    DEFAULT_MIN_SITES,
+    DEFAULT_WARMUP_SECONDS,
+    DEFAULT_WARMUP_VIEWS,
+    DEFAULT_WINDOW,
+)
+from proxy_addons.core.canon import scalar_text
+from proxy_addons.core.charset import is_html
+from proxy_addons.core.errors import CanonError
+from proxy_addons.lists.campaign import (
     CATEGORY,
     LIST_NAME,
     CampaignFiles,
@@ -44,22 +55,11 @@ from proxy_addons.campaign_list import (
     read_list,
     update_list,
 )
-from proxy_addons.core.campaign import (
-    DAY,
-    DEFAULT_MAX_HOSTS,
-    DEFAULT_MIN_SITES,
-    DEFAULT_WARMUP_SECONDS,
-    DEFAULT_WARMUP_VIEWS,
-    DEFAULT_WINDOW,
-)
-from proxy_addons.core.canon import scalar_text
-from proxy_addons.core.charset import is_html
-from proxy_addons.core.errors import CanonError
-from proxy_addons.events import EventLog, rfc3339
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog, rfc3339
+from proxy_addons.telemetry.metrics import Metrics
 
 from .clients import client_address
-from .holder import EngineHolder
 from .strip import NO_STRIP_STATUSES, html_plan
 
 logger = logging.getLogger(__name__)
@@ -563,11 +563,11 @@ def _client_of(flow: http.HTTPFlow) -> str:
 
 
 def _cache_dir_option() -> Path:
-    from proxy_addons.loading import default_cache_dir
+    from proxy_addons.lists.layout import cache_dir_from
 
     o = ctx.options
     cache = o.jg_cache_dir if "jg_cache_dir" in o else ""
-    return Path(cache).expanduser() if cache else default_cache_dir()
+    return cache_dir_from(cache)
 
 
 __all__ = ["Campaign"]

@@ -34,8 +34,7 @@ from .requests import METADATA_KEY, Refusal, client_ip
 
 if TYPE_CHECKING:
     from proxy_addons.core.destinations import DestinationPolicy
-
-    from .holder import EngineHolder
+    from proxy_addons.lists.holder import EngineHolder
 
 
 # TLS extension 0 (RFC 6066): server_name.

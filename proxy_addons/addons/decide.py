@@ -16,7 +16,7 @@ from typing import Final
 
 from mitmproxy import http
 
-from proxy_addons.blockpage import (
+from proxy_addons.addons.blockpage import (
     BlockInfo,
     ProceedForm,
     choose_kind,

@@ -40,18 +40,15 @@ from proxy_addons.core.dnspolicy import (
     parse_name_server,
 )
 from proxy_addons.core.engine import Action, Verdict
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
-
-from .holder import EngineHolder
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 METADATA_KEY: Final = "jectguard_dns"
 # One upstream gets this long to answer before the next is tried.
 UPSTREAM_TIMEOUT_SECONDS: Final = 4.0
-# Largest DNS message over TCP (its length prefix is 16 bits).
-MAX_TCP_MESSAGE: Final = 65_535
 # Answers that name another host or carry an address: what the response check reads.
 _ADDRESS_TYPES: Final = frozenset({types.A, types.AAAA})
 _NAME_TYPES: Final = frozenset({types.CNAME, types.DNAME})
@@ -339,7 +336,7 @@ class DnsFilter:
                 flow.metadata[METADATA_KEY] = {"action": "refused", "error": v.error}
                 return True
             return False  # an odd alias name is only checked; the lookup itself was allowed
-        if v.action is not Action.BLOCK and v.action is not Action.MONITOR:
+        if not v.listed:
             return False
         q = flow.request.question
         assert q is not None

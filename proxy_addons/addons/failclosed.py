@@ -51,7 +51,7 @@ class FailClosed:
     def _refuse_one(self, arg: object) -> None:
         if isinstance(arg, flow.Flow):
             if arg.killable:
-                arg.kill()  # type: ignore[no-untyped-call]  # nothing of it is forwarded; the connection is closed
+                arg.kill()  # nothing of it is forwarded; the connection is closed
             return
         if isinstance(arg, connection.Client):
             arg.error = REASON  # client_connected: mitmproxy closes it at once

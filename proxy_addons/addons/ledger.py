@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http, tls
@@ -27,8 +26,10 @@ from mitmproxy.proxy import server_hooks
 
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.retro import retro_matches
-from proxy_addons.events import EventLog
-from proxy_addons.ledger import (
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.lists.layout import cache_dir_from
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.ledger import (
     DEFAULT_DAYS,
     FLUSH_KEYS,
     FLUSH_SECONDS,
@@ -40,10 +41,7 @@ from proxy_addons.ledger import (
     hit_rows,
     ledger_target,
 )
-from proxy_addons.loading import default_cache_dir
-from proxy_addons.metrics import Metrics
-
-from .holder import EngineHolder
+from proxy_addons.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +151,7 @@ class LedgerAddon:
             target = ""
         else:
             cache_opt = getattr(o, "jg_cache_dir", "")  # the refresh addon's option
-            cache = Path(cache_opt).expanduser() if cache_opt else default_cache_dir()
+            cache = cache_dir_from(cache_opt)
             target = ledger_target(url, cache)
         if target != self._target:
             self._target = target

@@ -38,7 +38,8 @@ from typing import Any, Final
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import layers, mode_specs
 
-from ..core import proxyproto
+from proxy_addons.core import proxyproto
+
 from .clients import Network, parse_networks
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,9 @@ It reads, never decides:
   (time the verdict took).
 - ``flow.metadata["jectguard_strip"]`` (the stripping addon): ``{"findings":
   [Finding.as_dict(), ...], "skipped": reason or None}``.
-- a flow error starting ``jectguard:`` naming a refused resolved address.
+- :meth:`Observe.address_refusal`, called by the addresses addon with the decision
+  that refused a connection after its name resolved (a listed address, an internal
+  one), emitted when the flow's error arrives (with the flow's client, user, URL).
 - :meth:`Observe.connection_decision`, called by the tunnels addon for decisions on
   connections that carry no flow (unclassifiable content, a relayed SNI).
 
@@ -20,18 +22,17 @@ only if no request in that tunnel is: one blocked visit, one event.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from mitmproxy import connection, ctx, exceptions, http
 
-from proxy_addons.events import EventLog, open_sink
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog, open_sink
+from proxy_addons.telemetry.metrics import Metrics
 
 from .blocking import METADATA_KEY
 from .decide import Act, Decision
-from .holder import EngineHolder
 from .ledger import flow_user
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,10 @@ STRIP_KEY: Final = "jectguard_strip"
 # Decisions already turned into events, so later hooks do not repeat them (a list: metadata
 # must stay serializable for flow files).
 SEEN_KEY: Final = "jectguard_observed"
-# The blocking addon's message for a connection refused at the resolved-address stage.
-_ADDRESS_REFUSAL_RE: Final = re.compile(
-    r"^jectguard: (?P<host>.+?) resolves to (?P<addr>\S+), which is blocked "
-    r"\(list (?P<list>.*?), rule (?P<rule>.*?), id (?P<rid>[0-9a-f]+)\)"
-)
+# Connections refused at the resolved-address stage whose flow has not failed yet: the
+# addresses addon hands each over typed (server connection id -> decision); the flow's
+# error hook turns it into an event. Bounded: a refusal whose flow never reports is dropped.
+MAX_PENDING_REFUSALS: Final = 1024
 
 
 def _client(flow: http.HTTPFlow) -> str | None:
@@ -77,6 +77,7 @@ class Observe:
         # client connection id -> the blocked CONNECT's event, held until the
         # tunnel shows a blocked request (dropped) or closes (emitted).
         self._deferred: dict[str, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+        self._refusals: dict[str, tuple[Decision, str, str]] = {}
 
     # -- options ------------------------------------------------------------
 
@@ -216,23 +217,46 @@ class Observe:
         self.metrics.record_block(v.get("list"), v.get("category"))
         self.events.emit("block", **fields)
 
+    def address_refusal(self, server_id: str, d: Decision, request_id: str, host: str) -> None:
+        """A connection refused after its name resolved (the addresses addon calls this)."""
+        if len(self._refusals) >= MAX_PENDING_REFUSALS:
+            self._refusals.pop(next(iter(self._refusals)))
+        self._refusals[server_id] = (d, request_id, host)
+
     def _address_refusal(self, flow: http.HTTPFlow) -> None:
-        err = flow.error
-        if err is None or not err.msg.startswith("jectguard:"):
+        held = self._refusals.pop(flow.server_conn.id, None)
+        if held is None:
             return
-        m = _ADDRESS_REFUSAL_RE.match(err.msg)
-        if m is None or _seen(flow, f"block:{m['rid']}"):
+        d, rid, host = held
+        if _seen(flow, f"{d.action.value}:{rid}"):
             return
-        list_name = m["list"] if m["list"] != "-" else None
-        category = self._category_of(list_name)
-        self.metrics.record_checked("block")
-        self.metrics.record_block(list_name, category)
-        self.events.emit(
-            "block", client=_client(flow), user=flow_user(flow), method=flow.request.method,
-            url=flow.request.pretty_url, verdict="block", list=list_name,
-            rule=m["rule"] if m["rule"] != "-" else None, category=category,
-            request_id=m["rid"], stage="address", host=m["host"], address=m["addr"],
-        )
+        v = d.checked
+        m = v.match if v is not None else None
+        fields: dict[str, Any] = {
+            "client": _client(flow),
+            "user": flow_user(flow),
+            "method": flow.request.method,
+            "url": flow.request.pretty_url,
+            "verdict": d.verdict.value,
+            "list": m.list if m else None,
+            "rule": m.rule if m else None,
+            "category": m.category if m else None,
+            "request_id": rid,
+            "stage": d.stage.value,
+            "host": host,
+            # the address a listed one was (a policy refusal names it in its reason)
+            "address": v.input if v is not None else None,
+        }
+        self._emit_refusal(d, fields)
+
+    def _emit_refusal(self, d: Decision, fields: dict[str, Any]) -> None:
+        self.metrics.record_checked(d.action.value)
+        if d.action is Act.BLOCK:
+            self.metrics.record_block(fields["list"], fields["category"])
+            self.events.emit("block", reason=d.reason or None, **fields)
+        else:
+            self.metrics.record_error(d.stage.value)
+            self.events.emit("error", reason=d.reason or None, **fields)
 
     # -- decisions no flow carries ----------------------------------------------
 

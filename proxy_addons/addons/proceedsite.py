@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 import ada_url
 from mitmproxy import connection, http
 
-from proxy_addons.blockpage import ProceedForm, printable, render_proceed_page
+from proxy_addons.addons.blockpage import ProceedForm, printable, render_proceed_page
 from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.engine import Action
 
@@ -28,7 +28,7 @@ from .proceed import PROCEED_HOST, ProceedSigner, navigation_problem
 from .requests import METADATA_KEY, client_ip
 
 if TYPE_CHECKING:
-    from .holder import EngineHolder
+    from proxy_addons.lists.holder import EngineHolder
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
 - ``off``: the engine stays as started (tests, ``--blocklist`` files).
 
 The work runs as one owned task started in ``running()`` and cancelled in
-``done()``; the logic lives in :mod:`proxy_addons.refresher`.
+``done()``; the logic lives in :mod:`proxy_addons.refresh.refresher`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from typing import Any, Final
 
 from mitmproxy import ctx, exceptions
 
-from proxy_addons.config import SourcesConfig, load_sources
 from proxy_addons.core.errors import SourceConfigError
-from proxy_addons.loading import default_cache_dir
-from proxy_addons.refresher import Refresher, RefreshReport, watch_snapshot
-from proxy_addons.snapshot_health import SnapshotEvent
-
-from .holder import EngineHolder
+from proxy_addons.lists.health import SnapshotEvent
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.lists.layout import cache_dir_from
+from proxy_addons.lists.sources import SourcesConfig, load_sources
+from proxy_addons.refresh.refresher import Refresher, RefreshReport, watch_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class Refresh:
         self,
         holder: EngineHolder,
         on_report: Callable[[RefreshReport], None] | None = None,
-        on_snapshot_event: Callable[[SnapshotEvent], None] | None = None,
+        on_snapshot_event: Callable[[SnapshotEvent], object] | None = None,
     ) -> None:
         self.holder = holder
         self.on_report = on_report
@@ -86,7 +85,7 @@ class Refresh:
             cfg = load_sources(o.jg_sources or None)
         except SourceConfigError as exc:
             raise exceptions.OptionsError(f"jg_sources: {exc}") from None
-        cache = Path(o.jg_cache_dir).expanduser() if o.jg_cache_dir else default_cache_dir()
+        cache = cache_dir_from(o.jg_cache_dir)
         self._settings = (o.jg_refresh_role, cfg, cache)
         if self._running:
             self._start()
@@ -97,6 +96,8 @@ class Refresh:
 
     def _start(self) -> None:
         self._cancel()
+        # The cancelled refresher must not answer trigger()/status() for a later role.
+        self.refresher = None
         if self._settings is None:
             return
         role, cfg, cache = self._settings

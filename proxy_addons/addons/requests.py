@@ -10,6 +10,7 @@ and the ``Refresh`` header, joined to the request URL as a browser joins them (W
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Final
 
 from mitmproxy import connection, http
@@ -34,11 +35,11 @@ from .decide import (
 from .proceed import PROCEED_HOST
 
 if TYPE_CHECKING:
-    from proxy_addons.blockpage import ProceedForm
+    from proxy_addons.addons.blockpage import ProceedForm
     from proxy_addons.core.destinations import DestinationPolicy
+    from proxy_addons.lists.holder import EngineHolder
 
     from .decide import PageSettings
-    from .holder import EngineHolder
 
 METADATA_KEY: Final = "jectguard"
 # The redirect response held back while its (small) body is read, then swapped for the page.
@@ -161,14 +162,19 @@ class RequestChecks:
         v, stage, url = refusal
         return self._decide(Stage(stage), v, url, client)
 
-    def _apply(self, flow: http.HTTPFlow, d: Decision) -> None:
-        """Record a decision on the flow, log it, and answer when it refuses."""
+    def _apply(self, flow: http.HTTPFlow, d: Decision, seconds: float | None = None) -> None:
+        """Record a decision (and the time it took) on the flow, log it, answer a refusal."""
         if d.action is Act.PASS:
-            flow.metadata[METADATA_KEY] = {"action": "pass"}
+            flow.metadata[METADATA_KEY] = (
+                {"action": "pass"} if seconds is None else {"action": "pass", "seconds": seconds}
+            )
             return
         rid = new_request_id()
         client = flow.client_conn
-        flow.metadata[METADATA_KEY] = d.as_dict(rid)
+        meta = d.as_dict(rid)
+        if seconds is not None:
+            meta["seconds"] = seconds  # jectguard_verdict_seconds (the observe addon)
+        flow.metadata[METADATA_KEY] = meta
         log_decision(d, client_ip(client), rid)
         if d.refuses:
             h = flow.request.headers
@@ -189,7 +195,9 @@ class RequestChecks:
         if flow.request.host == PROCEED_HOST:
             self._proceed_site(flow)  # the proxy's own origin: answered, never forwarded
             return
-        self._apply(flow, self.check_request(flow))
+        t0 = time.perf_counter()
+        d = self.check_request(flow)
+        self._apply(flow, d, time.perf_counter() - t0)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response

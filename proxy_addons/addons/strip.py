@@ -1,3 +1,5 @@
+# One module on purpose (~800 lines): the strip addon's hooks, body decoding and the
+# scan dispatch (loop or worker) hand one plan from responseheaders to response.
 """The stripping addon: removes injected active content from HTML responses before the browser sees it.
 
 - ``responseheaders``: decides whether the body may be HTML (``text/html``,
@@ -29,26 +31,24 @@ import hashlib
 import logging
 import sys
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Final
 
 import brotli
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding as mitm_encoding
 
-from proxy_addons.blockpage import printable
-from proxy_addons.config import SHIPPED_LISTS
+from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.canon import scalar_text
 from proxy_addons.core.charset import extract_mime_type, is_html, mime_essence
-from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.engine import Engine, blocked_by
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
-from proxy_addons.core.model import Match
-from proxy_addons.core.signatures import Signature, parse_signatures
+from proxy_addons.core.signatures import Signature
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
 
-from .holder import EngineHolder
 from .observe import STRIP_KEY
 from .strip_worker import Reply, ScanError, ScanFailed, ScanPool, WorkerConfig
 
@@ -81,9 +81,6 @@ DEFAULT_SCAN_TIMEOUT: Final = 30
 # Outcomes of clean big bodies remembered by digest: a site serves the same large shell
 # (inline bundle, app state) to every client, and rescanning it costs ~11-30 ms per MB.
 OUTCOME_CACHE_ENTRIES: Final = 64
-DEFAULT_SIGNATURES: Final = SHIPPED_LISTS / "signatures.toml"
-# A signatures file is small and hand-written.
-MAX_SIGNATURES_FILE_BYTES: Final = 1024 * 1024
 # Where the response-headers decision waits for the response hook (a str: flows stay serializable).
 PLAN_KEY: Final = "jectguard_strip_plan"
 
@@ -437,40 +434,6 @@ def refusal(reason: str) -> http.Response:
         {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
          "X-Content-Type-Options": "nosniff", "X-Jectguard-Refused": "scan-failed"},
     )
-
-
-def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
-    """The scanner's ``is_blocked`` for one engine: the block or monitor match, else None."""
-
-    def is_blocked(url: str) -> Match | None:
-        v = engine.check_url(url)
-        if v.action is Action.BLOCK or v.action is Action.MONITOR:
-            return v.match
-        return None
-
-    return is_blocked
-
-
-def load_signatures(path: str) -> list[Signature]:
-    """Read and parse a signatures file; raise ValueError with a readable reason."""
-    return read_signatures(path)[1]
-
-
-def read_signatures(path: str) -> tuple[str, list[Signature]]:
-    """The text of a signatures file and its parse (the text goes to the scan workers)."""
-    p = Path(path).expanduser()
-    try:
-        if p.stat().st_size > MAX_SIGNATURES_FILE_BYTES:
-            raise ValueError(f"{p}: larger than {MAX_SIGNATURES_FILE_BYTES} bytes")
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{p}: not UTF-8 text") from None
-    try:
-        return text, parse_signatures(text, source=str(p))
-    except JectguardError as exc:
-        raise ValueError(str(exc)) from None
 
 
 _PLAN_HEADERS: Final = (b"content-type", b"x-content-type-options", b"content-range", b"content-length")

@@ -190,7 +190,7 @@ def _load_index(source: Any, blobs: list[bytes]) -> CompiledIndex:
 
 
 def _configure(header: dict[str, Any], blobs: list[bytes]) -> Scanner:
-    from proxy_addons.addons.strip import blocked_by  # the same verdict mapping as the proxy
+    from proxy_addons.core.engine import blocked_by  # the same verdict mapping as the proxy
 
     engine = Engine(_load_index(header["block"], blobs), _load_index(header["allow"], blobs))
     signatures = parse_signatures(header["signatures_text"], source=header["signatures_source"])

@@ -99,7 +99,7 @@ class HoldLayer(layer.Layer):
             yield self._wakeup
         elif isinstance(event, events.Wakeup) and event.command is self._wakeup:
             if self.child.layer is None:
-                self._on_expiry(self.context, self.child.data_client())
+                self._on_expiry(self.context, self.child.data_client())  # type: ignore[no-untyped-call]
                 yield commands.CloseConnection(self.context.client)
             return
         yield from self.child.handle_event(event)

@@ -341,17 +341,6 @@ def canonical_network(text: str) -> tuple[str, int, int]:
     return net.network_address.compressed, net.prefixlen, net.version
 
 
-def host_suffixes(host: str) -> list[str]:
-    """The host and each parent domain, most specific first: a.b.c -> [a.b.c, b.c, c]."""
-    out = [host]
-    i = host.find(".")
-    while i != -1:
-        host = host[i + 1 :]
-        out.append(host)
-        i = host.find(".")
-    return out
-
-
 def url_host_expressions(cu: CanonicalURL) -> list[str]:
     """Safe Browsing host expressions: the exact host plus up to 4 from the last 5 labels."""
     if cu.host_kind != "domain":

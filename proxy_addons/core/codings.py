@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
-import brotli  # type: ignore[import-untyped]
+import brotli  # untyped: see [[tool.mypy.overrides]] in pyproject.toml
 
 try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
@@ -39,8 +39,7 @@ except ImportError:  # pragma: no cover - depends on the Python version
 PIECE: Final = 256 * 1024
 # A feed never needs codings stacked deeper than this (``gzip, br`` is already unusual).
 MAX_CODINGS: Final = 2
-# What we can verify, and so may ask for in Accept-Encoding.
-SUPPORTED: Final = ("gzip", "x-gzip", "deflate", "br", "zstd")
+# What we can verify (gzip, x-gzip, deflate, br, zstd), and so may ask for.
 ACCEPT_ENCODING: Final = "gzip, deflate, br, zstd"
 
 

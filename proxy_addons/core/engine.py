@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import ClassVar, Final, NamedTuple
 
@@ -23,8 +23,6 @@ from .errors import CanonError
 from .guard import PoisonGuard
 from .index import CompiledIndex, CompileStats, compile_index, host_probes
 from .model import ListSpec, Match, Mode, ParsedList
-
-EMPTY_SPEC: Final = ListSpec(name="empty", allow=True)
 
 
 class Action(enum.StrEnum):
@@ -52,6 +50,15 @@ class Verdict(NamedTuple):
     @property
     def blocked(self) -> bool:
         return self.action is Action.BLOCK
+
+    @property
+    def listed(self) -> bool:
+        """A block rule matched: enforced (block) or only reported (monitor).
+
+        The one "block or monitor" test: whatever reports a listed host (the
+        scanner, DNS mode, resolved addresses) asks this, then the mode decides.
+        """
+        return self.action is Action.BLOCK or self.action is Action.MONITOR
 
     def as_dict(self) -> dict[str, object]:
         m = self.match
@@ -102,6 +109,19 @@ _RANK: Final = {
     Action.BLOCK: 3,
     Action.ERROR: 4,
 }
+
+
+def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
+    """The scanner's ``is_blocked`` for one engine: the block or monitor match, else None.
+
+    One mapping for the strip addon, its scan workers and ``jectguard strip``.
+    """
+
+    def is_blocked(url: str) -> Match | None:
+        v = engine.check_url(url)
+        return v.match if v.listed else None
+
+    return is_blocked
 
 
 class Engine:

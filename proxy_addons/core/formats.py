@@ -1,3 +1,6 @@
+# One module on purpose (~1,300 lines): every list format is a small parser sharing one
+# accumulator, one rejection vocabulary and one detection score; a new format is one
+# more parser here (docs/architecture.md, "Where to add").
 """List-format parsers: the text of a blocklist in, rules and per-line issues out.
 
 Pure: the caller passes bytes or text; nothing here reads files or sockets.

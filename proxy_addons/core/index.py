@@ -1,3 +1,5 @@
+# One module on purpose (~950 lines): the snapshot's binary format, its compiler and its
+# reader must agree byte for byte; keeping them together keeps that agreement in one place.
 """The compiled rule index and its snapshot file.
 
 Compiling turns parsed lists into one immutable, memory-mappable byte image:
@@ -87,7 +89,6 @@ CHECKSUM_CHUNK: Final = 1024 * 1024
 MAX_SNAPSHOT_BYTES: Final = 8 * 1024**3
 # Rule texts longer than this are cut (provenance only; matching never uses them).
 MAX_TEXT_BYTES: Final = 1024
-_MASK64: Final = (1 << 64) - 1
 
 # Key namespaces: the hash seed keeps equal strings of different meaning apart.
 NS_HOST: Final = 1  # domain / exact-host / IP rules and URL-host markers, keyed by host
@@ -592,6 +593,34 @@ class CompiledIndex:
     @property
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))
+
+    # The metadata's fields, typed: nothing outside this module reads ``meta`` itself.
+
+    @property
+    def built_at(self) -> float | None:
+        """When the index was compiled (Unix seconds); None for an image without it."""
+        t = self.meta.get("built_at")
+        return float(t) if isinstance(t, int | float) else None
+
+    @property
+    def by_kind(self) -> dict[str, int]:
+        """Rules by kind label (``domain``, ``url``, ...), as compiled."""
+        d = self.meta.get("by_kind")
+        return {str(k): int(n) for k, n in d.items()} if isinstance(d, dict) else {}
+
+    @property
+    def refused_count(self) -> int:
+        """Rules the poison guard refused while compiling."""
+        return int(self.meta.get("refused_count", 0))
+
+    @property
+    def v4_prefixes(self) -> tuple[int, ...]:
+        """The IPv4 network prefix lengths that carry rules, longest first."""
+        return self._v4
+
+    @property
+    def v6_prefixes(self) -> tuple[int, ...]:
+        return self._v6
 
     @property
     def key_hashes(self) -> memoryview:

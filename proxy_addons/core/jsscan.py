@@ -1,3 +1,5 @@
+# One module on purpose (~1,000 lines): one JavaScript tokenizer and the sink rules that
+# read its tokens; they change together and the tokenizer's state is their input.
 """What an inline script can do with the text it holds: a small JavaScript tokenizer.
 
 The HTML scanner finds blocked hosts and URLs in a script's text; this module

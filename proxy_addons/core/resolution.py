@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine import Action, Engine, Verdict
+from .engine import Engine, Verdict
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # The destination policy: why an address must never be connected to, or None.
@@ -48,7 +48,7 @@ def judge(
                 internal = f"{addr} is {why}"
         if lists:
             v = engine.check_host(addr)
-            if v.action is Action.BLOCK or v.action is Action.MONITOR:
+            if v.listed:
                 listed.append(v)
     return Resolution(addresses, expires, engine, tuple(listed), internal, error)
 

@@ -126,8 +126,7 @@ def retro_matches(old: Engine, new: Engine, hosts: Iterable[str]) -> list[RetroM
     if not len(added):  # type: ignore[arg-type]
         return []
     url_hosts = _url_rule_hosts(new.block, added)
-    v4 = tuple(int(p) for p in new.block.meta.get("v4_prefixes", ()))
-    v6 = tuple(int(p) for p in new.block.meta.get("v6_prefixes", ()))
+    v4, v6 = new.block.v4_prefixes, new.block.v6_prefixes
     # Every host's lookup hashes in one array, matched against the added ones in one
     # vectorized pass: a feed that adds millions of rules costs an array, not a set.
     names: list[str] = []

@@ -14,9 +14,12 @@ from mitmproxy.test import taddons, tflow
 from proxy_addons.addons import EngineHolder
 from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
-from proxy_addons.addons.observe import _ADDRESS_REFUSAL_RE
-from proxy_addons.blockpage import HEADER_NAME
+from proxy_addons.addons.blockpage import HEADER_NAME
+from proxy_addons.addons.decide import Act, Decision, Stage
+from proxy_addons.addons.observe import Observe
 from proxy_addons.core.destinations import DestinationPolicy
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 from .test_blocking import NAV, connect_flow, make_engine, req
 
@@ -304,7 +307,8 @@ async def test_a_grant_for_the_name_never_unlocks_its_listed_address(
 ) -> None:
     """main's server_connect let a name's grant (``_granted_name``) open an IP/CIDR block."""
     dns.answers = [("198.51.100.7",)]
-    addresses = Addresses(blocking, refuses=None)
+    refusals: list[tuple[str, Decision, str, str]] = []
+    addresses = Addresses(blocking, refuses=None, on_refusal=lambda *a: refusals.append(a))
     with taddons.context(blocking, addresses) as tctx:
         tctx.configure(blocking, jg_proceed_anyway=True)
         client = tflow.tclient_conn()
@@ -315,8 +319,52 @@ async def test_a_grant_for_the_name_never_unlocks_its_listed_address(
         await addresses.server_connect(hook(server, client))
         assert server.error and "198.51.100.7" in server.error
         assert server.address == ("moved.test", 80)
-        # the observe addon turns this error into a block event
-        assert _ADDRESS_REFUSAL_RE.match(server.error)
+        # the observe addon gets the decision itself, typed (never parses the error text)
+        ((server_id, d, _, host),) = refusals
+        assert server_id == server.id and host == "moved.test"
+        assert d.stage is Stage.ADDRESS and d.action is Act.BLOCK
+        assert d.checked is not None and d.checked.input == "198.51.100.7"
+
+
+@pytest.mark.parametrize(
+    ("answer", "stage", "list_name", "reason"),
+    [
+        (("203.0.113.9",), "address", "malware", None),  # a listed address
+        (("169.254.169.254",), "destination", None, "cloud metadata"),  # the policy
+    ],
+)
+async def test_a_refused_connection_becomes_one_event_with_its_flow(
+    blocking: Blocking, dns: FakeDNS, answer: tuple[str, ...], stage: str,
+    list_name: str | None, reason: str | None,
+) -> None:
+    # Blocking, addresses and observe together: the refusal reaches the event stream
+    # with the flow's client, method and URL. A policy refusal (a name resolving inward)
+    # was never an event while observe parsed the error text of list blocks only.
+    events, metrics = EventLog(), Metrics()
+    observe = Observe(events, metrics, blocking.holder)
+    addresses = Addresses(
+        blocking,
+        refuses=lambda ip: DestinationPolicy().refuses(ip),
+        on_refusal=observe.address_refusal,
+    )
+    dns.answers = [answer]
+    with taddons.context(blocking, addresses, observe) as tctx:
+        tctx.configure(observe, jg_events_file="")
+        f = req("http://name.test/page")
+        f.server_conn.address = ("name.test", 80)
+        await addresses.server_connect(hook(f.server_conn, f.client_conn))
+        assert f.server_conn.error and "no connection was made" in f.server_conn.error
+        f.error = tflow.terr(f.server_conn.error)  # what mitmproxy then reports
+        observe.error(f)
+        observe.error(f)
+        (ev,) = events.recent()
+        assert ev["event"] == "block" and ev["stage"] == stage
+        assert ev["url"] == "http://name.test/page" and ev["host"] == "name.test"
+        assert ev["list"] == list_name and len(ev["request_id"]) == 12
+        if reason is not None:
+            assert reason in ev["reason"]
+        else:
+            assert ev["address"] == answer[0] and ev["category"] == "malware"
 
 
 @pytest.mark.parametrize("mode", ["enforce", "monitor"])

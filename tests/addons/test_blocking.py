@@ -25,9 +25,9 @@ from mitmproxy.test import taddons, tflow
 from proxy_addons.addons import ClientAllowList, EngineHolder, Jectguard, make_addons
 from proxy_addons.addons.addresses import Addresses
 from proxy_addons.addons.blocking import METADATA_KEY, Blocking
+from proxy_addons.addons.blockpage import HEADER_NAME
 from proxy_addons.addons.proceed import PROCEED_HOST
 from proxy_addons.addons.tunnels import Tunnels
-from proxy_addons.blockpage import HEADER_NAME
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
@@ -240,7 +240,19 @@ async def test_http2_authority_checked(addon: Blocking) -> None:
         f.request.http_version = "HTTP/2.0"
         f.request.authority = "evil.test"
         addon.requestheaders(f)
-        assert f.response is not None
+        assert f.response is not None and f.response.status_code == 403
+        assert metadata(f)["action"] == "block" and metadata(f)["stage"] == "authority"
+        assert metadata(f)["verdict"]["rule"] == "evil.test"
+
+
+async def test_http2_unreadable_authority_refused(addon: Blocking) -> None:
+    with taddons.context(addon):
+        f = req("https://example.test/")
+        f.request.http_version = "HTTP/2.0"
+        f.request.authority = "exa mple.test"
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 400
+        assert metadata(f)["action"] == "error" and metadata(f)["stage"] == "authority"
 
 
 async def test_sni_mismatch_blocks_request(addon: Blocking) -> None:

@@ -21,11 +21,13 @@ with warnings.catch_warnings():
 from mitmproxy import http
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy_addons import campaign_worker as worker
+from proxy_addons.addons import campaign_worker as worker
 from proxy_addons.addons.campaign import Campaign
-from proxy_addons.addons.holder import EngineHolder
-from proxy_addons.admin import AdminState, create_app
-from proxy_addons.campaign_list import (
+from proxy_addons.admin.app import AdminState, create_app
+from proxy_addons.core.campaign import CampaignDetector, references
+from proxy_addons.core.engine import Action, Engine
+from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
+from proxy_addons.lists.campaign import (
     CampaignFiles,
     CampaignList,
     CampaignListError,
@@ -34,11 +36,9 @@ from proxy_addons.campaign_list import (
     read_list,
     update_list,
 )
-from proxy_addons.core.campaign import CampaignDetector, references
-from proxy_addons.core.engine import Action, Engine
-from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 CT = "text/html; charset=utf-8"
 EVIL = "cdn-stats.example"

@@ -12,12 +12,12 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from proxy_addons.addons.dnsfilter import DnsFilter, answer_targets
-from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.formats import parse_list
 from proxy_addons.core.model import ListSpec
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 
 def engine(text: str) -> Engine:

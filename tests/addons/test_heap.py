@@ -6,8 +6,8 @@ import gc
 import weakref
 
 from proxy_addons.addons import FreezeStartupHeap, make_addons
-from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.core.engine import Engine
+from proxy_addons.lists.holder import EngineHolder
 
 
 class _Node:

@@ -10,13 +10,13 @@ from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
-from proxy_addons.addons.holder import EngineHolder
 from proxy_addons.addons.ledger import LedgerAddon
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
-from proxy_addons.events import EventLog
-from proxy_addons.ledger import LEDGER_FILE, Ledger
-from proxy_addons.metrics import Metrics
+from proxy_addons.lists.holder import EngineHolder
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.ledger import LEDGER_FILE, Ledger
+from proxy_addons.telemetry.metrics import Metrics
 
 
 def _engine(*hosts: str) -> Engine:

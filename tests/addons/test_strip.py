@@ -40,8 +40,8 @@ from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
 from proxy_addons.core.htmlscan import BodyTooLarge
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 if sys.version_info >= (3, 14):
     from compression import zstd

@@ -29,8 +29,8 @@ from proxy_addons.addons.tunnels import (
     RefuseLayer,
     Tunnels,
 )
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 from .test_blocking import make_engine
 

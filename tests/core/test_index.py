@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,14 @@ def test_check_published_tells_each_change(snapshot: Path, tmp_path: Path) -> No
     assert result is not None and result[1] is not None and "bytes" in result[1]
     snapshot.unlink()
     assert check_published(origin, known) == (None, "missing: the file was removed")
+
+
+def test_metadata_fields_are_typed_properties() -> None:
+    before = time.time()
+    idx = _compile(_rules() + [Rule(RuleKind.DOMAIN, "com", "com", 9)])  # refused: a suffix
+    assert idx.built_at is not None and before - 1 <= idx.built_at <= time.time() + 1
+    assert idx.by_kind == {"domain": 1, "exact": 1, "ip": 1, "cidr": 2, "url": 1}
+    assert idx.refused_count == 1 and idx.rule_count == 6
+    assert idx.v4_prefixes == (24,) and idx.v6_prefixes == (48,)
+    empty = CompiledIndex(compile_index([])[0])
+    assert empty.by_kind == {} and empty.refused_count == 0 and empty.v4_prefixes == ()

@@ -91,7 +91,7 @@ def test_the_option_turns_case_folding_on(engine: Engine) -> None:
     from mitmproxy.test import taddons
 
     from proxy_addons.addons.blocking import Blocking
-    from proxy_addons.addons.holder import EngineHolder
+    from proxy_addons.lists.holder import EngineHolder
 
     addon = Blocking(EngineHolder(engine))
     try:

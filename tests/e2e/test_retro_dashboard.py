@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from proxy_addons.admin import AdminState, create_app
+from proxy_addons.admin.app import AdminState, create_app
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.model import ListSpec, ParsedList, Rule, RuleKind
-from proxy_addons.events import EventLog
-from proxy_addons.metrics import Metrics
+from proxy_addons.telemetry.events import EventLog
+from proxy_addons.telemetry.metrics import Metrics
 
 from .conftest import NAV_TIMEOUT_MS, serve_app
 

@@ -35,8 +35,8 @@ from tests.e2e.conftest import (
     proxy_command,
     wait_for_port,
 )
+from tests.lists.test_snapshot_live import SOURCES, publish
 from tests.pgserver import postgres_url
-from tests.test_snapshot_live import SOURCES, publish
 
 WAIT = 30.0  # watch poll (2 s) + ledger flush (2 s) + the hunt, on a loaded machine
 USER, PASSWORD = "alice", "s3cret-pw"

@@ -174,6 +174,9 @@ def test_each_worker_accepts_and_blocks(workers: tuple[Proxy, int]) -> None:
         if x.startswith('jectguard_requests_checked_total{verdict="block"}')
     )
     assert float(blocked.rsplit(" ", 1)[1]) >= len(seen)
+    # Each verdict was timed by the worker that reached it (not injected by a test).
+    timed = next(x for x in text.splitlines() if x.startswith("jectguard_verdict_seconds_count"))
+    assert float(timed.rsplit(" ", 1)[1]) >= len(seen), timed
 
 
 def test_a_killed_worker_is_restarted(workers: tuple[Proxy, int]) -> None:
