@@ -83,6 +83,7 @@ from typing import Protocol, SupportsIndex, TypeVar
 
 import ada_url
 
+from proxy_addons.core.canon import MAX_URL_LENGTH
 from proxy_addons.core.charset import Charset, detect_charset, is_html
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse, data_loader
@@ -1822,8 +1823,13 @@ class _Judge:
         ``is_blocked`` parses a URL as a browser does, and a URL parsed again once
         serialized is the same URL: the reference itself is asked, and joined (for the
         finding) only when blocked. Saves a third of the work per distinct URL, which
-        big app state holds by the thousand.
+        big app state holds by the thousand. Except past the URL length cap: the
+        engine refuses such a text, while its resolved URL (dot segments removed:
+        ``http://evil.example`` + ``'/.'*32760`` + ``/x``) is short and is what the
+        browser requests; that text is resolved first, as any other reference.
         """
+        if len(ref) > MAX_URL_LENGTH:
+            return self._ref_verdict(ref)
         match = self.check(ref)
         if match is None:
             return None

@@ -154,3 +154,35 @@ def test_a_big_script_past_the_tokenizer_naming_a_blocked_host_is_removed(fast_p
     out, findings = strip(body, fast_path=fast_path)
     assert [f.evidence for f in findings if f.removed] == ["not analysed (too long)"]
     assert b"gumblar" not in out
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        # dot segments that resolve away: over the URL cap as written, short as requested
+        "'http://evil.test" + "/." * 32_770 + "/x'",
+        "'http://evil.test' + '" + "/." * 32_770 + "' + '/x'",
+    ],
+    ids=["dot-padding", "dot-padding-joined"],
+)
+def test_a_reference_over_the_url_cap_that_resolves_short_is_judged_by_its_url(
+    ref: str, fast_path: bool
+) -> None:
+    """The engine refuses a URL text over 64 KiB; the browser requests the resolved one.
+
+    A red team found the fast path asked the engine about the text as written, got an
+    error (not blocked) and kept the script; Chromium then requested evil.test/x.
+    """
+    from proxy_addons.core.engine import Engine, blocked_by
+    from proxy_addons.core.model import ListSpec, RuleKind
+    from tests.addons.test_blocking import _rules
+
+    engine, _, _ = Engine.from_lists(
+        [(ListSpec(name="malware", category="malware"), _rules((RuleKind.DOMAIN, "evil.test")))]
+    )
+    scanner = Scanner(blocked_by(engine), SIGNATURES, fast_path=fast_path)  # type: ignore[arg-type]
+    script = f"<script>var i = new Image(); i.src = {ref};</script>"
+    out, findings = scanner.strip(html(script), PAGE, "text/html; charset=utf-8", comment=False)
+    assert any(f.removed for f in findings), findings
+    assert b"evil.test" not in out
