@@ -84,19 +84,29 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     c, k = directory / "origin.pem", directory / "origin.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return c, k
 
 
@@ -246,8 +256,11 @@ def start(cmd: list[str], log: Path, port: int, tree: Path = ROOT) -> subprocess
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env)
     t0 = time.monotonic()
     wait_port(port, proc, STARTUP_TIMEOUT, log)
-    print(f"  started {Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} "
-          f"in {time.monotonic() - t0:.1f}s", flush=True)
+    print(
+        f"  started {Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} "
+        f"in {time.monotonic() - t0:.1f}s",
+        flush=True,
+    )
     return proc
 
 
@@ -255,27 +268,54 @@ QUIET = ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
 
 
 def mitmdump_cmd(port: int, confdir: Path, *extra: str) -> list[str]:
-    return [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "--listen-port", str(port),
-            "--set", f"confdir={confdir}", *QUIET, *extra]
+    return [
+        str(BIN / "mitmdump"),
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={confdir}",
+        *QUIET,
+        *extra,
+    ]
 
 
 # The origin is on loopback, on a random port: open it as for a local service.
 LOCAL_ORIGIN = ["--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535"]
 
 
-def jectguard_cmd(port: int, confdir: Path, lists: list[Path], *extra: str,
-                  tree: Path = ROOT) -> list[str]:
+def jectguard_cmd(
+    port: int, confdir: Path, lists: list[Path], *extra: str, tree: Path = ROOT
+) -> list[str]:
     args = [a for p in lists for a in ("--blocklist", str(p))]
     # A checkout from before the destination policy (--compare) has no such flags.
-    local = LOCAL_ORIGIN if "--allow-destination" in (tree / "proxy_addons" / "run.py").read_text(
-        ) else []
+    local = (
+        LOCAL_ORIGIN
+        if "--allow-destination" in (tree / "proxy_addons" / "run.py").read_text()
+        else []
+    )
     # The admin server runs (as it does for users) on a port of its own: two proxies of
     # one run, or another user's, must not meet on the default 8090.
     admin = [] if "--admin-port" in extra else ["--admin-port", str(free_port())]
     # its own cache (the sightings ledger lives there), never the user's
-    return [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
-            "--confdir", str(confdir), "--cache-dir", str(confdir / "jg-cache"), *args, *QUIET,
-            *local, *admin, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "proxy_addons.cli",
+        "run",
+        "--listen-port",
+        str(port),
+        "--confdir",
+        str(confdir),
+        "--cache-dir",
+        str(confdir / "jg-cache"),
+        *args,
+        *QUIET,
+        *local,
+        *admin,
+        *extra,
+    ]
 
 
 def write_block_list_config(confdir: Path, n: int) -> None:
@@ -284,8 +324,9 @@ def write_block_list_config(confdir: Path, n: int) -> None:
     (confdir / "config.yaml").write_text("\n".join(lines) + "\n")
 
 
-def measure_http(proc: subprocess.Popen[bytes], name: str, port: int, url: str,
-                 args: argparse.Namespace) -> Result:
+def measure_http(
+    proc: subprocess.Popen[bytes], name: str, port: int, url: str, args: argparse.Namespace
+) -> Result:
     clients = min(args.clients, MAX_CLIENTS)
     asyncio.run(http_load(port, url, clients, 1.0, Result("warmup")))
     r = Result(name)
@@ -295,8 +336,14 @@ def measure_http(proc: subprocess.Popen[bytes], name: str, port: int, url: str,
     return r
 
 
-def measure_connect(proc: subprocess.Popen[bytes], name: str, port: int, tls_port: int,
-                    cert: Path, args: argparse.Namespace) -> Result:
+def measure_connect(
+    proc: subprocess.Popen[bytes],
+    name: str,
+    port: int,
+    tls_port: int,
+    cert: Path,
+    args: argparse.Namespace,
+) -> Result:
     clients = min(args.clients, MAX_CLIENTS)
     asyncio.run(connect_load(port, tls_port, cert, clients, 1.0, Result("warmup")))
     r = Result(name)
@@ -309,8 +356,13 @@ def measure_connect(proc: subprocess.Popen[bytes], name: str, port: int, tls_por
 def _commit(tree: Path) -> str:
     """The short commit a checkout is at (for the configuration's name)."""
     try:
-        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return tree.name
     return out.stdout.strip()
@@ -322,12 +374,16 @@ def best_of(runs: dict[str, list[Result]]) -> list[Result]:
 
 
 def report(results: list[Result], base: Result) -> None:
-    print(f"\n{'configuration':<44}{'req/s':>9}{'vs plain':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'p99 x':>7}{'CPU us/req':>11}{'errors':>7}")
+    print(
+        f"\n{'configuration':<44}{'req/s':>9}{'vs plain':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99 x':>7}{'CPU us/req':>11}{'errors':>7}"
+    )
     for r in results:
         cpu_per = r.cpu / r.requests * 1e6 if r.requests else float("nan")
-        print(f"{r.name:<44}{r.rps:>9.0f}{r.rps / base.rps:>9.0%}{r.pct(50):>9.2f}"
-              f"{r.pct(99):>9.2f}{r.pct(99) / base.pct(99):>7.2f}{cpu_per:>11.0f}{r.errors:>7}")
+        print(
+            f"{r.name:<44}{r.rps:>9.0f}{r.rps / base.rps:>9.0%}{r.pct(50):>9.2f}"
+            f"{r.pct(99):>9.2f}{r.pct(99) / base.pct(99):>7.2f}{cpu_per:>11.0f}{r.errors:>7}"
+        )
         if r.setup:
             print(f"{'':<44}tunnel set-up p50 {statistics.median(r.setup) * 1000:.1f} ms")
         other = {k: v for k, v in r.statuses.items() if k not in (200, 403)}
@@ -338,17 +394,32 @@ def report(results: list[Result], base: Result) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
-    ap.add_argument("--clients", type=int, default=32, help=f"concurrent connections (<= {MAX_CLIENTS})")
+    ap.add_argument(
+        "--clients", type=int, default=32, help=f"concurrent connections (<= {MAX_CLIENTS})"
+    )
     ap.add_argument("--data", type=Path, default=HERE / "data", help="gen_lists.py output")
     ap.add_argument("--small", action="store_true", help="use the small lists (quick check)")
     ap.add_argument("--only", choices=("http", "connect"), default=None)
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="alternate the configurations this many times; report each one's best")
-    ap.add_argument("--compare", type=Path, default=None, metavar="TREE",
-                    help="also run jectguard from another checkout (a git worktree of an older "
-                         "commit) in the same rounds: before and after, side by side")
-    ap.add_argument("--serve-origin", nargs=4, metavar=("PORT", "TLS_PORT", "CERT", "KEY"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternate the configurations this many times; report each one's best",
+    )
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="TREE",
+        help="also run jectguard from another checkout (a git worktree of an older "
+        "commit) in the same rounds: before and after, side by side",
+    )
+    ap.add_argument(
+        "--serve-origin",
+        nargs=4,
+        metavar=("PORT", "TLS_PORT", "CERT", "KEY"),
+        help=argparse.SUPPRESS,
+    )
     args = ap.parse_args()
     if args.serve_origin:
         port, tls_port, cert, key = args.serve_origin
@@ -359,10 +430,12 @@ def main() -> int:
     lists = [args.data / f"{prefix}{n}.txt" for n in ("domains", "urls", "cidrs")]
     if not all(p.exists() for p in lists):
         print(f"generating lists in {args.data} ...", flush=True)
-        subprocess.run([sys.executable, str(HERE / "gen_lists.py"), "--out", str(args.data)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, str(HERE / "gen_lists.py"), "--out", str(args.data)], check=True
+        )
     blocked_host = next(
-        line.split()[-1] for line in lists[0].read_text().splitlines()
+        line.split()[-1]
+        for line in lists[0].read_text().splitlines()
         if line.startswith("0.0.0.0 ")
     )
 
@@ -370,13 +443,16 @@ def main() -> int:
         tmp = Path(tmpdir)
         cert, key = make_cert(tmp)
         oport, otls = free_port(), free_port()
-        origin = subprocess.Popen([sys.executable, __file__, "--serve-origin", str(oport),
-                                   str(otls), str(cert), str(key)])
+        origin = subprocess.Popen(
+            [sys.executable, __file__, "--serve-origin", str(oport), str(otls), str(cert), str(key)]
+        )
         try:
             wait_port(oport, origin, 10, tmp / "none")
             url = f"http://127.0.0.1:{oport}/"
-            print(f"origin on 127.0.0.1:{oport} (TLS {otls}); {args.clients} clients, "
-                  f"{args.seconds:.0f}s per run; lists: {', '.join(p.name for p in lists)}")
+            print(
+                f"origin on 127.0.0.1:{oport} (TLS {otls}); {args.clients} clients, "
+                f"{args.seconds:.0f}s per run; lists: {', '.join(p.name for p in lists)}"
+            )
             if args.only in (None, "http"):
                 write_block_list_config(tmp / "c2", 1000)
                 configs = [
@@ -384,20 +460,32 @@ def main() -> int:
                     ("HTTP  mitmdump + block_list (1,000 entries)", mitmdump_cmd, tmp / "c2", url),
                     ("HTTP  jectguard (allowed)", None, tmp / "c3", url),
                     # the same without the sightings ledger: what the ledger costs
-                    ("HTTP  jectguard (allowed, jg_ledger=false)",
-                     lambda port, confdir: jectguard_cmd(port, confdir, lists,
-                                                         "--set", "jg_ledger=false",
-                                                         "--admin-port", "0"),
-                     tmp / "c4", url),
-                    ("HTTP  jectguard (blocked, 403 from proxy)", None, tmp / "c3",
-                     f"http://{blocked_host}/x.js"),
+                    (
+                        "HTTP  jectguard (allowed, jg_ledger=false)",
+                        lambda port, confdir: jectguard_cmd(
+                            port, confdir, lists, "--set", "jg_ledger=false", "--admin-port", "0"
+                        ),
+                        tmp / "c4",
+                        url,
+                    ),
+                    (
+                        "HTTP  jectguard (blocked, 403 from proxy)",
+                        None,
+                        tmp / "c3",
+                        f"http://{blocked_host}/x.js",
+                    ),
                 ]
                 if args.compare is not None:
                     other = args.compare.resolve()
-                    configs.insert(3, (
-                        f"HTTP  jectguard at {_commit(other)} (allowed)",
-                        lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=other),
-                        tmp / "c5", url))
+                    configs.insert(
+                        3,
+                        (
+                            f"HTTP  jectguard at {_commit(other)} (allowed)",
+                            lambda port, confdir: jectguard_cmd(port, confdir, lists, tree=other),
+                            tmp / "c5",
+                            url,
+                        ),
+                    )
                 procs: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
                 try:
                     jg: tuple[subprocess.Popen[bytes], int] | None = None
@@ -406,8 +494,11 @@ def main() -> int:
                             procs.append((name, jg[0], jg[1], target))
                             continue
                         port = free_port()
-                        cmd = (maker(port, confdir) if maker is not None
-                               else jectguard_cmd(port, confdir, lists))
+                        cmd = (
+                            maker(port, confdir)
+                            if maker is not None
+                            else jectguard_cmd(port, confdir, lists)
+                        )
                         tree = ROOT
                         if args.compare is not None and " at " in name:
                             tree = args.compare.resolve()
@@ -428,13 +519,17 @@ def main() -> int:
                 a = start(mitmdump_cmd(p1, tmp / "c1", "--ignore-hosts", ".*"), tmp / "t1.log", p1)
                 b = None
                 try:
-                    b = start(jectguard_cmd(p2, tmp / "c3", lists, "--no-intercept"),
-                              tmp / "t2.log", p2)
-                    runs = {"CONNECT mitmdump --ignore-hosts '.*'": [],
-                            "CONNECT jectguard --no-intercept": []}
+                    b = start(
+                        jectguard_cmd(p2, tmp / "c3", lists, "--no-intercept"), tmp / "t2.log", p2
+                    )
+                    runs = {
+                        "CONNECT mitmdump --ignore-hosts '.*'": [],
+                        "CONNECT jectguard --no-intercept": [],
+                    }
                     for _ in range(args.rounds):
-                        for (name, rs), proc, port in zip(runs.items(), (a, b), (p1, p2),
-                                                          strict=True):
+                        for (name, rs), proc, port in zip(
+                            runs.items(), (a, b), (p1, p2), strict=True
+                        ):
                             rs.append(measure_connect(proc, name, port, otls, cert, args))
                 finally:
                     stop(a)

@@ -241,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     up = subprocess.run(
         [str(BIN / "jectguard"), "update", "--sources", str(src), "--cache-dir", str(cache)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     print(f"initial `jectguard update`: {time.perf_counter() - t:.1f}s (exit {up.returncode})")
     if up.returncode != 0:
@@ -258,14 +259,37 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     with log.open("wb") as f:
         proxy = subprocess.Popen(
-            [str(BIN / "mitmdump"), "-s", str(script), "--listen-host", "127.0.0.1",
-             "--listen-port", str(pport), "--set", f"confdir={work / 'confdir'}",
-             "--set", "jg_refresh_role=refresh", "--set", f"jg_sources={src}",
-             "--set", f"jg_cache_dir={cache}", "--set", "jg_admin_port=0",
-             "--set", "termlog_verbosity=info", "--set", "flow_detail=0",
-             # the origin is on loopback: open it as for a local service
-             "--set", "jg_allow_destination=127.0.0.0/8", "--set", "jg_connect_ports=1-65535"],
-            stdout=f, stderr=subprocess.STDOUT, env=env,
+            [
+                str(BIN / "mitmdump"),
+                "-s",
+                str(script),
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(pport),
+                "--set",
+                f"confdir={work / 'confdir'}",
+                "--set",
+                "jg_refresh_role=refresh",
+                "--set",
+                f"jg_sources={src}",
+                "--set",
+                f"jg_cache_dir={cache}",
+                "--set",
+                "jg_admin_port=0",
+                "--set",
+                "termlog_verbosity=info",
+                "--set",
+                "flow_detail=0",
+                # the origin is on loopback: open it as for a local service
+                "--set",
+                "jg_allow_destination=127.0.0.0/8",
+                "--set",
+                "jg_connect_ports=1-65535",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         while True:
@@ -277,7 +301,9 @@ def run(args: argparse.Namespace) -> int:
                     print(log.read_text())
                     return 1
                 time.sleep(0.02)
-        print(f"proxy listening {time.perf_counter() - t:.2f}s after launch (1.11M rules from the snapshot)")
+        print(
+            f"proxy listening {time.perf_counter() - t:.2f}s after launch (1.11M rules from the snapshot)"
+        )
         return asyncio.run(measure(args, base, pport, proxy, log))
     finally:
         proxy.terminate()
@@ -339,9 +365,13 @@ async def measure(
     gc.enable()
     before = [lat for due, lat in samples if before_start <= due < before_end]
     during = [lat for due, lat in samples if trigger <= due < during_end]
-    print(f"refresh (download 1.11M rules, validate, compile in a {'thread' if args.in_thread else 'worker process'}, "
-          f"publish, load, swap): {swapped - trigger:.1f}s")
-    print(f"load: {args.rate:.0f} req/s through the proxy, open loop, <= {MAX_IN_FLIGHT} in flight; CPUs: {os.cpu_count()}")
+    print(
+        f"refresh (download 1.11M rules, validate, compile in a {'thread' if args.in_thread else 'worker process'}, "
+        f"publish, load, swap): {swapped - trigger:.1f}s"
+    )
+    print(
+        f"load: {args.rate:.0f} req/s through the proxy, open loop, <= {MAX_IN_FLIGHT} in flight; CPUs: {os.cpu_count()}"
+    )
     print(f"before: {summary(before)}")
     print(f"during: {summary(during)}")
     # Worst latency per second, from the start of "before": shows when stalls happen.
@@ -350,24 +380,32 @@ async def measure(
         if before_start <= due < during_end:
             sec = int(due - trigger + 1000) - 1000  # floor, relative to the signal
             worst[sec] = max(worst.get(sec, 0.0), lat)
-    print("worst ms per second (0 = refresh signal): "
-          + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(worst.items())))
+    print(
+        "worst ms per second (0 = refresh signal): "
+        + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(worst.items()))
+    )
     own: dict[int, float] = {}
     for due, lag in lags:
         if before_start <= due < during_end:
             sec = int(due - trigger + 1000) - 1000
             own[sec] = max(own.get(sec, 0.0), lag)
-    print("load generator's own worst loop lag, ms:  "
-          + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(own.items())))
+    print(
+        "load generator's own worst loop lag, ms:  "
+        + " ".join(f"{s:+d}:{w:.0f}" for s, w in sorted(own.items()))
+    )
     if before and during:
         qb = statistics.quantiles(before, n=100, method="inclusive")[98]
         qd = statistics.quantiles(during, n=100, method="inclusive")[98]
         stalls = sum(1 for x in during if x > STALL_MS)
         ok = qd <= 2 * qb and stalls == 0
-        print(f"p99 during / before = {qd / qb:.2f} (target <= 2); requests over {STALL_MS:.0f} ms: {stalls}"
-              f" -> {'PASS' if ok else 'FAIL'}")
+        print(
+            f"p99 during / before = {qd / qb:.2f} (target <= 2); requests over {STALL_MS:.0f} ms: {stalls}"
+            f" -> {'PASS' if ok else 'FAIL'}"
+        )
     if os.environ.get("JG_BENCH_WATCHDOG"):
-        text = await asyncio.to_thread(Path(os.environ["JG_BENCH_WATCHDOG"]).read_text, errors="replace")
+        text = await asyncio.to_thread(
+            Path(os.environ["JG_BENCH_WATCHDOG"]).read_text, errors="replace"
+        )
         stalls_seen = text.split("STALL ")[1:]
         print(f"\nproxy event-loop stalls over 50 ms: {len(stalls_seen)}")
         for stamp, block in zip(text.split("STALL ")[:-1], stalls_seen, strict=True):
@@ -375,19 +413,31 @@ async def measure(
             head, _, rest = block.partition("\n")
             at = float(stamp.rsplit("\n", 1)[-1].strip() or "nan") - trigger_wall
             head = f"{head} at {at:+.1f} s from the refresh signal"
-            loop_stack = rest.split("-- LOOP:", 1)[-1].split("\n-- thread", 1)[0] if "-- LOOP:" in rest else ""
+            loop_stack = (
+                rest.split("-- LOOP:", 1)[-1].split("\n-- thread", 1)[0]
+                if "-- LOOP:" in rest
+                else ""
+            )
             print("STALL " + head + "\n" + loop_stack.rstrip()[-3000:])
     return 0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--before", type=float, default=10.0, help="seconds measured before the refresh")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (feeds, cache, logs)")
-    ap.add_argument("--in-thread", action="store_true", help="compile in a thread instead of a process")
+    ap.add_argument(
+        "--before", type=float, default=10.0, help="seconds measured before the refresh"
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the work directory (feeds, cache, logs)"
+    )
+    ap.add_argument(
+        "--in-thread", action="store_true", help="compile in a thread instead of a process"
+    )
     return run(ap.parse_args())
 
 

@@ -73,12 +73,28 @@ def worker(method: str, snapshot: Path, copy_dir: Path, queries: Path, lookups: 
     sys.stdin.read()  # stay alive until the parent has measured every worker
 
 
-def run(method: str, n: int, snapshot: Path, copy_dir: Path, queries: Path, lookups: int) -> dict[str, float]:
+def run(
+    method: str, n: int, snapshot: Path, copy_dir: Path, queries: Path, lookups: int
+) -> dict[str, float]:
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", method, "--snapshot", str(snapshot),
-             "--copy-dir", str(copy_dir), "--queries", str(queries), "--lookups", str(lookups)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                method,
+                "--snapshot",
+                str(snapshot),
+                "--copy-dir",
+                str(copy_dir),
+                "--queries",
+                str(queries),
+                "--lookups",
+                str(lookups),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(n)
     ]
@@ -91,13 +107,18 @@ def run(method: str, n: int, snapshot: Path, copy_dir: Path, queries: Path, look
             p.wait()
     mb = 1024.0
     return {
-        "pss_total_mb": sum(r["Pss"] - f["before"]["Pss"] for r, f in zip(rolls, first, strict=True)) / mb,
-        "rss_each_mb": max(r["Rss"] - f["before"]["Rss"] for r, f in zip(rolls, first, strict=True)) / mb,
+        "pss_total_mb": sum(
+            r["Pss"] - f["before"]["Pss"] for r, f in zip(rolls, first, strict=True)
+        )
+        / mb,
+        "rss_each_mb": max(r["Rss"] - f["before"]["Rss"] for r, f in zip(rolls, first, strict=True))
+        / mb,
         "private_each_mb": max(
             (r["Private_Clean"] + r["Private_Dirty"])
             - (f["before"]["Private_Clean"] + f["before"]["Private_Dirty"])
             for r, f in zip(rolls, first, strict=True)
-        ) / mb,
+        )
+        / mb,
         "load_ms": max(f["load_ms"] for f in first),
     }
 
@@ -133,7 +154,9 @@ def load_timings(snapshot: Path, copy_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--lookups", type=int, default=200_000)
@@ -154,22 +177,33 @@ def main() -> None:
     ensure_data(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / "block.jgs"
-        lists = [(ListSpec(p.stem), parse_list(p.read_bytes(), "auto", name=p.stem)) for p in lists_in(args.data, False)]
+        lists = [
+            (ListSpec(p.stem), parse_list(p.read_bytes(), "auto", name=p.stem))
+            for p in lists_in(args.data, False)
+        ]
         image, stats = compile_index(lists)
         image.write(snapshot)
         del image, lists
         size_mb = snapshot.stat().st_size / 1024**2
         copy_dir = Path(tmp) / "copies"
         copy_dir.mkdir(mode=0o700)
-        print(f"snapshot: {stats.rules} rules, {size_mb:.1f} MB; {args.workers} workers, "
-              f"{args.lookups} lookups each")
+        print(
+            f"snapshot: {stats.rules} rules, {size_mb:.1f} MB; {args.workers} workers, "
+            f"{args.lookups} lookups each"
+        )
         timings = load_timings(snapshot, Path(tmp) / "timing-copies")
         print("load, one process (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-        print(f"{'method':<14}{'PSS sum MB':>12}{'RSS each MB':>13}{'private each MB':>17}{'load ms':>9}")
+        print(
+            f"{'method':<14}{'PSS sum MB':>12}{'RSS each MB':>13}{'private each MB':>17}{'load ms':>9}"
+        )
         for method in METHODS:
-            r = run(method, args.workers, snapshot, copy_dir, args.data / "queries.txt", args.lookups)
-            print(f"{method:<14}{r['pss_total_mb']:>12.1f}{r['rss_each_mb']:>13.1f}"
-                  f"{r['private_each_mb']:>17.1f}{r['load_ms']:>9.0f}")
+            r = run(
+                method, args.workers, snapshot, copy_dir, args.data / "queries.txt", args.lookups
+            )
+            print(
+                f"{method:<14}{r['pss_total_mb']:>12.1f}{r['rss_each_mb']:>13.1f}"
+                f"{r['private_each_mb']:>17.1f}{r['load_ms']:>9.0f}"
+            )
         copies = sum(p.stat().st_size for p in copy_dir.glob("*.jgs")) / 1024**2
         print(f"private copies on disk: {copies:.1f} MB (one per snapshot, whatever N)")
 

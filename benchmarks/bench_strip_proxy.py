@@ -138,12 +138,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def jectguard_cmd(port: int, tmp: Path, blocklist: Path, strip: bool) -> list[str]:
     return [
-        sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(port),
-        "--confdir", str(tmp / "confdir"), "--cache-dir", str(tmp / "cache"),
-        "--admin-port", "0", "--events-file", "", "--blocklist", str(blocklist),
-        *QUIET, "--set", f"jg_strip={'true' if strip else 'false'}",
+        sys.executable,
+        "-m",
+        "proxy_addons.cli",
+        "run",
+        "--listen-port",
+        str(port),
+        "--confdir",
+        str(tmp / "confdir"),
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--admin-port",
+        "0",
+        "--events-file",
+        "",
+        "--blocklist",
+        str(blocklist),
+        *QUIET,
+        "--set",
+        f"jg_strip={'true' if strip else 'false'}",
         # the origin is on loopback, on a random port: open it as for a local service
-        "--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535",
+        "--allow-destination",
+        "127.0.0.0/8",
+        "--connect-ports",
+        "1-65535",
     ]
 
 
@@ -209,20 +227,24 @@ def main() -> None:
         oport = free_port()
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            procs.append(start([sys.executable, __file__, "--serve-origin", str(oport)],
-                               tmp / "origin.log", oport))
+            procs.append(
+                start(
+                    [sys.executable, __file__, "--serve-origin", str(oport)],
+                    tmp / "origin.log",
+                    oport,
+                )
+            )
             ports = {}
             for name, strip in (("strip on", True), ("strip off", False)):
                 port = free_port()
                 where = tmp / name.replace(" ", "_")
                 where.mkdir()
-                procs.append(start(jectguard_cmd(port, where, blocklist, strip),
-                                   where / "proxy.log", port))
+                procs.append(
+                    start(jectguard_cmd(port, where, blocklist, strip), where / "proxy.log", port)
+                )
                 ports[name] = port
             clients = {name: Client(port) for name, port in ports.items()}
-            times: dict[tuple[str, str], list[float]] = {
-                (n, p): [] for n in ports for p in PAGES
-            }
+            times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in ports for p in PAGES}
             base = f"http://127.0.0.1:{oport}"
             # Warm-up (and a sanity check: the injected page is stripped only with strip on).
             for name, c in clients.items():
@@ -243,8 +265,10 @@ def main() -> None:
                 stop(p)
 
     n = args.rounds * args.requests
-    print(f"100 KB page, ~40 scripts; {n} requests per page per proxy, one at a time, "
-          f"keep-alive; block list of {args.hosts} domains")
+    print(
+        f"100 KB page, ~40 scripts; {n} requests per page per proxy, one at a time, "
+        f"keep-alive; block list of {args.hosts} domains"
+    )
     print(f"{'page':28s} | {'strip off':>18s} | {'strip on':>18s} | {'added':>8s}")
     print(f"{'':28s} | {'median':>8s} {'p90':>9s} | {'median':>8s} {'p90':>9s} | {'median':>8s}")
     for page in PAGES:
@@ -252,8 +276,10 @@ def main() -> None:
         off_med, on_med = statistics.median(off), statistics.median(on)
         off_p90 = statistics.quantiles(off, n=10)[-1]
         on_p90 = statistics.quantiles(on, n=10)[-1]
-        print(f"{page:28s} | {ms(off_med)}  {ms(off_p90)} | {ms(on_med)}  {ms(on_p90)} |"
-              f" {ms(on_med - off_med)}   (ms)")
+        print(
+            f"{page:28s} | {ms(off_med)}  {ms(off_p90)} | {ms(on_med)}  {ms(on_p90)} |"
+            f" {ms(on_med - off_med)}   (ms)"
+        )
 
 
 if __name__ == "__main__":

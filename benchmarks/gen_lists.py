@@ -24,9 +24,20 @@ SYLLABLES = (
     "web net app srv bank mail acc ver ify sh op"
 ).split()
 TLDS = (
-    ["com"] * 30 + ["net"] * 8 + ["org"] * 5 + ["xyz"] * 6 + ["top"] * 6 + ["info"] * 4
-    + ["ru"] * 5 + ["cn"] * 3 + ["de"] * 2 + ["br"] * 2 + ["in"] * 2 + ["co.uk"] * 2
-    + ["com.br"] * 2 + ["online", "site", "shop", "club", "live", "icu", "buzz", "pw", "tk", "ml"]
+    ["com"] * 30
+    + ["net"] * 8
+    + ["org"] * 5
+    + ["xyz"] * 6
+    + ["top"] * 6
+    + ["info"] * 4
+    + ["ru"] * 5
+    + ["cn"] * 3
+    + ["de"] * 2
+    + ["br"] * 2
+    + ["in"] * 2
+    + ["co.uk"] * 2
+    + ["com.br"] * 2
+    + ["online", "site", "shop", "club", "live", "icu", "buzz", "pw", "tk", "ml"]
 )
 FREE_HOSTS = ["duckdns.org", "000webhostapp.com", "weebly.com", "blogspot.com", "ngrok.io"]
 PATHS = (
@@ -97,7 +108,9 @@ def miss_url(rng: random.Random) -> str:
     return f"https://{host}/{rng.choice(PATHS)}/{label(rng)}.html"
 
 
-def generate(out: Path, n_domains: int, n_urls: int, n_cidrs: int, n_queries: int, seed: int) -> None:
+def generate(
+    out: Path, n_domains: int, n_urls: int, n_cidrs: int, n_queries: int, seed: int
+) -> None:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     domains = []
@@ -129,7 +142,9 @@ def generate(out: Path, n_domains: int, n_urls: int, n_cidrs: int, n_queries: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     ap.add_argument("--domains", type=int, default=1_000_000)
     ap.add_argument("--urls", type=int, default=100_000)

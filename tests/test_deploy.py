@@ -256,13 +256,26 @@ def test_docker_compose_config(profile: str, tmp_path: Path) -> None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose)")
     # A system program: none of this interpreter's or the user's Docker settings.
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("DOCKER_", "COMPOSE_", "PYTHON", "VIRTUAL_ENV", "JECTGUARD_"))
     }
     r = subprocess.run(
-        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
-         "--profile", profile, "config"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        [
+            exe,
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(COMPOSE_FILE),
+            "--profile",
+            profile,
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     from ruamel.yaml import YAML
@@ -308,8 +321,9 @@ def test_never_an_open_proxy(source: str) -> None:
 
 def test_roles_one_refresher_per_deployment() -> None:
     compose = load_compose()
-    roles = {name: parse_run(service_argv(name, compose)).refresh_role
-             for name in JECTGUARD_SERVICES}
+    roles = {
+        name: parse_run(service_argv(name, compose)).refresh_role for name in JECTGUARD_SERVICES
+    }
     assert roles == {"jectguard": "refresh", "refresher": "refresh", "proxy": "watch"}
     refresher = set_options(parse_run(service_argv("refresher", compose)))
     assert refresher.get("server") == "false", "the refresher must not take proxy traffic"
@@ -411,8 +425,9 @@ def test_haproxy_cfg_shape() -> None:
     exe = shutil.which("haproxy")
     if exe is None:
         pytest.skip("haproxy is not installed (Debian package haproxy)")
-    r = subprocess.run([exe, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [exe, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -445,7 +460,8 @@ def test_dockerfile_instructions() -> None:
 
 def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
     patterns = {
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".env", "*.env", "tests"} <= patterns
@@ -552,18 +568,24 @@ class Stack:
     def env(self) -> dict[str, str]:
         # What the image and compose set: ENV JECTGUARD_CACHE_DIR/CONFDIR, the token from .env.
         env = {k: v for k, v in os.environ.items() if not k.startswith("JECTGUARD_")}
-        env.update({
-            "JECTGUARD_CACHE_DIR": str(self.cache),
-            "JECTGUARD_CONFDIR": str(self.confdir),
-            TOKEN_ENV: self.token,
-        })
+        env.update(
+            {
+                "JECTGUARD_CACHE_DIR": str(self.cache),
+                "JECTGUARD_CONFDIR": str(self.confdir),
+                TOKEN_ENV: self.token,
+            }
+        )
         return env
 
     def start(self, name: str, service: str) -> Proc:
         admin = free_port()
-        flags = {"--admin-host": "127.0.0.1", "--admin-port": str(admin),
-                 "--confdir": str(self.confdir), "--cache-dir": str(self.cache),
-                 "--sources": str(self.sources)}
+        flags = {
+            "--admin-host": "127.0.0.1",
+            "--admin-port": str(admin),
+            "--confdir": str(self.confdir),
+            "--cache-dir": str(self.cache),
+            "--sources": str(self.sources),
+        }
         args = parse_run(service_argv(service))
         proxy_port = None
         if set_options(args).get("server") != "false":
@@ -575,12 +597,17 @@ class Stack:
         argv = localize(service_argv(service), flags)
         out, err = self.tmp / f"{name}.stdout", self.tmp / f"{name}.stderr"
         with out.open("wb") as o, err.open("wb") as e:
-            proc = subprocess.Popen([*jectguard_argv(), *argv], stdout=o, stderr=e,
-                                    env=self.env(), cwd=self.tmp)
+            proc = subprocess.Popen(
+                [*jectguard_argv(), *argv], stdout=o, stderr=e, env=self.env(), cwd=self.tmp
+            )
         p = Proc(name, proc, out, err, admin, proxy_port)
         self.procs.append(p)
-        wait_until(lambda: admin_get(p, "/healthz")[0] == 200, START_TIMEOUT,
-                   f"{name} did not answer /healthz", p)
+        wait_until(
+            lambda: admin_get(p, "/healthz")[0] == 200,
+            START_TIMEOUT,
+            f"{name} did not answer /healthz",
+            p,
+        )
         if proxy_port is not None:
             wait_until(lambda: port_open(proxy_port), START_TIMEOUT, f"{name} did not listen", p)
         return p
@@ -625,13 +652,16 @@ def proxy_get(port: int, url: str) -> tuple[int, dict[str, str], str]:
     From DIRECT_SOURCE, not 127.0.0.1: that is HAProxy's address, which must send a
     PROXY header (HAProxy's own requests come from 127.0.0.1 and name this address).
     """
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
-                                      source_address=(DIRECT_SOURCE, 0))
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(DIRECT_SOURCE, 0)
+    )
     try:
         conn.request("GET", url, headers={"Connection": "close"})
         resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode(
-            "utf-8", "replace"
+        return (
+            resp.status,
+            {k.lower(): v for k, v in resp.getheaders()},
+            resp.read().decode("utf-8", "replace"),
         )
     finally:
         conn.close()
@@ -675,9 +705,13 @@ def render_haproxy_cfg(
 
     cfg = swap(r"^(\s*)bind :\d+$", f"    bind {bind}", template)
     cfg = swap(r" init-addr none resolvers docker$", "", cfg)
-    cfg = swap(r"^\s*server-template .*$", "\n".join(
-        f"    server {name} 127.0.0.1:{port} port {admin}" for name, port, admin in servers
-    ), cfg)
+    cfg = swap(
+        r"^\s*server-template .*$",
+        "\n".join(
+            f"    server {name} 127.0.0.1:{port} port {admin}" for name, port, admin in servers
+        ),
+        cfg,
+    )
     cfg = swap(r"^resolvers docker\n(?:[ \t]+.*\n)+", "", cfg)
     # Fast checks for the test, and a stats socket to read the servers' state.
     cfg = cfg.replace(" inter 2s fall 2 rise 2", " inter 300ms fall 2 rise 1")
@@ -700,7 +734,9 @@ def haproxy_servers(sock_path: Path) -> dict[str, str]:
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
         if row.get("pxname") == "jectguard_proxies" and row.get("svname") not in (
-            "BACKEND", "FRONTEND", None,
+            "BACKEND",
+            "FRONTEND",
+            None,
         ):
             out[row["svname"]] = row["status"]
     return out
@@ -720,8 +756,15 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         f'[[source]]\nname = "remote"\nurl = "{feeds.url("remote")}"\nformat = "domains"\n'
         'category = "malware"\nrefresh = "6h"\n'
     )
-    s = Stack(tmp_path, secrets.token_urlsafe(24), feeds, local, sources,
-              tmp_path / "cache", tmp_path / "mitmproxy")
+    s = Stack(
+        tmp_path,
+        secrets.token_urlsafe(24),
+        feeds,
+        local,
+        sources,
+        tmp_path / "cache",
+        tmp_path / "mitmproxy",
+    )
     try:
         yield s
     finally:
@@ -737,17 +780,19 @@ def start_haproxy(s: Stack, replicas: list[Proc]) -> Proc:
     s.haproxy_port = free_port()
     s.haproxy_socket = s.tmp / "haproxy.sock"
     cfg = s.tmp / "haproxy.cfg"
-    cfg.write_text(render_haproxy_cfg(
-        HAPROXY_CFG.read_text(), f"127.0.0.1:{s.haproxy_port}",
-        [(p.name, p.proxy_port or 0, p.admin_port) for p in replicas], s.haproxy_socket,
-    ))
-    check = subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True,
-                           timeout=30)
+    cfg.write_text(
+        render_haproxy_cfg(
+            HAPROXY_CFG.read_text(),
+            f"127.0.0.1:{s.haproxy_port}",
+            [(p.name, p.proxy_port or 0, p.admin_port) for p in replicas],
+            s.haproxy_socket,
+        )
+    )
+    check = subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
     log = s.tmp / "haproxy.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=out, stderr=subprocess.STDOUT)
     p = Proc("haproxy", proc, log, log, admin_port=0, proxy_port=s.haproxy_port)
     s.procs.append(p)
     return p
@@ -773,8 +818,12 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
             return "remote" in json.loads(pointer.read_text()).get("lists", {})
         return False
 
-    wait_until(published_with_feed, START_TIMEOUT, "the refresher published no snapshot with "
-               "the feed", refresher)
+    wait_until(
+        published_with_feed,
+        START_TIMEOUT,
+        "the refresher published no snapshot with the feed",
+        refresher,
+    )
     # Replica B starts after the snapshot exists.
     b = s.start("proxy-b", "proxy")
     replicas = [a, b]
@@ -783,14 +832,21 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
         want = json.loads(pointer.read_text())["snapshot"]
         for p in replicas:
             status, doc = admin_get(p, "/api/status", s.token)
-            if status != 200 or not doc["snapshot"]["path"] or (
-                Path(doc["snapshot"]["path"]).name != Path(want).name
+            if (
+                status != 200
+                or not doc["snapshot"]["path"]
+                or (Path(doc["snapshot"]["path"]).name != Path(want).name)
             ):
                 return False
         return True
 
-    wait_until(serving_current, PROPAGATE_TIMEOUT, "the replicas did not load the snapshot",
-               *replicas, refresher)
+    wait_until(
+        serving_current,
+        PROPAGATE_TIMEOUT,
+        "the replicas did not load the snapshot",
+        *replicas,
+        refresher,
+    )
     for p in replicas:
         assert blocked(p.proxy_port or 0, "feed-one.test"), p.name
         assert blocked(p.proxy_port or 0, "local-one.test"), p.name
@@ -799,8 +855,12 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
     haproxy = start_haproxy(s, replicas)
     assert s.haproxy_socket is not None
     sock = s.haproxy_socket
-    wait_until(lambda: sock.exists() and haproxy_servers(sock) == {"proxy-a": "UP", "proxy-b": "UP"},
-               START_TIMEOUT, "HAProxy did not see both replicas UP", haproxy)
+    wait_until(
+        lambda: sock.exists() and haproxy_servers(sock) == {"proxy-a": "UP", "proxy-b": "UP"},
+        START_TIMEOUT,
+        "HAProxy did not see both replicas UP",
+        haproxy,
+    )
     before = {p.name: block_events(p) for p in replicas}
     for _ in range(4):
         status, headers, body = proxy_get(s.haproxy_port, "http://feed-one.test/page")
@@ -808,7 +868,8 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
         assert "feed-one.test" in body
     wait_until(
         lambda: all(block_events(p) > before[p.name] for p in replicas),
-        10, "HAProxy did not spread connections over both replicas (block events on stdout)",
+        10,
+        "HAProxy did not spread connections over both replicas (block events on stdout)",
         haproxy,
     )
     # Through HAProxy, each replica names the real client (PROXY v2), never HAProxy.
@@ -819,7 +880,10 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
     s.local_list.write_text("local-one.test\nlocal-two.test\n")
     wait_until(
         lambda: all(blocked(p.proxy_port or 0, "local-two.test") for p in replicas),
-        PROPAGATE_TIMEOUT, "the new entry did not reach both replicas", *replicas, refresher,
+        PROPAGATE_TIMEOUT,
+        "the new entry did not reach both replicas",
+        *replicas,
+        refresher,
     )
     assert blocked(s.haproxy_port, "local-two.test")
     assert all(p.proc.poll() is None for p in [*replicas, refresher])
@@ -835,7 +899,11 @@ def test_scale_out_on_loopback(stack: Stack) -> None:
     # A replica that dies is taken out by the health check; the other carries on.
     a.proc.kill()
     a.proc.wait(STOP_TIMEOUT)
-    wait_until(lambda: haproxy_servers(sock).get("proxy-a", "").startswith("DOWN"),
-               START_TIMEOUT, "HAProxy did not mark the dead replica DOWN", haproxy)
+    wait_until(
+        lambda: haproxy_servers(sock).get("proxy-a", "").startswith("DOWN"),
+        START_TIMEOUT,
+        "HAProxy did not mark the dead replica DOWN",
+        haproxy,
+    )
     for _ in range(3):
         assert blocked(s.haproxy_port, "feed-one.test")

@@ -93,7 +93,15 @@ def make_addons(
 # The children whose hooks decide what traffic may pass: an exception in one of their
 # traffic hooks refuses that traffic. The others observe (events, metrics, ledger,
 # campaign detection, admin, refresh): their errors are logged and traffic goes on.
-DECIDERS: Final = (ClientAllowList, Blocking, Tunnels, Addresses, Strip, ConnectionLimits, DnsFilter)
+DECIDERS: Final = (
+    ClientAllowList,
+    Blocking,
+    Tunnels,
+    Addresses,
+    Strip,
+    ConnectionLimits,
+    DnsFilter,
+)
 
 
 class Handler(Protocol):
@@ -207,9 +215,7 @@ class Jectguard:
         names = [addon_name(a) for a in self.children]
         for name in names:
             if name in master.addons.lookup or names.count(name) > 1:
-                raise exceptions.AddonManagerError(
-                    f"An addon called '{name}' already exists."
-                )
+                raise exceptions.AddonManagerError(f"An addon called '{name}' already exists.")
         self._load(loader)
         for name, addon in zip(names, self.children, strict=True):
             master.addons.lookup[name] = addon

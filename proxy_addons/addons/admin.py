@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Stop waiting for open admin connections after this long at shutdown.
 SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
-_HOSTNAME_RE: Final = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?")
+_HOSTNAME_RE: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.?"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -105,29 +107,40 @@ class AdminServer:
         self._master: Any = None
         # The metrics' snapshot series, from the index's typed fields (never its raw meta).
         metrics.set_meta_provider(
-            lambda: {"by_kind": holder.engine.block.by_kind, "built_at": holder.engine.block.built_at}
+            lambda: {
+                "by_kind": holder.engine.block.by_kind,
+                "built_at": holder.engine.block.built_at,
+            }
         )
 
     # -- options ------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_admin_host", str, "127.0.0.1",
+            "jg_admin_host",
+            str,
+            "127.0.0.1",
             "jectguard: address of the admin API and dashboard. Anything but loopback "
             "exposes them to the network (still behind the admin token).",
         )
         loader.add_option(
-            "jg_admin_port", int, 8090,
+            "jg_admin_port",
+            int,
+            8090,
             "jectguard: port of the admin API and dashboard (0: off).",
         )
         loader.add_option(
-            "jg_admin_hostnames", Sequence[str], [],
+            "jg_admin_hostnames",
+            Sequence[str],
+            [],
             "jectguard: host names the admin API and dashboard are reached by, besides "
             "localhost and its listen address (a request naming any other Host is refused "
             "with 421, against DNS rebinding).",
         )
         loader.add_option(
-            "jg_admin_token_file", str, "",
+            "jg_admin_token_file",
+            str,
+            "",
             "jectguard: file holding the admin API's bearer token. Default: the "
             "JECTGUARD_ADMIN_TOKEN environment variable, else a token generated on first "
             "start and stored (mode 0600) as admin-token in the data directory.",
@@ -248,7 +261,9 @@ class AdminServer:
             # ERROR during start-up: mitmproxy exits, as it does for a busy proxy port.
             logger.error(
                 "jectguard: cannot start the admin API on %s:%s: %s",
-                self.host, self.port, exc.strerror or exc,
+                self.host,
+                self.port,
+                exc.strerror or exc,
             )
             return
         self.runner = runner

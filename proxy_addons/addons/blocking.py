@@ -100,56 +100,80 @@ class Blocking(RequestChecks, ConnectChecks, ProceedSite):
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_mode", str, "enforce",
+            "jg_mode",
+            str,
+            "enforce",
             "jectguard: 'enforce' blocks matches; 'monitor' only logs them (every list).",
             choices=("enforce", "monitor"),
         )
         loader.add_option(
-            "jg_intercept", bool, True,
+            "jg_intercept",
+            bool,
+            True,
             "jectguard: decrypt TLS to check full URLs and show block pages on HTTPS. "
             "When false, TLS is passed through untouched after the CONNECT/SNI check.",
         )
         loader.add_option(
-            "jg_block_page", bool, True,
+            "jg_block_page",
+            bool,
+            True,
             "jectguard: answer blocked navigations with an HTML page (false: plain text).",
         )
         loader.add_option(
-            "jg_admin_contact", str, "",
+            "jg_admin_contact",
+            str,
+            "",
             "jectguard: who to contact about a block (email or URL), shown on block pages.",
         )
         loader.add_option(
-            "jg_report_url", str, "",
+            "jg_report_url",
+            str,
+            "",
             "jectguard: an http(s) URL where people can report a false positive.",
         )
         loader.add_option(
-            "jg_check_resolved", bool, True,
+            "jg_check_resolved",
+            bool,
+            True,
             "jectguard: refuse server connections whose resolved address is on an IP/CIDR list.",
         )
         loader.add_option(
-            "jg_proceed_anyway", bool, False,
+            "jg_proceed_anyway",
+            bool,
+            False,
             "jectguard: offer a signed, expiring, per-client 'proceed anyway' on block pages.",
         )
         loader.add_option(
-            "jg_proceed_minutes", int, 15,
+            "jg_proceed_minutes",
+            int,
+            15,
             "jectguard: how long a 'proceed anyway' grant lasts (1-1440 minutes).",
         )
         loader.add_option(
-            "jg_proceed_secret", str, "",
+            "jg_proceed_secret",
+            str,
+            "",
             "jectguard: HMAC key for 'proceed anyway' tokens (at least 16 characters); "
             "empty: a random key per process.",
         )
         loader.add_option(
-            "jg_allow_destination", Sequence[str], [],
+            "jg_allow_destination",
+            Sequence[str],
+            [],
             "jectguard: networks (CIDR) clients may reach although they are loopback, "
             "unspecified, link-local, cloud metadata or this host's own (repeatable).",
         )
         loader.add_option(
-            "jg_connect_ports", Sequence[str], [DEFAULT_CONNECT_PORTS],
+            "jg_connect_ports",
+            Sequence[str],
+            [DEFAULT_CONNECT_PORTS],
             "jectguard: ports CONNECT may tunnel to: ports and ranges, e.g. '443,8443' "
             "or '1-65535' (repeatable; default 443).",
         )
         loader.add_option(
-            "jg_url_case_insensitive", bool, False,
+            "jg_url_case_insensitive",
+            bool,
+            False,
             "jectguard: URL rules match paths in any letter case, as IIS and Windows "
             "servers serve them (/MAL/X.EXE for a rule on /mal/x.exe).",
         )

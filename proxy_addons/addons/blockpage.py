@@ -213,7 +213,9 @@ def choose_kind(sec_fetch_dest: str | None, accept: str | None) -> Kind:
         media = media.strip()
         if media in ("text/html", "application/xhtml+xml"):
             html_q = max(html_q, _q(params))
-        elif media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        elif media == "application/json" or (
+            media.startswith("application/") and media.endswith("+json")
+        ):
             json_q = max(json_q, _q(params))
     if html_q > 0 and html_q >= json_q:
         return "html"
@@ -235,7 +237,9 @@ def render(info: BlockInfo, kind: Kind) -> Rendered:
     """The 403 response for one block, in the given kind."""
     headers = _common_headers(info)
     if kind == "html":
-        csp = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
+        csp = (
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
+        )
         if info.proceed is not None:
             csp += f"; form-action {_origin(info.proceed.action)}"
         else:
@@ -392,8 +396,12 @@ quote the request ID <code>{_e(info.request_id)}</code>. They can check the rule
 allow the site.</p>
 {report}
 {proceed}
-<p><small>{"Blocked by jectguard. Matches come from the list named above, not from a"
-"\njudgement about this particular page." if info.listed else "Refused by jectguard."}</small></p>
+<p><small>{
+        "Blocked by jectguard. Matches come from the list named above, not from a"
+        "\njudgement about this particular page."
+        if info.listed
+        else "Refused by jectguard."
+    }</small></p>
 </main>
 </body>
 </html>

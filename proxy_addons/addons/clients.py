@@ -73,7 +73,9 @@ class ClientAllowList:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_allow_clients", Sequence[str], [],
+            "jg_allow_clients",
+            Sequence[str],
+            [],
             "jectguard: client networks (CIDR) allowed to use the proxy; others are "
             "disconnected. Loopback is always allowed. Empty: no restriction.",
         )

@@ -43,7 +43,11 @@ class FailClosed:
         self.failures += 1
         logger.error(
             "jectguard: %s.%s failed (%s: %s); refusing what it was deciding on",
-            owner, hook, type(exc).__name__, exc, exc_info=exc,
+            owner,
+            hook,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
         )
         for arg in args:
             self._refuse_one(arg)

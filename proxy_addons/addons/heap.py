@@ -27,5 +27,6 @@ class FreezeStartupHeap:
         gc.freeze()
         logger.debug(
             "jectguard: %d start-up objects frozen out of the cyclic GC in %.0f ms",
-            gc.get_freeze_count(), (time.perf_counter() - start) * 1000,
+            gc.get_freeze_count(),
+            (time.perf_counter() - start) * 1000,
         )

@@ -83,12 +83,16 @@ class Observe:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_events_file", str, "-",
+            "jg_events_file",
+            str,
+            "-",
             "jectguard: where the JSON event stream goes: a file (appended), '-' for "
             "stdout, '' for nowhere (recent events stay visible in the admin API).",
         )
         loader.add_option(
-            "jg_events_drop_query", bool, False,
+            "jg_events_drop_query",
+            bool,
+            False,
             "jectguard: drop query strings and fragments from URLs in events (privacy).",
         )
 
@@ -163,8 +167,11 @@ class Observe:
             self.metrics.latency.observe(seconds)
         if action == "proceed-granted":
             self.events.emit(
-                "allow-override", client=_client(flow), method=flow.request.method,
-                url=flow.request.pretty_url, reason="proceed-anyway-granted",
+                "allow-override",
+                client=_client(flow),
+                method=flow.request.method,
+                url=flow.request.pretty_url,
+                reason="proceed-anyway-granted",
                 host=meta.get("host"),
             )
             return
@@ -318,9 +325,16 @@ class Observe:
             if removed:
                 self.metrics.record_strip(list_name, category)
             self.events.emit(
-                "strip", **base, verdict="strip" if removed else "monitor", list=list_name,
-                rule=f.get("rule"), category=category, element=f.get("element"),
-                element_url=f.get("url"), reason=f.get("reason"), removed=removed,
+                "strip",
+                **base,
+                verdict="strip" if removed else "monitor",
+                list=list_name,
+                rule=f.get("rule"),
+                category=category,
+                element=f.get("element"),
+                element_url=f.get("url"),
+                reason=f.get("reason"),
+                removed=removed,
             )
 
 

@@ -57,18 +57,24 @@ class Refresh:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_refresh_role", str, "off",
+            "jg_refresh_role",
+            str,
+            "off",
             "jectguard: 'refresh' fetches feeds on their schedule and publishes snapshots; "
             "'watch' follows the snapshots another process publishes; 'off' keeps the lists "
             "as started.",
             choices=ROLES,
         )
         loader.add_option(
-            "jg_sources", str, "",
+            "jg_sources",
+            str,
+            "",
             "jectguard: the sources file (empty: the shipped blocklists/sources.toml).",
         )
         loader.add_option(
-            "jg_cache_dir", str, "",
+            "jg_cache_dir",
+            str,
+            "",
             "jectguard: where feeds and snapshots are kept (empty: $JECTGUARD_CACHE_DIR "
             "or a per-user data directory).",
         )
@@ -115,8 +121,12 @@ class Refresh:
             work = refresher.run
         elif role == "watch":
             work = functools.partial(
-                watch_snapshot, cache, cfg.sources, self.holder,
-                on_health=self.holder.set_health, on_event=self.on_snapshot_event,
+                watch_snapshot,
+                cache,
+                cfg.sources,
+                self.holder,
+                on_health=self.holder.set_health,
+                on_event=self.on_snapshot_event,
             )
         else:
             return
@@ -134,7 +144,9 @@ class Refresh:
         except Exception as exc:  # never ERROR: mitmproxy exits on it during start-up
             log.warning(
                 "jectguard: %s stopped (%s: %s); serving the lists in force",
-                role, type(exc).__name__, exc,
+                role,
+                type(exc).__name__,
+                exc,
             )
 
     def _cancel(self) -> asyncio.Task[None] | None:

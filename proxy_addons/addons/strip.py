@@ -226,7 +226,12 @@ def _deflate_offset(raw: bytes) -> int | None:
         if flags & 2:  # FHCRC
             pos += 2
         return pos if pos <= len(raw) else None
-    if len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0 and not raw[1] & 0x20:
+    if (
+        len(raw) >= 2
+        and raw[0] & 0x0F == 8
+        and (raw[0] << 8 | raw[1]) % 31 == 0
+        and not raw[1] & 0x20
+    ):
         return 2
     return None
 
@@ -332,7 +337,9 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
             raise _too_large(limit)
         work += len(out)
         if work > CODING_WORK_FACTOR * limit:
-            raise UndecodableBody(f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit")
+            raise UndecodableBody(
+                f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit"
+            )
     if len(out) > limit:
         raise _too_large(limit)
     return out
@@ -430,13 +437,23 @@ def refusal(reason: str) -> http.Response:
         f"injected scripts ({printable(reason)[:300]}). Reload to try again.\n"
     )
     return http.Response.make(
-        502, body.encode("utf-8", "replace"),
-        {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store",
-         "X-Content-Type-Options": "nosniff", "X-Jectguard-Refused": "scan-failed"},
+        502,
+        body.encode("utf-8", "replace"),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Jectguard-Refused": "scan-failed",
+        },
     )
 
 
-_PLAN_HEADERS: Final = (b"content-type", b"x-content-type-options", b"content-range", b"content-length")
+_PLAN_HEADERS: Final = (
+    b"content-type",
+    b"x-content-type-options",
+    b"content-range",
+    b"content-length",
+)
 
 
 def _pick_headers(headers: http.Headers) -> dict[bytes, str]:
@@ -454,7 +471,7 @@ def _pick_headers(headers: http.Headers) -> dict[bytes, str]:
 
 
 def html_plan(headers: http.Headers | dict[bytes, str]) -> str | None:
-    """"html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
+    """ "html" for an HTML type, "sniff" for a type a browser may sniff as HTML, else None."""
     picked = headers if isinstance(headers, dict) else _pick_headers(headers)
     essence = mime_essence(picked.get(b"content-type"))
     if essence in HTML_TYPES:
@@ -509,36 +526,50 @@ class Strip:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "jg_strip", bool, True,
+            "jg_strip",
+            bool,
+            True,
             "jectguard: remove injected scripts, frames and objects that load blocked URLs "
             "or match injection signatures from HTML responses.",
         )
         loader.add_option(
-            "jg_strip_max_bytes", int, DEFAULT_MAX_BYTES,
+            "jg_strip_max_bytes",
+            int,
+            DEFAULT_MAX_BYTES,
             "jectguard: largest HTML body scanned (decoded bytes); bigger bodies stream "
             "through unscanned. Also sets stream_large_bodies when that is unset.",
         )
         loader.add_option(
-            "jg_strip_after_html", str, "log",
+            "jg_strip_after_html",
+            str,
+            "log",
             "jectguard: active content after </html> (a server-side footer): 'off' ignores it, "
             "'log' reports it, 'strip' removes it.",
             choices=AFTER_HTML_POLICIES,
         )
         loader.add_option(
-            "jg_strip_comment", bool, True,
+            "jg_strip_comment",
+            bool,
+            True,
             "jectguard: replace each removed element with a short HTML comment naming the rule.",
         )
         loader.add_option(
-            "jg_signatures", str, str(DEFAULT_SIGNATURES),
+            "jg_signatures",
+            str,
+            str(DEFAULT_SIGNATURES),
             "jectguard: injection signatures file (TOML); default: the shipped set.",
         )
         loader.add_option(
-            "jg_strip_workers", int, DEFAULT_WORKERS,
+            "jg_strip_workers",
+            int,
+            DEFAULT_WORKERS,
             f"jectguard: worker processes that scan HTML bodies over {INLINE_SCAN_BYTES // 1024} KB "
             "(so a big page never stalls other connections).",
         )
         loader.add_option(
-            "jg_strip_timeout", int, DEFAULT_SCAN_TIMEOUT,
+            "jg_strip_timeout",
+            int,
+            DEFAULT_SCAN_TIMEOUT,
             "jectguard: seconds a page may wait for its scan in a worker; past that the worker "
             "is restarted and the page refused (502), never passed unscanned.",
         )
@@ -633,7 +664,9 @@ class Strip:
         if held is not None and held[0] is engine:
             return held[1]
         scanner = Scanner(
-            blocked_by(engine), self.signatures, after_html=self.after_html,
+            blocked_by(engine),
+            self.signatures,
+            after_html=self.after_html,
             max_bytes=self.max_bytes,
         )
         self._loop_scanner = (engine, scanner)
@@ -673,8 +706,12 @@ class Strip:
         length = picked.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
             resp.stream = True
-            self._skip(flow, plan, f"too large to scan: Content-Length {int(length)} "
-                                   f"> {self.max_bytes}; streamed unscanned")
+            self._skip(
+                flow,
+                plan,
+                f"too large to scan: Content-Length {int(length)} "
+                f"> {self.max_bytes}; streamed unscanned",
+            )
             return
         flow.metadata[PLAN_KEY] = plan
 
@@ -690,7 +727,9 @@ class Strip:
             return None
         if resp.stream:
             limit = getattr(ctx.options, "stream_large_bodies", None) or self.max_bytes
-            self._skip(flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned")
+            self._skip(
+                flow, plan, f"too large to scan: more than {limit} bytes; streamed unscanned"
+            )
             return None
         raw = resp.raw_content
         if not raw:
@@ -723,7 +762,12 @@ class Strip:
         return None
 
     async def _scan_in_worker(
-        self, flow: http.HTTPFlow, plan: str, resp: http.Response, raw: bytes, job: ScanJob,
+        self,
+        flow: http.HTTPFlow,
+        plan: str,
+        resp: http.Response,
+        raw: bytes,
+        job: ScanJob,
         engine: Engine,
     ) -> None:
         config = self._worker_config(engine)
@@ -733,8 +777,15 @@ class Strip:
         # SHA-256 (not a fast hash): a server must not be able to make an injected page
         # collide with a clean one it served before. hashlib releases the GIL.
         digest = await asyncio.to_thread(lambda: hashlib.sha256(raw).digest())
-        key = (digest, job.content_encoding, job.content_type, job.page_url, job.comment,
-               job.remove, job.limit)
+        key = (
+            digest,
+            job.content_encoding,
+            job.content_type,
+            job.page_url,
+            job.comment,
+            job.remove,
+            job.limit,
+        )
         outcome = self._outcomes.get(key)
         if outcome is None:
             try:
@@ -764,14 +815,21 @@ class Strip:
         if not isinstance(exc, ScanFailed | ScanError):
             logger.warning("jectguard: strip failed on %s", url, exc_info=exc)
         if self.monitor_only:
-            logger.warning("jectguard: %s: not scanned (%s); passed (monitor mode)", url, reason[:300])
+            logger.warning(
+                "jectguard: %s: not scanned (%s); passed (monitor mode)", url, reason[:300]
+            )
             self._skip(flow, "html", f"not scanned: {reason}; passed (monitor mode)")
             return
         logger.warning("jectguard: %s: refused with 502: not scanned (%s)", url, reason[:300])
         flow.response = refusal(reason)
-        flow.metadata[STRIP_KEY] = {"findings": [], "skipped": f"refused (502): not scanned: {reason}"}
+        flow.metadata[STRIP_KEY] = {
+            "findings": [],
+            "skipped": f"refused (502): not scanned: {reason}",
+        }
 
-    def _apply(self, flow: http.HTTPFlow, resp: http.Response, raw: bytes, outcome: Outcome) -> None:
+    def _apply(
+        self, flow: http.HTTPFlow, resp: http.Response, raw: bytes, outcome: Outcome
+    ) -> None:
         if outcome.findings:
             flow.metadata[STRIP_KEY] = {
                 "findings": [f.as_dict() for f in outcome.findings],
@@ -787,7 +845,8 @@ class Strip:
         removed = [f for f in outcome.findings if f.removed]
         logger.info(
             "jectguard: stripped %d element(s) from %s (%s)",
-            len(removed), flow.request.pretty_url[:300],
+            len(removed),
+            flow.request.pretty_url[:300],
             ", ".join(f"{f.element} {f.reason} {f.list}:{f.rule[:80]}" for f in removed[:5]),
         )
 

@@ -123,8 +123,9 @@ def _read_token(path: Path) -> str:
         )
     if stat.S_IMODE(mode) & 0o077:
         logger.warning(
-            "jectguard: admin token file %s is readable by other users (mode %o); "
-            "chmod 600 it", path, stat.S_IMODE(mode),
+            "jectguard: admin token file %s is readable by other users (mode %o); chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
         )
     return token
 
@@ -330,8 +331,10 @@ async def host_middleware(
     host = request.headers.get("Host")
     if not request.app[STATE].hosts.allows(host):
         return _json(
-            {"error": "misdirected request: this admin server does not answer to that Host; "
-                      "add the name to jg_admin_hostnames if it is yours"},
+            {
+                "error": "misdirected request: this admin server does not answer to that Host; "
+                "add the name to jg_admin_hostnames if it is yours"
+            },
             status=421,
         )
     return await handler(request)
@@ -361,9 +364,11 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json({"error": exc.reason}, status=exc.status, **{
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"
-        })
+        return _json(
+            {"error": exc.reason},
+            status=exc.status,
+            **{k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -397,12 +402,14 @@ async def readyz(request: web.Request) -> web.Response:
         return _json({"status": "ready", "rules": engine.block.rule_count})
     # Still 200: verified rules are enforced. A stale or damaged snapshot is usually
     # shared by every replica, so failing readiness would empty the whole pool.
-    return _json({
-        "status": health.state.value,
-        "reason": health.reason,
-        "rules": engine.block.rule_count,
-        "snapshot": health.as_dict(st.clock()),
-    })
+    return _json(
+        {
+            "status": health.state.value,
+            "reason": health.reason,
+            "rules": engine.block.rule_count,
+            "snapshot": health.as_dict(st.clock()),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -433,12 +440,15 @@ def lists_info(engine: Engine | None, extra: list[dict[str, Any]] | None) -> lis
     if engine is not None:
         for index in (engine.block, engine.allow, engine.extra):
             for info in index.lists if index is not None else ():
-                out.setdefault(info.name, {
-                    "name": info.name,
-                    "category": info.category,
-                    "mode": info.mode.value,
-                    "allow": info.allow,
-                })
+                out.setdefault(
+                    info.name,
+                    {
+                        "name": info.name,
+                        "category": info.category,
+                        "mode": info.mode.value,
+                        "allow": info.allow,
+                    },
+                )
     for item in extra or []:
         name = str(item.get("name", ""))
         if name:
@@ -483,8 +493,10 @@ def lists_from_report(
                 hold = record.holds.get(st.name)
                 item["held"] = hold.reason if hold is not None else None
             is_url = st.source.startswith(("http://", "https://"))
-            path = feed_body_path(cache_dir, st.name) if is_url and cache_dir else (
-                None if is_url else Path(st.source)
+            path = (
+                feed_body_path(cache_dir, st.name)
+                if is_url and cache_dir
+                else (None if is_url else Path(st.source))
             )
             with contextlib.suppress(OSError):
                 if path is not None:
@@ -518,31 +530,35 @@ async def status(request: web.Request) -> web.Response:
     addr = st.proxy_address()
     refresh = st.refresh_status() if st.refresh_status is not None else None
     health = st.snapshot_health() if st.snapshot_health is not None else None
-    return _json({
-        "version": st.version,
-        "started_at": rfc3339(st.started_at),
-        "uptime_seconds": round(now - st.started_at, 1),
-        "ready": engine is not None,
-        "proxy": f"{addr[0] or '*'}:{addr[1]}" if addr else None,
-        "snapshot": snapshot_info(engine, now) if engine is not None else None,
-        "snapshot_health": health.as_dict(now) if health is not None else None,
-        "lists": lists_info(engine, st.lists() if st.lists is not None else None),
-        "in_force": in_force_info(st, engine),
-        "refresh": refresh,
-        "refresh_available": st.refresh_trigger is not None,
-        "events": st.events.totals(),
-    })
+    return _json(
+        {
+            "version": st.version,
+            "started_at": rfc3339(st.started_at),
+            "uptime_seconds": round(now - st.started_at, 1),
+            "ready": engine is not None,
+            "proxy": f"{addr[0] or '*'}:{addr[1]}" if addr else None,
+            "snapshot": snapshot_info(engine, now) if engine is not None else None,
+            "snapshot_health": health.as_dict(now) if health is not None else None,
+            "lists": lists_info(engine, st.lists() if st.lists is not None else None),
+            "in_force": in_force_info(st, engine),
+            "refresh": refresh,
+            "refresh_available": st.refresh_trigger is not None,
+            "events": st.events.totals(),
+        }
+    )
 
 
 async def lists(request: web.Request) -> web.Response:
     st = request.app[STATE]
     engine = st.engine()
     refresh = st.refresh_status() if st.refresh_status is not None else None
-    return _json({
-        "in_force": in_force_info(st, engine),
-        "lists": lists_info(engine, st.lists() if st.lists is not None else None),
-        "sources": refresh.get("sources") if isinstance(refresh, dict) else None,
-    })
+    return _json(
+        {
+            "in_force": in_force_info(st, engine),
+            "lists": lists_info(engine, st.lists() if st.lists is not None else None),
+            "sources": refresh.get("sources") if isinstance(refresh, dict) else None,
+        }
+    )
 
 
 async def release_holds(request: web.Request) -> web.Response:

@@ -49,9 +49,7 @@ def _handlers(addon: Any, name: str) -> Iterator[tuple[Any, Any]]:
         if callable(func):
             yield addon, func
         elif not isinstance(func, types.ModuleType):
-            raise exceptions.AddonManagerError(
-                f"Addon handler {name} ({addon}) not callable"
-            )
+            raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
     children = getattr(addon, "addons", None)
     if children is not None:
         for child in children:

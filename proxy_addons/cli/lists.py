@@ -23,7 +23,10 @@ from proxy_addons.lists.sources import load_sources
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document (times as Unix seconds)")
     p.add_argument(
-        "--clear-campaign", metavar="HOST", action="append", default=[],
+        "--clear-campaign",
+        metavar="HOST",
+        action="append",
+        default=[],
         help="take HOST off the local campaign list (and keep the detector from flagging it "
         "again for its window); repeatable",
     )
@@ -116,8 +119,10 @@ def _campaign_section(cache: Path, now: float) -> tuple[dict[str, Any], list[str
         return doc, [f"campaign list: empty   ({files.list_path})"]
     lines = [f"campaign list: {len(lst.hosts)} host(s) blocked   ({files.list_path})"]
     for e in reversed(lst.hosts.values()):
-        lines.append(f"  {e.host}  flagged {ago(e.flagged_at, now)}  score {e.score:.1f}  "
-                     f"sites: {', '.join(e.sites[:8])}{' ...' if len(e.sites) > 8 else ''}")
+        lines.append(
+            f"  {e.host}  flagged {ago(e.flagged_at, now)}  score {e.score:.1f}  "
+            f"sites: {', '.join(e.sites[:8])}{' ...' if len(e.sites) > 8 else ''}"
+        )
         lines.extend(f"      {line}" for line in e.evidence)
     lines.append("  clear one with: jectguard lists --clear-campaign HOST")
     return doc, lines
@@ -140,12 +145,17 @@ def main(args: argparse.Namespace) -> int:
     now = time.time()
     rows = [("SOURCE", "KIND", "STATUS", "ENTRIES", "LAST ATTEMPT", "LAST SUCCESS", "NEXT RUN")]
     for d in docs:
-        rows.append((
-            d["name"], d["kind"], _status(d), _entries(d),
-            ago(d.get("last_attempt"), now) if "last_attempt" in d else "-",
-            ago(d.get("last_success"), now) if "last_success" in d else "-",
-            ago(d.get("next_run"), now) if d.get("next_run") else "-",
-        ))
+        rows.append(
+            (
+                d["name"],
+                d["kind"],
+                _status(d),
+                _entries(d),
+                ago(d.get("last_attempt"), now) if "last_attempt" in d else "-",
+                ago(d.get("last_success"), now) if "last_success" in d else "-",
+                ago(d.get("next_run"), now) if d.get("next_run") else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -153,15 +163,19 @@ def main(args: argparse.Namespace) -> int:
     for d in docs:
         lines = []
         if d.get("hold"):
-            lines.append(f"held by a rollback since {_iso(d['hold']['since'])} "
-                         f"({d['hold']['reason']}): its rolled-back body is refused until the feed "
-                         f"publishes another; `jectguard rollback --release {d['name']}` ends it")
+            lines.append(
+                f"held by a rollback since {_iso(d['hold']['since'])} "
+                f"({d['hold']['reason']}): its rolled-back body is refused until the feed "
+                f"publishes another; `jectguard rollback --release {d['name']}` ends it"
+            )
         if d.get("held_back"):
             lines.append(f"held back: {d['held_back']}")
         if d.get("last_error"):
             lines.append(f"last error: {d['last_error']}")
         if d.get("etag") or d.get("last_modified"):
-            lines.append(f"ETag {d.get('etag') or '-'}  Last-Modified {d.get('last_modified') or '-'}")
+            lines.append(
+                f"ETag {d.get('etag') or '-'}  Last-Modified {d.get('last_modified') or '-'}"
+            )
         if d.get("source"):
             lines.append(f"from {d['source']}")
         if lines:
@@ -171,11 +185,16 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(details))
     print()
     if record:
-        rolled = (f" (rolled back from {record['rolled_back_from']})"
-                  if record.get("rolled_back_from") else "")
+        rolled = (
+            f" (rolled back from {record['rolled_back_from']})"
+            if record.get("rolled_back_from")
+            else ""
+        )
         rules = record["rules"] if record.get("rules") is not None else "?"
-        print(f"snapshot in force: {record['snapshot']}{rolled}, "
-              f"{rules} block rules, published {_iso(record.get('published_at'))}")
+        print(
+            f"snapshot in force: {record['snapshot']}{rolled}, "
+            f"{rules} block rules, published {_iso(record.get('published_at'))}"
+        )
         if record.get("repaired"):
             print(f"repaired: {record['repaired']}")
         print(f"kept for rollback: {status['rollback_targets']}   cache: {cache}")

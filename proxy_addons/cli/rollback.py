@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from proxy_addons.lists.store import SnapshotStore
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=int, default=1, metavar="N", help="go back N snapshots (default 1)"

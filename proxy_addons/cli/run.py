@@ -39,59 +39,142 @@ def default_confdir() -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen-host", default="127.0.0.1", metavar="HOST",
-                   help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--listen-port", type=int, default=8080, metavar="PORT",
-                   help="port to listen on (default 8080)")
-    p.add_argument("--confdir", default=None, metavar="DIR",
-                   help="mitmproxy's directory for its CA and config.yaml "
-                        "(default: a per-user jectguard directory)")
-    p.add_argument("--no-intercept", action="store_true",
-                   help="do not decrypt TLS: block HTTPS at the CONNECT/SNI level only, "
-                        "pass allowed TLS through untouched (no CA to install)")
-    p.add_argument("--mode", choices=("enforce", "monitor"), default="enforce",
-                   help="enforce: block matches (default); monitor: only log them")
-    p.add_argument("--admin-contact", default="", metavar="CONTACT",
-                   help="email or URL shown on block pages for questions and false positives")
-    p.add_argument("--allow-clients", action="append", default=[], metavar="CIDR",
-                   help="only these client networks may use the proxy (repeatable); "
-                        "required with a non-loopback --listen-host unless proxyauth is set")
-    p.add_argument("--trusted-proxies", action="append", default=[], metavar="CIDR",
-                   help="load balancers that send a PROXY protocol header naming the real "
-                        "client (repeatable); connections from them must send one")
-    p.add_argument("--allow-destination", action="append", default=[], metavar="CIDR",
-                   help="let clients reach this network although it is loopback, unspecified, "
-                        "link-local, cloud metadata or this host's own (repeatable)")
-    p.add_argument("--connect-ports", action="append", default=[], metavar="SPEC",
-                   help="ports CONNECT may tunnel to, e.g. 443,8443 or 1-65535 "
-                        "(repeatable; default 443)")
-    p.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
-                   help="address of the admin API and dashboard (default 127.0.0.1)")
-    p.add_argument("--admin-port", type=int, default=8090, metavar="PORT",
-                   help="port of the admin API and dashboard (default 8090; 0 turns it off)")
-    p.add_argument("--admin-token-file", default="", metavar="FILE",
-                   help="file holding the admin bearer token (default: $JECTGUARD_ADMIN_TOKEN, "
-                        "else one generated on first start in the data directory)")
-    p.add_argument("--events-file", default="-", metavar="FILE",
-                   help="JSON event stream (one line per block, strip, refresh problem): "
-                        "a file to append to, '-' for stdout (default), '' for none")
-    p.add_argument("--events-drop-query", action="store_true",
-                   help="leave query strings out of logged URLs (privacy)")
-    p.add_argument("--refresh-role", choices=("refresh", "watch", "off"), default=None,
-                   help="refresh: fetch feeds and publish snapshots (default with configured "
-                        "sources); watch: follow snapshots another process publishes "
-                        "(scale-out replicas); off: keep the lists as started (default with "
-                        "--blocklist/--allowlist files)")
-    p.add_argument("--dns-port", type=int, default=None, metavar="PORT",
-                   help="also answer DNS (UDP and TCP) on this port of --listen-host, from the "
-                        "same lists (off by default; 53 for a home network)")
-    p.add_argument("--dns-only", action="store_true",
-                   help="serve only DNS (needs --dns-port), no HTTP proxy")
-    p.add_argument("--workers", default="1", metavar="N",
-                   help="proxy processes sharing the port (SO_REUSEPORT), one per core with "
-                        "'auto'; one refreshes and serves the admin API (default 1)")
-    p.add_argument("--set", action="append", default=[], dest="setoptions",
-                   metavar="NAME=VALUE", help="set a mitmproxy or jg_ option (repeatable)")
+    p.add_argument(
+        "--listen-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--listen-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="port to listen on (default 8080)",
+    )
+    p.add_argument(
+        "--confdir",
+        default=None,
+        metavar="DIR",
+        help="mitmproxy's directory for its CA and config.yaml "
+        "(default: a per-user jectguard directory)",
+    )
+    p.add_argument(
+        "--no-intercept",
+        action="store_true",
+        help="do not decrypt TLS: block HTTPS at the CONNECT/SNI level only, "
+        "pass allowed TLS through untouched (no CA to install)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("enforce", "monitor"),
+        default="enforce",
+        help="enforce: block matches (default); monitor: only log them",
+    )
+    p.add_argument(
+        "--admin-contact",
+        default="",
+        metavar="CONTACT",
+        help="email or URL shown on block pages for questions and false positives",
+    )
+    p.add_argument(
+        "--allow-clients",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only these client networks may use the proxy (repeatable); "
+        "required with a non-loopback --listen-host unless proxyauth is set",
+    )
+    p.add_argument(
+        "--trusted-proxies",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="load balancers that send a PROXY protocol header naming the real "
+        "client (repeatable); connections from them must send one",
+    )
+    p.add_argument(
+        "--allow-destination",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let clients reach this network although it is loopback, unspecified, "
+        "link-local, cloud metadata or this host's own (repeatable)",
+    )
+    p.add_argument(
+        "--connect-ports",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="ports CONNECT may tunnel to, e.g. 443,8443 or 1-65535 (repeatable; default 443)",
+    )
+    p.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of the admin API and dashboard (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=8090,
+        metavar="PORT",
+        help="port of the admin API and dashboard (default 8090; 0 turns it off)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        default="",
+        metavar="FILE",
+        help="file holding the admin bearer token (default: $JECTGUARD_ADMIN_TOKEN, "
+        "else one generated on first start in the data directory)",
+    )
+    p.add_argument(
+        "--events-file",
+        default="-",
+        metavar="FILE",
+        help="JSON event stream (one line per block, strip, refresh problem): "
+        "a file to append to, '-' for stdout (default), '' for none",
+    )
+    p.add_argument(
+        "--events-drop-query",
+        action="store_true",
+        help="leave query strings out of logged URLs (privacy)",
+    )
+    p.add_argument(
+        "--refresh-role",
+        choices=("refresh", "watch", "off"),
+        default=None,
+        help="refresh: fetch feeds and publish snapshots (default with configured "
+        "sources); watch: follow snapshots another process publishes "
+        "(scale-out replicas); off: keep the lists as started (default with "
+        "--blocklist/--allowlist files)",
+    )
+    p.add_argument(
+        "--dns-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also answer DNS (UDP and TCP) on this port of --listen-host, from the "
+        "same lists (off by default; 53 for a home network)",
+    )
+    p.add_argument(
+        "--dns-only", action="store_true", help="serve only DNS (needs --dns-port), no HTTP proxy"
+    )
+    p.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="proxy processes sharing the port (SO_REUSEPORT), one per core with "
+        "'auto'; one refreshes and serves the admin API (default 1)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="setoptions",
+        metavar="NAME=VALUE",
+        help="set a mitmproxy or jg_ option (repeatable)",
+    )
 
 
 # Modes where mitmproxy's proxyauth asks every client for credentials before it relays
@@ -145,9 +228,7 @@ def _bind_addresses(host: str, port: int) -> tuple[str, ...]:
     except ValueError:
         pass
     try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError):
         return ()
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -190,7 +271,8 @@ def exposure_problem(
     if allow_clients:
         return None
     open_ = [
-        lst for lst in listeners
+        lst
+        for lst in listeners
         if not lst.loopback_only and not (proxyauth and lst.mode in PROXYAUTH_MODES)
     ]
     if not open_:
@@ -201,7 +283,8 @@ def exposure_problem(
     login = (
         "Require a login with --set proxyauth=USER:PASS (or another mitmproxy proxyauth "
         "method; HTTP and SOCKS5 modes only), or name"
-        if any(lst.mode in PROXYAUTH_MODES for lst in open_) else "Name"
+        if any(lst.mode in PROXYAUTH_MODES for lst in open_)
+        else "Name"
     )
     return (
         f"refusing to listen on {where}{hint}: anyone who can reach that port could use "
@@ -248,8 +331,10 @@ def _fail(message: str) -> int:
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.listen_port < 65536:
         return _fail(f"--listen-port must be between 1 and 65535, got {args.listen_port}")
-    for flag, specs in (("--allow-clients", args.allow_clients),
-                        ("--trusted-proxies", args.trusted_proxies)):
+    for flag, specs in (
+        ("--allow-clients", args.allow_clients),
+        ("--trusted-proxies", args.trusted_proxies),
+    ):
         for spec in specs:
             try:
                 ipaddress.ip_network(spec, strict=False)
@@ -305,7 +390,9 @@ def _startup_message(
         if exposed:
             lines.append(f"  reachable from the network: {', '.join(exposed)}")
     else:
-        lines = [f"jectguard: no proxy listener (server=false); refresh role {opts.jg_refresh_role}"]
+        lines = [
+            f"jectguard: no proxy listener (server=false); refresh role {opts.jg_refresh_role}"
+        ]
     if opts.jg_intercept:
         lines += [
             "  TLS interception ON: HTTPS URLs are checked in full and blocked pages explained.",

@@ -23,21 +23,50 @@ from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", nargs="?", default="-", metavar="FILE",
-                   help="the HTML document ('-' or none: read stdin)")
-    p.add_argument("--url", required=True, metavar="PAGE_URL",
-                   help="the URL the document was served from (relative URLs resolve against it)")
-    p.add_argument("--content-type", default="text/html", metavar="TYPE",
-                   help="the response's Content-Type, charset included (default text/html: "
-                        "the charset then comes from a BOM, a <meta>, or the bytes)")
-    p.add_argument("--after-html", choices=AFTER_HTML_POLICIES, default="log",
-                   help="active content after </html>: off, log (report, keep; default), strip")
-    p.add_argument("--signatures", default=str(DEFAULT_SIGNATURES), metavar="FILE",
-                   help="injection signatures file ('' for none; default: the shipped set)")
-    p.add_argument("--no-comment", action="store_true",
-                   help="remove elements without leaving an HTML comment in their place")
-    p.add_argument("--max-bytes", type=int, default=MAX_SCAN_BYTES, metavar="N",
-                   help=f"largest document accepted (default {MAX_SCAN_BYTES})")
+    p.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="the HTML document ('-' or none: read stdin)",
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        metavar="PAGE_URL",
+        help="the URL the document was served from (relative URLs resolve against it)",
+    )
+    p.add_argument(
+        "--content-type",
+        default="text/html",
+        metavar="TYPE",
+        help="the response's Content-Type, charset included (default text/html: "
+        "the charset then comes from a BOM, a <meta>, or the bytes)",
+    )
+    p.add_argument(
+        "--after-html",
+        choices=AFTER_HTML_POLICIES,
+        default="log",
+        help="active content after </html>: off, log (report, keep; default), strip",
+    )
+    p.add_argument(
+        "--signatures",
+        default=str(DEFAULT_SIGNATURES),
+        metavar="FILE",
+        help="injection signatures file ('' for none; default: the shipped set)",
+    )
+    p.add_argument(
+        "--no-comment",
+        action="store_true",
+        help="remove elements without leaving an HTML comment in their place",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=MAX_SCAN_BYTES,
+        metavar="N",
+        help=f"largest document accepted (default {MAX_SCAN_BYTES})",
+    )
 
 
 def _fail(message: str) -> int:
@@ -84,8 +113,12 @@ def main(args: argparse.Namespace, stdout: BinaryIO | None = None) -> int:
         engine.close()
     for f in findings:
         record = {
-            "element": f.element, "url": f.url, "reason": f.reason, "rule": f.rule,
-            "list": f.list, "removed": f.removed,
+            "element": f.element,
+            "url": f.url,
+            "reason": f.reason,
+            "rule": f.rule,
+            "list": f.list,
+            "removed": f.removed,
         }
         print(json.dumps(record, ensure_ascii=False), file=sys.stderr)
     out = stdout or sys.stdout.buffer

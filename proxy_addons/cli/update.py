@@ -37,14 +37,18 @@ FETCH_LABELS: dict[str, str] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="accept lists the size guard holds back (a feed that suddenly lost more than half "
-             "its distinct entries, became empty, or grew to more than 4 times its usual size) "
-             "and fetch even within a source's min_interval; the other checks still apply, and "
-             "a server's Retry-After is always honoured",
+        "its distinct entries, became empty, or grew to more than 4 times its usual size) "
+        "and fetch even within a source's min_interval; the other checks still apply, and "
+        "a server's Retry-After is always honoured",
     )
     p.add_argument(
-        "--source", action="append", default=[], metavar="NAME",
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="refresh only this source (repeatable; default: every enabled URL source)",
     )
 
@@ -111,8 +115,11 @@ def main(args: argparse.Namespace) -> int:
     from proxy_addons.refresh.refresher import Refresher
 
     if args.blocklist or args.allowlist:
-        print("jectguard update: works on the sources file (--sources), not on "
-              "--blocklist/--allowlist files", file=sys.stderr)
+        print(
+            "jectguard update: works on the sources file (--sources), not on "
+            "--blocklist/--allowlist files",
+            file=sys.stderr,
+        )
         return Exit.INPUT
     cfg = load_sources(args.sources)
     cache = cache_dir_from(args.cache_dir)
@@ -120,11 +127,16 @@ def main(args: argparse.Namespace) -> int:
     names = [s.name for s in refresher.url_specs]
     unknown = [n for n in args.source if n not in names]
     if unknown:
-        print(f"jectguard update: no enabled URL source named {', '.join(unknown)} "
-              f"(known: {', '.join(names) or 'none'})", file=sys.stderr)
+        print(
+            f"jectguard update: no enabled URL source named {', '.join(unknown)} "
+            f"(known: {', '.join(names) or 'none'})",
+            file=sys.stderr,
+        )
         return Exit.INPUT
     chosen = args.source or names
-    tidy_feed_dir(cache)  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
+    tidy_feed_dir(
+        cache
+    )  # temp bodies of killed runs (never a live fetch's: it holds a lock), modes
     view = ProgressView(chosen, sys.stdout, sys.stdout.isatty())
     try:
         report = asyncio.run(
@@ -146,9 +158,11 @@ def main(args: argparse.Namespace) -> int:
     if report.repaired:
         print(f"\nrepaired: {report.repaired}")
     if report.snapshot:
-        print(f"\nsnapshot {Path(report.snapshot).name}: {report.rules} block rules"
-              + (f", {report.refused} refused by the poison guard" if report.refused else "")
-              + (f", compiled in {report.compile_seconds:.1f}s" if report.compile_seconds else ""))
+        print(
+            f"\nsnapshot {Path(report.snapshot).name}: {report.rules} block rules"
+            + (f", {report.refused} refused by the poison guard" if report.refused else "")
+            + (f", compiled in {report.compile_seconds:.1f}s" if report.compile_seconds else "")
+        )
         print("running proxies (refresh or watch role) switch to it within seconds")
     elif report.not_published:
         print(f"\n{report.not_published}")

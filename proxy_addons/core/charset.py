@@ -117,8 +117,6 @@ def bom_charset(body: bytes) -> Charset | None:
     return None
 
 
-
-
 def content_type_charset(content_type: str | None) -> str | None:
     """The codec named by a Content-Type ``charset`` parameter, if any and known.
 

@@ -94,8 +94,10 @@ class PoisonGuard:
             if any(net.overlaps(n) for n in _NEVER_NETS if n.version == net.version):
                 return "covers loopback or unspecified addresses"
             local_floor = MIN_PREFIX_LOCAL_V4 if net.version == 4 else MIN_PREFIX_LOCAL_V6
-            if not allow and net.prefixlen < local_floor and any(
-                net.overlaps(n) for n in _LOCAL_NETS if n.version == net.version
+            if (
+                not allow
+                and net.prefixlen < local_floor
+                and any(net.overlaps(n) for n in _LOCAL_NETS if n.version == net.version)
             ):
                 return f"private or reserved network wider than /{local_floor}"
             return None

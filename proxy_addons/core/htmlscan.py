@@ -2470,5 +2470,3 @@ class Scanner:
     @staticmethod
     def _encode(doc: _Doc, text: str) -> bytes:
         return text.encode(doc.encoding if doc.utf16 else "ascii", "replace")
-
-

@@ -153,4 +153,3 @@ def specs_from_files(
                 spec = replace(spec, name=f"{spec.name}#{n + 1}")
             specs.append(spec)
     return specs
-

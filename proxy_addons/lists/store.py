@@ -836,7 +836,8 @@ def startup_engine(specs: Sequence[ListSpec], cache_dir: Path) -> tuple[Engine, 
         log.warning(
             "jectguard: the current snapshot does not load (%s); starting on the previous "
             "verified one, %s, until it does",
-            exc, pointer["snapshot"],
+            exc,
+            pointer["snapshot"],
         )
     report = LoadReport()
     try:

@@ -272,8 +272,15 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
             else:
                 with writing("keep the new body", body.parent):
                     commit_body(cache, name, tmp)
-            history = (baseline.after(v.distinct) if baseline else SizeBaseline.of([v.distinct])).history
-            accepted[name] = (v.parsed, digest, v.distinct, prev.history if same and prev else history)
+            history = (
+                baseline.after(v.distinct) if baseline else SizeBaseline.of([v.distinct])
+            ).history
+            accepted[name] = (
+                v.parsed,
+                digest,
+                v.distinct,
+                prev.history if same and prev else history,
+            )
             if hold is not None:
                 holds.pop(name)
                 released.append(name)
@@ -361,9 +368,7 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
         problem = store.verify_current()
         if problem is None:
             # Identical content: publish nothing (no history churn); keep the record current.
-            record = replace(
-                in_force.with_holds(holds.values()), inputs=list_inputs(specs, cache)
-            )
+            record = replace(in_force.with_holds(holds.values()), inputs=list_inputs(specs, cache))
             if record != in_force:
                 store.rewrite_record(record)
             return
@@ -589,7 +594,9 @@ class Follower:
         if self._pending is not None:
             log.warning(
                 "jectguard: snapshot %s loaded after %d failed tries (%.0f s behind the pointer)",
-                self._pending, self._attempts, now - self._pending_since,
+                self._pending,
+                self._attempts,
+                now - self._pending_since,
             )
         self._pending = None
         self._attempts = 0
@@ -622,7 +629,10 @@ class Follower:
         log.warning(
             "jectguard: not switching to snapshot %s (try %d, next in %.0f s), "
             "serving the verified one in force: %s",
-            target, self._attempts, delay, error,
+            target,
+            self._attempts,
+            delay,
+            error,
         )
 
     def _serving(self) -> str | None:
@@ -672,7 +682,9 @@ class Follower:
                 return
             if repaired:
                 self._faults[SnapshotFault.REPAIRED] += 1
-                self._event(SnapshotFault.REPAIRED, origin.path.name, "rewritten from the verified copy")
+                self._event(
+                    SnapshotFault.REPAIRED, origin.path.name, "rewritten from the verified copy"
+                )
                 log.warning("jectguard: rewrote %s from its verified copy", origin.path)
                 self._identity = None  # read it again next poll
 
@@ -1067,14 +1079,20 @@ class Refresher:
             out = SourceOutcome(spec.name, Outcome.UNCHANGED, "304 Not Modified", st.entries_total)
             ok = True
         elif res.status == Fetch.FAILED or v is None or v.error:
-            st.last_error = res.error or (v.error if v is not None else None) or (
-                "validation did not run (rebuild worker failed)"
+            st.last_error = (
+                res.error
+                or (v.error if v is not None else None)
+                or ("validation did not run (rebuild worker failed)")
             )
             st.failures += 1
             if res.retry_after is not None:
                 st.not_before = now + res.retry_after
             out = SourceOutcome(spec.name, Outcome.FAILED, st.last_error, st.entries_total)
-            log.warning("jectguard: feed %s failed, serving its last good data: %s", spec.name, st.last_error)
+            log.warning(
+                "jectguard: feed %s failed, serving its last good data: %s",
+                spec.name,
+                st.last_error,
+            )
         elif v.accepted:
             st.last_success = now
             st.etag, st.last_modified, st.bytes = res.etag, res.last_modified, res.bytes
@@ -1087,13 +1105,17 @@ class Refresher:
                 out = SourceOutcome(spec.name, Outcome.UNCHANGED, detail, st.entries_total)
             else:
                 st.last_change = now
-                detail = f"{st.entries_total} entries" + (" (size guard overridden)" if v.forced else "")
+                detail = f"{st.entries_total} entries" + (
+                    " (size guard overridden)" if v.forced else ""
+                )
                 out = SourceOutcome(spec.name, Outcome.UPDATED, detail, st.entries_total)
             ok = True
         else:
             st.held_back, st.last_error = v.reason, None
             out = SourceOutcome(spec.name, Outcome.HELD_BACK, v.reason, st.entries_total)
-            log.warning("jectguard: feed %s held back, keeping its last good data: %s", spec.name, v.reason)
+            log.warning(
+                "jectguard: feed %s held back, keeping its last good data: %s", spec.name, v.reason
+            )
         if res.retry_after is None and ok:
             st.not_before = None
         st.permanent_error = res.status == Fetch.FAILED and res.permanent
@@ -1138,7 +1160,9 @@ class Refresher:
                 # This process serves a verified copy of it: the follower writes that back
                 # (no recompile). Republish only what nobody here can restore.
                 return False
-            log.warning("jectguard: the snapshot in force cannot be served (%s); rebuilding", problem)
+            log.warning(
+                "jectguard: the snapshot in force cannot be served (%s); rebuilding", problem
+            )
             return True
         inputs = pointer.get("inputs", {})
         return bool(inputs != list_inputs(self.specs, self.cache_dir))
@@ -1240,9 +1264,7 @@ class Refresher:
         _merge_workers(report, [worker])
         if report.not_published or report.repaired:
             self.last_report = report  # what status shows of the last refresh
-        if self.on_report and (
-            worker.not_published or worker.load_errors or worker.repaired
-        ):
+        if self.on_report and (worker.not_published or worker.load_errors or worker.repaired):
             self.on_report(report)
 
 

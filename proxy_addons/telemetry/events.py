@@ -252,7 +252,9 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------
 
-    def recent(self, limit: int = 100, kinds: Iterable[str] | None = None) -> list[dict[str, object]]:
+    def recent(
+        self, limit: int = 100, kinds: Iterable[str] | None = None
+    ) -> list[dict[str, object]]:
         """The most recent events, newest first."""
         wanted = frozenset(kinds) if kinds is not None else None
         out: list[dict[str, object]] = []

@@ -334,8 +334,12 @@ async def test_a_grant_for_the_name_never_unlocks_its_listed_address(
     ],
 )
 async def test_a_refused_connection_becomes_one_event_with_its_flow(
-    blocking: Blocking, dns: FakeDNS, answer: tuple[str, ...], stage: str,
-    list_name: str | None, reason: str | None,
+    blocking: Blocking,
+    dns: FakeDNS,
+    answer: tuple[str, ...],
+    stage: str,
+    list_name: str | None,
+    reason: str | None,
 ) -> None:
     # Blocking, addresses and observe together: the refusal reaches the event stream
     # with the flow's client, method and URL. A policy refusal (a name resolving inward)

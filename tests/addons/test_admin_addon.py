@@ -39,12 +39,16 @@ def _rules(*keys: tuple[RuleKind, str]) -> ParsedList:
 
 
 def make_engine() -> Engine:
-    engine, _, _ = Engine.from_lists([
-        (ListSpec(name="malware", category="malware"), _rules((RuleKind.DOMAIN, "evil.test"))),
-        (ListSpec(name="watch", category="phishing", mode=Mode.MONITOR),
-         _rules((RuleKind.DOMAIN, "watch.test"))),
-        (ListSpec(name="allow", allow=True), _rules((RuleKind.EXACT, "ok.evil.test"))),
-    ])
+    engine, _, _ = Engine.from_lists(
+        [
+            (ListSpec(name="malware", category="malware"), _rules((RuleKind.DOMAIN, "evil.test"))),
+            (
+                ListSpec(name="watch", category="phishing", mode=Mode.MONITOR),
+                _rules((RuleKind.DOMAIN, "watch.test")),
+            ),
+            (ListSpec(name="allow", allow=True), _rules((RuleKind.EXACT, "ok.evil.test"))),
+        ]
+    )
     return engine
 
 
@@ -84,8 +88,13 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def admin(holder: EngineHolder, events: EventLog, metrics: Metrics, tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> AdminServer:
+def admin(
+    holder: EngineHolder,
+    events: EventLog,
+    metrics: Metrics,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AdminServer:
     monkeypatch.delenv("JECTGUARD_ADMIN_TOKEN", raising=False)
     return AdminServer(holder, events, metrics, data_dir=tmp_path / "data")
 
@@ -103,8 +112,13 @@ async def test_loads_next_to_mitmproxy_default_addons(
         names = [a.name for a in ours]  # type: ignore[attr-defined]
         assert "jectguard_admin" in names
         assert names.index("jectguard_observe") > names.index("jectguard_block")
-        for opt in ("jg_admin_host", "jg_admin_port", "jg_admin_token_file",
-                    "jg_events_file", "jg_events_drop_query"):
+        for opt in (
+            "jg_admin_host",
+            "jg_admin_port",
+            "jg_admin_token_file",
+            "jg_events_file",
+            "jg_events_drop_query",
+        ):
             assert opt in tctx.options
 
 
@@ -124,7 +138,9 @@ async def test_admin_options_validated(admin: AdminServer) -> None:
         assert admin.host == "::1" and admin.port == 0
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "localhost", "admin.corp.test", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "::1", "[::1]", "localhost", "admin.corp.test", "0.0.0.0"]
+)
 def test_parse_admin_host_accepts(host: str) -> None:
     assert parse_admin_host(host)
 
@@ -177,7 +193,9 @@ async def test_running_without_any_option_change_still_starts(
             await admin.done()
 
 
-async def test_non_loopback_admin_host_warns(admin: AdminServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_non_loopback_admin_host_warns(
+    admin: AdminServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING)
     with taddons.context(admin) as tctx:
         tctx.configure(admin, jg_admin_host="0.0.0.0")
@@ -189,7 +207,9 @@ async def test_non_loopback_admin_host_warns(admin: AdminServer, caplog: pytest.
 # -- server lifetime ---------------------------------------------------------------
 
 
-async def test_server_starts_in_running_and_stops_in_done(admin: AdminServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_server_starts_in_running_and_stops_in_done(
+    admin: AdminServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     port = free_port()
     with taddons.context(admin) as tctx:
@@ -217,7 +237,9 @@ async def test_server_starts_in_running_and_stops_in_done(admin: AdminServer, ca
         await admin.done()  # twice is harmless
 
 
-async def test_busy_port_logs_an_error(admin: AdminServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_busy_port_logs_an_error(
+    admin: AdminServer, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
@@ -226,8 +248,9 @@ async def test_busy_port_logs_an_error(admin: AdminServer, caplog: pytest.LogCap
             tctx.configure(admin, jg_admin_port=port)
             await asyncio.wait_for(admin.running(), 10)
             assert admin.runner is None
-            assert any(r.levelno == logging.ERROR and "admin API" in r.getMessage()
-                       for r in caplog.records)
+            assert any(
+                r.levelno == logging.ERROR and "admin API" in r.getMessage() for r in caplog.records
+            )
             await admin.done()
 
 
@@ -254,8 +277,10 @@ async def test_blocked_flow_becomes_an_event_line_and_a_metric(
     path = tmp_path / "events.jsonl"
     with taddons.context(blocking, observe) as tctx:
         tctx.configure(observe, jg_events_file=str(path))
-        f = req("http://evil.test/path?q=1", {"Authorization": f"Bearer {SECRET}",
-                                               "Cookie": f"sid={SECRET}"})
+        f = req(
+            "http://evil.test/path?q=1",
+            {"Authorization": f"Bearer {SECRET}", "Cookie": f"sid={SECRET}"},
+        )
         blocking.requestheaders(f)
         observe.requestheaders(f)
         # later hooks of the same flow do not repeat the event
@@ -270,13 +295,18 @@ async def test_blocked_flow_becomes_an_event_line_and_a_metric(
         assert ev["request_id"] == f.metadata[METADATA_KEY]["request_id"]
         assert ev["time"].endswith("Z")
         assert SECRET not in path.read_text()
-        assert metric(metrics, "jectguard_requests_blocked_total", list="malware", category="malware") == 1
+        assert (
+            metric(metrics, "jectguard_requests_blocked_total", list="malware", category="malware")
+            == 1
+        )
         assert metric(metrics, "jectguard_requests_checked_total", verdict="block") == 1
         assert events.recent(1)[0]["request_id"] == ev["request_id"]
         observe.done()
 
 
-async def test_drop_query_option(pair: tuple[Blocking, Observe], events: EventLog, tmp_path: Path) -> None:
+async def test_drop_query_option(
+    pair: tuple[Blocking, Observe], events: EventLog, tmp_path: Path
+) -> None:
     blocking, observe = pair
     with taddons.context(blocking, observe) as tctx:
         tctx.configure(observe, jg_events_file="", jg_events_drop_query=True)
@@ -288,7 +318,10 @@ async def test_drop_query_option(pair: tuple[Blocking, Observe], events: EventLo
 
 async def test_events_file_option_validated(pair: tuple[Blocking, Observe]) -> None:
     _, observe = pair
-    with taddons.context(observe) as tctx, pytest.raises(exceptions.OptionsError, match="jg_events_file"):
+    with (
+        taddons.context(observe) as tctx,
+        pytest.raises(exceptions.OptionsError, match="jg_events_file"),
+    ):
         tctx.configure(observe, jg_events_file="/nonexistent-jg-dir/events.jsonl")
 
 
@@ -296,13 +329,22 @@ async def test_events_file_option_validated(pair: tuple[Blocking, Observe]) -> N
     ("url", "kind", "metric_name", "labels"),
     [
         ("http://watch.test/", "monitor", "jectguard_monitor_hits_total", {"list": "watch"}),
-        ("http://ok.evil.test/", "allow-override", "jectguard_allow_overrides_total",
-         {"list": "malware", "reason": "allowlist"}),
+        (
+            "http://ok.evil.test/",
+            "allow-override",
+            "jectguard_allow_overrides_total",
+            {"list": "malware", "reason": "allowlist"},
+        ),
     ],
 )
 async def test_monitor_and_allow_override(
-    pair: tuple[Blocking, Observe], events: EventLog, metrics: Metrics,
-    url: str, kind: str, metric_name: str, labels: dict[str, str],
+    pair: tuple[Blocking, Observe],
+    events: EventLog,
+    metrics: Metrics,
+    url: str,
+    kind: str,
+    metric_name: str,
+    labels: dict[str, str],
 ) -> None:
     blocking, observe = pair
     with taddons.context(blocking, observe) as tctx:
@@ -316,7 +358,9 @@ async def test_monitor_and_allow_override(
         assert metric(metrics, metric_name, **labels) == 1
 
 
-async def test_pass_is_counted_not_logged(pair: tuple[Blocking, Observe], events: EventLog, metrics: Metrics) -> None:
+async def test_pass_is_counted_not_logged(
+    pair: tuple[Blocking, Observe], events: EventLog, metrics: Metrics
+) -> None:
     blocking, observe = pair
     with taddons.context(blocking, observe) as tctx:
         tctx.configure(observe, jg_events_file="")
@@ -365,7 +409,10 @@ async def test_blocked_visit_through_a_local_tunnel_is_one_event(
         (ev,) = events.recent()
         assert ev["stage"] == "request" and ev["url"] == "https://evil.test/page"
         assert ev["request_id"] == f.metadata["jectguard"]["request_id"]
-        assert metric(metrics, "jectguard_requests_blocked_total", list="malware", category="malware") == 1
+        assert (
+            metric(metrics, "jectguard_requests_blocked_total", list="malware", category="malware")
+            == 1
+        )
 
 
 async def test_an_error_text_alone_is_not_an_event(
@@ -394,19 +441,36 @@ async def test_strip_record_becomes_events_and_metrics(
     with taddons.context(observe) as tctx:
         tctx.configure(observe, jg_events_file="")
         f = tflow.tflow(resp=True)
-        f.metadata[STRIP_KEY] = {"findings": [
-            {"element": "script", "url": "http://evil.test/x.js", "reason": "blocked-src",
-             "rule": "evil.test", "list": "malware", "removed": True},
-            {"element": "iframe", "url": "http://watch.test/", "reason": "blocked-src",
-             "rule": "watch.test", "list": "watch", "removed": False},
-        ]}
+        f.metadata[STRIP_KEY] = {
+            "findings": [
+                {
+                    "element": "script",
+                    "url": "http://evil.test/x.js",
+                    "reason": "blocked-src",
+                    "rule": "evil.test",
+                    "list": "malware",
+                    "removed": True,
+                },
+                {
+                    "element": "iframe",
+                    "url": "http://watch.test/",
+                    "reason": "blocked-src",
+                    "rule": "watch.test",
+                    "list": "watch",
+                    "removed": False,
+                },
+            ]
+        }
         observe.response(f)
         observe.response(f)
         evs = events.recent()
         assert [e["event"] for e in evs] == ["strip", "strip"]
         assert evs[1]["element"] == "script" and evs[1]["element_url"] == "http://evil.test/x.js"
         assert evs[1]["category"] == "malware" and evs[1]["removed"] is True
-        assert metric(metrics, "jectguard_elements_stripped_total", list="malware", category="malware") == 1
+        assert (
+            metric(metrics, "jectguard_elements_stripped_total", list="malware", category="malware")
+            == 1
+        )
         assert metric(metrics, "jectguard_elements_stripped_total", list="watch") == 0
 
 
@@ -429,7 +493,10 @@ async def test_verdict_time_measured_by_the_blocking_addon(
 
 
 async def test_token_stored_in_jg_cache_dir_when_that_option_exists(
-    holder: EngineHolder, events: EventLog, metrics: Metrics, tmp_path: Path,
+    holder: EngineHolder,
+    events: EventLog,
+    metrics: Metrics,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from proxy_addons.addons.refresh import Refresh

@@ -93,7 +93,9 @@ async def test_loads_next_to_mitmproxy_default_addons() -> None:
     with taddons.context(loadcore=False) as tctx:
         tctx.master.addons.add(*mitm_addons.default_addons())
         ours = make_addons(EngineHolder(make_engine()))
-        tctx.master.addons.add(Jectguard(ours))  # as `jectguard run` does; raises on a duplicate name
+        tctx.master.addons.add(
+            Jectguard(ours)
+        )  # as `jectguard run` does; raises on a duplicate name
         names = [a.name for a in ours]  # type: ignore[attr-defined]
         assert names[:2] == ["jectguard_clients", "jectguard_block"]  # clients checked first
         assert tctx.master.addons.get("jectguard_block") is ours[1]  # children are found by name
@@ -146,7 +148,9 @@ BODY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "headers", "ctype", "snippet"), BODY_CASES, ids=[c[0] for c in BODY_CASES])
+@pytest.mark.parametrize(
+    ("name", "headers", "ctype", "snippet"), BODY_CASES, ids=[c[0] for c in BODY_CASES]
+)
 async def test_blocked_request_body_kinds(
     addon: Blocking, name: str, headers: dict[str, str], ctype: str, snippet: bytes
 ) -> None:
@@ -351,8 +355,20 @@ async def test_redirect_to_allowed_url_kept(addon: Blocking) -> None:
 
 
 def connect_flow(host: str, port: int = 443, mode: str = "regular") -> http.HTTPFlow:
-    r = http.Request(host, port, b"CONNECT", b"", f"{host}:{port}".encode(), b"", b"HTTP/1.1",
-                     http.Headers(), b"", None, 0, 0)
+    r = http.Request(
+        host,
+        port,
+        b"CONNECT",
+        b"",
+        f"{host}:{port}".encode(),
+        b"",
+        b"HTTP/1.1",
+        http.Headers(),
+        b"",
+        None,
+        0,
+        0,
+    )
     f = tflow.tflow(req=r)
     f.client_conn.proxy_mode = ProxyMode.parse(mode)
     return f
@@ -462,14 +478,17 @@ SUBMIT = {**CLICK, "Sec-Fetch-Site": "same-origin", "Origin": f"http://{PROCEED_
 def _confirmation_page(addon: Blocking, block: http.HTTPFlow) -> http.HTTPFlow:
     """The person follows the block page's link: a page on the proxy's own origin."""
     link = _form_fields(block.response.content)  # type: ignore[union-attr]
-    page = req(PROCEED + "?" + urllib.parse.urlencode(link), {**CLICK, "Sec-Fetch-Site": "cross-site"})
+    page = req(
+        PROCEED + "?" + urllib.parse.urlencode(link), {**CLICK, "Sec-Fetch-Site": "cross-site"}
+    )
     page.client_conn = block.client_conn
     addon.requestheaders(page)
     return page
 
 
-def _post(addon: Blocking, client: connection.Client, fields: dict[str, str],
-          headers: dict[str, str]) -> http.HTTPFlow:
+def _post(
+    addon: Blocking, client: connection.Client, fields: dict[str, str], headers: dict[str, str]
+) -> http.HTTPFlow:
     f = req(PROCEED, headers, method="POST")
     f.client_conn = client
     f.request.urlencoded_form = fields  # type: ignore[assignment]
@@ -520,12 +539,28 @@ async def test_proceed_anyway_round_trip(addon: Blocking) -> None:
 
 # What a script on the compromised page can send toward the proceed origin.
 FORGED_SUBMITS = [
-    ("fetch", {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "cross-site",
-               "Origin": "http://evil.test"}),
-    ("no-cors-fetch", {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty",
-                       "Sec-Fetch-Site": "cross-site"}),
-    ("auto-submitted-form", {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
-                             "Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"}),
+    (
+        "fetch",
+        {
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Dest": "empty",
+            "Sec-Fetch-Site": "cross-site",
+            "Origin": "http://evil.test",
+        },
+    ),
+    (
+        "no-cors-fetch",
+        {"Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "cross-site"},
+    ),
+    (
+        "auto-submitted-form",
+        {
+            "Sec-Fetch-Mode": "navigate",
+            "Sec-Fetch-Dest": "document",
+            "Sec-Fetch-Site": "cross-site",
+            "Origin": "http://evil.test",
+        },
+    ),
     ("form-in-a-frame", {**SUBMIT, "Sec-Fetch-Dest": "iframe"}),
     ("no-click", {k: v for k, v in SUBMIT.items() if k != "Sec-Fetch-User"}),
     ("other-origin", {"Origin": "http://evil.test"}),
@@ -548,8 +583,10 @@ async def test_proceed_grant_needs_a_click_on_the_proxy_origin(
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
-     {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}],
+    [
+        {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+        {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+    ],
 )
 async def test_proceed_page_is_never_served_to_a_fetch_or_a_frame(
     addon: Blocking, headers: dict[str, str]
@@ -564,10 +601,17 @@ async def test_proceed_page_is_never_served_to_a_fetch_or_a_frame(
 
 @pytest.mark.parametrize(
     "target",
-    ["http://evil.test; script-src * 'unsafe-inline'/", "javascript:alert(1)", "not a url",
-     "http://example.test/", "http://198.51.100.7/"],
+    [
+        "http://evil.test; script-src * 'unsafe-inline'/",
+        "javascript:alert(1)",
+        "not a url",
+        "http://example.test/",
+        "http://198.51.100.7/",
+    ],
 )
-async def test_proceed_page_only_for_a_blocked_url_of_that_host(addon: Blocking, target: str) -> None:
+async def test_proceed_page_only_for_a_blocked_url_of_that_host(
+    addon: Blocking, target: str
+) -> None:
     """The return URL goes into the page's CSP and the final redirect: free text never does."""
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jg_proceed_anyway=True)
@@ -620,8 +664,14 @@ async def test_proceed_off_by_default(addon: Blocking) -> None:
 
 @pytest.mark.parametrize(
     ("peer", "allowed"),
-    [("127.0.0.1", True), ("::1", True), ("192.168.1.20", True), ("10.0.0.1", False),
-     ("::ffff:192.168.1.7", True), ("8.8.8.8", False)],
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("192.168.1.20", True),
+        ("10.0.0.1", False),
+        ("::ffff:192.168.1.7", True),
+        ("8.8.8.8", False),
+    ],
 )
 async def test_client_allow_list(peer: str, allowed: bool) -> None:
     a = ClientAllowList()
@@ -646,12 +696,29 @@ async def test_client_allow_list_empty_allows_all() -> None:
 # -- hostile requests (issue 11) ---------------------------------------------------
 
 
-def tunnel_req(target: str, authority: str, path: str = "/x", host: str | None = None,
-               version: bytes = b"HTTP/1.1") -> http.HTTPFlow:
+def tunnel_req(
+    target: str,
+    authority: str,
+    path: str = "/x",
+    host: str | None = None,
+    version: bytes = b"HTTP/1.1",
+) -> http.HTTPFlow:
     """A request inside an intercepted tunnel to ``target`` (mitmproxy sets .host from it)."""
     headers = http.Headers([(b"Host", (host or target).encode())])
-    r = http.Request(target, 443, b"GET", b"https", authority.encode(), path.encode(), version,
-                     headers, b"", None, 0, 0)
+    r = http.Request(
+        target,
+        443,
+        b"GET",
+        b"https",
+        authority.encode(),
+        path.encode(),
+        version,
+        headers,
+        b"",
+        None,
+        0,
+        0,
+    )
     f = tflow.tflow(req=r)
     f.client_conn.sni = target
     return f
@@ -684,8 +751,14 @@ async def test_http2_authority_and_host_header_both_checked(addon: Blocking) -> 
 
 
 # A Host header the URL parser refuses, which nginx and Apache still route by its name.
-ROUTED_HOSTS = ["evil.test:abc", "evil.test:-1", "evil.test:80:80", "evil.test:",
-                "EVIL.test.:99999", "evil.test:8o"]
+ROUTED_HOSTS = [
+    "evil.test:abc",
+    "evil.test:-1",
+    "evil.test:80:80",
+    "evil.test:",
+    "EVIL.test.:99999",
+    "evil.test:8o",
+]
 
 
 @pytest.mark.parametrize("value", ROUTED_HOSTS)
@@ -783,8 +856,9 @@ async def test_every_location_and_refresh_value_is_checked(addon: Blocking) -> N
             f.response = http.Response.make(302, b"")
             first = "/fine" if name == "Location" else "0; url=/fine"
             last = "http://evil.test/" if name == "Location" else "0; url=http://evil.test/"
-            f.response.headers = http.Headers([(name.encode(), first.encode()),
-                                               (name.encode(), last.encode())])
+            f.response.headers = http.Headers(
+                [(name.encode(), first.encode()), (name.encode(), last.encode())]
+            )
             addon.responseheaders(f)
             addon.response(f)
             assert f.response.status_code == 403, name

@@ -127,8 +127,12 @@ def test_html_escapes_every_field(field: str) -> None:
 
 
 def test_html_attribute_escaping_in_links_and_form() -> None:
-    proceed = ProceedForm("http://evil.test/.well-known/jectguard/proceed",
-                          {"return": EVIL, "sig": 'a"b'}, 15, "evil.test")
+    proceed = ProceedForm(
+        "http://evil.test/.well-known/jectguard/proceed",
+        {"return": EVIL, "sig": 'a"b'},
+        15,
+        "evil.test",
+    )
     page = render_html(info(admin_contact='https://x.test/"onmouseover="alert(1)', proceed=proceed))
     c = parse(page)
     for _, attrs in c.tags:
@@ -144,8 +148,12 @@ def test_long_urls_shortened() -> None:
 
 
 def test_render_kinds_headers() -> None:
-    for kind, ctype in (("html", "text/html"), ("json", "application/json"),
-                        ("text", "text/plain"), ("empty", "text/plain")):
+    for kind, ctype in (
+        ("html", "text/html"),
+        ("json", "application/json"),
+        ("text", "text/plain"),
+        ("empty", "text/plain"),
+    ):
         r = render(info(), kind)  # type: ignore[arg-type]
         h = dict(r.headers)
         assert r.status == 403
@@ -189,8 +197,13 @@ def test_request_ids_are_unique() -> None:
 
 
 def test_refusal_without_a_list_names_its_reason_and_status() -> None:
-    i = info(list=None, rule=None, category=None, status=400,
-             why="the Host header cannot be read: not a valid URL")
+    i = info(
+        list=None,
+        rule=None,
+        category=None,
+        status=400,
+        why="the Host header cannot be read: not a valid URL",
+    )
     for kind in ("html", "text", "json"):
         r = render(i, kind)  # type: ignore[arg-type]
         assert r.status == 400

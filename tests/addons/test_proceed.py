@@ -52,8 +52,13 @@ def test_grants_expire_and_are_bounded() -> None:
     assert s.granted("c", f"h{MAX_GRANTS + 4}.test", now=11)
 
 
-CLICK = {"sec-fetch-mode": "navigate", "sec-fetch-dest": "document", "sec-fetch-user": "?1",
-         "sec-fetch-site": "same-origin", "origin": f"http://{PROCEED_HOST}"}
+CLICK = {
+    "sec-fetch-mode": "navigate",
+    "sec-fetch-dest": "document",
+    "sec-fetch-user": "?1",
+    "sec-fetch-site": "same-origin",
+    "origin": f"http://{PROCEED_HOST}",
+}
 
 
 @pytest.mark.parametrize(

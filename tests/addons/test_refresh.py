@@ -94,7 +94,9 @@ async def test_bad_options(tmp_path: Path) -> None:
             tctx.configure(addon, jg_refresh_role="sometimes")
 
 
-async def test_refresh_role_fetches_publishes_and_swaps(server: FeedServer, sources, tmp_path: Path) -> None:
+async def test_refresh_role_fetches_publishes_and_swaps(
+    server: FeedServer, sources, tmp_path: Path
+) -> None:
     name, src = sources
     holder = empty_holder()
     addon = Refresh(holder)
@@ -115,7 +117,9 @@ async def test_refresh_role_fetches_publishes_and_swaps(server: FeedServer, sour
         assert task.done() and addon.task is None
 
 
-async def test_watch_role_follows_another_publisher(server: FeedServer, sources, tmp_path: Path) -> None:
+async def test_watch_role_follows_another_publisher(
+    server: FeedServer, sources, tmp_path: Path
+) -> None:
     name, src = sources
     cache = tmp_path / "c"
     holder = empty_holder()
@@ -135,7 +139,9 @@ async def test_watch_role_follows_another_publisher(server: FeedServer, sources,
 async def test_changing_role_restarts_the_task(sources, tmp_path: Path) -> None:
     addon = Refresh(empty_holder())
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, jg_refresh_role="watch", jg_sources=str(sources[1]), jg_cache_dir=str(tmp_path))
+        tctx.configure(
+            addon, jg_refresh_role="watch", jg_sources=str(sources[1]), jg_cache_dir=str(tmp_path)
+        )
         await addon.running()
         first = addon.task
         tctx.configure(addon, jg_refresh_role="off")
@@ -146,7 +152,9 @@ async def test_changing_role_restarts_the_task(sources, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("to", ["watch", "off"])
-async def test_leaving_the_refresh_role_drops_the_refresher(sources, tmp_path: Path, to: str) -> None:
+async def test_leaving_the_refresh_role_drops_the_refresher(
+    sources, tmp_path: Path, to: str
+) -> None:
     # The admin API asks this addon to refresh: once this process no longer refreshes it
     # must answer "not here" (None), not "started" from a refresher whose task was cancelled.
     addon = Refresh(empty_holder())

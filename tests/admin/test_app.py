@@ -50,13 +50,19 @@ def _rules(*keys: tuple[RuleKind, str]) -> ParsedList:
 
 
 def make_engine() -> Engine:
-    engine, _, _ = Engine.from_lists([
-        (ListSpec(name="malware", category="malware"),
-         _rules((RuleKind.DOMAIN, "evil.test"), (RuleKind.URL, "good.test/bad/"))),
-        (ListSpec(name="watch", category="phishing", mode=Mode.MONITOR),
-         _rules((RuleKind.DOMAIN, "watch.test"))),
-        (ListSpec(name="allow", allow=True), _rules((RuleKind.EXACT, "ok.evil.test"))),
-    ])
+    engine, _, _ = Engine.from_lists(
+        [
+            (
+                ListSpec(name="malware", category="malware"),
+                _rules((RuleKind.DOMAIN, "evil.test"), (RuleKind.URL, "good.test/bad/")),
+            ),
+            (
+                ListSpec(name="watch", category="phishing", mode=Mode.MONITOR),
+                _rules((RuleKind.DOMAIN, "watch.test")),
+            ),
+            (ListSpec(name="allow", allow=True), _rules((RuleKind.EXACT, "ok.evil.test"))),
+        ]
+    )
     return engine
 
 
@@ -113,7 +119,9 @@ async def client(aiohttp_client: Any, state: AdminState) -> Any:
         {"Authorization": f"Bearer {TOKEN[:-1]}"},
     ],
 )
-async def test_protected_routes_need_the_token(client: Any, method: str, path: str, headers: dict[str, str]) -> None:
+async def test_protected_routes_need_the_token(
+    client: Any, method: str, path: str, headers: dict[str, str]
+) -> None:
     r = await client.request(method, path, headers=headers)
     assert r.status == 401
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
@@ -131,8 +139,10 @@ async def test_token_query_parameter_is_not_accepted(client: Any) -> None:
     assert r.status == 401
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/proxy.pac", "/",
-                                  "/static/dashboard.js", "/static/dashboard.css"])
+@pytest.mark.parametrize(
+    "path",
+    ["/healthz", "/readyz", "/proxy.pac", "/", "/static/dashboard.js", "/static/dashboard.css"],
+)
 async def test_public_routes_need_no_token(client: Any, path: str) -> None:
     assert path in PUBLIC_PATHS
     r = await client.get(path)
@@ -164,7 +174,9 @@ def test_short_token_refused(state: AdminState) -> None:
 # -- headers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/", "/api/status", "/metrics", "/proxy.pac", "/nope"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/", "/api/status", "/metrics", "/proxy.pac", "/nope"]
+)
 async def test_security_headers_everywhere(client: Any, path: str) -> None:
     r = await client.get(path, headers=AUTH)
     assert r.headers["X-Content-Type-Options"] == "nosniff"
@@ -197,11 +209,16 @@ async def test_readyz_without_index_is_503(aiohttp_client: Any, state: AdminStat
 # -- metrics ---------------------------------------------------------------
 
 
-async def test_metrics_parse_and_move_when_a_block_is_recorded(client: Any, state: AdminState, engine: Engine) -> None:
+async def test_metrics_parse_and_move_when_a_block_is_recorded(
+    client: Any, state: AdminState, engine: Engine
+) -> None:
     def blocked(text: str) -> float:
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                if s.name == "jectguard_requests_blocked_total" and s.labels.get("list") == "malware":
+                if (
+                    s.name == "jectguard_requests_blocked_total"
+                    and s.labels.get("list") == "malware"
+                ):
                     return s.value
         return 0.0
 
@@ -209,7 +226,11 @@ async def test_metrics_parse_and_move_when_a_block_is_recorded(client: Any, stat
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     before = await r.text()
     families = {f.name for f in text_string_to_metric_families(before)}
-    assert {"jectguard_rules", "jectguard_snapshot_age_seconds", "jectguard_verdict_seconds"} <= families
+    assert {
+        "jectguard_rules",
+        "jectguard_snapshot_age_seconds",
+        "jectguard_verdict_seconds",
+    } <= families
     assert blocked(before) == 0
     state.metrics.observe_verdict(engine.check_url("http://evil.test/"), 5e-6)
     after = await (await client.get("/metrics", headers=AUTH)).text()
@@ -253,7 +274,9 @@ async def test_status_shows_refresh_provider(aiohttp_client: Any, state: AdminSt
         ("http://fine.test/", "pass", None),
     ],
 )
-async def test_check_matches_the_engine(client: Any, engine: Engine, url: str, verdict: str, list_: str | None) -> None:
+async def test_check_matches_the_engine(
+    client: Any, engine: Engine, url: str, verdict: str, list_: str | None
+) -> None:
     r = await client.get("/api/check", params={"url": url}, headers=AUTH)
     body = await r.json()
     assert r.status == 200
@@ -263,8 +286,15 @@ async def test_check_matches_the_engine(client: Any, engine: Engine, url: str, v
 
 @pytest.mark.parametrize(
     "query",
-    ["", "?url=", "?url=%20%20", "?url=" + "a" * 5000, "?url=http://a.test/%0ax", "?url=%00",
-     "?other=1"],
+    [
+        "",
+        "?url=",
+        "?url=%20%20",
+        "?url=" + "a" * 5000,
+        "?url=http://a.test/%0ax",
+        "?url=%00",
+        "?other=1",
+    ],
 )
 async def test_check_rejects_garbage_with_400(client: Any, query: str) -> None:
     r = await client.get("/api/check" + query, headers=AUTH)
@@ -315,9 +345,19 @@ async def test_events_listed_newest_first_with_limit(client: Any, state: AdminSt
     assert len((await (await client.get("/api/events", headers=AUTH)).json())["events"]) == 6
 
 
-@pytest.mark.parametrize("query", ["?limit=0", "?limit=-1", "?limit=abc", "?limit=1001",
-                                   "?limit=99999999999999", "?limit=1.5", "?kind=nope",
-                                   "?limit=%00"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?limit=0",
+        "?limit=-1",
+        "?limit=abc",
+        "?limit=1001",
+        "?limit=99999999999999",
+        "?limit=1.5",
+        "?kind=nope",
+        "?limit=%00",
+    ],
+)
 async def test_events_rejects_garbage_with_400(client: Any, query: str) -> None:
     r = await client.get("/api/events" + query, headers=AUTH)
     assert r.status == 400 and "error" in await r.json()
@@ -343,7 +383,9 @@ async def test_a_failing_provider_is_a_json_500(aiohttp_client: Any, state: Admi
 # -- dashboard -------------------------------------------------------------
 
 
-async def test_dashboard_shell_has_no_data_and_no_external_resources(client: Any, state: AdminState) -> None:
+async def test_dashboard_shell_has_no_data_and_no_external_resources(
+    client: Any, state: AdminState
+) -> None:
     state.events.emit("block", url="http://evil.test/secret-path")
     for path in ("/", "/static/dashboard.js", "/static/dashboard.css"):
         r = await client.get(path)
@@ -397,7 +439,9 @@ async def test_pac_unknown_address_is_503(aiohttp_client: Any, state: AdminState
 @pytest.mark.skipif(not Path(NODE).exists(), reason="node not installed")
 def test_pac_file_runs_in_node(tmp_path: Path) -> None:
     pac = pac_file("192.0.2.9", 3128)
-    harness = pac + """
+    harness = (
+        pac
+        + """
 function isPlainHostName(h) { return h.indexOf(".") < 0; }
 function dnsDomainIs(h, d) { return h.length >= d.length && h.substring(h.length - d.length) === d; }
 const cases = [["http://example.com/", "example.com"], ["http://localhost:3000/", "localhost"],
@@ -408,15 +452,26 @@ const cases = [["http://example.com/", "example.com"], ["http://localhost:3000/"
   ["http://127.0.0.1x/", "127.0.0.1x"], ["http://1270.0.0.1.test/", "1270.0.0.1.test"]];
 console.log(JSON.stringify(cases.map(([u, h]) => FindProxyForURL(u, h))));
 """
+    )
     script = tmp_path / "pac_test.js"
     script.write_text(harness)
-    out = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [NODE, str(script)], capture_output=True, text=True, timeout=30, check=True
+    )
     assert json.loads(out.stdout) == [
-        "PROXY 192.0.2.9:3128", "DIRECT", "DIRECT", "DIRECT", "DIRECT", "PROXY 192.0.2.9:3128",
+        "PROXY 192.0.2.9:3128",
+        "DIRECT",
+        "DIRECT",
+        "DIRECT",
+        "DIRECT",
+        "PROXY 192.0.2.9:3128",
         "DIRECT",
         # a NAME that starts like a loopback address is anyone's: through the proxy
-        "PROXY 192.0.2.9:3128", "PROXY 192.0.2.9:3128", "DIRECT",
-        "PROXY 192.0.2.9:3128", "PROXY 192.0.2.9:3128",
+        "PROXY 192.0.2.9:3128",
+        "PROXY 192.0.2.9:3128",
+        "DIRECT",
+        "PROXY 192.0.2.9:3128",
+        "PROXY 192.0.2.9:3128",
     ]
 
 
@@ -524,11 +579,13 @@ def test_lists_from_report(tmp_path: Path) -> None:
     body.parent.mkdir(parents=True)
     body.write_text("x")
     os.utime(body, (1500.0, 1500.0))
-    report = LoadReport(lists=[
-        ListStatus("local", str(local), True, rules=1, format="domains"),
-        ListStatus("urlhaus", "https://urlhaus.example/hosts.txt", True, rules=5),
-        ListStatus("gone", "https://feed.example/x", False, error="not fetched yet"),
-    ])
+    report = LoadReport(
+        lists=[
+            ListStatus("local", str(local), True, rules=1, format="domains"),
+            ListStatus("urlhaus", "https://urlhaus.example/hosts.txt", True, rules=5),
+            ListStatus("gone", "https://feed.example/x", False, error="not fetched yet"),
+        ]
+    )
     items = {i["name"]: i for i in lists_from_report(report, tmp_path, clock=lambda: 2000.0)()}
     assert items["local"]["age_seconds"] == 1000.0 and items["local"]["rules"] == 1
     assert items["urlhaus"]["age_seconds"] == 500.0
@@ -568,7 +625,8 @@ async def test_other_host_headers_are_refused(client: Any, host: str, path: str)
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1", "127.0.0.1:8090", "localhost:8090", "LOCALHOST.", "[::1]:8090", ""],
+    "host",
+    ["127.0.0.1", "127.0.0.1:8090", "localhost:8090", "LOCALHOST.", "[::1]:8090", ""],
 )
 async def test_own_host_headers_are_served(client: Any, host: str) -> None:
     r = await client.get("/healthz", headers={"Host": host})

@@ -12,10 +12,21 @@ import pytest
 
 JECTGUARD = Path(sys.executable).with_name("jectguard")
 CHECK_KEYS = {"url", "canonical_url", "host", "verdict", "list", "rule", "line", "kind", "error"}
-INSPECT_KEYS = {"format", "domains", "exact_hosts", "urls", "ips", "cidrs", "exceptions", "rejected"}
+INSPECT_KEYS = {
+    "format",
+    "domains",
+    "exact_hosts",
+    "urls",
+    "ips",
+    "cidrs",
+    "exceptions",
+    "rejected",
+}
 
 
-def run(*args: str, stdin: str | None = None, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if cache is not None:
         env["JECTGUARD_CACHE_DIR"] = str(cache)
@@ -86,7 +97,11 @@ def test_check_with_files_allowlist_wins(lists: tuple[Path, Path]) -> None:
     res = run("check", "--json", "--blocklist", str(block), "--allowlist", str(allow), *urls)
     rows = {r["url"]: r for r in map(json.loads, res.stdout.splitlines())}
     assert rows[urls[0]]["verdict"] == "block"
-    assert (rows[urls[0]]["list"], rows[urls[0]]["line"], rows[urls[0]]["kind"]) == ("block.txt", 3, "domain")
+    assert (rows[urls[0]]["list"], rows[urls[0]]["line"], rows[urls[0]]["kind"]) == (
+        "block.txt",
+        3,
+        "domain",
+    )
     assert rows[urls[1]]["verdict"] == "allow" and rows[urls[1]]["list"] == "allow.txt"
     assert rows[urls[1]]["overridden"]["rule"] == "evil.example"
     assert rows[urls[2]]["verdict"] == "block" and rows[urls[2]]["line"] == 4
@@ -97,7 +112,13 @@ def test_check_with_files_allowlist_wins(lists: tuple[Path, Path]) -> None:
 
 def test_check_reads_urls_from_stdin(lists: tuple[Path, Path]) -> None:
     block, _ = lists
-    res = run("check", "--json", "--blocklist", str(block), stdin="http://evil.example/\nhttp://ok.example/\n")
+    res = run(
+        "check",
+        "--json",
+        "--blocklist",
+        str(block),
+        stdin="http://evil.example/\nhttp://ok.example/\n",
+    )
     assert [json.loads(x)["verdict"] for x in res.stdout.splitlines()] == ["block", "pass"]
 
 
@@ -158,10 +179,14 @@ def test_help_lists_the_commands() -> None:
 # -- the settings file ---------------------------------------------------------
 
 
-def test_settings_file_gives_defaults_and_flags_win(tmp_path: Path, lists: tuple[Path, Path]) -> None:
+def test_settings_file_gives_defaults_and_flags_win(
+    tmp_path: Path, lists: tuple[Path, Path]
+) -> None:
     block, _ = lists
     cfg = tmp_path / "jectguard.toml"
-    cfg.write_text(f'cache_dir = "{tmp_path / "cache"}"\n[check]\njson = true\nblocklist = ["{block}"]\n')
+    cfg.write_text(
+        f'cache_dir = "{tmp_path / "cache"}"\n[check]\njson = true\nblocklist = ["{block}"]\n'
+    )
     res = run("--config", str(cfg), "check", "http://evil.example/")
     row = json.loads(res.stdout)  # json came from the file
     assert row["verdict"] == "block" and row["list"] == "block.txt"
@@ -177,7 +202,9 @@ def test_settings_file_from_the_environment(tmp_path: Path) -> None:
     cfg.write_text("[check]\njson = true\n")
     env_run = subprocess.run(
         [str(JECTGUARD), "check", "http://www.example.org/"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "JECTGUARD_CONFIG": str(cfg), "JECTGUARD_CACHE_DIR": str(tmp_path)},
     )
     assert json.loads(env_run.stdout)["verdict"] == "pass"
@@ -215,7 +242,11 @@ def test_settings_file_run_section_parses_into_run_options(tmp_path: Path) -> No
     assert (args.listen_host, args.listen_port, args.admin_port) == ("0.0.0.0", 3128, 0)
     assert args.allow_clients == ["10.0.0.0/8"]
     # file options first, command-line ones after (the last one wins in mitmproxy)
-    assert args.setoptions == ["proxyauth=@/etc/htpasswd", "ssl_insecure=true", "ssl_insecure=false"]
+    assert args.setoptions == [
+        "proxyauth=@/etc/htpasswd",
+        "ssl_insecure=true",
+        "ssl_insecure=false",
+    ]
 
 
 def test_a_missing_command_module_is_an_error_not_a_missing_command(
@@ -258,7 +289,11 @@ def test_a_tilde_cache_dir_names_the_same_directory_everywhere(tmp_path: Path, h
 def test_run_with_a_missing_admin_token_file_says_so_without_a_traceback(tmp_path: Path) -> None:
     """A bad option is one clear line and exit 2, not a RecursionError traceback first."""
     r = run(
-        "run", "--listen-port", "1", "--admin-token-file", str(tmp_path / "missing-token"),
+        "run",
+        "--listen-port",
+        "1",
+        "--admin-token-file",
+        str(tmp_path / "missing-token"),
         cache=tmp_path / "cache",
     )
     assert r.returncode == 2, r.stderr[-2000:]

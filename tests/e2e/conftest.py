@@ -166,7 +166,10 @@ def proxy_command(entry: list[str] | None = None) -> list[str]:
 # ports: open them, as an operator would for a local service. Tests of the default
 # destination policy pass open_local=False.
 LOCAL_DESTINATIONS = [
-    "--allow-destination", "127.0.0.0/8", "--connect-ports", "1-65535",
+    "--allow-destination",
+    "127.0.0.0/8",
+    "--connect-ports",
+    "1-65535",
     *(["--allow-destination", f"{ATTACKER_IP}/32"] if ATTACKER_IP else []),
 ]
 
@@ -183,9 +186,18 @@ def start_proxy(
     confdir = tmp / "confdir"
     log = tmp / "proxy.log"
     cmd = [
-        *proxy_command(entry), "run",
-        "--listen-host", listen_host, "--listen-port", str(port), "--confdir", str(confdir),
-        "--admin-port", str(free_port()), "--cache-dir", str(tmp / "cache"),
+        *proxy_command(entry),
+        "run",
+        "--listen-host",
+        listen_host,
+        "--listen-port",
+        str(port),
+        "--confdir",
+        str(confdir),
+        "--admin-port",
+        str(free_port()),
+        "--cache-dir",
+        str(tmp / "cache"),
         *(LOCAL_DESTINATIONS if open_local else []),
         *args,
     ]
@@ -215,9 +227,12 @@ def _session_proxy(
 ) -> Iterator[Proxy]:
     p = start_proxy(
         tmp_path_factory.mktemp(name),
-        "--sources", str(lists_dir / "sources.toml"),
-        "--set", "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
-        "--admin-contact", "it@example.org",
+        "--sources",
+        str(lists_dir / "sources.toml"),
+        "--set",
+        "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
+        "--admin-contact",
+        "it@example.org",
         *args,
     )
     try:

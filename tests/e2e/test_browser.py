@@ -70,8 +70,10 @@ if (document.cookie.indexOf("jg_seen=") < 0) {{
 </script>
 """
 
-APP_JS = 'window.addEventListener("DOMContentLoaded", () => {' \
+APP_JS = (
+    'window.addEventListener("DOMContentLoaded", () => {'
     ' document.getElementById("ext").textContent = "external script ran"; });'
+)
 
 
 # -- the shop origin ----------------------------------------------------------------
@@ -93,14 +95,22 @@ class Shop:
 def _shop_app(shop: Shop) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         shop.requests.append(request.path)
-        return web.Response(body=shop.page(), content_type="text/html", charset="utf-8",
-                            headers={"ETag": '"shop-v1"', "Cache-Control": "no-store"})
+        return web.Response(
+            body=shop.page(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={"ETag": '"shop-v1"', "Cache-Control": "no-store"},
+        )
 
     async def mixed_type(request: web.Request) -> web.Response:
         """Two Content-Type fields: the browser renders the last (Fetch), an image type first."""
-        headers = CIMultiDict([("Content-Type", "image/png"),
-                               ("Content-Type", "text/html; charset=utf-8"),
-                               ("Cache-Control", "no-store")])
+        headers = CIMultiDict(
+            [
+                ("Content-Type", "image/png"),
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+            ]
+        )
         return web.Response(body=shop.page(), headers=headers)
 
     async def odd_coding(request: web.Request) -> web.Response:
@@ -112,24 +122,39 @@ def _shop_app(shop: Shop) -> web.Application:
                 body = gzip.compress(body)
         if request.query.get("crc") == "bad":
             body = body[:-8] + bytes(8)
-        return web.Response(body=body, headers={"Content-Type": "text/html; charset=utf-8",
-                                                "Content-Encoding": coding,
-                                                "Cache-Control": "no-store"})
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Encoding": coding,
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def app_js(request: web.Request) -> web.Response:
         shop.requests.append(request.path)
         return web.Response(text=APP_JS, content_type="application/javascript")
 
     async def gzip_clean(request: web.Request) -> web.Response:
-        return web.Response(body=gzip.compress(PAGE.encode()), headers={
-            "Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip",
-            "ETag": '"clean-v1"', "Vary": "Accept-Encoding"})
+        return web.Response(
+            body=gzip.compress(PAGE.encode()),
+            headers={
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Encoding": "gzip",
+                "ETag": '"clean-v1"',
+                "Vary": "Accept-Encoding",
+            },
+        )
 
     async def gzip_chunked(request: web.Request) -> web.StreamResponse:
         """An infected page as nginx's on-the-fly gzip sends it: chunked, no length."""
-        resp = web.StreamResponse(headers={
-            "Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip",
-            "ETag": '"news-v2"'})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Encoding": "gzip",
+                "ETag": '"news-v2"',
+            }
+        )
         await resp.prepare(request)
         data = gzip.compress(shop.page())
         for i in range(0, len(data), 1000):
@@ -171,15 +196,16 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 
 
 @pytest.fixture(scope="module")
-def proxy_nostrip(
-    tmp_path_factory: pytest.TempPathFactory, lists_dir: Path
-) -> Iterator[Proxy]:
+def proxy_nostrip(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
     """The control: the same proxy with stripping off (blocking still on)."""
     p = start_proxy(
         tmp_path_factory.mktemp("nostrip"),
-        "--sources", str(lists_dir / "sources.toml"),
-        "--set", "ssl_insecure=true",
-        "--set", "jg_strip=false",
+        "--sources",
+        str(lists_dir / "sources.toml"),
+        "--set",
+        "ssl_insecure=true",
+        "--set",
+        "jg_strip=false",
     )
     try:
         yield p
@@ -251,8 +277,11 @@ def _attempts(proxy: Proxy, attacker_url: str) -> list[str]:
     Strip events name the URL too, as the removed element's: those are not requests.
     """
     where = attacker_url.split("/")[2]
-    return [line for line in proxy.output().splitlines()
-            if where in line and '"event":"strip"' not in line]
+    return [
+        line
+        for line in proxy.output().splitlines()
+        if where in line and '"event":"strip"' not in line
+    ]
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -270,8 +299,12 @@ def test_footer_stripped_in_a_real_browser(
     # The comment left in place of the footer (after </html>, so outside <html>).
     assert any("jectguard: removed script" in c for c in v.comments), v.comments
     assert _attempts(proxy, infected.attacker_url) == []  # the browser never even asked
-    strips = [e for e in events(proxy) if e.get("event") == "strip"
-              and str(e.get("url", "")).startswith(f"{scheme}://good.test:{port}/news")]
+    strips = [
+        e
+        for e in events(proxy)
+        if e.get("event") == "strip"
+        and str(e.get("url", "")).startswith(f"{scheme}://good.test:{port}/news")
+    ]
     assert strips and strips[-1]["removed"] is True and strips[-1]["list"] == "e2e-ips"
 
 
@@ -305,11 +338,16 @@ def test_page_behind_an_image_content_type_is_still_stripped(
 
 
 @pytest.mark.parametrize(
-    "query", ["ce=gzip,%20gzip", "ce=x-unknown", "ce=gzip&crc=bad"],
+    "query",
+    ["ce=gzip,%20gzip", "ce=x-unknown", "ce=gzip&crc=bad"],
     ids=["stacked-gzip", "unknown-coding-sent-raw", "gzip-with-wrong-crc"],
 )
 def test_footer_stripped_under_codings_chromium_renders(
-    browser: Any, proxy: Proxy, proxy_nostrip: Proxy, infected: Shop, attacker: ByteCounter,
+    browser: Any,
+    proxy: Proxy,
+    proxy_nostrip: Proxy,
+    infected: Shop,
+    attacker: ByteCounter,
     query: str,
 ) -> None:
     """Chromium renders these bodies (the control runs the footer); jectguard must scan them."""
@@ -370,7 +408,12 @@ def test_page_over_the_cap_streams_through_unscanned(proxy: Proxy, infected: Sho
     deadline = time.monotonic() + 5
     skipped: list[dict[str, Any]] = []
     while not skipped and time.monotonic() < deadline:
-        skipped = [e for e in events(proxy) if e.get("event") == "strip" and e.get("skipped")
-                   and str(e.get("url", "")).endswith(f":{infected.port}/huge")]
+        skipped = [
+            e
+            for e in events(proxy)
+            if e.get("event") == "strip"
+            and e.get("skipped")
+            and str(e.get("url", "")).endswith(f":{infected.port}/huge")
+        ]
         time.sleep(0.05)
     assert skipped and "too large" in skipped[0]["skipped"]

@@ -46,8 +46,10 @@ PAGE = """<!DOCTYPE html>
 <script>document.getElementById("inline").textContent = "inline script ran";</script>
 </body></html>
 """
-APP_JS = 'window.addEventListener("DOMContentLoaded", () => {' \
+APP_JS = (
+    'window.addEventListener("DOMContentLoaded", () => {'
     ' document.getElementById("ext").textContent = "external script ran"; });'
+)
 
 
 # -- the clean origin -------------------------------------------------------------
@@ -101,11 +103,16 @@ def admin(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator
     port = free_port()
     p = start_proxy(
         tmp,
-        "--sources", str(lists_dir / "sources.toml"),
-        "--set", "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
-        "--admin-contact", "it@example.org",
-        "--admin-port", str(port),  # after start_proxy's own: the last one wins
-        "--admin-token-file", str(token_file),
+        "--sources",
+        str(lists_dir / "sources.toml"),
+        "--set",
+        "ssl_insecure=true",  # tests only: the origin's certificate is self-signed
+        "--admin-contact",
+        "it@example.org",
+        "--admin-port",
+        str(port),  # after start_proxy's own: the last one wins
+        "--admin-token-file",
+        str(token_file),
     )
     try:
         yield Admin(p, port)
@@ -271,8 +278,12 @@ def test_dashboard(direct: Any, admin: Admin, http_block: dict[str, str]) -> Non
     page.set_default_timeout(UI_TIMEOUT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-    page.on("console", lambda m: problems.append(f"console: {m.text}")
-            if "Content Security Policy" in m.text else None)
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console: {m.text}") if "Content Security Policy" in m.text else None
+        ),
+    )
     page.goto(admin.url, wait_until="load", timeout=NAV_TIMEOUT_MS)
     sign_in(page, ADMIN_TOKEN)
 

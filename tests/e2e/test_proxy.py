@@ -71,9 +71,22 @@ def test_sigint_shuts_down_cleanly(tmp_path: Path, lists_dir: Path) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.2"])
 def test_refuses_open_proxy_on_non_loopback(tmp_path: Path, lists_dir: Path, host: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-host", host,
-         "--blocklist", str(lists_dir / "domains.txt"), "--confdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "proxy_addons.cli",
+            "run",
+            "--listen-host",
+            host,
+            "--blocklist",
+            str(lists_dir / "domains.txt"),
+            "--confdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert r.returncode == 2
     assert "refusing to listen" in r.stderr and "proxyauth" in r.stderr
@@ -82,10 +95,24 @@ def test_refuses_open_proxy_on_non_loopback(tmp_path: Path, lists_dir: Path, hos
 
 def test_bad_option_is_a_clear_error(tmp_path: Path, lists_dir: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "proxy_addons.cli", "run", "--listen-port", str(free_port()),
-         "--blocklist", str(lists_dir / "domains.txt"), "--confdir", str(tmp_path),
-         "--set", "jg_report_url=ftp://x"],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "proxy_addons.cli",
+            "run",
+            "--listen-port",
+            str(free_port()),
+            "--blocklist",
+            str(lists_dir / "domains.txt"),
+            "--confdir",
+            str(tmp_path),
+            "--set",
+            "jg_report_url=ftp://x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert r.returncode == 2 and "jg_report_url" in r.stderr
 
@@ -95,8 +122,12 @@ def test_client_allow_list_closes_other_clients(tmp_path: Path, lists_dir: Path)
     ip = non_loopback_ip()
     assert ip
     p = start_proxy(
-        tmp_path, "--blocklist", str(lists_dir / "domains.txt"),
-        "--allow-clients", "10.123.0.0/16", listen_host="0.0.0.0",
+        tmp_path,
+        "--blocklist",
+        str(lists_dir / "domains.txt"),
+        "--allow-clients",
+        "10.123.0.0/16",
+        listen_host="0.0.0.0",
     )
     try:
         assert "clients allowed from: 10.123.0.0/16" in p.output()
@@ -133,8 +164,9 @@ BODY_KINDS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "headers", "ctype", "snippet"), BODY_KINDS,
-                         ids=[b[0] for b in BODY_KINDS])
+@pytest.mark.parametrize(
+    ("name", "headers", "ctype", "snippet"), BODY_KINDS, ids=[b[0] for b in BODY_KINDS]
+)
 async def test_block_bodies(
     proxy: Proxy, name: str, headers: dict[str, str], ctype: str, snippet: str
 ) -> None:
@@ -155,8 +187,14 @@ def test_html_page_content(proxy: Proxy) -> None:
     resp = get(proxy, 'http://evil.test/a?"><script>alert(1)</script>', NAV)
     page = resp.partition(b"\r\n\r\n")[2].decode()
     assert status_of(resp) == 403
-    for needle in ("e2e-domains", "evil.test", "malware", "it@example.org",
-                   "suspected malicious", 'name="viewport"'):
+    for needle in (
+        "e2e-domains",
+        "evil.test",
+        "malware",
+        "it@example.org",
+        "suspected malicious",
+        'name="viewport"',
+    ):
         assert needle in page
     assert "<script" not in page and "&lt;script&gt;" in page and "src=" not in page
     assert "default-src 'none'" in (header_of(resp, "Content-Security-Policy") or "")
@@ -164,8 +202,9 @@ def test_html_page_content(proxy: Proxy) -> None:
 
 async def test_json_has_same_fields(proxy: Proxy) -> None:
     async with aiohttp.ClientSession() as s:
-        r = await s.get("http://good.test/bad/dl.exe", proxy=proxy.url,
-                        headers={"Accept": "application/json"})
+        r = await s.get(
+            "http://good.test/bad/dl.exe", proxy=proxy.url, headers={"Accept": "application/json"}
+        )
         doc = json.loads(await r.text())
     assert doc["list"] == "e2e-urls" and doc["rule"] == "http://good.test/bad/"
     assert doc["category"] == "malware" and len(doc["request_id"]) == 12
@@ -209,12 +248,19 @@ def test_evasions_in_request_line(proxy: Proxy, name: str, url: str, line: int) 
 
 
 @pytest.mark.parametrize(
-    ("raw", "line"), [(b"/%ff/x.js", 403), (b"/%FF/x.js", 403), (b"/%25FF/x.js", 403),
-                      (b"/\xff/x.js", 400)],  # a raw byte: mitmproxy refuses the line
+    ("raw", "line"),
+    [
+        (b"/%ff/x.js", 403),
+        (b"/%FF/x.js", 403),
+        (b"/%25FF/x.js", 403),
+        (b"/\xff/x.js", 400),
+    ],  # a raw byte: mitmproxy refuses the line
 )
 def test_percent_forms_of_a_byte_match_its_rule(proxy: Proxy, raw: bytes, line: int) -> None:
     """The rule http://good.test/%FF/ catches every way a client can write that byte."""
-    data = b"GET http://good.test" + raw + b" HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n"
+    data = (
+        b"GET http://good.test" + raw + b" HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n"
+    )
     resp = raw_exchange(proxy.port, data)
     assert status_of(resp) == line, resp[:300]
 
@@ -246,10 +292,14 @@ def test_evasions_in_connect_target(proxy_passthrough: Proxy, name: str, host: s
 
 
 def test_host_header_mismatch_blocked(proxy: Proxy, origin: Origin) -> None:
-    data = (f"GET http://good.test:{origin.port}/ HTTP/1.1\r\nHost: EVIL.test.\r\n"
-            "Connection: close\r\n\r\n").encode()
+    data = (
+        f"GET http://good.test:{origin.port}/ HTTP/1.1\r\nHost: EVIL.test.\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     resp = raw_exchange(proxy.port, data)
-    assert status_of(resp) == 403 and "stage=host-header" in (header_of(resp, "X-Jectguard-Block") or "")
+    assert status_of(resp) == 403 and "stage=host-header" in (
+        header_of(resp, "X-Jectguard-Block") or ""
+    )
 
 
 def test_allowlist_wins(proxy: Proxy, origin: Origin) -> None:
@@ -270,8 +320,9 @@ WS_HEADERS = (
 
 
 def test_websocket_handshake_blocked(proxy: Proxy, origin: Origin) -> None:
-    data = (f"GET http://evil.test:{origin.port}/ws HTTP/1.1\r\nHost: evil.test\r\n"
-            f"{WS_HEADERS}\r\n").encode()
+    data = (
+        f"GET http://evil.test:{origin.port}/ws HTTP/1.1\r\nHost: evil.test\r\n{WS_HEADERS}\r\n"
+    ).encode()
     resp = raw_exchange(proxy.port, data)
     assert status_of(resp) == 403
 
@@ -292,7 +343,9 @@ async def test_redirect_to_blocked_url_becomes_block_page(proxy: Proxy, origin: 
     async with aiohttp.ClientSession() as s:
         r = await s.get(
             f"http://good.test:{origin.port}/redirect?to=http://evil.test/landing",
-            proxy=proxy.url, headers=NAV, allow_redirects=False,
+            proxy=proxy.url,
+            headers=NAV,
+            allow_redirects=False,
         )
         page = await r.text()
     assert r.status == 403 and "stage=redirect" in r.headers["X-Jectguard-Block"]
@@ -308,8 +361,9 @@ async def test_https_intercepted_allowed_and_blocked(proxy: Proxy, origin: Origi
         r = await s.get(f"https://good.test:{origin.tls_port}/secure", proxy=proxy.url, ssl=ctx)
         assert r.status == 200 and (await r.text()).endswith("/secure")
         # the full URL is visible inside the tunnel
-        r = await s.get(f"https://good.test:{origin.tls_port}/bad/x", proxy=proxy.url, ssl=ctx,
-                        headers=NAV)
+        r = await s.get(
+            f"https://good.test:{origin.tls_port}/bad/x", proxy=proxy.url, ssl=ctx, headers=NAV
+        )
         assert r.status == 403 and "suspected malicious" in await r.text()
         # a blocked CONNECT target still gets the full page, served by the proxy itself
         r = await s.get("https://evil.test/", proxy=proxy.url, ssl=ctx, headers=NAV)
@@ -375,15 +429,39 @@ def test_blocked_connect_without_a_request_is_still_one_event(proxy: Proxy) -> N
 @pytest.mark.skipif(CURL is None, reason="curl not installed")
 def test_curl_http2_intercepted(proxy: Proxy, origin: Origin) -> None:
     r = subprocess.run(
-        [CURL, "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2",
-         "-x", proxy.url, "--cacert", str(proxy.ca), "https://evil.test/"],
-        capture_output=True, text=True, timeout=30,
+        [
+            CURL,
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2",
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(proxy.ca),
+            "https://evil.test/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout == "403 2"
     r = subprocess.run(
-        [CURL, "-s", "--http2", "-x", proxy.url, "--cacert", str(proxy.ca),
-         f"https://good.test:{origin.tls_port}/h2"],
-        capture_output=True, text=True, timeout=30,
+        [
+            CURL,
+            "-s",
+            "--http2",
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(proxy.ca),
+            f"https://good.test:{origin.tls_port}/h2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout.endswith("/h2")
 
@@ -442,17 +520,37 @@ def test_passthrough_sni_blocked_sends_nothing(
 @pytest.mark.skipif(CURL is None, reason="curl not installed")
 def test_curl_passthrough(proxy_passthrough: Proxy, origin: Origin) -> None:
     r = subprocess.run(
-        [CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy_passthrough.url,
-         "https://evil.test/"],
-        capture_output=True, text=True, timeout=30,
+        [
+            CURL,
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            proxy_passthrough.url,
+            "https://evil.test/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout in ("403", "000")  # curl reports the CONNECT refusal
     assert r.returncode != 0
     assert origin.cert is not None
     r = subprocess.run(
-        [CURL, "-s", "-x", proxy_passthrough.url, "--cacert", str(origin.cert),
-         f"https://good.test:{origin.tls_port}/pt"],
-        capture_output=True, text=True, timeout=30,
+        [
+            CURL,
+            "-s",
+            "-x",
+            proxy_passthrough.url,
+            "--cacert",
+            str(origin.cert),
+            f"https://good.test:{origin.tls_port}/pt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout.endswith("/pt")
 
@@ -543,12 +641,16 @@ def test_garbage_then_next_client_served(
 def test_curl_x(proxy: Proxy, origin: Origin) -> None:
     r = subprocess.run(
         [CURL, "-s", "-i", "-x", proxy.url, "http://evil.test/"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout.startswith("HTTP/1.1 403") and "Blocked by jectguard" in r.stdout
     r = subprocess.run(
         [CURL, "-s", "-x", proxy.url, f"http://good.test:{origin.port}/curl"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.stdout == f"origin ok good.test:{origin.port} /curl"
 
@@ -556,7 +658,9 @@ def test_curl_x(proxy: Proxy, origin: Origin) -> None:
 def test_origin_never_saw_a_blocked_host(proxy: Proxy, origin: Origin) -> None:
     """Run last in this module: across all tests, blocked names never reached the origin
     through the enforcing proxies (the monitor proxy is allowed to let evil.test pass)."""
-    leaked = [(h, p) for h, p in origin.requests
-              if h.split(":")[0].lower().rstrip(".") in ("evil.test", "www.evil.test")
-              and p != "/watched"]
+    leaked = [
+        (h, p)
+        for h, p in origin.requests
+        if h.split(":")[0].lower().rstrip(".") in ("evil.test", "www.evil.test") and p != "/watched"
+    ]
     assert leaked == []

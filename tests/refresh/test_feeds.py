@@ -28,7 +28,12 @@ from proxy_addons.refresh.feeds import (
 from tests.feedserver import FeedServer, feed_server
 
 FAST = FetchPolicy(
-    connect_timeout=2, read_timeout=0.5, total_timeout=3, attempts=3, backoff=0.01, retry_after_max=2
+    connect_timeout=2,
+    read_timeout=0.5,
+    total_timeout=3,
+    attempts=3,
+    backoff=0.01,
+    retry_after_max=2,
 )
 BODY = b"".join(b"bad%d.example\n" % i for i in range(100))
 
@@ -87,7 +92,9 @@ async def test_fetch_then_304(server: FeedServer, session, tmp_path: Path) -> No
     assert sent["If-None-Match"] == r.etag and sent["If-Modified-Since"] == r.last_modified
 
 
-async def test_no_conditional_get_without_a_body(server: FeedServer, session, tmp_path: Path) -> None:
+async def test_no_conditional_get_without_a_body(
+    server: FeedServer, session, tmp_path: Path
+) -> None:
     server.feed("nobody", BODY)
     state = SourceState("nobody", etag=server.feeds["nobody"].tag())
     r = await _get(server, session, tmp_path, "nobody", state)
@@ -138,7 +145,9 @@ async def test_transient_500_then_success(server: FeedServer, session, tmp_path:
 
 
 @pytest.mark.parametrize("status", [429, 503])
-async def test_retry_after_is_respected(server: FeedServer, session, tmp_path: Path, status: int) -> None:
+async def test_retry_after_is_respected(
+    server: FeedServer, session, tmp_path: Path, status: int
+) -> None:
     name = f"ra{status}"
     server.feed(name, BODY, fail=[(status, {"Retry-After": "1"})])
     sleeps = Sleeps()
@@ -159,7 +168,9 @@ async def test_body_over_the_cap_is_aborted_while_streaming(
 ) -> None:
     server.feed("huge", stream_forever=True)
     cap = 2 * 1024 * 1024
-    policy = FetchPolicy(connect_timeout=2, read_timeout=2, total_timeout=10, attempts=3, max_bytes=cap)
+    policy = FetchPolicy(
+        connect_timeout=2, read_timeout=2, total_timeout=10, attempts=3, max_bytes=cap
+    )
     before = server.streamed
     r = await _get(server, session, tmp_path, "huge", policy=policy, sleep=Sleeps())
     assert r.status == "failed" and "cap" in r.error and r.attempts == 1

@@ -32,7 +32,12 @@ from proxy_addons.refresh.refresher import (
 from tests.feedserver import FeedServer, feed_server, sources_toml
 
 FAST = FetchPolicy(
-    connect_timeout=2, read_timeout=0.5, total_timeout=3, attempts=2, backoff=0.01, retry_after_max=1
+    connect_timeout=2,
+    read_timeout=0.5,
+    total_timeout=3,
+    attempts=2,
+    backoff=0.01,
+    retry_after_max=1,
 )
 
 
@@ -125,14 +130,14 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("mode", list(FAILURES))
-async def test_every_failure_keeps_the_last_good_data(
-    server: FeedServer, setup, mode: str
-) -> None:
+async def test_every_failure_keeps_the_last_good_data(server: FeedServer, setup, mode: str) -> None:
     name, src, cache = setup
     slot = Slot(Engine.from_lists([])[0])
     policy = FAST
     if mode == "over_cap":
-        policy = FetchPolicy(connect_timeout=2, read_timeout=2, total_timeout=10, attempts=1, max_bytes=64 * 1024)
+        policy = FetchPolicy(
+            connect_timeout=2, read_timeout=2, total_timeout=10, attempts=1, max_bytes=64 * 1024
+        )
     r = Refresher(load_sources(src), cache, slot=slot, policy=policy, isolate=False)
     assert (await r.refresh()).ok
     good_body = feed_body_path(cache, name).read_bytes()
@@ -175,9 +180,13 @@ async def test_force_overrides_only_the_shrink_guard(server: FeedServer, setup) 
     server.feeds[name].body = domains(10)
     assert (await r.refresh()).outcomes[name].status == "held_back"
     forced = await r.refresh(force=True)
-    assert forced.outcomes[name].status == "updated" and "overridden" in forced.outcomes[name].detail
+    assert (
+        forced.outcomes[name].status == "updated" and "overridden" in forced.outcomes[name].detail
+    )
     server.feeds[name].body = b"1.2.3.0/24\n0.0.0.0/0\n"
-    (src.parent / "sources.toml").write_text(src.read_text().replace('format = "domains"', 'format = "cidr"'))
+    (src.parent / "sources.toml").write_text(
+        src.read_text().replace('format = "domains"', 'format = "cidr"')
+    )
     r2 = make(src, cache)
     assert (await r2.refresh(force=True)).outcomes[name].status == "held_back"
 
@@ -291,10 +300,15 @@ async def test_local_list_edit_triggers_rebuild(server: FeedServer, setup) -> No
     local.write_text("one.example\n")
     src.write_text(src.read_text() + '\n[[source]]\nname = "local"\npath = "local.txt"\n')
     slot = Slot(Engine.from_lists([])[0])
-    refresher = Refresher(load_sources(src), cache, slot=slot, policy=FAST, isolate=False, startup_spread=0, poll=0.05)
+    refresher = Refresher(
+        load_sources(src), cache, slot=slot, policy=FAST, isolate=False, startup_spread=0, poll=0.05
+    )
     task = asyncio.get_running_loop().create_task(refresher.run())
     try:
-        await wait_for(slot, lambda: blocked(slot.engine, "one.example") and blocked(slot.engine, "bad1.example"))
+        await wait_for(
+            slot,
+            lambda: blocked(slot.engine, "one.example") and blocked(slot.engine, "bad1.example"),
+        )
         local.write_text("one.example\ntwo.example\n")
         await wait_for(slot, lambda: blocked(slot.engine, "two.example"))
     finally:
@@ -367,7 +381,8 @@ def test_cache_survives_sigkill_mid_write(server: FeedServer, tmp_path: Path) ->
     while kills < 15 and (mid_write < 2 or kills < 4):
         with subprocess.Popen(
             [sys.executable, str(script), str(src), str(cache), str(a), str(b)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         ) as proc:
             try:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"

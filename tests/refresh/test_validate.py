@@ -37,7 +37,9 @@ def test_html_page_is_held_back(body: bytes, ctype: str | None) -> None:
 
 
 def test_plain_text_is_not_html() -> None:
-    assert not looks_like_html(b"# list <html> mentioned far below\n" + b"a.example\n" * 200, "text/plain")
+    assert not looks_like_html(
+        b"# list <html> mentioned far below\n" + b"a.example\n" * 200, "text/plain"
+    )
 
 
 def test_mostly_garbage_is_held_back() -> None:
@@ -95,7 +97,9 @@ def test_canaries_hold_back(line: str, fmt: str) -> None:
         ["https://urlhaus.abuse.ch/downloads/hostfile/"],
     )
     body = (
-        "".join(f"http://bad{i}.example/x\n" for i in range(40)) if fmt == "urls" else _domains(40).decode()
+        "".join(f"http://bad{i}.example/x\n" for i in range(40))
+        if fmt == "urls"
+        else _domains(40).decode()
     )
     v = validate_body((body + line + "\n").encode(), fmt=fmt, canaries=canaries)
     assert not v.accepted and v.reason.startswith("canary:"), v.reason
@@ -111,7 +115,9 @@ def test_url_rules_on_canary_hosts_are_legitimate() -> None:
 
 def test_subdomain_of_canary_is_fine() -> None:
     # Blocking evil.github.com does not block github.com.
-    v = validate_body(_domains(20) + b"evil.google.com\n", fmt="domains", canaries=Canaries.build(["google.com"]))
+    v = validate_body(
+        _domains(20) + b"evil.google.com\n", fmt="domains", canaries=Canaries.build(["google.com"])
+    )
     assert v.accepted
 
 

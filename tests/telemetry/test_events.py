@@ -43,9 +43,16 @@ def test_block_event_is_one_json_line_with_the_core_fields() -> None:
     log = EventLog(clock=Clock())
     log.set_sink(buf)
     log.emit(
-        "block", client="192.0.2.1", method="GET", url="http://evil.test/x?a=1",
-        verdict="block", list="malware", rule="evil.test", category="malware",
-        request_id="abc123", stage="request",
+        "block",
+        client="192.0.2.1",
+        method="GET",
+        url="http://evil.test/x?a=1",
+        verdict="block",
+        list="malware",
+        rule="evil.test",
+        category="malware",
+        request_id="abc123",
+        stage="request",
     )
     (rec,) = lines(buf)
     assert buf.getvalue().count("\n") == 1
@@ -64,8 +71,15 @@ def test_bytes_a_client_sent_that_were_not_utf8_do_not_stop_the_line() -> None:
     sink = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
     log = EventLog(clock=Clock())
     log.set_sink(sink)
-    log.emit("block", method="G\udcffT", url="http://good.test/\udcff/x.js", verdict="block",
-             list="l", rule="good.test/%FF/", page_url="http://good.test/\udcfe")
+    log.emit(
+        "block",
+        method="G\udcffT",
+        url="http://good.test/\udcff/x.js",
+        verdict="block",
+        list="l",
+        rule="good.test/%FF/",
+        page_url="http://good.test/\udcfe",
+    )
     (rec,) = [json.loads(line) for line in raw.getvalue().decode("utf-8").splitlines()]
     assert rec["url"] == "http://good.test/\ufffd/x.js" and rec["method"] == "G\ufffdT"
     assert rec["page_url"] == "http://good.test/\ufffd"
@@ -211,7 +225,10 @@ def test_report_refresh_counts_and_emits() -> None:
     report_refresh(log, M(), "openphish", "failure", "HTTP 500")
     assert calls == [("urlhaus", "success"), ("urlhaus", "held_back"), ("openphish", "failure")]
     kinds = [(r["event"], r["source"], r["reason"]) for r in log.recent()]
-    assert kinds == [("error", "openphish", "HTTP 500"), ("refresh-held", "urlhaus", "shrank by 80%")]
+    assert kinds == [
+        ("error", "openphish", "HTTP 500"),
+        ("refresh-held", "urlhaus", "shrank by 80%"),
+    ]
 
 
 def test_rfc3339_is_utc() -> None:
@@ -249,18 +266,23 @@ def test_report_refresh_outcomes_from_a_refresher_report() -> None:
             calls.append((source, result))
 
     log = EventLog()
-    report = Report({
-        "a": Outcome("a", "updated", "10 entries", 10),
-        "b": Outcome("b", "unchanged"),
-        "c": Outcome("c", "held_back", "shrank", 3),
-        "d": Outcome("d", "failed", "HTTP 500"),
-    }, not_published="compile failed")
+    report = Report(
+        {
+            "a": Outcome("a", "updated", "10 entries", 10),
+            "b": Outcome("b", "unchanged"),
+            "c": Outcome("c", "held_back", "shrank", 3),
+            "d": Outcome("d", "failed", "HTTP 500"),
+        },
+        not_published="compile failed",
+    )
     from proxy_addons.telemetry.events import report_refresh_outcomes
 
     report_refresh_outcomes(log, M(), report)
     assert calls == [("a", "success"), ("b", "success"), ("c", "held_back"), ("d", "failure")]
     assert [(r["event"], r.get("source")) for r in log.recent()] == [
-        ("error", None), ("error", "d"), ("refresh-held", "c")
+        ("error", None),
+        ("error", "d"),
+        ("refresh-held", "c"),
     ]
     assert log.recent()[2]["entries"] == 3
 

@@ -25,20 +25,32 @@ def value(m: Metrics, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def engine() -> Engine:
-    rules = ParsedList("t", [Rule(RuleKind.DOMAIN, "evil.test", "evil.test", 1),
-                             Rule(RuleKind.URL, "good.test/bad", "good.test/bad", 2)])
+    rules = ParsedList(
+        "t",
+        [
+            Rule(RuleKind.DOMAIN, "evil.test", "evil.test", 1),
+            Rule(RuleKind.URL, "good.test/bad", "good.test/bad", 2),
+        ],
+    )
     watch = ParsedList("t", [Rule(RuleKind.DOMAIN, "watch.test", "watch.test", 1)])
-    e, _, _ = Engine.from_lists([
-        (ListSpec(name="mal", category="malware"), rules),
-        (ListSpec(name="watch", category="phishing", mode=Mode.MONITOR), watch),
-    ])
+    e, _, _ = Engine.from_lists(
+        [
+            (ListSpec(name="mal", category="malware"), rules),
+            (ListSpec(name="watch", category="phishing", mode=Mode.MONITOR), watch),
+        ]
+    )
     return e
 
 
 def test_registry_is_private() -> None:
     m = Metrics()
     m.record_block("a", "b")
-    assert REGISTRY.get_sample_value("jectguard_requests_blocked_total", {"list": "a", "category": "b"}) is None
+    assert (
+        REGISTRY.get_sample_value(
+            "jectguard_requests_blocked_total", {"list": "a", "category": "b"}
+        )
+        is None
+    )
     assert value(m, "jectguard_requests_blocked_total", list="a", category="b") == 1
     Metrics()  # a second instance does not clash (no duplicate registration)
 
