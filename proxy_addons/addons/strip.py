@@ -679,6 +679,8 @@ class Strip:
             signatures_source=self._signatures_path or "",
             after_html=self.after_html,
             max_bytes=self.max_bytes,
+            fold_case=Engine.fold_case,
+            nat64=tuple(str(n) for n in Engine.nat64),
         )
 
     @property

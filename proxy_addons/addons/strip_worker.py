@@ -137,6 +137,11 @@ class WorkerConfig:
     signatures_source: str
     after_html: str
     max_bytes: int
+    # The engine's process-wide settings (``jg_url_case_insensitive``,
+    # ``jg_nat64_prefixes``): a worker is another process, so it is told them, or
+    # it would judge the same URL differently from the proxy.
+    fold_case: bool = False
+    nat64: tuple[str, ...] = ()
 
     def message(self, *, images: bool = False) -> list[Blob]:
         """The config frame: snapshot files by path (with the header they must have, so
@@ -150,10 +155,18 @@ class WorkerConfig:
             blobs.append(index.image())
             return {"blob": len(blobs) - 1}
 
+        extra_source: dict[str, Any] | None = None
+        if self.engine.extra is not None:
+            # the proxy's own block list (the campaign list), small: always by its bytes
+            blobs.append(self.engine.extra.image())
+            extra_source = {"blob": len(blobs) - 1}
         header = {
             "op": "config",
             "block": index_source(self.engine.block),
             "allow": index_source(self.engine.allow),
+            "extra": extra_source,
+            "fold_case": self.fold_case,
+            "nat64": list(self.nat64),
             "signatures_text": self.signatures_text,
             "signatures_source": self.signatures_source,
             "after_html": self.after_html,
@@ -190,9 +203,19 @@ def _load_index(source: Any, blobs: list[bytes]) -> CompiledIndex:
 
 
 def _configure(header: dict[str, Any], blobs: list[bytes]) -> Scanner:
+    import ipaddress
+
     from proxy_addons.core.engine import blocked_by  # the same verdict mapping as the proxy
 
-    engine = Engine(_load_index(header["block"], blobs), _load_index(header["allow"], blobs))
+    extra = header.get("extra")
+    engine = Engine(
+        _load_index(header["block"], blobs),
+        _load_index(header["allow"], blobs),
+        None if extra is None else _load_index(extra, blobs),
+    )
+    # This process scans for one proxy: its settings are this process's.
+    Engine.fold_case = bool(header.get("fold_case", False))
+    Engine.nat64 = tuple(ipaddress.IPv6Network(n) for n in header.get("nat64", ()))
     signatures = parse_signatures(header["signatures_text"], source=header["signatures_source"])
     return Scanner(
         blocked_by(engine),

@@ -420,3 +420,42 @@ async def test_a_snapshot_file_replaced_under_its_path_is_not_used(tmp_path: Pat
     finally:
         await pool.close()
     assert reply.raw is not None and b"dot.php" not in reply.raw  # judged by the proxy's rules
+
+
+async def test_a_worker_judges_with_the_proxys_settings_and_campaign_list() -> None:
+    """A worker is another process: it is told the engine's process-wide settings
+    (``jg_url_case_insensitive``) and the proxy's own campaign list, so a page is
+    judged there exactly as in the proxy (it was judged without them)."""
+    from proxy_addons.core.engine import Engine
+    from tests.addons.test_blocking import _rules
+
+    base, _, _ = Engine.from_lists(
+        [
+            (
+                ListSpec(name="malware", category="malware"),
+                _rules((RuleKind.DOMAIN, "attacker.test"), (RuleKind.URL, "good.test/bad/")),
+            )
+        ]
+    )
+    own, _, _ = Engine.from_lists(
+        [
+            (
+                ListSpec(name="jectguard-campaigns", category="campaign"),
+                _rules((RuleKind.DOMAIN, "campaign.test")),
+            )
+        ]
+    )
+    engine = base.with_extra(own.block)
+    page_campaign = injected(BIG).replace("attacker.test", "campaign.test")
+    upper = BIG.replace("<p>", '<script src="http://good.test/BAD/x.js"></script><p>')
+    pool = ScanPool(1, 60.0)
+    try:
+        found = (await pool.scan(_job(page_campaign.encode()), _config(engine=engine))).findings
+        assert any(f.removed and "campaign.test" in (f.url or "") for f in found), found
+        as_proxy = await pool.scan(_job(upper.encode()), _config(engine=engine, fold_case=True))
+        assert any(f.removed for f in as_proxy.findings), as_proxy.findings
+        default = await pool.scan(_job(upper.encode()), _config(engine=engine, fold_case=False))
+        assert not any(f.removed for f in default.findings), default.findings
+    finally:
+        await pool.close()
+        Engine.fold_case = False
