@@ -941,6 +941,9 @@ def _parse_rpz(lines: Sequence[str], acc: _Acc) -> None:
             continue
         depth = max(0, line.count("(") - line.count(")"))
         tokens = line.replace("(", " ").replace(")", " ").split()
+        if not tokens:  # only parentheses (")" closing a record continued over lines)
+            acc.skipped += 1
+            continue
         if text[0] == "$":
             directive = tokens[0].upper()
             if directive == "$ORIGIN" and len(tokens) > 1:

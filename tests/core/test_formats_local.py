@@ -3,6 +3,7 @@ lines, RPZ zones, and Spamhaus' JSON DROP with its record count."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -240,3 +241,18 @@ def test_json_drop_cut_in_transit_is_refused() -> None:
     padded = [*lines[:-1], '{"cidr":"8.8.8.0/24","sblid":"SBL9","rir":"arin"}', lines[-1]]
     with pytest.raises(ListFormatError, match="declares 8 records but 9"):
         parse_list("\n".join(padded))
+
+
+@pytest.mark.parametrize(
+    "text", [")\n$", "(\n", "$ORIGIN rpz.local.\n)\nevil.example CNAME .\n", " ( ) \n"]
+)
+@pytest.mark.parametrize("fmt", ["auto", "rpz"])
+def test_rpz_lines_of_only_parentheses_never_crash(text: str, fmt: str) -> None:
+    """Found by the property test: a line that is only ')' had no tokens (IndexError).
+
+    A clear refusal (nothing looks like a rule) is fine; a crash is not.
+    """
+    from proxy_addons.core.errors import ListFormatError
+
+    with contextlib.suppress(ListFormatError):
+        parse_list(text, fmt)
