@@ -1115,8 +1115,12 @@ def parse_elements(body: bytes, content_type: str | None = None) -> list[Element
 # --------------------------------------------------------------------------
 # Judging elements: URLs, inline references, signatures.
 
+# As JavaScript reads escapes: ``\u{...}`` takes any number of hex digits (leading
+# zeros), and a legacy octal escape is at most three digits from 0-3 (``\377``) but
+# two from 4-7 (``\561`` is ``\56`` then ``1``: "." and "1").
 _JS_ESCAPE = re.compile(
-    r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]{1,6})\}|([0-7]{1,3})|(.))", re.S
+    r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|u\{([0-9a-fA-F]+)\}|([0-3][0-7]{0,2}|[4-7][0-7]?)|(.))",
+    re.S,
 )
 _PERCENT = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
 _FROM_CHAR_CODE = re.compile(r"fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")

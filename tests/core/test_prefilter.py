@@ -132,7 +132,10 @@ def test_escapes_are_undone_as_before(text: str) -> None:
         ("\\u0064ocument\\u{77}rite", "documentwrite"),
         ("\\\\u0041", "\\u0041"),  # an escaped backslash, then plain text
         ("\\101\\0\\8", "A\x008"),
-        ("\\u{1234567}", "u{1234567}"),
+        ("\\u{1234567}", "\ufffd"),  # past U+10FFFF: a SyntaxError in JS, nothing runs
+        ("\\u{00000041}", "A"),  # any number of digits, as JS reads them
+        ("\\561", ".1"),  # a legacy octal escape from 4-7 is two digits at most
+        ("\\3770", "\xff0"),  # from 0-3, three
         ("end\\", "end\\"),
         ("\\\\\\", "\\\\"),
     ],
