@@ -47,14 +47,17 @@ def rss_kb() -> int:
 
 def mapped_kb(path: Path) -> int:
     """Resident pages of the mapped snapshot: page cache, shared by every worker process."""
+    # By inode, not name: the first load maps its copy through the temporary name it
+    # wrote it under (smaps shows that name, "(deleted)"), then links it into place.
+    inode = str(os.stat(path).st_ino)
     total = 0
-    current = None
+    current = False
     with open("/proc/self/smaps") as f:
         for line in f:
             parts = line.split()
             if "-" in parts[0] and len(parts) >= 5:
-                current = parts[5] if len(parts) > 5 else None
-            elif parts[0] == "Rss:" and current == str(path):
+                current = parts[4] == inode and len(parts) > 5
+            elif parts[0] == "Rss:" and current:
                 total += int(parts[1])
     return total
 
