@@ -151,7 +151,13 @@ class WorkerConfig:
         def index_source(index: CompiledIndex) -> dict[str, Any]:
             if not images and index.path is not None and os.path.exists(index.path):
                 head = bytes(index.image()[:HEADER_SIZE]).hex()
-                return {"path": os.fspath(index.path), "head": head}
+                doc: dict[str, Any] = {"path": os.fspath(index.path), "head": head}
+                residence = index.origin.residence if index.origin is not None else None
+                if residence is not None:
+                    # The worker maps the proxy's verified private copy (shared pages),
+                    # not a 42 MB copy of its own in process memory per worker.
+                    doc["copy_dir"] = os.fspath(residence.parent)
+                return doc
             blobs.append(index.image())
             return {"blob": len(blobs) - 1}
 
@@ -192,7 +198,10 @@ def finding_from(d: Any) -> Finding:
 
 def _load_index(source: Any, blobs: list[bytes]) -> CompiledIndex:
     if isinstance(source, dict) and isinstance(source.get("path"), str):
-        index = CompiledIndex.load(source["path"])
+        copy_dir = source.get("copy_dir")
+        index = CompiledIndex.load(
+            source["path"], copy_dir=copy_dir if isinstance(copy_dir, str) else None
+        )
         if bytes(index.image()[:HEADER_SIZE]).hex() != source.get("head"):
             index.close()
             raise ValueError(f"{source['path']} is not the snapshot the proxy serves")

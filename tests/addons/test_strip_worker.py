@@ -459,3 +459,32 @@ async def test_a_worker_judges_with_the_proxys_settings_and_campaign_list() -> N
     finally:
         await pool.close()
         Engine.fold_case = False
+
+
+async def test_a_worker_maps_the_proxys_private_copy_instead_of_its_own(tmp_path: Path) -> None:
+    """A 1.11M-rule snapshot is 42 MB: each worker read it into memory of its own
+    (+42 MB per worker, 2 per proxy process, unshared). It maps the verified copy the
+    proxy serves from, so the pages are the page cache's, shared by every process."""
+    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.index import CompiledIndex, compile_index
+    from tests.addons.test_strip import _NoGuard, _rules
+
+    spec = ListSpec(name="malware", category="malware")
+    img, _ = compile_index([(spec, _rules((RuleKind.DOMAIN, "attacker.test")))], guard=_NoGuard())
+    path = tmp_path / "published.jgs"
+    img.write(path)
+    copies = tmp_path / "copies"
+    copies.mkdir(mode=0o700)
+    block = CompiledIndex.load(path, copy_dir=copies)
+    assert block.origin is not None and block.origin.residence is not None
+    engine = Engine(block, Engine.empty_allow())
+    pool = ScanPool(1, 60.0)
+    try:
+        reply = await pool.scan(_job(injected(BIG).encode()), _config(engine=engine))
+        assert reply.raw is not None and b"dot.php" not in reply.raw  # judged by these rules
+        (task,) = [t for t in pool._slots if t is not None]
+        maps = await asyncio.to_thread(Path(f"/proc/{task.result().pid}/maps").read_text)
+        assert os.fspath(block.origin.residence) in maps
+        assert len(list(copies.glob("*.jgs"))) == 1  # the proxy's copy, adopted, not a second
+    finally:
+        await pool.close()
