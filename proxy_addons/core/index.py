@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Buffer, Iterable, Sequence
+from collections.abc import Buffer, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -499,37 +499,23 @@ class CompiledIndex:
         h = _read_header(buf)
         if verify:
             _check_body(buf, h)
-        n = h["n"]
         self._buf = mv = memoryview(buf)
         sec = h["sections"]
+        parsed = _check_structure(h, lambda off, length: bytes(mv[off : off + length]))
 
-        def view(name: str, fmt: str, count: int | None) -> memoryview:
+        def view(name: str, fmt: str) -> memoryview:
             off, length = sec[name]
-            if count is not None and length != count * struct.calcsize(fmt):
-                raise SnapshotError(f"snapshot section {name!r} has the wrong size")
             return mv[off : off + length].cast(fmt)  # type: ignore[call-overload,no-any-return]
 
-        self._dir = view("dir", "I", (1 << h["dir_bits"]) + 1)
+        self._dir = view("dir", "I")
         self._shift = 64 - h["dir_bits"]
-        self._table = view("table", "Q", n)
-        self._kinds = view("kinds", "B", n)
-        self._list_ids = view("lists", "H", n)
-        self._lines = view("lines", "I", n)
-        self._text_offs = view("text_offs", "I", n + 1)
-        self._texts = view("texts", "B", None)
-        if self._dir[-1] != n or self._text_offs[n] != len(self._texts):
-            raise SnapshotError("snapshot sections inconsistent (corrupt snapshot)")
-        try:
-            meta = json.loads(bytes(view("meta", "B", None)))
-            self._lists = tuple(
-                ListInfo(d["name"], d["category"], Mode(d["mode"]), bool(d["allow"]))
-                for d in meta["lists"]
-            )
-            self._v4 = tuple(int(p) for p in meta["v4_prefixes"] if 0 <= int(p) <= 32)
-            self._v6 = tuple(int(p) for p in meta["v6_prefixes"] if 0 <= int(p) <= 128)
-            self._alternates = bool(meta["url_alternates"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SnapshotError(f"snapshot metadata unreadable: {exc}") from None
+        self._table = view("table", "Q")
+        self._kinds = view("kinds", "B")
+        self._list_ids = view("lists", "H")
+        self._lines = view("lines", "I")
+        self._text_offs = view("text_offs", "I")
+        self._texts = view("texts", "B")
+        meta, self._lists, self._v4, self._v6, self._alternates = parsed
         self.meta: dict[str, Any] = meta
 
     @classmethod
@@ -901,6 +887,54 @@ def _read_header(buf: bytes | bytearray | mmap.mmap) -> dict[str, Any]:
     }
 
 
+# Each fixed-width section: its element format and how many elements ("n": one per
+# record, "n+1": one more, "dir": the directory's 2**dir_bits + 1).
+_SHAPES: Final = {
+    "dir": ("I", "dir"),
+    "table": ("Q", "n"),
+    "kinds": ("B", "n"),
+    "lists": ("H", "n"),
+    "lines": ("I", "n"),
+    "text_offs": ("I", "n+1"),
+}
+
+
+def _check_structure(
+    h: dict[str, Any], read: Callable[[int, int], bytes]
+) -> tuple[dict[str, Any], tuple[ListInfo, ...], tuple[int, ...], tuple[int, ...], bool]:
+    """Every check of a snapshot's layout beyond its checksums, through ``read(offset, length)``.
+
+    The one definition for an index built over the bytes and for :func:`verify_file`,
+    which reads a few small pieces of the file: both accept and refuse the same files.
+    Returns the metadata (dict, lists, IPv4 and IPv6 prefix lengths, URL alternates).
+    """
+    n, sec = h["n"], h["sections"]
+    counts = {"n": n, "n+1": n + 1, "dir": (1 << h["dir_bits"]) + 1}
+    for name, (fmt, count) in _SHAPES.items():
+        if sec[name][1] != counts[count] * struct.calcsize(fmt):
+            raise SnapshotError(f"snapshot section {name!r} has the wrong size")
+    dir_off, dir_len = sec["dir"]
+    offs_off, _ = sec["text_offs"]
+    last_dir = struct.unpack("<I", read(dir_off + dir_len - 4, 4))[0]
+    texts_end = struct.unpack("<I", read(offs_off + 4 * n, 4))[0]
+    if last_dir != n or texts_end != sec["texts"][1]:
+        raise SnapshotError("snapshot sections inconsistent (corrupt snapshot)")
+    try:
+        meta = json.loads(read(*sec["meta"]))
+        lists = tuple(
+            ListInfo(d["name"], d["category"], Mode(d["mode"]), bool(d["allow"]))
+            for d in meta["lists"]
+        )
+        v4 = tuple(int(p) for p in meta["v4_prefixes"] if 0 <= int(p) <= 32)
+        v6 = tuple(int(p) for p in meta["v6_prefixes"] if 0 <= int(p) <= 128)
+        alternates = bool(meta["url_alternates"])
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise SnapshotError(f"snapshot metadata unreadable: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SnapshotError("snapshot metadata unreadable: not an object")
+    return meta, lists, v4, v6, alternates
+
+
 def _check_body(buf: bytes | bytearray | mmap.mmap, h: dict[str, Any]) -> None:
     if len(buf) != HEADER_SIZE + h["body_len"]:
         raise SnapshotError("truncated or padded snapshot")
@@ -1036,7 +1070,8 @@ def _adopt_copy(src: Any, target: Path, head: bytes, h: dict[str, Any]) -> mmap.
 
 
 def verify_file(path: str | os.PathLike[str]) -> None:
-    """Check a snapshot file where it lies: header, size and checksum; SnapshotError if bad.
+    """Check a snapshot file where it lies: header, size, checksum and layout (every check
+    :meth:`CompiledIndex.load` makes); SnapshotError if bad.
 
     Read in chunks into one small buffer: no copy of the snapshot is made. (A full
     :meth:`CompiledIndex.load` allocates and then frees the whole snapshot; done
@@ -1056,6 +1091,15 @@ def verify_file(path: str | os.PathLike[str]) -> None:
                 )
             if _body_digest(f.fileno(), size) != h["body_xxh"]:
                 raise SnapshotError("checksum mismatch (corrupt snapshot)")
+            fd = f.fileno()
+
+            def read(off: int, length: int) -> bytes:
+                data = os.pread(fd, length, off)
+                if len(data) != length:
+                    raise SnapshotError("truncated snapshot (it shrank while being read)")
+                return data
+
+            _check_structure(h, read)
     except SnapshotError as exc:
         raise SnapshotError(f"{p}: {exc}") from None
     except (OSError, ValueError) as exc:

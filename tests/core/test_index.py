@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -414,3 +415,86 @@ def test_metadata_fields_are_typed_properties() -> None:
     assert idx.v4_prefixes == (24,) and idx.v6_prefixes == (48,)
     empty = CompiledIndex(compile_index([])[0])
     assert empty.by_kind == {} and empty.refused_count == 0 and empty.v4_prefixes == ()
+
+
+def _reseal(buf: bytearray) -> bytearray:
+    """Recompute both checksums, as any writer (a buggy one, or someone who can write the
+    store) would: what is left to catch a bad layout is the structure checks."""
+    import xxhash
+
+    from proxy_addons.core import index as ix
+
+    magic, ver, hs, blen, _, dbits, n = ix._HEAD.unpack_from(buf)
+    body = xxhash.xxh3_64_intdigest(bytes(buf[HEADER_SIZE:]))
+    ix._HEAD.pack_into(buf, 0, magic, ver, hs, blen, body, dbits, n)
+    head = xxhash.xxh3_64_intdigest(bytes(buf[: ix._HEADER_XXH_AT]))
+    struct.pack_into("<Q", buf, ix._HEADER_XXH_AT, head)
+    return buf
+
+
+def _verdicts(path: Path) -> tuple[str | None, str | None]:
+    def outcome(f: object) -> str | None:
+        try:
+            f()  # type: ignore[operator]
+        except SnapshotError:
+            return "refused"
+        return None
+
+    return outcome(lambda: verify_file(path)), outcome(lambda: CompiledIndex.load(path).close())
+
+
+@functools.cache
+def _one_image() -> bytes:
+    """One snapshot for every example (its metadata carries the build time, so each build's
+    length differs, and hypothesis needs the same bounds in every example)."""
+    image, _ = compile_index([(ListSpec("feed"), ParsedList("domains", _rules()))])
+    return image.to_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_verify_file_refuses_exactly_what_load_refuses(data: st.DataObject) -> None:
+    """The stale check (verify_file, in place) and the proxy's load (CompiledIndex.load)
+    must agree on every file, or a snapshot the proxy cannot load is reported intact
+    and never rebuilt. Bytes changed anywhere and both checksums recomputed."""
+    import tempfile
+
+    buf = bytearray(_one_image())
+    for _ in range(data.draw(st.integers(1, 3))):
+        off = data.draw(st.integers(8, len(buf) - 1))  # after the magic: a version change is
+        buf[off] ^= data.draw(st.integers(1, 255))  # refused by both anyway
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "resealed.jgs"
+        path.write_bytes(_reseal(buf))
+        via_file, via_load = _verdicts(path)
+    assert via_file == via_load
+
+
+@pytest.mark.parametrize("case", ["n+1", "meta-garbage", "dir-last", "text-end"])
+def test_verify_file_checks_the_layout_not_only_the_checksums(
+    snapshot: Path, tmp_path: Path, case: str
+) -> None:
+    from proxy_addons.core import index as ix
+
+    buf = bytearray(snapshot.read_bytes())
+    sec = _sections(bytes(buf))
+    if case == "n+1":
+        fields = list(ix._HEAD.unpack_from(buf))
+        fields[6] += 1
+        ix._HEAD.pack_into(buf, 0, *fields)
+    elif case == "meta-garbage":
+        off, length = sec["meta"]
+        buf[off : off + length] = b"X" * length
+    elif case == "dir-last":
+        off, length = sec["dir"]
+        struct.pack_into("<I", buf, off + length - 4, 7)
+    else:
+        off, _ = sec["text_offs"]
+        n = ix._HEAD.unpack_from(buf)[6]
+        struct.pack_into("<I", buf, off + 4 * n, 1)
+    path = tmp_path / f"{case}.jgs"
+    path.write_bytes(_reseal(buf))
+    with pytest.raises(SnapshotError):
+        CompiledIndex.load(path)
+    with pytest.raises(SnapshotError, match="corrupt|wrong size|unreadable"):
+        verify_file(path)
