@@ -4,8 +4,9 @@ One verdict per URL (or per line of stdin): the list, rule, line and category th
 decided it. A bare name also gets what DNS mode answers for it. Exit 1 when a URL
 is blocked, 2 when one cannot be read (and none is blocked), else 0.
 
-It decides as the proxy does: with the configured sources, the campaign list the
-proxy's detector keeps in the same cache (``jg_campaign``, on by default), and the
+It decides as the proxy does: with the configured sources (or the files named),
+the campaign list the proxy's detector keeps in the same cache (a proxy enforces
+it whenever it is there, as ``jectguard run --blocklist`` does too), and the
 proxy's engine settings given as options (``--url-case-insensitive``,
 ``--nat64-prefix``), so an answer here is the proxy's answer.
 """
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-campaign",
         action="store_true",
-        help="leave out the campaign list in the cache (as a proxy with jg_campaign=false)",
+        help="leave out the campaign list in the cache (what the other lists alone decide)",
     )
 
 
@@ -70,20 +71,18 @@ def is_bare_name(text: str) -> bool:
     return bool(text) and not any(c in text for c in "/?#@ ")
 
 
-def _with_campaign_list(engine: Engine, args: argparse.Namespace) -> Engine:
-    """The engine with the campaign list the proxy keeps in this cache, when there is one."""
-    if args.no_campaign or args.blocklist or args.allowlist:
-        return engine  # lists named on the command line: exactly those
+def _with_campaign_list(engine: Engine, args: argparse.Namespace) -> tuple[Engine, str | None]:
+    """The engine with the campaign list the proxy keeps in this cache, when there is one;
+    and why it could not be read (the proxy keeps the last list it read: this answer may
+    differ from the proxy's)."""
+    if args.no_campaign:
+        return engine, None
     files = CampaignFiles.under(cache_dir_from(args.cache_dir))
-    if not files.list_path.exists():
-        return engine
     try:
         lst = read_list(files)
     except (CampaignListError, OSError) as exc:
-        # The proxy keeps the list it read last; this process has none to keep.
-        print(f"jectguard: campaign list {files.list_path} not read: {exc}", file=sys.stderr)
-        return engine
-    return engine.with_extra(compile_list(lst))
+        return engine, f"campaign list {files.list_path} not read: {exc}"
+    return engine.with_extra(compile_list(lst)), None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,7 +92,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"jectguard: --nat64-prefix: {exc}", file=sys.stderr)
         return Exit.INPUT
     engine, _ = engine_from_args(args)
-    engine = _with_campaign_list(engine, args)
+    engine, unread = _with_campaign_list(engine, args)
+    if unread:
+        print(f"jectguard: {unread}; a URL it lists may be reported as passing", file=sys.stderr)
     # Process-wide, as in the proxy: this process checks nothing else.
     Engine.fold_case = bool(getattr(args, "url_case_insensitive", False))
     Engine.nat64 = nat64
@@ -117,6 +118,6 @@ def main(args: argparse.Namespace) -> int:
                 print(f"       dns: {dns.action.value}", file=sys.stdout)
         if v.action is Action.BLOCK:
             status = Exit.FOUND
-        elif v.action is Action.ERROR and status == Exit.OK:
-            status = Exit.INPUT
+        elif (v.action is Action.ERROR or unread) and status == Exit.OK:
+            status = Exit.INPUT  # not a confident "passes"
     return status

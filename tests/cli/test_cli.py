@@ -322,7 +322,13 @@ def test_check_decides_with_the_campaign_list_the_proxy_enforces(tmp_path: Path)
     assert doc["verdict"] == "block" and doc["list"] == "campaign"
     r = run("check", "--json", "--cache-dir", str(cache), "http://sub.inject-cdn.example/")
     assert json.loads(r.stdout)["verdict"] == "block"
-    # As a proxy with jg_campaign=false: the list is not consulted.
+    # With lists named on the command line too: `jectguard run --blocklist` enforces it.
+    other = tmp_path / "other.txt"
+    other.write_text("unrelated.example\n")
+    r = run("check", "--json", "--cache-dir", str(cache), "--blocklist", str(other),
+            "http://inject-cdn.example/x.js")  # fmt: skip
+    assert json.loads(r.stdout)["list"] == "campaign"
+    # What the other lists alone decide.
     r = run("check", "--no-campaign", "--cache-dir", str(cache), "http://inject-cdn.example/")
     assert r.returncode == 0, r.stdout
 
@@ -337,8 +343,11 @@ def test_check_with_a_damaged_campaign_list_says_so_and_still_answers(tmp_path: 
     r = run("check", "--cache-dir", str(cache), "http://www.example.com/")
     assert "campaign list" in r.stderr and "not JSON" in r.stderr
     assert "Traceback" not in r.stderr
+    # Not a confident "passes": the proxy may still block it from the list it read last.
+    assert r.returncode == 2
     r = run("check", "--json", "--cache-dir", str(cache), "http://217.107.218.147/")
-    assert json.loads(r.stdout)["verdict"] == "block"  # the shipped lists still decide
+    assert r.returncode == 1  # the shipped lists still decide
+    assert json.loads(r.stdout)["verdict"] == "block"
 
 
 def test_check_takes_the_proxys_nat64_prefixes(tmp_path: Path) -> None:
