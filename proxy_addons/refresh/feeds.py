@@ -665,10 +665,6 @@ async def _spool(
         started = loop.time()
         async for chunk in resp.content.iter_chunked(64 * 1024):
             raw += len(chunk)
-            if policy.max_rate > 0:
-                ahead = raw / policy.max_rate - (loop.time() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
             if raw > policy.max_bytes:
                 raise FetchError(
                     f"body over the {policy.max_bytes}-byte cap (aborted while downloading)",
@@ -691,6 +687,12 @@ async def _spool(
                 buf.clear()
                 if progress:
                     progress(name, "bytes", {"bytes": raw, "total": total})
+            if policy.max_rate > 0:
+                # Paced by the larger of the bytes received and the bytes decoded: a
+                # compressed feed's work in the loop is its decoded size.
+                ahead = max(raw, size) / policy.max_rate - (loop.time() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
         # aiohttp raises when a connection ends before the length or the chunked
         # terminator; the count is checked again here so no parser path can slip.
         if declared is not None and raw != declared:

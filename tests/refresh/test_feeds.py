@@ -250,3 +250,18 @@ async def test_a_body_is_read_no_faster_than_the_policys_rate(
     assert r.status == "new" and r.tmp is not None and r.tmp.read_bytes() == body
     assert elapsed >= len(body) / 3_000_000 - 0.1  # 64 KB chunks: the last one's time is not waited
     assert DEFAULT_POLICY.max_rate > 0  # the proxy's own fetches are paced
+
+
+async def test_a_compressed_body_is_paced_by_its_decoded_size(
+    server: FeedServer, session, tmp_path: Path
+) -> None:
+    # 1.5 MB that gzip shrinks ~20x: decoding it is the loop's work, so it is what is paced.
+    body = b"".join(b"paced%07d.example\n" % i for i in range(1_500_000 // 22))
+    server.feed("paced-gz", body, gzip=True)
+    policy = replace(FAST, max_rate=3_000_000, read_timeout=5, total_timeout=20)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    r = await _get(server, session, tmp_path, "paced-gz", policy=policy)
+    elapsed = loop.time() - t0
+    assert r.status == "new" and r.tmp is not None and r.tmp.read_bytes() == body
+    assert elapsed >= len(body) / 3_000_000 - 0.1
