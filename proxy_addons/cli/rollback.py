@@ -59,6 +59,12 @@ def main(args: argparse.Namespace) -> int:
         for hold in record.holds.values() if record else ():
             print(f"held: {hold.name} ({hold.reason})")
         return Exit.OK
+    # An emergency action does not queue behind a rebuild (its worker runs at the lowest
+    # CPU priority and holds the store lock until it publishes): the rebuild is stopped
+    # and the refresher runs it again on what is in force then.
+    stopped = store.stop_rebuild()
+    if stopped is not None:
+        print(f"stopped a rebuild in progress (pid {stopped}); it runs again afterwards")
     if args.release or args.release_all:
         return _release(store, None if args.release_all else args.release)
     cfg = load_sources(args.sources)

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import threading
@@ -74,6 +75,10 @@ log = logging.getLogger(__name__)
 
 POINTER: Final = "current"
 LOCK: Final = ".lock"
+# Who holds the lock, written into it by a rebuild worker: a rollback stops such a
+# worker rather than wait for it (at SCHED_IDLE on a saturated host, minutes).
+REBUILD_HOLDER: Final = "rebuild-worker"
+REBUILD_MODULE: Final = b"proxy_addons.refresh.refresher"
 BODY_PREFIX: Final = "body-"
 # Digest characters in an archived body's name: unique enough among a list's few kept bodies.
 BODY_DIGEST_CHARS: Final = 16
@@ -230,12 +235,14 @@ class SnapshotStore:
         return self.dir / f"{BODY_PREFIX}{name}-{tag}"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, *, holder: str | None = None) -> Iterator[None]:
         """Serialise writers (a refresher, `jectguard update` and `rollback` may overlap).
 
         Re-entrant within one store object: a rebuild holds the lock from reading
         the record in force to publishing, and publish takes it again (a second
-        flock on a new descriptor would wait for ourselves).
+        flock on a new descriptor would wait for ourselves). ``holder`` is written
+        into the lock file with this process's pid while it is held
+        (:meth:`stop_rebuild` reads it).
         """
         with self._thread_lock:
             if self._lock_depth:
@@ -252,10 +259,57 @@ class SnapshotStore:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
                 self._lock_depth = 1
                 try:
+                    if holder is not None:
+                        with contextlib.suppress(OSError):
+                            f.truncate(0)
+                            f.write(json.dumps({"pid": os.getpid(), "holder": holder}).encode())
+                            f.flush()
                     yield
                 finally:
                     self._lock_depth = 0
+                    if holder is not None:
+                        with contextlib.suppress(OSError):
+                            f.truncate(0)
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def stop_rebuild(self) -> int | None:
+        """Stop the rebuild worker holding the store lock, if one does; its pid, or None.
+
+        An operator's rollback must not wait for a rebuild (the worker runs at the
+        lowest CPU priority: on a saturated host it may hold the lock for minutes).
+        The worker is told to stop (SIGTERM: it cleans up what it half-wrote) and
+        the refresher runs the rebuild again later, on what is then in force. Only a
+        process that wrote the rebuild-worker mark and runs the worker module is
+        signalled (a pid reused since is left alone).
+        """
+        try:
+            fd = os.open(self.dir / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                data = os.pread(fd, 256, 0)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None  # nobody holds it
+        finally:
+            os.close(fd)
+        try:
+            doc = json.loads(data)
+            pid = int(doc["pid"])
+            if doc["holder"] != REBUILD_HOLDER or pid <= 1 or pid == os.getpid():
+                return None
+            with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+                if REBUILD_MODULE not in cmd.read():
+                    return None
+            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)  # a stopped worker must run to end
+        except (ValueError, KeyError, TypeError, OSError):
+            return None
+        return pid
 
     # -- writing ------------------------------------------------------------
 

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -70,6 +71,7 @@ from proxy_addons.lists.inforce import Hold, InForce, ListRecord
 from proxy_addons.lists.sources import FeedRules, SourcesConfig
 from proxy_addons.lists.store import (
     POINTER,
+    REBUILD_HOLDER,
     SnapshotStore,
     StoreWriteError,
     compile_allow,
@@ -130,6 +132,8 @@ OWN_NAMES: Final = ("mitm.it",)
 # compile seconds are as quiet as before it. On a host whose CPUs are saturated a
 # refresh waits for spare time (a refresh is minutes apart; serving is not).
 WORKER_NICE: Final = 19
+# The worker's exit status when a rollback stopped it (128 + SIGTERM, as a shell says).
+STOPPED_EXIT: Final = 143
 
 
 class RefreshError(JectguardError):
@@ -190,7 +194,7 @@ def run_job(job: CompileJob) -> CompileResult:
     if not job.candidates and not job.rebuild:
         return out
     try:
-        with store.locked():
+        with store.locked(holder=REBUILD_HOLDER if _IN_WORKER else None):
             _run_locked(job, store, out)
     except StoreWriteError as exc:
         out.snapshot = None
@@ -448,6 +452,10 @@ async def run_rebuild(job: CompileJob, *, isolate: bool = True) -> CompileResult
             proc.kill()
         await asyncio.shield(proc.wait())
         raise
+    if proc.returncode in (STOPPED_EXIT, -signal.SIGTERM):
+        raise RefreshError(
+            "rebuild stopped (a rollback took the snapshot store); it runs again on what is in force"
+        )
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RefreshError(f"rebuild worker exited with {proc.returncode}: {' '.join(tail)}")
@@ -466,7 +474,20 @@ def lower_priority() -> None:
         os.nice(WORKER_NICE - os.nice(0))
 
 
+# True in the rebuild worker process (``python -m proxy_addons.refresh.refresher``): it
+# marks the store lock as a rebuild's, which a rollback may stop (never the proxy).
+_IN_WORKER = False
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # A rollback stopping this rebuild: unwind, so a half-written snapshot is removed.
+    raise SystemExit(STOPPED_EXIT)
+
+
 def _worker_main() -> int:
+    global _IN_WORKER
+    _IN_WORKER = True
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     lower_priority()
     job = CompileJob.from_json(sys.stdin.buffer.read())
     sys.stdout.write(run_job(job).to_json())
