@@ -896,6 +896,8 @@ class Refresher:
         self.follower = Follower(self.cache_dir, self.specs, slot)
         self.store = self.follower.store
         self.schedule: dict[str, float] = {}
+        # When the rebuild running now started (None: none runs); shown by status().
+        self.rebuild_since: float | None = None
         self.last_report: RefreshReport | None = None
         self._rebuild_not_before = 0.0
         self._wake = asyncio.Event()
@@ -1066,6 +1068,7 @@ class Refresher:
                 force=force,
                 rebuild=any(r.rebuild for r in batch),
             )
+            self.rebuild_since = self.clock()
             try:
                 worker = await run_rebuild(job, isolate=self.isolate)
             except asyncio.CancelledError:
@@ -1080,6 +1083,8 @@ class Refresher:
                 )
                 log.warning("jectguard: %s; keeping the snapshot in force", detail)
                 worker = CompileResult(error=detail, not_published=detail)
+            finally:
+                self.rebuild_since = None
             self._build_seq += 1
             worker.seq = self._build_seq
             if worker.snapshot:
@@ -1256,6 +1261,14 @@ class Refresher:
     def status(self) -> dict[str, Any]:
         """What is in force and per-source status, JSON-ready (reads small files)."""
         doc = status_document(self.cfg, self.cache_dir, self.last_report)
+        # A rebuild waits for spare CPU (its worker runs at the lowest priority): how long
+        # this one has been running says whether new rules are stuck behind a busy host.
+        since = self.rebuild_since
+        doc["rebuild"] = {
+            "running": since is not None,
+            "since": since,
+            "seconds": None if since is None else round(self.clock() - since, 1),
+        }
         for src in doc["sources"]:
             if src.get("refresh_seconds") is not None:
                 src["fetching"] = src["name"] in self._fetching

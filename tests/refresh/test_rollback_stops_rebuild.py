@@ -124,3 +124,32 @@ def test_nothing_is_stopped_when_no_rebuild_holds_the_lock(root: Path) -> None:
         child.wait(10)
         assert child.stdout is not None
         child.stdout.close()
+
+
+async def test_status_says_how_long_a_rebuild_has_been_waiting(root: Path) -> None:
+    """New rules stuck behind a busy host are visible: status carries the rebuild's age."""
+    from proxy_addons.refresh.refresher import Refresher
+
+    store = SnapshotStore(root / "cache")
+    (root / "block.txt").write_text("".join(f"h{i}.fourth.example\n" for i in range(300_000)))
+    r = Refresher(load_sources(root / "sources.toml"), root / "cache")
+    assert r.status()["rebuild"] == {"running": False, "since": None, "seconds": None}
+    build = asyncio.ensure_future(r._build(None, force=False, rebuild=True))
+    pid = None
+    deadline = time.monotonic() + 60
+    while pid is None and time.monotonic() < deadline and not build.done():
+        doc = await asyncio.to_thread(_lock_holder, store)
+        if doc and doc.get("holder") == REBUILD_HOLDER:
+            pid = int(str(doc["pid"]))
+            os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(0.002)
+    assert pid is not None
+    try:
+        await asyncio.sleep(0.3)
+        status = r.status()["rebuild"]
+        assert status["running"] is True and status["seconds"] >= 0.3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    result = await asyncio.wait_for(build, 60)
+    assert result.snapshot
+    assert r.status()["rebuild"]["running"] is False
