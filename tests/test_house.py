@@ -110,3 +110,54 @@ def test_packages_import_only_the_layers_below(path: Path) -> None:
     )
     above = [p for p in imported if p in LAYERS and LAYERS.index(p) > LAYERS.index(own)]
     assert above == [], f"{_rel(path)} imports {above}"
+
+
+# Who may turn list text into rules, and rules into an index. Configured lists take one
+# path whatever loads them (``build_engine``, a cold start, the refresher's worker):
+# lists/files.parse_lists, then core/engine.compile_block. The others parse one thing
+# that is no configured list, or a download once (its validation's parse is handed on).
+PARSERS = {
+    "lists/files.py": "the one loop from configured lists to parsed ones",
+    "refresh/validate.py": "a download is parsed once, when validated",
+    "cli/inspect.py": "one file, shown, never compiled",
+    "lists/campaign.py": "the proxy's own campaign list (its own small index)",
+}
+COMPILERS = {
+    "core/engine.py": "compile_block and allow_index",
+    "lists/campaign.py": "the proxy's own campaign list (its own small index)",
+}
+
+
+def _callers(pattern: str) -> set[str]:
+    call = re.compile(rf"(?<![\w.]){pattern}\(")
+    return {
+        _rel(p)
+        for p in SOURCES
+        for line in p.read_text(encoding="utf-8").splitlines()
+        if call.search(line) and not line.lstrip().startswith("def ")
+    }
+
+
+def test_one_way_to_build_an_engine() -> None:
+    assert _callers("parse_list") <= set(PARSERS)
+    assert _callers("(compile_index|split_exceptions)") <= set(COMPILERS)
+    assert "refresh/refresher.py" not in _callers("(parse_list|compile_index|split_exceptions)")
+
+
+WORKERS = ["proxy_addons.addons.campaign_worker"]
+
+
+@pytest.mark.parametrize("module", WORKERS)
+def test_worker_processes_do_not_import_mitmproxy(module: str) -> None:
+    # A worker is started by `spawn`: it imports its own module (and the package above it)
+    # afresh. mitmproxy there costs start-up time and memory for nothing it uses.
+    code = (
+        "import gzip, sys\n"
+        f"import {module} as w\n"
+        "page = gzip.compress(b'<html><script src=//x.test/a.js></script>')\n"
+        "view = w.PageView(0.0, 'c', 'http://site.test/', 'text/html', 'gzip', page)\n"
+        "w.observe_view(w.DetectorSettings().detector(), view)  # decodes, reads references\n"
+        "assert 'mitmproxy' not in sys.modules, 'mitmproxy imported'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]

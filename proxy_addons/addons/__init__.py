@@ -15,29 +15,56 @@ replaces mitmproxy's per-event dispatch itself (``proxy_addons.cli.dispatch``).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxy_addons.lists.holder import EngineHolder
-from proxy_addons.telemetry.events import EventLog
-from proxy_addons.telemetry.metrics import Metrics
 
-from .addresses import Addresses
-from .admin import AdminServer
-from .blocking import Blocking
-from .campaign import Campaign
-from .clients import ClientAllowList
-from .dnsfilter import DnsFilter
-from .failclosed import LIFECYCLE, FailClosed, guarded
-from .heap import FreezeStartupHeap
-from .ledger import LedgerAddon
-from .limits import ConnectionLimits
-from .observe import Observe
-from .refresh import Refresh
-from .strip import Strip
-from .tunnels import Tunnels
+if TYPE_CHECKING:
+    from .addresses import Addresses
+    from .admin import AdminServer
+    from .blocking import Blocking
+    from .campaign import Campaign
+    from .clients import ClientAllowList
+    from .dnsfilter import DnsFilter
+    from .heap import FreezeStartupHeap
+    from .ledger import LedgerAddon
+    from .limits import ConnectionLimits
+    from .observe import Observe
+    from .refresh import Refresh
+    from .strip import Strip
+    from .tunnels import Tunnels
+
+# The addon classes load with their first use, not with the package: a worker process
+# started by ``spawn`` imports one module of this package (``campaign_worker``) and must
+# not load mitmproxy and every addon to do so (tests/test_house.py checks).
+_ADDONS: Final = {
+    "Addresses": ".addresses",
+    "AdminServer": ".admin",
+    "Blocking": ".blocking",
+    "Campaign": ".campaign",
+    "ClientAllowList": ".clients",
+    "DnsFilter": ".dnsfilter",
+    "FreezeStartupHeap": ".heap",
+    "LedgerAddon": ".ledger",
+    "ConnectionLimits": ".limits",
+    "Observe": ".observe",
+    "Refresh": ".refresh",
+    "Strip": ".strip",
+    "Tunnels": ".tunnels",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ADDONS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def make_addons(
@@ -45,7 +72,22 @@ def make_addons(
 ) -> list[object]:
     """The addons ``jectguard run`` loads: client checks first, observers after deciders."""
     from proxy_addons.admin.app import lists_from_report
-    from proxy_addons.telemetry.events import report_refresh_outcomes
+    from proxy_addons.telemetry.events import EventLog, report_refresh_outcomes
+    from proxy_addons.telemetry.metrics import Metrics
+
+    from .addresses import Addresses
+    from .admin import AdminServer
+    from .blocking import Blocking
+    from .campaign import Campaign
+    from .clients import ClientAllowList
+    from .dnsfilter import DnsFilter
+    from .heap import FreezeStartupHeap
+    from .ledger import LedgerAddon
+    from .limits import ConnectionLimits
+    from .observe import Observe
+    from .refresh import Refresh
+    from .strip import Strip
+    from .tunnels import Tunnels
 
     events, metrics = EventLog(), Metrics()
     refresh = Refresh(
@@ -90,18 +132,22 @@ def make_addons(
     ]
 
 
-# The children whose hooks decide what traffic may pass: an exception in one of their
-# traffic hooks refuses that traffic. The others observe (events, metrics, ledger,
-# campaign detection, admin, refresh): their errors are logged and traffic goes on.
-DECIDERS: Final = (
-    ClientAllowList,
-    Blocking,
-    Tunnels,
-    Addresses,
-    Strip,
-    ConnectionLimits,
-    DnsFilter,
-)
+def deciders() -> tuple[type, ...]:
+    """The children whose hooks decide what traffic may pass.
+
+    An exception in one of their traffic hooks refuses that traffic. The others
+    observe (events, metrics, ledger, campaign detection, admin, refresh): their
+    errors are logged and traffic goes on.
+    """
+    from .addresses import Addresses
+    from .blocking import Blocking
+    from .clients import ClientAllowList
+    from .dnsfilter import DnsFilter
+    from .limits import ConnectionLimits
+    from .strip import Strip
+    from .tunnels import Tunnels
+
+    return (ClientAllowList, Blocking, Tunnels, Addresses, Strip, ConnectionLimits, DnsFilter)
 
 
 class Handler(Protocol):
@@ -187,8 +233,11 @@ class Jectguard:
         # Not ``self.addons``: mitmproxy would walk that list on every event.
         self.children: tuple[object, ...] = tuple(addons)
         self.hooks: dict[str, Handler] = {}
+        from .failclosed import LIFECYCLE, FailClosed, guarded
+
         # A decider's traffic hook that raises refuses what it decided on (failclosed.py).
         self.fail_closed = FailClosed()
+        decides = deciders()
         for hook in sorted(_hook_names()):
             handlers: list[Handler] = []
             own = getattr(self.fail_closed, hook, None) if hook not in LIFECYCLE else None
@@ -198,7 +247,7 @@ class Jectguard:
                 h = getattr(a, hook, None)
                 if not callable(h):
                     continue
-                if hook not in LIFECYCLE and isinstance(a, DECIDERS):
+                if hook not in LIFECYCLE and isinstance(a, decides):
                     h = guarded(h, hook, addon_name(a), self.fail_closed)
                 handlers.append(h)
             if handlers:

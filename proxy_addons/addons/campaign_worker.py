@@ -2,7 +2,7 @@
 
 The proxy's event loop only puts a :class:`PageView` (the raw body, cut at a
 cap, still content-encoded) on a bounded queue and never waits; this process
-decodes it (``addons.strip.decode_body``, bounded like the stripper's), reads
+decodes it (``core.codings.decode_body``, bounded like the stripper's), reads
 its references and feeds the detector. Findings go back on a second queue as
 ``CampaignFinding.as_dict()``; clearances and the stop come on a third.
 
@@ -135,7 +135,7 @@ def save_detector(det: CampaignDetector, path: Path) -> None:
 
 def observe_view(det: CampaignDetector, view: PageView) -> list[dict[str, Any]]:
     """Decode one page view and feed it to the detector; the findings it raised."""
-    from proxy_addons.addons.strip import UndecodableBody, decode_body
+    from proxy_addons.core.codings import UndecodableBody, decode_body
     from proxy_addons.core.htmlscan import BodyTooLarge
 
     try:
@@ -159,7 +159,8 @@ def serve(
     parent_pid: int,
 ) -> None:
     """The process's main loop (a ``multiprocessing`` target)."""
-    from proxy_addons.addons import strip  # noqa: F401 - imported now, not on the first page
+    # Imported now, not on the first page (the decoders, and the scanner's limit error).
+    from proxy_addons.core import codings, htmlscan  # noqa: F401
 
     path = Path(state_path) if state_path else None
     lock = _lock_state(path) if path is not None else None

@@ -3,7 +3,7 @@ coding proves that it ended.
 
 A feed is a list: a truncated list is a *different* list (every entry after the
 cut is lost, and the last line is cut into another host name). So, unlike the
-browser-like decoder in ``addons/strip.py`` (which salvages what it can), these
+browser-like response decoder below (:func:`decode_body`, which salvages what it can), these
 decoders raise :class:`CodingError` unless each stream reached its end marker
 and, where the format has one, its checksum matched:
 
@@ -24,9 +24,10 @@ by the caller's size cap as it grows).
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Iterator
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import brotli  # untyped: see [[tool.mypy.overrides]] in pyproject.toml
 
@@ -34,6 +35,13 @@ try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the Python version
     from backports import zstd  # type: ignore[import-not-found, no-redef, unused-ignore]
+
+from proxy_addons.core.errors import JectguardError
+
+if TYPE_CHECKING:
+    # The scanner's own error for a body over its limit; imported where raised, so the
+    # refresher (which decodes feeds here) does not load the HTML scanner.
+    from proxy_addons.core.htmlscan import BodyTooLarge
 
 # Decoded bytes handed out per step (bounded memory per chunk of input).
 PIECE: Final = 256 * 1024
@@ -243,3 +251,293 @@ def decode_all(raw: bytes, header: str | None, *, piece: int = PIECE) -> bytes:
     out = b"".join(d.feed(raw))
     d.finish()
     return out
+
+
+# -- response bodies: as a browser decodes them ------------------------------------
+#
+# The opposite stance to the feed decoders above: a browser renders (and runs) whatever
+# a damaged or truncated body yields before the damage, so the scanner must see that
+# much too. Used by the strip addon, its scan workers and the campaign worker: here in
+# the pure core, so a worker process decodes without importing mitmproxy.
+#
+# The two stances share this module, not their decoders: each difference is the point
+# of one of them (checksums checked or ignored as browsers ignore them, every gzip
+# member or the first, a cut stream refused or read up to the damage a slice at a
+# time), so one decoder per coding would carry a flag at each of those steps; each
+# side is pinned by its own tests and both by tests/core/test_codings_response.py.
+
+# Content codings a browser undoes; any other token (identity, unknown) makes it render
+# the raw bytes, as Chromium does (SetUpSourceStream: "pass through raw response body").
+COMPRESSIONS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+# Compressed input is fed this much at a time, so a corrupt stream still yields what
+# precedes the damage (a browser has rendered, and run, that much).
+_DECODE_CHUNK: Final = 64 * 1024
+_SMALL_CHUNK: Final = 4096
+_SALVAGE_CHUNK: Final = 64
+_MAX_ZSTD_FRAMES: Final = 1024
+# Firefox undoes at most 16 codings (Chromium has no limit). Each layer is decoded
+# (and, after a removal, encoded) in full: all layers together may produce at most
+# CODING_WORK_FACTOR times the body limit, past which the body is not scanned.
+MAX_RESPONSE_CODINGS: Final = 16
+CODING_WORK_FACTOR: Final = 4
+
+
+class UndecodableBody(JectguardError, ValueError):
+    """The compressed body yields nothing a browser would render."""
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    from proxy_addons.core.htmlscan import BodyTooLarge  # see the imports above
+
+    return BodyTooLarge(f"decoded body exceeds the scan limit of {limit} bytes")
+
+
+def response_codings(content_encoding: str) -> tuple[str, ...]:
+    """The codings to undo, in the order they were applied; () when the raw bytes are the page.
+
+    ``gzip, br`` was gzipped, then brotli-compressed: undone br first. A browser
+    that meets a token it does not decode (``identity``, ``x-unknown``) renders
+    the bytes as they are, so that is what gets scanned.
+    """
+    tokens = coding_tokens(content_encoding)
+    if not tokens or any(t not in COMPRESSIONS for t in tokens):
+        return ()
+    return tuple("gzip" if t == "x-gzip" else t for t in tokens)
+
+
+def coding_tokens(content_encoding: str) -> list[str]:
+    """Every token of a Content-Encoding header, lower-cased, in order (unknown ones too)."""
+    return [t for t in (t.strip().lower() for t in content_encoding.split(",")) if t]
+
+
+def lenient_codings(content_encoding: str) -> tuple[str, ...]:
+    """The known codings of a chain that also holds unknown tokens, as Firefox undoes
+    them (it skips what it does not know); () when there is no such second reading."""
+    tokens = coding_tokens(content_encoding)
+    known = tuple("gzip" if t == "x-gzip" else t for t in tokens if t in COMPRESSIONS)
+    if not known or len(known) == len(tokens) or len(known) > MAX_RESPONSE_CODINGS:
+        return ()
+    return known
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    """zlib in chunks; on damage keep every byte decoded before it (also a bad checksum:
+    browsers do not check the gzip CRC, and render the page)."""
+    d = zlib.decompressobj(wbits)
+    try:  # a sound stream in one call (chunks cost ~2x on big bodies)
+        body = d.decompress(raw, limit + 1)
+        if len(body) <= limit and not d.eof:
+            body += d.flush()  # what a truncated stream still holds
+        return body
+    except zlib.error:
+        d = zlib.decompressobj(wbits)
+    out: list[bytes] = []
+    size = 0
+    damaged = False
+    for i in range(0, len(raw), _DECODE_CHUNK):
+        chunk = raw[i : i + _DECODE_CHUNK]
+        saved = d.copy()
+        try:
+            piece = d.decompress(chunk, limit + 1 - size)
+        except zlib.error:
+            damaged = True
+            out.append(_salvage(saved, chunk, limit + 1 - size))
+            break
+        out.append(piece)
+        size += len(piece)
+        if size > limit or d.eof or d.unconsumed_tail:
+            break
+    else:
+        with contextlib.suppress(zlib.error):  # the damage is in what flush would finish
+            out.append(d.flush())
+    body = b"".join(out)
+    if damaged and not body:
+        raise UndecodableBody("corrupt compressed body: nothing decodes")
+    return body
+
+
+def _salvage(d: Any, chunk: bytes, room: int) -> bytes:
+    """What ``chunk`` decodes to before the byte that breaks it."""
+    out: list[bytes] = []
+    for j in range(0, len(chunk), _SALVAGE_CHUNK):
+        piece_in = chunk[j : j + _SALVAGE_CHUNK]
+        saved = d.copy()
+        try:
+            piece = d.decompress(piece_in, room)
+        except zlib.error:
+            d = saved
+            for k in range(len(piece_in)):  # the last slice, a byte at a time
+                try:
+                    piece = d.decompress(piece_in[k : k + 1], room)
+                except zlib.error:
+                    break
+                out.append(piece)
+                room -= len(piece)
+                if room <= 0:
+                    break
+            break
+        out.append(piece)
+        room -= len(piece)
+        if room <= 0 or d.eof:
+            break
+    return b"".join(out)
+
+
+def _deflate_offset(raw: bytes) -> int | None:
+    """Where the deflate data starts after a gzip or zlib header; None if there is neither.
+
+    The checksums after the data (gzip CRC-32, zlib Adler-32) are never read:
+    browsers render a page whose checksum is wrong.
+    """
+    if raw[:3] == b"\x1f\x8b\x08" and len(raw) >= 10:
+        flags, pos = raw[3], 10
+        if flags & 4:  # FEXTRA
+            pos += 2 + int.from_bytes(raw[pos : pos + 2], "little")
+        for bit in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+            if flags & bit:
+                end = raw.find(b"\0", pos)
+                if end < 0:
+                    return None
+                pos = end + 1
+        if flags & 2:  # FHCRC
+            pos += 2
+        return pos if pos <= len(raw) else None
+    if (
+        len(raw) >= 2
+        and raw[0] & 0x0F == 8
+        and (raw[0] << 8 | raw[1]) % 31 == 0
+        and not raw[1] & 0x20
+    ):
+        return 2
+    return None
+
+
+def _decode_one(raw: bytes, coding: str, limit: int) -> bytes:
+    if coding in ("gzip", "deflate"):
+        # gzip accepts a zlib header too, as mitmproxy does; deflate may be raw, as some
+        # servers send it.
+        offset = _deflate_offset(raw)
+        if offset is None:
+            if coding == "gzip":
+                raise UndecodableBody("corrupt gzip body: no gzip header")
+            offset = 0
+        return _inflate(raw[offset:], -15, limit)
+    # Small input slices: damage loses at most one slice's output.
+    out: list[bytes] = []
+    size = 0
+    try:
+        if coding == "br":
+            return _brotli(raw, limit)
+        else:
+            # Frame after frame, as a browser's decoder goes on (skippable frames
+            # decode to nothing); bytes that start no frame end the body.
+            z = zstd.ZstdDecompressor()
+            pending = raw
+            frames = 0
+            while pending and size <= limit and frames < _MAX_ZSTD_FRAMES:
+                for i in range(0, len(pending), _SMALL_CHUNK):
+                    piece = z.decompress(pending[i : i + _SMALL_CHUNK], max_length=limit + 1 - size)
+                    out.append(piece)
+                    size += len(piece)
+                    if size > limit or z.eof:
+                        break
+                if not z.eof:
+                    break
+                frames += 1
+                consumed = i + _SMALL_CHUNK
+                pending = z.unused_data + pending[consumed:]
+                z = zstd.ZstdDecompressor()
+    except (brotli.error, zstd.ZstdError) as exc:
+        if not out:
+            raise UndecodableBody(f"corrupt {coding} body: {exc}") from None
+    return b"".join(out)
+
+
+def _brotli_feed(b: Any, data: bytes, out: list[bytes], size: int, limit: int) -> int:
+    """Feed ``data``; brotli hands out ~32 KB a call, the rest comes with empty calls."""
+    piece = b.process(data, output_buffer_limit=limit + 1 - size)
+    while piece:
+        out.append(piece)
+        size += len(piece)
+        if size > limit:
+            break
+        piece = b.process(b"", output_buffer_limit=limit + 1 - size)
+    return size
+
+
+def _brotli(raw: bytes, limit: int) -> bytes:
+    """Small slices; when one breaks (damage, or bytes after the end of the stream, which
+    Chromium ignores), decode again up to it and feed that slice a byte at a time."""
+    out: list[bytes] = []
+    size = 0
+    b = brotli.Decompressor()
+    for i in range(0, len(raw), _SMALL_CHUNK):
+        try:
+            size = _brotli_feed(b, raw[i : i + _SMALL_CHUNK], out, size, limit)
+        except brotli.error:
+            out, size, b = [], 0, brotli.Decompressor()
+            try:
+                size = _brotli_feed(b, raw[:i], out, size, limit)
+                for k in range(i, min(i + _SMALL_CHUNK, len(raw))):
+                    if b.is_finished() or size > limit:
+                        break
+                    size = _brotli_feed(b, raw[k : k + 1], out, size, limit)
+            except brotli.error:
+                pass
+            if not out:
+                raise UndecodableBody("corrupt br body: nothing decodes") from None
+            break
+        if size > limit or b.is_finished():
+            break
+    return b"".join(out)
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The bytes a browser renders, never decompressing more than ``limit`` + 1 bytes (no zip bombs).
+
+    Stacked codings (``gzip, gzip``) are undone in turn; an unknown or identity
+    token means the raw bytes (see ``response_codings``). A truncated or damaged
+    stream yields what precedes the damage (a browser renders that much; zstd
+    checks whole blocks, so its grain is a block). A chain whose layers decode to
+    more than CODING_WORK_FACTOR x ``limit`` together, or a body of which nothing
+    decodes, raises UndecodableBody; BodyTooLarge over ``limit``.
+    Thread-safe (unlike mitmproxy's cached ``encoding.decode``).
+    """
+    out = raw
+    work = 0
+    for coding in reversed(response_codings(content_encoding)):
+        if not out:
+            break
+        out = _decode_one(out, coding, limit)
+        if len(out) > limit:
+            raise _too_large(limit)
+        work += len(out)
+        if work > CODING_WORK_FACTOR * limit:
+            raise UndecodableBody(
+                f"stacked codings decode to more than {CODING_WORK_FACTOR}x the limit"
+            )
+    if len(out) > limit:
+        raise _too_large(limit)
+    return out
+
+
+def decodes_over(raw: bytes, content_encoding: str, limit: int) -> bool:
+    """Whether some reading of the body (see ``ScanJob.run``) decodes to more than ``limit``.
+
+    Decides where a body is scanned: a small compressed body may inflate to the scan
+    cap, so the size is measured, never guessed (at most ``limit`` + 1 bytes per reading).
+    """
+    from proxy_addons.core.htmlscan import BodyTooLarge  # see the imports above
+
+    if len(raw) > limit:
+        return True
+    for codings in (content_encoding, ", ".join(lenient_codings(content_encoding))):
+        if not response_codings(codings):
+            continue
+        try:
+            decode_body(raw, codings, limit)
+        except BodyTooLarge:
+            return True
+        except UndecodableBody:
+            continue
+    return False

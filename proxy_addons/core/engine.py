@@ -14,14 +14,14 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Final, NamedTuple
 
 from .canon import CanonicalURL, canonical_host, canonicalize_url, host_kind
 from .embedding import carried_ipv4
 from .errors import CanonError
 from .guard import PoisonGuard
-from .index import CompiledIndex, CompileStats, compile_index, host_probes
+from .index import CompiledIndex, CompileStats, SnapshotImage, compile_index, host_probes
 from .model import ListSpec, Match, Mode, ParsedList
 
 
@@ -101,6 +101,45 @@ def split_exceptions(
     return block, allow
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledBlock:
+    """One compile of configured lists: the block image, and what goes to the allow index."""
+
+    image: SnapshotImage
+    stats: CompileStats
+    # The allow lists given, then each block list's ``@@`` exceptions as a list of its
+    # own (the order ``lists/store.compile_allow`` uses for a snapshot's engine too):
+    # the small allow index is compiled from these where the engine is assembled.
+    allow: tuple[tuple[ListSpec, ParsedList], ...]
+    # Those exceptions alone: published beside a snapshot, which holds no allow list.
+    exceptions: tuple[tuple[ListSpec, ParsedList], ...]
+
+
+def compile_block(
+    lists: Sequence[tuple[ListSpec, ParsedList]], *, guard: PoisonGuard | None = None
+) -> CompiledBlock:
+    """Compile the block index of parsed lists: the one compile behind every engine.
+
+    ``Engine.from_lists`` (files, tests, a cold start) and the refresher's worker
+    (which publishes the image as a snapshot) both come here, so a list compiles
+    to the same rules whichever way it is loaded.
+    """
+    block, allow = split_exceptions(lists)
+    given = {id(parsed) for spec, parsed in lists if spec.allow}
+    allow_lists = tuple(item for item in allow if id(item[1]) in given)
+    exceptions = tuple(item for item in allow if id(item[1]) not in given)
+    image, stats = compile_index(block, guard=guard)
+    return CompiledBlock(image, stats, allow_lists + exceptions, exceptions)
+
+
+def allow_index(
+    allow: Sequence[tuple[ListSpec, ParsedList]], *, guard: PoisonGuard | None = None
+) -> tuple[CompiledIndex, CompileStats]:
+    """The small allow index of allow lists and exceptions (``CompiledBlock.allow``), in memory."""
+    img, stats = compile_index(allow, guard=guard)
+    return CompiledIndex(img), stats
+
+
 # Which verdict wins when an IPv6 address and the IPv4 it carries disagree.
 _RANK: Final = {
     Action.PASS: 0,
@@ -150,15 +189,13 @@ class Engine:
         guard: PoisonGuard | None = None,
     ) -> tuple[Engine, CompileStats, CompileStats]:
         """Compile everything in memory (small lists, tests, ``check --blocklist``)."""
-        block_lists, allow_lists = split_exceptions(lists)
-        block_img, bstats = compile_index(block_lists, guard=guard)
-        allow_img, astats = compile_index(allow_lists, guard=guard)
-        return cls(CompiledIndex(block_img), CompiledIndex(allow_img)), bstats, astats
+        built = compile_block(lists, guard=guard)
+        allow, astats = allow_index(built.allow, guard=guard)
+        return cls(CompiledIndex(built.image), allow), built.stats, astats
 
     @staticmethod
     def empty_allow() -> CompiledIndex:
-        img, _ = compile_index([])
-        return CompiledIndex(img)
+        return allow_index([])[0]
 
     # -- checks -------------------------------------------------------------
 
@@ -277,4 +314,13 @@ class Engine:
         self.allow.close()
 
 
-__all__ = ["Action", "Engine", "Verdict", "host_kind", "split_exceptions"]
+__all__ = [
+    "Action",
+    "CompiledBlock",
+    "Engine",
+    "Verdict",
+    "allow_index",
+    "compile_block",
+    "host_kind",
+    "split_exceptions",
+]

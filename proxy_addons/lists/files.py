@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -39,6 +40,9 @@ class ListStatus:
     rejected: int = 0
     format: str | None = None
     error: str | None = None
+    path: Path | None = None  # the file its bytes came from (a snapshot keeps it)
+    digest: str | None = None  # sha256 of those bytes
+    distinct: int | None = None  # distinct rules, when counted (``parse_lists(count=...)``)
 
 
 @dataclass(slots=True)
@@ -46,6 +50,30 @@ class LoadReport:
     lists: list[ListStatus] = field(default_factory=list)
     block_stats: CompileStats | None = None
     allow_stats: CompileStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListBody:
+    """The bytes a resolver found for one list, or the list it already parsed from them."""
+
+    path: Path  # the file the bytes are (or were) read from
+    digest: str  # sha256 of the bytes
+    data: bytes | None = None  # None when ``parsed`` is given
+    parsed: ParsedList | None = None  # parsed already (a download validated just now)
+    distinct: int | None = None  # known already (the record in force has this digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """No bytes for this list: why (None when that is no error, e.g. not fetched yet)."""
+
+    error: str | None
+
+
+# Where one list's bytes come from: the spec's file, the cached feed body, a body kept
+# with a snapshot, a rolled-back body under a hold, a download just validated. May
+# raise ListFileError (reported as the list's error).
+SourceResolver = Callable[[ListSpec], ListBody | Unavailable]
 
 
 def read_list_file(path: str | Path) -> bytes:
@@ -64,6 +92,12 @@ def read_list_file(path: str | Path) -> bytes:
         raise ListFileError(f"{p}: cannot read: {exc.strerror or exc}") from None
 
 
+def read_body(path: Path) -> ListBody:
+    """A list file's bytes and their digest (ListFileError when it cannot be read)."""
+    data = read_list_file(path)
+    return ListBody(path, hashlib.sha256(data).hexdigest(), data)
+
+
 def spec_for_file(path: str | Path, *, allow: bool, fmt: str = "auto") -> ListSpec:
     p = Path(path)
     return ListSpec(
@@ -75,22 +109,47 @@ def spec_for_file(path: str | Path, *, allow: bool, fmt: str = "auto") -> ListSp
     )
 
 
-def parse_spec(spec: ListSpec, cache_dir: Path | None) -> tuple[ParsedList | None, ListStatus]:
-    """Parse one configured list from its file or its cached feed body."""
-    if spec.path is not None:
-        source = spec.path
-        data = read_list_file(spec.path)
-    else:
-        assert spec.url is not None
-        source = spec.url
-        body = feed_body_path(cache_dir or default_cache_dir(), spec.name)
-        if not body.exists():
-            return None, ListStatus(spec.name, source, False, error="not fetched yet")
-        data = read_list_file(body)
-    parsed = parse_list(data, spec.format, name=spec.name)
-    return parsed, ListStatus(
-        spec.name, source, True, len(parsed.rules), parsed.rejected_count, parsed.format
+def source_of(spec: ListSpec, cache_dir: Path) -> Path:
+    """The file a configured list is read from: its own, or its cached feed body."""
+    return Path(spec.path) if spec.path is not None else feed_body_path(cache_dir, spec.name)
+
+
+def files_resolver(cache_dir: Path | None) -> SourceResolver:
+    """The plain resolver: a list's own file, or the last good body of a feed."""
+    cache = cache_dir or default_cache_dir()
+
+    def resolve(spec: ListSpec) -> ListBody | Unavailable:
+        path = source_of(spec, cache)
+        if spec.path is None and not path.exists():
+            return Unavailable("not fetched yet")
+        return read_body(path)
+
+    return resolve
+
+
+def parse_body(
+    spec: ListSpec, found: ListBody, count: Callable[[ParsedList], int] | None = None
+) -> tuple[ParsedList, ListStatus]:
+    """Parse the bytes a resolver found for ``spec`` (ListFormatError when refused)."""
+    parsed = found.parsed
+    if parsed is None:
+        assert found.data is not None
+        parsed = parse_list(found.data, spec.format, name=spec.name)
+    distinct = found.distinct
+    if distinct is None and count is not None:
+        distinct = count(parsed)
+    status = ListStatus(
+        spec.name,
+        spec.path or spec.url or "",
+        True,
+        len(parsed.rules),
+        parsed.rejected_count,
+        parsed.format,
+        path=found.path,
+        digest=found.digest,
+        distinct=distinct,
     )
+    return parsed, status
 
 
 def parse_lists(
@@ -99,26 +158,44 @@ def parse_lists(
     *,
     strict: bool = False,
     allow: bool | None = None,
+    resolve: SourceResolver | None = None,
+    count: Callable[[ParsedList], int] | None = None,
 ) -> tuple[list[tuple[ListSpec, ParsedList]], list[ListStatus]]:
     """Parse every enabled list (only allow or only block lists when ``allow`` says so).
 
-    The one loop from configured lists to parsed ones: with ``strict`` any
+    The one loop from configured lists to parsed ones, for every engine: ``resolve``
+    says where each list's bytes come from (default: its file, or its cached feed
+    body; the refresher's worker passes its own), ``count`` counts distinct rules
+    into each status where the resolver did not know them. With ``strict`` any
     unreadable or refused list raises (command-line files); otherwise it is
-    reported in its status and skipped, and the others still load.
+    reported in its status (a refused one with the file it was read from) and
+    skipped, and the others still load.
     """
+    resolve = resolve or files_resolver(cache_dir)
     parsed: list[tuple[ListSpec, ParsedList]] = []
     statuses: list[ListStatus] = []
     for spec in specs:
         if not spec.enabled or (allow is not None and spec.allow is not allow):
             continue
+        where = spec.path or spec.url or ""
+        result: ParsedList | None = None
         try:
-            with paused_gc():
-                result, status = parse_spec(spec, cache_dir)
-        except (ListFileError, ListFormatError) as exc:
+            found = resolve(spec)
+        except ListFileError as exc:
             if strict:
                 raise
-            status = ListStatus(spec.name, spec.path or spec.url or "", False, error=str(exc))
-            result = None
+            found = Unavailable(str(exc))
+        if isinstance(found, Unavailable):
+            status = ListStatus(spec.name, where, False, error=found.error)
+        else:
+            try:
+                with paused_gc():
+                    result, status = parse_body(spec, found, count)
+            except ListFormatError as exc:
+                if strict:
+                    raise
+                status = ListStatus(spec.name, where, False, error=f"{found.path}: {exc}")
+        del found  # a feed's bytes (up to MAX_LIST_BYTES) go before the next list is read
         statuses.append(status)
         if result is not None:
             parsed.append((spec, result))

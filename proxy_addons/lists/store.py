@@ -49,14 +49,13 @@ from typing import Any, Final
 
 import xxhash
 
-from proxy_addons.core.engine import Engine, split_exceptions
+from proxy_addons.core.engine import Engine, allow_index
 from proxy_addons.core.errors import JectguardError, SnapshotError
 from proxy_addons.core.index import (
     CompiledIndex,
     CompileStats,
     SnapshotImage,
     check_published,
-    compile_index,
     verify_file,
     write_snapshot,
 )
@@ -67,6 +66,7 @@ from proxy_addons.lists.files import (
     build_engine,
     feed_body_path,
     parse_lists,
+    source_of,
 )
 from proxy_addons.lists.inforce import Hold, InForce
 from proxy_addons.lists.layout import SNAPSHOT_DIR, CacheLayout
@@ -197,7 +197,7 @@ def list_inputs(specs: Sequence[ListSpec], cache_dir: Path) -> dict[str, list[in
     for s in specs:
         if not s.enabled or s.allow:
             continue
-        p = Path(s.path) if s.path is not None else feed_body_path(cache_dir, s.name)
+        p = source_of(s, cache_dir)
         try:
             st = p.stat()
         except OSError:
@@ -789,9 +789,9 @@ def compile_allow(
 ) -> tuple[CompiledIndex, AllowResult]:
     """The allow index, compiled in memory from the allow lists plus feed exceptions."""
     allow = parse_allow_lists(specs, cache_dir)
-    _, from_allow = split_exceptions(allow.lists)
-    img, _ = compile_index([*from_allow, *exceptions])
-    return CompiledIndex(img), allow
+    # Allow lists first, then the block lists' exceptions: the order Engine.from_lists uses.
+    index, _ = allow_index([*allow.lists, *exceptions])
+    return index, allow
 
 
 def load_engine(

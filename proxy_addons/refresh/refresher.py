@@ -39,26 +39,32 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
 from proxy_addons import __version__
-from proxy_addons.core.engine import Engine, split_exceptions
-from proxy_addons.core.errors import JectguardError, ListFormatError
-from proxy_addons.core.formats import parse_list
+from proxy_addons.core.engine import Engine, compile_block
+from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.index import (
     FORMAT_VERSION,
     MAGIC,
     FileIdentity,
     SnapshotOrigin,
     check_published,
-    compile_index,
 )
 from proxy_addons.core.model import ListSpec, ParsedList
-from proxy_addons.lists.files import ListFileError, feed_body_path, read_list_file
+from proxy_addons.lists.files import (
+    ListBody,
+    Unavailable,
+    feed_body_path,
+    parse_lists,
+    read_body,
+    read_list_file,
+    source_of,
+)
 from proxy_addons.lists.health import (
     IN_SYNC,
     SnapshotEvent,
@@ -300,67 +306,31 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
     ):
         return
 
-    lists: list[tuple[ListSpec, ParsedList]] = []
+    inputs = _PublishInputs(store, before, holds, accepted)
+    lists, statuses = parse_lists(specs, cache, allow=False, resolve=inputs, count=distinct_count)
     records: dict[str, ListRecord] = {}
     bodies: dict[str, Path] = {}
-    for spec in specs:
-        if not spec.enabled or spec.allow:
+    for status in statuses:
+        if not status.loaded:
+            if status.error is not None:
+                out.load_errors[status.name] = status.error
             continue
-        prev = before.get(spec.name)
-        src = Path(spec.path) if spec.path is not None else feed_body_path(cache, spec.name)
-        if spec.name in accepted:
-            parsed, digest, distinct, history = accepted[spec.name]
+        assert status.path is not None and status.digest is not None
+        assert status.distinct is not None
+        name, digest, distinct = status.name, status.digest, status.distinct
+        prev = before.get(name)
+        if name in accepted:
+            history = accepted[name][3]
+        elif prev is not None and prev.digest == digest:
+            history = prev.history
         else:
-            if spec.url is not None and not src.exists():
-                kept = _kept_body(store, spec.name, prev.digest if prev else None)
-                if kept is None:
-                    if prev is not None:  # in force, but its body is gone: do not drop it
-                        out.load_errors[spec.name] = f"{src}: its cached body is missing"
-                    continue  # not fetched yet
-                src = kept  # the body in force was deleted: compile the copy kept with it
-            try:
-                data = read_list_file(src)
-            except ListFileError as exc:
-                out.load_errors[spec.name] = str(exc)
-                continue
-            digest = _sha256(data)
-            hold = holds.get(spec.name)
-            if hold is not None and digest in hold.refused:
-                # A rolled-back body still on disk (a local file, or a body not kept):
-                # compile the one the rollback restored, or leave the list out.
-                kept = _kept_body(store, spec.name, hold.restored)
-                if kept is None and prev is not None:
-                    # In force, but only the rolled-back body is left: neither drop the
-                    # list nor bring the bad rules back; keep the snapshot in force.
-                    out.load_errors[spec.name] = (
-                        f"held by a rollback and its earlier body was not kept ({hold.reason})"
-                    )
-                    continue
-                if kept is None:  # not in the snapshot rolled back to: stays out
-                    out.held_out.append(spec.name)
-                    continue
-                src, digest = kept, hold.restored or digest
-                data = kept.read_bytes()
-            elif hold is not None and digest != hold.restored:
-                # New content that did not come by download: a local list edited. Its
-                # edit ends the hold (a fetched body's hold ends when a download is accepted).
-                holds.pop(spec.name)
-                released.append(spec.name)
-            try:
-                parsed = parse_list(data, spec.format, name=spec.name)
-            except ListFormatError as exc:
-                out.load_errors[spec.name] = f"{src}: {exc}"
-                continue
-            del data
-            if prev is not None and prev.digest == digest:
-                distinct, history = prev.rules, prev.history
-            else:
-                distinct = distinct_count(parsed)
-                base = SizeBaseline.of_record(prev) if prev is not None else SizeBaseline()
-                history = base.after(distinct).history
-        lists.append((spec, parsed))
-        bodies[spec.name] = src
-        records[spec.name] = ListRecord(spec.name, distinct, digest, history, spec.url is not None)
+            base = SizeBaseline.of_record(prev) if prev is not None else SizeBaseline()
+            history = base.after(distinct).history
+        bodies[name] = status.path
+        fetched = by_name[name].url is not None
+        records[name] = ListRecord(name, distinct, digest, history, fetched)
+    released += inputs.released
+    out.held_out = inputs.held_out
     out.released = released
     lost = sorted(n for n in out.load_errors if n in before)
     if lost and not force:
@@ -382,8 +352,8 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
             return
         repaired = f"{in_force.snapshot} could not be served ({problem}); republished"
         out.repaired = repaired
-    block, exceptions = split_exceptions(lists)
-    image, stats = compile_index(block)
+    built = compile_block(lists)
+    stats = built.stats
     record = InForce(
         snapshot="",
         published_at=time.time(),
@@ -398,11 +368,76 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
         holds={n: h for n, h in holds.items() if n in records or n in out.held_out},
         repaired=repaired,
     )
-    out.snapshot = str(store.publish(image, exceptions=exceptions, record=record, bodies=bodies))
+    out.snapshot = str(
+        store.publish(built.image, exceptions=built.exceptions, record=record, bodies=bodies)
+    )
     if repaired and in_force is not None:
         # A damaged file is no rollback target; a proxy that maps it keeps its pages.
         store.discard(in_force.snapshot)
     out.rules, out.refused, out.seconds = stats.rules, stats.refused_count, stats.seconds
+
+
+class _PublishInputs:
+    """Where each block list's bytes come from in a rebuild (the refresher's resolver).
+
+    A download accepted now comes parsed, from its validation. A feed whose body is
+    gone compiles the copy kept with the snapshot in force. A body a rollback holds
+    (refused, still on disk) gives way to the body the rollback restored, or keeps
+    the list out; a local list edited since ends its hold. Everything else is read
+    from its file, as ``build_engine`` reads it.
+    """
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        before: Mapping[str, ListRecord],
+        holds: dict[str, Hold],  # the holds in force: a released one is removed
+        accepted: Mapping[str, tuple[ParsedList, str, int, tuple[int, ...]]],
+    ) -> None:
+        self.store = store
+        self.before = before
+        self.holds = holds
+        self.accepted = accepted
+        self.released: list[str] = []  # holds an edit ended
+        self.held_out: list[str] = []  # lists a rollback keeps out
+
+    def __call__(self, spec: ListSpec) -> ListBody | Unavailable:
+        name = spec.name
+        src = source_of(spec, self.store.cache_dir)
+        if name in self.accepted:
+            parsed, digest, distinct, _ = self.accepted[name]
+            return ListBody(src, digest, parsed=parsed, distinct=distinct)
+        prev = self.before.get(name)
+        if spec.url is not None and not src.exists():
+            kept = _kept_body(self.store, name, prev.digest if prev else None)
+            if kept is None:
+                # In force, but its body is gone: do not drop it. Else: not fetched yet.
+                return Unavailable(f"{src}: its cached body is missing" if prev else None)
+            src = kept  # the body in force was deleted: compile the copy kept with it
+        body = read_body(src)
+        hold = self.holds.get(name)
+        if hold is not None and body.digest in hold.refused:
+            # A rolled-back body still on disk (a local file, or a body not kept):
+            # compile the one the rollback restored, or leave the list out.
+            kept = _kept_body(self.store, name, hold.restored)
+            if kept is None and prev is not None:
+                # In force, but only the rolled-back body is left: neither drop the
+                # list nor bring the bad rules back; keep the snapshot in force.
+                return Unavailable(
+                    f"held by a rollback and its earlier body was not kept ({hold.reason})"
+                )
+            if kept is None:  # not in the snapshot rolled back to: stays out
+                self.held_out.append(name)
+                return Unavailable(None)
+            body = ListBody(kept, hold.restored or body.digest, read_list_file(kept))
+        elif hold is not None and body.digest != hold.restored:
+            # New content that did not come by download: a local list edited. Its
+            # edit ends the hold (a fetched body's hold ends when a download is accepted).
+            self.holds.pop(name)
+            self.released.append(name)
+        if prev is not None and prev.digest == body.digest:
+            body = replace(body, distinct=prev.rules)  # counted when it was published
+        return body
 
 
 def _kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
@@ -544,9 +579,7 @@ class Follower:
         self.pointer_stamp: tuple[int, int, int] | None = None
         self.allow_stamp: tuple[tuple[int, int] | None, ...] = ()
         self._allow_files = [
-            Path(s.path) if s.path else feed_body_path(self.cache_dir, s.name)
-            for s in self.specs
-            if s.enabled and s.allow
+            source_of(s, self.cache_dir) for s in self.specs if s.enabled and s.allow
         ]
         self.health = IN_SYNC
         # the pointer's snapshot that failed to load: its name, since, tries, next try
