@@ -196,3 +196,23 @@ def test_a_refused_list_names_the_file_it_was_read_from(tmp_path: Path) -> None:
 
 def len_rules(parsed: ParsedList) -> int:
     return len({(r.kind, r.key) for r in parsed.rules})
+
+
+def test_an_exception_and_an_allow_entry_for_one_host_credit_the_same_list(tmp_path: Path) -> None:
+    # A block feed listed before the allow list, both allowing one host: the allow index
+    # was once built in list order in memory and allow lists first from a snapshot, so
+    # the verdict named another list depending on how the engine was loaded.
+    feed, allow = tmp_path / "feed.txt", tmp_path / "allow.txt"
+    feed.write_bytes(b"||both.test^\n@@||both.test^\n||other.test^\n")
+    allow.write_bytes(b"both.test\n")
+    specs = [
+        ListSpec("feed", path=str(feed), format="adblock"),
+        ListSpec("allow", path=str(allow), allow=True, category="allow"),
+    ]
+    cache = tmp_path / "cache"
+    quick, _ = build_engine(specs, cache_dir=cache)
+    assert run_job(CompileJob(cache_dir=str(cache), specs=tuple(specs), rebuild=True)).snapshot
+    published, _ = load_engine(specs, cache)
+    for url in ("http://both.test/", "http://www.both.test/x", "http://other.test/"):
+        assert _verdict(quick, url) == _verdict(published, url), url
+    assert quick.check_url("http://both.test/").action == "allow"
