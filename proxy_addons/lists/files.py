@@ -1,4 +1,12 @@
-"""Reading list files from disk and building an engine from them (the I/O around the core)."""
+"""From configured lists to parsed ones, and to an engine: the I/O around the core.
+
+:func:`parse_lists` is the one loop every engine is built through. Where each list's
+bytes come from is a *source resolver*'s answer (:data:`SourceResolver`): its own
+file or its cached feed body (:func:`files_resolver`, for ``build_engine``, a cold
+start, the allow lists), or what the refresher's worker decides (a download just
+validated, a body kept with a snapshot, the body a rollback restored). The parsed
+lists then go to ``core.engine.compile_block``, whoever compiles them.
+"""
 
 from __future__ import annotations
 
