@@ -189,8 +189,12 @@ def visit(browser: Any, live: Live, origin: Origin, site: str) -> str:
 
 
 def _flag(browser: Any, live: Live, origin: Origin) -> dict[str, Any]:
-    for site in SITES[:3]:
+    for site in SITES[:2]:
         assert visit(browser, live, origin, site) == "injected script ran"
+    # The third site makes the campaign: an enforcing detector may list the host before
+    # the browser asks for that page's script (a detector process that is up and idle
+    # answers within milliseconds), so the script may or may not run on this page.
+    assert visit(browser, live, origin, SITES[2]) in ("injected script ran", "clean")
     return live.wait_for("campaign")
 
 
