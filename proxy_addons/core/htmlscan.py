@@ -1123,7 +1123,29 @@ _JS_ESCAPE = re.compile(
     re.S,
 )
 _PERCENT = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
-_FROM_CHAR_CODE = re.compile(r"fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")
+_FROM_CHAR_CODE = re.compile(r"(?:String\s*\.\s*)?fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")
+# Literal-only expressions folded to the string they make, so that a URL assembled
+# from pieces is read whole (each gated by a substring test, anchored on a literal):
+# atob('...'), 'a'.concat('b', 'c'), ['a', 'b'].join('.'), `${'a'}` in a template,
+# and comments beside the "+" of a concatenation ('ht' + /*x*/ 'tp://...').
+_LIT = r"""(["'`])([^"'`\\]*)\{n}"""
+_ATOB_CALL = re.compile(r"""atob\s*\(\s*(["'`])([A-Za-z0-9+/=\s_-]*)\1\s*\)""")
+_CONCAT_CALL = re.compile(
+    r"(?<![\w$])"
+    + _LIT.format(n=1)
+    + r"\s*\.\s*concat\s*\(((?:\s*"
+    + _LIT.format(n=4)
+    + r"\s*,?)*)\s*\)"
+)
+_ARRAY_JOIN = re.compile(
+    r"\[((?:\s*" + _LIT.format(n=2) + r"\s*,)*\s*" + _LIT.format(n=4) + r"\s*,?\s*)\]"
+    r"\s*\.\s*join\s*\(\s*(?:" + _LIT.format(n=6) + r")?\s*\)"
+)
+_STRING_LITERAL = re.compile(_LIT.format(n=1))
+_TEMPLATE_LITERAL_PART = re.compile(r"\$\{\s*" + _LIT.format(n=1) + r"\s*\}")
+_BLOCK_COMMENT = re.compile(r"/\*(?:[^*]++|\*(?!/))*+\*/")
+_LINE_COMMENT_AFTER_PLUS = re.compile(r"\+([ \t]*+)//[^\n\r\u2028\u2029]*+")
+_LINE_COMMENT_BEFORE_PLUS = re.compile(r"//[^\n\r\u2028\u2029]*+([\n\r\u2028\u2029]\s*+\+)")
 # The rest of a literal concatenation from its "+": spaces and the next opening quote
 # (the part before the "+" is read back; a pattern starting with a quote class would
 # be tried at every character: ~20 ms per 5 MB of script).
@@ -1172,9 +1194,60 @@ def decode_script_text(text: str) -> str:
             out = _undo_escapes(out)
     if "fromCharCode" in out:
         out = _FROM_CHAR_CODE.sub(_char_codes, out)
+    if "atob" in out:
+        out = _ATOB_CALL.sub(_atob_literal, out)
     if "+" in out:
+        if "/*" in out:
+            out = _BLOCK_COMMENT.sub(_concat_comment, out)
+        if "//" in out:
+            out = _LINE_COMMENT_AFTER_PLUS.sub(r"+\1", out)
+            out = _LINE_COMMENT_BEFORE_PLUS.sub(_line_comment_before_plus, out)
         out = _join_literals(out)
+    # Folds feed each other (['ht', 'tp://a.b'].join('') + '/x'.concat(...)): a few
+    # rounds, each only where its anchor is.
+    for _ in range(3):
+        folded = out
+        if "${" in folded:
+            folded = _TEMPLATE_LITERAL_PART.sub(r"\2", folded)
+        if "concat" in folded:
+            folded = _CONCAT_CALL.sub(_concat_call, folded)
+        if "join" in folded:
+            folded = _ARRAY_JOIN.sub(_array_join, folded)
+        if folded == out:
+            break
+        out = _join_literals(folded) if "+" in folded else folded
     return out
+
+
+def _atob_literal(m: re.Match[str]) -> str:
+    decoded = _base64_text("".join(m.group(2).split()))
+    return m.group(0) if decoded is None else '"' + decoded + '"'
+
+
+def _concat_call(m: re.Match[str]) -> str:
+    args = "".join(a.group(2) for a in _STRING_LITERAL.finditer(m.group(3)))
+    return '"' + m.group(2) + args + '"'
+
+
+def _array_join(m: re.Match[str]) -> str:
+    items = [a.group(2) for a in _STRING_LITERAL.finditer(m.group(1))]
+    sep = m.group(7) if m.group(6) is not None else ","
+    return '"' + sep.join(items) + '"'
+
+
+def _concat_comment(m: re.Match[str]) -> str:
+    """A block comment beside a concatenation's "+" (or between its literals) goes."""
+    text = m.string
+    before = text[max(0, m.start() - 64) : m.start()].rstrip()[-1:]
+    after = text[m.end() : m.end() + 64].lstrip()[:1]
+    if before and after and before in "\"'`+" and after in "\"'`+/":
+        return ""
+    return m.group(0)
+
+
+def _line_comment_before_plus(m: re.Match[str]) -> str:
+    before = m.string[max(0, m.start() - 64) : m.start()].rstrip()[-1:]
+    return m.group(1) if before and before in "\"'`" else m.group(0)
 
 
 # Escapes undone in bulk (see _undo_escapes): the escapes common in serialized state,
@@ -1255,10 +1328,10 @@ _URL_REF = re.compile(
 _URL_SCHEMES = ("https:", "http:", "wss:", "ftp:", "ws:")
 _SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
 _LITERAL_REF = re.compile(
-    r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?\1"""
+    r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?(?::[0-9]{1,5})?\1"""
 )
 # The end of a host-like literal: its last label and closing quote.
-_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?["'`]""")
+_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?(?::[0-9]{1,5})?["'`]""")
 _HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
@@ -1266,6 +1339,33 @@ _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 # name: http://3647724179/ and http://0xd96bda93/ (IPv4 numbers), ideographic and
 # fullwidth full stops (UTS 46 maps them to ".").
 _DOTLESS_HOST = re.compile(r"\d+|0[xX][0-9a-fA-F]*|.*[\u3002\uff0e\uff61].*")
+# URL shapes the "//" pass above does not read the way the WHATWG parser does, each
+# found in the text a browser's JavaScript sees (escapes undone) and handed whole to
+# the parser: an authority after "\\", "/\" or "\/" (special schemes read "\" as
+# "/"); after "//", one holding what the host pattern stops at (userinfo "a:b@",
+# tab/newline, which the parser removes, soft hyphens and other characters IDNA maps
+# away, "%2e"); after a special scheme and at most one slash ("http:evil.example" on
+# an https page, "https:/evil.example" on an http one: the parser skips slashes there).
+# An authority is what the parser reads as one: up to "/", "\", "?" or "#", here also
+# up to a quote, space, "<" or ">" (the end of a string or tag in script text).
+_AUTHORITY = r"""((?:[^/\\?#\x00-\x08\x0b\x0c\x0e-\x20"'<>`{}|^])*+)"""
+# Each pass starts with a literal, which ``re`` finds at memory speed (a class or a
+# lookbehind first is tried at every character: ~30-90 ms per 5 MB of script).
+_BACKSLASH_AUTHORITY = re.compile(r"\\[/\\]" + _AUTHORITY)
+_SLASH_BACKSLASH_AUTHORITY = re.compile(r"/\\" + _AUTHORITY)
+_ODD_AUTHORITY = re.compile(
+    r"//(?=[A-Za-z0-9.-]*+(?::[0-9]++)?+"
+    r"""[^A-Za-z0-9./\\?#\x00-\x08\x0b\x0c\x0e-\x20"'<>`{}|^-])""" + _AUTHORITY
+)
+# From the ":" of a scheme whose last letter is p or s (http, https, ws, wss, ftp),
+# the scheme read back in Python.
+_SCHEME_AUTHORITY = re.compile(r":(?<=[pPsS]:)(?![/\\]{2})[/\\]?+" + _AUTHORITY)
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+_AT_AUTHORITY = re.compile("@" + _AUTHORITY)
+# (Not quotes: "//a'b\"c@host" is one authority to the parser.)
+_USERINFO_STOPS = ("/", "\\", "?", "#", "<", ">", "\n")
+_USERINFO_LOOKBACK = 256
+_TAB_NEWLINE = re.compile(r"[\t\n\r]")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
 
 
@@ -1281,6 +1381,57 @@ def _url_scheme(text: str, slashes: int) -> str:
         ):
             return scheme
     return "http:"
+
+
+def _may_be_host(authority: str) -> bool:
+    """Whether an authority's host may name a blocked host once the URL parser has
+    read it (the "//" pass's rule for plain ASCII; anything else is asked)."""
+    host = _TAB_NEWLINE.sub("", authority.rpartition("@")[2])
+    if not host.isascii() or "%" in host or host.startswith("["):
+        return True
+    host = host.partition(":")[0]
+    return "." in host or _DOTLESS_HOST.fullmatch(host) is not None
+
+
+def _shape_refs(text: str) -> Iterator[str]:
+    """Absolute references for the URL shapes ``_URL_REF`` does not read as a browser
+    does (see ``_AUTHORITY``), each as ``scheme://authority/`` for the parser."""
+    passes = [_ODD_AUTHORITY] if "//" in text else []
+    if "\\" in text:
+        passes.append(_BACKSLASH_AUTHORITY)
+        if "/\\" in text:
+            passes.append(_SLASH_BACKSLASH_AUTHORITY)
+    for pattern in passes:
+        for m in pattern.finditer(text):
+            authority = m.group(1)
+            if authority and _may_be_host(authority):
+                at = m.start()
+                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
+                yield scheme + "//" + authority + "/"
+    if "@" in text:
+        # Userinfo that the authority pattern stops at ("//us er@host": the parser
+        # percent-encodes the space): the host after an "@" whose authority began
+        # with two slashes.
+        for m in _AT_AUTHORITY.finditer(text):
+            at = m.start()
+            begin = max(0, at - _USERINFO_LOOKBACK)
+            stop = max(text.rfind(c, begin, at) for c in _USERINFO_STOPS)
+            if stop > 0 and text[stop - 1] in "/\\" and text[stop] in "/\\":
+                authority = m.group(1)
+                if authority and _may_be_host(authority):
+                    yield "http://" + authority + "/"
+    if ":" in text:
+        for m in _SCHEME_AUTHORITY.finditer(text):
+            authority = m.group(1)
+            if not authority or not _may_be_host(authority):
+                continue
+            colon = m.start()
+            begin = colon
+            while begin > 0 and text[begin - 1] in _SCHEME_CHARS and colon - begin < 6:
+                begin -= 1
+            scheme = text[begin:colon].lower()
+            if scheme in _SPECIAL_SCHEMES and (begin == 0 or text[begin - 1] not in _SCHEME_CHARS):
+                yield scheme + "://" + authority + "/"
 
 
 def _host_literals(text: str) -> Iterator[str]:
@@ -1419,7 +1570,7 @@ _URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcs
 # attribute follows a space, a quote or "/" (not "?data=" in a URL's query).
 _WRITTEN_URL_ATTR = re.compile(
     r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
-    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
+    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>`]*)"""
 )
 _BASE64_BLOCK = re.compile(r"[\sA-Za-z0-9+/_-]+={0,2}\s*")
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
@@ -1461,8 +1612,10 @@ def _json_strings(value: object, out: list[str]) -> None:
 
 # A constant URL prefix whose origin is already decided: "scheme://host/..." or a
 # relative reference (path, query, fragment).
-_FIXED_ORIGIN = re.compile(r"[\t\n\f\r ]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
-_RELATIVE = re.compile(r"[\t\n\f\r ]*(?:/(?![/\\])|\\(?![/\\])|\?|#|\.\.?/)")
+# (Read once tabs and newlines are gone, as the URL parser removes them; a lone "/" or
+# "\\" is no path yet: "/" + "/evil.example" is a host.)
+_FIXED_ORIGIN = re.compile(r"[\x00-\x20]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
+_RELATIVE = re.compile(r"[\x00-\x20]*(?:/(?=[^/\\])|\\(?=[^/\\])|\?|#|\.\.?/)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1757,6 +1910,7 @@ class _Judge:
         if prefix is None:
             return True  # built at run time: it may be the blocked one the script names
         if not complete:
+            prefix = _TAB_NEWLINE.sub("", prefix)
             fixed = _FIXED_ORIGIN.match(prefix)
             if fixed is not None:
                 prefix = prefix[: fixed.end()]
@@ -1785,6 +1939,16 @@ class _Judge:
             verdict = self._references(variant, bases)
             if verdict is not None:
                 return verdict
+        # The shapes read only as the parser reads them, in what the browser's
+        # JavaScript sees (the decoded text; a raw "\/" is JSON's "/", no anchor).
+        raw_differs = len(variants) > 1 and variants[1] is decoded
+        for variant in variants:
+            if variant is text and raw_differs:
+                continue
+            for ref in _shape_refs(variant):
+                verdict = self._absolute_verdict(ref)
+                if verdict is not None:
+                    return verdict
         for variant in variants:
             sig = self.scanner._signature(variant, "script", low if variant is text else None)
             if sig is not None:
@@ -1797,6 +1961,7 @@ class _Judge:
                 host = m.group(1)
                 if (
                     "." not in host
+                    and "%" not in host  # (%2e is a dot to the parser)
                     and not host.startswith("[")
                     and not _DOTLESS_HOST.fullmatch(host)
                 ):
