@@ -566,6 +566,9 @@ class _Walk:
         self.local = local  # fast path: follow one foreign subtree, then stop
         self.objects: list[int] = []
         self.select_open = False
+        # The pre-2025 "in select" reading: <svg> and <math> inside <select> are
+        # ignored (their content is HTML), see _queue_old_select_foreign.
+        self.old_select = False
         self.foreign_root = pos
         self.work = 0
         # For a scripting-off reading queued by the main reading: its <noscript> tag.
@@ -636,7 +639,11 @@ class _Walk:
         if name == b"select":
             self.select_open = True
             return
-        if self.select_open and name in _IGNORED_IN_OLD_SELECT:
+        if self.select_open and name in (b"svg", b"math"):
+            if self.old_select:
+                return  # ignored: what follows is HTML
+            self._queue_old_select_foreign(tag)
+        elif self.select_open and name in _IGNORED_IN_OLD_SELECT:
             self._queue_old_select(tag, name)
         elif name in _TOKENIZER_SWITCHES and self.s.may_ignore(p):
             self._queue_ignored(tag, name)
@@ -657,6 +664,27 @@ class _Walk:
         read on as markup. Scan that reading too.
         """
         self._queue_markup_reading(tag, name, "select")
+
+    def _queue_old_select_foreign(self, tag: re.Match[bytes]) -> None:
+        """Inside <select>, browsers without "customizable select" ignore <svg>/<math>.
+
+        Modern parsers (and Lexbor) enter foreign content, where a <script> is an
+        SVG or MathML element; older ones (Firefox in 2026) drop the tag and build
+        an HTML <script> that loads. Scan that reading too, until it meets the
+        main reading again.
+        """
+        if self.s.alt_count >= MAX_ALT_SCANS:
+            return
+        walk = _Walk(
+            self.s,
+            tag.end(),
+            scripting=self.scripting,
+            alternative=self.alternative or "select",
+            clamp=self.clamp,
+            after_html=self.after_html,
+        )
+        walk.select_open = walk.old_select = True
+        self.s.queue_alt(walk)
 
     def _queue_markup_reading(self, tag: re.Match[bytes], name: bytes, label: str) -> None:
         """The reading in which this raw-text start tag is dropped and markup reads on."""
