@@ -243,16 +243,16 @@ def scan_times(names: list[str], blocklist: str, repeats: int = 5) -> None:
     """Each big page scanned in this process (the worker's work, without the proxy):
     CPU time, new bytes every scan; "cold" with a new Scanner each time (no URL
     verdict remembered: URLs the worker never saw), "warm" with one Scanner."""
-    from proxy_addons.addons.strip import DEFAULT_SIGNATURES, blocked_by, load_signatures
-    from proxy_addons.core.engine import Engine
+    from proxy_addons.core.engine import Engine, blocked_by
     from proxy_addons.core.formats import parse_list
     from proxy_addons.core.htmlscan import Scanner
     from proxy_addons.core.model import ListSpec
+    from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
 
     engine, _, _ = Engine.from_lists(
         [(ListSpec(name="bench", category="malware"), parse_list(blocklist, name="bench"))]
     )
-    signatures = load_signatures(str(DEFAULT_SIGNATURES))
+    _, signatures = read_signatures(str(DEFAULT_SIGNATURES))
     nonce = itertools.count()
     print(f"{'scan in one process, CPU (ms)':28s} | {'cold':>9s} {'warm':>9s}  (best of {repeats})")
     for n in names:

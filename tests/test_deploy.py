@@ -45,6 +45,7 @@ from aiohttp import web
 from proxy_addons.cli import build_parser
 from proxy_addons.cli.run import exposure_problem, plan_listeners
 from tests.feedserver import FeedServer
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -469,12 +470,6 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
 
 
 # -- the scale-out shape as processes on loopback ---------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def jectguard_argv() -> list[str]:

@@ -56,6 +56,7 @@ from proxy_addons.core.index import (
     SnapshotImage,
     check_published,
     compile_index,
+    verify_file,
     write_snapshot,
 )
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
@@ -528,7 +529,7 @@ class SnapshotStore:
         if stamp == self._verified:
             return None
         try:
-            CompiledIndex.load(path).close()
+            verify_file(path)
         except SnapshotError as exc:
             self._verified = None
             return str(exc)

@@ -29,6 +29,7 @@ from proxy_addons.core.engine import Engine
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 from proxy_addons.telemetry.events import EventLog
 from proxy_addons.telemetry.metrics import Metrics
+from tests.ports import free_port
 
 TOKEN = "addon-test-token-0123456789"
 SECRET = "s3cr3t-cookie-value"
@@ -50,12 +51,6 @@ def make_engine() -> Engine:
         ]
     )
     return engine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def metric(m: Metrics, name: str, **labels: str) -> float:

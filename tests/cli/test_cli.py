@@ -300,3 +300,57 @@ def test_run_with_a_missing_admin_token_file_says_so_without_a_traceback(tmp_pat
     out = r.stdout + r.stderr
     assert "missing-token" in out and "no such file" in out
     assert "Traceback" not in out and "RecursionError" not in out
+
+
+def _campaign_cache(tmp_path: Path, host: str) -> Path:
+    """A cache whose campaign list (as the proxy's detector writes it) lists ``host``."""
+    from proxy_addons.lists.campaign import CampaignFiles, Listed, update_list
+
+    cache = tmp_path / "cache"
+    entry = Listed(host, 1.0e9, 1.0e9, ("a.example", "b.example", "c.example"), 3, 9.0, ("x",))
+    update_list(CampaignFiles.under(cache), lambda lst: lst.add(entry))
+    return cache
+
+
+def test_check_decides_with_the_campaign_list_the_proxy_enforces(tmp_path: Path) -> None:
+    # A proxy with jg_campaign on (the default) blocks a host on this cache's campaign
+    # list: check, on the same cache, must say so (and which list).
+    cache = _campaign_cache(tmp_path, "inject-cdn.example")
+    r = run("check", "--json", "--cache-dir", str(cache), "http://inject-cdn.example/x.js")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "block" and doc["list"] == "campaign"
+    r = run("check", "--json", "--cache-dir", str(cache), "http://sub.inject-cdn.example/")
+    assert json.loads(r.stdout)["verdict"] == "block"
+    # As a proxy with jg_campaign=false: the list is not consulted.
+    r = run("check", "--no-campaign", "--cache-dir", str(cache), "http://inject-cdn.example/")
+    assert r.returncode == 0, r.stdout
+
+
+def test_check_with_a_damaged_campaign_list_says_so_and_still_answers(tmp_path: Path) -> None:
+    from proxy_addons.lists.campaign import CampaignFiles
+
+    cache = tmp_path / "cache"
+    path = CampaignFiles.under(cache).list_path
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    r = run("check", "--cache-dir", str(cache), "http://www.example.com/")
+    assert "campaign list" in r.stderr and "not JSON" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("check", "--json", "--cache-dir", str(cache), "http://217.107.218.147/")
+    assert json.loads(r.stdout)["verdict"] == "block"  # the shipped lists still decide
+
+
+def test_check_takes_the_proxys_nat64_prefixes(tmp_path: Path) -> None:
+    block = tmp_path / "nets.txt"
+    block.write_text("192.0.2.0/24\n")
+    url = "http://[2001:db8:64::c000:207]/"  # 192.0.2.7 behind this network's NAT64
+    r = run("check", "--json", "--blocklist", str(block), url)
+    assert json.loads(r.stdout)["verdict"] == "pass"
+    r = run("check", "--json", "--blocklist", str(block), "--nat64-prefix", "2001:db8:64::/96", url)
+    assert r.returncode == 1 and json.loads(r.stdout)["verdict"] == "block"
+    # The well-known prefix needs no option, in check as in the proxy.
+    r = run("check", "--json", "--blocklist", str(block), "http://[64:ff9b::c000:207]/")
+    assert json.loads(r.stdout)["verdict"] == "block"
+    r = run("check", "--blocklist", str(block), "--nat64-prefix", "2001:db8::/95", url)
+    assert r.returncode == 2 and "--nat64-prefix" in r.stderr and "Traceback" not in r.stderr

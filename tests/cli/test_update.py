@@ -19,6 +19,7 @@ import pytest
 
 from proxy_addons.addons.blockpage import HEADER_NAME
 from tests.feedserver import FeedServer, feed_server, sources_toml
+from tests.ports import free_port as _free_port
 
 JECTGUARD = Path(sys.executable).with_name("jectguard")
 
@@ -131,12 +132,6 @@ def test_bad_input(env) -> None:
 
 
 # -- the real proxy ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proxy:

@@ -22,6 +22,7 @@ from proxy_addons.core.index import (
     check_published,
     compile_index,
     copy_name,
+    verify_file,
     write_snapshot,
 )
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
@@ -171,6 +172,9 @@ def snapshot(tmp_path: Path) -> Path:
 
 
 def test_snapshot_round_trip(snapshot: Path) -> None:
+    verify_file(snapshot)  # intact: no error
+    with pytest.raises(SnapshotError, match="cannot read"):
+        verify_file(snapshot.with_name("missing.jgs"))
     idx = CompiledIndex.load(snapshot)
     assert idx.rule_count == len(_rules())
     assert _m(idx, "http://x.evil.example/") == ("EVIL.example.", 3, "domain")
@@ -199,6 +203,8 @@ def test_every_flipped_byte_is_detected(snapshot: Path, tmp_path: Path) -> None:
             CompiledIndex.load(path)
         with pytest.raises(SnapshotError):
             CompiledIndex(bytes(bad))
+        with pytest.raises(SnapshotError):  # the in-place check sees every flip too
+            verify_file(path)
 
 
 @pytest.mark.parametrize("keep", [0, 7, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 100, -1])
@@ -208,6 +214,8 @@ def test_truncated_snapshot_is_refused(snapshot: Path, tmp_path: Path, keep: int
     path.write_bytes(data[:keep])
     with pytest.raises(SnapshotError, match="truncated|not a jectguard|corrupt"):
         CompiledIndex.load(path)
+    with pytest.raises(SnapshotError, match="truncated|not a jectguard|corrupt"):
+        verify_file(path)
 
 
 def test_padded_snapshot_is_refused(snapshot: Path) -> None:
@@ -215,6 +223,8 @@ def test_padded_snapshot_is_refused(snapshot: Path) -> None:
         f.write(b"\0" * 8)
     with pytest.raises(SnapshotError, match="truncated or padded"):
         CompiledIndex.load(snapshot)
+    with pytest.raises(SnapshotError, match="truncated or padded"):
+        verify_file(snapshot)
 
 
 def test_wrong_version_is_refused_with_a_clear_message(snapshot: Path) -> None:

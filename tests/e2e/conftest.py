@@ -34,6 +34,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("launch_proxy.py")
 STARTUP_TIMEOUT = 30.0
@@ -105,12 +107,6 @@ name = "e2e-allow"
 path = "allow.txt"
 kind = "allow"
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from proxy_addons.core.model import ListSpec
 from proxy_addons.lists.files import feed_body_path
 from proxy_addons.refresh import feeds
 from proxy_addons.refresh.feeds import (
+    DEFAULT_POLICY,
     USER_AGENT,
     FetchPolicy,
     SourceState,
@@ -230,3 +233,20 @@ def test_clean_partials(tmp_path: Path) -> None:
     os.utime(old, (1, 1))
     clean_partials(tmp_path)
     assert not old.exists() and new.exists()
+
+
+async def test_a_body_is_read_no_faster_than_the_policys_rate(
+    server: FeedServer, session, tmp_path: Path
+) -> None:
+    # Paced so a fast download does not take the proxy's event loop in bursts: 1.5 MB
+    # at 3 MB/s cannot arrive in less than 0.5 s, and arrives whole.
+    body = b"".join(b"paced%07d.example\n" % i for i in range(1_500_000 // 22))
+    server.feed("paced", body)
+    policy = replace(FAST, max_rate=3_000_000, read_timeout=5, total_timeout=20)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    r = await _get(server, session, tmp_path, "paced", policy=policy)
+    elapsed = loop.time() - t0
+    assert r.status == "new" and r.tmp is not None and r.tmp.read_bytes() == body
+    assert elapsed >= len(body) / 3_000_000 - 0.1  # 64 KB chunks: the last one's time is not waited
+    assert DEFAULT_POLICY.max_rate > 0  # the proxy's own fetches are paced
