@@ -936,6 +936,20 @@ class _Walk:
             self._html_end(p, tag, name)
             return
         if name in ("br", "p"):
+            # Parsers from before 2022's change of the standard (html5lib) leave the
+            # foreign content open: an SVG <script> reads on. Scan that reading too.
+            if not self.local and self.s.alt_count < MAX_ALT_SCANS:
+                self.s.queue_alt(
+                    _Walk(
+                        self.s,
+                        tag.end(),
+                        fstack=self.fstack.fresh(),
+                        scripting=self.scripting,
+                        alternative="foreign-end",
+                        clamp=self.clamp,
+                        after_html=self.after_html,
+                    )
+                )
             self._pop_to_html_or_ip(p)
             return
         if name == "script" and top.script >= 0:
