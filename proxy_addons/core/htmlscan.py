@@ -1381,7 +1381,7 @@ _LITERAL_REF = re.compile(
     r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?(?::[0-9]{1,5})?\1"""
 )
 # The end of a host-like literal: its last label and closing quote.
-_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?(?::[0-9]{1,5})?["'`]""")
+_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?(?:["'`]|:[0-9]{1,5}["'`])""")
 _HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
@@ -1679,6 +1679,10 @@ class _Verdict:
 
     def mention(self) -> _Verdict:
         return _Verdict(self.url, "mention", self.rule, self.list, False)
+
+
+# A verdict cache's answer for a URL never judged (None is "judged, not blocked").
+_UNSEEN: object = object()
 
 
 class _Judge:
@@ -2007,6 +2011,9 @@ class _Judge:
 
     def _references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         if "//" in text:
+            # (Thousands of URLs in app state: a URL judged clean before is let go
+            # with one dictionary lookup, and "https:" is read back without a loop.)
+            verdicts = self.caches.verdicts
             for m in _URL_REF.finditer(text):
                 host = m.group(1)
                 if (
@@ -2017,8 +2024,18 @@ class _Judge:
                 ):
                     continue
                 at = m.start()
-                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
-                verdict = self._absolute_verdict(scheme + m.group())
+                if not at or text[at - 1] != ":":
+                    scheme = "http:"
+                elif text.startswith("https:", at - 6) and (
+                    at == 6 or text[at - 7] not in _SCHEME_CHARS
+                ):
+                    scheme = "https:"
+                else:
+                    scheme = _url_scheme(text, at)
+                ref = scheme + m.group()
+                if verdicts.get(ref, _UNSEEN) is None:
+                    continue
+                verdict = self._absolute_verdict(ref)
                 if verdict is not None:
                     return verdict
         if "." in text:
