@@ -24,7 +24,10 @@ How it sees the document:
   findings unioned: ``<noscript>`` is raw text with scripting on and markup
   with it off; inside ``<select>``, parsers with 2025's "customizable select"
   (and Lexbor) create ``<iframe>``/``<style>``/... and read raw text, older ones
-  ignore the tag and read markup; an end tag that may close SVG/MathML depends
+  ignore the tag and read markup (and ignore ``<svg>``/``<math>`` there, so a
+  ``<script>`` after it is HTML and loads); ``</p>`` and ``</br>`` leave
+  SVG/MathML since 2022's change of the standard, not in older parsers
+  (html5lib); an end tag that may close SVG/MathML depends
   on the open HTML elements outside it, which the scanner does not track, so it
   follows a guess and rescans the other reading until the two agree again.
 * Clean pages are the common case, so ``scan`` first runs a cheap

@@ -28,8 +28,10 @@ the script's *sinks*:
   skimmer's way out with the page's data), each with the constant prefix of its
   URL argument (or none: built at run time).
 
-Names and strings are compared after JS escapes are undone and adjacent
-literal concatenations folded (``d["wri" + "te"]``, ``\\u0065val``). The
+Names and strings are compared after JS escapes are undone and literal-only
+expressions folded (``d["wri" + "te"]``, ``\\u0065val``, ``['a', 'b'].join('.')``,
+``'a'.concat('b')``, ``String.fromCharCode(...)``, ``atob('...')``, templates whose
+substitutions are literals; see ``_Sinks._term``). The
 tokenizer is a heuristic where JavaScript is ambiguous (``/`` after ``)``
 is read as division, after ``}`` as a regular expression), so the shapes of
 the strongest sinks are also searched in the raw text (``write(``, ``eval(``,
