@@ -1415,8 +1415,9 @@ _ODD_AUTHORITY = re.compile(
 _SCHEME_AUTHORITY = re.compile(r":(?<=[pPsS]:)(?![/\\]{2})[/\\]?+" + _AUTHORITY)
 _SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 _AT_AUTHORITY = re.compile("@" + _AUTHORITY)
-# (Not quotes: "//a'b\"c@host" is one authority to the parser.)
-_USERINFO_STOPS = ("/", "\\", "?", "#", "<", ">", "\n")
+# (Quotes too, though the parser reads "//a'b@host" as one authority: an e-mail
+# address in the string after a URL's is data, and must not become a reference.)
+_USERINFO_STOPS = ("/", "\\", "?", "#", "<", ">", "\n", '"', "'", "`")
 _USERINFO_LOOKBACK = 256
 _TAB_NEWLINE = re.compile(r"[\t\n\r]")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
