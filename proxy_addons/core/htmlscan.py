@@ -751,10 +751,15 @@ class _Walk:
                 return
             text_end, el_end = _raw_end(buf, end, name)
             # Scripting off reads the same bytes as markup: scan that reading too.
+            # Inside an integration point the <noscript> is the current node (an
+            # HTML one: "<![CDATA[" there is a bogus comment, not a CDATA section).
+            fstack = self.fstack.fresh()
+            if fstack:
+                fstack.append(_Node(HTML_NS, "noscript", special=True))
             walk = _Walk(
                 self.s,
                 end,
-                fstack=self.fstack.fresh(),
+                fstack=fstack,
                 scripting=False,
                 alternative=self.alternative or "noscript",
                 clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),

@@ -144,6 +144,9 @@ EXAMPLES = [
     # html5lib (before 2022's change of the standard) does not leave SVG at </p>: the
     # script after it is an SVG script whose text has no comment.
     "<svg></p><script>t1<!--<script>u1</script>-->v1</script>",
+    # With scripting off, a <noscript> inside an integration point is the current
+    # node: "<![CDATA[" is a bogus comment there, and the script after it is real.
+    "<svg><foreignObject><noscript><![CDATA[<script src=s1></script><script src=s2></script>",
 ]
 
 
