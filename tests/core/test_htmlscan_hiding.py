@@ -172,13 +172,21 @@ def test_generated_hiding_documents_agree_with_both_parsers(doc: str) -> None:
     _covers_html5lib(doc)
 
 
-def test_a_script_in_foreign_content_inside_select_is_stripped() -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<select><option>a<math><script src=//evil.test/x.js></script></select>",
+        b"<svg><foreignObject><noscript><![CDATA[<b></b><script src=//evil.test/x.js></script>",
+        b"<svg></p><script>location='//evil.test/'<!--<script>x</script>--></script>",
+    ],
+    ids=["select-math", "noscript-cdata", "p-in-svg"],
+)
+def test_elements_a_reading_builds_are_stripped(body: bytes) -> None:
     from test_htmlscan_shapes import IS_BLOCKED
 
     from proxy_addons.core.htmlscan import Scanner
 
     for fast_path in (True, False):
         scanner = Scanner(IS_BLOCKED, fast_path=fast_path)  # type: ignore[arg-type]
-        body = b"<select><option>a<math><script src=//evil.test/x.js></script></select>"
         out, findings = scanner.strip(body, "https://page.example/", "text/html", comment=False)
         assert b"evil.test" not in out, findings
