@@ -24,7 +24,10 @@ How it sees the document:
   findings unioned: ``<noscript>`` is raw text with scripting on and markup
   with it off; inside ``<select>``, parsers with 2025's "customizable select"
   (and Lexbor) create ``<iframe>``/``<style>``/... and read raw text, older ones
-  ignore the tag and read markup; an end tag that may close SVG/MathML depends
+  ignore the tag and read markup (and ignore ``<svg>``/``<math>`` there, so a
+  ``<script>`` after it is HTML and loads); ``</p>`` and ``</br>`` leave
+  SVG/MathML since 2022's change of the standard, not in older parsers
+  (html5lib); an end tag that may close SVG/MathML depends
   on the open HTML elements outside it, which the scanner does not track, so it
   follows a guess and rescans the other reading until the two agree again.
 * Clean pages are the common case, so ``scan`` first runs a cheap
@@ -566,6 +569,9 @@ class _Walk:
         self.local = local  # fast path: follow one foreign subtree, then stop
         self.objects: list[int] = []
         self.select_open = False
+        # The pre-2025 "in select" reading: <svg> and <math> inside <select> are
+        # ignored (their content is HTML), see _queue_old_select_foreign.
+        self.old_select = False
         self.foreign_root = pos
         self.work = 0
         # For a scripting-off reading queued by the main reading: its <noscript> tag.
@@ -636,7 +642,11 @@ class _Walk:
         if name == b"select":
             self.select_open = True
             return
-        if self.select_open and name in _IGNORED_IN_OLD_SELECT:
+        if self.select_open and name in (b"svg", b"math"):
+            if self.old_select:
+                return  # ignored: what follows is HTML
+            self._queue_old_select_foreign(tag)
+        elif self.select_open and name in _IGNORED_IN_OLD_SELECT:
             self._queue_old_select(tag, name)
         elif name in _TOKENIZER_SWITCHES and self.s.may_ignore(p):
             self._queue_ignored(tag, name)
@@ -657,6 +667,27 @@ class _Walk:
         read on as markup. Scan that reading too.
         """
         self._queue_markup_reading(tag, name, "select")
+
+    def _queue_old_select_foreign(self, tag: re.Match[bytes]) -> None:
+        """Inside <select>, browsers without "customizable select" ignore <svg>/<math>.
+
+        Modern parsers (and Lexbor) enter foreign content, where a <script> is an
+        SVG or MathML element; older ones (Firefox in 2026) drop the tag and build
+        an HTML <script> that loads. Scan that reading too, until it meets the
+        main reading again.
+        """
+        if self.s.alt_count >= MAX_ALT_SCANS:
+            return
+        walk = _Walk(
+            self.s,
+            tag.end(),
+            scripting=self.scripting,
+            alternative=self.alternative or "select",
+            clamp=self.clamp,
+            after_html=self.after_html,
+        )
+        walk.select_open = walk.old_select = True
+        self.s.queue_alt(walk)
 
     def _queue_markup_reading(self, tag: re.Match[bytes], name: bytes, label: str) -> None:
         """The reading in which this raw-text start tag is dropped and markup reads on."""
@@ -720,10 +751,15 @@ class _Walk:
                 return
             text_end, el_end = _raw_end(buf, end, name)
             # Scripting off reads the same bytes as markup: scan that reading too.
+            # Inside an integration point the <noscript> is the current node (an
+            # HTML one: "<![CDATA[" there is a bogus comment, not a CDATA section).
+            fstack = self.fstack.fresh()
+            if fstack:
+                fstack.append(_Node(HTML_NS, "noscript", special=True))
             walk = _Walk(
                 self.s,
                 end,
-                fstack=self.fstack.fresh(),
+                fstack=fstack,
                 scripting=False,
                 alternative=self.alternative or "noscript",
                 clamp=text_end if self.clamp < 0 else min(text_end, self.clamp),
@@ -908,6 +944,20 @@ class _Walk:
             self._html_end(p, tag, name)
             return
         if name in ("br", "p"):
+            # Parsers from before 2022's change of the standard (html5lib) leave the
+            # foreign content open: an SVG <script> reads on. Scan that reading too.
+            if not self.local and self.s.alt_count < MAX_ALT_SCANS:
+                self.s.queue_alt(
+                    _Walk(
+                        self.s,
+                        tag.end(),
+                        fstack=self.fstack.fresh(),
+                        scripting=self.scripting,
+                        alternative="foreign-end",
+                        clamp=self.clamp,
+                        after_html=self.after_html,
+                    )
+                )
             self._pop_to_html_or_ip(p)
             return
         if name == "script" and top.script >= 0:
@@ -1124,6 +1174,27 @@ _JS_ESCAPE = re.compile(
 )
 _PERCENT = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
 _FROM_CHAR_CODE = re.compile(r"fromCharCode\s*\(\s*([0-9xXa-fA-F\s,]+)\)")
+# What is left of "String.fromCharCode(...)" once the call is a literal: String."ab".
+_STRING_DOT = re.compile(r"String\s*\.\s*(?=\")")
+# Literal-only expressions folded to the string they make, so that a URL assembled
+# from pieces is read whole (each gated by a substring test, anchored on a literal):
+# atob('...'), 'a'.concat('b', 'c'), ['a', 'b'].join('.'), `${'a'}` in a template,
+# and comments beside the "+" of a concatenation ('ht' + /*x*/ 'tp://...').
+_LIT = r"""(["'`])([^"'`\\]*)\{n}"""
+_ATOB_CALL = re.compile(r"""atob\s*\(\s*(["'`])([A-Za-z0-9+/=\s_-]*)\1\s*\)""")
+# From the "." of .concat(...) (its literal arguments); the literal before it is read
+# back (a pattern that starts with a quote class is tried at every character: ~200 ms
+# per 5 MB of code).
+_CONCAT_CALL = re.compile(r"\.\s*concat\s*\(((?:\s*" + _LIT.format(n=2) + r"\s*,?)*)\s*\)")
+_ARRAY_JOIN = re.compile(
+    r"\[((?:\s*" + _LIT.format(n=2) + r"\s*,)*\s*" + _LIT.format(n=4) + r"\s*,?\s*)\]"
+    r"\s*\.\s*join\s*\(\s*(?:" + _LIT.format(n=6) + r")?\s*\)"
+)
+_STRING_LITERAL = re.compile(_LIT.format(n=1))
+_TEMPLATE_LITERAL_PART = re.compile(r"\$\{\s*" + _LIT.format(n=1) + r"\s*\}")
+_BLOCK_COMMENT = re.compile(r"/\*(?:[^*]++|\*(?!/))*+\*/")
+_LINE_COMMENT_AFTER_PLUS = re.compile(r"\+([ \t]*+)//[^\n\r\u2028\u2029]*+")
+_LINE_COMMENT_BEFORE_PLUS = re.compile(r"//[^\n\r\u2028\u2029]*+([\n\r\u2028\u2029]\s*+\+)")
 # The rest of a literal concatenation from its "+": spaces and the next opening quote
 # (the part before the "+" is read back; a pattern starting with a quote class would
 # be tried at every character: ~20 ms per 5 MB of script).
@@ -1170,18 +1241,100 @@ def decode_script_text(text: str) -> str:
         out = _PERCENT.sub(_percent, out)
         if "\\" in out:
             out = _undo_escapes(out)
-    if "fromCharCode" in out:
+    # (Every fold below but templates needs a "(": one memchr-speed test spares
+    # megabytes of JSON the slower searches for "atob", "join"... ~5 ms each per 5 MB.)
+    calls = "(" in out
+    if calls and "fromCharCode" in out:
         out = _FROM_CHAR_CODE.sub(_char_codes, out)
+        out = _STRING_DOT.sub("", out)
+    if calls and "atob" in out:
+        out = _ATOB_CALL.sub(_atob_literal, out)
     if "+" in out:
+        if "/*" in out:
+            out = _BLOCK_COMMENT.sub(_concat_comment, out)
+        if "//" in out:
+            out = _LINE_COMMENT_AFTER_PLUS.sub(_line_comment_after_plus, out)
+            out = _LINE_COMMENT_BEFORE_PLUS.sub(_line_comment_before_plus, out)
         out = _join_literals(out)
+    # Folds feed each other (['ht', 'tp://a.b'].join('') + '/x'.concat(...)): a few
+    # rounds, each only where its anchor is.
+    templates = "$" in out and "${" in out
+    for _ in range(3 if calls or templates else 0):
+        folded = out
+        if templates:
+            folded = _TEMPLATE_LITERAL_PART.sub(r"\2", folded)
+        if calls and "concat" in folded:
+            folded = _fold_concat(folded)
+        if calls and "join" in folded:
+            folded = _ARRAY_JOIN.sub(_array_join, folded)
+        if folded == out:
+            break
+        out = _join_literals(folded) if "+" in folded else folded
     return out
+
+
+def _atob_literal(m: re.Match[str]) -> str:
+    decoded = _base64_text("".join(m.group(2).split()))
+    return m.group(0) if decoded is None else '"' + decoded + '"'
+
+
+def _fold_concat(text: str) -> str:
+    """``text`` with every ``'a'.concat('b', 'c')`` of literals made ``"abc"``."""
+    pieces: list[str] = []
+    done = 0
+    for m in _CONCAT_CALL.finditer(text):
+        end = m.start()
+        while end > done and text[end - 1] in " \t\n\r":
+            end -= 1
+        quote = text[end - 1] if end > done else ""
+        if not quote or quote not in _QUOTES:
+            continue
+        opening = text.rfind(quote, done, end - 1)
+        literal = text[opening + 1 : end - 1]
+        if opening < 0 or any(q in literal for q in _QUOTES) or "\\" in literal:
+            continue
+        args = "".join(a.group(2) for a in _STRING_LITERAL.finditer(m.group(1)))
+        pieces += (text[done:opening], '"', literal, args, '"')
+        done = m.end()
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def _array_join(m: re.Match[str]) -> str:
+    items = [a.group(2) for a in _STRING_LITERAL.finditer(m.group(1))]
+    sep = m.group(7) if m.group(6) is not None else ","
+    return '"' + sep.join(items) + '"'
+
+
+def _concat_comment(m: re.Match[str]) -> str:
+    """A block comment beside a concatenation's "+" (or between its literals) goes."""
+    text = m.string
+    before = text[max(0, m.start() - 64) : m.start()].rstrip()[-1:]
+    after = text[m.end() : m.end() + 64].lstrip()[:1]
+    if before and after and before in "\"'`+" and after in "\"'`+/":
+        return ""
+    return m.group(0)
+
+
+def _line_comment_after_plus(m: re.Match[str]) -> str:
+    before = m.string[max(0, m.start() - 64) : m.start()].rstrip()[-1:]
+    return "+" + m.group(1) if before and before in "\"'`" else m.group(0)
+
+
+def _line_comment_before_plus(m: re.Match[str]) -> str:
+    before = m.string[max(0, m.start() - 64) : m.start()].rstrip()[-1:]
+    return m.group(1) if before and before in "\"'`" else m.group(0)
 
 
 # Escapes undone in bulk (see _undo_escapes): the escapes common in serialized state,
 # replaced as plain strings (none stands for a backslash, which a later step would
 # read as the start of another escape).
+# Most frequent first: once no backslash is left (a memchr-speed test) the rarer ones
+# are not searched for (each search reads the whole text: ~1-3 ms per 5 MB).
 _COMMON_ESCAPES = (
-    ("\\/", "/"), ('\\"', '"'), ("\\'", "'"), ("\\n", "\n"), ("\\r", "\r"), ("\\t", "\t"),
+    ("\\/", "/"), ('\\"', '"'), ("\\n", "\n"), ("\\'", "'"), ("\\t", "\t"), ("\\r", "\r"),
 )  # fmt: skip
 # The HTML-safe ones of Rails, Next.js, PHP (looked for only where "\\u00" is).
 _COMMON_U00_ESCAPES = (
@@ -1204,10 +1357,12 @@ def _undo_escapes(text: str) -> str:
     if _BACKSLASH_MARK in text:
         return _JS_ESCAPE.sub(_js_escape, text)
     out = text.replace("\\\\", _BACKSLASH_MARK)
-    escapes = _COMMON_ESCAPES + _COMMON_U00_ESCAPES if "\\u00" in out else _COMMON_ESCAPES
-    for escape, plain in escapes:
+    u00 = _COMMON_U00_ESCAPES if "\\u00" in out else ()
+    for escape, plain in (*_COMMON_ESCAPES[:3], *u00, *_COMMON_ESCAPES[3:]):
         if escape in out:
             out = out.replace(escape, plain)
+            if "\\" not in out:
+                break
     if "\\" not in out:
         return out.replace(_BACKSLASH_MARK, "\\")
     # (an escape may stand for the mark itself: \\0, \\x00; no escape spans a mark)
@@ -1255,10 +1410,10 @@ _URL_REF = re.compile(
 _URL_SCHEMES = ("https:", "http:", "wss:", "ftp:", "ws:")
 _SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
 _LITERAL_REF = re.compile(
-    r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?\1"""
+    r"""(["'`])([A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})+)\.?(?::[0-9]{1,5})?\1"""
 )
 # The end of a host-like literal: its last label and closing quote.
-_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?["'`]""")
+_LITERAL_END = re.compile(r"""\.[A-Za-z0-9-]{1,63}\.?(?:["'`]|:[0-9]{1,5}["'`])""")
 _HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 _TAG_REF = re.compile(r"<(?i:script|iframe|frame|object|embed|meta|base)[\s/>]")
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
@@ -1266,6 +1421,34 @@ _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 # name: http://3647724179/ and http://0xd96bda93/ (IPv4 numbers), ideographic and
 # fullwidth full stops (UTS 46 maps them to ".").
 _DOTLESS_HOST = re.compile(r"\d+|0[xX][0-9a-fA-F]*|.*[\u3002\uff0e\uff61].*")
+# URL shapes the "//" pass above does not read the way the WHATWG parser does, each
+# found in the text a browser's JavaScript sees (escapes undone) and handed whole to
+# the parser: an authority after "\\", "/\" or "\/" (special schemes read "\" as
+# "/"); after "//", one holding what the host pattern stops at (userinfo "a:b@",
+# tab/newline, which the parser removes, soft hyphens and other characters IDNA maps
+# away, "%2e"); after a special scheme and at most one slash ("http:evil.example" on
+# an https page, "https:/evil.example" on an http one: the parser skips slashes there).
+# An authority is what the parser reads as one: up to "/", "\", "?" or "#", here also
+# up to a quote, space, "<" or ">" (the end of a string or tag in script text).
+_AUTHORITY = r"""((?:[^/\\?#\x00-\x08\x0b\x0c\x0e-\x20"'<>`{}|^])*+)"""
+# Each pass starts with a literal, which ``re`` finds at memory speed (a class or a
+# lookbehind first is tried at every character: ~30-90 ms per 5 MB of script).
+_BACKSLASH_AUTHORITY = re.compile(r"\\[/\\]" + _AUTHORITY)
+_SLASH_BACKSLASH_AUTHORITY = re.compile(r"/\\" + _AUTHORITY)
+_ODD_AUTHORITY = re.compile(
+    r"//(?=[A-Za-z0-9.-]*+(?::[0-9]++)?+"
+    r"""[^A-Za-z0-9./\\?#\x00-\x08\x0b\x0c\x0e-\x20"'<>`{}|^-])""" + _AUTHORITY
+)
+# From the ":" of a scheme whose last letter is p or s (http, https, ws, wss, ftp),
+# the scheme read back in Python.
+_SCHEME_AUTHORITY = re.compile(r":(?<=[pPsS]:)(?![/\\]{2})[/\\]?+" + _AUTHORITY)
+_SPECIAL_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
+_AT_AUTHORITY = re.compile("@" + _AUTHORITY)
+# (Quotes too, though the parser reads "//a'b@host" as one authority: an e-mail
+# address in the string after a URL's is data, and must not become a reference.)
+_USERINFO_STOPS = ("/", "\\", "?", "#", "<", ">", "\n", '"', "'", "`")
+_USERINFO_LOOKBACK = 256
+_TAB_NEWLINE = re.compile(r"[\t\n\r]")
 _TLD = re.compile(r"\.(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$")
 
 
@@ -1281,6 +1464,57 @@ def _url_scheme(text: str, slashes: int) -> str:
         ):
             return scheme
     return "http:"
+
+
+def _may_be_host(authority: str) -> bool:
+    """Whether an authority's host may name a blocked host once the URL parser has
+    read it (the "//" pass's rule for plain ASCII; anything else is asked)."""
+    host = _TAB_NEWLINE.sub("", authority.rpartition("@")[2])
+    if not host.isascii() or "%" in host or host.startswith("["):
+        return True
+    host = host.partition(":")[0]
+    return "." in host or _DOTLESS_HOST.fullmatch(host) is not None
+
+
+def _shape_refs(text: str) -> Iterator[str]:
+    """Absolute references for the URL shapes ``_URL_REF`` does not read as a browser
+    does (see ``_AUTHORITY``), each as ``scheme://authority/`` for the parser."""
+    passes = [_ODD_AUTHORITY] if "//" in text else []
+    if "\\" in text:
+        passes.append(_BACKSLASH_AUTHORITY)
+        if "/\\" in text:
+            passes.append(_SLASH_BACKSLASH_AUTHORITY)
+    for pattern in passes:
+        for m in pattern.finditer(text):
+            authority = m.group(1)
+            if authority and _may_be_host(authority):
+                at = m.start()
+                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
+                yield scheme + "//" + authority + "/"
+    if "@" in text:
+        # Userinfo that the authority pattern stops at ("//us er@host": the parser
+        # percent-encodes the space): the host after an "@" whose authority began
+        # with two slashes.
+        for m in _AT_AUTHORITY.finditer(text):
+            at = m.start()
+            begin = max(0, at - _USERINFO_LOOKBACK)
+            stop = max(text.rfind(c, begin, at) for c in _USERINFO_STOPS)
+            if stop > 0 and text[stop - 1] in "/\\" and text[stop] in "/\\":
+                authority = m.group(1)
+                if authority and _may_be_host(authority):
+                    yield "http://" + authority + "/"
+    if ":" in text:
+        for m in _SCHEME_AUTHORITY.finditer(text):
+            authority = m.group(1)
+            if not authority or not _may_be_host(authority):
+                continue
+            colon = m.start()
+            begin = colon
+            while begin > 0 and text[begin - 1] in _SCHEME_CHARS and colon - begin < 6:
+                begin -= 1
+            scheme = text[begin:colon].lower()
+            if scheme in _SPECIAL_SCHEMES and (begin == 0 or text[begin - 1] not in _SCHEME_CHARS):
+                yield scheme + "://" + authority + "/"
 
 
 def _host_literals(text: str) -> Iterator[str]:
@@ -1419,7 +1653,7 @@ _URL_TAG_ATTRS = ("src", "href", "data", "action", "poster", "background", "srcs
 # attribute follows a space, a quote or "/" (not "?data=" in a URL's query).
 _WRITTEN_URL_ATTR = re.compile(
     r"""(?:^|(?<=[\t\n\f\r "'/]))(?i:src|data|action|formaction|codebase|srcdoc)[\t\n\f\r ]*="""
-    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>\\`]*)"""
+    r"""[\t\n\f\r ]*(?:\\?["'])?([^\t\n\f\r "'<>`]*)"""
 )
 _BASE64_BLOCK = re.compile(r"[\sA-Za-z0-9+/_-]+={0,2}\s*")
 _BASE64_LITERAL = re.compile(r"""(["'`])([A-Za-z0-9+/_-]{16,}={0,2})\1""")
@@ -1461,8 +1695,10 @@ def _json_strings(value: object, out: list[str]) -> None:
 
 # A constant URL prefix whose origin is already decided: "scheme://host/..." or a
 # relative reference (path, query, fragment).
-_FIXED_ORIGIN = re.compile(r"[\t\n\f\r ]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
-_RELATIVE = re.compile(r"[\t\n\f\r ]*(?:/(?![/\\])|\\(?![/\\])|\?|#|\.\.?/)")
+# (Read once tabs and newlines are gone, as the URL parser removes them; a lone "/" or
+# "\\" is no path yet: "/" + "/evil.example" is a host.)
+_FIXED_ORIGIN = re.compile(r"[\x00-\x20]*(?:[A-Za-z][A-Za-z0-9+.-]*:)?[/\\]{2}[^/\\?#]*[/\\?#]")
+_RELATIVE = re.compile(r"[\x00-\x20]*(?:/(?=[^/\\])|\\(?=[^/\\])|\?|#|\.\.?/)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1476,6 +1712,10 @@ class _Verdict:
 
     def mention(self) -> _Verdict:
         return _Verdict(self.url, "mention", self.rule, self.list, False)
+
+
+# A verdict cache's answer for a URL never judged (None is "judged, not blocked").
+_UNSEEN: object = object()
 
 
 class _Judge:
@@ -1757,6 +1997,7 @@ class _Judge:
         if prefix is None:
             return True  # built at run time: it may be the blocked one the script names
         if not complete:
+            prefix = _TAB_NEWLINE.sub("", prefix)
             fixed = _FIXED_ORIGIN.match(prefix)
             if fixed is not None:
                 prefix = prefix[: fixed.end()]
@@ -1785,6 +2026,16 @@ class _Judge:
             verdict = self._references(variant, bases)
             if verdict is not None:
                 return verdict
+        # The shapes read only as the parser reads them, in what the browser's
+        # JavaScript sees (the decoded text; a raw "\/" is JSON's "/", no anchor).
+        raw_differs = len(variants) > 1 and variants[1] is decoded
+        for variant in variants:
+            if variant is text and raw_differs:
+                continue
+            for ref in _shape_refs(variant):
+                verdict = self._absolute_verdict(ref)
+                if verdict is not None:
+                    return verdict
         for variant in variants:
             sig = self.scanner._signature(variant, "script", low if variant is text else None)
             if sig is not None:
@@ -1793,17 +2044,31 @@ class _Judge:
 
     def _references(self, text: str, bases: Sequence[str]) -> _Verdict | None:
         if "//" in text:
+            # (Thousands of URLs in app state: a URL judged clean before is let go
+            # with one dictionary lookup, and "https:" is read back without a loop.)
+            verdicts = self.caches.verdicts
             for m in _URL_REF.finditer(text):
                 host = m.group(1)
                 if (
                     "." not in host
+                    and "%" not in host  # (%2e is a dot to the parser)
                     and not host.startswith("[")
                     and not _DOTLESS_HOST.fullmatch(host)
                 ):
                     continue
                 at = m.start()
-                scheme = _url_scheme(text, at) if at and text[at - 1] == ":" else "http:"
-                verdict = self._absolute_verdict(scheme + m.group())
+                if not at or text[at - 1] != ":":
+                    scheme = "http:"
+                elif text.startswith("https:", at - 6) and (
+                    at == 6 or text[at - 7] not in _SCHEME_CHARS
+                ):
+                    scheme = "https:"
+                else:
+                    scheme = _url_scheme(text, at)
+                ref = scheme + m.group()
+                if verdicts.get(ref, _UNSEEN) is None:
+                    continue
+                verdict = self._absolute_verdict(ref)
                 if verdict is not None:
                     return verdict
         if "." in text:

@@ -28,8 +28,10 @@ the script's *sinks*:
   skimmer's way out with the page's data), each with the constant prefix of its
   URL argument (or none: built at run time).
 
-Names and strings are compared after JS escapes are undone and adjacent
-literal concatenations folded (``d["wri" + "te"]``, ``\\u0065val``). The
+Names and strings are compared after JS escapes are undone and literal-only
+expressions folded (``d["wri" + "te"]``, ``\\u0065val``, ``['a', 'b'].join('.')``,
+``'a'.concat('b')``, ``String.fromCharCode(...)``, ``atob('...')``, templates whose
+substitutions are literals; see ``_Sinks._term``). The
 tokenizer is a heuristic where JavaScript is ambiguous (``/`` after ``)``
 is read as division, after ``}`` as a regular expression), so the shapes of
 the strongest sinks are also searched in the raw text (``write(``, ``eval(``,
@@ -43,8 +45,11 @@ is recognised by Python's JSON decoder, whatever its size, without tokenizing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -129,6 +134,9 @@ _LOAD_PROPERTIES = frozenset({"src", "href", "action", "formAction", "location",
 # Properties that load a URL on some elements but hold anything on most objects: a
 # load sink only when assigned a literal URL (<object>.data, <img>.srcset, ...).
 _CONSTANT_LOAD_PROPERTIES = frozenset({"data", "srcset", "poster", "background"})
+# Properties of a location (or a link) that set the host: location.host = 'evil.example'
+# navigates there. Judged as "//" + the value.
+_HOST_PROPERTIES = frozenset({"host", "hostname"})
 # Calls whose first argument is a URL that is loaded, run or navigated to.
 _LOAD_CALLS = frozenset(
     {"open", "import", "importScripts", "Worker", "SharedWorker", "register", "getScript",
@@ -175,7 +183,7 @@ _SETTABLE = _LOAD_PROPERTIES | _CONSTANT_LOAD_PROPERTIES | _MARKUP_NAMES | {"tex
 # Names the sink pass looks at (every other name is skipped at once).
 _INTERESTING_NAMES = (
     _CODE_NAMES | _TIMER_NAMES | _MARKUP_NAMES | _JQUERY_MARKUP | _JQUERY | _LOAD_PROPERTIES
-    | _CONSTANT_LOAD_PROPERTIES
+    | _CONSTANT_LOAD_PROPERTIES | _HOST_PROPERTIES
     | _LOAD_CALLS | _LOCATION_CALLS | _JQUERY_LOADS
     | _COPIERS | _ATTRIBUTE_NODES | _ATTRIBUTE_VALUES | _ALIASABLE | _DESCRIPTORS
     | {"import", "export", "from", "createElement", "createElementNS", "setAttribute",
@@ -217,6 +225,26 @@ _ESCAPE = re.compile(
 )
 _SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
 _LINE_CONTINUATIONS = frozenset({"\n", "\r", "\r\n", "\u2028", "\u2029"})
+
+
+# How deep literal-only expressions are folded (parentheses, arrays, templates).
+_FOLD_DEPTH = 8
+_DECODERS = frozenset({"atob", "unescape", "decodeURI", "decodeURIComponent"})
+_PERCENT_ESCAPE = re.compile(r"%u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
+
+
+def _decode_call(name: str, value: str) -> str | None:
+    """What ``atob``/``unescape``/``decodeURI(Component)`` return for a literal (None:
+    they throw, or the value is not a literal's)."""
+    if name == "atob":
+        try:
+            data = base64.b64decode("".join(value.split()) + "==", validate=False)
+        except (binascii.Error, ValueError):
+            return None
+        return data.decode("latin-1")
+    if name == "unescape":
+        return _PERCENT_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
+    return urllib.parse.unquote(value, errors="replace")
 
 
 def _unescape(m: re.Match[str]) -> str:
@@ -395,10 +423,10 @@ _MARKUP_SHAPE = re.compile(
     r"(?:write|writeln|insertAdjacentHTML|createContextualFragment|setHTMLUnsafe)\s*\("
     r"|\.\s*(?:innerHTML|outerHTML|srcdoc)\s*\+?=(?!=)"
 )
-_LOAD_WORDS = ("src", "href", "action", "location", "import", "open", "Worker", "getScript",
+_LOAD_WORDS = ("src", "href", "host", "action", "location", "import", "open", "Worker", "getScript",
                "fetch", "sendBeacon", "EventSource", "WebSocket", "setAttribute")  # fmt: skip
 _LOAD_SHAPE = re.compile(
-    r"\.\s*(?:src|href|action|location)\s*\+?=(?!=)|location\s*\+?=(?!=)"
+    r"\.\s*(?:src|href|host|hostname|action|location)\s*\+?=(?!=)|location\s*\+?=(?!=)"
     r"|(?:import|importScripts|open|Worker|SharedWorker|getScript|fetch|sendBeacon"
     r"|EventSource|WebSocket)\s*[(`]"
     r"|\[\s*[\"'`](?:src|href|action|location)[\"'`]\s*\]\s*\+?=(?!=)"
@@ -582,13 +610,17 @@ class _Sinks:
         """
         t = self.t
         parts: list[str] = []
-        while self._literal(i):
-            tok = t[i]
-            parts.append(tok.value)
-            i += 1
-            if tok.kind is Kind.TEMPLATE and tok.open_substitution:
-                return "".join(parts), False, i
-            if self._is(i, "+") and self._literal(i + 1):
+        while True:
+            folded = self._term(i, 0)
+            if folded is not None:
+                value, i = folded
+                parts.append(value)
+            elif self._literal(i):  # a template with a substitution computed at run time
+                parts.append(t[i].value)
+                return "".join(parts), False, i + 1
+            else:
+                break
+            if self._is(i, "+") and (self._literal(i + 1) or self._term(i + 1, 0) is not None):
                 i += 1
                 continue
             break
@@ -604,6 +636,112 @@ class _Sinks:
         if self._is(i, "+"):
             return prefix, False, i
         return None, False, i
+
+    def _term(self, i: int, depth: int) -> tuple[str, int] | None:
+        """The value of the literal-only term at ``i`` and the index after it, or None.
+
+        Folded as JavaScript evaluates them: a string, a template whose substitutions
+        are literal-only, ``[...].join(...)``, ``.concat(...)``, ``String.fromCharCode``
+        of numbers, ``atob``/``unescape``/``decodeURI(Component)`` of a literal, and
+        parentheses around any of these (nested ``_FOLD_DEPTH`` deep at most).
+        """
+        t, n = self.t, len(self.t)
+        if i >= n or depth > _FOLD_DEPTH:
+            return None
+        tok = t[i]
+        value: str | None = None
+        if tok.kind is Kind.STRING:
+            value, i = tok.value, i + 1
+        elif tok.kind is Kind.TEMPLATE:
+            parts, j, chunk = [tok.value], i + 1, tok
+            while chunk.open_substitution:
+                inner = self._sum(j, depth + 1)
+                if inner is None or inner[1] >= n or t[inner[1]].kind is not Kind.TEMPLATE:
+                    return None
+                chunk = t[inner[1]]
+                parts += (inner[0], chunk.value)
+                j = inner[1] + 1
+            value, i = "".join(parts), j
+        elif self._is(i, "["):
+            items, j = [], i + 1
+            while not self._is(j, "]"):
+                inner = self._sum(j, depth + 1)
+                if inner is None:
+                    return None
+                items.append(inner[0])
+                j = inner[1] + 1 if self._is(inner[1], ",") else inner[1]
+                if not (self._is(j, "]") or self._is(j - 1, ",")):
+                    return None
+            if not (
+                self._is(j + 1, ".") and self._name_at(j + 2) == "join" and self._is(j + 3, "(")
+            ):
+                return None
+            sep, j = ",", j + 4
+            if not self._is(j, ")"):
+                inner = self._sum(j, depth + 1)
+                if inner is None or not self._is(inner[1], ")"):
+                    return None
+                sep, j = inner
+            value, i = sep.join(items), j + 1
+        elif self._is(i, "("):
+            inner = self._sum(i + 1, depth + 1)
+            if inner is None or not self._is(inner[1], ")"):
+                return None
+            value, i = inner[0], inner[1] + 1
+        elif tok.kind is Kind.NAME and tok.value == "String":
+            if not (self._is(i + 1, ".") and self._name_at(i + 2) == "fromCharCode"
+                    and self._is(i + 3, "(")):  # fmt: skip
+                return None
+            codes, j = [], i + 4
+            while j < n and t[j].kind is Kind.NUMBER:
+                try:
+                    code = int(t[j].value, 0)
+                except ValueError:
+                    return None
+                codes.append(chr(code & 0xFFFF))
+                j += 1
+                if self._is(j, ","):
+                    j += 1
+            if not self._is(j, ")"):
+                return None
+            value, i = "".join(codes), j + 1
+        elif tok.kind is Kind.NAME and tok.value in _DECODERS and self._is(i + 1, "("):
+            inner = self._sum(i + 2, depth + 1)
+            if inner is None or not self._is(inner[1], ")"):
+                return None
+            value = _decode_call(tok.value, inner[0])
+            if value is None:
+                return None
+            i = inner[1] + 1
+        if value is None:
+            return None
+        # 'a'.concat('b', 'c'), any number of times.
+        while self._is(i, ".") and self._name_at(i + 1) == "concat" and self._is(i + 2, "("):
+            j, parts = i + 3, [value]
+            while not self._is(j, ")"):
+                inner = self._sum(j, depth + 1)
+                if inner is None:
+                    return None
+                parts.append(inner[0])
+                j = inner[1] + 1 if self._is(inner[1], ",") else inner[1]
+                if not (self._is(j, ")") or self._is(j - 1, ",")):
+                    return None
+            value, i = "".join(parts), j + 1
+        return value, i
+
+    def _sum(self, i: int, depth: int) -> tuple[str, int] | None:
+        """Literal-only terms joined by ``+`` from ``i``: their value and the index after."""
+        first = self._term(i, depth)
+        if first is None:
+            return None
+        parts, i = [first[0]], first[1]
+        while self._is(i, "+"):
+            nxt = self._term(i + 1, depth)
+            if nxt is None:
+                return None
+            parts.append(nxt[0])
+            i = nxt[1]
+        return "".join(parts), i
 
     def _arguments(self, open_paren: int) -> list[int]:
         """Token indices where each argument of the call at ``open_paren`` starts."""
@@ -876,6 +1014,10 @@ class _Sinks:
         elif name in _LOAD_PROPERTIES and self._assigned(i + 1):
             if name == "location" or owner >= 0 or self.with_:
                 self._load(name, i + 2)
+        elif name in _HOST_PROPERTIES and self._assigned(i + 1) and (owner >= 0 or self.with_):
+            host, complete, _ = self.constant(i + 2)
+            url = None if host is None else "//" + host
+            out.append(Sink(SinkKind.LOAD, name, url, complete))
         elif name in _ATTRIBUTE_VALUES and owner >= 0 and self._assigned(i + 1):
             # el.attributes.src.value = u, el.getAttributeNode('src').value = u
             back = range(max(0, owner - 8), owner + 1)
