@@ -215,9 +215,10 @@ def build_engine(
     *,
     cache_dir: Path | None = None,
     strict: bool = False,
+    resolve: SourceResolver | None = None,
 ) -> tuple[Engine, LoadReport]:
     """Parse and compile the given lists in memory (no snapshot: files, tests, a cold start)."""
-    parsed, statuses = parse_lists(specs, cache_dir, strict=strict)
+    parsed, statuses = parse_lists(specs, cache_dir, strict=strict, resolve=resolve)
     report = LoadReport(lists=statuses)
     engine, report.block_stats, report.allow_stats = Engine.from_lists(parsed)
     return engine, report

@@ -41,7 +41,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,14 +61,17 @@ from proxy_addons.core.index import (
 )
 from proxy_addons.core.model import ListSpec, Mode, ParsedList, Rule, RuleKind
 from proxy_addons.lists.files import (
+    ListBody,
     ListStatus,
     LoadReport,
+    Unavailable,
     build_engine,
     feed_body_path,
     parse_lists,
+    read_body,
     source_of,
 )
-from proxy_addons.lists.inforce import Hold, InForce
+from proxy_addons.lists.inforce import Hold, InForce, ListRecord
 from proxy_addons.lists.layout import SNAPSHOT_DIR, CacheLayout
 
 log = logging.getLogger(__name__)
@@ -377,6 +380,17 @@ class SnapshotStore:
                 os.link(src, tmp)
             except OSError:
                 shutil.copyfile(src, tmp)
+            if _sha256_file(tmp) != lst.digest:
+                # Edited since it was read and compiled: keeping these bytes under the
+                # digest of the ones compiled would let a rollback restore rules that
+                # were never in force. The list's body is simply not kept this time.
+                tmp.unlink()
+                log.warning(
+                    "jectguard: %s changed while it was compiled; its body is not kept "
+                    "for rollback with this snapshot",
+                    src,
+                )
+                continue
             os.replace(tmp, dest)
 
     def _point_to(self, record: InForce) -> None:
@@ -825,6 +839,105 @@ def _with_allow(
     return Engine(block, allow)
 
 
+class StoreInputs:
+    """Where each block list's bytes come from, as the store's record in force says
+    (the resolver of a rebuild, and of a cold start that cannot load the snapshot).
+
+    A download accepted now comes parsed, from its validation. A feed whose body is
+    gone compiles the copy kept with the snapshot in force. A body a rollback holds
+    (refused, still on disk) gives way to the body the rollback restored, or keeps
+    the list out; a local list edited since ends its hold. Everything else is read
+    from its file, as ``build_engine`` reads it.
+    """
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        before: Mapping[str, ListRecord],
+        holds: dict[str, Hold],  # the holds in force: a released one is removed
+        accepted: Mapping[str, tuple[ParsedList, str, int, tuple[int, ...]]] | None = None,
+    ) -> None:
+        self.store = store
+        self.before = before
+        self.holds = holds
+        self.accepted = accepted or {}
+        self.released: list[str] = []  # holds an edit ended
+        self.held_out: list[str] = []  # lists a rollback keeps out
+
+    def __call__(self, spec: ListSpec) -> ListBody | Unavailable:
+        name = spec.name
+        src = source_of(spec, self.store.cache_dir)
+        if name in self.accepted:
+            parsed, digest, distinct, _ = self.accepted[name]
+            return ListBody(src, digest, parsed=parsed, distinct=distinct)
+        prev = self.before.get(name)
+        if spec.url is not None and not src.exists():
+            kept = kept_body(self.store, name, prev.digest if prev else None)
+            if kept is None:
+                # In force, but its body is gone: do not drop it. Else: not fetched yet.
+                return Unavailable(f"{src}: its cached body is missing" if prev else None)
+            # The body in force was deleted: compile the copy kept with it (if it is that).
+            assert prev is not None and prev.digest is not None
+            return _kept_exactly(kept, prev.digest)
+        body = read_body(src)
+        hold = self.holds.get(name)
+        if hold is not None and body.digest in hold.refused:
+            # A rolled-back body still on disk (a local file, or a body not kept):
+            # compile the one the rollback restored, or leave the list out.
+            kept = kept_body(self.store, name, hold.restored)
+            if kept is None and prev is not None:
+                # In force, but only the rolled-back body is left: neither drop the
+                # list nor bring the bad rules back; keep the snapshot in force.
+                return Unavailable(
+                    f"held by a rollback and its earlier body was not kept ({hold.reason})"
+                )
+            if kept is None:  # not in the snapshot rolled back to: stays out
+                self.held_out.append(name)
+                return Unavailable(None)
+            assert hold.restored is not None  # kept_body finds nothing without a digest
+            found = _kept_exactly(kept, hold.restored)
+            if isinstance(found, Unavailable):
+                return found
+            body = found
+        elif hold is not None and body.digest != hold.restored:
+            # New content that did not come by download: a local list edited. Its
+            # edit ends the hold (a fetched body's hold ends when a download is accepted).
+            self.holds.pop(name)
+            self.released.append(name)
+        if prev is not None and prev.digest == body.digest:
+            body = replace(body, distinct=prev.rules)  # counted when it was published
+        return body
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
+    """The body of ``name`` kept with a snapshot, if there is one (a bad digest: none)."""
+    if not digest:
+        return None
+    try:
+        path = store.body_path(name, digest)
+    except ValueError:
+        return None
+    return path if path.exists() else None
+
+
+def _kept_exactly(path: Path, digest: str) -> ListBody | Unavailable:
+    """A kept body, only if its bytes are the ones its name promises: a copy that differs
+    (a list edited while it was archived, a damaged file) must not come into force under
+    the digest of another."""
+    body = read_body(path)
+    if body.digest != digest:
+        return Unavailable(f"{path}: the kept body does not match its digest (damaged or changed)")
+    return body
+
+
 def load_previous_engine(
     specs: Sequence[ListSpec], cache_dir: Path
 ) -> tuple[Engine, dict[str, Any]] | None:
@@ -886,7 +999,15 @@ def startup_engine(specs: Sequence[ListSpec], cache_dir: Path) -> tuple[Engine, 
         ):
             previous = load_previous_engine(specs, cache_dir)
         if previous is None:
-            return build_engine(specs, cache_dir=cache_dir)
+            # Compiled as the refresher would publish it: a body a rollback holds stays
+            # out (the one it restored is compiled), a deleted feed body is read from
+            # the copy kept with the snapshot. Plain files would bring held rules back.
+            store = SnapshotStore(cache_dir)
+            record = store.read_record()
+            resolve = None
+            if record is not None:
+                resolve = StoreInputs(store, record.lists, dict(record.holds))
+            return build_engine(specs, cache_dir=cache_dir, resolve=resolve)
         engine, pointer = previous
         log.warning(
             "jectguard: the current snapshot does not load (%s); starting on the previous "

@@ -39,7 +39,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -57,12 +57,8 @@ from proxy_addons.core.index import (
 )
 from proxy_addons.core.model import ListSpec, ParsedList
 from proxy_addons.lists.files import (
-    ListBody,
-    Unavailable,
     feed_body_path,
     parse_lists,
-    read_body,
-    read_list_file,
     source_of,
 )
 from proxy_addons.lists.health import (
@@ -79,6 +75,7 @@ from proxy_addons.lists.store import (
     POINTER,
     REBUILD_HOLDER,
     SnapshotStore,
+    StoreInputs,
     StoreWriteError,
     compile_allow,
     list_inputs,
@@ -306,7 +303,7 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
     ):
         return
 
-    inputs = _PublishInputs(store, before, holds, accepted)
+    inputs = StoreInputs(store, before, holds, accepted)
     lists, statuses = parse_lists(specs, cache, allow=False, resolve=inputs, count=distinct_count)
     records: dict[str, ListRecord] = {}
     bodies: dict[str, Path] = {}
@@ -375,80 +372,6 @@ def _run_locked(job: CompileJob, store: SnapshotStore, out: CompileResult) -> No
         # A damaged file is no rollback target; a proxy that maps it keeps its pages.
         store.discard(in_force.snapshot)
     out.rules, out.refused, out.seconds = stats.rules, stats.refused_count, stats.seconds
-
-
-class _PublishInputs:
-    """Where each block list's bytes come from in a rebuild (the refresher's resolver).
-
-    A download accepted now comes parsed, from its validation. A feed whose body is
-    gone compiles the copy kept with the snapshot in force. A body a rollback holds
-    (refused, still on disk) gives way to the body the rollback restored, or keeps
-    the list out; a local list edited since ends its hold. Everything else is read
-    from its file, as ``build_engine`` reads it.
-    """
-
-    def __init__(
-        self,
-        store: SnapshotStore,
-        before: Mapping[str, ListRecord],
-        holds: dict[str, Hold],  # the holds in force: a released one is removed
-        accepted: Mapping[str, tuple[ParsedList, str, int, tuple[int, ...]]],
-    ) -> None:
-        self.store = store
-        self.before = before
-        self.holds = holds
-        self.accepted = accepted
-        self.released: list[str] = []  # holds an edit ended
-        self.held_out: list[str] = []  # lists a rollback keeps out
-
-    def __call__(self, spec: ListSpec) -> ListBody | Unavailable:
-        name = spec.name
-        src = source_of(spec, self.store.cache_dir)
-        if name in self.accepted:
-            parsed, digest, distinct, _ = self.accepted[name]
-            return ListBody(src, digest, parsed=parsed, distinct=distinct)
-        prev = self.before.get(name)
-        if spec.url is not None and not src.exists():
-            kept = _kept_body(self.store, name, prev.digest if prev else None)
-            if kept is None:
-                # In force, but its body is gone: do not drop it. Else: not fetched yet.
-                return Unavailable(f"{src}: its cached body is missing" if prev else None)
-            src = kept  # the body in force was deleted: compile the copy kept with it
-        body = read_body(src)
-        hold = self.holds.get(name)
-        if hold is not None and body.digest in hold.refused:
-            # A rolled-back body still on disk (a local file, or a body not kept):
-            # compile the one the rollback restored, or leave the list out.
-            kept = _kept_body(self.store, name, hold.restored)
-            if kept is None and prev is not None:
-                # In force, but only the rolled-back body is left: neither drop the
-                # list nor bring the bad rules back; keep the snapshot in force.
-                return Unavailable(
-                    f"held by a rollback and its earlier body was not kept ({hold.reason})"
-                )
-            if kept is None:  # not in the snapshot rolled back to: stays out
-                self.held_out.append(name)
-                return Unavailable(None)
-            body = ListBody(kept, hold.restored or body.digest, read_list_file(kept))
-        elif hold is not None and body.digest != hold.restored:
-            # New content that did not come by download: a local list edited. Its
-            # edit ends the hold (a fetched body's hold ends when a download is accepted).
-            self.holds.pop(name)
-            self.released.append(name)
-        if prev is not None and prev.digest == body.digest:
-            body = replace(body, distinct=prev.rules)  # counted when it was published
-        return body
-
-
-def _kept_body(store: SnapshotStore, name: str, digest: str | None) -> Path | None:
-    """The body of ``name`` kept with a snapshot, if there is one (a bad digest: none)."""
-    if not digest:
-        return None
-    try:
-        path = store.body_path(name, digest)
-    except ValueError:
-        return None
-    return path if path.exists() else None
 
 
 def content_digest(fingerprint: str, lists: Iterable[ListRecord]) -> str:

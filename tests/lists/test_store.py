@@ -374,3 +374,26 @@ def test_a_start_after_the_sources_changed_compiles_the_lists(tmp_path: Path) ->
     assert engine.check_url("http://local.example/").blocked
     assert not engine.check_url("http://old.example/").blocked
     engine.close()
+
+
+@pytest.mark.parametrize("fetched", [False, True])
+def test_a_body_changed_since_it_was_compiled_is_not_kept_under_the_compiled_digest(
+    tmp_path: Path, fetched: bool
+) -> None:
+    """The body kept for a rollback must be the bytes compiled: a local list saved while
+    its snapshot compiled was archived under the old digest, and a rollback then brought
+    the new (never published) rules into force (red team)."""
+    from proxy_addons.lists.inforce import InForce, ListRecord
+
+    store = SnapshotStore(tmp_path)
+    compiled = b"evil.example\n"
+    body = tmp_path / "local.txt"
+    body.write_bytes(b"evil.example\ngoogle.test\n")  # saved after it was read
+    digest = hashlib.sha256(compiled).hexdigest()
+    record = InForce("", lists={"local": ListRecord("local", 1, digest, (1,), fetched)})
+    store.publish(_image("evil.example"), record=record, bodies={"local": body})
+    assert not store.body_path("local", digest).exists()
+    body.write_bytes(compiled)  # the bytes compiled: kept
+    record = InForce("", lists={"local": ListRecord("local", 1, digest, (1,), fetched)})
+    store.publish(_image("evil.example", "x.example"), record=record, bodies={"local": body})
+    assert store.body_path("local", digest).read_bytes() == compiled
