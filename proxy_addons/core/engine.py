@@ -83,7 +83,9 @@ def split_exceptions(
 ) -> tuple[list[tuple[ListSpec, ParsedList]], list[tuple[ListSpec, ParsedList]]]:
     """Split configured lists into block lists and allow lists.
 
-    ``@@`` exception rules inside a block list become allow rules of their own list.
+    ``@@`` exception rules inside a block list become allow rules of their own list;
+    a monitor-mode list's are dropped: a list on trial only reports, and its exceptions
+    would otherwise unblock what enforcing lists block (an allow match wins).
     """
     block: list[tuple[ListSpec, ParsedList]] = []
     allow: list[tuple[ListSpec, ParsedList]] = []
@@ -95,7 +97,8 @@ def split_exceptions(
         if exc:
             rules = [r for r in parsed.rules if not r.exception]
             block.append((spec, ParsedList(parsed.format, rules)))
-            allow.append((replace(spec, allow=True), ParsedList(parsed.format, exc)))
+            if spec.mode is not Mode.MONITOR:
+                allow.append((replace(spec, allow=True), ParsedList(parsed.format, exc)))
         else:
             block.append((spec, parsed))
     return block, allow

@@ -254,3 +254,27 @@ def test_empty_engine_passes_everything() -> None:
         assert engine.check_host("evil.example").action is Action.PASS
     finally:
         engine.close()
+
+
+def test_a_monitor_lists_exceptions_do_not_unblock_what_enforcing_lists_block() -> None:
+    """A list on trial (mode = monitor) only reports: its ``@@`` exceptions went into the
+    allow index and overrode every enforcing list's block of that host (red team)."""
+    from proxy_addons.core.formats import parse_list
+
+    enforce = parse_list(b"victim.test\n", "domains", name="feed")
+    trial = parse_list(b"||tracker.test^\n@@||victim.test^\n", "adblock", name="trial")
+    engine, _, _ = Engine.from_lists(
+        [
+            (ListSpec("feed", category="malware"), enforce),
+            (ListSpec("trial", category="ads", mode=Mode.MONITOR), trial),
+        ]
+    )
+    v = engine.check_url("http://victim.test/")
+    assert v.action is Action.BLOCK and v.match is not None and v.match.list == "feed"
+    assert engine.check_url("http://tracker.test/").action is Action.MONITOR
+    # An enforcing list's own exceptions still allow, as before.
+    enforcing_trial = ListSpec("trial", category="ads")
+    engine, _, _ = Engine.from_lists(
+        [(ListSpec("feed", category="malware"), enforce), (enforcing_trial, trial)]
+    )
+    assert engine.check_url("http://victim.test/").action is Action.ALLOW
