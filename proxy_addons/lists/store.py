@@ -803,6 +803,14 @@ def compile_allow(
 ) -> tuple[CompiledIndex, AllowResult]:
     """The allow index, compiled in memory from the allow lists plus feed exceptions."""
     allow = parse_allow_lists(specs, cache_dir)
+    # A monitor-mode list's exceptions unblock nothing (core.engine.split_exceptions);
+    # a snapshot published before that rule, or before the list went on trial, has them.
+    trial = {s.name for s in specs if s.mode is Mode.MONITOR}
+    exceptions = [
+        (spec, parsed)
+        for spec, parsed in exceptions
+        if spec.mode is not Mode.MONITOR and spec.name not in trial
+    ]
     # Allow lists first, then the block lists' exceptions: the order Engine.from_lists uses.
     index, _ = allow_index([*allow.lists, *exceptions])
     return index, allow

@@ -397,3 +397,29 @@ def test_a_body_changed_since_it_was_compiled_is_not_kept_under_the_compiled_dig
     record = InForce("", lists={"local": ListRecord("local", 1, digest, (1,), fetched)})
     store.publish(_image("evil.example", "x.example"), record=record, bodies={"local": body})
     assert store.body_path("local", digest).read_bytes() == compiled
+
+
+def test_a_snapshot_carrying_a_monitor_lists_exceptions_does_not_apply_them(
+    tmp_path: Path,
+) -> None:
+    """A snapshot published before monitor lists' exceptions were dropped (or before the list
+    went on trial) still has them in its allow side: loading it must not apply them."""
+    from proxy_addons.core.model import Mode
+
+    block = parse_list(b"victim.test\n", "domains", name="feed")
+    exc = parse_list(b"@@||victim.test^\n", "adblock", name="trial")
+    trial = ListSpec("trial", category="ads", mode=Mode.MONITOR, path=str(tmp_path / "t.txt"))
+    (tmp_path / "t.txt").write_text("@@||victim.test^\n")
+    feed = ListSpec("feed", path=str(tmp_path / "f.txt"))
+    (tmp_path / "f.txt").write_text("victim.test\n")
+    store = SnapshotStore(tmp_path / "cache")
+    image, _ = compile_index([(feed, block)])
+    from dataclasses import replace
+
+    store.publish(
+        image,
+        exceptions=[(replace(trial, allow=True), exc)],
+        info={"fingerprint": sources_fingerprint([feed, trial])},
+    )
+    engine, _ = load_engine([feed, trial], tmp_path / "cache")
+    assert engine.check_url("http://victim.test/").blocked
