@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 USER_AGENT: Final = f"jectguard/{__version__} (+https://github.com/jectguard)"
 # Decompressed bytes a feed may have; the largest public threat lists are ~50 MB.
 MAX_FEED_BYTES: Final = 256 * 1024 * 1024
+# Pacing sleeps only when a body is this far ahead of its rate (seconds).
+PACE_MIN_SLEEP: Final = 0.002
 # Body bytes gathered before one write to the temp file (in a worker thread).
 SPOOL_CHUNK: Final = 1024 * 1024
 # A temp body this young may belong to a writer that has not locked it yet.
@@ -691,7 +693,7 @@ async def _spool(
                 # Paced by the larger of the bytes received and the bytes decoded: a
                 # compressed feed's work in the loop is its decoded size.
                 ahead = max(raw, size) / policy.max_rate - (loop.time() - started)
-                if ahead > 0:
+                if ahead > PACE_MIN_SLEEP:  # (a small body is never made to wait)
                     await asyncio.sleep(ahead)
         # aiohttp raises when a connection ends before the length or the chunked
         # terminator; the count is checked again here so no parser path can slip.

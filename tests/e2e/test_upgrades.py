@@ -77,8 +77,8 @@ class UpgradingOrigin:
             if key is not None:
                 accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
                 answer += b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+            self.switched += 1  # before the answer: a client that has it may look at once
             conn.sendall(answer + b"\r\n")
-            self.switched += 1
             received = rest
             with contextlib.suppress(OSError):
                 while chunk := conn.recv(65536):

@@ -449,7 +449,9 @@ async def test_rebuilds_are_coalesced(
 
     names = [unique(request, f"c{i}") for i in range(4)]
     for i, n in enumerate(names):
-        server.feed(n, b"feed%d.example\n" % i)
+        # The first arrives at once; the others drip in while its rebuild runs (without
+        # the drip, all four could arrive before the first rebuild starts: one rebuild).
+        server.feed(n, b"feed%d.example\n" % i, drip=0.0 if i == 0 else 0.02)
     src = write_sources(tmp_path, server, dict.fromkeys(names, "domains"))
     cache = tmp_path / "cache"
     r = Refresher(load_sources(src), cache, policy=FAST, isolate=False)
