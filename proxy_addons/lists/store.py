@@ -886,7 +886,9 @@ class StoreInputs:
                 return Unavailable(f"{src}: its cached body is missing" if prev else None)
             # The body in force was deleted: compile the copy kept with it (if it is that).
             assert prev is not None and prev.digest is not None
-            return _kept_exactly(kept, prev.digest)
+            found = _kept_exactly(kept, prev.digest)
+            # counted when it was published
+            return replace(found, distinct=prev.rules) if isinstance(found, ListBody) else found
         body = read_body(src)
         hold = self.holds.get(name)
         if hold is not None and body.digest in hold.refused:

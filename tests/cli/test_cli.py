@@ -325,8 +325,15 @@ def test_check_decides_with_the_campaign_list_the_proxy_enforces(tmp_path: Path)
     # With lists named on the command line too: `jectguard run --blocklist` enforces it.
     other = tmp_path / "other.txt"
     other.write_text("unrelated.example\n")
-    r = run("check", "--json", "--cache-dir", str(cache), "--blocklist", str(other),
-            "http://inject-cdn.example/x.js")  # fmt: skip
+    r = run(
+        "check",
+        "--json",
+        "--cache-dir",
+        str(cache),
+        "--blocklist",
+        str(other),
+        "http://inject-cdn.example/x.js",
+    )
     assert json.loads(r.stdout)["list"] == "campaign"
     # What the other lists alone decide.
     r = run("check", "--no-campaign", "--cache-dir", str(cache), "http://inject-cdn.example/")

@@ -32,7 +32,7 @@ def jg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
             str(root / "sources.toml"),
             "--cache-dir",
             str(root / "cache"),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy_addons.core.index import verify_file
 from proxy_addons.lists.sources import load_sources
 from proxy_addons.lists.store import LOCK, REBUILD_HOLDER, SnapshotStore
 from proxy_addons.refresh.job import CompileJob
@@ -43,6 +44,20 @@ def _lock_holder(store: SnapshotStore) -> dict[str, object] | None:
         return None
 
 
+async def _freeze_worker(store: SnapshotStore, running: asyncio.Future[object]) -> int:
+    """Wait until a rebuild worker marks the store lock, then freeze it (SIGSTOP): a host
+    with no spare CPU, where it would hold the lock indefinitely. Its pid."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not running.done():
+        doc = await asyncio.to_thread(_lock_holder, store)
+        if doc and doc.get("holder") == REBUILD_HOLDER:
+            pid = int(str(doc["pid"]))
+            os.kill(pid, signal.SIGSTOP)
+            return pid
+        await asyncio.sleep(0.002)
+    raise AssertionError("the worker never marked the lock as a rebuild's")
+
+
 @pytest.fixture
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JECTGUARD_RUNTIME_DIR", str(tmp_path / "runtime"))
@@ -59,15 +74,7 @@ async def test_rollback_stops_a_starved_rebuild_instead_of_waiting(root: Path) -
     cfg = load_sources(root / "sources.toml")
     job = CompileJob(str(root / "cache"), tuple(cfg.sources), rebuild=True)
     rebuild = asyncio.ensure_future(run_rebuild(job))
-    pid = None
-    deadline = time.monotonic() + 60
-    while pid is None and time.monotonic() < deadline and not rebuild.done():
-        doc = await asyncio.to_thread(_lock_holder, store)
-        if doc and doc.get("holder") == REBUILD_HOLDER:
-            pid = int(str(doc["pid"]))
-            os.kill(pid, signal.SIGSTOP)  # no spare CPU: it would hold the lock indefinitely
-        await asyncio.sleep(0.002)
-    assert pid is not None, "the worker never marked the lock as a rebuild's"
+    pid = await _freeze_worker(store, rebuild)
     before = store.read_record()
     r = await asyncio.to_thread(
         subprocess.run,
@@ -78,7 +85,7 @@ async def test_rollback_stops_a_starved_rebuild_instead_of_waiting(root: Path) -
             str(root / "sources.toml"),
             "--cache-dir",
             str(root / "cache"),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -89,9 +96,9 @@ async def test_rollback_stops_a_starved_rebuild_instead_of_waiting(root: Path) -
         await asyncio.wait_for(rebuild, 60)
     after = store.read_record()
     assert before is not None and after is not None and after.snapshot != before.snapshot
-    # The stopped worker left no half-written snapshot behind: every file there loads.
+    # The stopped worker left no half-written snapshot behind: every file there is whole.
     for snap in store.list_snapshots():
-        assert snap.path.stat().st_size > 0
+        verify_file(snap.path)
     assert _lock_holder(store) is None  # the mark went with the lock
 
 
@@ -112,7 +119,7 @@ def test_nothing_is_stopped_when_no_rebuild_holds_the_lock(root: Path) -> None:
             "with s.locked(holder=REBUILD_HOLDER):\n"
             "    print('locked', flush=True); time.sleep(30)\n",
             str(root / "cache"),
-        ],  # fmt: skip
+        ],
         stdout=subprocess.PIPE,
     )
     try:
@@ -135,15 +142,7 @@ async def test_status_says_how_long_a_rebuild_has_been_waiting(root: Path) -> No
     r = Refresher(load_sources(root / "sources.toml"), root / "cache")
     assert r.status()["rebuild"] == {"running": False, "since": None, "seconds": None}
     build = asyncio.ensure_future(r._build(None, force=False, rebuild=True))
-    pid = None
-    deadline = time.monotonic() + 60
-    while pid is None and time.monotonic() < deadline and not build.done():
-        doc = await asyncio.to_thread(_lock_holder, store)
-        if doc and doc.get("holder") == REBUILD_HOLDER:
-            pid = int(str(doc["pid"]))
-            os.kill(pid, signal.SIGSTOP)
-        await asyncio.sleep(0.002)
-    assert pid is not None
+    pid = await _freeze_worker(store, build)
     try:
         await asyncio.sleep(0.3)
         status = r.status()["rebuild"]
