@@ -342,7 +342,18 @@ def test_descriptor_shortage_logs_a_bounded_number_of_lines(
     held: list[socket.socket] = []
     try:
         pid = p.proc.pid
-        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        # Start-up goes on after the port listens (workers, admin server): a shortage
+        # then is a start-up error, which mitmproxy ends the process for. Wait until the
+        # proxy's descriptors stop changing before taking them away.
+        in_use, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now_in_use = len(os.listdir(f"/proc/{pid}/fd"))
+            if now_in_use != in_use:
+                in_use, stable_since = now_in_use, time.monotonic()
+            elif time.monotonic() - stable_since >= 1.5:
+                break
+            time.sleep(0.05)
         hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 30, hard))
         for _ in range(80):  # well past the limit: the last ones wait in the backlog
