@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Final, NamedTuple
@@ -158,18 +159,33 @@ def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
 
     One mapping for the strip addon, its scan workers and ``jectguard strip``.
     """
+    return engine.listed_url
 
-    def is_blocked(url: str) -> Match | None:
-        v = engine.check_url(url)
-        return v.match if v.listed else None
 
-    return is_blocked
+# An absolute http(s) URL whose host is written as a plain ASCII name: labels of letters,
+# digits and hyphens, none empty, the last one starting with a letter, then at most a port,
+# then the end of the authority. For such text the WHATWG parser's host is that name in
+# lower case, or the URL does not parse (a bad punycode label, a port out of range): there
+# is no space to strip, no tab or newline to remove, no userinfo, backslash, escape or
+# character IDNA maps, and the last label is no number (WHATWG reads a host whose last
+# label is a number as an IPv4 address). Any other text takes the full parse.
+_PLAIN_NAME_URL: Final = re.compile(
+    r"[Hh][Tt][Tt][Pp][Ss]?://((?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*)(?::[0-9]*)?(?=[/?#]|\Z)"
+)
+# Names remembered as "no block rule is keyed by it or a parent" (per engine).
+QUIET_NAMES_MAX: Final = 65_536
+
+
+def plain_url_name(url: str) -> str | None:
+    """The host of ``url`` when its text names it plainly (see ``_PLAIN_NAME_URL``), else None."""
+    m = _PLAIN_NAME_URL.match(url)
+    return None if m is None else m.group(1).lower()
 
 
 class Engine:
     """Answers "is this blocked, and why?" for URLs, hosts and IP addresses."""
 
-    __slots__ = ("block", "allow", "extra")
+    __slots__ = ("block", "allow", "extra", "_quiet")
 
     # NAT64 prefixes configured by the operator (``jg_nat64_prefixes``), besides the
     # well-known ones: process-wide, as a translator is a property of the network.
@@ -183,6 +199,7 @@ class Engine:
         self.block = block
         self.allow = allow
         self.extra = extra  # small block lists of the proxy's own (None: none)
+        self._quiet: dict[str, bool] = {}  # name -> no block record under it (listed_url)
 
     @classmethod
     def from_lists(
@@ -209,6 +226,34 @@ class Engine:
         except CanonError as exc:
             return Verdict(Action.ERROR, url, error=str(exc))
         return self.check_canonical(cu, url)
+
+    def listed_url(self, url: str) -> Match | None:
+        """The block or monitor match of ``check_url(url)``, else None: the scanner's question.
+
+        A page's script can name thousands of URLs; most are on hosts no rule mentions.
+        Every block rule and marker is keyed by a host (a URL on a name is matched only
+        through its name and parent domains, see ``CompiledIndex.match_url``), so when
+        neither block index holds a record under the URL's name or any parent, no rule
+        can match, whatever the path: that is one probe per label, remembered per name,
+        instead of a full parse. Only for text whose host is certain without parsing
+        (``plain_url_name``); anything else, and every name with a record, is checked in
+        full. The allow index is not asked: it only ever turns a block into a pass.
+        """
+        name = plain_url_name(url)
+        if name is not None:
+            quiet = self._quiet.get(name)
+            if quiet is None:
+                probes = host_probes(name, "domain")
+                quiet = not self.block.holds_any(probes) and (
+                    self.extra is None or not self.extra.holds_any(probes)
+                )
+                if len(self._quiet) >= QUIET_NAMES_MAX:
+                    self._quiet.clear()
+                self._quiet[name] = quiet
+            if quiet:
+                return None
+        v = self.check_url(url)
+        return v.match if v.listed else None
 
     def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:
         probes = host_probes(cu.host, cu.host_kind)  # hashed once, asked of both indexes

@@ -583,6 +583,14 @@ class CompiledIndex:
         h = xxhash.xxh3_64_intdigest(host.encode(), NS_HOST)
         return any(self._kinds[pos] == URLHOST for pos in self._find_hash(h))
 
+    def holds_any(self, probes: Probes) -> bool:
+        """Whether any record (a rule or a marker) is keyed by one of these host probes.
+
+        False means no rule of this index can match a URL or host with these probes.
+        """
+        find = self._find_hash
+        return any(find(hv) for _, hv in probes)
+
     @property
     def rule_count(self) -> int:
         return int(self.meta.get("rules", 0))

@@ -1,0 +1,261 @@
+"""``Engine.listed_url``, the scanner's question, must answer exactly as ``check_url`` does.
+
+It skips the full parse for a URL whose host is a plain name no block rule is keyed by:
+a security shortcut, so it is tested as a class.
+
+* Whenever ``plain_url_name`` names a host, the WHATWG parse (``canonicalize_url``)
+  names the same host, or refuses the URL: over generated text built from the
+  characters that change what a browser reads as the host (userinfo, backslashes,
+  tabs, escapes, IDNA-mapped characters, numeric labels, ports, spaces...), and over
+  every URL in the canonicalization and verdict tables.
+* ``listed_url`` and ``check_url`` agree on every URL of the verdict table, on a table
+  of hostile spellings of listed names, and on generated URLs around them, with block,
+  monitor, URL-rule, campaign (extra) and allow lists in play.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from proxy_addons.core.canon import canonicalize_url
+from proxy_addons.core.engine import Engine, plain_url_name
+from proxy_addons.core.errors import CanonError
+from proxy_addons.core.formats import parse_list
+from proxy_addons.core.index import CompiledIndex, compile_index
+from proxy_addons.core.model import ListSpec, Match, Mode, ParsedList
+
+from .test_engine import build_lists
+
+DATA = Path(__file__).parent.parent / "data"
+CANON_INPUTS = [c["input"] for c in json.loads((DATA / "canon_cases.json").read_text("utf-8"))]
+VERDICT_URLS = [
+    c["input"]
+    for c in json.loads((DATA / "verdict_cases.json").read_text("utf-8"))["cases"]
+    if c["check"] == "url"
+]
+MANY = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+BLOCK = """\
+evil.test
+bad.example.org
+||ads.tracker.test^
+http://cdn.test/mal/x.js
+http://a.b.c.d.e.f.g.test/deep/
+http://files.test/get.php?id=7
+192.0.2.1
+198.51.100.0/24
+"""
+MONITOR = "watch.test\nhttp://cdn.test/watched/\n"
+CAMPAIGN = "camp.test\n"
+ALLOW = "@@||good.evil.test^\n"
+
+
+def slow(engine: Engine, url: str) -> Match | None:
+    """What ``blocked_by`` answered before the shortcut: the full check."""
+    v = engine.check_url(url)
+    return v.match if v.listed else None
+
+
+def _lists() -> list[tuple[ListSpec, ParsedList]]:
+    return [
+        (ListSpec(name="block", category="malware"), parse_list(BLOCK, name="block", fmt="auto")),
+        (
+            ListSpec(name="watch", category="malware", mode=Mode.MONITOR),
+            parse_list(MONITOR, name="watch", fmt="auto"),
+        ),
+        (
+            ListSpec(name="allow", category="allow", allow=True),
+            parse_list(ALLOW, name="allow", fmt="auto"),
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    base, _, _ = Engine.from_lists(_lists())
+    spec = ListSpec(name="campaign", category="campaign")
+    image, _ = compile_index([(spec, parse_list(CAMPAIGN, name="campaign", fmt="auto"))])
+    eng = base.with_extra(CompiledIndex(image))
+    yield eng
+    base.close()
+
+
+@pytest.fixture(scope="module")
+def table_engine() -> Iterator[Engine]:
+    eng, _, _ = Engine.from_lists(build_lists())
+    yield eng
+    eng.close()
+
+
+# -- the host read without parsing is the parser's host ----------------------
+
+_HOST_CHARS = "abzAZ09x-.:@\\/?#%\t\n\r [] \u00ad\u3002\uff45\u0131\u00df"
+_SCHEMES = [
+    "http://",
+    "https://",
+    "HTTP://",
+    "hTtPs://",
+    "http:",
+    "http:/",
+    "http:\\\\",
+    " http://",
+]
+_TAILS = ["", "/", "/x.js", "?q", "#f", ":80/", ":/", ":99999/", ":8@evil.test/", "\\x", "\t/", " "]
+
+hostish = st.text(_HOST_CHARS, min_size=1, max_size=24)
+
+
+@given(st.sampled_from(_SCHEMES), hostish, st.sampled_from(_TAILS))
+@MANY
+@example("http://", "0x7f.1", "/")
+@example("http://", "evil.test", ".")
+@example("http://", "good.test:pw@evil.test", "/")
+@example("http://", "1.2.3.4x", "/")
+@example("http://", "xn--abc.test", "/")
+@example("http://", "a.b.0x", "/")
+def test_a_plain_name_is_the_parsers_host(scheme: str, host: str, tail: str) -> None:
+    check_same_host(scheme + host + tail)
+
+
+@pytest.mark.parametrize("url", CANON_INPUTS + VERDICT_URLS)
+def test_a_plain_name_is_the_parsers_host_on_the_tables(url: str) -> None:
+    check_same_host(url)
+
+
+def check_same_host(url: str) -> None:
+    name = plain_url_name(url)
+    if name is None:
+        return
+    try:
+        cu = canonicalize_url(url)
+    except CanonError:
+        return  # the browser loads nothing: no host to disagree on
+    assert (cu.host, cu.host_kind) == (name, "domain"), url
+
+
+def test_plain_names_are_common_urls() -> None:
+    """The shortcut is taken for what pages hold by the thousand (else it tests nothing)."""
+    for url in (
+        "https://cdn3.example.com/img/4/5.jpg",
+        "http://WWW.Example.COM:8080/a?b#c",
+        "https://xn--80ak6aa92e.com/",
+        "http://localhost",
+    ):
+        assert plain_url_name(url) == canonicalize_url(url).host
+    for url in (
+        "http://good.test@evil.test/",
+        "http://evil\u00ad.test/",
+        "http://%65vil.test/",
+        "http://192.0.2.1/",
+        "http://0x7f.1/",
+        "http://evil.test./",
+        "http:\\\\evil.test\\x",
+        " http://evil.test/",
+        "http://ev\til.test/",
+        "//evil.test/",
+    ):
+        assert plain_url_name(url) is None, url
+
+
+# -- the shortcut answers as the full check ------------------------------------
+
+HOSTILE = [
+    "http://evil.test/x.js",
+    "http://EVIL.TEST/x.js",
+    "http://sub.evil.test:8080/x?y#z",
+    "http://good.evil.test/",  # allowed
+    "http://notevil.test/",
+    "http://evil.test.other/",
+    "https://www.bad.example.org/",
+    "http://example.org/",
+    "http://ads.tracker.test/p",
+    "http://cdn.test/mal/x.js",
+    "http://cdn.test/mal/x.js?v=1",
+    "http://CDN.test/MAL/x.js",
+    "http://cdn.test/mal/%78.js",
+    "http://cdn.test/mal/./x.js",
+    "http://cdn.test/ok.js",
+    "http://cdn.test/watched/a.js",  # monitor
+    "http://watch.test/",
+    "http://z.a.b.c.d.e.f.g.test/deep/x",
+    "http://a.b.c.d.e.f.g.test/deep/x",
+    "http://files.test/get.php?id=7&x=1",
+    "http://files.test/get.php?x=1",
+    "http://camp.test/c.js",  # the campaign list (extra index)
+    "http://sub.camp.test/c.js",
+    "http://good.test@evil.test/",
+    "http://evil.test@good.test/",
+    "http://evil\u00ad.test/",
+    "http://ev\til.test/",
+    "http://%65vil.test/",
+    "http:\\\\evil.test\\x.js",
+    "http:evil.test/x",
+    "http://evil\u3002test/",
+    "http://\uff45vil.test/",
+    "http://192.0.2.1/",
+    "http://3221225985/",
+    "http://0xc0.0.2.1/",
+    "http://198.51.100.7/",
+    "http://[::ffff:192.0.2.1]/",
+    "http://[64:ff9b::c000:201]/",
+    "http://evil.test./",
+    "http://clean.test/",
+    "https://cdn1.example.com/img/1/2.jpg",
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_listed_url_answers_as_the_full_check(engine: Engine, url: str) -> None:
+    assert engine.listed_url(url) == slow(engine, url)
+
+
+def test_the_hostile_table_blocks_something(engine: Engine) -> None:
+    """The table above is not all passes: the comparison has teeth."""
+    listed = [u for u in HOSTILE if slow(engine, u) is not None]
+    assert len(listed) >= 20, listed
+    fast = [u for u in listed if plain_url_name(u) is not None]
+    assert len(fast) >= 10, fast  # listed plain names go the full way
+
+
+@pytest.mark.parametrize("url", VERDICT_URLS)
+def test_listed_url_answers_as_the_full_check_on_the_verdict_table(
+    table_engine: Engine, url: str
+) -> None:
+    assert table_engine.listed_url(url) == slow(table_engine, url)
+
+
+_NAMES = ["evil.test", "bad.example.org", "cdn.test", "camp.test", "watch.test", "files.test"]
+_NAMES += ["a.b.c.d.e.f.g.test", "ads.tracker.test", "good.evil.test", "example.org", "clean.test"]
+_PATHS = ["/", "/mal/x.js", "/MAL/X.JS", "/deep/", "/get.php?id=7", "/watched/", "/x?y#z", ""]
+
+
+@given(
+    st.sampled_from(["http://", "https://", "HTTP://"]),
+    st.lists(st.sampled_from(["www", "sub", "x-1", "EVIL", "a"]), max_size=3),
+    st.sampled_from(_NAMES),
+    st.sampled_from(["", ":80", ":8443", ":", "."]),
+    st.sampled_from(_PATHS),
+)
+@MANY
+def test_listed_url_answers_as_the_full_check_generated(
+    engine: Engine, scheme: str, subs: list[str], name: str, port: str, path: str
+) -> None:
+    url = scheme + ".".join([*subs, name]) + port + path
+    assert engine.listed_url(url) == slow(engine, url)
+
+
+def test_a_name_remembered_quiet_is_asked_again_of_a_new_campaign_list(engine: Engine) -> None:
+    """The remembered answers belong to one engine: a new extra index is asked afresh."""
+    url = "http://newcamp.test/x.js"
+    assert engine.listed_url(url) is None  # remembered: no record under newcamp.test
+    spec = ListSpec(name="campaign", category="campaign")
+    image, _ = compile_index([(spec, parse_list("newcamp.test\n", name="campaign", fmt="auto"))])
+    updated = engine.with_extra(CompiledIndex(image))
+    m = updated.listed_url(url)
+    assert m is not None and m.list == "campaign"
