@@ -63,8 +63,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import brotli  # noqa: E402
+from _procs import free_port, start, stop  # noqa: E402
 from aiohttp import web  # noqa: E402
-from bench_strip_proxy import free_port, start, stop  # noqa: E402
 
 if sys.version_info >= (3, 14):
     from compression import zstd

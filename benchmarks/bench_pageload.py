@@ -47,12 +47,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _procs import free_port, stop, wait_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 HOSTS = ("www.news.example", "static.news.example", "img.cdn.example", "media.cdn.example")
 EVIL = "evil-cdn.example"
 ALL_HOSTS = (*HOSTS, EVIL)
 CHROMIUM = "/usr/bin/chromium"
-STARTUP_TIMEOUT = 300.0
 LOAD_TIMEOUT_MS = 60_000
 QUIET = ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
 
@@ -305,35 +308,6 @@ def launch(which: str, argv: list[str]) -> int:
     from proxy_addons.cli import main as jectguard
 
     return jectguard(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 @dataclass

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -41,9 +39,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _procs import free_port, stop, wait_port  # noqa: E402
+from _procs import start as start_process  # noqa: E402
+
 BIN = Path(sys.executable).parent
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
-STARTUP_TIMEOUT = 300.0  # a 1.1M-rule engine takes a while to compile
 MAX_CLIENTS = 256
 
 
@@ -111,35 +113,6 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
 
 # -- processes ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -252,10 +225,8 @@ def start(cmd: list[str], log: Path, port: int, tree: Path = ROOT) -> subprocess
     """Start a proxy; ``tree`` is the checkout whose ``proxy_addons`` it runs (``-m`` takes
     the working directory first, then PYTHONPATH)."""
     env = dict(os.environ, PYTHONPATH=str(tree)) if tree != ROOT else None
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env)
     t0 = time.monotonic()
-    wait_port(port, proc, STARTUP_TIMEOUT, log)
+    proc = start_process(cmd, log, port, cwd=tree, env=env)
     print(
         f"  started {Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} "
         f"in {time.monotonic() - t0:.1f}s",
@@ -290,9 +261,10 @@ def jectguard_cmd(
 ) -> list[str]:
     args = [a for p in lists for a in ("--blocklist", str(p))]
     # A checkout from before the destination policy (--compare) has no such flags.
+    cli = [tree / "proxy_addons" / "cli" / "run.py", tree / "proxy_addons" / "run.py"]
     local = (
         LOCAL_ORIGIN
-        if "--allow-destination" in (tree / "proxy_addons" / "run.py").read_text()
+        if any(p.exists() and "--allow-destination" in p.read_text() for p in cli)
         else []
     )
     # The admin server runs (as it does for users) on a port of its own: two proxies of
@@ -447,7 +419,7 @@ def main() -> int:
             [sys.executable, __file__, "--serve-origin", str(oport), str(otls), str(cert), str(key)]
         )
         try:
-            wait_port(oport, origin, 10, tmp / "none")
+            wait_port(oport, origin, tmp / "none", timeout=10)
             url = f"http://127.0.0.1:{oport}/"
             print(
                 f"origin on 127.0.0.1:{oport} (TLS {otls}); {args.clients} clients, "

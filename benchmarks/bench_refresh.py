@@ -43,6 +43,10 @@ import aiohttp
 from aiohttp import web
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _procs import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MAX_IN_FLIGHT = 64
 STALL_MS = 100.0
@@ -217,12 +221,6 @@ def summary(lat: list[float]) -> str:
 def swaps_logged(log: Path) -> int:
     """How many engine swaps the proxy has logged (the refresher logs each one)."""
     return log.read_text(errors="replace").count("now serving snapshot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_strip_proxy import QUIET, free_port, jectguard_cmd, start, stop  # noqa: E402
+from _procs import free_port, start, stop  # noqa: E402
+from bench_strip_proxy import QUIET, jectguard_cmd  # noqa: E402
 
 REQUEST_TIMEOUT = 60.0
 SMALL = (

@@ -38,9 +38,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _procs import free_port, start, stop  # noqa: E402
 from bench_htmlscan import DOWNLOAD_JECT_FOOTER, make_page  # noqa: E402
 
-STARTUP_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 10.0
 QUIET = ["--set", "termlog_verbosity=warn"]
 PAGES = {
@@ -93,47 +93,6 @@ async def serve_origin(port: int) -> None:
 
 
 # -- processes --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {STARTUP_TIMEOUT}s")
-
-
-def start(cmd: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        wait_port(port, proc, log)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 def jectguard_cmd(port: int, tmp: Path, blocklist: Path, strip: bool) -> list[str]:

@@ -30,19 +30,16 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _procs import STARTUP_TIMEOUT, free_port, stop, wait_port  # noqa: E402
 from bench_proxy import (  # noqa: E402 - the benchmarks folder is not a package
     LOCAL_ORIGIN,
     QUIET,
     cpu_seconds,
-    free_port,
     make_cert,
     mitmdump_cmd,
-    stop,
-    wait_port,
 )
 
 LUA = HERE / "wrk_proxy.lua"
-STARTUP_TIMEOUT = 300.0
 
 
 def tree_cpu(pid: int) -> float:
@@ -200,7 +197,7 @@ def main() -> int:
                         cmd, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent
                     )
                 try:
-                    wait_port(port, proc, STARTUP_TIMEOUT, log)
+                    wait_port(port, proc, log, STARTUP_TIMEOUT)
                     deadline = time.monotonic() + STARTUP_TIMEOUT
                     while listeners(proc.pid, port) < n and time.monotonic() < deadline:
                         time.sleep(0.2)
