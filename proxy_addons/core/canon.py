@@ -40,6 +40,7 @@ HostKind = Literal["domain", "ipv4", "ipv6"]
 _ABSENT: Final = 0xFFFFFFFF  # ada's "component not present" offset
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 _C0_AND_SPACE: Final = "".join(map(chr, range(0x21)))
+_NO_TABS_OR_NEWLINES: Final = str.maketrans("", "", "\t\n\r")
 _SCHEME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _KNOWN_SCHEMES: Final = frozenset(
     {"http", "https", "ws", "wss", "ftp", "file", "data", "javascript", "blob", "about", "mailto"}
@@ -272,6 +273,19 @@ def canonicalize_url(text: str) -> CanonicalURL:
                 kind = "domain"
     # positional: a NamedTuple builds faster without keywords (once per request)
     return CanonicalURL(scheme, host, kind, None if port == _ABSENT else port, path, query)
+
+
+def url_scheme(text: str) -> str | None:
+    """The scheme a WHATWG parser reads at the start of ``text`` (lower case), or None."""
+    # (Linear in the text: WHATWG strips any number of leading controls and spaces and
+    # removes tabs and newlines anywhere, the scheme's letters included.)
+    m = _SCHEME_RE.match(text.lstrip(_C0_AND_SPACE).translate(_NO_TABS_OR_NEWLINES))
+    return None if m is None else m.group(0)[:-1].lower()
+
+
+def has_hosted_scheme(text: str) -> bool:
+    """Whether ``text`` is a URL of a scheme whose requests name a host (http, ws, ftp...)."""
+    return url_scheme(text) in _HOSTED_SCHEMES
 
 
 def canonical_host(text: str) -> str:
@@ -518,5 +532,9 @@ def url_rule_key(text: str) -> tuple[str, str]:
     """Canonicalize a URL rule; returns (host, "host/path[?query]" expression key)."""
     cu = canonicalize_url(text)
     host = cu.host
+    if len(host) > MAX_HOST_LENGTH:
+        # No DNS name is longer: such a rule could match no URL a client can reach, and
+        # lookups probe no longer key (``index.host_probes``).
+        raise CanonError(f"host longer than {MAX_HOST_LENGTH} characters")
     q = "" if cu.query is None else "?" + cu.query
     return host, f"{host}{cu.path}{q}"

@@ -18,12 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Final, NamedTuple
 
-from .canon import CanonicalURL, canonical_host, canonicalize_url, host_kind
+from .canon import (
+    MAX_HOST_LENGTH,
+    MAX_URL_LENGTH,
+    CanonicalURL,
+    canonical_host,
+    canonicalize_url,
+    has_hosted_scheme,
+    host_kind,
+)
 from .embedding import carried_ipv4
 from .errors import CanonError
 from .guard import PoisonGuard
 from .index import CompiledIndex, CompileStats, SnapshotImage, compile_index, host_probes
-from .model import ListSpec, Match, Mode, ParsedList
+from .model import ListSpec, Match, Mode, ParsedList, RuleKind
 
 
 class Action(enum.StrEnum):
@@ -172,8 +180,19 @@ def blocked_by(engine: Engine) -> Callable[[str], Match | None]:
 _PLAIN_NAME_URL: Final = re.compile(
     r"[Hh][Tt][Tt][Pp][Ss]?://((?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*)(?::[0-9]*)?(?=[/?#]|\Z)"
 )
-# Names remembered as "no block rule is keyed by it or a parent" (per engine).
-QUIET_NAMES_MAX: Final = 65_536
+# Names remembered as "no block rule is keyed by it or a parent" (per engine; at most
+# 253 characters each: ~5 MB at worst).
+QUIET_NAMES_MAX: Final = 16_384
+# What ``listed_url`` answers for a URL too long to check (see there).
+UNCHECKABLE: Final = Match(
+    list="jectguard",
+    rule=f"URL longer than {MAX_URL_LENGTH} characters: cannot be checked",
+    line=0,
+    kind=RuleKind.URL,
+    category="uncheckable",
+    mode=Mode.ENFORCE,
+    key="",
+)
 
 
 def plain_url_name(url: str) -> str | None:
@@ -238,7 +257,13 @@ class Engine:
         instead of a full parse. Only for text whose host is certain without parsing
         (``plain_url_name``); anything else, and every name with a record, is checked in
         full. The allow index is not asked: it only ever turns a block into a pass.
+
+        A URL too long to check (``MAX_URL_LENGTH``) with a scheme that names a host is
+        answered with :data:`UNCHECKABLE`: the proxy refuses such a request (an error
+        never passes), so whatever would load it goes too.
         """
+        if len(url) > MAX_URL_LENGTH:
+            return UNCHECKABLE if has_hosted_scheme(url) else None
         name = plain_url_name(url)
         if name is not None:
             quiet = self._quiet.get(name)
@@ -247,9 +272,10 @@ class Engine:
                 quiet = not self.block.holds_any(probes) and (
                     self.extra is None or not self.extra.holds_any(probes)
                 )
-                if len(self._quiet) >= QUIET_NAMES_MAX:
-                    self._quiet.clear()
-                self._quiet[name] = quiet
+                if len(name) <= MAX_HOST_LENGTH:  # (a longer name is never a key, nor kept)
+                    if len(self._quiet) >= QUIET_NAMES_MAX:
+                        self._quiet.clear()
+                    self._quiet[name] = quiet
             if quiet:
                 return None
         v = self.check_url(url)

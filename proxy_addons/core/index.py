@@ -65,6 +65,7 @@ from typing import Any, Final
 import xxhash
 
 from .canon import (
+    MAX_HOST_LENGTH,
     CanonicalURL,
     host_kind,
     query_params,
@@ -145,24 +146,45 @@ _V6_MASKS: Final = tuple(((1 << 128) - 1) ^ ((1 << (128 - p)) - 1) for p in rang
 Probes = Sequence[tuple[str, int]]
 
 
-@functools.lru_cache(maxsize=8192)
+# Hosts of at most this many labels (and no longer than a DNS name) have their probes
+# remembered (most names have 2-4): an answer holds every suffix, so a long name must not
+# be kept (8192 names of 127 labels would hold ~270 MB; of 10 labels, ~30 MB at most).
+PROBES_CACHED_LABELS: Final = 10
+
+
 def host_probes(host: str, kind: str) -> Probes:
     """The host (and for names, each parent domain) with its NS_HOST key hash, most specific first.
 
-    A pure function of its arguments, remembered: a page's thousands of URLs name a few
-    dozen hosts (a 5 MB app state: 8,400 URLs, ~13% of their cold judging time here).
-    The answer is a tuple: shared between callers, never changed.
+    No key is longer than a DNS name (``MAX_HOST_LENGTH``: list entries and URL rules
+    with longer hosts are refused), so of a longer host's parents only those that fit
+    are probed: the work and the answer stay bounded however long a page makes a name
+    (a 60 KB name of 30,000 labels is one hash of the name and at most 127 parents).
+    The host itself is always the first probe (exact-host rules are asked only of it).
     """
+    if len(host) <= MAX_HOST_LENGTH and host.count(".") < PROBES_CACHED_LABELS:
+        return _remembered_probes(host, kind)
+    return _probes(host, kind)
+
+
+@functools.lru_cache(maxsize=8192)
+def _remembered_probes(host: str, kind: str) -> Probes:
+    """``_probes``, remembered: a page's thousands of URLs name a few dozen hosts (a 5 MB
+    app state: 8,400 URLs, ~13% of their cold judging time here). Shared, never changed."""
+    return _probes(host, kind)
+
+
+def _probes(host: str, kind: str) -> Probes:
     h64 = xxhash.xxh3_64_intdigest
+    out = [(host, h64(host.encode(), NS_HOST))]
     if kind != "domain":
-        return ((host, h64(host.encode(), NS_HOST)),)
-    out = []
-    while True:
+        return tuple(out)
+    # The first parent short enough to be a key: it starts after a dot at or past here.
+    i = host.find(".", max(0, len(host) - MAX_HOST_LENGTH - 1))
+    while i >= 0:
+        host = host[i + 1 :]
         out.append((host, h64(host.encode(), NS_HOST)))
         i = host.find(".")
-        if i < 0:
-            return tuple(out)
-        host = host[i + 1 :]
+    return tuple(out)
 
 
 def net_key(addr: int, plen: int, version: int) -> bytes:

@@ -23,11 +23,22 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from proxy_addons.core.canon import canonicalize_url
-from proxy_addons.core.engine import Engine, plain_url_name
+from proxy_addons.core.canon import (
+    MAX_HOST_LENGTH,
+    MAX_URL_LENGTH,
+    canonicalize_url,
+    url_rule_key,
+    url_scheme,
+)
+from proxy_addons.core.engine import UNCHECKABLE, Action, Engine, plain_url_name
 from proxy_addons.core.errors import CanonError
 from proxy_addons.core.formats import parse_list
-from proxy_addons.core.index import CompiledIndex, compile_index
+from proxy_addons.core.index import (
+    CompiledIndex,
+    _remembered_probes,
+    compile_index,
+    host_probes,
+)
 from proxy_addons.core.model import ListSpec, Match, Mode, ParsedList
 
 from .test_engine import build_lists
@@ -57,7 +68,10 @@ ALLOW = "@@||good.evil.test^\n"
 
 
 def slow(engine: Engine, url: str) -> Match | None:
-    """What ``blocked_by`` answered before the shortcut: the full check."""
+    """What ``blocked_by`` answered before the shortcut: the full check (and a URL too
+    long to check, with a scheme that names a host, is refused as the proxy refuses it)."""
+    if len(url) > MAX_URL_LENGTH:
+        return UNCHECKABLE if url_scheme(url) in ("http", "https", "ws", "wss", "ftp") else None
     v = engine.check_url(url)
     return v.match if v.listed else None
 
@@ -259,3 +273,62 @@ def test_a_name_remembered_quiet_is_asked_again_of_a_new_campaign_list(engine: E
     updated = engine.with_extra(CompiledIndex(image))
     m = updated.listed_url(url)
     assert m is not None and m.list == "campaign"
+
+
+# -- long names and URLs: bounded work, and nothing too long to check passes ------------
+
+LONG_NAME = "a." * 30_000 + "evil.test"  # 60 KB: a URL on it is under the URL cap
+
+
+def test_a_long_name_is_probed_in_bounded_work(engine: Engine) -> None:
+    """Only parents that fit a DNS name can be keys: a 30,000-label name is one hash of
+    the name and at most 127 parents (it was 30,000 suffixes, ~900 MB of strings)."""
+    probes = host_probes(LONG_NAME, "domain")
+    assert probes[0][0] == LONG_NAME and len(probes) <= 128
+    assert all(len(h) <= MAX_HOST_LENGTH for h, _ in probes[1:])
+    assert probes[-2][0] == "evil.test" and probes[-1][0] == "test"
+    url = f"http://{LONG_NAME}/x.js"
+    assert len(url) < MAX_URL_LENGTH
+    m = engine.listed_url(url)
+    assert m is not None and m.rule == "evil.test" and m == slow(engine, url)
+    assert engine.check_url(url).action is Action.BLOCK
+
+
+def test_long_names_are_not_remembered() -> None:
+    """A remembered answer holds every parent: long names would pile up (~33 KB each)."""
+    before = _remembered_probes.cache_info().currsize
+    for i in range(200):
+        host_probes(f"n{i}." + "b." * 120 + "test", "domain")
+        host_probes(f"n{i}" + "c" * 300 + ".test", "domain")
+    assert _remembered_probes.cache_info().currsize == before
+    assert host_probes("www.example.com", "domain") is host_probes("www.example.com", "domain")
+
+
+@pytest.mark.parametrize(
+    ("url", "uncheckable"),
+    [
+        ("http://clean.test/?" + "q" * MAX_URL_LENGTH, True),
+        ("HTTPS://clean.test/" + "p" * MAX_URL_LENGTH, True),
+        (" \t ht\ttp://clean.test/" + "p" * MAX_URL_LENGTH, True),
+        ("wss://clean.test/" + "p" * MAX_URL_LENGTH, True),
+        ("data:text/javascript;base64," + "QUFB" * (MAX_URL_LENGTH // 4), False),
+        ("javascript:void(0)//" + "x" * MAX_URL_LENGTH, False),
+        ("blob:http://clean.test/" + "x" * MAX_URL_LENGTH, False),
+    ],
+)
+def test_a_url_too_long_to_check_is_refused_when_it_names_a_host(
+    engine: Engine, url: str, uncheckable: bool
+) -> None:
+    """The proxy refuses a request it cannot check (an error never passes): the scanner
+    answers the same, so what would load such a URL goes too; a data: URL loads nothing."""
+    assert engine.check_url(url).action is Action.ERROR
+    assert engine.listed_url(url) == (UNCHECKABLE if uncheckable else None)
+
+
+def test_a_url_rule_on_a_name_longer_than_dns_allows_is_refused() -> None:
+    long_host = ".".join(c * 60 for c in "vwxyz") + ".test"
+    assert len(long_host) > MAX_HOST_LENGTH
+    with pytest.raises(CanonError, match="longer than"):
+        url_rule_key(f"http://{long_host}/mal.js")
+    parsed = parse_list(f"http://{long_host}/mal.js\nhttp://ok.test/mal.js\n", fmt="urls")
+    assert [r.key for r in parsed.rules] == ["ok.test/mal.js"]
