@@ -244,6 +244,12 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator
 
 
 @pytest.fixture(scope="session")
+def proxy_nostrip(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
+    """The control of the browser tests: the same proxy with stripping off (blocking on)."""
+    yield from _session_proxy(tmp_path_factory, lists_dir, "nostrip", "--set", "jg_strip=false")
+
+
+@pytest.fixture(scope="session")
 def proxy_passthrough(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
     """`--no-intercept`: TLS is never decrypted."""
     yield from _session_proxy(tmp_path_factory, lists_dir, "passthrough", "--no-intercept")

@@ -29,13 +29,13 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .browsing import SETTLE_SECONDS, attacker_requests
 from .conftest import (
     ARTIFACTS,
     ATTACKER_IP,
@@ -43,12 +43,9 @@ from .conftest import (
     ByteCounter,
     Proxy,
     serve_app,
-    start_proxy,
 )
 
 HUGE_BYTES = 11 * 1024 * 1024  # over the default 10 MB scan cap
-# After "load": time for any late request toward the attacker (an iframe, a retried script).
-SETTLE_SECONDS = 0.5
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Shop news</title>
 <script src="/app.js"></script>
@@ -195,24 +192,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 # -- the browser --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def proxy_nostrip(tmp_path_factory: pytest.TempPathFactory, lists_dir: Path) -> Iterator[Proxy]:
-    """The control: the same proxy with stripping off (blocking still on)."""
-    p = start_proxy(
-        tmp_path_factory.mktemp("nostrip"),
-        "--sources",
-        str(lists_dir / "sources.toml"),
-        "--set",
-        "ssl_insecure=true",
-        "--set",
-        "jg_strip=false",
-    )
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
 @pytest.fixture
 def infected(shop: Shop, attacker: ByteCounter) -> Shop:
     assert ATTACKER_IP is not None
@@ -270,20 +249,6 @@ def visit(browser: Any, proxy: Proxy, url: str, attacker_url: str, shot: str) ->
         context.close()
 
 
-def _attempts(proxy: Proxy, attacker_url: str) -> list[str]:
-    """Proxy log lines showing the browser asked for this test's attacker (ip:port is unique).
-
-    Log lines, not block events: events carry the canonical URL, which drops the port.
-    Strip events name the URL too, as the removed element's: those are not requests.
-    """
-    where = attacker_url.split("/")[2]
-    return [
-        line
-        for line in proxy.output().splitlines()
-        if where in line and '"event":"strip"' not in line
-    ]
-
-
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_footer_stripped_in_a_real_browser(
     browser: Any, proxy: Proxy, infected: Shop, attacker: ByteCounter, scheme: str
@@ -298,7 +263,7 @@ def test_footer_stripped_in_a_real_browser(
     assert v.iframes == 0 and v.attacker_scripts == 0
     # The comment left in place of the footer (after </html>, so outside <html>).
     assert any("jectguard: removed script" in c for c in v.comments), v.comments
-    assert _attempts(proxy, infected.attacker_url) == []  # the browser never even asked
+    assert attacker_requests(proxy, infected.attacker_url) == []  # the browser never even asked
     strips = [
         e
         for e in events(proxy)
@@ -317,9 +282,13 @@ def test_control_without_stripping_the_footer_injects(
     assert v.own == "own script ran"
     assert v.iframes == 1 and v.attacker_scripts == 1  # the injection happened
     deadline = time.monotonic() + 5
-    while not _attempts(proxy_nostrip, infected.attacker_url) and time.monotonic() < deadline:
+    while (
+        not attacker_requests(proxy_nostrip, infected.attacker_url) and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
-    assert _attempts(proxy_nostrip, infected.attacker_url), "the browser requested the attacker"
+    assert attacker_requests(proxy_nostrip, infected.attacker_url), (
+        "the browser requested the attacker"
+    )
     assert attacker.connections == 0  # refused by the blocking addon, not stripped
 
 

@@ -19,29 +19,21 @@ arrives: no request for the attacker, the page's own script still runs, and a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from .conftest import ATTACKER_IP, ByteCounter, Proxy, serve_app
-from .test_browser_mentions import (
-    SETTLE_SECONDS,
-    _attacker_requests,
-    _get,
-    _open,
-    _page,
-    _wait_for_strip_events,
-    proxy_nostrip,  # noqa: F401  (a fixture)
+from .browsing import (
+    OWN,
+    control_then_stripped,
+    get,
+    page_html,
+    serve_pages,
+    wait_for_strip_events,
 )
-
-OWN = (
-    '<p id="own">own script did not run</p>\n'
-    "<script>document.getElementById('own').textContent = 'own script ran';</script>\n"
-)
+from .conftest import ATTACKER_IP, ByteCounter, Proxy
 
 
 def _computed_key(u: str) -> str:
@@ -99,10 +91,10 @@ INJECTORS: dict[str, Callable[[str], str]] = {
 
 # Pages that quote IOCs and do ordinary things with them: byte for byte.
 KEPT = {
-    "handler-mention": _page(
+    "handler-mention": page_html(
         "IOC", "<button onclick=\"alert('gumblar.cn is blocked')\">gumblar.cn</button>"
     ),
-    "data-and-debounce": _page(
+    "data-and-debounce": page_html(
         "IOC",
         '<ul id="l"></ul><script type="application/json" id="d">{"iocs": ["gumblar.cn"]}'
         "</script><script>var d = JSON.parse(document.getElementById('d').textContent);"
@@ -121,60 +113,36 @@ class Site:
     def body(self, name: str) -> bytes:
         if name in KEPT:
             return KEPT[name].encode()
-        return _page("Shop", INJECTORS[name](self.attacker_url)).encode()
+        return page_html("Shop", INJECTORS[name](self.attacker_url)).encode()
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     s = Site()
-
-    async def page(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in INJECTORS and name not in KEPT:
-            raise web.HTTPNotFound()
-        return web.Response(body=s.body(name), content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})  # fmt: skip
-
-    app = web.Application()
-    app.router.add_get("/{name}", page)
-    with serve_app(app, tmp_path_factory.mktemp("site"), "redteam") as served:
+    with serve_pages(
+        tmp_path_factory,
+        "redteam",
+        lambda name: s.body(name) if name in INJECTORS or name in KEPT else None,
+    ) as served:
         s.port = served.port
         yield s
 
 
 @pytest.mark.parametrize("name", sorted(INJECTORS))
 def test_injector_dressed_as_data_is_stripped(
-    browser: Any, proxy: Proxy, proxy_nostrip: Proxy,  # noqa: F811
+    browser: Any, proxy: Proxy, proxy_nostrip: Proxy,
     site: Site, attacker: ByteCounter, name: str,
 ) -> None:  # fmt: skip
     assert ATTACKER_IP is not None
     site.attacker_url = f"http://{ATTACKER_IP}:{attacker.port}/{name}.js"
     url = f"http://good.test:{site.port}/{name}"
-    # The control: stripping off, Chromium runs the injector and asks for the attacker.
-    context, page = _open(browser, proxy_nostrip, url)
-    try:
-        assert page.inner_text("#own") == "own script ran"
-        deadline = time.monotonic() + 5
-        while not _attacker_requests(proxy_nostrip, site.attacker_url):
-            assert time.monotonic() < deadline, "the control page never requested the attacker"
-            time.sleep(0.05)
-    finally:
-        context.close()
-    context, page = _open(browser, proxy, url)
-    try:
-        assert page.inner_text("#own") == "own script ran"
-        time.sleep(SETTLE_SECONDS)
-    finally:
-        context.close()
-    assert _attacker_requests(proxy, site.attacker_url) == []
-    assert attacker.connections == 0
-    events = _wait_for_strip_events(proxy, url)
-    assert any(e["removed"] is True for e in events), events
+    # The control (stripping off) asks for the attacker; jectguard strips first.
+    control_then_stripped(browser, proxy, proxy_nostrip, attacker, url, site.attacker_url)
 
 
 @pytest.mark.parametrize("name", sorted(KEPT))
 def test_pages_quoting_iocs_pass_byte_for_byte(proxy: Proxy, site: Site, name: str) -> None:
     url = f"http://good.test:{site.port}/{name}"
-    assert _get(proxy.port, url) == site.body(name)
-    events = _wait_for_strip_events(proxy, url)
+    assert get(proxy.port, url) == site.body(name)
+    events = wait_for_strip_events(proxy, url)
     assert events and all(e["removed"] is False and e["reason"] == "mention" for e in events)

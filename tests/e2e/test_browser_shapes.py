@@ -19,28 +19,19 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from .conftest import ATTACKER_IP, ByteCounter, Proxy, serve_app
-from .test_browser_mentions import (
-    SETTLE_SECONDS,
-    _attacker_requests,
-    _open,
-    _page,
-    _wait_for_strip_events,
-    proxy_nostrip,  # noqa: F401  (a fixture)
+from .browsing import (
+    OWN,
+    control_then_stripped,
+    page_html,
+    serve_pages,
 )
-
-OWN = (
-    '<p id="own">own script did not run</p>\n'
-    "<script>document.getElementById('own').textContent = 'own script ran';</script>\n"
-)
+from .conftest import ATTACKER_IP, ByteCounter, Proxy
 
 
 @dataclass(frozen=True)
@@ -103,52 +94,26 @@ class Site:
 
     def body(self, name: str) -> bytes:
         assert self.target is not None
-        return _page("Shop", OWN + SHAPES[name](self.target)).encode()
+        return page_html("Shop", OWN + SHAPES[name](self.target)).encode()
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     s = Site()
-
-    async def page(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in SHAPES:
-            raise web.HTTPNotFound()
-        return web.Response(body=s.body(name), content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})  # fmt: skip
-
-    app = web.Application()
-    app.router.add_get("/{name}", page)
-    with serve_app(app, tmp_path_factory.mktemp("site"), "shapes") as served:
+    with serve_pages(
+        tmp_path_factory, "shapes", lambda name: s.body(name) if name in SHAPES else None
+    ) as served:
         s.port = served.port
         yield s
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_shape_chromium_loads_is_stripped(
-    browser: Any, proxy: Proxy, proxy_nostrip: Proxy,  # noqa: F811
+    browser: Any, proxy: Proxy, proxy_nostrip: Proxy,
     site: Site, attacker: ByteCounter, name: str,
 ) -> None:  # fmt: skip
     assert ATTACKER_IP is not None
     site.target = Target(ATTACKER_IP, attacker.port, f"{name}.js")
     url = f"http://good.test:{site.port}/{name}"
-    # The control: stripping off, Chromium resolves the shape and asks for the attacker.
-    context, page = _open(browser, proxy_nostrip, url)
-    try:
-        assert page.inner_text("#own") == "own script ran"
-        deadline = time.monotonic() + 5
-        while not _attacker_requests(proxy_nostrip, site.target.url):
-            assert time.monotonic() < deadline, "the control page never requested the attacker"
-            time.sleep(0.05)
-    finally:
-        context.close()
-    context, page = _open(browser, proxy, url)
-    try:
-        assert page.inner_text("#own") == "own script ran"
-        time.sleep(SETTLE_SECONDS)
-    finally:
-        context.close()
-    assert _attacker_requests(proxy, site.target.url) == []
-    assert attacker.connections == 0
-    events = _wait_for_strip_events(proxy, url)
-    assert any(e["removed"] is True for e in events), events
+    # The control (stripping off) asks for the attacker; jectguard strips first.
+    control_then_stripped(browser, proxy, proxy_nostrip, attacker, url, site.target.url)
