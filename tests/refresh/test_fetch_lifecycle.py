@@ -300,3 +300,33 @@ async def test_a_fetch_that_is_cancelled_gets_its_turn_again(
             clock.now = r.schedule[name]
             await until(lambda: len(server.hits_for(name)) == 2 and not fetching(r, name), "again")
     assert load_state(tmp_path / "cache", r.url_specs[0]).last_success is not None
+
+
+async def test_asking_for_a_name_that_is_no_source_leaves_the_loop_idle(
+    server: FeedServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """refresh_soon() with a name that is not a URL source (a typo, a local list, a source
+    since removed) must not leave a due turn that nothing takes: the loop would wake at its
+    shortest wait (50 ms) for ever, re-reading the store each time."""
+    name = unique(request, "idle")
+    server.feed(name, BODY)
+    clock = Clock()
+    r = Refresher(
+        load_sources(write_sources(tmp_path, server, name)),
+        tmp_path / "cache",
+        policy=FAST,
+        isolate=False,
+        startup_spread=0,
+        poll=60.0,
+        clock=clock,
+    )
+    async with running(r):
+        await until(lambda: len(server.hits_for(name)) == 1 and not fetching(r, name), "fetch")
+        await until(lambda: not r.status()["rebuild"]["running"], "the rebuild")
+        r.refresh_soon("no-such-source")
+        await asyncio.sleep(0.05)  # the one turn the request wakes
+        reads = clock.reads
+        await asyncio.sleep(1.0)  # a busy loop turns ~20 times here; an idle one not at all
+        turns = (clock.reads - reads) // 2
+    assert turns <= 2, f"the loop turned {turns} times with nothing due"
+    assert r.schedule[name] > clock.now
