@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -858,6 +859,7 @@ class Refresher:
         self._rebuild_not_before = 0.0
         self._wake = asyncio.Event()
         # One task per source being fetched (and validated); a second request joins it.
+        # An ended task stays here until its done callback runs: ask _in_flight().
         self._fetching: dict[str, asyncio.Task[tuple[SourceOutcome, CompileResult | None]]] = {}
         self._fetch_slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
         self._builds: list[_BuildRequest] = []
@@ -899,7 +901,9 @@ class Refresher:
     ) -> RefreshReport:
         specs = [s for s in self.url_specs if names is None or s.name in names]
         tasks = [self._start(spec, force=force, progress=progress) for spec in specs]
-        done = await asyncio.gather(*tasks) if tasks else []
+        # Shielded: a fetch may be shared (the background loop's, another caller's), so a
+        # caller that is cancelled stops waiting but does not end the fetch for the others.
+        done = await asyncio.gather(*map(asyncio.shield, tasks)) if tasks else []
         report = RefreshReport()
         workers = [w for _, w in done if w is not None]
         for outcome, _ in done:
@@ -919,30 +923,52 @@ class Refresher:
         self, spec: ListSpec, *, force: bool = False, progress: Progress | None = None
     ) -> asyncio.Task[tuple[SourceOutcome, CompileResult | None]]:
         """The task fetching this source: the one in progress, or a new one."""
-        task = self._fetching.get(spec.name)
+        task = self._in_flight(spec.name)
         if task is not None:
             return task
         task = asyncio.get_running_loop().create_task(
             self._source(spec, force=force, progress=progress), name=f"jectguard-fetch-{spec.name}"
         )
         self._fetching[spec.name] = task
-
-        def finished(t: asyncio.Task[Any]) -> None:
-            if self._fetching.get(spec.name) is t:
-                del self._fetching[spec.name]
-            if not t.cancelled() and (exc := t.exception()) is not None:
-                # A bug or a full disk: this source tries again later, the others go on.
-                log.warning(
-                    "jectguard: refresh of %s failed: %s: %s", spec.name, type(exc).__name__, exc
-                )
-                self.schedule[spec.name] = self.clock() + FAILURE_RETRY_SECONDS
-            if spec.name in self._again:
-                self._again.discard(spec.name)
-                self.schedule[spec.name] = 0.0
-            self._wake.set()
-
-        task.add_done_callback(finished)
+        task.add_done_callback(functools.partial(self._fetch_ended, spec.name))
         return task
+
+    def _in_flight(
+        self, name: str
+    ) -> asyncio.Task[tuple[SourceOutcome, CompileResult | None]] | None:
+        """The task fetching this source now, if one is (the one place that decides it).
+
+        A task that has ended is not in flight although it is still registered:
+        asyncio runs its done callback (:meth:`_fetch_ended`) a loop turn later, and
+        in that turn status() would show an ended fetch, a refresh() would be answered
+        by its old outcome instead of a new fetch, and a ``gather`` of it returns
+        without yielding, so a caller looping on it never lets the callback run.
+        """
+        task = self._fetching.get(name)
+        return task if task is not None and not task.done() else None
+
+    def _fetches(self) -> dict[str, asyncio.Task[tuple[SourceOutcome, CompileResult | None]]]:
+        """The sources being fetched now, and their tasks."""
+        return {n: t for n in list(self._fetching) if (t := self._in_flight(n)) is not None}
+
+    def _fetch_ended(self, name: str, task: asyncio.Task[Any]) -> None:
+        """A fetch task's done callback: unregister it, and give the source its next turn
+        however the task ended (a source is never left without one)."""
+        if self._fetching.get(name) is task:
+            del self._fetching[name]
+        retry = self.clock() + FAILURE_RETRY_SECONDS
+        if task.cancelled():
+            # Ended before recording an outcome (a stop, or a refresh() caller that was
+            # cancelled): not the far-off turn _tick set while it ran.
+            self.schedule[name] = min(self.schedule.get(name, retry), retry)
+        elif (exc := task.exception()) is not None:
+            # A bug or a full disk: this source tries again later, the others go on.
+            log.warning("jectguard: refresh of %s failed: %s: %s", name, type(exc).__name__, exc)
+            self.schedule[name] = retry
+        if name in self._again:
+            self._again.discard(name)
+            self.schedule[name] = 0.0
+        self._wake.set()
 
     async def _source(
         self, spec: ListSpec, *, force: bool, progress: Progress | None
@@ -1189,7 +1215,8 @@ class Refresher:
                     raise
                 except Exception as exc:  # a bug must not end refreshing for the process lifetime
                     log.warning("jectguard: refresh cycle failed: %s: %s", type(exc).__name__, exc)
-                waiting = [t for n, t in self.schedule.items() if n not in self._fetching]
+                fetching = self._fetches()
+                waiting = [t for n, t in self.schedule.items() if n not in fetching]
                 wake = min(waiting, default=self.clock() + self.poll)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
@@ -1201,7 +1228,7 @@ class Refresher:
 
     async def _stop(self) -> None:
         """Cancel fetches and the rebuild (its worker is killed); each cleans up after itself."""
-        tasks: list[asyncio.Task[Any]] = [*self._fetching.values()]
+        tasks: list[asyncio.Task[Any]] = [*self._fetches().values()]
         tasks += [t for t in (self._builder, self._stale_task) if t is not None]
         for t in tasks:
             t.cancel()
@@ -1225,17 +1252,20 @@ class Refresher:
             "since": since,
             "seconds": None if since is None else round(self.clock() - since, 1),
         }
+        fetching = self._fetches()
         for src in doc["sources"]:
             if src.get("refresh_seconds") is not None:
-                src["fetching"] = src["name"] in self._fetching
+                src["fetching"] = src["name"] in fetching
                 src["scheduled"] = self.schedule.get(src["name"])
         return doc
 
     def refresh_soon(self, *names: str) -> None:
         """Make these sources (default: all) due now and wake the loop."""
-        for name in names or list(self.schedule):
+        known = {s.name for s in self.url_specs}
+        # An unknown name would stay due for ever: the loop would wake every turn for it.
+        for name in [n for n in names if n in known] if names else list(self.schedule):
             self.schedule[name] = 0.0
-            if name in self._fetching:
+            if self._in_flight(name) is not None:
                 self._again.add(name)
         self._wake.set()
 
@@ -1243,7 +1273,7 @@ class Refresher:
         now = self.clock()
         by_name = {s.name: s for s in self.url_specs}
         for name, t in list(self.schedule.items()):
-            if t <= now and name not in self._fetching and name in by_name:
+            if t <= now and name in by_name and self._in_flight(name) is None:
                 # Far off until its outcome reschedules it (a deferral sets its own time).
                 self.schedule[name] = now + self.poll + 3600
                 self._start(by_name[name])
