@@ -1826,8 +1826,18 @@ class _Judge:
         mention: _Verdict | None = None
         self.depth += 1
         try:
-            for el in _walk_document(doc):
-                verdict = self.judge(el, bases)
+            elements = _walk_document(doc)
+            # Its own <base href> (resolved against the bases around it, which a srcdoc
+            # document inherits) decides what its elements load, as the page's does.
+            inner = list(bases)
+            for el in elements:
+                if el.name == "base" and "href" in el.attrs:
+                    for base in bases:
+                        resolved = self.resolve(base, el.attrs["href"])
+                        if resolved is not None and resolved not in inner:
+                            inner.append(resolved)
+            for el in elements:
+                verdict = self.judge(el, inner)
                 if verdict is None:
                     continue
                 if verdict.reason == "mention":

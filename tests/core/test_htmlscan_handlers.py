@@ -43,12 +43,28 @@ CASES = {
         f'<iframe srcdoc="{IMPORT.replace(chr(34), "&quot;")}"></iframe>',
         [],
     ),
+    # On the base's own page the base is no other origin (the page loaded from it).
+    "srcdoc, base is the page": (
+        "http://evil.test/",
+        f'{EVIL_BASE}<iframe srcdoc="{IMPORT.replace(chr(34), "&quot;")}"></iframe>',
+        [],
+    ),
     "srcdoc under a blocked base": (
         PAGE,
         f'{EVIL_BASE}<iframe srcdoc="{IMPORT.replace(chr(34), "&quot;")}"></iframe>',
         [("iframe", "onerror: import")],
     ),
 }
+
+
+def test_a_srcdoc_documents_own_base_decides_what_its_elements_load() -> None:
+    srcdoc = "<base href=//evil.test/><script src=/x.js></script>"
+    for body in (f'<iframe srcdoc="{srcdoc}"></iframe>', f"<iframe srcdoc='{srcdoc}'>x</iframe>"):
+        for fast_path in (True, False):
+            found = scanner(fast_path=fast_path).scan(body.encode(), PAGE, "text/html")
+            assert [(f.element, f.url, f.removed) for f in found] == [
+                ("iframe", "http://evil.test/x.js", True)
+            ]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
