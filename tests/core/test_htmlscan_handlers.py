@@ -156,3 +156,16 @@ def test_warm_scans_agree_with_cold_ones(pages: list[tuple[str, str]]) -> None:
         body = doc.encode()
         cold = scanner(cache_entries=0)
         assert warm.scan(body, page, "text/html") == cold.scan(body, page, "text/html")
+
+
+def test_what_is_remembered_is_bounded() -> None:
+    # Every page URL is its own context: a crawl must not grow the memory for ever.
+    warm = scanner(cache_entries=10)
+    for i in range(100):
+        body = f'<button onclick="cart.add({i})">x</button>'.encode()
+        assert warm.scan(body, f"http://shop.test/p/{i}", "text/html") == []
+        sizes = [len(known) for known in warm._caches.clean_handlers.values()]
+        assert len(sizes) + sum(sizes) <= 10
+    long = "x" * 2000  # judged on every scan, never remembered
+    warm.scan(f'<button onclick="a({long})">x</button>'.encode(), PAGE, "text/html")
+    assert not any(long.encode() in v for s in warm._caches.clean_handlers.values() for v in s)
