@@ -2187,18 +2187,18 @@ _HANDLER_LOW = re.compile(rb"on[a-z]+[\t\n\f\r ]*=")  # in the lower-cased body
 _HANDLER_AFTER = frozenset(b"\t\n\f\r \"'/")  # what precedes an attribute's name
 _HANDLER_VALUE = re.compile(rb"""[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]++)""")
 # The values _HANDLER_VALUE reads after each match of _HANDLER_LOW whose byte before is
-# in _HANDLER_AFTER (b"" where it reads none), found in the body as it is: three
-# searches, one per case of "on" ("On"; "oN" and "ON"), each anchored on a literal
-# that ``re`` finds quickly, the byte before checked by a look-behind. (One search for
-# a case-insensitive "on" is tried at every byte: 5x slower.)
-_HANDLER_VALUES = tuple(
-    re.compile(head + rb"[A-Za-z]+[\t\n\f\r ]*=(?=" + _HANDLER_VALUE.pattern + rb"|)")
-    for head in (
-        rb"on(?<=[\t\n\f\r \"'/]on)",
-        rb"O(?<=[\t\n\f\r \"'/]O)n",
-        rb"N(?<=[\t\n\f\r \"'/][oO]N)",
-    )
+# in _HANDLER_AFTER (b"" where it reads none), found in the body as it is, by case of
+# "on": "on" with a regex anchored on its literal (a case-insensitive "on" is tried at
+# every byte: 5x slower); "On", and "oN"/"ON", from each "O" and "N", which are rare
+# and which memchr finds at memory speed (a regex walks to each one a byte at a time).
+_HANDLER_TAIL = rb"[A-Za-z]+[\t\n\f\r ]*=(?=" + _HANDLER_VALUE.pattern + rb"|)"
+_HANDLER_LOWER_ON = re.compile(rb"on(?<=[\t\n\f\r \"'/]on)" + _HANDLER_TAIL)
+_HANDLER_UPPER: tuple[tuple[bytes, re.Pattern[bytes]], ...] = (
+    (b"O", re.compile(rb"O(?<=[\t\n\f\r \"'/]O)n" + _HANDLER_TAIL)),
+    (b"N", re.compile(rb"N(?<=[\t\n\f\r \"'/][oO]N)" + _HANDLER_TAIL)),
 )
+# Past this many "O" (or "N") in a body the rest are left to the regex (bounded Python work).
+_HANDLER_UPPER_HITS = 64
 # How far back the start tag around a handler is looked for ("<" inside earlier
 # attribute values make several candidates).
 _HANDLER_LOOKBACK_TAGS = 16
@@ -2277,6 +2277,24 @@ def _start_tag(buf: bytes, p: int, name: bytes) -> re.Match[bytes] | None:
 
 # --------------------------------------------------------------------------
 # The scanner.
+
+
+def _handler_values(buf: bytes) -> set[bytes]:
+    """The raw value (quotes included) of every event handler attribute in ``buf``."""
+    values = set(_HANDLER_LOWER_ON.findall(buf))
+    for anchor, pattern in _HANDLER_UPPER:
+        at = buf.find(anchor, 1)
+        for _ in range(_HANDLER_UPPER_HITS):
+            if at < 0:
+                break
+            m = pattern.match(buf, at)  # (the look-behind reads the bytes before ``at``)
+            if m is not None:
+                values.add(m.group(1) or b"")
+            at = buf.find(anchor, at + 1)
+        else:
+            if at >= 0:
+                values.update(pattern.findall(buf, at))
+    return values
 
 
 def _handler_code(doc: _Doc, raw: bytes) -> str | None:
@@ -2454,9 +2472,7 @@ class Scanner:
             return self._handler_findings(
                 doc, judge, self._handler_bases(doc, judge, outer, candidates), candidates
             )
-        values: set[bytes] = set()
-        for pattern in _HANDLER_VALUES:
-            values.update(pattern.findall(buf))
+        values = _handler_values(buf)
         if not values:
             return []
         bases = self._handler_bases(doc, judge, outer, candidates)

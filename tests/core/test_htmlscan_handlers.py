@@ -8,7 +8,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy_addons.core.htmlscan import Finding, Scanner, _candidates, _Judge
+from proxy_addons.core.htmlscan import (
+    _HANDLER_AFTER,
+    _HANDLER_LOW,
+    _HANDLER_UPPER_HITS,
+    _HANDLER_VALUE,
+    Finding,
+    Scanner,
+    _candidates,
+    _handler_values,
+    _Judge,
+)
 
 from .test_htmlscan import SIGNATURES, blocker
 
@@ -169,3 +179,28 @@ def test_what_is_remembered_is_bounded() -> None:
     long = "x" * 2000  # judged on every scan, never remembered
     warm.scan(f'<button onclick="a({long})">x</button>'.encode(), PAGE, "text/html")
     assert not any(long.encode() in v for s in warm._caches.clean_handlers.values() for v in s)
+
+
+_TOKENS = ["on", "ON", "On", "oN", "o", "n", "O", "N", "error", "LOAD", "=", " ", "\t", "\n",
+           "'", '"', "/", ">", "<img", "x()", "&quot;", "a"]  # fmt: skip
+
+
+def _reference_values(buf: bytes) -> set[bytes]:
+    # By definition: every "on...=" (any case) after a byte that may precede an
+    # attribute's name, and the value _HANDLER_VALUE reads after it.
+    low = buf.lower()
+    out = set()
+    for p in range(1, len(buf)):
+        m = _HANDLER_LOW.match(low, p)
+        if m is not None and buf[p - 1] in _HANDLER_AFTER:
+            value = _HANDLER_VALUE.match(buf, m.end())
+            out.add(value.group(1) if value else b"")
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=60), st.integers(0, 3))
+def test_handler_values_are_every_handlers_value(tokens: list[str], crowd: int) -> None:
+    # ``crowd`` puts many an "O" and "N" first: past _HANDLER_UPPER_HITS the regex reads on.
+    body = ("ON N O " * (crowd * _HANDLER_UPPER_HITS // 2) + "".join(tokens)).encode()
+    assert _handler_values(body) == _reference_values(body)
