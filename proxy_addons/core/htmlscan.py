@@ -2203,8 +2203,6 @@ _HANDLER_UPPER_HITS = 64
 # attribute values make several candidates).
 _HANDLER_LOOKBACK_TAGS = 16
 _HANDLER_LOOKBACK_BYTES = 16384
-# Bodies up to this size are searched for a handler whole before their script texts are found.
-_HANDLER_QUICK_BYTES = 65536
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
