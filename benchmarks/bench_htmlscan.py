@@ -7,12 +7,15 @@ Pages are generated (deterministic): a ~100 KB page with ~40 scripts and a
 </html>. Prints clean-page scan throughput, the time to strip the injected
 variant, and the baselines with ratios. No assertions: figures only.
 
-The reference parsers are timed in a child process that imports nothing else:
-Lexbor allocates and frees its whole tree on every parse, and in a process
-that has imported more (numpy, mitmproxy, ...) glibc hands that memory back
-and faults it in again each time, which makes the same parse 2-2.5x slower
-here. The pristine child gives the reference its best time, so the ratios are
-the conservative ones.
+The reference parsers are timed in a child process that imports nothing else,
+with glibc's malloc told to keep freed memory (GLIBC_TUNABLES: mmap and trim
+thresholds of 64 and 256 MB): Lexbor allocates and frees its whole tree on every
+parse, and when glibc hands that memory back and faults it in again each time
+the same parse is 2-2.5x slower. Whether it does depends on what the process did
+before (its dynamic thresholds): without the tunables the child's 2 MB parse took
+18-23 ms, with them 8.5-9.7 ms, and its 100 KB parse 0.4 or 0.9-1.3 ms depending
+on the modules imported. The reference gets its best time, so the ratios are the
+conservative ones; the scanner runs with the default malloc, as in the proxy.
 
 Times are the process's CPU time by default (``time.process_time``): on a shared
 machine, time spent waiting for a CPU is not the scanner's. ``--clock wall`` takes
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -36,9 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ada_url  # noqa: E402
 import html5lib  # noqa: E402
 from selectolax.lexbor import LexborHTMLParser  # noqa: E402
-
-from proxy_addons.core.htmlscan import Scanner  # noqa: E402
-from proxy_addons.core.signatures import parse_signatures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,6 +194,9 @@ def interleaved(fns: dict[str, Callable[[], object]], *, rounds: int) -> dict[st
     return best
 
 
+# glibc malloc settings for the reference child: keep freed memory (see the docstring).
+REFERENCE_MALLOC = ("glibc.malloc.mmap_threshold=67108864", "glibc.malloc.trim_threshold=268435456")
+
 PAGES = {
     "100 KB / 40 scripts": (100_000, 40, 1),
     "2 MB / 300 scripts": (2_000_000, 300, 2),
@@ -229,7 +233,15 @@ def main() -> None:
         return
     child = [sys.executable, __file__, "--references-only", "--clock", args.clock]
     child += ["--quick"] if args.quick else []
-    refs = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+    tunables = [os.environ.get("GLIBC_TUNABLES", ""), *REFERENCE_MALLOC]
+    env = {**os.environ, "GLIBC_TUNABLES": ":".join(t for t in tunables if t)}
+    out = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
+    refs = json.loads(out)
+    # (Imported here, not at the top: the reference child must import nothing of ours. The
+    # scanner's imports alone made its Lexbor parse of the 100 KB page 2x slower.)
+    from proxy_addons.core.htmlscan import Scanner
+    from proxy_addons.core.signatures import parse_signatures
+
     sigs = parse_signatures((ROOT / "blocklists" / "signatures.toml").read_text())
     is_blocked = make_is_blocked()
     warm = Scanner(is_blocked, sigs, after_html="strip")
@@ -273,9 +285,8 @@ def main() -> None:
         "templated site); cold: cache_entries=0. x Lexbor = Lexbor full parse time / scan time.\n"
         "strip injected: cold scan + strip of the page with the Download.Ject footer appended.\n"
         f"Clock: {'process CPU time' if args.clock == 'cpu' else 'wall time'}, best round.\n"
-        "Lexbor/html5lib: timed in a pristine child process (Lexbor's time in this process: "
-        + ", ".join(f"{r:.1f}x" for r in here)
-        + " of that)."
+        "Lexbor/html5lib: timed in a pristine child process, malloc keeping freed memory\n"
+        "(Lexbor's time in this process: " + ", ".join(f"{r:.1f}x" for r in here) + " of that)."
     )
     print(f"findings on the injected page: {findings}")
 
