@@ -144,20 +144,34 @@ def test_one_way_to_build_an_engine() -> None:
     assert "refresh/refresher.py" not in _callers("(parse_list|compile_index|split_exceptions)")
 
 
-WORKERS = ["proxy_addons.addons.campaign_worker"]
+# Each worker module, and what its process does with a page (decode, scan, encode).
+WORKERS = {
+    "proxy_addons.addons.campaign_worker": (
+        "page = gzip.compress(b'<html><script src=//x.test/a.js></script>')\n"
+        "view = w.PageView(0.0, 'c', 'http://site.test/', 'text/html', 'gzip', page)\n"
+        "w.observe_view(w.DetectorSettings().detector(), view)  # decodes, reads references\n"
+    ),
+    "proxy_addons.addons.strip_worker": (
+        "from proxy_addons.core.htmlscan import Scanner\n"
+        "match = type('Match', (), {'list': 'l', 'rule': 'x.test'})()\n"
+        "scanner = Scanner(lambda url: match if '//x.test/' in url else None)\n"
+        "page = gzip.compress(b'<html><script src=//x.test/a.js></script><p>kept</p>')\n"
+        "header = {'content_encoding': 'gzip', 'content_type': 'text/html', 'limit': 2**20,\n"
+        "          'page_url': 'http://site.test/', 'comment': True, 'remove': True}\n"
+        "reply, (raw,) = w._scan(scanner, header, [page])  # decodes, strips, encodes again\n"
+        "assert reply['changed'] and gzip.decompress(raw).endswith(b'<p>kept</p>'), reply\n"
+    ),
+}
 
 
-@pytest.mark.parametrize("module", WORKERS)
+@pytest.mark.parametrize("module", sorted(WORKERS))
 def test_worker_processes_do_not_import_mitmproxy(module: str) -> None:
     # A worker is started by `spawn`: it imports its own module (and the package above it)
     # afresh. mitmproxy there costs start-up time and memory for nothing it uses.
     code = (
-        "import gzip, sys\n"
-        f"import {module} as w\n"
-        "page = gzip.compress(b'<html><script src=//x.test/a.js></script>')\n"
-        "view = w.PageView(0.0, 'c', 'http://site.test/', 'text/html', 'gzip', page)\n"
-        "w.observe_view(w.DetectorSettings().detector(), view)  # decodes, reads references\n"
-        "assert 'mitmproxy' not in sys.modules, 'mitmproxy imported'\n"
+        f"import gzip, sys\nimport {module} as w\n"
+        + WORKERS[module]
+        + "assert 'mitmproxy' not in sys.modules, 'mitmproxy imported'\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,6 +1,6 @@
-# One module on purpose (~620 lines): the strip addon's hooks and the scan dispatch
+# One module on purpose (~560 lines): the strip addon's hooks and the scan dispatch
 # (loop or worker) hand one plan from responseheaders to response. Body decoding is
-# in core/codings.py.
+# in core/codings.py, one body's scan (ScanJob) in core/scanjob.py.
 """The stripping addon: removes injected active content from HTML responses before the browser sees it.
 
 - ``responseheaders``: decides whether the body may be HTML (``text/html``,
@@ -30,11 +30,9 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net import encoding as mitm_encoding
 
 from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.canon import scalar_text
@@ -44,11 +42,10 @@ from proxy_addons.core.codings import (
     coding_tokens,
     decode_body,
     decodes_over,
-    lenient_codings,
-    response_codings,
 )
 from proxy_addons.core.engine import Engine, blocked_by
-from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Finding, Scanner
+from proxy_addons.core.htmlscan import AFTER_HTML_POLICIES, BodyTooLarge, Scanner
+from proxy_addons.core.scanjob import Outcome, ScanJob, encode_body
 from proxy_addons.core.signatures import Signature
 from proxy_addons.lists.holder import EngineHolder
 from proxy_addons.lists.signatures import DEFAULT_SIGNATURES, read_signatures
@@ -92,66 +89,6 @@ SNIFF_TYPES: Final = frozenset(
 NO_STRIP_STATUSES: Final = frozenset({101, 204, 205, 206, 304})
 # Headers that describe the exact original bytes and would be false after a removal.
 DIGEST_HEADERS: Final = ("content-md5", "digest", "content-digest", "repr-digest")
-
-
-def encode_body(body: bytes, content_encoding: str) -> bytes:
-    """Apply the codings again, with mitmproxy's own codecs (the pure functions)."""
-    for coding in response_codings(content_encoding):
-        body = bytes(mitm_encoding.custom_encode[coding](body))
-    return body
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a scan decided: the new raw (encoded) body, or None to leave the response alone."""
-
-    raw: bytes | None
-    findings: list[Finding]
-    # A new Content-Encoding for ``raw`` (None: keep the header as it is).
-    content_encoding: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScanJob:
-    """Everything one scan needs, so it can run on any thread."""
-
-    raw: bytes
-    content_encoding: str
-    content_type: str | None
-    page_url: str
-    comment: bool
-    remove: bool  # false in monitor mode: report, keep everything
-    limit: int
-
-    def run(self, scanner: Scanner) -> Outcome:
-        known = lenient_codings(self.content_encoding)
-        lenient: Outcome | None = None
-        if known:
-            # Chromium renders these bytes raw, Firefox undoes the codings it knows and
-            # skips the rest: a page may hide in either reading.
-            try:
-                lenient = self._reading(scanner, ", ".join(known))
-            except (UndecodableBody, BodyTooLarge):
-                lenient = None
-            if lenient is not None and lenient.raw is not None:
-                return lenient  # stripped, and sent under the known codings alone
-        outcome = self._reading(scanner, self.content_encoding)
-        if lenient is not None and lenient.findings:  # reported (monitor), not removed
-            outcome = replace(outcome, findings=lenient.findings + outcome.findings)
-        return outcome
-
-    def _reading(self, scanner: Scanner, codings: str) -> Outcome:
-        body = decode_body(self.raw, codings, self.limit)
-        if not self.remove:
-            found = scanner.scan(body, self.page_url, self.content_type)
-            return Outcome(None, [replace(f, removed=False) for f in found])
-        new, findings = scanner.strip(body, self.page_url, self.content_type, comment=self.comment)
-        if new is body:
-            return Outcome(None, findings)
-        # Stripped in the lenient reading: say so in the header, so every browser
-        # reads the cleaned page the same way.
-        header = codings if codings != self.content_encoding else None
-        return Outcome(encode_body(new, codings), findings, header)
 
 
 def outcome_of(reply: Reply) -> Outcome:
@@ -605,8 +542,12 @@ class Strip:
         logger.info("jectguard: %s: %s", flow.request.pretty_url[:300], reason)
 
 
-# Decoding lives in core/codings.py; its names stay importable from here.
+# Decoding lives in core/codings.py, the scan of one body (ScanJob, encode_body) in
+# core/scanjob.py, where a worker process imports them without mitmproxy; their names
+# stay importable from here.
 __all__ = [
+    "Outcome",
+    "ScanJob",
     "Strip",
     "UndecodableBody",
     "decode_body",

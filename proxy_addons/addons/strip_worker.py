@@ -37,10 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
+from proxy_addons.core.codings import UndecodableBody
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.htmlscan import BodyTooLarge, Finding, Scanner
 from proxy_addons.core.index import HEADER_SIZE, CompiledIndex
+from proxy_addons.core.scanjob import ScanJob
 from proxy_addons.core.signatures import parse_signatures
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ Blob = bytes | memoryview
 MAX_HEADER_BYTES: Final = 4 * 1024 * 1024
 # A blob is a body (<= the 1 GiB scan cap) or an index image (<= 8 GiB snapshot cap).
 MAX_BLOB_BYTES: Final = 8 * 1024**3
-# A worker imports mitmproxy and the scanner (~0.6 s idle; far more on a loaded machine).
+# A worker imports the scanner and the engine, not mitmproxy (~0.25 s of CPU idle; far
+# more on a loaded machine).
 STARTUP_TIMEOUT: Final = 60.0
 WORKER_MODULE: Final = "proxy_addons.addons.strip_worker"
 # How much lower than the proxy a worker runs (nice(2) increment).
@@ -237,8 +240,6 @@ def _configure(header: dict[str, Any], blobs: list[bytes]) -> Scanner:
 def _scan(
     scanner: Scanner, header: dict[str, Any], blobs: list[bytes]
 ) -> tuple[dict[str, Any], list[bytes]]:
-    from proxy_addons.addons.strip import ScanJob, UndecodableBody
-
     job = ScanJob(
         raw=blobs[0],
         content_encoding=str(header["content_encoding"]),
@@ -433,8 +434,8 @@ class ScanPool:
                     out.append(w.pid)
         return out
 
-    async def scan(self, job: Any, config: WorkerConfig) -> Reply:
-        """Scan ``job`` (a strip.ScanJob) in a worker; ScanFailed if none answers in time."""
+    async def scan(self, job: ScanJob, config: WorkerConfig) -> Reply:
+        """Scan ``job`` in a worker; ScanFailed if none answers in time."""
         if self._closed:
             raise ScanFailed("the scan pool is shut down")
         self.start()
@@ -453,7 +454,7 @@ class ScanPool:
                 self._idle.append(i)
                 self._free.notify()
 
-    async def _scan_on(self, i: int, job: Any, config: WorkerConfig) -> Reply:
+    async def _scan_on(self, i: int, job: ScanJob, config: WorkerConfig) -> Reply:
         # A worker (re)starting is bounded by its own startup limit (imports take seconds on
         # a loaded machine); the scan's timeout starts when the worker has the job.
         try:
@@ -541,8 +542,6 @@ class ScanPool:
 
 
 def _reply(header: dict[str, Any], blobs: list[bytes]) -> Reply:
-    from proxy_addons.addons.strip import UndecodableBody
-
     if not header.get("ok"):
         kind, message = header.get("kind"), str(header.get("message", ""))
         if kind == "too-large":

@@ -79,6 +79,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from html.entities import html5 as _HTML5_ENTITIES
@@ -109,6 +110,9 @@ _OPEN_GUESS_WINDOW = 65536
 _INLINE_CACHE_MAX_CHARS = 16384
 # Elements longer than this are not remembered by the fast path (memory).
 _ELEMENT_CACHE_MAX_BYTES = 16384
+# Event handler values longer than this are judged on every scan (memory: handlers are
+# short; ``script_text`` still remembers the verdict of one up to 16K characters).
+_HANDLER_CACHE_MAX_BYTES = 1024
 # Entries per verdict cache (URL -> match, (base, ref) -> URL, text -> verdict);
 # a full cache is simply emptied.
 DEFAULT_CACHE_ENTRIES = 20000
@@ -1826,8 +1830,18 @@ class _Judge:
         mention: _Verdict | None = None
         self.depth += 1
         try:
-            for el in _walk_document(doc):
-                verdict = self.judge(el, bases)
+            elements = _walk_document(doc)
+            # Its own <base href> (resolved against the bases around it, which a srcdoc
+            # document inherits) decides what its elements load, as the page's does.
+            inner = list(bases)
+            for el in elements:
+                if el.name == "base" and "href" in el.attrs:
+                    for base in bases:
+                        resolved = self.resolve(base, el.attrs["href"])
+                        if resolved is not None and resolved not in inner:
+                            inner.append(resolved)
+            for el in elements:
+                verdict = self.judge(el, inner)
                 if verdict is None:
                     continue
                 if verdict.reason == "mention":
@@ -1837,7 +1851,8 @@ class _Judge:
                     verdict = _Verdict(verdict.url, "inline-reference", verdict.rule,
                                        verdict.list, verdict.removed, el.name)  # fmt: skip
                 return verdict
-            for f in self.scanner._handlers(doc, self):  # <img onerror> in the document
+            # <img onerror> in the document, under the bases in force around it.
+            for f in self.scanner._handlers(doc, self, bases, _candidates(doc.buf)):
                 if f.removed:
                     return _Verdict(f.url, f.reason, f.rule, f.list, True, f.evidence)
         finally:
@@ -2171,12 +2186,23 @@ _FAST_FOREIGN: dict[bytes, re.Pattern[bytes]] = {
 _HANDLER_LOW = re.compile(rb"on[a-z]+[\t\n\f\r ]*=")  # in the lower-cased body
 _HANDLER_AFTER = frozenset(b"\t\n\f\r \"'/")  # what precedes an attribute's name
 _HANDLER_VALUE = re.compile(rb"""[\t\n\f\r ]*+("[^"]*+"|'[^']*+'|[^\t\n\f\r >]++)""")
+# The values _HANDLER_VALUE reads after each match of _HANDLER_LOW whose byte before is
+# in _HANDLER_AFTER (b"" where it reads none), found in the body as it is, by case of
+# "on": "on" with a regex anchored on its literal (a case-insensitive "on" is tried at
+# every byte: 5x slower); "On", and "oN"/"ON", from each "O" and "N", which are rare
+# and which memchr finds at memory speed (a regex walks to each one a byte at a time).
+_HANDLER_TAIL = rb"[A-Za-z]+[\t\n\f\r ]*=(?=" + _HANDLER_VALUE.pattern + rb"|)"
+_HANDLER_LOWER_ON = re.compile(rb"on(?<=[\t\n\f\r \"'/]on)" + _HANDLER_TAIL)
+_HANDLER_UPPER: tuple[tuple[bytes, re.Pattern[bytes]], ...] = (
+    (b"O", re.compile(rb"O(?<=[\t\n\f\r \"'/]O)n" + _HANDLER_TAIL)),
+    (b"N", re.compile(rb"N(?<=[\t\n\f\r \"'/][oO]N)" + _HANDLER_TAIL)),
+)
+# Past this many "O" (or "N") in a body the rest are left to the regex (bounded Python work).
+_HANDLER_UPPER_HITS = 64
 # How far back the start tag around a handler is looked for ("<" inside earlier
 # attribute values make several candidates).
 _HANDLER_LOOKBACK_TAGS = 16
 _HANDLER_LOOKBACK_BYTES = 16384
-# Bodies up to this size are searched for a handler whole before their script texts are found.
-_HANDLER_QUICK_BYTES = 65536
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -2251,6 +2277,32 @@ def _start_tag(buf: bytes, p: int, name: bytes) -> re.Match[bytes] | None:
 # The scanner.
 
 
+def _handler_values(buf: bytes) -> set[bytes]:
+    """The raw value (quotes included) of every event handler attribute in ``buf``."""
+    values = set(_HANDLER_LOWER_ON.findall(buf))
+    for anchor, pattern in _HANDLER_UPPER:
+        at = buf.find(anchor, 1)
+        for _ in range(_HANDLER_UPPER_HITS):
+            if at < 0:
+                break
+            m = pattern.match(buf, at)  # (the look-behind reads the bytes before ``at``)
+            if m is not None:
+                values.add(m.group(1) or b"")
+            at = buf.find(anchor, at + 1)
+        else:
+            if at >= 0:
+                values.update(pattern.findall(buf, at))
+    return values
+
+
+def _handler_code(doc: _Doc, raw: bytes) -> str | None:
+    """The JavaScript of a handler's raw value (quotes included), or None: nothing to run."""
+    text = raw.decode(doc.encoding, "replace")
+    if text[:1] in ("'", '"') and text[-1:] == text[:1] and len(text) > 1:
+        text = text[1:-1]
+    return unescape_attr(text) if text else None
+
+
 def _comment(element: str, rule: str) -> str:
     # Nothing that could end the comment early ("--", ">") or confuse a reader.
     clean = re.sub(r"[^A-Za-z0-9 ._:/@#=?&,+()|*^$~%'-]", "_", rule)[:_COMMENT_RULE_CHARS]
@@ -2269,6 +2321,31 @@ class _Caches:
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
+        # Event handler values (raw bytes, quotes included) judged to run and load
+        # nothing blocked, per (encoding, page URL, bases): everything such a verdict
+        # depends on (it reads no scan depth or work budget: see Scanner._handlers).
+        self.clean_handlers: dict[tuple[str, str, tuple[str, ...]], set[bytes]] = {}
+        self.clean_handler_count = 0  # values and contexts, bounded by ``entries``
+
+    def known_clean_handlers(self, context: tuple[str, str, tuple[str, ...]]) -> AbstractSet[bytes]:
+        return self.clean_handlers.get(context, frozenset())
+
+    def add_clean_handlers(
+        self, context: tuple[str, str, tuple[str, ...]], values: Iterable[bytes]
+    ) -> None:
+        values = [v for v in values if len(v) <= _HANDLER_CACHE_MAX_BYTES]
+        if self.entries <= 0 or not values:
+            return
+        if self.clean_handler_count + len(values) + 1 > self.entries:
+            self.clean_handlers.clear()
+            self.clean_handler_count = 0
+        known = self.clean_handlers.get(context)
+        if known is None:
+            known = self.clean_handlers[context] = set()
+            self.clean_handler_count += 1
+        before = len(known)
+        known.update(values)
+        self.clean_handler_count += len(known) - before
 
     def put(self, cache: dict[_K, _V], key: _K, value: _V) -> None:
         if self.entries <= 0:
@@ -2351,39 +2428,97 @@ class Scanner:
 
     def _scan_doc(self, doc: _Doc, page_url: str) -> list[Finding]:
         judge = _Judge(self, page_url)
-        handlers = self._handlers(doc, judge)
-        if self.fast_path and self._fast_clean(doc, judge):
+        candidates = _candidates(doc.buf)
+        handlers = self._handlers(doc, judge, (page_url,), candidates)
+        if self.fast_path and self._fast_clean(doc, judge, candidates):
             return handlers
         findings = self._precise(doc, judge)
         if handlers:
             findings = sorted([*findings, *handlers], key=lambda f: (f.start, f.end))
         return findings
 
-    def _handlers(self, doc: _Doc, judge: _Judge) -> list[Finding]:
+    def _handlers(
+        self,
+        doc: _Doc,
+        judge: _Judge,
+        outer: Sequence[str],
+        candidates: Sequence[tuple[int, bytes]],
+    ) -> list[Finding]:
         """Event handler attributes (``<img src=x onerror="...">``, ``<svg onload>``).
 
         A handler is inline JavaScript like a script's text, judged the same way;
         when it loads or injects a blocked origin its start tag is removed (the
         element's content, if any, stays: the parser opens what it needs). Every
         ``on...=`` in the body is tried inside the earliest start tag around it that
-        covers it, whatever the tree builder makes of it: a superset.
+        covers it, whatever the tree builder makes of it: a superset. ``outer``: the
+        base URLs in force around the document (the page's; a srcdoc document's
+        container's), to which its own ``<base href>`` values are added.
+
+        Most pages have handlers and nothing in them to find (an ``on...=`` costs
+        ~3.5 us to place and judge, 164 of them on a 100 KB shop page), so first
+        every value an ``on...=`` in the body reads (in script texts too: a superset
+        of what ``_handler_findings`` judges) is looked up among the values judged
+        clean before under the same encoding, page URL and bases: all that a
+        handler's verdict depends on (``script_text`` caches it on the same key; a
+        verdict of None reads neither the scan depth nor the work budget, and the
+        element and attribute only place the finding). New values are judged and
+        remembered; only when one is not clean does ``_handler_findings`` run. A
+        UTF-16 body is searched that way at once (its buffer is a projection).
         """
         buf = doc.buf
+        if doc.utf16:  # (the buffer is a projection: its values are not the text)
+            return self._handler_findings(
+                doc, judge, self._handler_bases(doc, judge, outer, candidates), candidates
+            )
+        values = _handler_values(buf)
+        if not values:
+            return []
+        bases = self._handler_bases(doc, judge, outer, candidates)
+        context = (doc.encoding, judge.page_url, tuple(bases))
+        values -= judge.caches.known_clean_handlers(context)
+        clean: list[bytes] = []
+        for raw in values:
+            code = _handler_code(doc, raw)
+            if code is not None and judge.script_text(code, bases, ScriptKind.CLASSIC) is not None:
+                break
+            clean.append(raw)
+        else:
+            judge.caches.add_clean_handlers(context, clean)
+            return []
+        judge.caches.add_clean_handlers(context, clean)
+        return self._handler_findings(doc, judge, bases, candidates)
+
+    @staticmethod
+    def _handler_bases(
+        doc: _Doc, judge: _Judge, outer: Sequence[str], candidates: Sequence[tuple[int, bytes]]
+    ) -> list[str]:
+        """The bases in force around the document, then each ``<base href>`` in it."""
+        bases = list(outer)
+        for p, name in candidates:
+            if name != b"base":
+                continue
+            tag = _start_tag(doc.buf, p, name)
+            href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
+            if href is None:
+                continue
+            for base in outer:  # (a srcdoc document's base resolves against its container's)
+                resolved = judge.resolve(base, href)
+                if resolved is not None and resolved not in bases:
+                    bases.append(resolved)
+        return bases
+
+    @staticmethod
+    def _handler_findings(
+        doc: _Doc, judge: _Judge, bases: Sequence[str], candidates: Sequence[tuple[int, bytes]]
+    ) -> list[Finding]:
+        """The start tags whose handlers load or inject (``_handlers``), in body order."""
+        buf = doc.buf
         low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
-        if len(low) <= _HANDLER_QUICK_BYTES and _HANDLER_LOW.search(low, 1) is None:
-            return []  # (a big body is searched between its script texts only, below)
-        bases = [judge.page_url]
         # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
         # judged with its script; cutting it out would break a script that is kept.
         texts: list[tuple[int, int]] = []
-        for p, name in _candidates(buf):
-            if name == b"base":
-                tag = _start_tag(buf, p, name)
-                href = parse_attrs(doc.text(*tag.span(3))).get("href") if tag else None
-                resolved = judge.resolve(judge.page_url, href) if href is not None else None
-                if resolved is not None and resolved not in bases:
-                    bases.append(resolved)
-            elif name == b"script" and (not texts or p >= texts[-1][1]):
+        for p, name in candidates:
+            if name == b"script" and (not texts or p >= texts[-1][1]):
                 tag = _start_tag(buf, p, name)
                 if tag is not None:
                     texts.append((tag.end(), _script_end(buf, tag.end())[0]))
@@ -2407,10 +2542,8 @@ class Scanner:
             # The value as it reads from here: most handlers name nothing blocked, and
             # are let go before their tag is looked for.
             value = _HANDLER_VALUE.match(buf, m.end())
-            raw = doc.text(*value.span(1)) if value is not None else ""
-            if raw[:1] in ("'", '"') and raw[-1:] == raw[:1] and len(raw) > 1:
-                raw = raw[1:-1]
-            if not raw or judge.script_text(unescape_attr(raw), bases, ScriptKind.CLASSIC) is None:
+            code = _handler_code(doc, doc.raw_slice(*value.span(1)) if value else b"")
+            if code is None or judge.script_text(code, bases, ScriptKind.CLASSIC) is None:
                 continue
             found: tuple[int, re.Match[bytes]] | None = None
             k = at + 1
@@ -2453,7 +2586,9 @@ class Scanner:
                     break
         return findings
 
-    def _fast_clean(self, doc: _Doc, judge: _Judge) -> bool | None:
+    def _fast_clean(
+        self, doc: _Doc, judge: _Judge, candidates: Sequence[tuple[int, bytes]]
+    ) -> bool | None:
         """True if no reading of the document can hold a finding; None: let the precise scan decide.
 
         Every ``<script``, ``<iframe``, ... occurrence is judged as if it were a
@@ -2463,7 +2598,6 @@ class Scanner:
         the base URL. This can only add candidates, never lose one.
         """
         buf = doc.buf
-        candidates = _candidates(buf)
         bases = [judge.page_url]
         html_end = len(buf)
         for p, name in candidates:
