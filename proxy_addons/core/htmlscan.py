@@ -116,6 +116,12 @@ _HANDLER_CACHE_MAX_BYTES = 1024
 # Entries per verdict cache (URL -> match, (base, ref) -> URL, text -> verdict);
 # a full cache is simply emptied.
 DEFAULT_CACHE_ENTRIES = 20000
+# Characters (or bytes) of keys one cache may hold: a page chooses its URLs, texts and
+# page URL, so a bound on entries alone let 20,000 entries of 64 KB URLs pile up (GBs
+# over many pages, in the proxy itself for small pages). A full cache is emptied.
+_CACHE_KEY_CHARS = 16 * 1024 * 1024
+# A key longer than this is never remembered (judged again when met again).
+_CACHE_KEY_MAX_CHARS = _INLINE_CACHE_MAX_CHARS + 4096
 # Cache entries used within one scan when cross-scan caching is off.
 _PER_SCAN_ENTRIES = 4096
 # Longest rule text kept in the replacement comment.
@@ -2326,6 +2332,8 @@ class _Caches:
         # depends on (it reads no scan depth or work budget: see Scanner._handlers).
         self.clean_handlers: dict[tuple[str, str, tuple[str, ...]], set[bytes]] = {}
         self.clean_handler_count = 0  # values and contexts, bounded by ``entries``
+        # Characters of keys each cache above holds (by id: see ``put``).
+        self.key_chars: dict[int, int] = {}
 
     def known_clean_handlers(self, context: tuple[str, str, tuple[str, ...]]) -> AbstractSet[bytes]:
         return self.clean_handlers.get(context, frozenset())
@@ -2334,8 +2342,8 @@ class _Caches:
         self, context: tuple[str, str, tuple[str, ...]], values: Iterable[bytes]
     ) -> None:
         values = [v for v in values if len(v) <= _HANDLER_CACHE_MAX_BYTES]
-        if self.entries <= 0 or not values:
-            return
+        if self.entries <= 0 or not values or _key_chars(context) > _HANDLER_CACHE_MAX_BYTES * 2:
+            return  # (a context is a page URL and its bases: a huge one is not kept)
         if self.clean_handler_count + len(values) + 1 > self.entries:
             self.clean_handlers.clear()
             self.clean_handler_count = 0
@@ -2350,9 +2358,24 @@ class _Caches:
     def put(self, cache: dict[_K, _V], key: _K, value: _V) -> None:
         if self.entries <= 0:
             return
-        if len(cache) >= self.entries:
+        cost = _key_chars(key)
+        if cost > _CACHE_KEY_MAX_CHARS:
+            return
+        held = self.key_chars.get(id(cache), 0) + cost
+        if len(cache) >= self.entries or held > _CACHE_KEY_CHARS:
             cache.clear()
+            held = cost
+        self.key_chars[id(cache)] = held
         cache[key] = value
+
+
+def _key_chars(key: object) -> int:
+    """What a cache key holds, in characters or bytes (strings and bytes counted, the rest 8)."""
+    if isinstance(key, str | bytes):
+        return len(key)
+    if isinstance(key, tuple):
+        return sum(_key_chars(k) for k in key)
+    return 8
 
 
 class Scanner:

@@ -88,3 +88,32 @@ def test_a_script_too_long_to_check_goes_a_data_script_stays(tmp_path: Path) -> 
     assert [(u and str(u)[:18], lst, gone) for u, _, lst, gone in found] == [
         ("https://clean.test", "jectguard", True)
     ]
+
+
+def test_what_the_scanner_remembers_is_bounded_in_bytes() -> None:
+    """A page chooses its URLs: 20,000 remembered 60 KB URLs would be over a GB, kept
+    across pages (in the proxy itself for small pages). Keys too long are not kept, and
+    each cache holds at most _CACHE_KEY_CHARS of keys."""
+    from proxy_addons.core import htmlscan
+    from proxy_addons.core.engine import Engine, blocked_by
+    from proxy_addons.core.formats import parse_list
+    from proxy_addons.core.model import ListSpec
+
+    lists = [(ListSpec(name="bl", category="malware"), parse_list("evil.test\n", name="bl"))]
+    engine, _, _ = Engine.from_lists(lists)
+    scanner = htmlscan.Scanner(blocked_by(engine))
+    pad = "p" * 60_000
+    for i in range(3):
+        page = "".join(
+            f'<script src="https://c{i}-{j}.test/{pad}"></script>' for j in range(20)
+        ).encode()
+        scanner.scan(page, f"https://page.test/{i}", "text/html")
+    caches = scanner._caches
+    assert all(len(k) < 60_000 for k in caches.verdicts)
+    assert all(len(b) + len(r) < 60_000 for b, r in caches.joins)
+    mid = "q" * 9_000  # kept, until the cache holds its budget of key bytes
+    n = htmlscan._CACHE_KEY_CHARS // 9_000 + 50
+    for j in range(n):
+        caches.put(caches.verdicts, f"https://k{j}.test/{mid}", None)
+    held = sum(len(k) for k in caches.verdicts)
+    assert 0 < held <= htmlscan._CACHE_KEY_CHARS and len(caches.verdicts) < n
