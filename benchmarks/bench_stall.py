@@ -8,6 +8,7 @@ shape of a server-rendered app's state:
   js 1.3 MB / js 5 MB      ``<script>window.__STATE__ = {...}</script>`` (JavaScript: judged
                            by its text), new bytes on every load (no cache can help)
   json 1.3 MB / json 5 MB  ``<script id="__NEXT_DATA__" type="application/json">``, new bytes
+  js 5 MB, new URLs        every load names 8,400 image URLs never seen before (same hosts)
   js 5 MB, repeated        the same bytes every load (a site's shell served to every client)
 
 and a small page (2 KB HTML). For each proxy in turn (a real ``jectguard run`` with
@@ -54,14 +55,25 @@ SMALL = (
     + b"<script>window.ok = 1;</script></body></html>"
 )
 BIG = {
-    # name: (kind, bytes of state, new bytes each load)
-    "js 1.3 MB": ("js", 1_300_000, True),
-    "js 5 MB": ("js", 5_000_000, True),
-    "json 1.3 MB": ("json", 1_300_000, True),
-    "json 5 MB": ("json", 5_000_000, True),
-    "js 5 MB, repeated": ("js", 5_000_000, False),
+    # name: (kind, bytes of state, what changes each load: "bytes" (a nonce in every
+    # item's slug), "urls" (a nonce in every image URL: none was judged before), "")
+    "js 1.3 MB": ("js", 1_300_000, "bytes"),
+    "js 5 MB": ("js", 5_000_000, "bytes"),
+    "json 1.3 MB": ("json", 1_300_000, "bytes"),
+    "json 5 MB": ("json", 5_000_000, "bytes"),
+    "js 5 MB, new URLs": ("js", 5_000_000, "urls"),
+    "js 5 MB, repeated": ("js", 5_000_000, ""),
 }
-QUICK = ("js 1.3 MB", "js 5 MB", "js 5 MB, repeated")
+QUICK = ("js 1.3 MB", "js 5 MB", "js 5 MB, new URLs", "js 5 MB, repeated")
+
+
+def renewed(body: bytes, change: str, nonce: int) -> bytes:
+    """``body`` as served once more: new bytes, or new URLs, or the same (see ``BIG``)."""
+    if change == "bytes":
+        return body.replace(b'"slug": "post-', b'"slug": "n%d-post-' % nonce)
+    if change == "urls":
+        return body.replace(b"/img/", b"/img/n%d-" % nonce)
+    return body
 
 
 def app_state(size: int, seed: int = 1) -> bytes:
@@ -144,10 +156,7 @@ async def serve_origin(port: int) -> None:
                 if name is None:
                     writer.write(_response(SMALL))
                 else:
-                    body = pages[name]
-                    if BIG[name][2]:  # new bytes: a nonce in every item's slug
-                        nonce = b"n%d-" % next(counter)
-                        body = body.replace(b'"slug": "post-', b'"slug": "' + nonce + b"post-")
+                    body = renewed(pages[name], BIG[name][2], next(counter))
                     writer.write(_response(body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -257,16 +266,14 @@ def scan_times(names: list[str], blocklist: str, repeats: int = 5) -> None:
     nonce = itertools.count()
     print(f"{'scan in one process, CPU (ms)':28s} | {'cold':>9s} {'warm':>9s}  (best of {repeats})")
     for n in names:
-        kind, size, new = BIG[n]
+        kind, size, change = BIG[n]
         page = big_page(kind, app_state(size))
         warm = Scanner(blocked_by(engine), signatures)
         times: dict[str, list[float]] = {"cold": [], "warm": []}
         for _ in range(repeats + 1):  # (the first warms the warm scanner)
             for label in ("cold", "warm"):
                 scanner = warm if label == "warm" else Scanner(blocked_by(engine), signatures)
-                body = page
-                if new:
-                    body = page.replace(b'"slug": "post-', b'"slug": "c%d-post-' % next(nonce))
+                body = renewed(page, change, next(nonce))
                 t0 = time.process_time()
                 found = scanner.scan(body, "http://127.0.0.1/big", "text/html; charset=utf-8")
                 times[label].append(time.process_time() - t0)
@@ -321,6 +328,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="jg_strip_workers")
     parser.add_argument("--quick", action="store_true", help="js pages only, one round")
     parser.add_argument(
+        "--set", action="append", default=[], metavar="OPTION=VALUE", dest="sets",
+        help="another option for jectguard run (repeatable), e.g. jg_campaign=false",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-strip", action="store_true",
         help="jectguard with jg_strip=false: what the proxy adds without any scan",
     )  # fmt: skip
@@ -358,6 +369,7 @@ def main() -> None:
             (tmp / "jg").mkdir()
             cmd = jectguard_cmd(jport, tmp / "jg", tmp / "block.txt", not args.no_strip)
             cmd += ["--set", f"jg_strip_workers={args.workers}"]
+            cmd += [a for o in args.sets for a in ("--set", o)]
             procs.append(start(cmd, tmp / "jg" / "proxy.log", jport))
             ports["jectguard"] = jport
             mport = free_port()
@@ -390,6 +402,7 @@ def main() -> None:
     print(
         f"{rounds} round(s) x {args.loads} load(s) of each big page per proxy; small requests "
         f"(2 KB HTML) back to back meanwhile; jg_strip_workers={args.workers}"
+        + "".join(f", {o}" for o in args.sets)
         + (", jg_strip=false" if args.no_strip else "")
     )
     print(f"{'small requests (ms)':28s} | {'n':>6s} {'p50':>8s} {'p99':>8s} {'max':>8s}")
