@@ -63,7 +63,7 @@ from typing import Any, Final
 
 from publicsuffixlist import PublicSuffixList
 
-from .canon import canonicalize_url
+from .canon import MAX_HOST_LENGTH, canonicalize_url
 from .errors import CanonError
 from .htmlscan import decode_script_text, parse_elements
 
@@ -218,7 +218,9 @@ def _host_of(url: str, base: str) -> str | None:
         cu = canonicalize_url(url if "//" in url[:8] or ":" in url[:10] else base + url)
     except CanonError:
         return None
-    return cu.host or None
+    # No DNS name is longer: such a host is reached by no one, and the detector keeps
+    # up to 200,000 hosts (of 64 KB each, a page could make that 13 GB).
+    return cu.host if 0 < len(cu.host) <= MAX_HOST_LENGTH else None
 
 
 def _shape(element: str, attrs: Iterable[str], positions: Iterable[str]) -> str:

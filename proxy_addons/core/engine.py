@@ -28,7 +28,7 @@ from .canon import (
     host_kind,
 )
 from .embedding import carried_ipv4
-from .errors import CanonError
+from .errors import CanonError, URLTooLong
 from .guard import PoisonGuard
 from .index import CompiledIndex, CompileStats, SnapshotImage, compile_index, host_probes
 from .model import ListSpec, Match, Mode, ParsedList, RuleKind
@@ -186,7 +186,7 @@ QUIET_NAMES_MAX: Final = 16_384
 # What ``listed_url`` answers for a URL too long to check (see there).
 UNCHECKABLE: Final = Match(
     list="jectguard",
-    rule=f"URL longer than {MAX_URL_LENGTH} characters: cannot be checked",
+    rule=f"URL longer than {MAX_URL_LENGTH} characters (encoded): cannot be checked",
     line=0,
     kind=RuleKind.URL,
     category="uncheckable",
@@ -258,13 +258,14 @@ class Engine:
         (``plain_url_name``); anything else, and every name with a record, is checked in
         full. The allow index is not asked: it only ever turns a block into a pass.
 
-        A URL too long to check (``MAX_URL_LENGTH``) with a scheme that names a host is
-        answered with :data:`UNCHECKABLE`: the proxy refuses such a request (an error
-        never passes), so whatever would load it goes too.
+        A URL too long to check (``MAX_URL_LENGTH`` as sent: encoded, without its
+        fragment) with a scheme that names a host is answered with :data:`UNCHECKABLE`:
+        the proxy refuses such a request (an error never passes), so whatever would
+        load it goes too.
         """
-        if len(url) > MAX_URL_LENGTH:
-            return UNCHECKABLE if has_hosted_scheme(url) else None
-        name = plain_url_name(url)
+        # (Short enough that no encoding can take it past the cap: at most 9 bytes a
+        # character, "€" being %E2%82%AC; a longer URL is parsed, and may be uncheckable.)
+        name = plain_url_name(url) if len(url) <= MAX_URL_LENGTH // 9 else None
         if name is not None:
             quiet = self._quiet.get(name)
             if quiet is None:
@@ -278,7 +279,13 @@ class Engine:
                     self._quiet[name] = quiet
             if quiet:
                 return None
-        v = self.check_url(url)
+        try:
+            cu = canonicalize_url(url)
+        except URLTooLong:
+            return UNCHECKABLE if has_hosted_scheme(url) else None
+        except CanonError:
+            return None  # no request a browser makes (the proxy refuses any it gets)
+        v = self.check_canonical(cu, url)
         return v.match if v.listed else None
 
     def check_canonical(self, cu: CanonicalURL, original: str | None = None) -> Verdict:

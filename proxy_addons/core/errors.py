@@ -19,6 +19,11 @@ class CanonError(JectguardError, ValueError):
     """A URL or host cannot be parsed or canonicalized."""
 
 
+class URLTooLong(CanonError):
+    """A URL longer than jectguard checks (``canon.MAX_URL_LENGTH``, as sent: encoded,
+    without its fragment). The proxy refuses such a request: it cannot be checked."""
+
+
 class ListFormatError(JectguardError, ValueError):
     """A whole list is refused (binary, unknown format, mostly rejected lines)."""
 

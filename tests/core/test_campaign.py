@@ -222,3 +222,15 @@ def test_replay_bad_input_names_the_line(tmp_path: Path, line: str, message: str
         [str(JECTGUARD), "hunt", "replay", str(trace)], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_hosts_longer_than_a_dns_name_are_not_kept() -> None:
+    """A page chooses its hosts: 64 KB names, 200,000 of them kept, would be ~13 GB
+    (and written to the state file). No client can reach such a host: not kept."""
+    long_host = ".".join(["a" * 60] * 5) + ".example"  # 313 characters
+    body = (
+        f"<html><body><script src=http://{long_host}/x.js></script>"
+        "<script src=http://ok.example/x.js></script></body></html>"
+    ).encode()
+    hosts = {r.host for r in references(body, "text/html", "http://site.test/")}
+    assert hosts == {"ok.example"}
