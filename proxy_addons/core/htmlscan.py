@@ -219,7 +219,7 @@ _HIGH_BYTES = bytes(range(128)) + b"\x80" * 128
 
 
 class _Doc:
-    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "utf16")
+    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "reading", "utf16")
 
     def __init__(self, raw: bytes, charset: Charset) -> None:
         self.raw = raw
@@ -227,6 +227,7 @@ class _Doc:
         self.utf16 = charset.is_utf16
         self.bom = charset.bom
         self.encoding = charset.encoding
+        self.reading: _Reading | None = None  # the precise walk, once it has run
         if self.utf16:
             self.buf = _project_utf16(raw[self.bom :], big_endian=charset.encoding == "utf-16be")
         else:
@@ -300,6 +301,22 @@ _SKIP = re.compile(
     + rb")[\t\n\f\r />])"
     + _TAG_BODY
     + rb"|(?![A-Za-z!/?])))*+"
+)
+
+# Within a stretch _SKIP read past (data state), from one start tag to the next: what
+# _SKIP reads there (text, comments, bogus comments, end tags, a lone "<"), then the
+# start tag, which _SKIP read as one (handlers are placed in their tags with it).
+_TO_START_TAG = re.compile(
+    rb"(?:[^<]++|<(?:"
+    + _COMMENT_BODY
+    + rb"|!(?!--)[^>]*+>?+|\?[^>]*+>?+|/(?![A-Za-z])[^>]*+>?+"
+    + rb"|/(?!(?i:"
+    + _PLAIN_END_STOPS
+    + rb")[\t\n\f\r />])"
+    + _TAG_BODY
+    + rb"|(?![A-Za-z!/?])))*+(<"
+    + _TAG_BODY
+    + rb")"
 )
 
 _SCRIPT_DATA = re.compile(rb"<!--|</(?i:script)[\t\n\f\r />]")
@@ -618,6 +635,8 @@ class _Walk:
                 return
             skipped = _SKIP.match(buf, self.pos)
             p = skipped.end() if skipped else self.pos  # (it always matches)
+            if self.s.stretches is not None and p > self.pos:
+                self.s.stretches.append((self.pos, p))
             if p >= n:
                 self.pos = n
                 break
@@ -649,6 +668,8 @@ class _Walk:
             elif name == b"select":
                 self.select_open = False
             return
+        if self.s.tags is not None:
+            self.s.tags.append((p, tag.end()))
         if name == b"select":
             self.select_open = True
             return
@@ -873,6 +894,8 @@ class _Walk:
                 self._finish()
                 return
             self.pos = tag.end()
+            if self.s.tags is not None:
+                self.s.tags.append((lt, tag.end()))
             self._foreign_start(lt, tag, tag.group(2).lower())
         else:
             self._text_lt(top, lt, lt + 1)
@@ -1063,9 +1086,14 @@ def _probably_open_uncached(buf: bytes, end: int, name: str) -> bool:
 class _Shared:
     """State shared by the main reading and its alternatives."""
 
-    def __init__(self, doc: _Doc) -> None:
+    def __init__(self, doc: _Doc, *, record: bool = False) -> None:
         self.doc = doc
         self.elements: list[Element] = []
+        # With ``record``: every start tag a reading read, and every stretch it read
+        # in the data state past whole (_SKIP), as (start, end) in the buffer.
+        self.tags: list[tuple[int, int]] | None = [] if record else None
+        self.stretches: list[tuple[int, int]] | None = [] if record else None
+        self.dropped = False  # an alternative reading was not queued (MAX_ALT_SCANS)
         self.sync: set[int] = set()
         self.alts: list[_Walk] = []
         self.alt_count = 0
@@ -1107,11 +1135,37 @@ class _Shared:
         if self.alt_count < MAX_ALT_SCANS:
             self.alt_count += 1
             self.alts.append(walk)
+        else:
+            self.dropped = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The precise walk of a document: its elements, and where its readings read markup."""
+
+    elements: list[Element]
+    tags: list[tuple[int, int]]  # start tags read by some reading (buffer offsets)
+    stretches: list[tuple[int, int]]  # data-state stretches read past whole (_SKIP)
+    # Every alternative reading ran to its end: else (a hostile page past the work
+    # budget or MAX_ALT_SCANS) some reading's tags are unknown.
+    complete: bool
 
 
 def _walk_document(doc: _Doc) -> list[Element]:
-    shared = _Shared(doc)
+    return _read_document(doc).elements
+
+
+def _read_document(doc: _Doc) -> _Reading:
+    """The precise walk of ``doc`` (all readings), run once per document."""
+    if doc.reading is None:
+        doc.reading = _run_readings(doc)
+    return doc.reading
+
+
+def _run_readings(doc: _Doc) -> _Reading:
+    shared = _Shared(doc, record=True)
     _Walk(shared, 0).run()
+    complete = True
     # Alternative readings stop where they meet the main one again; inside foreign
     # content they may not, and hostile pages can make hundreds of them read to the
     # end. Past a budget the rest are replaced by the over-approximation: every
@@ -1122,6 +1176,7 @@ def _walk_document(doc: _Doc) -> list[Element]:
         if spent > budget:
             shared.alts.clear()
             shared.elements.extend(_candidate_elements(doc))
+            complete = False
             break
         walk = shared.alts.pop(0)
         if shared.superseded(walk):
@@ -1137,7 +1192,8 @@ def _walk_document(doc: _Doc) -> list[Element]:
         if key not in seen:
             seen.add(key)
             result.append(el)
-    return result
+    assert shared.tags is not None and shared.stretches is not None
+    return _Reading(result, shared.tags, shared.stretches, complete and not shared.dropped)
 
 
 def _candidate_elements(doc: _Doc) -> list[Element]:
@@ -2205,10 +2261,6 @@ _HANDLER_UPPER: tuple[tuple[bytes, re.Pattern[bytes]], ...] = (
 )
 # Past this many "O" (or "N") in a body the rest are left to the regex (bounded Python work).
 _HANDLER_UPPER_HITS = 64
-# How far back the start tag around a handler is looked for ("<" inside earlier
-# attribute values make several candidates).
-_HANDLER_LOOKBACK_TAGS = 16
-_HANDLER_LOOKBACK_BYTES = 16384
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -2316,6 +2368,84 @@ def _comment(element: str, rule: str) -> str:
     return f"<!-- jectguard: removed {element} ({clean}) -->"
 
 
+class HandlersUnplaced(JectguardError, RuntimeError):
+    """A handler that loads or injects could not be placed in its start tag: the page's
+    readings were cut short by a work bound (a hostile page). Refused, never passed."""
+
+    hint = "state"
+
+
+class _Markup:
+    """Where the readings of a document read start tags: a handler's tag is found there.
+
+    The precise walk records every start tag it reads one by one (interesting ones,
+    foreign content) and every stretch it reads past whole in the data state; a
+    stretch is split into its start tags on demand (``_TO_START_TAG``, the same
+    grammar). An ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script
+    text, attribute values) is no attribute in any reading, whatever ``<script`` or
+    ``<`` precedes it; one inside a long tag is placed however long the tag is.
+    """
+
+    def __init__(self, buf: bytes, reading: _Reading) -> None:
+        self.buf = buf
+        self.tags = sorted(set(reading.tags))
+        self.tag_starts = [start for start, _ in self.tags]
+        # Readings can overlap (an alternative re-reads what the main one read): the
+        # furthest end up to each tag bounds the search back from a position.
+        self.reach = list(itertools.accumulate((end for _, end in self.tags), max))
+        self.stretches = sorted(set(reading.stretches))
+        self.stretch_starts = [start for start, _ in self.stretches]
+        self.stretch_reach = list(itertools.accumulate((end for _, end in self.stretches), max))
+        self.split: dict[int, tuple[list[int], list[int]]] = {}
+
+    def spans(self) -> list[tuple[int, int]]:
+        """The merged spans of markup (tags and stretches), in order: handlers are there."""
+        out: list[tuple[int, int]] = []
+        for lo, hi in sorted([*self.tags, *self.stretches]):
+            if out and lo <= out[-1][1]:
+                if hi > out[-1][1]:
+                    out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
+
+    @staticmethod
+    def _covering(
+        spans: Sequence[tuple[int, int]], starts: Sequence[int], reach: Sequence[int], at: int
+    ) -> Iterator[tuple[int, int]]:
+        i = bisect.bisect_right(starts, at) - 1
+        while i >= 0 and reach[i] > at:
+            if spans[i][1] > at:
+                yield spans[i]
+            i -= 1
+
+    def tags_at(self, at: int) -> list[int]:
+        """The start (``<``) of every start tag that some reading reads around ``at``."""
+        found = {start for start, _ in self._covering(self.tags, self.tag_starts, self.reach, at)}
+        for lo, hi in self._covering(self.stretches, self.stretch_starts, self.stretch_reach, at):
+            split = self.split.get(lo)
+            if split is None:
+                split = self.split[lo] = self._split(lo, hi)
+            starts, ends = split
+            i = bisect.bisect_right(starts, at) - 1
+            if i >= 0 and ends[i] > at:
+                found.add(starts[i])
+        return sorted(found)
+
+    def _split(self, lo: int, hi: int) -> tuple[list[int], list[int]]:
+        starts: list[int] = []
+        ends: list[int] = []
+        pos = lo
+        while pos < hi:
+            m = _TO_START_TAG.match(self.buf, pos)
+            if m is None or m.start(1) >= hi:
+                break
+            starts.append(m.start(1))
+            ends.append(m.end())
+            pos = m.end()
+        return starts, ends
+
+
 class _Caches:
     """Verdict caches shared by every scan of one Scanner (is_blocked must be pure)."""
 
@@ -2324,6 +2454,8 @@ class _Caches:
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
         self.inline: dict[tuple[str, ScriptKind, str, tuple[str, ...]], _Verdict | None] = {}
+        # Elements (and SVG/MathML subtrees) by their bytes, per (encoding, page URL,
+        # bases...): everything their verdict depends on (see Scanner._fast_clean).
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
@@ -2534,33 +2666,30 @@ class Scanner:
     def _handler_findings(
         doc: _Doc, judge: _Judge, bases: Sequence[str], candidates: Sequence[tuple[int, bytes]]
     ) -> list[Finding]:
-        """The start tags whose handlers load or inject (``_handlers``), in body order."""
+        """The start tags whose handlers load or inject (``_handlers``), in body order.
+
+        A handler is an attribute of a start tag that some reading of the document
+        builds, as the precise walk reads it (``_Markup``): an ``on...=`` in a comment,
+        a ``<textarea>``, an attribute value or a script's text is none, and a fake
+        ``<script`` before a real one hides nothing. A page whose readings were cut
+        short (past the walk's work bound) and that holds a handler value that loads
+        is refused (``HandlersUnplaced``): its tag cannot be placed for sure.
+        """
         buf = doc.buf
         low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
-        # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
-        # judged with its script; cutting it out would break a script that is kept.
-        texts: list[tuple[int, int]] = []
-        for p, name in candidates:
-            if name == b"script" and (not texts or p >= texts[-1][1]):
-                tag = _start_tag(buf, p, name)
-                if tag is not None:
-                    texts.append((tag.end(), _script_end(buf, tag.end())[0]))
-        text_starts = [start for start, _ in texts]
+        reading = _read_document(doc)
+        markup = _Markup(buf, reading)
+        # Searched in markup only (megabytes of inline script hold many an "on" that
+        # is no handler: "consectetur"; ~10 ms per 5 MB).
+        matches = itertools.chain.from_iterable(
+            _HANDLER_LOW.finditer(low, max(lo, 1), hi)
+            for lo, hi in (markup.spans() if reading.complete else [(0, len(low))])
+        )
         findings: list[Finding] = []
         seen: set[int] = set()
-        # Searched between script texts only (megabytes of inline script hold many an
-        # "on" that is no handler: "consectetur"; ~10 ms per 5 MB): a handler never
-        # spans the ">" that ends a script's start tag.
-        gaps = zip([0] + [end for _, end in texts], [*text_starts, len(low)], strict=True)
-        matches = itertools.chain.from_iterable(
-            _HANDLER_LOW.finditer(low, max(lo, 1), hi) for lo, hi in gaps if hi > lo
-        )
         for m in matches:
             at = m.start() - 1
             if buf[at] not in _HANDLER_AFTER:
-                continue
-            inside = bisect.bisect_right(text_starts, at) - 1
-            if inside >= 0 and at < texts[inside][1]:
                 continue
             # The value as it reads from here: most handlers name nothing blocked, and
             # are let go before their tag is looked for.
@@ -2568,45 +2697,41 @@ class Scanner:
             code = _handler_code(doc, doc.raw_slice(*value.span(1)) if value else b"")
             if code is None or judge.script_text(code, bases, ScriptKind.CLASSIC) is None:
                 continue
-            found: tuple[int, re.Match[bytes]] | None = None
-            k = at + 1
-            for _ in range(_HANDLER_LOOKBACK_TAGS):
-                k = buf.rfind(b"<", max(0, at - _HANDLER_LOOKBACK_BYTES), k)
-                if k < 0:
-                    break
-                tag = _TAG.match(buf, k)
-                if tag is not None and not tag.group(1) and tag.end() > at:
-                    found = (k, tag)
-                    # An earlier tag may hold this "<" in a value (alt="a<b"): only
-                    # then is there another "<" since the last ">".
-                    if buf.find(b"<", buf.rfind(b">", 0, k) + 1, k) < 0:
-                        break
-            if found is None or found[0] in seen:
-                continue
-            start, tag = found
-            seen.add(start)
-            attrs = parse_attrs(doc.text(*tag.span(3)))
-            for key, code in attrs.items():
-                if not key.startswith("on") or len(key) < 3 or not code:
-                    continue
-                verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
-                if verdict is None:
-                    continue
-                findings.append(
-                    Finding(
-                        start=doc.offset(start),
-                        end=doc.offset(tag.end()),
-                        element=tag.group(2).decode("latin-1").lower(),
-                        url=verdict.url,
-                        reason=verdict.reason,
-                        rule=verdict.rule,
-                        list=verdict.list,
-                        removed=verdict.removed,
-                        evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
-                    )
+            if not reading.complete:
+                raise HandlersUnplaced(
+                    "an event handler that names a blocked origin on a page whose readings "
+                    "exceed the scanner's work bound"
                 )
-                if verdict.removed:
-                    break
+            for start in markup.tags_at(m.start()):
+                if start in seen:
+                    continue
+                seen.add(start)
+                tag = _TAG.match(buf, start)
+                if tag is None:  # (recorded from a match: cannot happen)
+                    continue
+                attrs = parse_attrs(doc.text(*tag.span(3)))
+                for key, code in attrs.items():
+                    if not key.startswith("on") or len(key) < 3 or not code:
+                        continue
+                    verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
+                    if verdict is None:
+                        continue
+                    findings.append(
+                        Finding(
+                            start=doc.offset(start),
+                            end=doc.offset(tag.end()),
+                            element=tag.group(2).decode("latin-1").lower(),
+                            url=verdict.url,
+                            reason=verdict.reason,
+                            rule=verdict.rule,
+                            list=verdict.list,
+                            removed=verdict.removed,
+                            evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
+                        )
+                    )
+                    if verdict.removed:
+                        break
+        findings.sort(key=lambda f: (f.start, f.end))
         return findings
 
     def _fast_clean(
@@ -2637,7 +2762,10 @@ class Scanner:
                 and _HTML_END_AT.match(buf, p)
             ):
                 html_end = p
-        key_bases = tuple(bases)
+        # What an element's verdict depends on besides its bytes: the encoding its text
+        # is decoded with (0x83 0x5C is one Shift_JIS character that eats a backslash,
+        # two windows-1252 ones), the page URL and the bases in force.
+        key_bases = (doc.encoding, *bases)
         cache = self._caches.elements
         budget = _FAST_FOREIGN_BUDGET * len(buf) + 65536
         work = 0
