@@ -635,7 +635,7 @@ class _Walk:
                 return
             skipped = _SKIP.match(buf, self.pos)
             p = skipped.end() if skipped else self.pos  # (it always matches)
-            if self.s.stretches is not None and p > self.pos:
+            if self.scripting and self.s.stretches is not None and p > self.pos:
                 self.s.stretches.append((self.pos, p))
             if p >= n:
                 self.pos = n
@@ -668,7 +668,7 @@ class _Walk:
             elif name == b"select":
                 self.select_open = False
             return
-        if self.s.tags is not None:
+        if self.scripting and self.s.tags is not None:
             self.s.tags.append((p, tag.end()))
         if name == b"select":
             self.select_open = True
@@ -707,7 +707,7 @@ class _Walk:
         an HTML <script> that loads. Scan that reading too, until it meets the
         main reading again.
         """
-        if self.s.alt_count >= MAX_ALT_SCANS:
+        if not self.s.room(tag.end(), self.scripting):
             return
         walk = _Walk(
             self.s,
@@ -722,7 +722,7 @@ class _Walk:
 
     def _queue_markup_reading(self, tag: re.Match[bytes], name: bytes, label: str) -> None:
         """The reading in which this raw-text start tag is dropped and markup reads on."""
-        if self.s.alt_count >= MAX_ALT_SCANS:
+        if not self.s.room(tag.end(), self.scripting):
             return
         end = tag.end()
         if name == b"plaintext":
@@ -816,7 +816,7 @@ class _Walk:
             self._emit(name.decode(), p, end, self._attrs(tag), None)
         elif self.fstack:
             sname = name.decode("latin-1")
-            if sname in _IGNORED_IN_BODY and self.s.alt_count < MAX_ALT_SCANS:
+            if sname in _IGNORED_IN_BODY and self.s.room(end, self.scripting):
                 # "In body" ignores it; "in cell" or "in row" (the SVG sits in a table,
                 # which is not tracked) acts on it. Read on both ways.
                 self.s.queue_alt(
@@ -894,7 +894,7 @@ class _Walk:
                 self._finish()
                 return
             self.pos = tag.end()
-            if self.s.tags is not None:
+            if self.scripting and self.s.tags is not None:
                 self.s.tags.append((lt, tag.end()))
             self._foreign_start(lt, tag, tag.group(2).lower())
         else:
@@ -979,7 +979,7 @@ class _Walk:
         if name in ("br", "p"):
             # Parsers from before 2022's change of the standard (html5lib) leave the
             # foreign content open: an SVG <script> reads on. Scan that reading too.
-            if not self.local and self.s.alt_count < MAX_ALT_SCANS:
+            if not self.local and self.s.room(tag.end(), self.scripting):
                 self.s.queue_alt(
                     _Walk(
                         self.s,
@@ -1047,7 +1047,7 @@ class _Walk:
         closes = not never_open and self._probably_open(name)
         # Copies and alternatives only while there is room for them: thousands of
         # such end tags must not cost thousands of stack copies (quadratic).
-        room = self.s.alt_count < MAX_ALT_SCANS
+        room = self.s.room(tag.end(), self.scripting)
         alt_stack: list[_Node] = []
         if closes:
             if room:
@@ -1089,11 +1089,14 @@ class _Shared:
     def __init__(self, doc: _Doc, *, record: bool = False) -> None:
         self.doc = doc
         self.elements: list[Element] = []
-        # With ``record``: every start tag a reading read, and every stretch it read
-        # in the data state past whole (_SKIP), as (start, end) in the buffer.
+        # With ``record``: every start tag a reading with scripting on read, and every
+        # stretch it read in the data state past whole (_SKIP), as (start, end) in the
+        # buffer: where event handlers are (with scripting off none runs).
         self.tags: list[tuple[int, int]] | None = [] if record else None
         self.stretches: list[tuple[int, int]] | None = [] if record else None
-        self.dropped = False  # an alternative reading was not queued (MAX_ALT_SCANS)
+        # Where the first reading with scripting on that was not run (MAX_ALT_SCANS,
+        # or the work budget) would have started: the tags past it are not all known.
+        self.unread_from = len(doc.buf) + 1
         self.sync: set[int] = set()
         self.alts: list[_Walk] = []
         self.alt_count = 0
@@ -1131,12 +1134,19 @@ class _Shared:
             self._ignoring_from = min(starts) if starts else len(buf) + 1
         return p > self._ignoring_from
 
-    def queue_alt(self, walk: _Walk) -> None:
+    def room(self, origin: int, scripting: bool) -> bool:
+        """Whether another alternative reading (from ``origin``) may be queued; if not,
+        its part of the document is not all known from there on."""
         if self.alt_count < MAX_ALT_SCANS:
+            return True
+        if scripting:
+            self.unread_from = min(self.unread_from, origin)
+        return False
+
+    def queue_alt(self, walk: _Walk) -> None:
+        if self.room(walk.origin, walk.scripting):
             self.alt_count += 1
             self.alts.append(walk)
-        else:
-            self.dropped = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1146,9 +1156,10 @@ class _Reading:
     elements: list[Element]
     tags: list[tuple[int, int]]  # start tags read by some reading (buffer offsets)
     stretches: list[tuple[int, int]]  # data-state stretches read past whole (_SKIP)
-    # Every alternative reading ran to its end: else (a hostile page past the work
-    # budget or MAX_ALT_SCANS) some reading's tags are unknown.
-    complete: bool
+    # Every reading with scripting on that starts before this ran to its end; one
+    # from here on was not run (a hostile page past MAX_ALT_SCANS or the work
+    # budget): past it, some reading's tags are unknown. Past the body: all ran.
+    unread_from: int
 
 
 def _walk_document(doc: _Doc) -> list[Element]:
@@ -1165,7 +1176,6 @@ def _read_document(doc: _Doc) -> _Reading:
 def _run_readings(doc: _Doc) -> _Reading:
     shared = _Shared(doc, record=True)
     _Walk(shared, 0).run()
-    complete = True
     # Alternative readings stop where they meet the main one again; inside foreign
     # content they may not, and hostile pages can make hundreds of them read to the
     # end. Past a budget the rest are replaced by the over-approximation: every
@@ -1174,9 +1184,11 @@ def _run_readings(doc: _Doc) -> _Reading:
     spent = 0
     while shared.alts:
         if spent > budget:
+            for walk in shared.alts:
+                if walk.scripting:
+                    shared.unread_from = min(shared.unread_from, walk.origin)
             shared.alts.clear()
             shared.elements.extend(_candidate_elements(doc))
-            complete = False
             break
         walk = shared.alts.pop(0)
         if shared.superseded(walk):
@@ -1193,7 +1205,7 @@ def _run_readings(doc: _Doc) -> _Reading:
             seen.add(key)
             result.append(el)
     assert shared.tags is not None and shared.stretches is not None
-    return _Reading(result, shared.tags, shared.stretches, complete and not shared.dropped)
+    return _Reading(result, shared.tags, shared.stretches, shared.unread_from)
 
 
 def _candidate_elements(doc: _Doc) -> list[Element]:
@@ -2372,8 +2384,6 @@ class HandlersUnplaced(JectguardError, RuntimeError):
     """A handler that loads or injects could not be placed in its start tag: the page's
     readings were cut short by a work bound (a hostile page). Refused, never passed."""
 
-    hint = "state"
-
 
 class _Markup:
     """Where the readings of a document read start tags: a handler's tag is found there.
@@ -2681,10 +2691,14 @@ class Scanner:
         reading = _read_document(doc)
         markup = _Markup(buf, reading)
         # Searched in markup only (megabytes of inline script hold many an "on" that
-        # is no handler: "consectetur"; ~10 ms per 5 MB).
+        # is no handler: "consectetur"; ~10 ms per 5 MB), and everywhere past where
+        # the readings are not all known.
+        spans = [(lo, hi) for lo, hi in markup.spans() if lo < reading.unread_from]
+        rest = max(reading.unread_from, spans[-1][1] if spans else 0)
+        if rest < len(low):
+            spans.append((rest, len(low)))
         matches = itertools.chain.from_iterable(
-            _HANDLER_LOW.finditer(low, max(lo, 1), hi)
-            for lo, hi in (markup.spans() if reading.complete else [(0, len(low))])
+            _HANDLER_LOW.finditer(low, max(lo, 1), hi) for lo, hi in spans
         )
         findings: list[Finding] = []
         seen: set[int] = set()
@@ -2701,7 +2715,7 @@ class Scanner:
             judged = judge.script_text(code, bases, ScriptKind.CLASSIC)
             if judged is None:
                 continue
-            if judged.removed and not reading.complete:
+            if judged.removed and at >= reading.unread_from:
                 # (A mention is reported where the readings that ran place it.)
                 raise HandlersUnplaced(
                     "an event handler that names a blocked origin on a page whose readings "
