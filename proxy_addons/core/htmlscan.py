@@ -169,6 +169,12 @@ class Finding:
     mode (``match.mode == "monitor"``), and for mentions (``reason ==
     "mention"``). ``evidence`` names what made an inline script's reference a
     load or an injection (``document.write``, ``eval``, ``src``...).
+
+    ``cuts``: for an event handler, the start tag (``start``/``end``) stays and
+    ``strip()`` replaces these byte spans instead, every occurrence of the handler
+    attribute, each by an inert attribute. Removing the whole tag would change how
+    the rest of the page is read (an ``<img>`` in SVG closes the SVG: without it a
+    ``<title>`` after it is SVG's, and the markup in it, which was text, runs).
     """
 
     start: int
@@ -180,6 +186,7 @@ class Finding:
     list: str
     removed: bool = True
     evidence: str | None = None
+    cuts: tuple[tuple[int, int], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -276,6 +283,11 @@ _ATTR_TEXT = re.compile(
     r"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r />=]*+)"
     r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+"""
 )
+# The same, over the bytes of a tag: where each attribute is (handlers are cut there).
+_ATTR_SPANS = re.compile(_ATTR_TEXT.pattern.encode("ascii"))
+# What strip() writes in place of a handler attribute it cuts: an inert attribute (a
+# space after it: a quoted value may be followed by the next name directly).
+_CUT_ATTRIBUTE = "data-jectguard-removed "
 _COMMENT_BODY = rb"!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+(?:--!?>)?+)"
 _COMMENT = re.compile(rb"<" + _COMMENT_BODY)
 _CDATA_END = re.compile(rb"\]\]>")
@@ -2735,6 +2747,12 @@ class Scanner:
                     verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
                     if verdict is None:
                         continue
+                    # Every occurrence: with the first gone, a duplicate would count.
+                    cuts = tuple(
+                        (doc.offset(a.start(1)), doc.offset(a.end()))
+                        for a in _ATTR_SPANS.finditer(buf, *tag.span(3))
+                        if a.group(1).lower().decode("latin-1") == key
+                    )
                     findings.append(
                         Finding(
                             start=doc.offset(start),
@@ -2746,10 +2764,9 @@ class Scanner:
                             list=verdict.list,
                             removed=verdict.removed,
                             evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
+                            cuts=cuts,
                         )
                     )
-                    if verdict.removed:
-                        break
         findings.sort(key=lambda f: (f.start, f.end))
         return findings
 
@@ -3022,20 +3039,27 @@ class Scanner:
         if doc is None:
             return body, []
         findings = self._scan_doc(doc, page_url)
-        spans = sorted(
-            ((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1])
-        )
-        if not spans:
+        edits: list[tuple[int, int, bytes]] = []
+        for f in findings:
+            if not f.removed:
+                continue
+            if f.cuts:
+                cut = self._encode(doc, _CUT_ATTRIBUTE)
+                edits.extend((start, end, cut) for start, end in f.cuts)
+            else:
+                note = self._encode(doc, _comment(f.element, f.rule)) if comment else b""
+                edits.append((f.start, f.end, note))
+        if not edits:
             return body, findings
+        edits.sort(key=lambda e: (e[0], e[1]))
         out: list[bytes] = []
         pos = 0
-        for start, end, finding in spans:
+        for start, end, replacement in edits:
             if start < pos:
                 pos = max(pos, end)  # inside (or overlapping) a span already removed
                 continue
             out.append(body[pos:start])
-            if comment:
-                out.append(self._encode(doc, _comment(finding.element, finding.rule)))
+            out.append(replacement)
             pos = end
         out.append(body[pos:])
         return b"".join(out), findings

