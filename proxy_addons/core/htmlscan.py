@@ -315,20 +315,23 @@ _SKIP = re.compile(
     + rb"|(?![A-Za-z!/?])))*+"
 )
 
-# Within a stretch _SKIP read past (data state), from one start tag to the next: what
-# _SKIP reads there (text, comments, bogus comments, end tags, a lone "<"), then the
-# start tag, which _SKIP read as one (handlers are placed in their tags with it).
-_TO_START_TAG = re.compile(
-    rb"(?:[^<]++|<(?:"
+# Within a stretch _SKIP read past (data state), to place a handler in its tag: the
+# data-state tokens (as _SKIP reads them; a stretch holds no end tag that ends one),
+# one at a time, and _COMPLETE_TOKENS, only the tokens that end where the buffer is
+# cut (a comment, bogus comment or tag without its terminator there matches none):
+# cut after a position, it stops at the start of the token around that position.
+_DATA_TOKEN = re.compile(
+    rb"[^<]++|<(?:"
     + _COMMENT_BODY
-    + rb"|!(?!--)[^>]*+>?+|\?[^>]*+>?+|/(?![A-Za-z])[^>]*+>?+"
-    + rb"|/(?!(?i:"
-    + _PLAIN_END_STOPS
-    + rb")[\t\n\f\r />])"
+    + rb"|!(?!--)[^>]*+>?+|\?[^>]*+>?+|/(?![A-Za-z])[^>]*+>?+|/?"
     + _TAG_BODY
-    + rb"|(?![A-Za-z!/?])))*+(<"
+    + rb"|(?![A-Za-z!/?]))"
+)
+_COMPLETE_TOKENS = re.compile(
+    rb"(?:[^<]++|<(?:!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+--!?>)"
+    + rb"|!(?!--)[^>]*+>|\?[^>]*+>|/(?![A-Za-z])[^>]*+>|/?"
     + _TAG_BODY
-    + rb")"
+    + rb"|(?![A-Za-z!/?])))*+"
 )
 
 _SCRIPT_DATA = re.compile(rb"<!--|</(?i:script)[\t\n\f\r />]")
@@ -606,6 +609,12 @@ class _Walk:
         self.clamp = clamp
         self.after_html = after_html
         self.local = local  # fast path: follow one foreign subtree, then stop
+        # Where this reading reads start tags (recorded for readings with scripting
+        # on, where handlers run), in order: a reading moves forward.
+        self.track: _Track | None = None
+        if shared.record and scripting:
+            self.track = _Track()
+            shared.tracks.append(self.track)
         self.objects: list[int] = []
         self.select_open = False
         # The pre-2025 "in select" reading: <svg> and <math> inside <select> are
@@ -647,8 +656,8 @@ class _Walk:
                 return
             skipped = _SKIP.match(buf, self.pos)
             p = skipped.end() if skipped else self.pos  # (it always matches)
-            if self.scripting and self.s.stretches is not None and p > self.pos:
-                self.s.stretches.append((self.pos, p))
+            if self.track is not None and p > self.pos:
+                self.track.stretches.append((self.pos, p))
             if p >= n:
                 self.pos = n
                 break
@@ -680,8 +689,8 @@ class _Walk:
             elif name == b"select":
                 self.select_open = False
             return
-        if self.scripting and self.s.tags is not None:
-            self.s.tags.append((p, tag.end()))
+        if self.track is not None:
+            self.track.tags.append((p, tag.end()))
         if name == b"select":
             self.select_open = True
             return
@@ -906,8 +915,8 @@ class _Walk:
                 self._finish()
                 return
             self.pos = tag.end()
-            if self.scripting and self.s.tags is not None:
-                self.s.tags.append((lt, tag.end()))
+            if self.track is not None:
+                self.track.tags.append((lt, tag.end()))
             self._foreign_start(lt, tag, tag.group(2).lower())
         else:
             self._text_lt(top, lt, lt + 1)
@@ -1101,11 +1110,10 @@ class _Shared:
     def __init__(self, doc: _Doc, *, record: bool = False) -> None:
         self.doc = doc
         self.elements: list[Element] = []
-        # With ``record``: every start tag a reading with scripting on read, and every
-        # stretch it read in the data state past whole (_SKIP), as (start, end) in the
-        # buffer: where event handlers are (with scripting off none runs).
-        self.tags: list[tuple[int, int]] | None = [] if record else None
-        self.stretches: list[tuple[int, int]] | None = [] if record else None
+        # With ``record``: where each reading with scripting on read start tags (with
+        # scripting off no event handler runs).
+        self.record = record
+        self.tracks: list[_Track] = []
         # Where the first reading with scripting on that was not run (MAX_ALT_SCANS,
         # or the work budget) would have started: the tags past it are not all known.
         self.unread_from = len(doc.buf) + 1
@@ -1161,13 +1169,22 @@ class _Shared:
             self.alts.append(walk)
 
 
+@dataclass(slots=True)
+class _Track:
+    """Where one reading read markup, in order (buffer offsets): each start tag it read
+    one by one (interesting ones, foreign content), and each stretch it read past
+    whole in the data state (_SKIP), whose start tags are found again on demand."""
+
+    tags: list[tuple[int, int]] = field(default_factory=list)
+    stretches: list[tuple[int, int]] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class _Reading:
     """The precise walk of a document: its elements, and where its readings read markup."""
 
     elements: list[Element]
-    tags: list[tuple[int, int]]  # start tags read by some reading (buffer offsets)
-    stretches: list[tuple[int, int]]  # data-state stretches read past whole (_SKIP)
+    tracks: list[_Track]  # one per reading with scripting on
     # Every reading with scripting on that starts before this ran to its end; one
     # from here on was not run (a hostile page past MAX_ALT_SCANS or the work
     # budget): past it, some reading's tags are unknown. Past the body: all ran.
@@ -1216,8 +1233,7 @@ def _run_readings(doc: _Doc) -> _Reading:
         if key not in seen:
             seen.add(key)
             result.append(el)
-    assert shared.tags is not None and shared.stretches is not None
-    return _Reading(result, shared.tags, shared.stretches, shared.unread_from)
+    return _Reading(result, shared.tracks, shared.unread_from)
 
 
 def _candidate_elements(doc: _Doc) -> list[Element]:
@@ -2402,28 +2418,32 @@ class _Markup:
 
     The precise walk records every start tag it reads one by one (interesting ones,
     foreign content) and every stretch it reads past whole in the data state; a
-    stretch is split into its start tags on demand (``_TO_START_TAG``, the same
-    grammar). An ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script
+    stretch is read again on demand (``_COMPLETE_TOKENS``, the same grammar). An ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script
     text, attribute values) is no attribute in any reading, whatever ``<script`` or
     ``<`` precedes it; one inside a long tag is placed however long the tag is.
     """
 
     def __init__(self, buf: bytes, reading: _Reading) -> None:
         self.buf = buf
-        self.tags = sorted(set(reading.tags))
-        self.tag_starts = [start for start, _ in self.tags]
-        # Readings can overlap (an alternative re-reads what the main one read): the
-        # furthest end up to each tag bounds the search back from a position.
-        self.reach = list(itertools.accumulate((end for _, end in self.tags), max))
-        self.stretches = sorted(set(reading.stretches))
-        self.stretch_starts = [start for start, _ in self.stretches]
-        self.stretch_reach = list(itertools.accumulate((end for _, end in self.stretches), max))
-        self.split: dict[int, tuple[list[int], list[int]]] = {}
+        # Per reading (tags do not overlap within one, but do across readings): the
+        # starts and ends of its tags, then of its stretches, for a bisection each.
+        self.tracks = [
+            (
+                [start for start, _ in track.tags],
+                [end for _, end in track.tags],
+                [start for start, _ in track.stretches],
+                [end for _, end in track.stretches],
+            )
+            for track in reading.tracks
+            if track.tags or track.stretches
+        ]
+        self.all = [span for track in reading.tracks for span in (*track.tags, *track.stretches)]
+        self.cursors: dict[int, list[int]] = {}  # per stretch start: see _in_stretch
 
     def spans(self) -> list[tuple[int, int]]:
         """The merged spans of markup (tags and stretches), in order: handlers are there."""
         out: list[tuple[int, int]] = []
-        for lo, hi in sorted([*self.tags, *self.stretches]):
+        for lo, hi in sorted(self.all):
             if out and lo <= out[-1][1]:
                 if hi > out[-1][1]:
                     out[-1] = (out[-1][0], hi)
@@ -2431,41 +2451,51 @@ class _Markup:
                 out.append((lo, hi))
         return out
 
-    @staticmethod
-    def _covering(
-        spans: Sequence[tuple[int, int]], starts: Sequence[int], reach: Sequence[int], at: int
-    ) -> Iterator[tuple[int, int]]:
-        i = bisect.bisect_right(starts, at) - 1
-        while i >= 0 and reach[i] > at:
-            if spans[i][1] > at:
-                yield spans[i]
-            i -= 1
-
     def tags_at(self, at: int) -> list[int]:
-        """The start (``<``) of every start tag that some reading reads around ``at``."""
-        found = {start for start, _ in self._covering(self.tags, self.tag_starts, self.reach, at)}
-        for lo, hi in self._covering(self.stretches, self.stretch_starts, self.stretch_reach, at):
-            split = self.split.get(lo)
-            if split is None:
-                split = self.split[lo] = self._split(lo, hi)
-            starts, ends = split
-            i = bisect.bisect_right(starts, at) - 1
-            if i >= 0 and ends[i] > at:
-                found.add(starts[i])
+        """The start (``<``) of every start tag that some reading reads around ``at``.
+
+        Called in increasing ``at`` (the handler search goes forward): in each stretch
+        the tokens are read on from where the last call stopped, at C speed, so a
+        stretch costs one pass whatever the number of handlers in it.
+        """
+        found: set[int] = set()
+        for tag_starts, tag_ends, stretch_starts, stretch_ends in self.tracks:
+            i = bisect.bisect_right(tag_starts, at) - 1
+            if i >= 0 and tag_ends[i] > at:
+                found.add(tag_starts[i])
+                continue
+            i = bisect.bisect_right(stretch_starts, at) - 1
+            if i >= 0 and stretch_ends[i] > at:
+                start = self._in_stretch(stretch_starts[i], at)
+                if start >= 0:
+                    found.add(start)
         return sorted(found)
 
-    def _split(self, lo: int, hi: int) -> tuple[list[int], list[int]]:
-        starts: list[int] = []
-        ends: list[int] = []
-        pos = lo
-        while pos < hi:
-            m = _TO_START_TAG.match(self.buf, pos)
-            if m is None or m.start(1) >= hi:
+    def _in_stretch(self, lo: int, at: int) -> int:
+        """The start tag around ``at`` in the stretch from ``lo`` (-1: text, a comment...)."""
+        cursor = self.cursors.get(lo)
+        if cursor is None or at < cursor[0]:
+            cursor = [lo, lo, lo, -1]  # [read up to, token start, token end, tag or -1]
+            self.cursors[lo] = cursor
+        if cursor[1] <= at < cursor[2]:
+            return cursor[3]
+        buf = self.buf
+        pos = max(cursor[0], cursor[2])
+        q = _COMPLETE_TOKENS.match(buf, pos, at)  # (cut at ``at``: what ends before it)
+        stop = q.end() if q is not None else pos
+        if stop == at and stop > pos and buf[at - 1] == 0x3C:
+            stop = at - 1  # (a "<" cut from what follows it reads as text: read it whole)
+        while True:
+            token = _DATA_TOKEN.match(buf, stop)
+            end = token.end() if token is not None else len(buf)  # (EOF inside a tag)
+            if end > at:
                 break
-            starts.append(m.start(1))
-            ends.append(m.end())
-            pos = m.end()
-        return starts, ends
+            stop = end
+        tag = -1
+        if buf[stop : stop + 1] == b"<" and buf[stop + 1 : stop + 2].isalpha() and token:
+            tag = stop
+        cursor[:] = [stop, stop, end, tag]
+        return tag
 
 
 class _Caches:

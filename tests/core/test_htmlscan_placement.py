@@ -335,3 +335,41 @@ def test_a_verdict_remembered_under_one_encoding_does_not_decide_another(name: s
     for _ in range(2):  # and the other order
         assert warm.scan(body, PAGE, sjis) == expected
         assert warm.scan(body, PAGE, latin) == []
+
+
+# ---- placing in a stretch read forward agrees with reading it token by token
+
+_STRETCH_PIECES = [
+    "<b>", "</b>", "<a title='<b onclick=x>'>", '<p title="a>b" onclick=y>', "<!-- <i onclick=z> -->",
+    "<!-->", "<!--->", "<!x <u onclick=w>>", "<?x <u onclick=v>>", "</x <u onclick=u>>",
+    "< onclick=t", "text onclick=s ", "<img/onclick=r>", "<img src='x'onclick=q>", "<", "-->",
+    "<!--", "'", '"', ">", " onclick=p", "<br/ onclick=o>", "<i\nonclick\n=\nn>",
+]  # fmt: skip
+
+
+def _token_by_token(buf: bytes, lo: int, at: int) -> int:
+    """By definition: the data-state tokens from ``lo``, one at a time."""
+    from proxy_addons.core.htmlscan import _DATA_TOKEN, _TAG
+
+    pos = lo
+    while pos <= at:
+        m = _DATA_TOKEN.match(buf, pos)
+        end = m.end() if m is not None else len(buf)
+        if end > at:
+            tag = _TAG.match(buf, pos)
+            return pos if tag is not None and not tag.group(1) and tag.end() > at else -1
+        pos = end
+    return -1
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_STRETCH_PIECES), max_size=30))
+def test_a_stretch_is_read_forward_as_token_by_token(pieces: list[str]) -> None:
+    from proxy_addons.core.htmlscan import _Markup, _Reading, _Track
+
+    buf = ("<b>" + "".join(pieces) + "<b>").encode()
+    whole = _Markup(buf, _Reading([], [_Track([], [(0, len(buf))])], len(buf) + 1))
+    for at in range(len(buf)):
+        fresh = _Markup(buf, _Reading([], [_Track([], [(0, len(buf))])], len(buf) + 1))
+        expected = _token_by_token(buf, 0, at)
+        assert whole.tags_at(at) == fresh.tags_at(at) == ([] if expected < 0 else [expected])
