@@ -319,7 +319,7 @@ _SKIP = re.compile(
 # data-state tokens (as _SKIP reads them; a stretch holds no end tag that ends one),
 # one at a time, and _COMPLETE_TOKENS, only the tokens that end where the buffer is
 # cut (a comment, bogus comment or tag without its terminator there matches none):
-# cut after a position, it stops at the start of the token around that position.
+# cut at a position, it stops at the start of the token around that position.
 _DATA_TOKEN = re.compile(
     rb"[^<]++|<(?:"
     + _COMMENT_BODY
@@ -2418,9 +2418,10 @@ class _Markup:
 
     The precise walk records every start tag it reads one by one (interesting ones,
     foreign content) and every stretch it reads past whole in the data state; a
-    stretch is read again on demand (``_COMPLETE_TOKENS``, the same grammar). An ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script
-    text, attribute values) is no attribute in any reading, whatever ``<script`` or
-    ``<`` precedes it; one inside a long tag is placed however long the tag is.
+    stretch is read again on demand (``_COMPLETE_TOKENS``, the same grammar). An
+    ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script text,
+    attribute values) is no attribute in any reading, whatever ``<script`` or ``<``
+    precedes it; one inside a tag is placed however long the tag is.
     """
 
     def __init__(self, buf: bytes, reading: _Reading) -> None:
@@ -2654,10 +2655,10 @@ class Scanner:
         """Event handler attributes (``<img src=x onerror="...">``, ``<svg onload>``).
 
         A handler is inline JavaScript like a script's text, judged the same way;
-        when it loads or injects a blocked origin its start tag is removed (the
-        element's content, if any, stays: the parser opens what it needs). Every
-        ``on...=`` in the body is tried inside the earliest start tag around it that
-        covers it, whatever the tree builder makes of it: a superset. ``outer``: the
+        when it loads or injects a blocked origin the attribute is cut from its start
+        tag (``Finding.cuts``). Every ``on...=`` in a start tag that a reading with
+        scripting on builds is judged, however long the tag (``_handler_findings``).
+        ``outer``: the
         base URLs in force around the document (the page's; a srcdoc document's
         container's), to which its own ``<base href>`` values are added.
 
