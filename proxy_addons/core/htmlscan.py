@@ -169,6 +169,12 @@ class Finding:
     mode (``match.mode == "monitor"``), and for mentions (``reason ==
     "mention"``). ``evidence`` names what made an inline script's reference a
     load or an injection (``document.write``, ``eval``, ``src``...).
+
+    ``cuts``: for an event handler, the start tag (``start``/``end``) stays and
+    ``strip()`` replaces these byte spans instead, every occurrence of the handler
+    attribute, each by an inert attribute. Removing the whole tag would change how
+    the rest of the page is read (an ``<img>`` in SVG closes the SVG: without it a
+    ``<title>`` after it is SVG's, and the markup in it, which was text, runs).
     """
 
     start: int
@@ -180,6 +186,7 @@ class Finding:
     list: str
     removed: bool = True
     evidence: str | None = None
+    cuts: tuple[tuple[int, int], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -219,7 +226,7 @@ _HIGH_BYTES = bytes(range(128)) + b"\x80" * 128
 
 
 class _Doc:
-    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "utf16")
+    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "reading", "utf16")
 
     def __init__(self, raw: bytes, charset: Charset) -> None:
         self.raw = raw
@@ -227,6 +234,7 @@ class _Doc:
         self.utf16 = charset.is_utf16
         self.bom = charset.bom
         self.encoding = charset.encoding
+        self.reading: _Reading | None = None  # the precise walk, once it has run
         if self.utf16:
             self.buf = _project_utf16(raw[self.bom :], big_endian=charset.encoding == "utf-16be")
         else:
@@ -275,6 +283,11 @@ _ATTR_TEXT = re.compile(
     r"[\t\n\f\r /]*+([^\t\n\f\r />][^\t\n\f\r />=]*+)"
     r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=\Z)))?+"""
 )
+# The same, over the bytes of a tag: where each attribute is (handlers are cut there).
+_ATTR_SPANS = re.compile(_ATTR_TEXT.pattern.encode("ascii"))
+# What strip() writes in place of a handler attribute it cuts: an inert attribute (a
+# space after it: a quoted value may be followed by the next name directly).
+_CUT_ATTRIBUTE = "data-jectguard-removed "
 _COMMENT_BODY = rb"!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+(?:--!?>)?+)"
 _COMMENT = re.compile(rb"<" + _COMMENT_BODY)
 _CDATA_END = re.compile(rb"\]\]>")
@@ -298,6 +311,25 @@ _SKIP = re.compile(
     + rb"|(?!(?i:"
     + _PLAIN_INTERESTING
     + rb")[\t\n\f\r />])"
+    + _TAG_BODY
+    + rb"|(?![A-Za-z!/?])))*+"
+)
+
+# Within a stretch _SKIP read past (data state), to place a handler in its tag: the
+# data-state tokens (as _SKIP reads them; a stretch holds no end tag that ends one),
+# one at a time, and _COMPLETE_TOKENS, only the tokens that end where the buffer is
+# cut (a comment, bogus comment or tag without its terminator there matches none):
+# cut at a position, it stops at the start of the token around that position.
+_DATA_TOKEN = re.compile(
+    rb"[^<]++|<(?:"
+    + _COMMENT_BODY
+    + rb"|!(?!--)[^>]*+>?+|\?[^>]*+>?+|/(?![A-Za-z])[^>]*+>?+|/?"
+    + _TAG_BODY
+    + rb"|(?![A-Za-z!/?]))"
+)
+_COMPLETE_TOKENS = re.compile(
+    rb"(?:[^<]++|<(?:!--(?:-?>|[^-]*+(?:-(?!-!?>)[^-]*+)*+--!?>)"
+    + rb"|!(?!--)[^>]*+>|\?[^>]*+>|/(?![A-Za-z])[^>]*+>|/?"
     + _TAG_BODY
     + rb"|(?![A-Za-z!/?])))*+"
 )
@@ -577,6 +609,12 @@ class _Walk:
         self.clamp = clamp
         self.after_html = after_html
         self.local = local  # fast path: follow one foreign subtree, then stop
+        # Where this reading reads start tags (recorded for readings with scripting
+        # on, where handlers run), in order: a reading moves forward.
+        self.track: _Track | None = None
+        if shared.record and scripting:
+            self.track = _Track()
+            shared.tracks.append(self.track)
         self.objects: list[int] = []
         self.select_open = False
         # The pre-2025 "in select" reading: <svg> and <math> inside <select> are
@@ -618,6 +656,8 @@ class _Walk:
                 return
             skipped = _SKIP.match(buf, self.pos)
             p = skipped.end() if skipped else self.pos  # (it always matches)
+            if self.track is not None and p > self.pos:
+                self.track.stretches.append((self.pos, p))
             if p >= n:
                 self.pos = n
                 break
@@ -649,6 +689,8 @@ class _Walk:
             elif name == b"select":
                 self.select_open = False
             return
+        if self.track is not None:
+            self.track.tags.append((p, tag.end()))
         if name == b"select":
             self.select_open = True
             return
@@ -686,7 +728,7 @@ class _Walk:
         an HTML <script> that loads. Scan that reading too, until it meets the
         main reading again.
         """
-        if self.s.alt_count >= MAX_ALT_SCANS:
+        if not self.s.room(tag.end(), self.scripting):
             return
         walk = _Walk(
             self.s,
@@ -701,7 +743,7 @@ class _Walk:
 
     def _queue_markup_reading(self, tag: re.Match[bytes], name: bytes, label: str) -> None:
         """The reading in which this raw-text start tag is dropped and markup reads on."""
-        if self.s.alt_count >= MAX_ALT_SCANS:
+        if not self.s.room(tag.end(), self.scripting):
             return
         end = tag.end()
         if name == b"plaintext":
@@ -795,7 +837,7 @@ class _Walk:
             self._emit(name.decode(), p, end, self._attrs(tag), None)
         elif self.fstack:
             sname = name.decode("latin-1")
-            if sname in _IGNORED_IN_BODY and self.s.alt_count < MAX_ALT_SCANS:
+            if sname in _IGNORED_IN_BODY and self.s.room(end, self.scripting):
                 # "In body" ignores it; "in cell" or "in row" (the SVG sits in a table,
                 # which is not tracked) acts on it. Read on both ways.
                 self.s.queue_alt(
@@ -873,6 +915,8 @@ class _Walk:
                 self._finish()
                 return
             self.pos = tag.end()
+            if self.track is not None:
+                self.track.tags.append((lt, tag.end()))
             self._foreign_start(lt, tag, tag.group(2).lower())
         else:
             self._text_lt(top, lt, lt + 1)
@@ -956,7 +1000,7 @@ class _Walk:
         if name in ("br", "p"):
             # Parsers from before 2022's change of the standard (html5lib) leave the
             # foreign content open: an SVG <script> reads on. Scan that reading too.
-            if not self.local and self.s.alt_count < MAX_ALT_SCANS:
+            if not self.local and self.s.room(tag.end(), self.scripting):
                 self.s.queue_alt(
                     _Walk(
                         self.s,
@@ -1024,7 +1068,7 @@ class _Walk:
         closes = not never_open and self._probably_open(name)
         # Copies and alternatives only while there is room for them: thousands of
         # such end tags must not cost thousands of stack copies (quadratic).
-        room = self.s.alt_count < MAX_ALT_SCANS
+        room = self.s.room(tag.end(), self.scripting)
         alt_stack: list[_Node] = []
         if closes:
             if room:
@@ -1063,9 +1107,16 @@ def _probably_open_uncached(buf: bytes, end: int, name: str) -> bool:
 class _Shared:
     """State shared by the main reading and its alternatives."""
 
-    def __init__(self, doc: _Doc) -> None:
+    def __init__(self, doc: _Doc, *, record: bool = False) -> None:
         self.doc = doc
         self.elements: list[Element] = []
+        # With ``record``: where each reading with scripting on read start tags (with
+        # scripting off no event handler runs).
+        self.record = record
+        self.tracks: list[_Track] = []
+        # Where the first reading with scripting on that was not run (MAX_ALT_SCANS,
+        # or the work budget) would have started: the tags past it are not all known.
+        self.unread_from = len(doc.buf) + 1
         self.sync: set[int] = set()
         self.alts: list[_Walk] = []
         self.alt_count = 0
@@ -1103,14 +1154,56 @@ class _Shared:
             self._ignoring_from = min(starts) if starts else len(buf) + 1
         return p > self._ignoring_from
 
-    def queue_alt(self, walk: _Walk) -> None:
+    def room(self, origin: int, scripting: bool) -> bool:
+        """Whether another alternative reading (from ``origin``) may be queued; if not,
+        its part of the document is not all known from there on."""
         if self.alt_count < MAX_ALT_SCANS:
+            return True
+        if scripting:
+            self.unread_from = min(self.unread_from, origin)
+        return False
+
+    def queue_alt(self, walk: _Walk) -> None:
+        if self.room(walk.origin, walk.scripting):
             self.alt_count += 1
             self.alts.append(walk)
 
 
+@dataclass(slots=True)
+class _Track:
+    """Where one reading read markup, in order (buffer offsets): each start tag it read
+    one by one (interesting ones, foreign content), and each stretch it read past
+    whole in the data state (_SKIP), whose start tags are found again on demand."""
+
+    tags: list[tuple[int, int]] = field(default_factory=list)
+    stretches: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The precise walk of a document: its elements, and where its readings read markup."""
+
+    elements: list[Element]
+    tracks: list[_Track]  # one per reading with scripting on
+    # Every reading with scripting on that starts before this ran to its end; one
+    # from here on was not run (a hostile page past MAX_ALT_SCANS or the work
+    # budget): past it, some reading's tags are unknown. Past the body: all ran.
+    unread_from: int
+
+
 def _walk_document(doc: _Doc) -> list[Element]:
-    shared = _Shared(doc)
+    return _read_document(doc).elements
+
+
+def _read_document(doc: _Doc) -> _Reading:
+    """The precise walk of ``doc`` (all readings), run once per document."""
+    if doc.reading is None:
+        doc.reading = _run_readings(doc)
+    return doc.reading
+
+
+def _run_readings(doc: _Doc) -> _Reading:
+    shared = _Shared(doc, record=True)
     _Walk(shared, 0).run()
     # Alternative readings stop where they meet the main one again; inside foreign
     # content they may not, and hostile pages can make hundreds of them read to the
@@ -1120,6 +1213,9 @@ def _walk_document(doc: _Doc) -> list[Element]:
     spent = 0
     while shared.alts:
         if spent > budget:
+            for walk in shared.alts:
+                if walk.scripting:
+                    shared.unread_from = min(shared.unread_from, walk.origin)
             shared.alts.clear()
             shared.elements.extend(_candidate_elements(doc))
             break
@@ -1137,7 +1233,7 @@ def _walk_document(doc: _Doc) -> list[Element]:
         if key not in seen:
             seen.add(key)
             result.append(el)
-    return result
+    return _Reading(result, shared.tracks, shared.unread_from)
 
 
 def _candidate_elements(doc: _Doc) -> list[Element]:
@@ -2205,10 +2301,6 @@ _HANDLER_UPPER: tuple[tuple[bytes, re.Pattern[bytes]], ...] = (
 )
 # Past this many "O" (or "N") in a body the rest are left to the regex (bounded Python work).
 _HANDLER_UPPER_HITS = 64
-# How far back the start tag around a handler is looked for ("<" inside earlier
-# attribute values make several candidates).
-_HANDLER_LOOKBACK_TAGS = 16
-_HANDLER_LOOKBACK_BYTES = 16384
 # From this size on numpy finds candidates faster than a regex over a lowercased copy.
 _VECTOR_MIN_BYTES = 8192
 
@@ -2316,6 +2408,97 @@ def _comment(element: str, rule: str) -> str:
     return f"<!-- jectguard: removed {element} ({clean}) -->"
 
 
+class HandlersUnplaced(JectguardError, RuntimeError):
+    """A handler that loads or injects could not be placed in its start tag: the page's
+    readings were cut short by a work bound (a hostile page). Refused, never passed."""
+
+
+class _Markup:
+    """Where the readings of a document read start tags: a handler's tag is found there.
+
+    The precise walk records every start tag it reads one by one (interesting ones,
+    foreign content) and every stretch it reads past whole in the data state; a
+    stretch is read again on demand (``_COMPLETE_TOKENS``, the same grammar). An
+    ``on...=`` outside all of them (comments, RCDATA/RAWTEXT, script text,
+    attribute values) is no attribute in any reading, whatever ``<script`` or ``<``
+    precedes it; one inside a tag is placed however long the tag is.
+    """
+
+    def __init__(self, buf: bytes, reading: _Reading) -> None:
+        self.buf = buf
+        # Per reading (tags do not overlap within one, but do across readings): the
+        # starts and ends of its tags, then of its stretches, for a bisection each.
+        self.tracks = [
+            (
+                [start for start, _ in track.tags],
+                [end for _, end in track.tags],
+                [start for start, _ in track.stretches],
+                [end for _, end in track.stretches],
+            )
+            for track in reading.tracks
+            if track.tags or track.stretches
+        ]
+        self.all = [span for track in reading.tracks for span in (*track.tags, *track.stretches)]
+        self.cursors: dict[int, list[int]] = {}  # per stretch start: see _in_stretch
+
+    def spans(self) -> list[tuple[int, int]]:
+        """The merged spans of markup (tags and stretches), in order: handlers are there."""
+        out: list[tuple[int, int]] = []
+        for lo, hi in sorted(self.all):
+            if out and lo <= out[-1][1]:
+                if hi > out[-1][1]:
+                    out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
+
+    def tags_at(self, at: int) -> list[int]:
+        """The start (``<``) of every start tag that some reading reads around ``at``.
+
+        Called in increasing ``at`` (the handler search goes forward): in each stretch
+        the tokens are read on from where the last call stopped, at C speed, so a
+        stretch costs one pass whatever the number of handlers in it.
+        """
+        found: set[int] = set()
+        for tag_starts, tag_ends, stretch_starts, stretch_ends in self.tracks:
+            i = bisect.bisect_right(tag_starts, at) - 1
+            if i >= 0 and tag_ends[i] > at:
+                found.add(tag_starts[i])
+                continue
+            i = bisect.bisect_right(stretch_starts, at) - 1
+            if i >= 0 and stretch_ends[i] > at:
+                start = self._in_stretch(stretch_starts[i], at)
+                if start >= 0:
+                    found.add(start)
+        return sorted(found)
+
+    def _in_stretch(self, lo: int, at: int) -> int:
+        """The start tag around ``at`` in the stretch from ``lo`` (-1: text, a comment...)."""
+        cursor = self.cursors.get(lo)
+        if cursor is None or at < cursor[0]:
+            cursor = [lo, lo, lo, -1]  # [read up to, token start, token end, tag or -1]
+            self.cursors[lo] = cursor
+        if cursor[1] <= at < cursor[2]:
+            return cursor[3]
+        buf = self.buf
+        pos = max(cursor[0], cursor[2])
+        q = _COMPLETE_TOKENS.match(buf, pos, at)  # (cut at ``at``: what ends before it)
+        stop = q.end() if q is not None else pos
+        if stop == at and stop > pos and buf[at - 1] == 0x3C:
+            stop = at - 1  # (a "<" cut from what follows it reads as text: read it whole)
+        while True:
+            token = _DATA_TOKEN.match(buf, stop)
+            end = token.end() if token is not None else len(buf)  # (EOF inside a tag)
+            if end > at:
+                break
+            stop = end
+        tag = -1
+        if buf[stop : stop + 1] == b"<" and buf[stop + 1 : stop + 2].isalpha() and token:
+            tag = stop
+        cursor[:] = [stop, stop, end, tag]
+        return tag
+
+
 class _Caches:
     """Verdict caches shared by every scan of one Scanner (is_blocked must be pure)."""
 
@@ -2324,6 +2507,8 @@ class _Caches:
         self.verdicts: dict[str, MatchLike | None] = {}
         self.joins: dict[tuple[str, str], str | None] = {}
         self.inline: dict[tuple[str, ScriptKind, str, tuple[str, ...]], _Verdict | None] = {}
+        # Elements (and SVG/MathML subtrees) by their bytes, per (encoding, page URL,
+        # bases...): everything their verdict depends on (see Scanner._fast_clean).
         self.elements: dict[tuple[bytes, tuple[str, ...]], bool] = {}
         # Script elements that ended with a complete end tag and no "<!--" in their text.
         self.complete: dict[tuple[bytes, tuple[str, ...]], bool] = {}
@@ -2470,10 +2655,10 @@ class Scanner:
         """Event handler attributes (``<img src=x onerror="...">``, ``<svg onload>``).
 
         A handler is inline JavaScript like a script's text, judged the same way;
-        when it loads or injects a blocked origin its start tag is removed (the
-        element's content, if any, stays: the parser opens what it needs). Every
-        ``on...=`` in the body is tried inside the earliest start tag around it that
-        covers it, whatever the tree builder makes of it: a superset. ``outer``: the
+        when it loads or injects a blocked origin the attribute is cut from its start
+        tag (``Finding.cuts``). Every ``on...=`` in a start tag that a reading with
+        scripting on builds is judged, however long the tag (``_handler_findings``).
+        ``outer``: the
         base URLs in force around the document (the page's; a srcdoc document's
         container's), to which its own ``<base href>`` values are added.
 
@@ -2534,79 +2719,86 @@ class Scanner:
     def _handler_findings(
         doc: _Doc, judge: _Judge, bases: Sequence[str], candidates: Sequence[tuple[int, bytes]]
     ) -> list[Finding]:
-        """The start tags whose handlers load or inject (``_handlers``), in body order."""
+        """The start tags whose handlers load or inject (``_handlers``), in body order.
+
+        A handler is an attribute of a start tag that some reading of the document
+        builds, as the precise walk reads it (``_Markup``): an ``on...=`` in a comment,
+        a ``<textarea>``, an attribute value or a script's text is none, and a fake
+        ``<script`` before a real one hides nothing. A page whose readings were cut
+        short (past the walk's work bounds: hostile nesting) and that holds a handler
+        value that loads is refused (``HandlersUnplaced``): its tag cannot be placed
+        for sure, and removing a guess could change how the rest of the page reads.
+        """
         buf = doc.buf
         low = buf.translate(_LOWER)  # (a literal "on" first: a fast search)
-        # Script texts: an "on...=" there is JavaScript's (a payload list in a string),
-        # judged with its script; cutting it out would break a script that is kept.
-        texts: list[tuple[int, int]] = []
-        for p, name in candidates:
-            if name == b"script" and (not texts or p >= texts[-1][1]):
-                tag = _start_tag(buf, p, name)
-                if tag is not None:
-                    texts.append((tag.end(), _script_end(buf, tag.end())[0]))
-        text_starts = [start for start, _ in texts]
+        reading = _read_document(doc)
+        markup = _Markup(buf, reading)
+        # Searched in markup only (megabytes of inline script hold many an "on" that
+        # is no handler: "consectetur"; ~10 ms per 5 MB), and everywhere past where
+        # the readings are not all known.
+        spans = [(lo, hi) for lo, hi in markup.spans() if lo < reading.unread_from]
+        rest = max(reading.unread_from, spans[-1][1] if spans else 0)
+        if rest < len(low):
+            spans.append((rest, len(low)))
+        matches = itertools.chain.from_iterable(
+            _HANDLER_LOW.finditer(low, max(lo, 1), hi) for lo, hi in spans
+        )
         findings: list[Finding] = []
         seen: set[int] = set()
-        # Searched between script texts only (megabytes of inline script hold many an
-        # "on" that is no handler: "consectetur"; ~10 ms per 5 MB): a handler never
-        # spans the ">" that ends a script's start tag.
-        gaps = zip([0] + [end for _, end in texts], [*text_starts, len(low)], strict=True)
-        matches = itertools.chain.from_iterable(
-            _HANDLER_LOW.finditer(low, max(lo, 1), hi) for lo, hi in gaps if hi > lo
-        )
         for m in matches:
             at = m.start() - 1
             if buf[at] not in _HANDLER_AFTER:
-                continue
-            inside = bisect.bisect_right(text_starts, at) - 1
-            if inside >= 0 and at < texts[inside][1]:
                 continue
             # The value as it reads from here: most handlers name nothing blocked, and
             # are let go before their tag is looked for.
             value = _HANDLER_VALUE.match(buf, m.end())
             code = _handler_code(doc, doc.raw_slice(*value.span(1)) if value else b"")
-            if code is None or judge.script_text(code, bases, ScriptKind.CLASSIC) is None:
+            if code is None:
                 continue
-            found: tuple[int, re.Match[bytes]] | None = None
-            k = at + 1
-            for _ in range(_HANDLER_LOOKBACK_TAGS):
-                k = buf.rfind(b"<", max(0, at - _HANDLER_LOOKBACK_BYTES), k)
-                if k < 0:
-                    break
-                tag = _TAG.match(buf, k)
-                if tag is not None and not tag.group(1) and tag.end() > at:
-                    found = (k, tag)
-                    # An earlier tag may hold this "<" in a value (alt="a<b"): only
-                    # then is there another "<" since the last ">".
-                    if buf.find(b"<", buf.rfind(b">", 0, k) + 1, k) < 0:
-                        break
-            if found is None or found[0] in seen:
+            judged = judge.script_text(code, bases, ScriptKind.CLASSIC)
+            if judged is None:
                 continue
-            start, tag = found
-            seen.add(start)
-            attrs = parse_attrs(doc.text(*tag.span(3)))
-            for key, code in attrs.items():
-                if not key.startswith("on") or len(key) < 3 or not code:
-                    continue
-                verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
-                if verdict is None:
-                    continue
-                findings.append(
-                    Finding(
-                        start=doc.offset(start),
-                        end=doc.offset(tag.end()),
-                        element=tag.group(2).decode("latin-1").lower(),
-                        url=verdict.url,
-                        reason=verdict.reason,
-                        rule=verdict.rule,
-                        list=verdict.list,
-                        removed=verdict.removed,
-                        evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
-                    )
+            if judged.removed and at >= reading.unread_from:
+                # (A mention is reported where the readings that ran place it.)
+                raise HandlersUnplaced(
+                    "an event handler that names a blocked origin on a page whose readings "
+                    "exceed the scanner's work bound"
                 )
-                if verdict.removed:
-                    break
+            for start in markup.tags_at(m.start()):
+                if start in seen:
+                    continue
+                seen.add(start)
+                tag = _TAG.match(buf, start)
+                if tag is None:  # (recorded from a match: cannot happen)
+                    continue
+                attrs = parse_attrs(doc.text(*tag.span(3)))
+                for key, code in attrs.items():
+                    if not key.startswith("on") or len(key) < 3 or not code:
+                        continue
+                    verdict = judge.script_text(code, bases, ScriptKind.CLASSIC)
+                    if verdict is None:
+                        continue
+                    # Every occurrence: with the first gone, a duplicate would count.
+                    cuts = tuple(
+                        (doc.offset(a.start(1)), doc.offset(a.end()))
+                        for a in _ATTR_SPANS.finditer(buf, *tag.span(3))
+                        if a.group(1).lower().decode("latin-1") == key
+                    )
+                    findings.append(
+                        Finding(
+                            start=doc.offset(start),
+                            end=doc.offset(tag.end()),
+                            element=tag.group(2).decode("latin-1").lower(),
+                            url=verdict.url,
+                            reason=verdict.reason,
+                            rule=verdict.rule,
+                            list=verdict.list,
+                            removed=verdict.removed,
+                            evidence=f"{key}: {verdict.evidence}" if verdict.evidence else key,
+                            cuts=cuts,
+                        )
+                    )
+        findings.sort(key=lambda f: (f.start, f.end))
         return findings
 
     def _fast_clean(
@@ -2637,7 +2829,10 @@ class Scanner:
                 and _HTML_END_AT.match(buf, p)
             ):
                 html_end = p
-        key_bases = tuple(bases)
+        # What an element's verdict depends on besides its bytes: the encoding its text
+        # is decoded with (0x83 0x5C is one Shift_JIS character that eats a backslash,
+        # two windows-1252 ones), the page URL and the bases in force.
+        key_bases = (doc.encoding, *bases)
         cache = self._caches.elements
         budget = _FAST_FOREIGN_BUDGET * len(buf) + 65536
         work = 0
@@ -2875,20 +3070,27 @@ class Scanner:
         if doc is None:
             return body, []
         findings = self._scan_doc(doc, page_url)
-        spans = sorted(
-            ((f.start, f.end, f) for f in findings if f.removed), key=lambda s: (s[0], s[1])
-        )
-        if not spans:
+        edits: list[tuple[int, int, bytes]] = []
+        for f in findings:
+            if not f.removed:
+                continue
+            if f.cuts:
+                cut = self._encode(doc, _CUT_ATTRIBUTE)
+                edits.extend((start, end, cut) for start, end in f.cuts)
+            else:
+                note = self._encode(doc, _comment(f.element, f.rule)) if comment else b""
+                edits.append((f.start, f.end, note))
+        if not edits:
             return body, findings
+        edits.sort(key=lambda e: (e[0], e[1]))
         out: list[bytes] = []
         pos = 0
-        for start, end, finding in spans:
+        for start, end, replacement in edits:
             if start < pos:
                 pos = max(pos, end)  # inside (or overlapping) a span already removed
                 continue
             out.append(body[pos:start])
-            if comment:
-                out.append(self._encode(doc, _comment(finding.element, finding.rule)))
+            out.append(replacement)
             pos = end
         out.append(body[pos:])
         return b"".join(out), findings

@@ -2,7 +2,7 @@
 
 Issue 17: a page with megabytes of inline script (server-rendered app state) must
 not cost seconds, and the shortcuts that make it fast (literal-anchored searches,
-handlers searched between script texts) must not open a hole: every injector the
+handlers searched in markup only) must not open a hole: every injector the
 scanner catches in a small script is caught at the end of a big one, next to one,
 and in event handlers that follow one.
 """
