@@ -1835,11 +1835,21 @@ class _Judge:
         self.depth = 0  # srcdoc / data: documents being judged inside this one
         self.js_work = _JS_WORK_CHARS  # script text this scan may still tokenize
         self.base_verdicts: dict[str, _Verdict | None] = {}
+        self.long_verdicts: dict[str, MatchLike | None] = {}  # URLs too long for caches
 
     def check(self, url: str) -> MatchLike | None:
         cache = self.caches.verdicts
         if url in cache:
             return cache[url]
+        if len(url) > _CACHE_KEY_MAX_CHARS:
+            # Too long to keep across scans, still asked once per scan: a page naming
+            # one 30 KB URL a thousand times costs one check, not a thousand (bounded
+            # by the page itself, and gone with this scan).
+            cache = self.long_verdicts
+            if url in cache:
+                return cache[url]
+            result = cache[url] = self.scanner.is_blocked(url)
+            return result
         result = self.scanner.is_blocked(url)
         self.caches.put(cache, url, result)
         return result

@@ -117,3 +117,23 @@ def test_what_the_scanner_remembers_is_bounded_in_bytes() -> None:
         caches.put(caches.verdicts, f"https://k{j}.test/{mid}", None)
     held = sum(len(k) for k in caches.verdicts)
     assert 0 < held <= htmlscan._CACHE_KEY_CHARS and len(caches.verdicts) < n
+
+
+def test_a_long_url_named_many_times_is_checked_once_a_scan() -> None:
+    """Too long to remember across scans, but a page repeating it is not judged anew
+    for each occurrence (1,000 x 30 KB checks would take seconds of a worker; 200 here: 6 MB)."""
+    from proxy_addons.core.htmlscan import Scanner
+
+    asked: list[str] = []
+
+    def is_blocked(url: str) -> None:
+        asked.append(url)
+        return None
+
+    url = "https://clean.test/" + "p" * 30_000
+    page = ("<script>var u = ['" + "', '".join([url] * 200) + "'];</script>").encode()
+    scanner = Scanner(is_blocked)
+    assert scanner.scan(page, "https://page.test/", "text/html") == []
+    assert asked.count(url) == 1
+    scanner.scan(page, "https://page.test/", "text/html")
+    assert asked.count(url) == 2  # not kept across scans (memory), asked again
