@@ -36,7 +36,7 @@ from mitmproxy import ctx, exceptions, http
 
 from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.canon import scalar_text
-from proxy_addons.core.charset import extract_mime_type, is_html, mime_essence
+from proxy_addons.core.charset import extract_mime_type, html_reading, is_html, mime_essence
 from proxy_addons.core.codings import (
     UndecodableBody,
     coding_tokens,
@@ -150,15 +150,16 @@ def html_plan(headers: http.Headers | dict[bytes, str]) -> str | None:
 
 
 def scan_content_type(content_type: str | None) -> str | None:
-    """The Content-Type the scanner is given: XHTML is read as HTML (an approximation)."""
+    """The Content-Type the scanner is given: the one a browser takes (XHTML stays XHTML:
+    the scanner reads it as HTML and knows the browser does not, ``charset.html_reading``)."""
     if content_type is None:
         return None
-    essence, charset = extract_mime_type(content_type)  # the type a browser takes
+    essence, charset = extract_mime_type(content_type)
     if essence == "application/xhtml+xml":
         if not charset:
-            return "text/html"
+            return essence
         quoted = charset.replace("\\", "\\\\").replace('"', '\\"')
-        return f'text/html; charset="{quoted}"'
+        return f'{essence}; charset="{quoted}"'
     return content_type
 
 
@@ -404,7 +405,8 @@ class Strip:
             return None
         ce = resp.headers.get("content-encoding", "")
         content_type = scan_content_type(resp.headers.get("content-type"))
-        if not coding_tokens(ce) and len(raw) <= self.max_bytes and not is_html(raw, content_type):
+        read_as = html_reading(content_type)[0]
+        if not coding_tokens(ce) and len(raw) <= self.max_bytes and not is_html(raw, read_as):
             # The scan's own first decision (Scanner._prepare on the undecoded body), taken
             # before the job and the page URL are built: most responses are not HTML, and
             # this saves ~15 us of the allowed path (benchmarks/bench_dispatch.py).

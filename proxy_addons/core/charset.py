@@ -337,6 +337,24 @@ def sniffs_as_html(body: bytes) -> bool:
     return _HTML_SNIFF.match(body[:SNIFF_BYTES]) is not None
 
 
+def html_reading(content_type: str | None) -> tuple[str | None, bool]:
+    """The type the scanner reads a body as, and whether a browser parses it as XML.
+
+    XHTML is read as HTML with its charset label kept as one label (an approximation:
+    the caller must not trust what only an HTML reading can place; see
+    ``htmlscan._Doc.exact``). Any other type is returned as it is, with False.
+    """
+    if content_type is None:
+        return None, False
+    essence, charset = extract_mime_type(content_type)  # the type a browser takes
+    if essence != "application/xhtml+xml":
+        return content_type, False
+    if not charset:
+        return "text/html", True
+    quoted = charset.replace("\\", "\\\\").replace('"', '\\"')
+    return f'text/html; charset="{quoted}"', True
+
+
 def is_html(body: bytes, content_type: str | None) -> bool:
     """Whether a browser would parse this response as HTML (the cases worth scanning).
 

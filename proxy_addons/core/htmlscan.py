@@ -88,7 +88,7 @@ from typing import Protocol, SupportsIndex, TypeVar
 import ada_url
 
 from proxy_addons.core.canon import MAX_URL_LENGTH
-from proxy_addons.core.charset import Charset, detect_charset, is_html
+from proxy_addons.core.charset import Charset, detect_charset, html_reading, is_html
 from proxy_addons.core.errors import JectguardError
 from proxy_addons.core.jsscan import MAX_TOKENIZED_CHARS, SinkKind, analyse, data_loader
 from proxy_addons.core.prefilter import fold_ascii_case, required_literals
@@ -225,15 +225,27 @@ class Element:
 _HIGH_BYTES = bytes(range(128)) + b"\x80" * 128
 
 
-class _Doc:
-    __slots__ = ("bom", "buf", "charset", "encoding", "raw", "reading", "utf16")
+# Encodings whose bytes change meaning with state (an escape sequence switches to a
+# two-byte set in which "<" and "-" are halves of characters): the scanner reads them
+# as ASCII, so its readings are not the browser's (see ``_Doc.exact``).
+_STATEFUL_ENCODINGS = ("iso2022", "hz")
 
-    def __init__(self, raw: bytes, charset: Charset) -> None:
+
+class _Doc:
+    __slots__ = ("bom", "buf", "charset", "encoding", "exact", "raw", "reading", "utf16")
+
+    def __init__(self, raw: bytes, charset: Charset, *, html: bool = True) -> None:
         self.raw = raw
         self.charset = charset
         self.utf16 = charset.is_utf16
         self.bom = charset.bom
         self.encoding = charset.encoding
+        # Whether the HTML readings are what the browser builds: not for a document it
+        # parses as XML (XHTML: a <textarea> holds markup, entities expand) nor in a
+        # stateful encoding. Where they are not, what only a reading can place (a
+        # handler's tag) is not trusted to a reading: a handler that loads anywhere
+        # refuses the page (``HandlersUnplaced``).
+        self.exact = html and not charset.encoding.startswith(_STATEFUL_ENCODINGS)
         self.reading: _Reading | None = None  # the precise walk, once it has run
         if self.utf16:
             self.buf = _project_utf16(raw[self.bom :], big_endian=charset.encoding == "utf-16be")
@@ -1931,14 +1943,16 @@ class _Judge:
             if text:
                 if script:
                     return self.script_text(text, bases, ScriptKind.CLASSIC)
-                return self.document(text, bases)
+                mime = url[5:].split(",", 1)[0].split(";", 1)[0]
+                return self.document(text, bases, html=not _is_xml(mime))
         return None
 
-    def document(self, text: str, bases: Sequence[str]) -> _Verdict | None:
-        """Judge an HTML document held in an attribute or URL (``srcdoc``, ``data:text/html``)."""
+    def document(self, text: str, bases: Sequence[str], *, html: bool = True) -> _Verdict | None:
+        """Judge an HTML document held in an attribute or URL (``srcdoc``, ``data:text/html``);
+        ``html`` false: a document of an XML type (``data:application/xhtml+xml``)."""
         if self.depth >= _MAX_DOCUMENT_DEPTH:
             return self.references(text, bases)
-        doc = _Doc(text.encode("utf-8", "surrogatepass"), Charset("utf-8", "header"))
+        doc = _Doc(text.encode("utf-8", "surrogatepass"), Charset("utf-8", "header"), html=html)
         mention: _Verdict | None = None
         self.depth += 1
         try:
@@ -2418,6 +2432,19 @@ def _comment(element: str, rule: str) -> str:
     return f"<!-- jectguard: removed {element} ({clean}) -->"
 
 
+def _is_xml(content_type: str | None) -> bool:
+    """Whether a browser parses a document of this type as XML (XHTML, SVG, XML)."""
+    if not content_type:
+        return False
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime.endswith(("/xml", "+xml"))
+
+
+class StripUnsettled(JectguardError, RuntimeError):
+    """What was left after removing the findings reads differently and holds something
+    to remove again (a removal changed how the rest of the page parses). Refused."""
+
+
 class HandlersUnplaced(JectguardError, RuntimeError):
     """A handler that loads or injects could not be placed in its start tag: the page's
     readings were cut short by a work bound (a hostile page). Refused, never passed."""
@@ -2630,9 +2657,10 @@ class Scanner:
             raise BodyTooLarge(
                 f"body of {len(body)} bytes exceeds the scan limit of {self.max_bytes}"
             )
-        if not body or not is_html(body, content_type):
+        read_as, xml = html_reading(content_type)
+        if not body or not is_html(body, read_as):
             return None
-        return _Doc(body, detect_charset(body, content_type))
+        return _Doc(body, detect_charset(body, read_as), html=not xml)
 
     def scan(self, body: bytes, page_url: str, content_type: str | None = None) -> list[Finding]:
         """Every finding in ``body``, in document order; raises BodyTooLarge over ``max_bytes``.
@@ -2746,8 +2774,9 @@ class Scanner:
         # Searched in markup only (megabytes of inline script hold many an "on" that
         # is no handler: "consectetur"; ~10 ms per 5 MB), and everywhere past where
         # the readings are not all known.
-        spans = [(lo, hi) for lo, hi in markup.spans() if lo < reading.unread_from]
-        rest = max(reading.unread_from, spans[-1][1] if spans else 0)
+        unread_from = reading.unread_from if doc.exact else 0
+        spans = [(lo, hi) for lo, hi in markup.spans() if lo < unread_from]
+        rest = max(unread_from, spans[-1][1] if spans else 0)
         if rest < len(low):
             spans.append((rest, len(low)))
         matches = itertools.chain.from_iterable(
@@ -2768,7 +2797,7 @@ class Scanner:
             judged = judge.script_text(code, bases, ScriptKind.CLASSIC)
             if judged is None:
                 continue
-            if judged.removed and at >= reading.unread_from:
+            if judged.removed and at >= unread_from:
                 # (A mention is reported where the readings that ran place it.)
                 raise HandlersUnplaced(
                     "an event handler that names a blocked origin on a page whose readings "
@@ -3103,7 +3132,14 @@ class Scanner:
             out.append(replacement)
             pos = end
         out.append(body[pos:])
-        return b"".join(out), findings
+        stripped = b"".join(out)
+        # The page as the browser now gets it is read again: a removal can change how
+        # the rest parses (a cut end tag lets markup a reading held as text become
+        # elements). Anything there to remove again refuses the page.
+        again = self._prepare(stripped, content_type)
+        if again is not None and any(f.removed for f in self._scan_doc(again, page_url)):
+            raise StripUnsettled("what was left after removing the findings holds more to remove")
+        return stripped, findings
 
     @staticmethod
     def _encode(doc: _Doc, text: str) -> bytes:

@@ -36,6 +36,7 @@ from proxy_addons.addons.strip import (
     html_plan,
     scan_content_type,
 )
+from proxy_addons.core.charset import html_reading
 from proxy_addons.core.engine import Engine
 from proxy_addons.core.guard import PoisonGuard
 from proxy_addons.core.htmlscan import BodyTooLarge
@@ -402,10 +403,18 @@ def test_html_plan_reads_headers_as_a_browser_does() -> None:
     ],
 )
 def test_xhtml_with_repeated_types_is_scanned(value: str) -> None:
-    assert scan_content_type(value) in ("text/html", 'text/html; charset="utf-8"')
+    assert scan_content_type(value) in (
+        "application/xhtml+xml",
+        'application/xhtml+xml; charset="utf-8"',
+    )
     # the label stays one label: a browser rejects "utf-16le;x", and so must the scanner
-    assert scan_content_type('application/xhtml+xml; charset="utf-16le;x"') == (
-        'text/html; charset="utf-16le;x"'
+    xhtml = scan_content_type('application/xhtml+xml; charset="utf-16le;x"')
+    assert xhtml == 'application/xhtml+xml; charset="utf-16le;x"'
+    # read as HTML, and known to be XML (what only an HTML reading places is not trusted)
+    assert html_reading(xhtml) == ('text/html; charset="utf-16le;x"', True)
+    assert html_reading(scan_content_type(value)) in (
+        ("text/html", True),
+        ('text/html; charset="utf-8"', True),
     )
     assert scan_content_type("text/html; charset=koi8-r") == "text/html; charset=koi8-r"
 
