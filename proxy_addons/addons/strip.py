@@ -36,7 +36,7 @@ from mitmproxy import ctx, exceptions, http
 
 from proxy_addons.addons.blockpage import printable
 from proxy_addons.core.canon import scalar_text
-from proxy_addons.core.charset import extract_mime_type, html_reading, is_html, mime_essence
+from proxy_addons.core.charset import html_reading, is_html, mime_essence
 from proxy_addons.core.codings import (
     UndecodableBody,
     coding_tokens,
@@ -147,20 +147,6 @@ def html_plan(headers: http.Headers | dict[bytes, str]) -> str | None:
         nosniff = "nosniff" in picked.get(b"x-content-type-options", "").lower()
         return None if nosniff else "sniff"
     return None
-
-
-def scan_content_type(content_type: str | None) -> str | None:
-    """The Content-Type the scanner is given: the one a browser takes (XHTML stays XHTML:
-    the scanner reads it as HTML and knows the browser does not, ``charset.html_reading``)."""
-    if content_type is None:
-        return None
-    essence, charset = extract_mime_type(content_type)
-    if essence == "application/xhtml+xml":
-        if not charset:
-            return essence
-        quoted = charset.replace("\\", "\\\\").replace('"', '\\"')
-        return f'{essence}; charset="{quoted}"'
-    return content_type
 
 
 class Strip:
@@ -404,7 +390,8 @@ class Strip:
         if not raw:
             return None
         ce = resp.headers.get("content-encoding", "")
-        content_type = scan_content_type(resp.headers.get("content-type"))
+        # (XHTML is read as HTML, and known not to be: charset.html_reading)
+        content_type = resp.headers.get("content-type")
         read_as = html_reading(content_type)[0]
         if not coding_tokens(ce) and len(raw) <= self.max_bytes and not is_html(raw, read_as):
             # The scan's own first decision (Scanner._prepare on the undecoded body), taken

@@ -19,14 +19,17 @@ and, where the format has one, its checksum matched:
 
 Pure: bytes in, bytes out. Output comes in pieces of at most ``piece`` bytes, so
 a small compressed chunk never expands into one huge buffer (a zip bomb is cut
-by the caller's size cap as it grows).
+by the caller's size cap as it grows). A stripped response body is encoded again
+here too (:func:`encode_body`), with mitmproxy's own codecs and levels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import brotli  # untyped: see [[tool.mypy.overrides]] in pyproject.toml
@@ -519,6 +522,31 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if len(out) > limit:
         raise _too_large(limit)
     return out
+
+
+def _gzip(body: bytes) -> bytes:
+    out = io.BytesIO()  # (GzipFile, not gzip.compress: the same header, OS byte 255)
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=1) as f:
+        f.write(body)
+    return out.getvalue()
+
+
+# The encoders for a stripped body, byte for byte mitmproxy's own (mitmproxy.net.encoding):
+# the fastest level of each (the body goes out once), gzip without a timestamp so the
+# same page encodes to the same bytes.
+ENCODERS: Final[dict[str, Callable[[bytes], bytes]]] = {
+    "gzip": _gzip,
+    "deflate": lambda body: zlib.compress(body, level=1),  # (zlib-wrapped, checksummed)
+    "br": lambda body: bytes(brotli.compress(body, quality=0)),
+    "zstd": lambda body: bytes(zstd.compress(body, level=1)),
+}
+
+
+def encode_body(body: bytes, content_encoding: str) -> bytes:
+    """Apply the codings of ``content_encoding`` again, in order (none: the body as it is)."""
+    for coding in response_codings(content_encoding):
+        body = ENCODERS[coding](body)
+    return body
 
 
 def decodes_over(raw: bytes, content_encoding: str, limit: int) -> bool:

@@ -8,52 +8,16 @@ nothing it used; tests/test_house.py checks).
 
 from __future__ import annotations
 
-import gzip
-import io
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Final
-
-import brotli  # untyped: see [[tool.mypy.overrides]] in pyproject.toml
-
-try:  # Python 3.14+
-    from compression import zstd  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - depends on the Python version
-    from backports import zstd  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 from proxy_addons.core.codings import (
+    ENCODERS,
     UndecodableBody,
     decode_body,
+    encode_body,
     lenient_codings,
-    response_codings,
 )
 from proxy_addons.core.htmlscan import BodyTooLarge, Finding, Scanner
-
-
-def _gzip(body: bytes) -> bytes:
-    out = io.BytesIO()  # (GzipFile, not gzip.compress: the same header, OS byte 255)
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=1) as f:
-        f.write(body)
-    return out.getvalue()
-
-
-# The encoders for a stripped body, byte for byte mitmproxy's own (mitmproxy.net.encoding):
-# the fastest level of each (the body goes out once), gzip without a timestamp so the
-# same page encodes to the same bytes.
-ENCODERS: Final[dict[str, Callable[[bytes], bytes]]] = {
-    "gzip": _gzip,
-    "deflate": lambda body: zlib.compress(body, level=1),  # (zlib-wrapped, checksummed)
-    "br": lambda body: bytes(brotli.compress(body, quality=0)),
-    "zstd": lambda body: bytes(zstd.compress(body, level=1)),
-}
-
-
-def encode_body(body: bytes, content_encoding: str) -> bytes:
-    """Apply the codings of ``content_encoding`` again, in order (none: the body as it is)."""
-    for coding in response_codings(content_encoding):
-        body = ENCODERS[coding](body)
-    return body
 
 
 @dataclass(frozen=True, slots=True)
